@@ -1,0 +1,56 @@
+# sharpcomp: every target sets up what it needs (virtual environment, packages) by itself.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+# Offline copies of the datasets, when this checkout sits beside them (see README, "Data").
+SHARED_DATA := $(abspath ../shared/data)
+ifneq ($(wildcard $(SHARED_DATA)),)
+export SHARPCOMP_DATA ?= $(SHARED_DATA)
+endif
+export MPLBACKEND ?= Agg
+
+.PHONY: help install demo test test-slow test-all lint bench figures figures-quick clean
+
+help:
+	@echo "make demo        train vgg10 on two-class CIFAR-10 for a couple of minutes, write results under outputs/"
+	@echo "make test        fast test suite (offline)"
+	@echo "make test-slow   slow tests (multirun launchers, installed wheel, long runs)"
+	@echo "make bench       metric-engine and training-throughput benchmarks"
+	@echo "make figures     figures from every result under outputs/"
+	@echo "make figures-quick  run every figure's sweep at the quick scale, then draw the figures"
+	@echo "make lint        ruff"
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,bench]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/sharpcomp train scale=demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m ''
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check sharpcomp tests scripts
+
+bench: $(STAMP)
+	$(PY) scripts/bench_metrics.py
+	$(PY) scripts/bench_train.py
+
+figures: $(STAMP)
+	$(VENV)/bin/sharpcomp figures outputs
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
