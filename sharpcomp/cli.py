@@ -1,0 +1,302 @@
+"""Command line: ``sharpcomp [-m] <command> [overrides...]``.
+
+``train`` is a Hydra application (config ``conf/train.yaml``, shipped as the package
+``sharpcomp.conf``); ``-m`` runs a Hydra multirun sweep with any launcher. Overrides are checked
+before Hydra starts, so a typo gets one clear line and a non-zero exit instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import sys
+import traceback
+from importlib import resources
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+CONFIG_MODULE = "sharpcomp.conf"
+CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
+GROUPS = ("data", "model", "scale", "optim", "experiment")
+EXIT_USAGE = 2
+
+OmegaConf.register_new_resolver("sc_run_name", lambda s: s.replace("/", "_") if s else "default", replace=True)
+
+
+class UsageError(Exception):
+    pass
+
+
+def _err(msg: str, code: int = EXIT_USAGE) -> int:
+    print(f"sharpcomp: error: {msg}", file=sys.stderr)
+    return code
+
+
+# ---------------------------------------------------------------------------------------------
+# help
+
+
+def _group_options(group: str) -> list[str]:
+    folder = resources.files(CONFIG_MODULE) / group
+    if not folder.is_dir():
+        return []
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _option_lines() -> list[str]:
+    """Top-level and metrics options of conf/train.yaml with their inline comments."""
+    text = (resources.files(CONFIG_MODULE) / "train.yaml").read_text()
+    lines, section = [], ""
+    for raw in text.splitlines():
+        if raw.startswith(("defaults", "hydra", "  -", "#")) or not raw.strip():
+            if raw.startswith("hydra"):
+                break
+            continue
+        m = re.match(r"^(\s*)([A-Za-z_]+):\s*([^#]*?)\s*(?:#\s*(.*))?$", raw)
+        if not m:
+            continue
+        indent, key, value, comment = m.groups()
+        if not indent and not value:
+            section = key + "."
+            continue
+        name = (section if indent else "") + key
+        if not indent:
+            section = ""
+        lines.append(f"  {name + '=' + value:<28} {comment or ''}".rstrip())
+    return lines
+
+
+def usage() -> str:
+    groups = "\n".join(f"  {('+' if g == 'experiment' else '') + g + '=':<14}{' | '.join(_group_options(g))}"
+                       for g in GROUPS)
+    return f"""usage: sharpcomp [-m] <command> [key=value ...]
+
+Train small networks with SGD and log loss flatness (sharpness) next to representation
+compression (G, log volume, maximum local sensitivity, local dimensionality, bounds).
+
+commands:
+  train     train one run; with -m, a Hydra multirun sweep (lr=0.05,0.1,0.2 seed=0,1,2)
+  figures   draw the study's figures from result folders (sharpcomp figures --help)
+  reparam   rescale one layer of a trained run and compare every metric (sharpcomp reparam --help)
+
+examples:
+  sharpcomp train lr=0.1 batch=20
+  sharpcomp train data=fashion_mnist model=mlp4 lr=0.1 batch=8
+  sharpcomp -m train lr=0.05,0.1,0.2 seed=0,1,2,3,4
+  sharpcomp -m train +experiment=fig1 scale=quick hydra/launcher=joblib
+  sharpcomp figures outputs
+
+config groups (train):
+{groups}
+  hydra/launcher= basic | joblib | submitit_local | slurm
+
+options (train, with defaults):
+{chr(10).join(_option_lines())}
+
+Hydra flags pass through, e.g. `sharpcomp train --cfg job` prints the composed config.
+Results: outputs/runs/<data>-<model>/<overrides>/metrics.parquet (multirun: outputs/multirun/...)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# override checks
+
+
+def _expand(overrides: list[str]) -> list[list[str]]:
+    """Override lists to compose for checking: every value of every sweep at least once."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as exc:
+        raise UsageError(str(exc).strip().splitlines()[0]) from None
+    choices = []
+    for ov in parsed:
+        if ov.is_sweep_override():
+            key = ov.get_key_element()
+            try:
+                values = list(ov.sweep_string_iterator())
+            except Exception:
+                raise UsageError(f"cannot expand sweep '{ov.input_line}'") from None
+            choices.append([f"{key}={v}" for v in values])
+        else:
+            choices.append([ov.input_line])
+    combos = list(itertools.islice(itertools.product(*choices), 64))
+    # sweeps longer than the first 64 combinations: still check each of their values once
+    width = max((len(c) for c in choices), default=1)
+    for i in range(width):
+        combos.append(tuple(c[min(i, len(c) - 1)] for c in choices))
+    return [list(c) for c in dict.fromkeys(combos)]
+
+
+def _explain(exc: Exception, overrides: list[str]) -> str:
+    msg = str(exc).strip()
+    first = msg.splitlines()[0] if msg else type(exc).__name__
+    m = re.search(r"Could not find '([^/']+)/([^']+)'", msg)
+    if m:
+        group, name = m.groups()
+        options = _group_options(group)
+        if options:
+            return f"unknown {group} '{name}' (choose from {', '.join(options)})"
+        return f"unknown option '{group}={name}'"
+    m = re.search(r"Could not override '([^']+)'", msg) or re.search(r"Key '([^']+)' is not in struct", msg)
+    if m:
+        return f"unknown option '{m.group(1)}' (see `sharpcomp --help`; a new key needs a leading +)"
+    m = re.search(r"Could not append to config. An item is already at '([^']+)'", msg)
+    if m:
+        return f"option '{m.group(1)}' already exists: set it without the leading +"
+    return first
+
+
+def _check_writable(folder: str) -> None:
+    path = Path(folder).absolute()
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"cannot create output folder {path}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write to output folder {path}: {existing} is not writable")
+
+
+def check_overrides(overrides: list[str], multirun: bool = False) -> None:
+    """Compose the train config for every sweep value and validate it; UsageError on the first problem."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from .train import ConfigError, validate_config
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+            for combo in _expand(overrides):
+                try:
+                    cfg = compose("train", overrides=combo, return_hydra_config=True)
+                    plain = OmegaConf.to_container(cfg, resolve=False)
+                    plain.pop("hydra", None)
+                    plain = OmegaConf.to_container(OmegaConf.create(plain), resolve=True)
+                except Exception as exc:
+                    raise UsageError(_explain(exc, combo)) from None
+                try:
+                    validate_config(plain)
+                except ConfigError as exc:
+                    raise UsageError(str(exc)) from None
+                HydraConfig.instance().set_config(cfg)
+                _check_writable(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+# ---------------------------------------------------------------------------------------------
+# the train job
+
+
+def _train_job(cfg) -> str:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from .data import DataError
+    from .records import RecordError
+    from .train import ConfigError, train
+
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    try:
+        result = train(cfg, run_dir)
+    except (ConfigError, DataError, RecordError) as exc:
+        if multirun:
+            print(f"sharpcomp: job {hc.job.num} ({run_dir}) failed: {exc}", file=sys.stderr)
+            return "failed"
+        sys.exit(_err(str(exc)))
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        log = run_dir / "error.log"
+        try:
+            log.write_text(traceback.format_exc())
+        except OSError:
+            log = None
+        where = f"; traceback in {log}" if log else ""
+        line = f"run {run_dir} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}{where}"
+        if multirun:
+            print(f"sharpcomp: {line}", file=sys.stderr)
+            return "failed"
+        sys.exit(_err(line, 1))
+    print(f"{result.status}: {result.rows} rows in {run_dir / 'metrics.parquet'}", flush=True)
+    return result.status
+
+
+def _run_hydra_train(overrides: list[str], multirun: bool, passthrough: list[str]) -> int:
+    import hydra
+
+    @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
+    def app(cfg):
+        return _train_job(cfg)
+
+    argv0 = sys.argv[0]
+    sys.argv = [argv0] + (["--multirun"] if multirun else []) + passthrough + overrides
+    try:
+        app()
+    finally:
+        sys.argv = [argv0]
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    multirun = False
+    while argv and argv[0] in ("-m", "--multirun"):
+        multirun = True
+        argv.pop(0)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0 if argv else EXIT_USAGE
+    command, rest = argv[0], argv[1:]
+    try:
+        if command == "train":
+            if "-m" in rest or "--multirun" in rest:
+                multirun = True
+                rest = [a for a in rest if a not in ("-m", "--multirun")]
+            if any(a in ("-h", "--help") for a in rest):
+                print(usage())
+                return 0
+            passthrough = [a for a in rest if a.startswith("-")]
+            overrides = [a for a in rest if not a.startswith("-")]
+            if any(a.startswith(("--cfg", "-c", "--info", "--resolve", "--package", "-p")) for a in passthrough):
+                return _run_hydra_train(overrides, multirun, passthrough)
+            bad = [a for a in passthrough if a not in ("--resolve",)]
+            if bad:
+                raise UsageError(f"unknown flag '{bad[0]}' (options are key=value; see `sharpcomp --help`)")
+            check_overrides(overrides, multirun)
+            return _run_hydra_train(overrides, multirun, passthrough)
+        if multirun:
+            raise UsageError(f"-m applies to train only, not '{command}'")
+        if command == "figures":
+            from .figures import main as figures_main
+
+            return figures_main(rest)
+        if command == "reparam":
+            from .reparam import main as reparam_main
+
+            return reparam_main(rest)
+        raise UsageError(f"unknown command '{command}' (choose from train, figures, reparam; see `sharpcomp --help`)")
+    except UsageError as exc:
+        return _err(str(exc))
+    except KeyboardInterrupt:
+        print("\nsharpcomp: interrupted; every logged checkpoint is saved; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+
+
+def entry() -> None:  # pragma: no cover - console script wrapper
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
