@@ -1,0 +1,339 @@
+"""sharpcomp.flatness against dense float64 references on tiny networks."""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from sharpcomp import flatness as fl
+from sharpcomp.models import build_model
+
+DT = torch.float64
+
+
+def mse(out, y):
+    return F.mse_loss(out, F.one_hot(y, out.shape[1]).to(out.dtype))
+
+
+def tiny_mlp(seed=0):
+    torch.manual_seed(seed)
+    m = nn.Sequential(OrderedDict(
+        flatten=nn.Flatten(), fc1=nn.Linear(4, 3), relu1=nn.ReLU(), fc2=nn.Linear(3, 3), relu2=nn.ReLU(),
+        fc3=nn.Linear(3, 2))).to(DT)
+    return m, torch.randn(6, 4, dtype=DT), torch.tensor([0, 1, 1, 0, 1, 0])
+
+
+def tiny_cnn(seed=0):
+    torch.manual_seed(seed)
+    m = nn.Sequential(OrderedDict(
+        conv1=nn.Conv2d(1, 2, 3, padding=1), relu1=nn.ReLU(), pool1=nn.MaxPool2d(2),
+        conv2=nn.Conv2d(2, 3, 3, padding=1), relu2=nn.ReLU(), pool2=nn.MaxPool2d(2),
+        flatten=nn.Flatten(), fc1=nn.Linear(12, 4), relu3=nn.ReLU(), fc2=nn.Linear(4, 2))).to(DT)
+    with torch.no_grad():
+        for mod in m:
+            if isinstance(mod, (nn.Linear, nn.Conv2d)):
+                mod.bias.normal_(0, 0.3)  # non-zero biases exercise the bias entries of v_j
+    return m, torch.randn(5, 1, 8, 8, dtype=DT), torch.tensor([0, 1, 1, 0, 1])
+
+
+MODELS = [tiny_mlp, tiny_cnn]
+
+
+# ---- dense references ------------------------------------------------------------------------------
+
+def flat_theta(model):
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def as_dict(model, vec):
+    out, i = {}, 0
+    for name, p in model.named_parameters():
+        out[name] = vec[i:i + p.numel()].view_as(p)
+        i += p.numel()
+    return out
+
+
+def dense_loss_fn(model, x, y):
+    return lambda th: mse(functional_call(model, as_dict(model, th), (x,)), y)
+
+
+def dense_hessian(model, x, y):
+    return torch.autograd.functional.hessian(dense_loss_fn(model, x, y), flat_theta(model), vectorize=True)
+
+
+def dense_grad(model, x, y):
+    th = flat_theta(model).requires_grad_(True)
+    return torch.autograd.grad(dense_loss_fn(model, x, y)(th), th)[0]
+
+
+def dense_param_jacobian(model, x):
+    return torch.autograd.functional.jacobian(
+        lambda th: functional_call(model, as_dict(model, th), (x,)).reshape(-1), flat_theta(model), vectorize=True)
+
+
+def dense_projector(model):
+    v = fl.SymmetryTangents(model).dense()
+    return torch.eye(v.shape[0], dtype=DT) - v @ torch.linalg.solve(v.T @ v, v.T), v
+
+
+def unit_signs(model):
+    """D_j as dense +-1/0 vectors, built directly from the layer shapes (independent of flatness)."""
+    hidden = fl.hidden_layers(model)
+    mods = dict(model.named_children())
+    offsets, i = {}, 0
+    for name, p in model.named_parameters():
+        offsets[name] = i
+        i += p.numel()
+    cols = []
+    for hl in hidden.values():
+        mod, nxt = mods[hl.name], mods[hl.next_name]
+        for j in range(hl.units):
+            d = torch.zeros(i, dtype=DT)
+            w = torch.zeros_like(mod.weight)
+            w[j] = 1
+            d[offsets[f"{hl.name}.weight"]:][:w.numel()] = w.reshape(-1)
+            d[offsets[f"{hl.name}.bias"] + j] = 1
+            wo = torch.zeros_like(nxt.weight)
+            wo.view(wo.shape[0], hl.units, -1)[:, j] = -1
+            d[offsets[f"{hl.next_name}.weight"]:][:wo.numel()] = wo.reshape(-1)
+            cols.append(d)
+    return torch.stack(cols, 1)
+
+
+# ---- structure ----------------------------------------------------------------------------------------
+
+def test_hidden_layers_of_the_study_models():
+    vgg = fl.hidden_layers(build_model("vgg10", width=0.25, seed=0))
+    assert list(vgg) == ["conv1", "conv2", "conv3", "conv4", "conv5", "fc1"]
+    assert vgg["conv5"].next_name == "fc1" and vgg["conv5"].block == 4  # 16 channels x 2 x 2
+    assert vgg["conv1"].block == 9 and vgg["fc1"].block == 1
+    mlp = fl.hidden_layers(build_model("mlp4", width=0.02, seed=0))
+    assert list(mlp) == ["fc1", "fc2", "fc3"] and mlp["fc3"].next_name == "fc4"
+    # a module that is not positively homogeneous breaks the pair
+    broken = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    assert fl.hidden_layers(broken) == {}
+    with pytest.raises(TypeError):
+        fl.hidden_layers(nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("make", MODELS)
+def test_tangents_match_their_definition(make):
+    model, x, y = make()
+    V, gm = fl.symmetry_tangents(model)
+    vd = V.dense()
+    # support and signs: v_j = D_j * theta exactly
+    assert torch.equal(vd, unit_signs(model) * flat_theta(model)[:, None])
+    # the Gram matrix formula
+    torch.testing.assert_close(gm, vd.T @ vd, rtol=1e-12, atol=1e-12)
+    # matvec / rmatvec are V and V^T
+    c = torch.randn(V.r, dtype=DT)
+    torch.testing.assert_close(fl._flat(V.matvec(c)), vd @ c)
+    d = [torch.randn_like(p) for p in model.parameters()]
+    torch.testing.assert_close(V.rmatvec(d), vd.T @ fl._flat(d))
+
+
+@pytest.mark.parametrize("make", MODELS)
+def test_jacobian_of_f_annihilates_every_tangent(make):
+    model, x, _ = make()
+    V, _ = fl.symmetry_tangents(model)
+    vd = V.dense()
+    jac = dense_param_jacobian(model, x)
+    assert V.r == sum(h.units for h in fl.hidden_layers(model).values())
+    assert (jac @ vd).abs().max() < 1e-12 * max(1.0, float(jac.abs().max()))
+    # hence the quotient version of S equals S: Tr(J P J^T) = Tr(J J^T)
+    P, _ = dense_projector(model)
+    torch.testing.assert_close(torch.trace(jac @ P @ jac.T), torch.trace(jac @ jac.T), rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize("make", MODELS)
+def test_projector_is_symmetric_idempotent_and_kills_the_orbits(make):
+    model, _, _ = make()
+    proj = fl.quotient_projector(model, ridge=0.0)
+    n = sum(p.numel() for p in model.parameters())
+    eye = torch.eye(n, dtype=DT)
+    shapes = [p.shape for p in model.parameters()]
+
+    def unflat(v):
+        out, i = [], 0
+        for s in shapes:
+            k = math.prod(s)
+            out.append(v[i:i + k].view(s))
+            i += k
+        return out
+
+    P = torch.stack([fl._flat(proj(unflat(eye[i]))) for i in range(n)], 1)
+    torch.testing.assert_close(P, P.T, rtol=0, atol=1e-10)
+    torch.testing.assert_close(P @ P, P, rtol=0, atol=1e-10)
+    Pd, vd = dense_projector(model)
+    torch.testing.assert_close(P, Pd, rtol=0, atol=1e-10)
+    assert (P @ vd).abs().max() < 1e-10
+    # P has rank n - r (the tangents are independent)
+    assert round(float(torch.trace(P))) == n - vd.shape[1]
+
+
+@pytest.mark.parametrize("make", MODELS)
+def test_quotient_trace_closed_form_against_dense_hessian(make):
+    model, x, y = make()
+    H = dense_hessian(model, x, y)
+    g = dense_grad(model, x, y)
+    P, vd = dense_projector(model)
+    D = unit_signs(model)
+    # H v_j = -D_j g, the identity behind the closed form
+    torch.testing.assert_close(H @ vd, -(D * g[:, None]), rtol=1e-8, atol=1e-10)
+    dense_gap = torch.trace(H) - torch.trace(P @ H @ P)
+    gap = fl.quotient_trace_gap(model, mse, x, y, ridge=0.0)
+    assert abs(gap - float(dense_gap)) < 1e-9 * max(1.0, abs(float(dense_gap)))
+    assert abs(gap) > 1e-6  # not trivially zero on these nets
+
+
+@pytest.mark.parametrize("make", MODELS)
+def test_hutchinson_quotient_trace_agrees_within_its_error(make):
+    model, x, y = make()
+    H = dense_hessian(model, x, y)
+    P, _ = dense_projector(model)
+    r = fl.hutchinson_traces(model, mse, x, y, probes=80, generator=torch.Generator().manual_seed(1))
+    assert abs(r["quotient"] - float(torch.trace(P @ H @ P))) < 4 * r["quotient_se"]
+    assert abs(r["full"] - float(torch.trace(H))) < 4 * r["full_se"]
+    closed = fl.quotient_trace_gap(model, mse, x, y)
+    assert abs(r["gap"] - closed) < 4 * r["gap_se"]
+    # same probes for the same generator state; chunked accumulation gives the same estimate
+    r5 = fl.hutchinson_traces(model, mse, x, y, probes=4, generator=torch.Generator().manual_seed(1))
+    est, se = fl.quotient_hessian_trace(model, mse, x, y, probes=4, generator=torch.Generator().manual_seed(1))
+    assert (est, se) == (r5["quotient"], r5["quotient_se"])
+    rc = fl.hutchinson_traces(model, mse, x, y, probes=4, generator=torch.Generator().manual_seed(1),
+                              chunk_size=2)
+    assert abs(rc["quotient"] - r5["quotient"]) < 1e-9 * max(1.0, abs(r5["quotient"]))
+
+
+# ---- worst-case sharpness -----------------------------------------------------------------------------
+
+def trust_region_max(g, H, rho):
+    """max_{||d|| <= rho} g.d + d^T H d / 2 for PSD H (global solution: (lam I - H) d = g, ||d|| = rho)."""
+    h, U = torch.linalg.eigh(H)
+    gb = U.T @ g
+    lo = float(h.max()) + 1e-15
+    hi = lo + float(g.norm()) / rho + 1.0
+    for _ in range(200):
+        lam = (lo + hi) / 2
+        if float((gb / (lam - h)).norm()) > rho:
+            lo = lam
+        else:
+            hi = lam
+    db = gb / (hi - h)
+    return float(gb @ db + 0.5 * db @ (h * db))
+
+
+def linear_model(seed=0):
+    torch.manual_seed(seed)
+    m = nn.Sequential(nn.Flatten(), nn.Linear(5, 3)).to(DT)  # MSE is exactly quadratic in theta
+    return m, torch.randn(12, 5, dtype=DT), torch.randint(0, 3, (12,))
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_worst_case_sharpness_matches_the_exact_maximum_on_a_quadratic(adaptive):
+    model, x, y = linear_model()
+    H, g = dense_hessian(model, x, y), dense_grad(model, x, y)
+    rho = 0.3 if adaptive else 0.5
+    if adaptive:
+        T = flat_theta(model).abs()
+        g, H = T * g, T[:, None] * H * T[None, :]
+    exact = trust_region_max(g, H, rho)
+    first_order = float(rho * g.norm() + 0.5 * rho**2 * (g @ H @ g) / (g @ g))  # value at rho g / ||g||
+    r1 = fl.worst_case_sharpness(model, mse, [(x, y)], rho, steps=1, adaptive=adaptive)
+    assert abs(r1["value"] - first_order) < 1e-10
+    r = fl.worst_case_sharpness(model, mse, [(x, y)], rho, steps=60, adaptive=adaptive)
+    assert first_order - 1e-12 <= r["value"] <= exact + 1e-10
+    assert r["value"] > exact * (1 - 1e-4)
+    assert abs(r["rel"] - r["value"] / (1 + r["loss"])) < 1e-12
+
+
+def test_worst_case_sharpness_on_a_relu_net_and_its_quotient_version():
+    model, x, y = tiny_cnn()
+    before = [p.detach().clone() for p in model.parameters()]
+    rho = 0.05
+    g = dense_grad(model, x, y)
+    H = dense_hessian(model, x, y)
+    lam = float(torch.linalg.eigvalsh(H).max())
+    r = fl.worst_case_sharpness(model, mse, [(x, y), (x[:3], y[:3])], rho, steps=10)
+    assert len(r["per_batch"]) == 2
+    r1 = fl.worst_case_sharpness(model, mse, [(x, y)], rho, steps=10)
+    th = flat_theta(model)
+    along_g = float(dense_loss_fn(model, x, y)(th + rho * g / g.norm()) - dense_loss_fn(model, x, y)(th))
+    assert along_g <= r1["value"] <= rho * float(g.norm()) + 0.5 * rho**2 * lam + 1e-3 * rho**2
+    # the quotient ascent stays orthogonal to the orbits
+    params = fl._trainable(model)
+    theta = [p.detach().clone() for p in params]
+    proj = fl.quotient_projector(model)
+    _, inc, delta = fl._ascent(model, mse, x, y, rho, 10, rho, None, proj, params, theta)
+    assert inc > 0 and abs(float(fl._norm(delta)) - rho) < 1e-9
+    assert float(proj.V.rmatvec(delta).abs().max()) < 1e-10
+    rq = fl.worst_case_sharpness(model, mse, [(x, y)], rho, steps=10, quotient=True)
+    assert abs(rq["value"] - inc) < 1e-12
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    with pytest.raises(ValueError):
+        fl.worst_case_sharpness(model, mse, [(x, y)], rho, adaptive=True, quotient=True)
+
+
+# ---- gradient disagreement and Fisher -----------------------------------------------------------------
+
+def test_gradient_disagreement_over_all_ordered_pairs():
+    model, x, y = tiny_cnn()
+    batches = [(x[i:i + 2], y[i:i + 2]) for i in (0, 1, 3)] + [(x[:1], y[:1])]
+    gs = [dense_grad(model, bx, by) for bx, by in batches]
+    terms = [gs[b].norm() * (1 - torch.dot(gs[a], gs[b]) / (gs[a].norm() * gs[b].norm()))
+             for a in range(4) for b in range(4) if a != b]
+    assert len(terms) == 12
+    val = fl.gradient_disagreement(model, mse, batches)
+    assert abs(val - float(torch.stack(terms).mean())) < 1e-12
+    assert math.isnan(fl.gradient_disagreement(model, mse, batches[:1]))
+
+
+@pytest.mark.parametrize("chunk", [None, 2])
+def test_fisher_trace_is_the_mean_squared_per_sample_gradient(chunk):
+    model, x, y = tiny_cnn()
+    ref = sum(float(dense_grad(model, x[i:i + 1], y[i:i + 1]).pow(2).sum()) for i in range(len(x))) / len(x)
+    assert abs(fl.fisher_trace(model, mse, x, y, chunk_size=chunk) - ref) < 1e-12 * max(1.0, ref)
+
+
+# ---- the trainer's entry point ------------------------------------------------------------------------
+
+def test_extra_metrics_columns_leave_the_model_untouched_and_are_reproducible():
+    model = build_model("vgg10", width=0.125, seed=0)
+    torch.manual_seed(0)
+    x, y = torch.rand(40, 3, 32, 32), torch.randint(0, 10, (40,))
+    model.train()
+    model.fc2.weight.grad = torch.ones_like(model.fc2.weight)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    settings = {"quotient_trace": {"probes": 3, "n": 8}, "worst_case": {"steps": 2, "batches": 2, "batch_size": 8},
+                "adaptive": {"steps": 2, "batches": 2, "batch_size": 8}, "quotient_worst": None,
+                "disagreement": {"batches": 3, "batch_size": 4}, "fisher": {"n": 6}}
+    out = fl.extra_metrics(model, mse, x, y, settings, torch.Generator().manual_seed(3))
+    assert set(out) == {"quotient_trace", "quotient_trace_se", "hessian_trace", "hessian_trace_se",
+                        "quotient_trace_gap", "sharpness_worst", "sharpness_worst_rel", "sharpness_adaptive",
+                        "sharpness_adaptive_rel", "grad_disagreement", "fisher_trace"}
+    assert all(isinstance(v, float) and math.isfinite(v) for v in out.values())
+    assert out["sharpness_worst"] >= 0 and out["fisher_trace"] > 0
+    assert model.training
+    assert torch.equal(model.fc2.weight.grad, torch.ones_like(model.fc2.weight))
+    assert all(p.grad is None for n, p in model.named_parameters() if n != "fc2.weight")
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    again = fl.extra_metrics(model, mse, x, y, settings, torch.Generator().manual_seed(3))
+    assert again == out
+    assert fl.extra_metrics(model, mse, x, y, None, None) == {}
+    assert fl.extra_metrics(model, mse, x, y, fl.conf_flatness_default(), None) == {}
+    with pytest.raises(ValueError, match="unknown metrics.flatness key"):
+        fl.extra_metrics(model, mse, x, y, {"worstcase": {}}, None)
+    with pytest.raises(ValueError, match="unknown setting"):
+        fl.extra_metrics(model, mse, x, y, {"worst_case": {"radius": 1}}, None)
+
+
+def test_default_block_switches_everything_on():
+    on = fl.conf_flatness_default(enabled=True)
+    assert set(on) == set(fl.FLATNESS_DEFAULTS) and all(isinstance(v, dict) for v in on.values())
+    assert fl._resolve({"worst_case": True})["worst_case"]["rho"] == 0.05
