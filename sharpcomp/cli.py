@@ -21,8 +21,12 @@ CONFIG_MODULE = "sharpcomp.conf"
 CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
 GROUPS = ("data", "model", "scale", "optim", "experiment")
 EXIT_USAGE = 2
+# Hydra's flags for looking at the composed config (e.g. `sharpcomp train --cfg job`)
+HYDRA_INSPECT_FLAGS = ("--cfg", "-c", "--package", "-p", "--info", "-i", "--resolve")
 
-OmegaConf.register_new_resolver("sc_run_name", lambda s: s.replace("/", "_") if s else "default", replace=True)
+# Run folder name from Hydra's override_dirname ("default" for a run without overrides).
+OmegaConf.register_new_resolver("sc_run_name", lambda s: s.replace("/", "_") if s else "default",
+                                replace=True)
 
 
 class UsageError(Exception):
@@ -229,7 +233,7 @@ def _train_job(cfg) -> str:
     return result.status
 
 
-def _run_hydra_train(overrides: list[str], multirun: bool, passthrough: list[str]) -> int:
+def _run_hydra_train(args: list[str], multirun: bool) -> int:
     import hydra
 
     @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
@@ -237,7 +241,7 @@ def _run_hydra_train(overrides: list[str], multirun: bool, passthrough: list[str
         return _train_job(cfg)
 
     argv0 = sys.argv[0]
-    sys.argv = [argv0] + (["--multirun"] if multirun else []) + passthrough + overrides
+    sys.argv = [argv0] + (["--multirun"] if multirun else []) + args
     try:
         app()
     finally:
@@ -266,15 +270,13 @@ def main(argv: list[str] | None = None) -> int:
             if any(a in ("-h", "--help") for a in rest):
                 print(usage())
                 return 0
-            passthrough = [a for a in rest if a.startswith("-")]
-            overrides = [a for a in rest if not a.startswith("-")]
-            if any(a.startswith(("--cfg", "-c", "--info", "--resolve", "--package", "-p")) for a in passthrough):
-                return _run_hydra_train(overrides, multirun, passthrough)
-            bad = [a for a in passthrough if a not in ("--resolve",)]
-            if bad:
-                raise UsageError(f"unknown flag '{bad[0]}' (options are key=value; see `sharpcomp --help`)")
-            check_overrides(overrides, multirun)
-            return _run_hydra_train(overrides, multirun, passthrough)
+            if any(a.split("=")[0] in HYDRA_INSPECT_FLAGS for a in rest):
+                return _run_hydra_train(rest, multirun)  # inspection only: Hydra reads its own flags
+            flags = [a for a in rest if a.startswith("-")]
+            if flags:
+                raise UsageError(f"unknown flag '{flags[0]}' (options are key=value; see `sharpcomp --help`)")
+            check_overrides(rest, multirun)
+            return _run_hydra_train(rest, multirun)
         if multirun:
             raise UsageError(f"-m applies to train only, not '{command}'")
         if command == "figures":

@@ -94,7 +94,8 @@ def _cifar_from_torchvision(root: Path, download: bool):
     with _quiet(), contextlib.redirect_stderr(io.StringIO()):
         tr = CIFAR10(str(root), train=True, download=download)
         te = CIFAR10(str(root), train=False, download=download)
-    return (tr.data.transpose(0, 3, 1, 2), np.asarray(tr.targets), te.data.transpose(0, 3, 1, 2), np.asarray(te.targets))
+    return (tr.data.transpose(0, 3, 1, 2), np.asarray(tr.targets),
+            te.data.transpose(0, 3, 1, 2), np.asarray(te.targets))
 
 
 def _cifar_from_jpeg(folder: Path):

@@ -31,7 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import __version__
-from .data import Dataset, batch_indices, epoch_permutation, load_dataset, steps_per_epoch, train_sample_indices
+from .data import Dataset, epoch_permutation, load_dataset, steps_per_epoch, train_sample_indices
 from .models import MODEL_NAMES, build_model
 from .records import RunRecorder, atomic_write_bytes
 
@@ -385,7 +385,7 @@ def train(cfg, run_dir: str | Path, *, callback: Callable[[int, list[dict]], Non
             idx = perm[kb * batch:(kb + 1) * batch]
             xb, yb = data.train_x[idx], data.train_y[idx]
             if is_sam:
-                def closure():
+                def closure(xb=xb, yb=yb):
                     optimizer.zero_grad(set_to_none=True)
                     out = loss_fn(model(xb), yb)
                     out.backward()
@@ -438,7 +438,8 @@ def _summary(bar, rows: list[dict], steps: int) -> None:
     sharp = r.get("sharpness")
     ssq = "-" if sharp is None or not math.isfinite(sharp) else format(math.sqrt(max(sharp, 0.0)), ".4g")
     bar.set_postfix_str(f"loss={fmt('train_loss_running')} acc={fmt('train_acc', '.3f')}", refresh=False)
-    bar.write(f"[{r['iteration']:>7d}/{steps}] loss(run)={fmt('train_loss_running')} train_acc={fmt('train_acc', '.4f')} "
+    bar.write(f"[{r['iteration']:>7d}/{steps}] loss(run)={fmt('train_loss_running')} "
+              f"train_acc={fmt('train_acc', '.4f')} "
               f"test_acc={fmt('test_acc', '.4f')} sqrtS={ssq} G={fmt('G')} logvol={fmt('log_volume')} "
               f"local_dim={fmt('local_dim')} t={r['wall_time']:.1f}s")
 

@@ -1,0 +1,73 @@
+"""Shared fixtures: the train config composed once (as the CLI does), shrunk for tests, with outputs
+isolated in tmp_path; the datasets loaded once per session into a session cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+import sharpcomp.cli  # noqa: F401  (registers the run-name resolver)
+from sharpcomp.data import Dataset, default_data_dir, load_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    d = default_data_dir()
+    if d is None or not d.is_dir():
+        pytest.skip("dataset folder not found (set SHARPCOMP_DATA or place ../shared/data beside the checkout)")
+    return d
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One decoded-array cache for the whole session (SHARPCOMP_CACHE when set)."""
+    env = os.environ.get("SHARPCOMP_CACHE")
+    return Path(env) if env else tmp_path_factory.mktemp("sharpcomp-cache")
+
+
+@pytest.fixture(scope="session")
+def fmnist(data_dir, cache_dir) -> Dataset:
+    return load_dataset("fashion_mnist", "fashion_mnist", None, data_dir, cache_dir)
+
+
+@pytest.fixture(scope="session")
+def fmnist_small(fmnist) -> Dataset:
+    """1,000 train / 300 test Fashion-MNIST images: real data, small enough for many short runs."""
+    return Dataset("fashion_mnist", fmnist.train_x[:1000].clone(), fmnist.train_y[:1000].clone(),
+                   fmnist.test_x[:300].clone(), fmnist.test_y[:300].clone(), 10, fmnist.source)
+
+
+def compose_train(overrides: list[str] | None = None):
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="sharpcomp.conf", version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides or []))
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+SHRINK = ["data=fashion_mnist", "model=mlp4", "model.width=0.2", "steps=12", "log_every=4", "metrics.n=8",
+          "progress=false", "batch=16"]
+
+
+@pytest.fixture
+def cfg_small(tmp_path, data_dir, cache_dir):
+    """The train config, shrunk: mlp4 at 1/5 width on Fashion-MNIST, 12 steps, checkpoints every 4."""
+    cfg = compose_train(SHRINK)
+    OmegaConf.set_struct(cfg, False)
+    cfg.data_dir, cfg.cache_dir = str(data_dir), str(cache_dir)
+    return cfg
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    torch.set_num_threads(2)
+    yield
