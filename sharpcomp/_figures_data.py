@@ -1,0 +1,358 @@
+"""Reading and shaping result tables for the figures stage (see ``sharpcomp.figures``).
+
+Everything here works on the tidy rows of ``metrics.parquet`` (one row per checkpoint and sample
+set) and returns plain pandas objects; nothing draws.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sharpcomp.records import (
+    CHECKPOINT_COLUMNS,
+    IDENTITY_COLUMNS,
+    METRIC_COLUMNS,
+    METRICS_FILE,
+    SAMPLE_COLUMNS,
+    RecordError,
+    read_metrics,
+)
+
+# Internal key of one run: its folder (run_id alone may repeat across sweeps).
+RUN = "_run"
+# Derived column: figures plot sqrt(S) (SPEC, "Metrics").
+SQRT_S = "sqrt_sharpness"
+# Identity fields that say which run of an experiment this is.
+SETTING_COLUMNS = ("data", "model", "lr", "batch", "seed")
+# Identity fields that make two runs different experiments (a figure never mixes them): every
+# identity column but the setting, the run's name, where it ran and its status -- today scale, loss,
+# width, outputs, optim and data_source, and any identity column records.py adds later. With
+# SETTING_COLUMNS they define duplicates (the same run found twice).
+VARIANT_COLUMNS = tuple(
+    c for c in IDENTITY_COLUMNS if c not in SETTING_COLUMNS + ("run_id", "device", "versions", "status")
+)
+# Columns that are per run or per row bookkeeping, never a quantity to average.
+NOT_QUANTITIES = set(IDENTITY_COLUMNS) | {RUN, "iteration", "sample_set", "bounds_reason", "n_samples"}
+
+
+def find_result_files(dirs: Sequence[Path]) -> list[Path]:
+    """Every ``metrics.parquet`` under ``dirs`` (recursively), each once."""
+    found: dict[Path, None] = {}
+    for d in dirs:
+        d = Path(d)
+        if d.is_file() and d.name == METRICS_FILE:
+            found.setdefault(d.resolve(), None)
+            continue
+        for p in sorted(d.rglob(METRICS_FILE)):
+            if p.is_file():
+                found.setdefault(p.resolve(), None)
+    return list(found)
+
+
+def load_results(dirs: Sequence[Path]) -> tuple[pd.DataFrame, list[str]]:
+    """Read every results file under ``dirs``.
+
+    Returns the concatenated rows (with a ``_run`` column naming each run's folder, numeric
+    columns coerced, infinities turned into missing values and ``sqrt_sharpness`` added) and one
+    note per file that could not be read. Raises ``RecordError`` when nothing could be read.
+    """
+    dirs = [Path(d) for d in dirs]
+    missing = [str(d) for d in dirs if not d.exists()]
+    if missing:
+        raise RecordError(f"no such folder: {', '.join(missing)}")
+    files = find_result_files(dirs)
+    where = ", ".join(str(d) for d in dirs)
+    if not files:
+        raise RecordError(f"no {METRICS_FILE} files under {where}")
+    frames, notes = [], []
+    for path in files:
+        try:
+            frame = read_metrics(path)
+        except RecordError as exc:
+            notes.append(f"skipped {path}: {exc}")
+            continue
+        if len(frame) == 0:
+            notes.append(f"skipped {path}: no rows yet")
+            continue
+        frame = frame.copy()
+        frame[RUN] = str(path.parent)
+        frames.append(frame)
+    if not frames:
+        detail = f"; {notes[0]}" if len(notes) == 1 else f" ({len(notes)} files, none readable)"
+        raise RecordError(f"no readable results under {where}{detail}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # all-NA columns in some frames
+        frame = pd.concat(frames, ignore_index=True, sort=False)
+    return prepare(frame), notes
+
+
+def prepare(frame: pd.DataFrame) -> pd.DataFrame:
+    """Normalise a results table: ``_run`` key, numeric columns, no infinities, ``sqrt_sharpness``."""
+    frame = frame.copy()
+    if RUN not in frame.columns:
+        frame[RUN] = frame["run_id"].astype(str) if "run_id" in frame.columns else "run"
+    for col in IDENTITY_COLUMNS + ("sample_set",):
+        if col not in frame.columns:
+            frame[col] = np.nan
+    for col in CHECKPOINT_COLUMNS + SAMPLE_COLUMNS[1:] + METRIC_COLUMNS + ("lr", "batch", "seed", "width"):
+        if col in frame.columns:
+            frame[col] = pd.to_numeric(frame[col], errors="coerce")
+        else:
+            frame[col] = np.nan
+    for col in quantity_columns(frame):
+        values = frame[col].to_numpy(dtype="float64", copy=True)
+        values[~np.isfinite(values)] = np.nan
+        frame[col] = values
+    if "sharpness" in frame.columns:
+        s = frame["sharpness"].to_numpy(dtype="float64")
+        with np.errstate(invalid="ignore"):
+            frame[SQRT_S] = np.where(s >= 0, np.sqrt(np.abs(s)), np.nan)
+    frame["sample_set"] = frame["sample_set"].astype("string")
+    return frame
+
+
+def quantity_columns(frame: pd.DataFrame) -> list[str]:
+    """Numeric columns that hold a per-checkpoint quantity (known or added later)."""
+    return [
+        c for c in frame.columns
+        if c not in NOT_QUANTITIES and c not in ("epoch",) and pd.api.types.is_numeric_dtype(frame[c])
+    ]
+
+
+def run_info(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: identity, status, checkpoints, last iteration and the sample sets it has."""
+    rows = []
+    for run, g in frame.groupby(RUN, sort=True):
+        last = g.iloc[-1]
+        row = {RUN: run}
+        for col in IDENTITY_COLUMNS:
+            row[col] = last[col] if col in g.columns else np.nan
+        row["n_checkpoints"] = int(g["iteration"].nunique())
+        row["last_iteration"] = g["iteration"].max()
+        row["sample_sets"] = tuple(sorted(str(s) for s in g["sample_set"].dropna().unique()))
+        finite = g.dropna(subset=["train_loss_running"]) if "train_loss_running" in g else g
+        row["last_finite_iteration"] = finite["iteration"].max() if len(finite) else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def same(a, b) -> bool:
+    """Equality for identity values: floats compared to 1e-9 relative, missing equals missing."""
+    if _isna(a) and _isna(b):
+        return True
+    if _isna(a) or _isna(b):
+        return False
+    if isinstance(a, (int, float, np.number)) and isinstance(b, (int, float, np.number)):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+    return str(a) == str(b)
+
+
+def _isna(v) -> bool:
+    try:
+        return bool(pd.isna(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def fmt(v) -> str:
+    """Compact text for an identity value (0.1, 20, quick)."""
+    if _isna(v):
+        return "?"
+    if isinstance(v, (float, np.floating)):
+        return f"{float(v):g}"
+    return str(v)
+
+
+def variant_key(info_row) -> tuple:
+    return tuple(fmt(info_row[c]) if c in info_row else "?" for c in VARIANT_COLUMNS)
+
+
+def dedupe_runs(info: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Keep one run per setting (the same run found twice, e.g. from two sweeps): the furthest one."""
+    if info.empty:
+        return info, []
+    key_cols = list(SETTING_COLUMNS + VARIANT_COLUMNS)
+    keys = info[key_cols].apply(lambda r: tuple(fmt(v) for v in r), axis=1)
+    info = info.assign(_key=keys).sort_values(["last_iteration", RUN], ascending=[False, True])
+    keep = ~info["_key"].duplicated()
+    notes = []
+    for _, row in info[~keep].iterrows():
+        other = info[keep & (info["_key"] == row["_key"])].iloc[0]
+        notes.append(
+            f"run {row[RUN]} ({describe(row)}) found twice; used {other[RUN]} "
+            f"(iteration {fmt(other['last_iteration'])})"
+        )
+    return info[keep].drop(columns="_key").sort_values(RUN), notes
+
+
+def describe(row, fields: Iterable[str] = ("lr", "batch", "seed")) -> str:
+    return ", ".join(f"{f} {fmt(row[f])}" for f in fields if f in row)
+
+
+def checkpoint_table(frame: pd.DataFrame, sample_set: str | None = "train") -> pd.DataFrame:
+    """One row per (run, iteration).
+
+    Whole-set columns (``CHECKPOINT_COLUMNS``) come from any row of that checkpoint (they are the
+    same on every sample-set row); sample columns and metric columns come from the rows of
+    ``sample_set``. A checkpoint without a row for ``sample_set`` keeps its whole-set columns with
+    missing metrics. ``sample_set=None`` keeps only whole-set columns.
+    """
+    keys = [RUN, "iteration"]
+    ckpt_cols = [c for c in CHECKPOINT_COLUMNS if c in frame.columns and c != "iteration"]
+    per_ckpt = frame.groupby(keys, sort=True)[ckpt_cols].first().reset_index()
+    ident = frame.groupby(RUN, sort=True)[[c for c in IDENTITY_COLUMNS if c in frame.columns]].last()
+    per_ckpt = per_ckpt.join(ident, on=RUN)
+    if sample_set is None:
+        return per_ckpt
+    other = [c for c in quantity_columns(frame) if c not in ckpt_cols]
+    rows = frame[frame["sample_set"] == sample_set]
+    metrics = rows.groupby(keys, sort=True)[other + ["n_samples"]].first().reset_index()
+    return per_ckpt.merge(metrics, on=keys, how="left")
+
+
+def summary_window(iterations: np.ndarray, last_fraction: float) -> float:
+    """First iteration of the last ``last_fraction`` of a run's checkpoints (at least one)."""
+    its = np.sort(np.unique(iterations))
+    k = max(1, int(math.ceil(last_fraction * len(its))))
+    return float(its[-k])
+
+
+def run_summary(frame: pd.DataFrame, last_fraction: float = 0.2, sample_set: str = "train") -> pd.DataFrame:
+    """One row per run: identity, status, progress and the mean of every quantity over the last
+    ``last_fraction`` of the run's checkpoints (those with a row for ``sample_set``); missing values
+    (whole-set evaluations between their cadence, the NaN row of a diverged run) are skipped.
+
+    ``sqrt_sharpness`` is the mean of sqrt(S) over those checkpoints.
+    """
+    if not 0 < last_fraction <= 1:
+        raise ValueError(f"last_fraction must be in (0, 1], got {last_fraction}")
+    frame = prepare(frame)
+    table = checkpoint_table(frame, sample_set)
+    has_set = frame[frame["sample_set"] == sample_set][[RUN, "iteration"]].drop_duplicates()
+    table = table.merge(has_set, on=[RUN, "iteration"], how="inner")
+    quantities = [c for c in quantity_columns(table) if c != "n_samples"]
+    info = run_info(frame).set_index(RUN)
+    rows = []
+    for run, g in table.groupby(RUN, sort=True):
+        start = summary_window(g["iteration"].to_numpy(), last_fraction)
+        window = g[g["iteration"] >= start]
+        row = {RUN: run}
+        for col in IDENTITY_COLUMNS:
+            row[col] = info.at[run, col]
+        row["n_checkpoints"] = int(g["iteration"].nunique())
+        row["last_iteration"] = g["iteration"].max()
+        row["summary_from_iteration"] = start
+        row["summary_checkpoints"] = int(window["iteration"].nunique())
+        for col in quantities:
+            values = window[col].to_numpy(dtype="float64")
+            row[col] = float(np.nanmean(values)) if np.isfinite(values).any() else np.nan
+        rows.append(row)
+    columns = [RUN, *IDENTITY_COLUMNS, "n_checkpoints", "last_iteration", "summary_from_iteration",
+               "summary_checkpoints", *quantities]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def trend_lines(
+    frame: pd.DataFrame,
+    by: str | None,
+    columns: Sequence[str],
+    sample_set: str = "train",
+) -> pd.DataFrame:
+    """The numbers a trend figure draws: for each value of ``by`` (``lr``, ``batch``,
+    ``sample_set``...), each column and each iteration, the mean over runs and the spread.
+
+    Returns a long table with columns ``by, column, iteration, mean, std, min, max, n_runs``
+    (``by=None``: every run in one group, column ``group`` = ``all``).
+    With ``by='sample_set'``, whole-set columns (train/test loss and accuracy) do not depend on the
+    sample set and get one line with ``by`` value ``all``.
+    """
+    out = []
+    frame = prepare(frame)
+    whole_group = by is None
+    if whole_group:
+        by = "group"
+    if by == "sample_set":
+        sets = [s for s in ("train", "test", "misclassified") if (frame["sample_set"] == s).any()]
+        sets += sorted(set(frame["sample_set"].dropna().astype(str)) - set(sets))
+        tables = {s: checkpoint_table(frame, s) for s in sets}
+        whole = checkpoint_table(frame, None)
+        for col in columns:
+            if col in CHECKPOINT_COLUMNS:
+                out.append(_aggregate(whole, col, "all"))
+            else:
+                out.extend(_aggregate(tables[s], col, s) for s in sets)
+    else:
+        table = checkpoint_table(frame, sample_set)
+        if whole_group:
+            table["group"] = "all"
+        values = sorted(table[by].dropna().unique())
+        for col in columns:
+            for v in values:
+                out.append(_aggregate(table[table[by] == v], col, v))
+    out = [o for o in out if len(o)]
+    result = pd.concat(out, ignore_index=True) if out else pd.DataFrame(
+        columns=["group", "column", "iteration", "mean", "std", "min", "max", "n_runs"])
+    return result if whole_group else result.rename(columns={"group": by})
+
+
+def _aggregate(table: pd.DataFrame, col: str, group) -> pd.DataFrame:
+    if col not in table.columns or table.empty:
+        return pd.DataFrame()
+    wide = table.pivot_table(index="iteration", columns=RUN, values=col, aggfunc="first", dropna=False)
+    wide = wide.sort_index()
+    n = wide.notna().sum(axis=1)
+    keep = n > 0
+    if not keep.any():
+        return pd.DataFrame()
+    wide = wide[keep]
+    return pd.DataFrame({
+        "group": group,
+        "column": col,
+        "iteration": wide.index.to_numpy(),
+        "mean": wide.mean(axis=1, skipna=True).to_numpy(),
+        "std": wide.std(axis=1, skipna=True, ddof=0).to_numpy(),
+        "min": wide.min(axis=1, skipna=True).to_numpy(),
+        "max": wide.max(axis=1, skipna=True).to_numpy(),
+        "n_runs": n[keep].to_numpy(),
+    })
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Pearson r and its two-sided p-value (t test with n - 2 degrees of freedom, as
+    ``scipy.stats.pearsonr``); NaN for fewer than 3 points or a constant input."""
+    from scipy.special import stdtr  # lighter than importing scipy.stats
+
+    n = len(x)
+    if n < 3:
+        return np.nan, np.nan
+    dx, dy = x - x.mean(), y - y.mean()
+    sx, sy = np.sqrt(np.dot(dx, dx)), np.sqrt(np.dot(dy, dy))
+    if sx == 0 or sy == 0 or not np.isfinite(sx * sy):
+        return np.nan, np.nan
+    r = float(np.clip(np.dot(dx / sx, dy / sy), -1.0, 1.0))
+    if abs(r) == 1.0:
+        return r, 0.0
+    t = r * np.sqrt((n - 2) / (1.0 - r * r))
+    return r, float(2.0 * stdtr(n - 2, -abs(t)))
+
+
+def correlation_table(summary: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """Pearson r and its two-sided p-value for every pair of ``columns`` over the runs of
+    ``summary`` (rows with both values finite). Fewer than 3 points or a constant column: NaN."""
+    rows = []
+    cols = list(columns)
+    for i, a in enumerate(cols):
+        for b in cols[i + 1:]:
+            x = summary[a].to_numpy(dtype="float64") if a in summary else np.full(len(summary), np.nan)
+            y = summary[b].to_numpy(dtype="float64") if b in summary else np.full(len(summary), np.nan)
+            ok = np.isfinite(x) & np.isfinite(y)
+            n = int(ok.sum())
+            r, p = pearson(x[ok], y[ok])
+            rows.append({"x": a, "y": b, "n": n, "r": r, "p": p})
+    return pd.DataFrame(rows, columns=["x", "y", "n", "r", "p"])

@@ -1,0 +1,266 @@
+"""Drawing for the figures stage (see ``sharpcomp.figures``): matplotlib ``Figure`` objects built
+without pyplot, so nothing depends on a display or a global backend."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from sharpcomp._figures_data import SQRT_S, fmt
+
+# Axis labels: the quantity and its equation in the paper (SPEC, "Metrics").
+LABELS = {
+    "train_loss_running": "train loss (running mean of minibatch losses)",
+    "train_loss": "train loss (whole train set)",
+    "train_acc": "train accuracy (whole train set)",
+    "test_loss": "test loss (whole test set)",
+    "test_acc": "test accuracy (whole test set)",
+    "sample_loss": "loss on the sample points",
+    SQRT_S: r"$\sqrt{S}$, sharpness (Eq. 3)",
+    "sharpness": "S, sharpness (Eq. 3)",
+    "G": "G (Eq. 6)",
+    "log_volume": "log volume (Eq. 10)",
+    "mls": "MLS (Eq. 13)",
+    "local_dim": "local dimensionality (Eq. 14)",
+    "bound_b": "bound b (Eq. 28)",
+    "bound_c": "bound c (Eq. 28)",
+    "bound_d": "bound d (Eq. 28)",
+    "wall_time": "wall time (s)",
+}
+# Short names for legends and scatter-matrix axes.
+SHORT = {
+    "train_loss_running": "train loss", "train_loss": "train loss", "test_loss": "test loss",
+    "test_acc": "test acc.", "train_acc": "train acc.", "sample_loss": "sample loss",
+    SQRT_S: r"$\sqrt{S}$ (Eq. 3)", "sharpness": "S (Eq. 3)", "G": "G (Eq. 6)",
+    "log_volume": "log vol. (Eq. 10)", "mls": "MLS (Eq. 13)", "local_dim": "local dim (Eq. 14)",
+    "bound_b": "bound b (Eq. 28)", "bound_c": "bound c (Eq. 28)", "bound_d": "bound d (Eq. 28)",
+}
+# Quantities drawn on a log axis when every value drawn is positive.
+LOG_COLUMNS = {"train_loss_running", "train_loss", "test_loss", "sample_loss", "mls", "bound_b",
+               "bound_c", "bound_d"}
+BANDS = ("minmax", "std", "none")
+GROUP_NAMES = {"lr": "lr", "batch": "batch", "seed": "seed"}
+SET_NAMES = {"all": "whole set", "train": "train sample set", "test": "test sample set",
+             "misclassified": "misclassified test points"}
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One axis of a trend figure: the columns drawn on it (one line per group and column)."""
+
+    columns: tuple[str, ...]
+    ylabel: str | None = None
+    log: bool | None = None          # None: log when every column is in LOG_COLUMNS and values > 0
+    groups: tuple | None = None      # only these group values (e.g. sample sets); None: all
+
+    @classmethod
+    def of(cls, spec) -> Panel:
+        if isinstance(spec, Panel):
+            return spec
+        if isinstance(spec, str):
+            return cls((spec,))
+        return cls(tuple(spec))
+
+    @property
+    def label(self) -> str:
+        if self.ylabel:
+            return self.ylabel
+        if len(self.columns) == 1:
+            return label(self.columns[0])
+        return " / ".join(short(c) for c in self.columns)
+
+
+def label(col: str) -> str:
+    return LABELS.get(col, col)
+
+
+def short(col: str) -> str:
+    return SHORT.get(col, col)
+
+
+def group_label(by: str, value, n_runs: int | None = None) -> str:
+    if by == "sample_set":
+        text = SET_NAMES.get(str(value), str(value))
+    elif by == "group":
+        text = "mean over runs"
+    else:
+        text = f"{GROUP_NAMES.get(by, by)} {fmt(value)}"
+    if n_runs is not None and by != "sample_set":
+        text += f" ({n_runs} run{'s' if n_runs != 1 else ''})"
+    return text
+
+
+def _band(line: pd.DataFrame, band: str):
+    if band == "minmax":
+        return line["min"].to_numpy(), line["max"].to_numpy()
+    if band == "std":
+        m, s = line["mean"].to_numpy(), line["std"].to_numpy()
+        return m - s, m + s
+    return None
+
+
+def draw_trend(
+    lines: pd.DataFrame,
+    by: str,
+    panels: Sequence,
+    *,
+    band: str = "minmax",
+    title: str | None = None,
+    runs_per_group: dict | None = None,
+    ncols: int = 3,
+) -> tuple[Figure, list[str]]:
+    """Draw the output of ``trend_lines``: one axis per panel, x = iteration.
+
+    Returns the figure and the names of panels that had nothing to draw (they keep an empty axis
+    reading "no data", so the layout stays the same).
+    """
+    if band not in BANDS:
+        raise ValueError(f"band must be one of {BANDS}, got {band!r}")
+    panels = [Panel.of(p) for p in panels]
+    ncols = max(1, min(ncols, len(panels)))
+    nrows = int(np.ceil(len(panels) / ncols))
+    width = max(4.4 * ncols, 7.0)
+    fig = Figure(figsize=(width, 3.3 * nrows + (0.5 if title else 0) + (1.2 if len(panels) == 1 else 0)),
+                 layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    groups = list(dict.fromkeys(lines[by].tolist())) if len(lines) else []
+    colors = {g: f"C{i % 10}" for i, g in enumerate(g for g in groups if g != "all")}
+    colors["all"] = "black"
+    styles = ["-", "--", "-.", ":"]
+    empty = []
+    legend_done = False
+    for ax, panel in zip(axes, panels):
+        drawn = []
+        for ci, col in enumerate(panel.columns):
+            sub = lines[lines["column"] == col]
+            for g in dict.fromkeys(sub[by].tolist()):
+                if panel.groups is not None and g not in panel.groups:
+                    continue
+                line = sub[sub[by] == g].sort_values("iteration")
+                x, y = line["iteration"].to_numpy(dtype=float), line["mean"].to_numpy(dtype=float)
+                name = group_label(by, g, (runs_per_group or {}).get(g))
+                if len(panel.columns) > 1:
+                    name = short(col) if len(groups) <= 1 else f"{short(col)}, {name}"
+                color = colors.get(g, "C0") if len(panel.columns) == 1 or len(groups) > 1 else f"C{ci}"
+                style = styles[ci % len(styles)] if len(panel.columns) > 1 and len(groups) > 1 else "-"
+                ax.plot(x, y, color=color, linestyle=style, label=name, lw=1.4,
+                        marker="o" if len(x) == 1 else None, ms=3)
+                lohi = _band(line, band)
+                if lohi is not None and line["n_runs"].max() > 1:
+                    ax.fill_between(x, lohi[0], lohi[1], color=color, alpha=0.18, lw=0)
+                drawn.append(line)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(panel.label, fontsize=9)
+        if not drawn:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="0.5")
+            empty.append(" / ".join(panel.columns))
+            continue
+        values = pd.concat(drawn)["mean"].to_numpy(dtype=float)
+        values = values[np.isfinite(values)]
+        want_log = panel.log if panel.log is not None else all(c in LOG_COLUMNS for c in panel.columns)
+        if want_log and len(values) and (values > 0).all():
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        n_groups = len({tuple(d[by].iloc[:1]) for d in drawn})
+        if len(panel.columns) > 1 or panel.groups is not None or (n_groups > 1 and not legend_done):
+            ax.legend(fontsize=7, loc="best")
+            legend_done = legend_done or (len(panel.columns) == 1 and n_groups > 1)
+    if title:
+        fig.suptitle(textwrap.fill(title, int(width * 14)), fontsize=10)
+    return fig, empty
+
+
+def draw_correlation(
+    summary: pd.DataFrame,
+    columns: Sequence[str],
+    pearson: pd.DataFrame,
+    *,
+    color_by: Sequence[str] = ("lr", "batch"),
+    title: str | None = None,
+) -> Figure:
+    """Scatter matrix over ``columns``, one point per run.
+
+    Below the diagonal, row i / column j plots ``columns[i]`` (y) against ``columns[j]`` (x) with
+    Pearson r in the corner; above it, panel (j, i) repeats that pair's r, p-value and n in large
+    type (axis hidden); the diagonal holds each quantity's histogram. Points are coloured by
+    ``color_by`` (default lr and batch size).
+    """
+    cols = list(columns)
+    k = len(cols)
+    size = 1.75
+    fig = Figure(figsize=(size * k + 1.9, size * k + 0.9))
+    fig.subplots_adjust(left=0.9 / (size * k + 1.9), right=(size * k + 0.6) / (size * k + 1.9),
+                        bottom=0.55 / (size * k + 0.9), top=1 - 0.45 / (size * k + 0.9),
+                        wspace=0.08, hspace=0.08)
+    grid = fig.add_gridspec(k, k)
+    axes = [[None] * k for _ in range(k)]
+    color_by = [c for c in color_by if c in summary.columns]
+    if color_by:
+        keys = summary[color_by].apply(lambda r: ", ".join(f"{c} {fmt(v)}" for c, v in zip(color_by, r)), axis=1)
+        order = summary.assign(_k=keys).sort_values(color_by)["_k"].drop_duplicates().tolist()
+    else:
+        keys = pd.Series(["run"] * len(summary), index=summary.index)
+        order = ["run"]
+    rvalue = {}
+    for _, row in pearson.iterrows():
+        rvalue[(row["x"], row["y"])] = rvalue[(row["y"], row["x"])] = (row["r"], row["p"], row["n"])
+    handles = []
+    for i, ycol in enumerate(cols):
+        for j, xcol in enumerate(cols):
+            r, p, n = rvalue.get((xcol, ycol), (np.nan, np.nan, 0))
+            if j > i:  # upper triangle: the pair's numbers (text only, no axis)
+                box = grid[i, j].get_position(fig)
+                text = (f"r = {r:.2f}\np = {p:.2g}\nn = {int(n)}" if np.isfinite(r) else f"r = n/a\nn = {int(n)}")
+                fig.text((box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2, text, ha="center", va="center",
+                         fontsize=8, color=_r_color(r))
+                continue
+            share_x = axes[i - 1][j] if i > j else None      # column j: the axis above (same x)
+            share_y = axes[i][j - 1] if 0 < j < i else None  # row i: the scatter to the left
+            ax = axes[i][j] = fig.add_subplot(grid[i, j], sharex=share_x, sharey=share_y)
+            ax.tick_params(labelsize=6, length=2, pad=1)
+            ax.xaxis.set_major_locator(MaxNLocator(3))
+            ax.yaxis.set_major_locator(MaxNLocator(3))
+            if i == j:
+                v = summary[xcol].to_numpy(dtype=float)
+                v = v[np.isfinite(v)]
+                if len(v):  # own y scale (counts): this axis shares no y
+                    ax.hist(v, bins=min(10, max(3, len(v) // 2)), color="0.7")
+                ax.set_yticks([])
+            else:
+                for ki, key in enumerate(order):
+                    sel = summary[keys == key]
+                    h = ax.scatter(sel[xcol], sel[ycol], s=12, color=f"C{ki % 10}", label=key,
+                                   edgecolors="none", alpha=0.85)
+                    if len(handles) < len(order):
+                        handles.append(h)
+                text = f"r = {r:.2f}" if np.isfinite(r) else "r = n/a"
+                ax.text(0.04, 0.95, text, transform=ax.transAxes, fontsize=6.5, va="top",
+                        bbox={"facecolor": "white", "alpha": 0.7, "lw": 0, "pad": 1})
+            if i == k - 1:
+                ax.set_xlabel(short(xcol), fontsize=7)
+            else:
+                ax.tick_params(labelbottom=False)
+            if j == 0:
+                ax.set_ylabel(short(ycol), fontsize=7)
+            elif i != j:
+                ax.tick_params(labelleft=False)
+    fig.sharpcomp_axes = axes  # k x k, None above the diagonal (for tests and callers)
+    if len(order) > 1 and handles:
+        fig.legend(handles, order, loc="center right", fontsize=7, frameon=False)
+    if title:
+        fig.suptitle(textwrap.fill(title, int(fig.get_figwidth() * 14)), fontsize=9)
+    return fig
+
+
+def _r_color(r: float) -> str:
+    if not np.isfinite(r):
+        return "0.5"
+    return "C3" if r > 0.5 else ("C0" if r < -0.5 else "0.2")

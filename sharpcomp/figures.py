@@ -1,0 +1,512 @@
+"""The figures stage: sweep results (``metrics.parquet`` files) -> the study's figures.
+
+Command line (``sharpcomp figures`` calls :func:`main`)::
+
+    sharpcomp figures [RESULT_DIRS ...] [--out DIR] [--last-fraction 0.2] [--formats png,pdf]
+                      [--only fig1,figD5] [--band minmax|std|none]
+
+- ``RESULT_DIRS`` (default ``outputs``): searched recursively for ``metrics.parquet``, so single
+  runs, multirun folders and copies from a cluster all work. A file that cannot be read is skipped
+  with a line; when nothing can be read, one error line on stderr and exit status 1.
+- ``--out`` (default ``<first RESULT_DIR>/figures``): for each figure ``<id>.png``, ``<id>.pdf`` and
+  CSVs of the numbers drawn: trend figures ``<id>.csv`` (per group, column and iteration: mean over
+  runs, std, min, max, number of runs) and ``<id>_runs.csv`` (per-run summary: identity, progress,
+  mean of every quantity over the last ``--last-fraction`` of checkpoints); correlation figures
+  ``<id>.csv`` (the per-run points) and ``<id>_pearson.csv`` (Pearson r, p-value and n per pair).
+- One line per figure written and one per thing skipped or worth knowing (a figure the results do
+  not allow, a diverged run, an empty panel, a duplicate run). Exit status 0 when the results were
+  read, even when they allow no figure (every skip is printed).
+
+What each figure needs (SPEC, "Figures"); runs must have the ``train`` sample set unless noted:
+
+==========  ===========================================================================
+fig1        vgg10 / cifar10_2class at batch 20 with >= 2 learning rates (SPEC: 0.05, 0.1, 0.2)
+fig2        vgg10 / cifar10_2class at lr 0.1 with >= 2 batch sizes (SPEC: 8, 20, 32)
+figE7       mlp4 / fashion_mnist at lr 0.1 with >= 2 batch sizes
+figE8       mlp4 / fashion_mnist at batch 20 with >= 2 learning rates
+fig3        vgg10 / cifar10_2class at lr 0.1, batch 20 with the ``test`` or ``misclassified`` set
+figD4       mlp4 / fashion_mnist runs with bound values (the lr 0.1 / batch 20 setting when
+            present, else the setting with most runs)
+figD5       >= 3 vgg10 / cifar10_2class runs (any lr / batch; SPEC's grid has 20)
+figD6       >= 3 mlp4 / fashion_mnist runs
+==========  ===========================================================================
+
+Conventions:
+
+- Trend figures: x = iteration; one line per lr / batch size (per sample set for fig3), the mean
+  over the runs (seeds) that reached that checkpoint, with a band for their spread (``--band``,
+  default min to max). Train loss is ``train_loss_running`` (the running mean of minibatch losses,
+  present at every checkpoint: what the reference code plots); the whole-set ``train_loss`` is in
+  the CSVs. Sharpness is drawn as sqrt(S). Metric panels use the ``train`` sample set.
+- A figure never mixes experiments: runs that differ in scale, loss, optimiser, width, outputs or
+  data source are drawn as separate figures named ``<id>-<field>-<value>``. The same setting found
+  twice (e.g. by two sweeps) is used once: the run that got furthest.
+- Diverged and failed runs are drawn up to their last finite checkpoint in trend figures and left
+  out of correlation figures. Correlation figures also leave out runs still running that are behind
+  the furthest run of their figure (their "end of training" is not there yet).
+- Correlation figures: one point per run = its mean over the last ``--last-fraction`` (default
+  0.2) of its checkpoints, missing values skipped; sqrt(S) is averaged per checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from sharpcomp._figures_data import (
+    RUN,
+    SQRT_S,
+    VARIANT_COLUMNS,
+    correlation_table,
+    dedupe_runs,
+    describe,
+    fmt,
+    load_results,
+    prepare,
+    run_info,
+    run_summary,
+    same,
+    trend_lines,
+    variant_key,
+)
+from sharpcomp._figures_draw import BANDS, Panel, draw_correlation, draw_trend
+from sharpcomp.records import RecordError
+
+__all__ = [
+    "BOUND_COLUMNS", "CORRELATION_COLUMNS", "FIGURES", "FIG3_PANELS", "Panel", "TREND_PANELS",
+    "bound_figure", "correlation_figure", "correlation_table", "load_results", "main",
+    "run_summary", "sample_set_figure", "trend_figure", "trend_lines",
+]
+
+TREND_PANELS = ("train_loss_running", "test_acc", SQRT_S, "log_volume", "G", "local_dim")
+FIG3_PANELS = (
+    "train_loss_running",
+    Panel(("test_loss", "sample_loss"), ylabel="test loss (whole test set; on the sample points)",
+          groups=("all", "test", "misclassified")),
+    SQRT_S, "log_volume", "G", "local_dim",
+)
+BOUND_COLUMNS = ("mls", "bound_b", "bound_c", "bound_d")
+CORRELATION_COLUMNS = ("local_dim", SQRT_S, "log_volume", "G", "mls", "test_loss")
+
+
+# --------------------------------------------------------------------------------------------
+# Public figure functions (each returns a matplotlib Figure)
+# --------------------------------------------------------------------------------------------
+
+def trend_figure(
+    frame: pd.DataFrame,
+    by: str = "lr",
+    panels: Sequence = TREND_PANELS,
+    *,
+    sample_set: str = "train",
+    band: str = "minmax",
+    title: str | None = None,
+) -> Figure:
+    """Quantities against iteration, one line per value of ``by`` (mean over the runs sharing it,
+    band = spread). ``panels``: column names, tuples of columns (one axis) or :class:`Panel`."""
+    fig, _, _ = _trend(frame, by, panels, sample_set=sample_set, band=band, title=title)
+    return fig
+
+
+def sample_set_figure(frame: pd.DataFrame, panels: Sequence = FIG3_PANELS, *, band: str = "minmax",
+                      title: str | None = None) -> Figure:
+    """fig3: one line per sample set (train / test / misclassified) on the same runs."""
+    return trend_figure(frame, by="sample_set", panels=panels, band=band, title=title)
+
+
+def bound_figure(frame: pd.DataFrame, *, band: str = "minmax", title: str | None = None) -> Figure:
+    """figD4: mls, bound_b, bound_c, bound_d (mean over the runs of ``frame``) on one log axis."""
+    fig, _, _ = _trend(frame, None, [_bound_panel()], band=band, title=title)
+    return fig
+
+
+def correlation_figure(summary: pd.DataFrame, columns: Sequence[str] = CORRELATION_COLUMNS, *,
+                       title: str | None = None) -> Figure:
+    """Scatter matrix of ``columns`` over the runs of ``summary`` (from :func:`run_summary`),
+    Pearson r in every off-diagonal panel, points coloured by (lr, batch)."""
+    return draw_correlation(summary, columns, correlation_table(summary, columns), title=title)
+
+
+def _bound_panel() -> Panel:
+    return Panel(BOUND_COLUMNS, ylabel="MLS (Eq. 13) and bounds b, c, d (Eq. 28)", log=True)
+
+
+def _trend(frame, by, panels, *, sample_set="train", band="minmax", title=None):
+    frame = prepare(frame)
+    panels = [Panel.of(p) for p in panels]
+    columns = list(dict.fromkeys(c for p in panels for c in p.columns))
+    lines = trend_lines(frame, by, columns, sample_set=sample_set)
+    key = "group" if by is None else by
+    runs_per_group = None
+    if by not in (None, "sample_set") and by in frame.columns:
+        runs_per_group = frame.groupby(by)[RUN].nunique().to_dict()
+    fig, empty = draw_trend(lines, key, panels, band=band, title=title, runs_per_group=runs_per_group)
+    return fig, lines, empty
+
+
+# --------------------------------------------------------------------------------------------
+# The figure table
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FigureSpec:
+    id: str
+    kind: str                     # trend | samples | bounds | correlation
+    data: str
+    model: str
+    fixed: dict = field(default_factory=dict)
+    by: str | None = None
+    expected: tuple = ()          # SPEC's values of `by` (trend) or (lr, batch) settings (correlation)
+    columns: tuple = ()
+    what: str = ""
+
+
+_D5_GRID = ((0.05, 20), (0.1, 20), (0.2, 20), (0.1, 8), (0.1, 32))
+FIGURES = (
+    FigureSpec("fig1", "trend", "cifar10_2class", "vgg10", {"batch": 20}, "lr", (0.05, 0.1, 0.2),
+               what="learning rates"),
+    FigureSpec("fig2", "trend", "cifar10_2class", "vgg10", {"lr": 0.1}, "batch", (8, 20, 32),
+               what="batch sizes"),
+    FigureSpec("fig3", "samples", "cifar10_2class", "vgg10", {"lr": 0.1, "batch": 20}),
+    FigureSpec("figD4", "bounds", "fashion_mnist", "mlp4"),
+    FigureSpec("figD5", "correlation", "cifar10_2class", "vgg10", expected=_D5_GRID,
+               columns=CORRELATION_COLUMNS),
+    FigureSpec("figD6", "correlation", "fashion_mnist", "mlp4", expected=_D5_GRID,
+               columns=CORRELATION_COLUMNS + ("bound_c", "bound_d")),
+    FigureSpec("figE7", "trend", "fashion_mnist", "mlp4", {"lr": 0.1}, "batch", (8, 20, 32),
+               what="batch sizes"),
+    FigureSpec("figE8", "trend", "fashion_mnist", "mlp4", {"batch": 20}, "lr", (0.05, 0.1, 0.2),
+               what="learning rates"),
+)
+FIGURE_IDS = tuple(s.id for s in FIGURES)
+
+
+class _Context:
+    def __init__(self, frame, info, out: Path, formats, last_fraction, band):
+        self.frame, self.info, self.out = frame, info, out
+        self.formats, self.last_fraction, self.band = formats, last_fraction, band
+        self.written = 0
+
+    def say(self, fig_id: str, text: str) -> None:
+        print(f"{fig_id}: {text}", flush=True)
+
+    def save(self, name: str, fig: Figure, tables: dict[str, pd.DataFrame]) -> list[str]:
+        self.out.mkdir(parents=True, exist_ok=True)
+        names = []
+        for ext in self.formats:
+            path = self.out / f"{name}.{ext}"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fig.savefig(path, dpi=150)
+            # the layout is settled by the first format; the others reuse it (layout is costly)
+            fig.set_layout_engine("none")
+            names.append(path.name)
+        for suffix, table in tables.items():
+            path = self.out / f"{name}{suffix}.csv"
+            table.drop(columns=[c for c in ("versions",) if c in table.columns]).to_csv(path, index=False)
+            names.append(path.name)
+        self.written += 1
+        return names
+
+
+def _say_dupes(ctx: _Context, fig_id: str, dupes: list[str]) -> None:
+    if len(dupes) == 1:
+        ctx.say(fig_id, dupes[0])
+    elif dupes:
+        ctx.say(fig_id, f"{len(dupes)} runs found twice (same setting, e.g. from two sweeps); used the "
+                        "furthest of each (see the CSV's _run column)")
+
+
+def _where(spec: FigureSpec) -> str:
+    text = f"{spec.model}/{spec.data} runs"
+    if spec.fixed:
+        text += " at " + ", ".join(f"{k} {fmt(v)}" for k, v in spec.fixed.items())
+    return text
+
+
+def _candidates(ctx: _Context, spec: FigureSpec, need_sets=("train",)) -> tuple[pd.DataFrame, list[str]]:
+    info = ctx.info
+    sel = info[(info["data"].astype(str) == spec.data) & (info["model"].astype(str) == spec.model)]
+    for key, value in spec.fixed.items():
+        sel = sel[sel[key].apply(lambda v, value=value: same(v, value))]
+    sel = sel[sel["sample_sets"].apply(lambda s: any(x in s for x in need_sets))]
+    return dedupe_runs(sel)
+
+
+def _variants(sel: pd.DataFrame, fig_id: str) -> list[tuple[str, pd.DataFrame]]:
+    """Split runs into experiments that differ in VARIANT_COLUMNS; name each figure."""
+    if sel.empty:
+        return []
+    keys = sel.apply(variant_key, axis=1)
+    distinct = list(dict.fromkeys(keys.tolist()))
+    if len(distinct) == 1:
+        return [(fig_id, sel)]
+    differ = [i for i in range(len(VARIANT_COLUMNS)) if len({k[i] for k in distinct}) > 1]
+    out = []
+    for k in sorted(distinct):
+        suffix = "-".join(f"{VARIANT_COLUMNS[i]}-{k[i]}" for i in differ)
+        out.append((f"{fig_id}-{re.sub(r'[^A-Za-z0-9_.=-]+', '_', suffix)}", sel[keys == k]))
+    return out
+
+
+def _status_notes(ctx: _Context, name: str, runs: pd.DataFrame, drawn: bool = True) -> None:
+    running = 0
+    for _, row in runs.iterrows():
+        status = str(row["status"])
+        if status in ("diverged", "failed"):
+            end = (f"drawn up to iteration {fmt(row['last_finite_iteration'])}" if drawn
+                   else "left out")
+            ctx.say(name, f"run {row[RUN]} ({describe(row)}) {status} at iteration "
+                          f"{fmt(row['last_iteration'])}; {end}")
+        elif status == "running":
+            running += 1
+    if running and drawn:
+        ctx.say(name, f"{running} run{'s' if running > 1 else ''} still running; drawn up to their "
+                      "latest checkpoint")
+
+
+def _title(spec: FigureSpec, runs: pd.DataFrame, extra: str = "") -> str:
+    first = runs.iloc[0]
+    parts = [f"{spec.id}: {spec.model} on {spec.data}"]
+    parts += [f"{k} {fmt(v)}" for k, v in spec.fixed.items()]
+    if extra:
+        parts.append(extra)
+    parts.append(f"scale {fmt(first['scale'])}, loss {fmt(first['loss'])}")
+    return ", ".join(parts)
+
+
+def _written(ctx, name, files, detail):
+    ctx.say(name, f"wrote {ctx.out / files[0]}, {', '.join(files[1:])} ({detail})")
+
+
+def _values_text(values) -> str:
+    return ", ".join(fmt(v) for v in values) if len(values) else "none"
+
+
+def _make_trend(ctx: _Context, spec: FigureSpec) -> None:
+    sel, dupes = _candidates(ctx, spec)
+    _say_dupes(ctx, spec.id, dupes)
+    need = f"needs {_where(spec)} with >= 2 {spec.what}"
+    if sel.empty:
+        ctx.say(spec.id, f"skipped, {need} (found none)")
+        return
+    for name, runs in _variants(sel, spec.id):
+        values = sorted({float(v) for v in runs[spec.by].dropna()})
+        if len(values) < 2:
+            ctx.say(name, f"skipped, {need} (found {spec.by} {_values_text(values)} only)")
+            continue
+        missing = [v for v in spec.expected if not any(same(v, x) for x in values)]
+        frame = ctx.frame[ctx.frame[RUN].isin(runs[RUN])]
+        title = _title(spec, runs, f"one line per {spec.by}; mean over seeds, band {ctx.band}")
+        fig, lines, empty = _trend(frame, spec.by, TREND_PANELS, band=ctx.band, title=title)
+        summary = run_summary(frame, ctx.last_fraction)
+        files = ctx.save(name, fig, {"": lines, "_runs": summary})
+        seeds = sorted({fmt(s) for s in runs["seed"]})
+        _written(ctx, name, files, f"{len(runs)} runs; {spec.by} {_values_text(values)}; seeds {', '.join(seeds)}")
+        if missing:
+            ctx.say(name, f"{spec.by} {_values_text(missing)} missing (SPEC: {_values_text(spec.expected)})")
+        for e in empty:
+            ctx.say(name, f"panel {e} skipped: no values in these runs")
+        _status_notes(ctx, name, runs)
+
+
+def _make_samples(ctx: _Context, spec: FigureSpec) -> None:
+    sel, dupes = _candidates(ctx, spec, need_sets=("test", "misclassified"))
+    _say_dupes(ctx, spec.id, dupes)
+    if sel.empty:
+        ctx.say(spec.id, f"skipped, needs {_where(spec)} with the test or misclassified sample set "
+                         "(metrics.sample_sets)")
+        return
+    for name, runs in _variants(sel, spec.id):
+        frame = ctx.frame[ctx.frame[RUN].isin(runs[RUN])]
+        sets = sorted(set().union(*runs["sample_sets"]))
+        title = _title(spec, runs, f"one line per sample set; mean over {len(runs)} runs, band {ctx.band}")
+        fig, lines, empty = _trend(frame, "sample_set", FIG3_PANELS, band=ctx.band, title=title)
+        summary = pd.concat(
+            [run_summary(frame, ctx.last_fraction, s).assign(sample_set=s) for s in sets], ignore_index=True)
+        files = ctx.save(name, fig, {"": lines, "_runs": summary})
+        _written(ctx, name, files, f"{len(runs)} runs; sample sets {', '.join(sets)}")
+        for s in ("test", "misclassified"):
+            if s not in sets:
+                ctx.say(name, f"no {s} sample set in these runs; drawn without it")
+        for e in empty:
+            ctx.say(name, f"panel {e} skipped: no values in these runs")
+        _status_notes(ctx, name, runs)
+
+
+def _make_bounds(ctx: _Context, spec: FigureSpec) -> None:
+    sel, dupes = _candidates(ctx, spec)
+    _say_dupes(ctx, spec.id, dupes)
+    need = f"needs {_where(spec)} with bound values (bound_b, bound_c, bound_d)"
+    if sel.empty:
+        ctx.say(spec.id, f"skipped, {need} (found none)")
+        return
+    frame_all = ctx.frame[ctx.frame[RUN].isin(sel[RUN])]
+    has = frame_all.groupby(RUN)[list(BOUND_COLUMNS[1:])].apply(lambda g: bool(np.isfinite(g.to_numpy()).any()))
+    sel = sel[sel[RUN].map(has).fillna(False).astype(bool)]
+    if sel.empty:
+        reasons = frame_all.get("bounds_reason", pd.Series(dtype=object)).dropna().astype(str)
+        reasons = [r for r in reasons.unique() if r]
+        ctx.say(spec.id, f"skipped, {need} (bounds missing{': ' + reasons[0] if reasons else ''})")
+        return
+    for name, runs in _variants(sel, spec.id):
+        settings = runs.groupby(["lr", "batch"])[RUN].nunique()
+        pick = next(((lr, b) for (lr, b) in settings.index if same(lr, 0.1) and same(b, 20)), None)
+        if pick is None:
+            pick = settings.sort_values(ascending=False, kind="stable").index[0]
+        chosen = runs[runs["lr"].apply(lambda v, p=pick[0]: same(v, p))
+                      & runs["batch"].apply(lambda v, p=pick[1]: same(v, p))]
+        frame = ctx.frame[ctx.frame[RUN].isin(chosen[RUN])]
+        title = _title(spec, chosen, f"lr {fmt(pick[0])}, batch {fmt(pick[1])}; mean over {len(chosen)} "
+                                     f"runs, band {ctx.band}")
+        fig, lines, _ = _trend(frame, None, [_bound_panel()], band=ctx.band, title=title)
+        summary = run_summary(frame, ctx.last_fraction)
+        files = ctx.save(name, fig, {"": lines, "_runs": summary})
+        _written(ctx, name, files, f"{len(chosen)} runs at lr {fmt(pick[0])}, batch {fmt(pick[1])}")
+        if len(settings) > 1:
+            ctx.say(name, f"drew the lr {fmt(pick[0])} / batch {fmt(pick[1])} setting; "
+                          f"{len(settings) - 1} other setting(s) not drawn")
+        _check_chain(ctx, name, frame)
+        _status_notes(ctx, name, chosen)
+
+
+def _check_chain(ctx, name, frame) -> None:
+    cols = [c for c in BOUND_COLUMNS if c in frame.columns]
+    if len(cols) < 4:
+        return
+    v = frame[cols].to_numpy(dtype=float)
+    v = v[np.isfinite(v).all(axis=1)]
+    if not len(v):
+        return
+    bad = int((np.diff(v, axis=1) < -1e-6 * np.abs(v[:, 1:])).any(axis=1).sum())
+    if bad:
+        ctx.say(name, f"warning: mls <= bound_b <= bound_c <= bound_d fails on {bad} of {len(v)} rows")
+
+
+def _make_correlation(ctx: _Context, spec: FigureSpec) -> None:
+    sel, dupes = _candidates(ctx, spec)
+    _say_dupes(ctx, spec.id, dupes)
+    need = f"needs >= 3 {_where(spec)} (diverged, failed and lagging running runs left out)"
+    if sel.empty:
+        ctx.say(spec.id, f"skipped, {need} (found none)")
+        return
+    for name, runs in _variants(sel, spec.id):
+        bad = runs[runs["status"].astype(str).isin(["diverged", "failed"])]
+        _status_notes(ctx, name, bad, drawn=False)
+        runs = runs.drop(bad.index)
+        if len(runs):
+            furthest = runs["last_iteration"].max()
+            lagging = runs[(runs["status"].astype(str) == "running") & (runs["last_iteration"] < furthest)]
+            if len(lagging):
+                ctx.say(name, f"{len(lagging)} running run(s) behind iteration {fmt(furthest)} left out "
+                              "(rerun figures when they finish)")
+            runs = runs.drop(lagging.index)
+        if len(runs) < 3:
+            ctx.say(name, f"skipped, {need} (found {len(runs)})")
+            continue
+        frame = ctx.frame[ctx.frame[RUN].isin(runs[RUN])]
+        summary = run_summary(frame, ctx.last_fraction)
+        cols = [c for c in spec.columns if c in summary and np.isfinite(summary[c].to_numpy(dtype=float)).any()]
+        for c in spec.columns:
+            if c not in cols:
+                ctx.say(name, f"column {c} skipped: no values in these runs")
+        if len(cols) < 2:
+            ctx.say(name, f"skipped, needs >= 2 quantities with values (found {len(cols)})")
+            continue
+        pearson = correlation_table(summary, cols)
+        title = _title(spec, runs, f"one point per run (mean over the last {ctx.last_fraction:g} of "
+                                   "checkpoints)")
+        fig = draw_correlation(summary, cols, pearson, title=title)
+        files = ctx.save(name, fig, {"": summary, "_pearson": pearson})
+        _written(ctx, name, files, f"{len(runs)} runs, {len(cols)} quantities")
+        have = {(float(lr), float(b)) for lr, b in zip(runs["lr"], runs["batch"])}
+        missing = [s for s in spec.expected if not any(same(s[0], h[0]) and same(s[1], h[1]) for h in have)]
+        if missing:
+            text = ", ".join(f"lr {fmt(lr)}/batch {fmt(b)}" for lr, b in missing)
+            ctx.say(name, f"SPEC settings missing: {text} (SPEC: 20 runs, 4 seeds each)")
+
+
+_MAKERS = {"trend": _make_trend, "samples": _make_samples, "bounds": _make_bounds,
+           "correlation": _make_correlation}
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sharpcomp figures",
+        description="Draw the study's figures (SPEC 'Figures') from every metrics.parquet under the "
+                    "given folders.",
+    )
+    p.add_argument("dirs", nargs="*", metavar="RESULT_DIR", help="folders to search (default: outputs)")
+    p.add_argument("--out", help="where figures go (default: <first RESULT_DIR>/figures)")
+    p.add_argument("--last-fraction", type=float, default=0.2,
+                   help="correlation points and per-run summaries: mean over this last fraction of "
+                        "each run's checkpoints (default 0.2)")
+    p.add_argument("--formats", default="png,pdf", help="comma-separated image formats (default png,pdf)")
+    p.add_argument("--only", help=f"comma-separated figure ids (default all: {','.join(FIGURE_IDS)})")
+    p.add_argument("--band", choices=BANDS, default="minmax",
+                   help="trend band over seeds: min to max (default), mean +- std, or none")
+    return p
+
+
+def _error(text: str) -> int:
+    print(f"sharpcomp figures: error: {text}", file=sys.stderr, flush=True)
+    return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(list(argv) if argv is not None else None)
+    except SystemExit as exc:  # --help, or a usage error (argparse printed it)
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+    if not 0 < args.last_fraction <= 1:
+        return _error(f"--last-fraction must be in (0, 1], got {args.last_fraction:g}")
+    formats = [f.strip().lstrip(".").lower() for f in args.formats.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in ("png", "pdf", "svg")]
+    if not formats or unknown:
+        return _error(f"--formats takes png, pdf, svg (got {args.formats!r})")
+    only = FIGURE_IDS
+    if args.only:
+        only = tuple(x.strip() for x in args.only.split(",") if x.strip())
+        bad = [x for x in only if x not in FIGURE_IDS]
+        if bad:
+            return _error(f"unknown figure id {', '.join(bad)} (known: {', '.join(FIGURE_IDS)})")
+    dirs = [Path(d) for d in (args.dirs or ["outputs"])]
+    out = Path(args.out) if args.out else dirs[0] / "figures"
+    try:
+        frame, notes = load_results(dirs)
+    except RecordError as exc:
+        return _error(str(exc))
+    except Exception as exc:  # a damaged folder must not end in a traceback
+        return _error(f"cannot read results under {', '.join(map(str, dirs))}: {exc}")
+    for note in notes:
+        print(note, flush=True)
+    info = run_info(frame)
+    print(f"read {len(info)} runs from {len(dirs)} folder{'s' if len(dirs) > 1 else ''}", flush=True)
+    ctx = _Context(frame, info, out, formats, args.last_fraction, args.band)
+    for spec in FIGURES:
+        if spec.id in only:
+            try:
+                _MAKERS[spec.kind](ctx, spec)
+            except Exception as exc:  # one figure's failure does not stop the others
+                ctx.say(spec.id, f"skipped, could not be drawn: {type(exc).__name__}: {exc}")
+    print(f"{ctx.written} figure{'s' if ctx.written != 1 else ''} written to {out}"
+          if ctx.written else "no figures written: the results allow none (see the lines above)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main(sys.argv[1:]))
