@@ -1,0 +1,288 @@
+"""The reparametrisation test (issue 5, section 4): rescale one hidden layer and compare every metric.
+
+For a hidden layer l (a layer with a ReLU rescaling symmetry, see :mod:`sharpcomp.flatness`) and
+alpha > 0, :func:`rescale_unit` maps
+
+    (W_l[j, :], b_l[j]) -> alpha (W_l[j, :], b_l[j]),   W_{l+1}[:, j] -> W_{l+1}[:, j] / alpha
+
+for every unit j (or the given ones). The network function f is unchanged, hence so are the input
+Jacobians J_i and every representation metric built from them (G, log_volume, mls, local_dim) and
+the loss. Parameter-space quantities move: with A = sum of ||d f_k / d theta||^2 over the rescaled
+units' incoming entries and B = the same over their outgoing entries,
+
+    S(alpha) = A / alpha^2 + alpha^2 B + (S - A - B)
+
+(the gradient w.r.t. an entry scaled by alpha scales by 1/alpha). The same holds for Tr H and the
+empirical Fisher; the l2 worst-case sharpness moves too, while the adaptive (|w|-scaled) worst-case
+sharpness is exactly invariant (its ascent iterates map onto each other).
+
+``sharpcomp reparam RUN_DIR [alpha=10] [layer=NAME] [units=0,3] [probes=50] [seed=0]`` loads a run's
+last checkpoint and prints the before/after table of :func:`reparam_table`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from . import flatness as fl
+
+__all__ = ["rescale_unit", "reparam_table", "main"]
+
+REL_TOL = 1e-6  # |after - before| above this fraction of max(|before|, |after|) counts as moved
+
+
+def _hidden(model: nn.Module) -> dict[str, fl.HiddenLayer]:
+    try:
+        return fl.hidden_layers(model)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def rescale_unit(model: nn.Module, layer: str, alpha: float, units: Sequence[int] | None = None, *,
+                 copy_model: bool = False) -> nn.Module:
+    """Rescale hidden layer ``layer``'s units (all, or ``units``) by ``alpha`` against the next layer.
+
+    In place (returns ``model``), or on a deep copy with ``copy_model=True``. Raises ValueError for an
+    unknown layer, a layer without the symmetry (e.g. the output layer), alpha <= 0 or a bad unit.
+    """
+    try:
+        alpha = float(alpha)
+    except (TypeError, ValueError):
+        raise ValueError(f"alpha must be a positive number, got {alpha!r}") from None
+    if not (math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"alpha must be a positive number, got {alpha}")
+    hidden = _hidden(model)
+    if layer not in hidden:
+        names = [n for n, _ in model.named_children()]
+        choices = ", ".join(hidden) or "none"
+        if layer not in names:
+            raise ValueError(f"unknown layer '{layer}' (rescalable layers: {choices})")
+        raise ValueError(f"layer '{layer}' has no rescaling symmetry (the output layer, or not followed by "
+                         f"ReLU/pooling and another layer); rescalable layers: {choices}")
+    hl = hidden[layer]
+    if units is None:
+        idx = torch.arange(hl.units)
+    else:
+        idx = torch.as_tensor(list(units), dtype=torch.long)
+        bad = [int(u) for u in idx if not 0 <= int(u) < hl.units]
+        if bad:
+            raise ValueError(f"unit {bad[0]} out of range for layer '{layer}' ({hl.units} units)")
+        idx = torch.unique(idx)
+    if copy_model:
+        model = copy.deepcopy(model)
+    mods = dict(model.named_children())
+    mod, nxt = mods[hl.name], mods[hl.next_name]
+    with torch.no_grad():
+        dev = mod.weight.device
+        i = idx.to(dev)
+        mod.weight[i] *= alpha
+        if mod.bias is not None:
+            mod.bias[i] *= alpha
+        w = nxt.weight.view(nxt.weight.shape[0], hl.units, -1)
+        w[:, i] = w[:, i] / alpha
+    return model
+
+
+def _metrics_row(model: nn.Module, x: Tensor, y: Tensor, loss_fn: Callable, probes: int, seed: int,
+                 metrics_kwargs: dict, worst: dict) -> tuple[dict[str, float], Tensor]:
+    """Every metric of ``model`` (float64, eval mode) on (x, y); fixed seeds so before/after share probes."""
+    from .metrics import compute_metrics, hessian_trace
+
+    out: dict[str, float] = {}
+    with torch.no_grad():
+        f = model(x)
+    out["loss"] = float(loss_fn(f, y))
+    m = compute_metrics(model, x, dtype=torch.float64, **metrics_kwargs)
+    for k in ("sharpness", "G", "log_volume", "mls", "local_dim", "bound_b", "bound_c", "bound_d"):
+        out[k] = float(m[k])
+    if probes >= 2:
+        out["hessian_trace"], _ = hessian_trace(model, loss_fn, x, y, probes,
+                                                torch.Generator().manual_seed(seed))
+        out["quotient_trace"], _ = fl.quotient_hessian_trace(model, loss_fn, x, y, probes,
+                                                             torch.Generator().manual_seed(seed))
+    out["quotient_trace_gap"] = fl.quotient_trace_gap(model, loss_fn, x, y)
+    batches = [(x, y)]
+    out["sharpness_worst"] = fl.worst_case_sharpness(model, loss_fn, batches, worst["rho"], worst["steps"])["value"]
+    out["sharpness_adaptive"] = fl.worst_case_sharpness(model, loss_fn, batches, worst["adaptive_rho"],
+                                                        worst["steps"], adaptive=True)["value"]
+    out["fisher_trace"] = fl.fisher_trace(model, loss_fn, x, y)
+    k = max(2, min(5, x.shape[0]))
+    chunks = [(x[i::k], y[i::k]) for i in range(k) if len(x[i::k])]
+    out["grad_disagreement"] = fl.gradient_disagreement(model, loss_fn, chunks)
+    return out, f
+
+
+def reparam_table(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn: Callable, layer: str,
+                  alpha: float, *, units: Sequence[int] | None = None, probes: int = 50, seed: int = 0,
+                  metrics_kwargs: dict | None = None, rho: float = 0.05, adaptive_rho: float = 0.5,
+                  steps: int = 5) -> pd.DataFrame:
+    """Every metric before and after :func:`rescale_unit` (on a float64 copy; ``model`` is untouched).
+
+    Rows (index ``metric``): ``output_change`` (before 0, after max_i |f_after(x_i) - f_before(x_i)|),
+    loss, the SPEC metrics of ``compute_metrics`` (``metrics_kwargs`` passed on, e.g. layer or
+    log_volume_rank), hessian_trace and quotient_trace (Hutchinson, the same ``probes`` probes before and
+    after; skipped for probes < 2), quotient_trace_gap (closed form), sharpness_worst (l2, radius
+    ``rho``) and sharpness_adaptive (radius ``adaptive_rho``), each on the whole sample as one batch,
+    fisher_trace and grad_disagreement (over up to 5 interleaved sub-batches). Columns: before, after,
+    rel_change = (after - before) / |before|, moved = |after - before| > 1e-6 max(|before|, |after|)
+    (NaN values never count as moved).
+    """
+    base = copy.deepcopy(model).to(torch.float64).eval()
+    moved_model = rescale_unit(base, layer, alpha, units, copy_model=True)
+    dev = next(base.parameters()).device
+    x = inputs.detach().to(device=dev, dtype=torch.float64)
+    y = targets.detach().to(dev)
+    if y.is_floating_point():
+        y = y.to(torch.float64)
+    worst = {"rho": rho, "adaptive_rho": adaptive_rho, "steps": steps}
+    kw = dict(metrics_kwargs or {})
+    before, f0 = _metrics_row(base, x, y, loss_fn, probes, seed, kw, worst)
+    after, f1 = _metrics_row(moved_model, x, y, loss_fn, probes, seed, kw, worst)
+    rows = [{"metric": "output_change", "before": 0.0, "after": float((f1 - f0).abs().max())}]
+    rows += [{"metric": k, "before": before[k], "after": after[k]} for k in before]
+    df = pd.DataFrame(rows).set_index("metric")
+
+    def rel(b: float, a: float) -> float:
+        if math.isnan(a) or math.isnan(b) or b == 0:
+            return math.nan if (math.isnan(a) or math.isnan(b) or a != b) else 0.0
+        return (a - b) / abs(b)
+
+    def moved(b: float, a: float) -> bool:
+        if math.isnan(a) or math.isnan(b):
+            return False
+        if math.isinf(a) or math.isinf(b):
+            return a != b
+        scale = max(abs(a), abs(b))
+        if scale == 0:
+            return False
+        return abs(a - b) > REL_TOL * scale
+
+    df["rel_change"] = [rel(b, a) for b, a in zip(df["before"], df["after"])]
+    df["moved"] = [moved(b, a) for b, a in zip(df["before"], df["after"])]
+    # output_change: any change beyond float64 round-off of the outputs counts as moved
+    scale = float(f0.abs().max()) if f0.numel() else 1.0
+    df.loc["output_change", "moved"] = bool(df.loc["output_change", "after"] > 1e-9 * max(scale, 1e-300))
+    df.loc["output_change", "rel_change"] = df.loc["output_change", "after"] / max(scale, 1e-300)
+    return df
+
+
+# ---------------------------------------------------------------------------------------------------
+# command line
+
+USAGE = """usage: sharpcomp reparam RUN_DIR [alpha=10] [layer=NAME] [units=I,J,...] [probes=50] [seed=0]
+
+Load the run's last checkpoint (RUN_DIR/checkpoint.pt), rescale hidden layer NAME's incoming weights
+and biases by alpha and the next layer's matching weights by 1/alpha (the network function does not
+change), and print every metric before and after on the run's train sample set, marking which moved.
+  alpha   rescaling factor > 0 (default 10)
+  layer   a hidden layer (default: the last one before the output layer)
+  units   comma-separated unit/channel indices (default: all units of the layer)
+  probes  Hutchinson probes for hessian_trace and quotient_trace (default 50; < 2 skips them)
+  seed    seed of the probes (default 0)"""
+
+
+class _Usage(Exception):
+    pass
+
+
+def _parse(argv: Sequence[str]) -> tuple[str, dict]:
+    args = list(argv)
+    if args and args[0] == "reparam":
+        args = args[1:]
+    run_dir, opts = None, {}
+    known = ("alpha", "layer", "units", "probes", "seed")
+    for a in args:
+        if "=" in a and not a.startswith("-"):
+            k, v = a.split("=", 1)
+            if k not in known:
+                raise _Usage(f"unknown option '{k}' (options: {', '.join(known)})")
+            opts[k] = v
+        elif a.startswith("-"):
+            raise _Usage(f"unknown flag '{a}' (see `sharpcomp reparam --help`)")
+        elif run_dir is None:
+            run_dir = a
+        else:
+            raise _Usage(f"unexpected argument '{a}' (one RUN_DIR, then key=value options)")
+    if run_dir is None:
+        raise _Usage("missing RUN_DIR (see `sharpcomp reparam --help`)")
+    out: dict = {"layer": opts.get("layer")}
+    try:
+        out["alpha"] = float(opts.get("alpha", "10"))
+    except ValueError:
+        raise _Usage(f"alpha must be a positive number, got '{opts['alpha']}'") from None
+    if not (math.isfinite(out["alpha"]) and out["alpha"] > 0):
+        raise _Usage(f"alpha must be a positive number, got {opts.get('alpha')}")
+    for k, default in (("probes", 50), ("seed", 0)):
+        try:
+            out[k] = int(opts.get(k, default))
+        except ValueError:
+            raise _Usage(f"{k} must be an integer, got '{opts[k]}'") from None
+    if out["probes"] < 0:
+        raise _Usage(f"probes must be >= 0, got {out['probes']}")
+    if "units" in opts:
+        try:
+            out["units"] = [int(u) for u in opts["units"].split(",") if u.strip()]
+        except ValueError:
+            raise _Usage(f"units must be comma-separated integers, got '{opts['units']}'") from None
+    else:
+        out["units"] = None
+    return run_dir, out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``sharpcomp reparam RUN_DIR alpha=10 layer=fc1``: print the before/after table; 0 on success."""
+    argv = sys.argv[1:] if argv is None else argv
+
+    def err(msg: str, code: int = 2) -> int:
+        print(f"sharpcomp reparam: error: {msg}", file=sys.stderr)
+        return code
+
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(USAGE)
+        return 0
+    try:
+        run_dir, opts = _parse(argv)
+    except _Usage as exc:
+        return err(str(exc))
+    path = Path(run_dir)
+    if not path.is_dir():
+        return err(f"no run directory '{run_dir}'")
+    try:
+        from .train import restore_run
+
+        model, cfg, x, y, loss_fn = restore_run(path)
+    except FileNotFoundError as exc:
+        return err(f"cannot load run '{run_dir}': {exc}", 1)
+    except Exception as exc:  # a broken checkpoint or missing data: one line, no traceback
+        return err(f"cannot load run '{run_dir}': {type(exc).__name__}: {exc}", 1)
+    hidden = _hidden(model)
+    layer = opts["layer"] or (list(hidden)[-1] if hidden else None)
+    if layer is None:
+        return err("this model has no rescalable layer")
+    try:
+        rescale_unit(model, layer, opts["alpha"], opts["units"], copy_model=True)  # validates the input
+    except ValueError as exc:
+        return err(str(exc))
+    mcfg = cfg.get("metrics", {}) if isinstance(cfg, dict) else {}
+    kwargs = {k: mcfg[k] for k in ("layer", "log_volume_rank") if mcfg.get(k) is not None}
+    table = reparam_table(model, x, y, loss_fn, layer, opts["alpha"], units=opts["units"],
+                          probes=opts["probes"], seed=opts["seed"], metrics_kwargs=kwargs)
+    model_cfg = cfg.get("model", {}) if isinstance(cfg, dict) else {}
+    which = "all units" if opts["units"] is None else f"units {','.join(map(str, opts['units']))}"
+    print(f"run {run_dir} ({model_cfg.get('name', '?')}), {len(x)} train sample points, float64: "
+          f"layer {layer} ({which}) rescaled by alpha={opts['alpha']:g}")
+    with pd.option_context("display.float_format", "{:.6g}".format, "display.width", 120):
+        print(table.to_string())
+    moved = [m for m in table.index if table.loc[m, "moved"]]
+    still = [m for m in table.index if not table.loc[m, "moved"] and not math.isnan(table.loc[m, "before"])]
+    print(f"moved: {', '.join(moved) or 'none'}")
+    print(f"unchanged: {', '.join(still) or 'none'}")
+    return 0

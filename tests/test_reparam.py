@@ -1,0 +1,202 @@
+"""sharpcomp.reparam: the rescaling, its invariances, the law S(alpha) = a/alpha^2 + alpha^2 b + c, the
+table and the ``sharpcomp reparam`` command."""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from sharpcomp import reparam
+from sharpcomp.metrics import compute_metrics
+from sharpcomp.reparam import reparam_table, rescale_unit
+
+DT = torch.float64
+
+
+def mse(out, y):
+    return F.mse_loss(out, F.one_hot(y, out.shape[1]).to(out.dtype))
+
+
+def tiny_mlp(seed=0):
+    torch.manual_seed(seed)
+    m = nn.Sequential(OrderedDict(
+        flatten=nn.Flatten(), fc1=nn.Linear(6, 5), relu1=nn.ReLU(), fc2=nn.Linear(5, 4), relu2=nn.ReLU(),
+        fc3=nn.Linear(4, 3))).to(DT)
+    return m, torch.randn(7, 6, dtype=DT), torch.randint(0, 3, (7,))
+
+
+def tiny_cnn(seed=0):
+    torch.manual_seed(seed)
+    m = nn.Sequential(OrderedDict(
+        conv1=nn.Conv2d(1, 2, 3, padding=1), relu1=nn.ReLU(), pool1=nn.MaxPool2d(2),
+        conv2=nn.Conv2d(2, 3, 3, padding=1), relu2=nn.ReLU(), pool2=nn.MaxPool2d(2),
+        flatten=nn.Flatten(), fc1=nn.Linear(12, 4), relu3=nn.ReLU(), fc2=nn.Linear(4, 3))).to(DT)
+    with torch.no_grad():
+        for mod in m:
+            if isinstance(mod, (nn.Linear, nn.Conv2d)):
+                mod.bias.normal_(0, 0.3)
+    return m, torch.randn(6, 1, 8, 8, dtype=DT), torch.randint(0, 3, (6,))
+
+
+CASES = [(tiny_mlp, "fc1"), (tiny_mlp, "fc2"), (tiny_cnn, "conv1"), (tiny_cnn, "conv2"), (tiny_cnn, "fc1")]
+
+
+def input_jacobians(model, x):
+    return torch.stack([torch.autograd.functional.jacobian(lambda v: model(v[None])[0], xi).reshape(-1, xi.numel())
+                        for xi in x])
+
+
+@pytest.mark.parametrize("make,layer", CASES)
+def test_rescaling_keeps_f_and_the_representation_metrics(make, layer):
+    model, x, _ = make()
+    f0, j0 = model(x).detach(), input_jacobians(model, x)
+    m0 = compute_metrics(model, x, dtype=DT)
+    moved = rescale_unit(model, layer, 7.0, copy_model=True)
+    assert moved is not model
+    torch.testing.assert_close(moved(x), f0, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(input_jacobians(moved, x), j0, rtol=1e-11, atol=1e-13)
+    m1 = compute_metrics(moved, x, dtype=DT)
+    for k in ("G", "log_volume", "mls", "local_dim"):
+        assert m1[k] == pytest.approx(m0[k], rel=1e-10, abs=1e-13), k
+    assert m1["sharpness"] != pytest.approx(m0["sharpness"], rel=1e-3)
+    # the original is untouched; in place returns the same object
+    torch.testing.assert_close(model(x), f0, rtol=0, atol=0)
+    assert rescale_unit(model, layer, 2.0) is model
+
+
+def param_jacobian_parts(model, x, layer, units=None):
+    """sum ||d f / d theta||^2 / n over the rescaled units' incoming entries (a), outgoing entries (b),
+    and the rest (c), from a dense Jacobian and masks built from the layer shapes."""
+    names = [n for n, _ in model.named_parameters()]
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    def f(th):
+        d, i = {}, 0
+        for n, p in model.named_parameters():
+            d[n] = th[i:i + p.numel()].view_as(p)
+            i += p.numel()
+        return functional_call(model, d, (x,)).reshape(-1)
+
+    jac = torch.autograd.functional.jacobian(f, theta)
+    mods = dict(model.named_children())
+    keys = [n for n, m in model.named_children() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    nxt = keys[keys.index(layer) + 1]
+    n_units = mods[layer].weight.shape[0]
+    sel = torch.zeros(n_units, dtype=torch.bool)
+    sel[list(range(n_units)) if units is None else units] = True
+    masks_in, masks_out = [], []
+    for n in names:
+        p = dict(model.named_parameters())[n]
+        mi, mo = torch.zeros_like(p, dtype=torch.bool), torch.zeros_like(p, dtype=torch.bool)
+        if n in (f"{layer}.weight", f"{layer}.bias"):
+            mi[sel] = True
+        if n == f"{nxt}.weight":
+            mo.view(p.shape[0], n_units, -1)[:, sel] = True
+        masks_in.append(mi.reshape(-1))
+        masks_out.append(mo.reshape(-1))
+    mi, mo = torch.cat(masks_in), torch.cat(masks_out)
+    sq = jac.pow(2).sum(0) / x.shape[0]
+    return float(sq[mi].sum()), float(sq[mo].sum()), float(sq[~mi & ~mo].sum())
+
+
+@pytest.mark.parametrize("make,layer,units", [(tiny_mlp, "fc2", None), (tiny_cnn, "conv2", [0, 2]),
+                                              (tiny_cnn, "fc1", None)])
+def test_sharpness_follows_the_reparametrisation_law(make, layer, units):
+    model, x, _ = make()
+    a, b, c = param_jacobian_parts(model, x, layer, units)
+    assert a > 0 and b > 0
+    assert compute_metrics(model, x, dtype=DT)["sharpness"] == pytest.approx(a + b + c, rel=1e-10)
+    for alpha in (0.1, 0.5, 3.0, 10.0):
+        s = compute_metrics(rescale_unit(model, layer, alpha, units, copy_model=True), x, dtype=DT)["sharpness"]
+        assert s == pytest.approx(a / alpha**2 + alpha**2 * b + c, rel=1e-9), alpha
+
+
+def test_rescale_unit_rejects_bad_input():
+    model, _, _ = tiny_cnn()
+    with pytest.raises(ValueError, match="unknown layer 'fc9'.*conv1, conv2, fc1"):
+        rescale_unit(model, "fc9", 2.0)
+    with pytest.raises(ValueError, match="no rescaling symmetry"):
+        rescale_unit(model, "fc2", 2.0)
+    for alpha in (0.0, -1.0, math.nan, math.inf, "x"):
+        with pytest.raises(ValueError, match="alpha"):
+            rescale_unit(model, "fc1", alpha)
+    with pytest.raises(ValueError, match="unit 4 out of range"):
+        rescale_unit(model, "fc1", 2.0, units=[0, 4])
+
+
+def test_reparam_table_marks_what_moved():
+    model, x, y = tiny_cnn()
+    model = model.float()  # the table works on a float64 copy of whatever it gets
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    df = reparam_table(model, x.float(), y, mse, "conv2", 10.0, probes=4)
+    assert list(df.columns) == ["before", "after", "rel_change", "moved"]
+    invariant = ["output_change", "loss", "G", "log_volume", "mls", "local_dim", "sharpness_adaptive"]
+    moving = ["sharpness", "hessian_trace", "quotient_trace", "sharpness_worst", "fisher_trace", "grad_disagreement"]
+    assert not df.loc[invariant, "moved"].any(), df
+    assert df.loc[moving, "moved"].all(), df
+    assert df.loc["sharpness", "rel_change"] == pytest.approx(
+        (df.loc["sharpness", "after"] - df.loc["sharpness", "before"]) / df.loc["sharpness", "before"])
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    same = reparam_table(model, x.float(), y, mse, "conv2", 1.0, probes=0)
+    assert not same["moved"].any() and "hessian_trace" not in same.index
+
+
+# ---- the command ---------------------------------------------------------------------------------------
+
+@pytest.fixture
+def fake_run(tmp_path, monkeypatch):
+    import sharpcomp.train as train
+
+    model, x, y = tiny_mlp()
+    cfg = {"model": {"name": "tiny", "width": 1.0, "outputs": 3}, "metrics": {"n": 7, "log_volume_rank": None}}
+
+    def restore_run(run_dir):
+        if not (run_dir / "checkpoint.pt").exists():
+            raise FileNotFoundError(f"no checkpoint at {run_dir / 'checkpoint.pt'}")
+        return model.float(), cfg, x.float(), y, mse
+
+    monkeypatch.setattr(train, "restore_run", restore_run)
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    return tmp_path
+
+
+def test_main_prints_the_table(fake_run, capsys):
+    assert reparam.main([str(fake_run), "alpha=10", "layer=fc1", "probes=3"]) == 0
+    out = capsys.readouterr().out
+    assert "layer fc1 (all units) rescaled by alpha=10" in out
+    assert "sharpness" in out and "moved:" in out and "unchanged:" in out
+    unchanged = [line for line in out.splitlines() if line.startswith("unchanged:")][0]
+    assert "G" in unchanged and "local_dim" in unchanged
+    # default layer: the last hidden one; `reparam` as first word is accepted
+    assert reparam.main(["reparam", str(fake_run), "units=0,2", "probes=0"]) == 0
+    assert "layer fc2 (units 0,2)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["{run}/missing"], "no run directory"),
+    (["{run}", "layer=fc9"], "unknown layer 'fc9'"),
+    (["{run}", "layer=fc3"], "no rescaling symmetry"),
+    (["{run}", "alpha=0"], "alpha must be a positive number"),
+    (["{run}", "alpha=-2"], "alpha must be a positive number"),
+    (["{run}", "alpha=ten"], "alpha must be a positive number"),
+    (["{run}", "beta=1"], "unknown option 'beta'"),
+    (["{run}", "units=0,9", "layer=fc1"], "unit 9 out of range"),
+    ([], "missing RUN_DIR"),
+])
+def test_main_bad_input_is_one_line_without_traceback(fake_run, capsys, args, msg):
+    rc = reparam.main([a.format(run=fake_run) for a in args])
+    err = capsys.readouterr().err
+    assert rc != 0 and msg in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_main_without_checkpoint(tmp_path, capsys):
+    rc = reparam.main([str(tmp_path)])  # the real restore_run: an empty folder has no checkpoint
+    err = capsys.readouterr().err
+    assert rc != 0 and "cannot load run" in err and len(err.strip().splitlines()) == 1
