@@ -19,6 +19,15 @@ from sharpcomp.reparam import reparam_table, rescale_unit
 DT = torch.float64
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny float64 problems: one intra-op thread avoids oversubscription on a shared CPU."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def mse(out, y):
     return F.mse_loss(out, F.one_hot(y, out.shape[1]).to(out.dtype))
 
