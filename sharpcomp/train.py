@@ -197,6 +197,9 @@ class RunResult:
     status: str
     iteration: int
     rows: int
+    seconds: float = 0.0  # wall time of this call
+    checkpoint_seconds: float = 0.0  # of which in checkpoints (evaluation, metrics, writing)
+    checkpoints: int = 0  # checkpoints logged by this call
 
 
 def _make_optimizer(cfg: Mapping, model: nn.Module) -> torch.optim.Optimizer:
@@ -268,6 +271,7 @@ def train(cfg, run_dir: str | Path, *, callback: Callable[[int, list[dict]], Non
     except OSError as exc:
         raise ConfigError(f"cannot write to output folder {run_dir}: {exc.strerror or exc}") from None
 
+    t_call = time.perf_counter()
     device = select_device(str(cfg.get("device", "auto")))
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
@@ -330,11 +334,10 @@ def train(cfg, run_dir: str | Path, *, callback: Callable[[int, list[dict]], Non
     running_sum = torch.zeros((), device=device)
     running_count = 0
     t0 = time.perf_counter() - wall_offset
-    checkpoint_seconds = 0.0
+    checkpoint_seconds, n_checkpoints, c_start = 0.0, 0, 0.0
 
     def checkpoint(it: int) -> list[dict]:
-        nonlocal running_sum, running_count, checkpoint_seconds
-        c0 = time.perf_counter()
+        nonlocal running_sum, running_count
         run_loss = float(running_sum) / running_count if running_count else math.nan
         running_sum, running_count = torch.zeros((), device=device), 0
         if it > 0 and not math.isfinite(run_loss):
@@ -350,17 +353,19 @@ def train(cfg, run_dir: str | Path, *, callback: Callable[[int, list[dict]], Non
                 raise Diverged(it)
         rows = checkpoint_rows(model, cfg, data, sample_idx, loss_name, loss_fn, row, test_correct, it)
         model.train()
-        checkpoint_seconds += time.perf_counter() - c0
         for r in rows:
             r["wall_time"] = time.perf_counter() - t0
         return rows
 
     def commit(it: int, rows: list[dict], status: str = "running") -> None:
+        nonlocal checkpoint_seconds, n_checkpoints
         recorder.append(rows, status=status)
         _save_checkpoint(run_dir, {
             "run_id": ident["run_id"], "iteration": it, "wall_time": time.perf_counter() - t0, "status": status,
             "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(), "config": cfg,
         })
+        checkpoint_seconds += time.perf_counter() - c_start
+        n_checkpoints += 1
         if callback is not None:
             callback(it, rows)
 
@@ -371,6 +376,7 @@ def train(cfg, run_dir: str | Path, *, callback: Callable[[int, list[dict]], Non
     it = start
     try:
         if prev_ckpt is None:
+            c_start = time.perf_counter()
             rows = checkpoint(0)
             commit(0, rows)
             _summary(bar, rows, steps)
@@ -402,6 +408,7 @@ def train(cfg, run_dir: str | Path, *, callback: Callable[[int, list[dict]], Non
             it += 1
             bar.update(1)
             if it == next_ckpt:
+                c_start = time.perf_counter()
                 rows = checkpoint(it)
                 commit(it, rows, "finished" if it == steps else "running")
                 _summary(bar, rows, steps)
@@ -425,7 +432,8 @@ def train(cfg, run_dir: str | Path, *, callback: Callable[[int, list[dict]], Non
         raise
     finally:
         bar.close()
-    return RunResult(run_dir, status, it, 0 if recorder.frame is None else len(recorder.frame))
+    return RunResult(run_dir, status, it, 0 if recorder.frame is None else len(recorder.frame),
+                     time.perf_counter() - t_call, checkpoint_seconds, n_checkpoints)
 
 
 def _summary(bar, rows: list[dict], steps: int) -> None:
