@@ -26,6 +26,7 @@ from sharpcomp.records import (
 
 # Internal key of one run: its folder (run_id alone may repeat across sweeps).
 RUN = "_run"
+_PREPARED = "sharpcomp_figures_prepared"
 # Derived column: figures plot sqrt(S) (SPEC, "Metrics").
 SQRT_S = "sqrt_sharpness"
 # Identity fields that say which run of an experiment this is.
@@ -93,7 +94,10 @@ def load_results(dirs: Sequence[Path]) -> tuple[pd.DataFrame, list[str]]:
 
 
 def prepare(frame: pd.DataFrame) -> pd.DataFrame:
-    """Normalise a results table: ``_run`` key, numeric columns, no infinities, ``sqrt_sharpness``."""
+    """Normalise a results table: ``_run`` key, numeric columns, no infinities, ``sqrt_sharpness``.
+    A table prepared already (and row subsets of it) is returned as it is."""
+    if frame.attrs.get(_PREPARED) and RUN in frame.columns:
+        return frame
     frame = frame.copy()
     if RUN not in frame.columns:
         frame[RUN] = frame["run_id"].astype(str) if "run_id" in frame.columns else "run"
@@ -114,6 +118,7 @@ def prepare(frame: pd.DataFrame) -> pd.DataFrame:
         with np.errstate(invalid="ignore"):
             frame[SQRT_S] = np.where(s >= 0, np.sqrt(np.abs(s)), np.nan)
     frame["sample_set"] = frame["sample_set"].astype("string")
+    frame.attrs[_PREPARED] = True
     return frame
 
 
@@ -127,19 +132,15 @@ def quantity_columns(frame: pd.DataFrame) -> list[str]:
 
 def run_info(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per run: identity, status, checkpoints, last iteration and the sample sets it has."""
-    rows = []
-    for run, g in frame.groupby(RUN, sort=True):
-        last = g.iloc[-1]
-        row = {RUN: run}
-        for col in IDENTITY_COLUMNS:
-            row[col] = last[col] if col in g.columns else np.nan
-        row["n_checkpoints"] = int(g["iteration"].nunique())
-        row["last_iteration"] = g["iteration"].max()
-        row["sample_sets"] = tuple(sorted(str(s) for s in g["sample_set"].dropna().unique()))
-        finite = g.dropna(subset=["train_loss_running"]) if "train_loss_running" in g else g
-        row["last_finite_iteration"] = finite["iteration"].max() if len(finite) else np.nan
-        rows.append(row)
-    return pd.DataFrame(rows)
+    frame = prepare(frame)
+    groups = frame.groupby(RUN, sort=True)
+    info = groups[list(IDENTITY_COLUMNS)].last()
+    info["n_checkpoints"] = groups["iteration"].nunique()
+    info["last_iteration"] = groups["iteration"].max()
+    info["sample_sets"] = groups["sample_set"].agg(lambda v: tuple(sorted(str(x) for x in v.dropna().unique())))
+    finite = frame[frame["train_loss_running"].notna()].groupby(RUN)["iteration"].max()
+    info["last_finite_iteration"] = finite.reindex(info.index)
+    return info.reset_index()
 
 
 def same(a, b) -> bool:
@@ -195,18 +196,20 @@ def describe(row, fields: Iterable[str] = ("lr", "batch", "seed")) -> str:
     return ", ".join(f"{f} {fmt(row[f])}" for f in fields if f in row)
 
 
-def checkpoint_table(frame: pd.DataFrame, sample_set: str | None = "train") -> pd.DataFrame:
+def checkpoint_table(frame: pd.DataFrame, sample_set: str | None = "train",
+                     identity: Sequence[str] = ("lr", "batch", "seed")) -> pd.DataFrame:
     """One row per (run, iteration).
 
     Whole-set columns (``CHECKPOINT_COLUMNS``) come from any row of that checkpoint (they are the
     same on every sample-set row); sample columns and metric columns come from the rows of
     ``sample_set``. A checkpoint without a row for ``sample_set`` keeps its whole-set columns with
-    missing metrics. ``sample_set=None`` keeps only whole-set columns.
+    missing metrics. ``sample_set=None`` keeps only whole-set columns. ``identity``: the run columns
+    carried along (e.g. the one a figure groups by).
     """
     keys = [RUN, "iteration"]
     ckpt_cols = [c for c in CHECKPOINT_COLUMNS if c in frame.columns and c != "iteration"]
     per_ckpt = frame.groupby(keys, sort=True)[ckpt_cols].first().reset_index()
-    ident = frame.groupby(RUN, sort=True)[[c for c in IDENTITY_COLUMNS if c in frame.columns]].last()
+    ident = frame.groupby(RUN, sort=True)[[c for c in dict.fromkeys(identity) if c in frame.columns]].last()
     per_ckpt = per_ckpt.join(ident, on=RUN)
     if sample_set is None:
         return per_ckpt
@@ -225,37 +228,35 @@ def summary_window(iterations: np.ndarray, last_fraction: float) -> float:
 
 def run_summary(frame: pd.DataFrame, last_fraction: float = 0.2, sample_set: str = "train") -> pd.DataFrame:
     """One row per run: identity, status, progress and the mean of every quantity over the last
-    ``last_fraction`` of the run's checkpoints (those with a row for ``sample_set``); missing values
-    (whole-set evaluations between their cadence, the NaN row of a diverged run) are skipped.
-
-    ``sqrt_sharpness`` is the mean of sqrt(S) over those checkpoints.
+    ``last_fraction`` of the run's checkpoints (those with a row for ``sample_set``; at least one);
+    missing values (whole-set evaluations between their cadence, the NaN row of a diverged run) are
+    skipped. ``sqrt_sharpness`` is the mean of sqrt(S) over those checkpoints.
     """
     if not 0 < last_fraction <= 1:
         raise ValueError(f"last_fraction must be in (0, 1], got {last_fraction}")
     frame = prepare(frame)
-    table = checkpoint_table(frame, sample_set)
-    has_set = frame[frame["sample_set"] == sample_set][[RUN, "iteration"]].drop_duplicates()
+    table = checkpoint_table(frame, sample_set, identity=())
+    has_set = frame.loc[frame["sample_set"] == sample_set, [RUN, "iteration"]].drop_duplicates()
     table = table.merge(has_set, on=[RUN, "iteration"], how="inner")
     quantities = [c for c in quantity_columns(table) if c != "n_samples"]
-    info = run_info(frame).set_index(RUN)
-    rows = []
-    for run, g in table.groupby(RUN, sort=True):
-        start = summary_window(g["iteration"].to_numpy(), last_fraction)
-        window = g[g["iteration"] >= start]
-        row = {RUN: run}
-        for col in IDENTITY_COLUMNS:
-            row[col] = info.at[run, col]
-        row["n_checkpoints"] = int(g["iteration"].nunique())
-        row["last_iteration"] = g["iteration"].max()
-        row["summary_from_iteration"] = start
-        row["summary_checkpoints"] = int(window["iteration"].nunique())
-        for col in quantities:
-            values = window[col].to_numpy(dtype="float64")
-            row[col] = float(np.nanmean(values)) if np.isfinite(values).any() else np.nan
-        rows.append(row)
-    columns = [RUN, *IDENTITY_COLUMNS, "n_checkpoints", "last_iteration", "summary_from_iteration",
-               "summary_checkpoints", *quantities]
-    return pd.DataFrame(rows, columns=columns)
+    head = [RUN, *IDENTITY_COLUMNS, "n_checkpoints", "last_iteration", "summary_from_iteration",
+            "summary_checkpoints"]
+    if table.empty:
+        return pd.DataFrame(columns=head + quantities)
+    groups = table.groupby(RUN, sort=True)["iteration"]
+    n = groups.transform("nunique")
+    k = np.maximum(1, np.ceil(last_fraction * n - 1e-9)).astype(int)
+    rank = groups.rank(method="dense", ascending=False)
+    window = table[rank <= k]
+    wgroups = window.groupby(RUN, sort=True)
+    out = run_info(frame).set_index(RUN)[list(IDENTITY_COLUMNS)]
+    out = out.loc[wgroups["iteration"].min().index]
+    out["n_checkpoints"] = groups.nunique()
+    out["last_iteration"] = groups.max()
+    out["summary_from_iteration"] = wgroups["iteration"].min()
+    out["summary_checkpoints"] = wgroups["iteration"].nunique()
+    means = wgroups[quantities].mean()
+    return pd.concat([out, means], axis=1).reset_index()[head + quantities]
 
 
 def trend_lines(
@@ -272,55 +273,55 @@ def trend_lines(
     With ``by='sample_set'``, whole-set columns (train/test loss and accuracy) do not depend on the
     sample set and get one line with ``by`` value ``all``.
     """
-    out = []
     frame = prepare(frame)
     whole_group = by is None
     if whole_group:
         by = "group"
+    out = []
     if by == "sample_set":
-        sets = [s for s in ("train", "test", "misclassified") if (frame["sample_set"] == s).any()]
+        sets = [x for x in ("train", "test", "misclassified") if (frame["sample_set"] == x).any()]
         sets += sorted(set(frame["sample_set"].dropna().astype(str)) - set(sets))
-        tables = {s: checkpoint_table(frame, s) for s in sets}
-        whole = checkpoint_table(frame, None)
-        for col in columns:
-            if col in CHECKPOINT_COLUMNS:
-                out.append(_aggregate(whole, col, "all"))
-            else:
-                out.extend(_aggregate(tables[s], col, s) for s in sets)
+        whole_cols = [c for c in columns if c in CHECKPOINT_COLUMNS]
+        other_cols = [c for c in columns if c not in CHECKPOINT_COLUMNS]
+        if whole_cols:
+            out.append(_aggregate(checkpoint_table(frame, None).assign(group="all"), "group", whole_cols))
+        for x in sets if other_cols else ():
+            out.append(_aggregate(checkpoint_table(frame, x).assign(group=x), "group", other_cols))
+        order = {c: i for i, c in enumerate(columns)}
+        out = [o for o in out if len(o)]
+        if out:  # panels in the order asked, groups in the order above
+            result = pd.concat(out, ignore_index=True)
+            out = [result.iloc[np.argsort(result["column"].map(order).to_numpy(), kind="stable")]]
     else:
-        table = checkpoint_table(frame, sample_set)
+        table = checkpoint_table(frame, sample_set, identity=() if whole_group else (by,))
         if whole_group:
             table["group"] = "all"
-        values = sorted(table[by].dropna().unique())
-        for col in columns:
-            for v in values:
-                out.append(_aggregate(table[table[by] == v], col, v))
-    out = [o for o in out if len(o)]
-    result = pd.concat(out, ignore_index=True) if out else pd.DataFrame(
-        columns=["group", "column", "iteration", "mean", "std", "min", "max", "n_runs"])
+        out = [o for o in [_aggregate(table, by, list(columns))] if len(o)]
+    if out:
+        result = pd.concat(out, ignore_index=True)
+    else:
+        result = pd.DataFrame(columns=["group", "column", "iteration", "mean", "std", "min", "max", "n_runs"])
+    result = result.reset_index(drop=True)
     return result if whole_group else result.rename(columns={"group": by})
 
 
-def _aggregate(table: pd.DataFrame, col: str, group) -> pd.DataFrame:
-    if col not in table.columns or table.empty:
+def _aggregate(table: pd.DataFrame, by: str, columns: list[str]) -> pd.DataFrame:
+    """Mean, std (ddof 0), min, max and count over runs, per (group, iteration), for each column;
+    long format with rows ordered by column, then group, then iteration; empty lines dropped."""
+    columns = [c for c in columns if c in table.columns]
+    if table.empty or not columns:
         return pd.DataFrame()
-    wide = table.pivot_table(index="iteration", columns=RUN, values=col, aggfunc="first", dropna=False)
-    wide = wide.sort_index()
-    n = wide.notna().sum(axis=1)
-    keep = n > 0
-    if not keep.any():
-        return pd.DataFrame()
-    wide = wide[keep]
-    return pd.DataFrame({
-        "group": group,
-        "column": col,
-        "iteration": wide.index.to_numpy(),
-        "mean": wide.mean(axis=1, skipna=True).to_numpy(),
-        "std": wide.std(axis=1, skipna=True, ddof=0).to_numpy(),
-        "min": wide.min(axis=1, skipna=True).to_numpy(),
-        "max": wide.max(axis=1, skipna=True).to_numpy(),
-        "n_runs": n[keep].to_numpy(),
-    })
+    groups = table.groupby([by, "iteration"], sort=True)[columns]
+    stats = {"mean": groups.mean(), "std": groups.std(ddof=0), "min": groups.min(), "max": groups.max(),
+             "n_runs": groups.count()}
+    parts = []
+    for col in columns:
+        part = pd.DataFrame({name: s[col] for name, s in stats.items()})
+        part = part[part["n_runs"] > 0].reset_index()
+        part.insert(1, "column", col)
+        parts.append(part)
+    long = pd.concat(parts, ignore_index=True)
+    return long[[by, "column", "iteration", "mean", "std", "min", "max", "n_runs"]]
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from sharpcomp._figures_data import SQRT_S, fmt
@@ -209,10 +210,12 @@ def draw_correlation(
     else:
         keys = pd.Series(["run"] * len(summary), index=summary.index)
         order = ["run"]
+    color_of = {key: f"C{i % 10}" for i, key in enumerate(order)}
+    point_colors = [color_of[key] for key in keys]
+    handles = [Line2D([], [], ls="none", marker="o", ms=4, color=color_of[key], label=key) for key in order]
     rvalue = {}
     for _, row in pearson.iterrows():
         rvalue[(row["x"], row["y"])] = rvalue[(row["y"], row["x"])] = (row["r"], row["p"], row["n"])
-    handles = []
     for i, ycol in enumerate(cols):
         for j, xcol in enumerate(cols):
             r, p, n = rvalue.get((xcol, ycol), (np.nan, np.nan, 0))
@@ -235,12 +238,7 @@ def draw_correlation(
                     ax.hist(v, bins=min(10, max(3, len(v) // 2)), color="0.7")
                 ax.set_yticks([])
             else:
-                for ki, key in enumerate(order):
-                    sel = summary[keys == key]
-                    h = ax.scatter(sel[xcol], sel[ycol], s=12, color=f"C{ki % 10}", label=key,
-                                   edgecolors="none", alpha=0.85)
-                    if len(handles) < len(order):
-                        handles.append(h)
+                ax.scatter(summary[xcol], summary[ycol], s=12, c=point_colors, edgecolors="none", alpha=0.85)
                 text = f"r = {r:.2f}" if np.isfinite(r) else "r = n/a"
                 ax.text(0.04, 0.95, text, transform=ax.transAxes, fontsize=6.5, va="top",
                         bbox={"facecolor": "white", "alpha": 0.7, "lw": 0, "pad": 1})

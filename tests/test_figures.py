@@ -1,0 +1,411 @@
+"""The figures stage, from small generated result tables (no training)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sharpcomp import figures
+from sharpcomp._figures_data import load_results
+from sharpcomp.records import RunRecorder, read_metrics
+
+GRID = ((0.05, 20), (0.1, 20), (0.2, 20), (0.1, 8), (0.1, 32))
+CIFAR = ("cifar10_2class", "vgg10")
+FMNIST = ("fashion_mnist", "mlp4")
+METRICS = ("sharpness", "G", "log_volume", "mls", "local_dim", "bound_b", "bound_c", "bound_d")
+
+
+def make_run(root, data, model, lr, batch, seed, *, n_ckpt=6, every=100, sets=("train",), status="finished",
+             diverge_at=None, scale="quick", bounds=None, drop=(), extra=None, name=None):
+    """One run's metrics.parquet, written by RunRecorder like a real run. Metric values depend on
+    lr, batch, seed and iteration so that lines and correlations are distinct."""
+    bounds = model == "mlp4" if bounds is None else bounds
+    run_id = name or f"{data}-{model}-lr{lr}-b{batch}-s{seed}-{scale}-{'-'.join(sets)}"
+    identity = dict(run_id=run_id, data=data, model=model, lr=lr, batch=batch, seed=seed, loss="mse",
+                    width=1.0, outputs=10, optim="sgd", scale=scale, data_source="synthetic", device="cpu",
+                    versions="{}")
+    rec = RunRecorder(root / run_id, identity)
+    rng = np.random.default_rng(1000 * seed + int(lr * 100) + batch)
+    rows = []
+    for k in range(n_ckpt):
+        t = k / max(1, n_ckpt - 1)
+        dead = diverge_at is not None and k >= diverge_at
+        base = dict(iteration=(k + 1) * every, epoch=k * 0.1, wall_time=float(k),
+                    train_loss=np.nan if k % 2 else 0.1 * np.exp(-3 * t), train_acc=np.nan,
+                    test_loss=np.nan if dead else 0.1 * np.exp(-2 * t) + 0.02 * lr + 0.001 * rng.random(),
+                    test_acc=np.nan if dead else 0.7 + 0.2 * t,
+                    train_loss_running=np.nan if dead else 0.1 * np.exp(-3 * t) + 0.001 * rng.random())
+        for s in sets:
+            f = {"train": 1.0, "test": 1.3, "misclassified": 2.0}[s]
+            S = f * 10 / (lr * batch ** 0.5) * (1 + 0.1 * rng.random())
+            G = f * (3 + lr + 0.1 * rng.random())
+            mls = 0.5 * np.sqrt(G)
+            row = dict(base, sample_set=s, n_samples=20 if s != "misclassified" else 5, sample_loss=0.1 * f,
+                       sharpness=S, G=G, log_volume=G - 5, local_dim=1.5 + lr + 0.2 * rng.random(), mls=mls,
+                       bound_b=1.5 * mls if bounds else np.nan, bound_c=2 * mls if bounds else np.nan,
+                       bound_d=3 * mls if bounds else np.nan,
+                       bounds_reason="" if bounds else "first layer is convolutional")
+            for col in drop:
+                row[col] = np.nan
+            if extra:
+                row.update({c: v * f for c, v in extra.items()})
+            if dead:
+                row.update({c: np.nan for c in METRICS + ("sample_loss",)})
+            rows.append(row)
+        if dead:
+            break
+    rec.append(rows, status="diverged" if diverge_at is not None else status)
+    return read_metrics(root / run_id)
+
+
+def sweep(root, data_model=CIFAR, grid=GRID, seeds=(0, 1), **kw):
+    return pd.concat([make_run(root, *data_model, lr, b, s, **kw) for lr, b in grid for s in seeds],
+                     ignore_index=True)
+
+
+def full_results(root):
+    sweep(root, CIFAR)
+    sweep(root, FMNIST)
+    for s in (0, 1):
+        make_run(root, *CIFAR, 0.1, 20, s, sets=("train", "test", "misclassified"))
+
+
+def lines_of(ax):
+    return [line for line in ax.get_lines() if line.get_label() and not line.get_label().startswith("_")]
+
+
+def visible_axes(fig):
+    return [ax for ax in fig.axes if ax.get_visible()]
+
+
+@pytest.fixture
+def fake_save(monkeypatch):
+    """Tests about what is drawn and said, not the image files: skip the (slow) rendering.
+    test_cli_writes_every_figure_with_its_numbers and test_cli_options_out_formats_only render."""
+    from matplotlib.figure import Figure
+
+    def savefig(self, path, **kwargs):
+        with open(path, "wb") as fh:
+            fh.write(b"image")
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+
+
+def run_cli(capsys, *args):
+    rc = figures.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out.splitlines(), err.splitlines()
+
+
+# ---------------------------------------------------------------------------------------------
+# the command line
+
+
+def render(fig) -> bytes:
+    """Draw a figure for real (what savefig does), small and fast."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=40)
+    data = buf.getvalue()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+    return data
+
+
+def test_cli_writes_every_figure_with_its_numbers(tmp_path, capsys, fake_save):
+    """Every figure's files and numbers. Rendering is faked here to keep the suite fast; each kind
+    of figure is rendered for real below (test_cli_options_out_formats_only writes real PNG and PDF
+    through the command line; the figure-function tests render theirs)."""
+    res = tmp_path / "outputs"
+    full_results(res)
+    rc, out, err = run_cli(capsys, res)
+    assert rc == 0, err
+    assert err == []
+    figdir = res / "figures"  # default: <first dir>/figures
+    for fig_id in figures.FIGURE_IDS:
+        assert any(line.startswith(f"{fig_id}: wrote") for line in out), (fig_id, out)
+        for ext in ("png", "pdf", "csv"):
+            path = figdir / f"{fig_id}.{ext}"
+            assert path.exists() and path.stat().st_size > 0, path
+        extra = "_pearson" if fig_id in ("figD5", "figD6") else "_runs"
+        assert (figdir / f"{fig_id}{extra}.csv").stat().st_size > 0
+    # per-run points of figD5 and their Pearson table agree with scipy on the same numbers
+    from scipy import stats
+
+    points = pd.read_csv(figdir / "figD5.csv")
+    assert len(points) == 10 and set(zip(points.lr, points.batch)) == set(GRID)
+    pearson = pd.read_csv(figdir / "figD5_pearson.csv")
+    assert set(pearson.columns) >= {"x", "y", "n", "r", "p"}
+    k = len(figures.CORRELATION_COLUMNS)
+    assert len(pearson) == k * (k - 1) // 2
+    for _, row in pearson.iterrows():
+        ref = stats.pearsonr(points[row.x], points[row.y])
+        assert row.r == pytest.approx(ref.statistic, abs=1e-9)
+        assert row.p == pytest.approx(ref.pvalue, rel=1e-6, abs=1e-12)
+    # figD6 adds the bounds
+    d6 = pd.read_csv(figdir / "figD6_pearson.csv")
+    assert {"bound_c", "bound_d"} <= set(d6.x) | set(d6.y)
+    # the trend CSV is the drawn mean over seeds
+    lines = pd.read_csv(figdir / "fig1.csv")
+    g = lines[(lines.column == "G") & (lines.lr == 0.2) & (lines.iteration == 300)]
+    frame = load_results([res])[0]
+    rows = frame[(frame.lr == 0.2) & (frame.batch == 20) & (frame.iteration == 300)
+                 & (frame.sample_set == "train") & (frame.model == "vgg10")]
+    rows = rows[~rows.run_id.str.contains("misclassified")]
+    assert g["mean"].item() == pytest.approx(rows.G.mean())
+    assert g["n_runs"].item() == 2
+
+
+def test_cli_options_out_formats_only(tmp_path, capsys):
+    res = tmp_path / "r"
+    sweep(res, CIFAR, grid=GRID[:3], seeds=(0,), n_ckpt=3)
+    out_dir = tmp_path / "figs"
+    rc, out, _ = run_cli(capsys, res, "--out", out_dir, "--formats", "png,pdf", "--only", "fig1,fig2",
+                         "--last-fraction", "0.5", "--band", "std")
+    assert rc == 0
+    assert sorted(p.name for p in out_dir.iterdir()) == ["fig1.csv", "fig1.pdf", "fig1.png", "fig1_runs.csv"]
+    assert (out_dir / "fig1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out_dir / "fig1.pdf").read_bytes()[:5] == b"%PDF-"
+    assert any(line.startswith("fig2: skipped, needs vgg10/cifar10_2class runs at lr 0.1 with >= 2 batch sizes")
+               for line in out), out
+    assert not any(line.startswith("figD5") for line in out)
+    runs = pd.read_csv(out_dir / "fig1_runs.csv")
+    assert (runs.summary_checkpoints == 2).all()  # ceil(0.5 * 3)
+
+
+@pytest.mark.parametrize("args, text", [
+    (["--last-fraction", "0"], "--last-fraction"),
+    (["--formats", "gif"], "--formats"),
+    (["--only", "fig9"], "unknown figure id"),
+])
+def test_cli_bad_options_one_error_line(tmp_path, capsys, args, text):
+    sweep(tmp_path, CIFAR, grid=GRID[:1], seeds=(0,), n_ckpt=2)
+    rc, out, err = run_cli(capsys, tmp_path, *args)
+    assert rc != 0
+    assert len(err) == 1 and text in err[0] and "Traceback" not in err[0]
+
+
+def test_empty_folder_is_one_error_line(tmp_path, capsys):
+    rc, out, err = run_cli(capsys, tmp_path)
+    assert rc != 0
+    assert len(err) == 1 and err[0].startswith("sharpcomp figures: error:") and "metrics.parquet" in err[0]
+    rc, out, err = run_cli(capsys, tmp_path / "missing")
+    assert rc != 0 and len(err) == 1 and "no such folder" in err[0]
+
+
+def test_unreadable_parquet_is_one_error_line(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.parquet").write_bytes(b"not a parquet file")
+    rc, out, err = run_cli(capsys, tmp_path)
+    assert rc != 0
+    assert len(err) == 1 and "no readable results" in err[0] and "Traceback" not in err[0]
+    assert not (tmp_path / "figures").exists()
+
+
+def test_unreadable_file_among_good_ones_is_skipped(tmp_path, capsys, fake_save):
+    sweep(tmp_path, CIFAR, grid=GRID[:3], seeds=(0,), n_ckpt=3)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "metrics.parquet").write_bytes(b"PAR1 garbage")
+    rc, out, err = run_cli(capsys, tmp_path, "--only", "fig1", "--formats", "png")
+    assert rc == 0 and err == []
+    assert any(line.startswith("skipped ") and "broken" in line for line in out)
+    assert (tmp_path / "figures" / "fig1.png").stat().st_size > 0
+
+
+def test_partial_results_drawn_with_skip_lines(tmp_path, capsys, fake_save):
+    """A running sweep, a diverged run, a missing metric and a missing sample set."""
+    res = tmp_path / "r"
+    make_run(res, *CIFAR, 0.05, 20, 0, drop=("local_dim",))
+    make_run(res, *CIFAR, 0.1, 20, 0, drop=("local_dim",))
+    make_run(res, *CIFAR, 0.2, 20, 0, diverge_at=3, drop=("local_dim",))
+    make_run(res, *CIFAR, 0.1, 8, 0, n_ckpt=3, status="running", drop=("local_dim",))
+    make_run(res, *CIFAR, 0.1, 20, 1, sets=("train", "test"), drop=("local_dim",))  # no misclassified
+    rc, out, err = run_cli(capsys, res, "--formats", "png")
+    assert rc == 0 and err == []
+    text = "\n".join(out)
+    assert "fig1: wrote" in text
+    assert "fig1: panel local_dim skipped: no values" in text
+    assert "diverged at iteration 400; drawn up to iteration 300" in text
+    assert "fig2: skipped" not in text and "fig2: wrote" in text  # batch 8 (running) and 20
+    assert "fig2: 1 run still running" in text
+    assert "fig3: wrote" in text and "fig3: no misclassified sample set" in text
+    assert "figD5: " in text and "diverged at iteration 400; left out" in text
+    assert "running run(s) behind iteration 600 left out" in text
+    assert "figD5: column local_dim skipped" in text
+    assert "figD4: skipped, needs mlp4/fashion_mnist" in text
+    assert "figE7: skipped" in text and "figE8: skipped" in text
+    assert text.splitlines()[-1].endswith("figures written to " + str(res / "figures"))
+    assert (res / "figures" / "figD5.png").exists()  # 4 runs: lr 0.05, 0.1 (x2), and seed 1 at 0.1/20
+    # the diverged run's finite part is in the trend numbers; its NaN row is not
+    lines = pd.read_csv(res / "figures" / "fig1.csv")
+    assert lines[(lines.lr == 0.2) & (lines.column == "G")].iteration.max() == 300
+
+
+def test_no_figure_possible_is_not_an_error(tmp_path, capsys, fake_save):
+    make_run(tmp_path, *CIFAR, 0.1, 20, 0, n_ckpt=2)
+    rc, out, err = run_cli(capsys, tmp_path, "--formats", "png")
+    assert rc == 0 and err == []
+    assert out[-1].startswith("no figures written")
+    assert len([line for line in out if ": skipped," in line]) == len(figures.FIGURE_IDS)
+
+
+def test_experiments_are_never_mixed_and_duplicates_used_once(tmp_path, capsys, fake_save):
+    sweep(tmp_path, CIFAR, grid=GRID[:3], seeds=(0,), n_ckpt=3, scale="quick")
+    sweep(tmp_path, CIFAR, grid=GRID[:2], seeds=(0,), n_ckpt=3, scale="paper")
+    make_run(tmp_path, *CIFAR, 0.05, 20, 0, n_ckpt=2, name="again")  # same setting, less far
+    rc, out, _ = run_cli(capsys, tmp_path, "--only", "fig1", "--formats", "png")
+    assert rc == 0
+    names = sorted(p.name for p in (tmp_path / "figures").glob("*.png"))
+    assert names == ["fig1-scale-paper.png", "fig1-scale-quick.png"]
+    assert any("found twice" in line and "again" in line for line in out)
+    runs = pd.read_csv(tmp_path / "figures" / "fig1-scale-quick_runs.csv")
+    assert len(runs) == 3 and "again" not in set(runs.run_id)
+
+
+# ---------------------------------------------------------------------------------------------
+# the figure functions
+
+
+def test_trend_figure_panels_lines_and_labels(tmp_path):
+    frame = sweep(tmp_path, CIFAR, grid=GRID[:3], seeds=(0, 1, 2))
+    fig = figures.trend_figure(frame, by="lr")
+    axes = visible_axes(fig)
+    assert len(axes) == 6
+    labels = [ax.get_ylabel() for ax in axes]
+    assert "train loss" in labels[0] and "test accuracy" in labels[1]
+    for ax, eq in zip(axes[2:], ("Eq. 3", "Eq. 10", "Eq. 6", "Eq. 14")):
+        assert eq in ax.get_ylabel()
+    assert r"\sqrt{S}" in labels[2]
+    for ax in axes:
+        assert ax.get_xlabel() == "iteration"
+        assert len(lines_of(ax)) == 3  # one per lr
+        assert len(ax.collections) == 3  # a band each (3 seeds)
+    assert axes[0].get_yscale() == "log"
+    legend = [t.get_text() for t in axes[0].get_legend().get_texts()]
+    assert legend == ["lr 0.05 (3 runs)", "lr 0.1 (3 runs)", "lr 0.2 (3 runs)"]
+    # the sqrt(S) line is the mean over seeds of sqrt(sharpness), the band their min and max
+    line = lines_of(axes[2])[1]
+    x, y = line.get_data()
+    sel = frame[(frame.lr == 0.1) & (frame.iteration == x[2])]
+    assert y[2] == pytest.approx(np.sqrt(sel.sharpness).mean())
+    render(fig)
+    table = figures.trend_lines(frame, "lr", ["sqrt_sharpness"])
+    row = table[(table.lr == 0.1) & (table.iteration == x[2])]
+    assert row["min"].item() == pytest.approx(np.sqrt(sel.sharpness).min())
+    assert row["max"].item() == pytest.approx(np.sqrt(sel.sharpness).max())
+
+
+def test_trend_figure_by_batch_and_custom_panels(tmp_path):
+    frame = sweep(tmp_path, FMNIST, grid=((0.1, 8), (0.1, 20), (0.1, 32)), seeds=(0,),
+                  extra={"fisher_rao": 2.0})
+    fig = figures.trend_figure(frame, by="batch", panels=["G", "fisher_rao", ("mls", "bound_d")], band="none")
+    axes = visible_axes(fig)
+    assert len(axes) == 3
+    assert [len(lines_of(ax)) for ax in axes] == [3, 3, 6]
+    assert axes[1].get_ylabel() == "fisher_rao"  # a column added later is drawn like the others
+    assert all(len(ax.collections) == 0 for ax in axes)
+
+
+def test_sample_set_figure(tmp_path):
+    frame = pd.concat([make_run(tmp_path, *CIFAR, 0.1, 20, s, sets=("train", "test", "misclassified"))
+                       for s in (0, 1)])
+    fig = figures.sample_set_figure(frame)
+    axes = visible_axes(fig)
+    assert len(axes) == 6
+    assert "train loss" in axes[0].get_ylabel() and "test loss" in axes[1].get_ylabel()
+    assert len(lines_of(axes[0])) == 1  # train loss does not depend on the sample set
+    assert [line.get_label() for line in lines_of(axes[1])] == [
+        "test loss, whole set", "sample loss, test sample set", "sample loss, misclassified test points"]
+    for ax in axes[2:]:
+        names = [line.get_label() for line in lines_of(ax)]
+        assert names == ["train sample set", "test sample set", "misclassified test points"]
+    # misclassified G is larger in the generated data: check the line is that set's mean
+    x, y = lines_of(axes[4])[2].get_data()
+    sel = frame[(frame.sample_set == "misclassified") & (frame.iteration == x[0])]
+    assert y[0] == pytest.approx(sel.G.mean())
+    render(fig)
+
+
+def test_bound_figure(tmp_path):
+    frame = pd.concat([make_run(tmp_path, *FMNIST, 0.1, 20, s) for s in (0, 1)])
+    fig = figures.bound_figure(frame)
+    (ax,) = visible_axes(fig)
+    assert ax.get_yscale() == "log"
+    assert "Eq. 13" in ax.get_ylabel() and "Eq. 28" in ax.get_ylabel()
+    names = [line.get_label() for line in lines_of(ax)]
+    assert names == ["MLS (Eq. 13)", "bound b (Eq. 28)", "bound c (Eq. 28)", "bound d (Eq. 28)"]
+    means = [line.get_ydata().mean() for line in lines_of(ax)]
+    assert means == sorted(means)  # mls <= b <= c <= d
+    render(fig)
+
+
+def test_run_summary_is_mean_over_last_fraction(tmp_path):
+    frame = make_run(tmp_path, *CIFAR, 0.1, 20, 0, n_ckpt=10)
+    summary = figures.run_summary(frame, last_fraction=0.2)
+    assert len(summary) == 1
+    row = summary.iloc[0]
+    last = frame[frame.iteration >= 900]
+    assert row.summary_from_iteration == 900 and row.summary_checkpoints == 2
+    assert row.G == pytest.approx(last.G.mean())
+    assert row.sqrt_sharpness == pytest.approx(np.sqrt(last.sharpness).mean())
+    # whole-set train_loss is logged every other checkpoint here: the mean skips the gaps
+    assert row.train_loss == pytest.approx(last.train_loss.dropna().mean())
+    one = figures.run_summary(frame, last_fraction=0.01)
+    assert one.iloc[0].summary_checkpoints == 1 and one.iloc[0].G == pytest.approx(frame.G.iloc[-1])
+    with pytest.raises(ValueError):
+        figures.run_summary(frame, last_fraction=0)
+
+
+def test_correlation_table_matches_numpy_and_scipy(tmp_path):
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    summary = pd.DataFrame({"a": rng.normal(size=12), "b": rng.normal(size=12), "c": rng.normal(size=12)})
+    summary["b"] += summary["a"]
+    summary.loc[3, "c"] = np.nan  # a missing value drops that run from its pairs only
+    table = figures.correlation_table(summary, ["a", "b", "c"])
+    assert list(zip(table.x, table.y)) == [("a", "b"), ("a", "c"), ("b", "c")]
+    for _, row in table.iterrows():
+        ok = summary[[row.x, row.y]].dropna()
+        assert row.n == len(ok)
+        assert row.r == pytest.approx(np.corrcoef(ok[row.x], ok[row.y])[0, 1], abs=1e-12)
+        ref = stats.pearsonr(ok[row.x], ok[row.y])
+        assert row.r == pytest.approx(ref.statistic, abs=1e-12)
+        assert row.p == pytest.approx(ref.pvalue, rel=1e-9)
+    # too few points or a constant column: no r
+    small = figures.correlation_table(summary.head(2), ["a", "b"])
+    assert np.isnan(small.r.item()) and small.n.item() == 2
+    const = figures.correlation_table(summary.assign(b=1.0), ["a", "b"])
+    assert np.isnan(const.r.item())
+
+
+def test_correlation_figure_scatter_matrix(tmp_path):
+    frame = sweep(tmp_path, FMNIST, seeds=(0, 1))
+    summary = figures.run_summary(frame)
+    assert len(summary) == 10
+    cols = list(figures.CORRELATION_COLUMNS) + ["bound_c", "bound_d"]
+    fig = figures.correlation_figure(summary, cols)
+    k = len(cols)
+    grid = fig.sharpcomp_axes
+    assert len(grid) == k and all(len(row) == k for row in grid)
+    table = figures.correlation_table(summary, cols)
+    for i in range(k):
+        for j in range(k):
+            ax = grid[i][j]
+            if j > i:
+                assert ax is None  # upper triangle: text only
+                continue
+            if i == j:
+                assert len(ax.patches) > 0  # histogram
+                continue
+            assert sum(len(c.get_offsets()) for c in ax.collections) == 10  # one point per run
+            r = table[((table.x == cols[i]) & (table.y == cols[j])) | ((table.x == cols[j]) & (table.y == cols[i]))]
+            assert f"r = {r.r.item():.2f}" in [t.get_text() for t in ax.texts]
+    assert grid[k - 1][0].get_xlabel().startswith("local dim") and "Eq. 14" in grid[k - 1][0].get_xlabel()
+    assert "Eq. 3" in grid[1][0].get_ylabel()
+    upper = [t.get_text() for t in fig.texts]
+    assert sum(t.startswith("r = ") for t in upper) == k * (k - 1) // 2
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert len(legend) == 5 and "lr 0.1, batch 8" in legend
+    render(fig)
