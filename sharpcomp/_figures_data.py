@@ -7,6 +7,7 @@ set) and returns plain pandas objects; nothing draws.
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -170,8 +171,18 @@ def fmt(v) -> str:
     return str(v)
 
 
+def variant_value(col: str, value) -> str:
+    """An identity value as it separates experiments. ``data_source`` drops the folder in
+    parentheses ("torchvision CIFAR10 (/data)" and "torchvision CIFAR10 (downloaded)" are the same
+    pixels; the JPEG image-folder copy is not)."""
+    text = fmt(value)
+    if col == "data_source":
+        text = re.sub(r"\s*\([^)]*\)\s*$", "", text)
+    return text
+
+
 def variant_key(info_row) -> tuple:
-    return tuple(fmt(info_row[c]) if c in info_row else "?" for c in VARIANT_COLUMNS)
+    return tuple(variant_value(c, info_row[c]) if c in info_row else "?" for c in VARIANT_COLUMNS)
 
 
 def dedupe_runs(info: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
@@ -179,7 +190,7 @@ def dedupe_runs(info: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     if info.empty:
         return info, []
     key_cols = list(SETTING_COLUMNS + VARIANT_COLUMNS)
-    keys = info[key_cols].apply(lambda r: tuple(fmt(v) for v in r), axis=1)
+    keys = info[key_cols].apply(lambda r: tuple(variant_value(c, v) for c, v in zip(key_cols, r)), axis=1)
     info = info.assign(_key=keys).sort_values(["last_iteration", RUN], ascending=[False, True])
     keep = ~info["_key"].duplicated()
     notes = []

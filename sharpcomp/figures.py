@@ -39,8 +39,9 @@ Conventions:
   present at every checkpoint: what the reference code plots); the whole-set ``train_loss`` is in
   the CSVs. Sharpness is drawn as sqrt(S). Metric panels use the ``train`` sample set.
 - A figure never mixes experiments: runs that differ in scale, loss, optimiser, width, outputs or
-  data source are drawn as separate figures named ``<id>-<field>-<value>``. The same setting found
-  twice (e.g. by two sweeps) is used once: the run that got furthest.
+  data source (the folder it was read from aside) are drawn as separate figures named
+  ``<id>-<field>-<value>``. The same setting found twice (e.g. by two sweeps) is used once: the run
+  that got furthest.
 - Diverged and failed runs are drawn up to their last finite checkpoint in trend figures and left
   out of correlation figures. Correlation figures also leave out runs still running that are behind
   the furthest run of their figure (their "end of training" is not there yet).
@@ -254,7 +255,7 @@ def _variants(sel: pd.DataFrame, fig_id: str) -> list[tuple[str, pd.DataFrame]]:
     out = []
     for k in sorted(distinct):
         suffix = "-".join(f"{VARIANT_COLUMNS[i]}-{k[i]}" for i in differ)
-        out.append((f"{fig_id}-{re.sub(r'[^A-Za-z0-9_.=-]+', '_', suffix)}", sel[keys == k]))
+        out.append((f"{fig_id}-{re.sub(r'[^A-Za-z0-9_.=-]+', '_', suffix).strip('_')}", sel[keys == k]))
     return out
 
 

@@ -19,13 +19,14 @@ METRICS = ("sharpness", "G", "log_volume", "mls", "local_dim", "bound_b", "bound
 
 
 def make_run(root, data, model, lr, batch, seed, *, n_ckpt=6, every=100, sets=("train",), status="finished",
-             diverge_at=None, scale="quick", bounds=None, drop=(), extra=None, name=None):
+             diverge_at=None, scale="quick", bounds=None, drop=(), extra=None, name=None,
+             data_source="synthetic"):
     """One run's metrics.parquet, written by RunRecorder like a real run. Metric values depend on
     lr, batch, seed and iteration so that lines and correlations are distinct."""
     bounds = model == "mlp4" if bounds is None else bounds
     run_id = name or f"{data}-{model}-lr{lr}-b{batch}-s{seed}-{scale}-{'-'.join(sets)}"
     identity = dict(run_id=run_id, data=data, model=model, lr=lr, batch=batch, seed=seed, loss="mse",
-                    width=1.0, outputs=10, optim="sgd", scale=scale, data_source="synthetic", device="cpu",
+                    width=1.0, outputs=10, optim="sgd", scale=scale, data_source=data_source, device="cpu",
                     versions="{}")
     rec = RunRecorder(root / run_id, identity)
     rng = np.random.default_rng(1000 * seed + int(lr * 100) + batch)
@@ -261,6 +262,17 @@ def test_experiments_are_never_mixed_and_duplicates_used_once(tmp_path, capsys, 
     assert any("found twice" in line and "again" in line for line in out)
     runs = pd.read_csv(tmp_path / "figures" / "fig1-scale-quick_runs.csv")
     assert len(runs) == 3 and "again" not in set(runs.run_id)
+
+
+def test_data_source_folder_does_not_split_a_figure(tmp_path, capsys, fake_save):
+    make_run(tmp_path, *CIFAR, 0.05, 20, 0, n_ckpt=2, data_source="torchvision CIFAR10 (/data)")
+    make_run(tmp_path, *CIFAR, 0.1, 20, 0, n_ckpt=2, data_source="torchvision CIFAR10 (downloaded)")
+    make_run(tmp_path, *CIFAR, 0.2, 20, 0, n_ckpt=2, data_source="CIFAR-10 JPEG image folder (/data/x)")
+    rc, out, _ = run_cli(capsys, tmp_path, "--only", "fig1", "--formats", "png")
+    assert rc == 0
+    names = sorted(p.name for p in (tmp_path / "figures").glob("*.png"))
+    assert names == ["fig1-data_source-torchvision_CIFAR10.png"]  # JPEG copy: one lr only, skipped
+    assert any(line.startswith("fig1-data_source-CIFAR-10_JPEG_image_folder: skipped") for line in out)
 
 
 # ---------------------------------------------------------------------------------------------
