@@ -155,6 +155,9 @@ def test_jacobian_of_f_annihilates_every_tangent(make):
     jac = dense_param_jacobian(model, x)
     assert V.r == sum(h.units for h in fl.hidden_layers(model).values())
     assert (jac @ vd).abs().max() < 1e-12 * max(1.0, float(jac.abs().max()))
+    # so is the loss gradient (L is constant along each orbit): P g = g
+    g = dense_grad(model, x, torch.zeros(len(x), dtype=torch.long))
+    assert (vd.T @ g).abs().max() < 1e-12 * max(1.0, float(g.abs().max() * vd.abs().max()))
     # hence the quotient version of S equals S: Tr(J P J^T) = Tr(J J^T)
     P, _ = dense_projector(model)
     torch.testing.assert_close(torch.trace(jac @ P @ jac.T), torch.trace(jac @ jac.T), rtol=1e-10, atol=0)
@@ -336,6 +339,10 @@ def test_extra_metrics_columns_leave_the_model_untouched_and_are_reproducible():
     again = fl.extra_metrics(model, mse, x, y, settings, torch.Generator().manual_seed(3))
     assert again == out
     assert fl.extra_metrics(model, mse, x, y, None, None) == {}
+    from omegaconf import OmegaConf  # the trainer passes the config node itself
+    node = OmegaConf.create({"flatness": {"disagreement": {"batches": 3, "batch_size": 4}, "fisher": None}})
+    dc = fl.extra_metrics(model, mse, x, y, node.flatness, torch.Generator().manual_seed(3))
+    assert set(dc) == {"grad_disagreement"} and math.isfinite(dc["grad_disagreement"])
     assert fl.extra_metrics(model, mse, x, y, fl.conf_flatness_default(), None) == {}
     with pytest.raises(ValueError, match="unknown metrics.flatness key"):
         fl.extra_metrics(model, mse, x, y, {"worstcase": {}}, None)
