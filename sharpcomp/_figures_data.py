@@ -139,7 +139,9 @@ def run_info(frame: pd.DataFrame) -> pd.DataFrame:
     info["n_checkpoints"] = groups["iteration"].nunique()
     info["last_iteration"] = groups["iteration"].max()
     info["sample_sets"] = groups["sample_set"].agg(lambda v: tuple(sorted(str(x) for x in v.dropna().unique())))
-    finite = frame[frame["train_loss_running"].notna()].groupby(RUN)["iteration"].max()
+    cols = [c for c in ("train_loss_running", "train_loss", "test_loss", "sample_loss", *METRIC_COLUMNS)
+            if c in frame.columns]
+    finite = frame[frame[cols].notna().any(axis=1)].groupby(RUN)["iteration"].max()
     info["last_finite_iteration"] = finite.reindex(info.index)
     return info.reset_index()
 

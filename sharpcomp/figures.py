@@ -264,8 +264,12 @@ def _status_notes(ctx: _Context, name: str, runs: pd.DataFrame, drawn: bool = Tr
     for _, row in runs.iterrows():
         status = str(row["status"])
         if status in ("diverged", "failed"):
-            end = (f"drawn up to iteration {fmt(row['last_finite_iteration'])}" if drawn
-                   else "left out")
+            if not drawn:
+                end = "left out"
+            elif pd.isna(row["last_finite_iteration"]):
+                end = "no finite values to draw"
+            else:
+                end = f"drawn up to iteration {fmt(row['last_finite_iteration'])}"
             ctx.say(name, f"run {row[RUN]} ({describe(row)}) {status} at iteration "
                           f"{fmt(row['last_iteration'])}; {end}")
         elif status == "running":
@@ -287,6 +291,10 @@ def _title(spec: FigureSpec, runs: pd.DataFrame, extra: str = "") -> str:
 
 def _written(ctx, name, files, detail):
     ctx.say(name, f"wrote {ctx.out / files[0]}, {', '.join(files[1:])} ({detail})")
+
+
+def _n_runs(n: int) -> str:
+    return f"{n} run{'' if n == 1 else 's'}"
 
 
 def _values_text(values) -> str:
@@ -312,7 +320,7 @@ def _make_trend(ctx: _Context, spec: FigureSpec) -> None:
         summary = run_summary(frame, ctx.last_fraction)
         files = ctx.save(name, fig, {"": lines, "_runs": summary})
         seeds = sorted({fmt(s) for s in runs["seed"]})
-        _written(ctx, name, files, f"{len(runs)} runs; {spec.by} {_values_text(values)}; seeds {', '.join(seeds)}")
+        _written(ctx, name, files, f"{_n_runs(len(runs))}; {spec.by} {_values_text(values)}; seeds {', '.join(seeds)}")
         if missing:
             ctx.say(name, f"{spec.by} {_values_text(missing)} missing (SPEC: {_values_text(spec.expected)})")
         for e in empty:
@@ -330,12 +338,12 @@ def _make_samples(ctx: _Context, spec: FigureSpec) -> None:
     for name, runs in _variants(sel, spec.id):
         frame = ctx.frame[ctx.frame[RUN].isin(runs[RUN])]
         sets = sorted(set().union(*runs["sample_sets"]))
-        title = _title(spec, runs, f"one line per sample set; mean over {len(runs)} runs, band {ctx.band}")
+        title = _title(spec, runs, f"one line per sample set; mean over {_n_runs(len(runs))}, band {ctx.band}")
         fig, lines, empty = _trend(frame, "sample_set", FIG3_PANELS, band=ctx.band, title=title)
         summary = pd.concat(
             [run_summary(frame, ctx.last_fraction, s).assign(sample_set=s) for s in sets], ignore_index=True)
         files = ctx.save(name, fig, {"": lines, "_runs": summary})
-        _written(ctx, name, files, f"{len(runs)} runs; sample sets {', '.join(sets)}")
+        _written(ctx, name, files, f"{_n_runs(len(runs))}; sample sets {', '.join(sets)}")
         for s in ("test", "misclassified"):
             if s not in sets:
                 ctx.say(name, f"no {s} sample set in these runs; drawn without it")
@@ -367,12 +375,12 @@ def _make_bounds(ctx: _Context, spec: FigureSpec) -> None:
         chosen = runs[runs["lr"].apply(lambda v, p=pick[0]: same(v, p))
                       & runs["batch"].apply(lambda v, p=pick[1]: same(v, p))]
         frame = ctx.frame[ctx.frame[RUN].isin(chosen[RUN])]
-        title = _title(spec, chosen, f"lr {fmt(pick[0])}, batch {fmt(pick[1])}; mean over {len(chosen)} "
-                                     f"runs, band {ctx.band}")
+        title = _title(spec, chosen, f"lr {fmt(pick[0])}, batch {fmt(pick[1])}; mean over "
+                                     f"{_n_runs(len(chosen))}, band {ctx.band}")
         fig, lines, _ = _trend(frame, None, [_bound_panel()], band=ctx.band, title=title)
         summary = run_summary(frame, ctx.last_fraction)
         files = ctx.save(name, fig, {"": lines, "_runs": summary})
-        _written(ctx, name, files, f"{len(chosen)} runs at lr {fmt(pick[0])}, batch {fmt(pick[1])}")
+        _written(ctx, name, files, f"{_n_runs(len(chosen))} at lr {fmt(pick[0])}, batch {fmt(pick[1])}")
         if len(settings) > 1:
             ctx.say(name, f"drew the lr {fmt(pick[0])} / batch {fmt(pick[1])} setting; "
                           f"{len(settings) - 1} other setting(s) not drawn")
@@ -428,7 +436,7 @@ def _make_correlation(ctx: _Context, spec: FigureSpec) -> None:
                                    "checkpoints)")
         fig = draw_correlation(summary, cols, pearson, title=title)
         files = ctx.save(name, fig, {"": summary, "_pearson": pearson})
-        _written(ctx, name, files, f"{len(runs)} runs, {len(cols)} quantities")
+        _written(ctx, name, files, f"{_n_runs(len(runs))}, {len(cols)} quantities")
         have = {(float(lr), float(b)) for lr, b in zip(runs["lr"], runs["batch"])}
         missing = [s for s in spec.expected if not any(same(s[0], h[0]) and same(s[1], h[1]) for h in have)]
         if missing:
