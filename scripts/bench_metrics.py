@@ -6,7 +6,8 @@ Rows, all in one process on the same weights and inputs:
                w.r.t. parameters and input, then the same spectra;
   (c) backpack BackPACK's BatchL2Grad, S only: one backward per output (skipped if not installed);
   (d) floor    N plain forward+backward passes over the n samples (any exact method pays this).
-Times are medians over repeats after a warm-up. ``--quick``: a short smoke run.
+Times are wall-clock medians over repeats after a warm-up, rows interleaved; one torch thread by
+default (``--threads``). ``--quick``: a short smoke run.
 """
 
 from __future__ import annotations
@@ -15,12 +16,16 @@ import argparse
 import copy
 import statistics
 import time
+import warnings
+from functools import partial
 
 import numpy as np
 import torch
 
 from sharpcomp.metrics import compute_metrics
 from sharpcomp.models import build_model
+
+warnings.filterwarnings("ignore", message="Full backward hook is firing")  # BackPACK with inputs not needing grad
 
 try:
     from backpack import backpack, extend
@@ -67,44 +72,55 @@ def floor(model, x):
     model.zero_grad(set_to_none=True)
 
 
-def timed(fn, repeats):
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def timed(rows, repeats):
+    """Median wall time of each row (name -> (function, repeats)); the rows run interleaved, round by
+    round, so that a change in the load of a shared machine hits them alike."""
+    times = {name: [] for name in rows}
+    for fn, _ in rows.values():
+        fn()  # warm-up
+    for r in range(repeats):
+        for name, (fn, reps) in rows.items():
+            if r < reps:
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) if ts else np.nan for name, ts in times.items()}
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="short smoke run (n = 20, one repeat)")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads (default 1: on a shared CPU, more threads mostly add noise)")
     ap.add_argument("--models", default="vgg10,mlp4")
     ap.add_argument("--sizes", default="20,100")
     ap.add_argument("--skip-loop", action="store_true", help="skip the slow (b) row")
     args = ap.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     sizes = [20] if args.quick else [int(s) for s in args.sizes.split(",")]
     repeats = 1 if args.quick else args.repeats
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU, median of {repeats} "
-          f"after warm-up; backpack {'yes' if backpack else 'not installed'}")
-    header = (f"{'model':6} {'n':>4} {'(a) engine':>11} {'(b) loop':>9} {'(c) bpack':>10} {'(d) floor':>10}"
-              f" {'a/d':>6} {'b/a':>6} {'c/a':>6}")
-    print(header)
+    print(f"torch {torch.__version__}, CPU, {torch.get_num_threads()} thread(s); wall-clock median of {repeats} "
+          f"after a warm-up ((b): of {max(1, repeats // 2)}); backpack {'yes' if backpack else 'not installed'}")
+    print(f"{'model':6} {'n':>4} {'(a) engine':>11} {'(b) loop':>9} {'(c) bpack':>10} {'(d) floor':>10}"
+          f" {'a/d':>6} {'b/a':>6} {'c/a':>6}")
     for name in args.models.split(","):
         shape = (3, 32, 32) if name == "vgg10" else (1, 28, 28)
         model = build_model(name, num_outputs=10, seed=0).eval()
         bp_model = extend(copy.deepcopy(model)) if backpack else None
         for n in sizes:
             x = torch.rand(n, *shape, generator=torch.Generator().manual_seed(1))
-            t = {"a": timed(lambda: engine(model, x), repeats),
-                 "d": timed(lambda: floor(model, x), repeats)}
-            t["b"] = np.nan if args.skip_loop else timed(lambda: loop(model, x), max(1, repeats // 2))
-            t["c"] = timed(lambda: backpack_sharpness(bp_model, x), repeats) if backpack else np.nan
-            if backpack and not args.quick:  # same weights, same S
-                s_a, s_c = engine(model, x), backpack_sharpness(bp_model, x)
-                assert abs(s_a - s_c) <= 1e-3 * abs(s_c), (s_a, s_c)
+            rows = {"a": (partial(engine, model, x), repeats), "d": (partial(floor, model, x), repeats)}
+            if not args.skip_loop:
+                rows["b"] = (partial(loop, model, x), max(1, repeats // 2))
+            if backpack:
+                rows["c"] = (partial(backpack_sharpness, bp_model, x), repeats)
+            t = {"b": np.nan, "c": np.nan, **timed(rows, repeats)}
+            s_a = engine(model, x)  # same weights, same S
+            for other in ([partial(backpack_sharpness, bp_model, x)] if backpack else []) + (
+                    [] if args.skip_loop or args.quick else [partial(loop, model, x)]):
+                assert abs(other() - s_a) <= 1e-3 * s_a, "benchmark rows disagree on S"
             print(f"{name:6} {n:4d} {t['a']:10.3f}s {t['b']:8.3f}s {t['c']:9.3f}s {t['d']:9.3f}s"
                   f" {t['a'] / t['d']:6.2f} {t['b'] / t['a']:6.2f} {t['c'] / t['a']:6.2f}", flush=True)
 

@@ -330,7 +330,8 @@ def _spectral_values(jac: Tensor, rank: int | None) -> dict[str, Tensor]:
 def _bounds_reason(first: _Record | None, x: Tensor, layer: str | None, used: bool,
                    trainable: dict) -> str | None:
     if first is None:
-        return "the model has no parametrised first layer"
+        return (f"the representation {layer} does not depend on any parametrised layer" if layer
+                else "the model has no parametrised first layer")
     where = f"first layer {first.name}"
     if isinstance(first.module, nn.modules.conv._ConvNd):
         return f"{where} is convolutional: bounds of Eq. 28 need a fully connected first layer"
