@@ -52,5 +52,15 @@ bench: $(STAMP)
 figures: $(STAMP)
 	$(VENV)/bin/sharpcomp figures outputs
 
+# Every figure's sweep at the quick scale, one after another, then the figures. Rerunning resumes.
+# LAUNCHER=joblib (or ensemble) runs several runs at once; EXPERIMENTS picks a subset.
+EXPERIMENTS ?= figE8 figD4 figE7 figD6 figD6_batch fig1 fig2 fig3 figD5 figD5_batch
+LAUNCHER ?= basic
+figures-quick: $(STAMP)
+	set -e; for e in $(EXPERIMENTS); do \
+	  $(VENV)/bin/sharpcomp -m train +experiment=$$e scale=quick progress=false hydra/launcher=$(LAUNCHER); \
+	done
+	$(VENV)/bin/sharpcomp figures outputs
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -108,6 +108,8 @@ def validate_config(cfg: Mapping, n_train: int | None = None) -> None:
     bad = [s for s in m.get("sample_sets", ["train"]) if s not in ("train", "test", "misclassified")]
     if bad:
         raise ConfigError(f"unknown sample set {bad[0]!r} (choose from train, test, misclassified)")
+    if number("metrics.flatness_every", m.get("flatness_every", 1), int) <= 0:
+        raise ConfigError(f"metrics.flatness_every must be > 0, got {m.get('flatness_every')}")
     if m.get("dtype", "float32") not in ("float32", "float64"):
         raise ConfigError(f"metrics.dtype must be float32 or float64, got {m.get('dtype')!r}")
     device = str(cfg.get("device", "auto"))
@@ -351,7 +353,8 @@ def train(cfg, run_dir: str | Path, *, callback: Callable[[int, list[dict]], Non
             row["test_loss"], row["test_acc"], test_correct = evaluate(model, data.test_x, data.test_y, loss_name)
             if not math.isfinite(row["train_loss"]):
                 raise Diverged(it)
-        rows = checkpoint_rows(model, cfg, data, sample_idx, loss_name, loss_fn, row, test_correct, it)
+        rows = checkpoint_rows(model, cfg, data, sample_idx, loss_name, loss_fn, row, test_correct, it,
+                               with_flatness=k % int(mcfg.get("flatness_every", 1)) == 0 or it == steps)
         model.train()
         for r in rows:
             r["wall_time"] = time.perf_counter() - t0
@@ -453,9 +456,10 @@ def _summary(bar, rows: list[dict], steps: int) -> None:
 
 
 def checkpoint_rows(model: nn.Module, cfg: Mapping, data: Dataset, sample_idx: torch.Tensor, loss_name: str,
-                    loss_fn: Callable, base: dict, test_correct: torch.Tensor | None, iteration: int) -> list[dict]:
+                    loss_fn: Callable, base: dict, test_correct: torch.Tensor | None, iteration: int,
+                    with_flatness: bool = True) -> list[dict]:
     """The rows of one checkpoint: ``base`` (whole-set columns) joined with the metrics of each
-    sample set. The model is in eval mode."""
+    sample set (and the optional flatness measures on the train row). The model is in eval mode."""
     from .metrics import compute_metrics
 
     mcfg = cfg.get("metrics", {})
@@ -480,7 +484,7 @@ def checkpoint_rows(model: nn.Module, cfg: Mapping, data: Dataset, sample_idx: t
                 row["sample_loss"] = float(per_sample_loss(loss_name, model(x), y).mean())
             res = compute_metrics(model, x, **opts)
             row.update({k: v for k, v in res.items() if k != "per_sample"})
-        if name == "train" and mcfg.get("flatness"):
+        if name == "train" and with_flatness and any(v is not None for v in (mcfg.get("flatness") or {}).values()):
             from .flatness import extra_metrics
 
             g = torch.Generator().manual_seed(int(cfg["seed"]) * 1_000_003 + iteration)

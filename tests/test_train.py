@@ -184,3 +184,15 @@ def test_sam_optimizer_runs(cfg_small, fmnist_small, tmp_path):
     cfg_small.optim = {"name": "sam", "rho": 0.05, "adaptive": False}
     assert train(cfg_small, tmp_path / "run", data=fmnist_small).status == "finished"
     assert read_metrics(tmp_path / "run").optim.iloc[0] == "sam"
+
+
+def test_flatness_measures_land_in_the_train_rows(cfg_small, fmnist_small, tmp_path):
+    cfg_small.metrics.flatness_every = 2
+    cfg_small.metrics.flatness.worst_case = {"rho": 0.05, "steps": 2, "batches": 2, "batch_size": 32}
+    cfg_small.metrics.flatness.fisher = {"n": 32}
+    cfg_small.metrics.flatness.disagreement = {"batches": 3, "batch_size": 16}
+    train(cfg_small, tmp_path / "run", data=fmnist_small)
+    df = read_metrics(tmp_path / "run").set_index("iteration")
+    for col in ("sharpness_worst", "sharpness_worst_rel", "fisher_trace", "grad_disagreement"):
+        assert df[col].notna().to_dict() == {0: True, 4: False, 8: True, 12: True}, col
+    assert (df.sharpness_worst.dropna() > 0).all() and (df.fisher_trace.dropna() > 0).all()
