@@ -200,7 +200,9 @@ def _parse(argv: Sequence[str]) -> tuple[str, dict]:
     run_dir, opts = None, {}
     known = ("alpha", "layer", "units", "probes", "seed")
     for a in args:
-        if "=" in a and not a.startswith("-"):
+        if run_dir is None and "=" in a and Path(a).is_dir():
+            run_dir = a  # Hydra run folders carry '=' in their names (outputs/runs/.../lr=0.1,seed=0)
+        elif "=" in a and not a.startswith("-"):
             k, v = a.split("=", 1)
             if k not in known:
                 raise _Usage(f"unknown option '{k}' (options: {', '.join(known)})")

@@ -209,3 +209,11 @@ def test_main_without_checkpoint(tmp_path, capsys):
     rc = reparam.main([str(tmp_path)])  # the real restore_run: an empty folder has no checkpoint
     err = capsys.readouterr().err
     assert rc != 0 and "cannot load run" in err and len(err.strip().splitlines()) == 1
+
+
+def test_main_accepts_hydra_run_folders_with_equals_signs(fake_run, tmp_path, capsys):
+    hydra_named = tmp_path / "lr=0.1,seed=0"
+    hydra_named.mkdir()
+    (hydra_named / "checkpoint.pt").write_bytes(b"")
+    assert reparam.main([str(hydra_named), "alpha=10", "layer=fc1", "probes=3"]) == 0
+    assert "unchanged" in capsys.readouterr().out
