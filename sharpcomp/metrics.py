@@ -36,12 +36,26 @@ either the per-sample weight gradient ``sum_p g_p a_p^T`` over unfolded patches 
 or the Gram form ``sum_{p,q} (g_p . g_q)(a_p . a_q)`` is used, whichever costs fewer operations for
 that layer's shapes. ``K_i`` is formed in float64 and diagonalised by ``eigvalsh``.
 
-Zero eigenvalues. Eigenvalues below ``N * eps(float64) * lambda_{i,1}`` (round-off level of the
-float64 eigensolver; e.g. the exact zeros from outputs that do not depend on x_i, such as inactive
-ReLU units of a middle-layer representation) count as zero. A zero among the kept ``r`` eigenvalues
-makes ``log_volume_i = -inf``, hence the mean ``log_volume = -inf``; the per-sample values show which
-samples (lower ``log_volume_rank`` to avoid it). A sample with ``J_i = 0`` has ``mls_i = 0`` and
-``local_dim_i = 0`` (a locally constant representation has no local dimensions).
+Backward passes: the default (``BACKWARD_MODE = "loop"``) is one forward and N backward calls through
+the retained graph. Measured alternatives, kept as options: ``"vmap"`` (``is_grads_batched``: one
+vmapped backward per COTANGENT_CHUNK outputs; max-pool backward has no batching rule, so it falls back
+to a slow per-cotangent loop: slower on vgg10, slightly faster on mlp4) and ``"replicate"`` (a forward
+of stacked copies of the chunk, one backward: pays N forwards, slower on vgg10).
+
+Assumptions: samples are independent (eval mode, no batch statistics) and every parameter enters the
+computation only through the forward of the module that owns it (parameters shared by two modules
+are refused; a module called several times is fine). Modules other than Linear/Conv1d/Conv2d that own
+parameters get per-sample gradients from ``torch.func`` (vmap of grad), slower but exact.
+
+Zero eigenvalues. Eigenvalues below ``lambda_{i,1} * max(N eps_64, (N eps)^2)`` count as zero, where
+``eps`` is the machine epsilon of the computation dtype: the first term is the round-off level of the
+float64 eigensolver, the second that of singular values of a J_i computed in that dtype (so exact zeros,
+e.g. from inactive ReLU units of a middle-layer representation or from N > M, are recognised in float32
+as well; in float32 a genuine ``sqrt(lambda_k / lambda_1)`` below ~N * 1e-7 is not resolvable and
+counts as zero too). A zero among the kept ``r`` eigenvalues makes ``log_volume_i = -inf``, hence the
+mean ``log_volume = -inf``; the per-sample values show which samples (a lower ``log_volume_rank``
+avoids it). A sample with ``J_i = 0`` has ``mls_i = 0`` and ``local_dim_i = 0`` (a locally constant
+representation has no local dimensions).
 
 ``hessian_trace`` is Hutchinson's estimator of ``Tr H`` of a training loss, ``mean_s v_s^T H v_s``
 over Rademacher probes ``v_s``, with Hessian-vector products by double backpropagation; it equals
@@ -124,12 +138,14 @@ def hessian_trace(model: nn.Module, loss_fn, inputs: Tensor, targets: Tensor, pr
     params = [p for p in model.parameters() if p.requires_grad]
     with torch.enable_grad():
         loss = loss_fn(model(inputs), targets)
-        grads = torch.autograd.grad(loss, params, create_graph=True)
+        grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+        curved = [j for j, g in enumerate(grads) if g is not None and g.requires_grad]  # H v = 0 elsewhere
         values = []
         for s in range(probes):
             vs = [_rademacher(p, generator) for p in params]
-            hvs = torch.autograd.grad(grads, params, vs, retain_graph=s < probes - 1)
-            values.append(sum((v * hv).sum() for v, hv in zip(vs, hvs)).item())
+            hvs = torch.autograd.grad([grads[j] for j in curved], params, [vs[j] for j in curved],
+                                      retain_graph=s < probes - 1, allow_unused=True)
+            values.append(sum(float((v * hv).sum()) for v, hv in zip(vs, hvs) if hv is not None))
     values = np.asarray(values, dtype=np.float64)
     return float(values.mean()), float(values.std(ddof=1) / math.sqrt(probes))
 
@@ -249,12 +265,15 @@ class _Pass:
             f, records, order = _forward(model, self.x, layer, clone=True)  # an output was changed in place
         self.f = f.reshape(f.shape[0], -1)
         self.first = records[order[0]] if order else None
+        owners = [id(p) for r in records.values() for p in r.module.parameters(recurse=False)]
+        if len(owners) != len(set(owners)):
+            raise NotImplementedError("a parameter owned by two modules: per-sample norms need one owner")
         self.trainable = {name: {k: p for k, p in r.module.named_parameters(recurse=False) if p.requires_grad}
                           for name, r in records.items()}
         self.wanted = [r for r in records.values() if (self.trainable[r.name] or r is self.first)
                        and all(o.requires_grad for o in r.outputs)]
-        self.rules = {r.name: rule_for(r.module, self.trainable[r.name], [a[:self.n] for a in r.inputs],
-                                       num_out)
+        self.rules = {r.name: rule_for(r.module, self.trainable[r.name],
+                                       [None if a is None else a[:self.n] for a in r.inputs], num_out)
                       for r in self.wanted if self.trainable[r.name]}
         self.targets = [self.x] + [o for r in self.wanted for o in r.outputs]
 
@@ -317,7 +336,8 @@ def _spectral_values(jac: Tensor, rank: int | None) -> dict[str, Tensor]:
     gram = j @ j.transpose(1, 2)  # K_i = J_i J_i^T
     eig = torch.linalg.eigvalsh(gram).flip(-1).clamp_min(0)  # descending
     g = j.square().sum((1, 2))
-    tol = eig.shape[1] * torch.finfo(torch.float64).eps * eig[:, :1]
+    num_out = eig.shape[1]
+    tol = max(num_out * torch.finfo(torch.float64).eps, (num_out * torch.finfo(jac.dtype).eps) ** 2) * eig[:, :1]
     kept = eig[:, :rank]
     logs = torch.where(kept > tol, kept.clamp_min(torch.finfo(torch.float64).tiny).log(),
                        torch.tensor(-math.inf, dtype=torch.float64, device=eig.device))

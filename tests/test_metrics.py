@@ -192,6 +192,11 @@ def test_hessian_trace_against_dense_hessian():
     exact_fit = dense_hessian_trace(model, half_sq_loss, x, y_fit)
     assert compute_metrics(model, x, dtype=torch.float64)["sharpness"] == pytest.approx(exact_fit, rel=1e-10)
     assert all(p.grad is None for p in model.parameters())
+    # a loss linear in the parameters (H = 0, gradients that do not require grad) and an unused parameter
+    lin = nn.Sequential(nn.Linear(3, 2)).double()
+    lin.register_parameter("unused", nn.Parameter(torch.zeros(2, dtype=torch.float64)))
+    est, se = hessian_trace(lin, lambda out, y: out.sum(), x, y, probes=3)
+    assert (est, se) == (0.0, 0.0)
 
 
 def test_chunk_size_and_backward_modes_do_not_change_results(monkeypatch):
@@ -250,9 +255,10 @@ def test_zero_eigenvalues_give_minus_infinity():
     torch.manual_seed(0)
     wide = nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 5)).double()  # rank J_i = 2 < N = 5
     x = torch.randn(3, 2, dtype=torch.float64)
-    res = compute_metrics(wide, x, dtype=torch.float64, per_sample=True)
-    assert res["log_volume"] == -math.inf and (res["per_sample"]["log_volume"] == -math.inf).all()
-    assert all(np.isfinite(res[k]) for k in ("G", "mls", "local_dim"))
+    for dtype in (torch.float64, torch.float32):
+        res = compute_metrics(wide, x, dtype=dtype, per_sample=True)
+        assert res["log_volume"] == -math.inf and (res["per_sample"]["log_volume"] == -math.inf).all()
+        assert all(np.isfinite(res[k]) for k in ("G", "mls", "local_dim"))
     top2 = compute_metrics(wide, x, dtype=torch.float64, log_volume_rank=2)
     ref = reference_metrics(wide, x, log_volume_rank=2)
     assert np.isfinite(top2["log_volume"]) and top2["log_volume"] == pytest.approx(ref["log_volume"], rel=1e-8)
@@ -316,6 +322,13 @@ def zoo():
         "shared_calls": (nn.Sequential(Twice(), nn.Linear(6, 3)), (6,)),
         "tokens": (Tokens(), (12,)),
     }
+
+
+def test_parameters_shared_between_modules_are_refused():
+    model = mlp(d_in=12, width=12)
+    model.fc2.weight = model.fc1.weight
+    with pytest.raises(NotImplementedError, match="owned by two modules"):
+        compute_metrics(model, inputs((3, 2, 2)))
 
 
 @pytest.mark.parametrize("strategy", [None, "gram", "materialise"])
