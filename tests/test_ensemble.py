@@ -1,0 +1,204 @@
+"""Vectorised ensembles: the same records and checkpoints as separate runs, divergence, resume, grouping,
+and the Hydra launcher end to end (real Fashion-MNIST, tiny mlp4)."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from sharpcomp.ensemble import (
+    StackedSGD,
+    check_compatible,
+    evaluate_stacked,
+    group_compatible,
+    train_ensemble,
+)
+from sharpcomp.records import read_metrics
+from sharpcomp.train import CHECKPOINT_FILE, ConfigError, evaluate, train
+
+from .conftest import SHRINK, compose_train
+
+MEMBERS = [(0.1, 0), (0.05, 1), (0.2, 2)]  # (lr, seed)
+IDENTICAL = ["run_id", "iteration", "sample_set", "status", "lr", "seed", "batch", "n_samples", "epoch"]
+
+
+def _cfg(data_dir, cache_dir, lr, seed, extra=()):
+    cfg = compose_train([*SHRINK, f"lr={lr}", f"seed={seed}", *extra])
+    OmegaConf.set_struct(cfg, False)
+    cfg.data_dir, cfg.cache_dir = str(data_dir), str(cache_dir)
+    cfg.metrics.sample_sets = ["train", "misclassified"]
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def cfgs(data_dir, cache_dir):
+    return [_cfg(data_dir, cache_dir, lr, seed) for lr, seed in MEMBERS]
+
+
+@pytest.fixture(scope="module")
+def refs(cfgs, fmnist_small, tmp_path_factory):
+    """The members trained one by one with train.train: the records an ensemble must reproduce."""
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("separate")
+    out = []
+    for i, cfg in enumerate(cfgs):
+        train(cfg, root / f"run{i}", data=fmnist_small)
+        out.append(read_metrics(root / f"run{i}"))
+    return out
+
+
+def assert_same_records(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    a, b = a.drop(columns="wall_time"), b.drop(columns="wall_time")
+    assert list(a.columns) == list(b.columns)
+    pd.testing.assert_frame_equal(a[IDENTICAL], b[IDENTICAL])
+    pd.testing.assert_frame_equal(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_ensemble_gives_the_records_and_checkpoints_of_separate_runs(cfgs, refs, fmnist_small, tmp_path):
+    dirs = [tmp_path / f"m{i}" for i in range(3)]
+    res = train_ensemble(cfgs, dirs, data=fmnist_small)
+    assert [r.status for r in res] == ["finished"] * 3 and [r.iteration for r in res] == [12] * 3
+    assert [r.rows for r in res] == [8] * 3
+    for d, ref in zip(dirs, refs):
+        assert_same_records(ref, read_metrics(d))
+    # the checkpoint has train.py's format: same keys, a plain SGD optimizer state, the member's config
+    state = torch.load(dirs[1] / CHECKPOINT_FILE, weights_only=False)
+    assert set(state) == {"run_id", "iteration", "wall_time", "status", "model_state", "optimizer_state", "config"}
+    assert state["iteration"] == 12 and state["status"] == "finished" and state["config"]["lr"] == 0.05
+    assert state["optimizer_state"]["param_groups"][0]["lr"] == 0.05 and state["optimizer_state"]["state"] == {}
+    assert all(t.is_contiguous() and t.untyped_storage().nbytes() == t.numel() * t.element_size()
+               for t in state["model_state"].values())  # a copy, not a view of the whole stack
+
+
+def test_vectorised_evaluation_matches_evaluate(cfgs, fmnist_small):
+    from sharpcomp.models import build_model
+
+    models = [build_model("mlp4", 10, 0.2, input_shape=(1, 28, 28), seed=s) for s in (0, 1)]
+    net = StackedSGD(models, [0.1, 0.2], "mse")
+    got = evaluate_stacked(net, fmnist_small.test_x, fmnist_small.test_y, "mse", chunk=128)
+    for model, (loss, acc, correct) in zip(models, got):
+        ref = evaluate(model, fmnist_small.test_x, fmnist_small.test_y, "mse")
+        assert loss == pytest.approx(ref[0], rel=1e-6) and acc == ref[1] and torch.equal(correct, ref[2])
+
+
+def test_a_diverging_member_is_recorded_and_the_others_finish(cfgs, refs, fmnist_small, data_dir, cache_dir,
+                                                              tmp_path):
+    bad = _cfg(data_dir, cache_dir, 1e6, 3)
+    train(bad, tmp_path / "bad_alone", data=fmnist_small)
+    dirs = [tmp_path / "m0", tmp_path / "bad", tmp_path / "m2"]
+    res = train_ensemble([cfgs[0], bad, cfgs[2]], dirs, data=fmnist_small)
+    assert [r.status for r in res] == ["finished", "diverged", "finished"]
+    assert_same_records(refs[0], read_metrics(dirs[0]))
+    assert_same_records(refs[2], read_metrics(dirs[2]))
+    alone, ens = read_metrics(tmp_path / "bad_alone"), read_metrics(dirs[1])
+    assert (ens.status == "diverged").all() and math.isnan(ens.train_loss_running.iloc[-1])
+    assert list(ens.iteration) == list(alone.iteration) and list(ens.sample_set) == list(alone.sample_set)
+    assert torch.load(dirs[1] / CHECKPOINT_FILE, weights_only=False)["status"] == "diverged"
+    # a rerun keeps every verdict and changes nothing
+    again = train_ensemble([cfgs[0], bad, cfgs[2]], dirs, data=fmnist_small)
+    assert [r.status for r in again] == ["finished", "diverged", "finished"]
+    assert_same_records(refs[0], read_metrics(dirs[0]))
+
+
+class Crash(KeyboardInterrupt):
+    pass
+
+
+def test_resume_after_interrupt_either_way(cfgs, refs, fmnist_small, tmp_path):
+    def crash_after_4(it, rows):
+        assert len(rows) == 3
+        if it == 4:
+            raise Crash
+
+    dirs = [tmp_path / f"m{i}" for i in range(3)]
+    with pytest.raises(Crash):
+        train_ensemble(cfgs, dirs, data=fmnist_small, callback=crash_after_4)
+    for d in dirs:
+        partial = read_metrics(d)
+        assert sorted(partial.iteration.unique()) == [0, 4] and (partial.status == "running").all()
+    # member 0 resumed alone by train.train, the others by the ensemble: the uninterrupted records
+    assert train(cfgs[0], dirs[0], data=fmnist_small).status == "finished"
+    res = train_ensemble(cfgs[1:], dirs[1:], data=fmnist_small)
+    assert [r.status for r in res] == ["finished"] * 2
+    for d, ref in zip(dirs, refs):
+        assert_same_records(ref, read_metrics(d))
+
+
+def test_members_at_different_iterations(cfgs, refs, fmnist_small, tmp_path):
+    """One member interrupted at 4 by a single run, one finished, one new: each goes its own way."""
+    dirs = [tmp_path / f"m{i}" for i in range(3)]
+
+    def crash_after_4(it, rows):
+        if it == 4:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(cfgs[0], dirs[0], data=fmnist_small, callback=crash_after_4)
+    train(cfgs[1], dirs[1], data=fmnist_small)
+    res = train_ensemble(cfgs, dirs, data=fmnist_small)
+    assert [r.status for r in res] == ["finished"] * 3
+    for d, ref in zip(dirs, refs):
+        assert_same_records(ref, read_metrics(d))
+
+
+def test_incompatible_runs_are_rejected_and_grouped(cfgs, data_dir, cache_dir, tmp_path):
+    other_batch = _cfg(data_dir, cache_dir, 0.1, 5, ["batch=8"])
+    with pytest.raises(ConfigError, match="must share 'batch'"):
+        train_ensemble([cfgs[0], other_batch], [tmp_path / "a", tmp_path / "b"])
+    sam = _cfg(data_dir, cache_dir, 0.1, 6, ["optim=sam"])
+    with pytest.raises(ConfigError, match="only plain sgd"):
+        check_compatible([cfgs[0], sam])
+    with pytest.raises(ConfigError, match="same run twice"):
+        train_ensemble([cfgs[0], cfgs[0]], [tmp_path / "a", tmp_path / "b"])
+    with pytest.raises(ConfigError, match="share one output folder"):
+        train_ensemble(cfgs[:2], [tmp_path / "a", tmp_path / "a"])
+    # lr and seed may differ, chunk_size and progress too; anything else splits the groups
+    chunked = _cfg(data_dir, cache_dir, 0.3, 7, ["metrics.chunk_size=4", "progress=true"])
+    groups, singles = group_compatible([cfgs[0], sam, other_batch, cfgs[1], chunked, cfgs[2]])
+    assert groups == [[0, 3, 4, 5]] and singles == [1, 2]
+    many = [_cfg(data_dir, cache_dir, 0.1, s) for s in range(7)]
+    assert group_compatible(many, max_members=3) == ([[0, 1, 2], [3, 4], [5, 6]], [])
+    assert group_compatible(many[:4], max_members=3) == ([[0, 1], [2, 3]], [])
+
+
+def _two_members(fmnist_small):
+    from sharpcomp.models import build_model
+
+    models = [build_model("mlp4", 10, 0.05, input_shape=(1, 28, 28), seed=s) for s in (0, 1)]
+    x = fmnist_small.train_x[:32].reshape(2, 16, 1, 28, 28)
+    t = torch.nn.functional.one_hot(fmnist_small.train_y[:32].reshape(2, 16), 10).float()
+    return models, x, t
+
+
+def _same_steps(a: StackedSGD, b: StackedSGD, x, t, steps=2):
+    for _ in range(steps):
+        torch.testing.assert_close(a.step(x, t), b.step(x, t), rtol=1e-5, atol=1e-7)
+    for n in a.params:
+        torch.testing.assert_close(a.params[n], b.params[n], rtol=1e-5, atol=1e-7)
+
+
+def test_compile_falls_back_to_eager_with_a_warning(fmnist_small, monkeypatch):
+    def broken_compile(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("no compiler here")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    models, x, t = _two_members(fmnist_small)
+    eager, compiled = StackedSGD(models, [0.1, 0.2], "mse"), StackedSGD(models, [0.1, 0.2], "mse", compile=True)
+    with pytest.warns(UserWarning, match="torch.compile failed.*no compiler here"):
+        _same_steps(eager, compiled, x, t)
+    assert not compiled.compiled
+
+
+@pytest.mark.slow
+def test_compiled_step_trains_the_same(fmnist_small):
+    """torch.compile on this CPU (inductor, C++ backend): about 10-30 s of compile time."""
+    models, x, t = _two_members(fmnist_small)
+    eager, compiled = StackedSGD(models, [0.1, 0.2], "mse"), StackedSGD(models, [0.1, 0.2], "mse", compile=True)
+    _same_steps(eager, compiled, x, t)
+    assert compiled.compiled
