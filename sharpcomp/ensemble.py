@@ -712,16 +712,37 @@ def _run_group(cfgs: list[dict], run_dirs: list[Path], compile: bool) -> list:
 
 
 def register_launcher() -> None:
-    """Make ``hydra/launcher=ensemble`` instantiable. Hydra instantiates only plugin classes registered
-    under the ``hydra_plugins`` namespace (``hydra.core.plugins.Plugins._instantiate``), so the launcher
-    is registered under that name; ``conf/hydra/launcher/ensemble.yaml`` does this through a Hydra
-    callback (:class:`RegisterEnsembleLauncher`), which Hydra instantiates before the launcher."""
+    """Make ``hydra/launcher=ensemble`` instantiable.
+
+    Hydra instantiates only plugin classes that live in the ``hydra_plugins`` namespace and are
+    registered with its plugin registry (``hydra.core.plugins.Plugins._instantiate``; this Hydra's
+    target policy then imports the ``_target_`` by name). Unless a real ``hydra_plugins.sharpcomp_ensemble``
+    module is installed, this makes that module in memory, holding a subclass of :class:`EnsembleLauncher`,
+    and registers it. ``conf/hydra/launcher/ensemble.yaml`` calls this through a Hydra callback
+    (:class:`RegisterEnsembleLauncher`), which Hydra instantiates before the launcher.
+    """
+    import importlib
+    import types
+
     from hydra.core.plugins import Plugins
 
+    module_name, cls_name = PLUGIN_NAME.rsplit(".", 1)
+    module = sys.modules.get(module_name)
+    if module is None:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            module = types.ModuleType(module_name, "sharpcomp's ensemble launcher (made by sharpcomp.ensemble)")
+            sys.modules[module_name] = module
+            parent = importlib.import_module(module_name.rsplit(".", 1)[0])
+            setattr(parent, module_name.rsplit(".", 1)[1], module)
+    cls = getattr(module, cls_name, None)
+    if cls is None:
+        cls = type(cls_name, (EnsembleLauncher,), {"__module__": module_name, "__doc__": EnsembleLauncher.__doc__})
+        setattr(module, cls_name, cls)
     plugins = Plugins.instance()
-    if PLUGIN_NAME not in plugins.class_name_to_class:
-        module, name = PLUGIN_NAME.rsplit(".", 1)
-        plugins.register(type(name, (EnsembleLauncher,), {"__module__": module, "__doc__": EnsembleLauncher.__doc__}))
+    if plugins.class_name_to_class.get(PLUGIN_NAME) is not cls:
+        plugins.register(cls)
 
 
 try:

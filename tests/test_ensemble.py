@@ -202,3 +202,49 @@ def test_compiled_step_trains_the_same(fmnist_small):
     eager, compiled = StackedSGD(models, [0.1, 0.2], "mse"), StackedSGD(models, [0.1, 0.2], "mse", compile=True)
     _same_steps(eager, compiled, x, t)
     assert compiled.compiled
+
+
+# ---------------------------------------------------------------------------------------------
+# the Hydra launcher
+
+TINY = ["data=fashion_mnist", "model=mlp4", "model.width=0.05", "steps=4", "log_every=2", "metrics.n=4",
+        "progress=false"]
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch, data_dir, cache_dir):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SHARPCOMP_DATA", str(data_dir))
+    monkeypatch.setenv("SHARPCOMP_CACHE", str(cache_dir))
+    return tmp_path
+
+
+def _tree(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if not p.name.startswith(".metrics")
+                  and p.name != "multirun.yaml")
+
+
+def test_launcher_writes_the_folders_of_the_basic_launcher(in_tmp, capsys):
+    from sharpcomp.cli import main
+
+    sweep = ["lr=0.05,0.1,0.2", "seed=1"]  # max_members=2: one ensemble of 2 jobs, 1 job alone
+    assert main(["-m", "train", *TINY, *sweep, "hydra.sweep.dir=basic"]) == 0
+    assert main(["-m", "train", *TINY, *sweep, "hydra.sweep.dir=ens", "hydra/launcher=ensemble",
+                 "hydra.launcher.max_members=2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("finished:") == 6
+    basic, ens = in_tmp / "basic", in_tmp / "ens"
+    assert _tree(basic) == _tree(ens) and len(list(ens.rglob("metrics.parquet"))) == 3
+    for f in basic.rglob("metrics.parquet"):
+        rel = f.relative_to(basic)
+        assert_same_records(read_metrics(f), read_metrics(ens / rel))
+        for name in ("config.yaml", "overrides.yaml"):
+            assert (f.parent / ".hydra" / name).read_text() == (ens / rel).parent.joinpath(".hydra", name).read_text()
+    hydra_yaml = next(ens.rglob("hydra.yaml")).read_text()
+    assert "EnsembleLauncher" in hydra_yaml and "max_members: 2" in hydra_yaml
+    # the same command again: every job is finished, nothing changes
+    before = {f: read_metrics(f) for f in ens.rglob("metrics.parquet")}
+    assert main(["-m", "train", *TINY, *sweep, "hydra.sweep.dir=ens", "hydra/launcher=ensemble",
+                 "hydra.launcher.max_members=2"]) == 0
+    for f, frame in before.items():
+        pd.testing.assert_frame_equal(frame, read_metrics(f))
