@@ -41,6 +41,13 @@ VARIANT_COLUMNS = tuple(
 )
 # Columns that are per run or per row bookkeeping, never a quantity to average.
 NOT_QUANTITIES = set(IDENTITY_COLUMNS) | {RUN, "iteration", "sample_set", "bounds_reason", "n_samples"}
+# Optional flatness measures (``metrics.flatness``, issue 5) on the ``train`` rows. They have their own
+# cadence (``metrics.flatness_every``): missing at the checkpoints in between.
+FLATNESS_COLUMNS = (
+    "hessian_trace", "hessian_trace_se", "quotient_trace", "quotient_trace_se", "quotient_trace_gap",
+    "sharpness_worst", "sharpness_worst_rel", "sharpness_adaptive", "sharpness_adaptive_rel",
+    "sharpness_worst_quotient", "sharpness_worst_quotient_rel", "grad_disagreement", "fisher_trace",
+)
 
 
 def find_result_files(dirs: Sequence[Path]) -> list[Path]:
@@ -243,7 +250,10 @@ def run_summary(frame: pd.DataFrame, last_fraction: float = 0.2, sample_set: str
     """One row per run: identity, status, progress and the mean of every quantity over the last
     ``last_fraction`` of the run's checkpoints (those with a row for ``sample_set``; at least one);
     missing values (whole-set evaluations between their cadence, the NaN row of a diverged run) are
-    skipped. ``sqrt_sharpness`` is the mean of sqrt(S) over those checkpoints.
+    skipped. ``sqrt_sharpness`` is the mean of sqrt(S) over those checkpoints. The flatness measures
+    (``FLATNESS_COLUMNS``, their own cadence) are the mean over the last ``last_fraction`` of the
+    checkpoints that have them (at least one), so a window between two of their evaluations still
+    has a value.
     """
     if not 0 < last_fraction <= 1:
         raise ValueError(f"last_fraction must be in (0, 1], got {last_fraction}")
@@ -269,7 +279,43 @@ def run_summary(frame: pd.DataFrame, last_fraction: float = 0.2, sample_set: str
     out["summary_from_iteration"] = wgroups["iteration"].min()
     out["summary_checkpoints"] = wgroups["iteration"].nunique()
     means = wgroups[quantities].mean()
+    for col in (c for c in FLATNESS_COLUMNS if c in quantities):
+        means[col] = _own_cadence_mean(table, col, last_fraction).reindex(means.index)
     return pd.concat([out, means], axis=1).reset_index()[head + quantities]
+
+
+def _own_cadence_mean(table: pd.DataFrame, col: str, last_fraction: float) -> pd.Series:
+    """Per run: mean of ``col`` over the last ``last_fraction`` of the checkpoints where it has a value."""
+    rows = table.loc[table[col].notna(), [RUN, "iteration", col]]
+    if rows.empty:
+        return pd.Series(dtype="float64")
+    groups = rows.groupby(RUN, sort=True)["iteration"]
+    k = np.maximum(1, np.ceil(last_fraction * groups.transform("count") - 1e-9))
+    rank = groups.rank(method="first", ascending=False)
+    return rows[rank <= k].groupby(RUN, sort=True)[col].mean()
+
+
+def trend_se(frame: pd.DataFrame, by: str | None, column: str, se_column: str,
+             sample_set: str = "train") -> pd.DataFrame:
+    """Standard error of the line ``trend_lines`` draws for ``column`` (a mean over runs), from the
+    runs' own standard errors ``se_column`` (e.g. Hutchinson's): sqrt(sum se_i^2) / n over the runs
+    with a value at that iteration; missing when one of them has no standard error.
+    Columns ``by`` (``group`` for ``by=None``), ``iteration``, ``se``."""
+    frame = prepare(frame)
+    key = "group" if by is None else by
+    if column not in frame.columns or se_column not in frame.columns:
+        return pd.DataFrame(columns=[key, "iteration", "se"])
+    table = checkpoint_table(frame, sample_set, identity=() if by is None else (by,))
+    if by is None:
+        table["group"] = "all"
+    table = table[table[column].notna()]
+    if table.empty:
+        return pd.DataFrame(columns=[key, "iteration", "se"])
+    table = table.assign(_var=table[se_column] ** 2, _bad=table[se_column].isna())
+    groups = table.groupby([key, "iteration"], sort=True)
+    out = pd.DataFrame({"_sum": groups["_var"].sum(), "_n": groups["_var"].size(), "_bad": groups["_bad"].any()})
+    out["se"] = np.where(out["_bad"], np.nan, np.sqrt(out["_sum"]) / out["_n"])
+    return out[["se"]].reset_index()
 
 
 def trend_lines(

@@ -33,6 +33,18 @@ LABELS = {
     "bound_c": "bound c (Eq. 28)",
     "bound_d": "bound d (Eq. 28)",
     "wall_time": "wall time (s)",
+    # optional flatness measures (issue 5); the standard errors are drawn as error bars
+    "hessian_trace": "Tr H, Hessian trace (Hutchinson)",
+    "quotient_trace": "Tr(PHP), quotient Hessian trace (Hutchinson)",
+    "quotient_trace_gap": "Tr H - Tr(PHP), closed form",
+    "sharpness_worst": r"worst-case $\epsilon$-sharpness",
+    "sharpness_worst_rel": r"worst-case $\epsilon$-sharpness / (1 + L)",
+    "sharpness_adaptive": r"adaptive $\epsilon$-sharpness ($\delta$ scaled by |w|)",
+    "sharpness_adaptive_rel": r"adaptive $\epsilon$-sharpness / (1 + L)",
+    "sharpness_worst_quotient": r"quotient worst-case $\epsilon$-sharpness",
+    "sharpness_worst_quotient_rel": r"quotient worst-case $\epsilon$-sharpness / (1 + L)",
+    "grad_disagreement": r"gradient disagreement E$\|g_2\|(1 - \cos(g_1, g_2))$",
+    "fisher_trace": "Tr F, empirical Fisher trace",
 }
 # Short names for legends and scatter-matrix axes.
 SHORT = {
@@ -41,12 +53,19 @@ SHORT = {
     SQRT_S: r"$\sqrt{S}$ (Eq. 3)", "sharpness": "S (Eq. 3)", "G": "G (Eq. 6)",
     "log_volume": "log vol. (Eq. 10)", "mls": "MLS (Eq. 13)", "local_dim": "local dim (Eq. 14)",
     "bound_b": "bound b (Eq. 28)", "bound_c": "bound c (Eq. 28)", "bound_d": "bound d (Eq. 28)",
+    "hessian_trace": "Tr H", "quotient_trace": "Tr(PHP)", "quotient_trace_gap": "Tr H - Tr(PHP)",
+    "sharpness_worst": "worst-case sh.", "sharpness_worst_rel": "worst-case sh. rel.",
+    "sharpness_adaptive": "adaptive sh.", "sharpness_adaptive_rel": "adaptive sh. rel.",
+    "sharpness_worst_quotient": "quotient worst sh.", "sharpness_worst_quotient_rel": "quotient worst sh. rel.",
+    "grad_disagreement": "grad. disagreement", "fisher_trace": "Tr F (Fisher)",
 }
 # Quantities drawn on a log axis when every value drawn is positive.
 LOG_COLUMNS = {"train_loss_running", "train_loss", "test_loss", "sample_loss", "mls", "bound_b",
                "bound_c", "bound_d"}
 BANDS = ("minmax", "std", "none")
-GROUP_NAMES = {"lr": "lr", "batch": "batch", "seed": "seed"}
+GROUP_NAMES = {"lr": "lr", "batch": "batch", "seed": "seed", "optim": "optim"}
+# Group columns whose values are already full labels (e.g. "lr 0.1, batch 20, seed 0").
+LABEL_GROUPS = ("run", "setting")
 SET_NAMES = {"all": "whole set", "train": "train sample set", "test": "test sample set",
              "misclassified": "misclassified test points"}
 
@@ -59,6 +78,8 @@ class Panel:
     ylabel: str | None = None
     log: bool | None = None          # None: log when every column is in LOG_COLUMNS and values > 0
     groups: tuple | None = None      # only these group values (e.g. sample sets); None: all
+    se: str | None = None            # standard-error column of the (first) column: drawn as error bars
+    markers: bool = False            # a marker at every point (quantities with their own cadence)
 
     @classmethod
     def of(cls, spec) -> Panel:
@@ -90,6 +111,8 @@ def group_label(by: str, value, n_runs: int | None = None) -> str:
         text = SET_NAMES.get(str(value), str(value))
     elif by == "group":
         text = "mean over runs"
+    elif by in LABEL_GROUPS:
+        text = str(value)
     else:
         text = f"{GROUP_NAMES.get(by, by)} {fmt(value)}"
     if n_runs is not None and by != "sample_set":
@@ -115,8 +138,14 @@ def draw_trend(
     title: str | None = None,
     runs_per_group: dict | None = None,
     ncols: int = 3,
+    figure_legend: bool = False,
 ) -> tuple[Figure, list[str]]:
     """Draw the output of ``trend_lines``: one axis per panel, x = iteration.
+
+    Lines connect the iterations present in ``lines`` (a quantity with its own cadence is drawn
+    through the checkpoints that have it). A panel with ``se`` draws error bars from the ``se``
+    column of ``lines`` (see ``trend_se``). ``figure_legend``: one legend for the whole figure
+    (beside the panels) instead of one in the first panel, for many lines.
 
     Returns the figure and the names of panels that had nothing to draw (they keep an empty axis
     reading "no data", so the layout stays the same).
@@ -136,6 +165,8 @@ def draw_trend(
     colors = {g: f"C{i % 10}" for i, g in enumerate(g for g in groups if g != "all")}
     colors["all"] = "black"
     styles = ["-", "--", "-.", ":"]
+    # past ten groups the colours repeat: the next ten are dashed, and so on
+    group_styles = {g: styles[(i // 10) % len(styles)] for i, g in enumerate(g for g in groups if g != "all")}
     empty = []
     legend_done = False
     for ax, panel in zip(axes, panels):
@@ -151,9 +182,14 @@ def draw_trend(
                 if len(panel.columns) > 1:
                     name = short(col) if len(groups) <= 1 else f"{short(col)}, {name}"
                 color = colors.get(g, "C0") if len(panel.columns) == 1 or len(groups) > 1 else f"C{ci}"
-                style = styles[ci % len(styles)] if len(panel.columns) > 1 and len(groups) > 1 else "-"
+                style = group_styles.get(g, "-")
+                if len(panel.columns) > 1 and len(groups) > 1:
+                    style = styles[ci % len(styles)]
                 ax.plot(x, y, color=color, linestyle=style, label=name, lw=1.4,
-                        marker="o" if len(x) == 1 else None, ms=3)
+                        marker="o" if len(x) == 1 or panel.markers else None, ms=3)
+                if panel.se and ci == 0 and "se" in line.columns and line["se"].notna().any():
+                    ax.errorbar(x, y, yerr=line["se"].to_numpy(dtype=float), fmt="none", ecolor=color,
+                                elinewidth=1.0, capsize=0, alpha=0.8)
                 lohi = _band(line, band)
                 if lohi is not None and line["n_runs"].max() > 1:
                     ax.fill_between(x, lohi[0], lohi[1], color=color, alpha=0.18, lw=0)
@@ -171,9 +207,18 @@ def draw_trend(
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
         n_groups = len({tuple(d[by].iloc[:1]) for d in drawn})
+        if figure_legend and len(panel.columns) == 1:
+            continue
         if len(panel.columns) > 1 or panel.groups is not None or (n_groups > 1 and not legend_done):
             ax.legend(fontsize=7, loc="best")
             legend_done = legend_done or (len(panel.columns) == 1 and n_groups > 1)
+    if figure_legend:
+        handles = {}
+        for ax in axes[:len(panels)]:
+            for h, text in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(text, h)
+        if handles:
+            fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize=7)
     if title:
         fig.suptitle(textwrap.fill(title, int(width * 14)), fontsize=10)
     return fig, empty

@@ -10,8 +10,9 @@ Command line (``sharpcomp figures`` calls :func:`main`)::
   with a line; when nothing can be read, one error line on stderr and exit status 1.
 - ``--out`` (default ``<first RESULT_DIR>/figures``): for each figure ``<id>.png``, ``<id>.pdf`` and
   CSVs of the numbers drawn: trend figures ``<id>.csv`` (per group, column and iteration: mean over
-  runs, std, min, max, number of runs) and ``<id>_runs.csv`` (per-run summary: identity, progress,
-  mean of every quantity over the last ``--last-fraction`` of checkpoints); correlation figures
+  runs, std, min, max, number of runs; the flatness figure adds ``se``, the standard error of the
+  lines drawn with error bars) and ``<id>_runs.csv`` (per-run summary: identity, progress, mean of
+  every quantity over the last ``--last-fraction`` of checkpoints); correlation figures
   ``<id>.csv`` (the per-run points) and ``<id>_pearson.csv`` (Pearson r, p-value and n per pair).
 - One line per figure written and one per thing skipped or worth knowing (a figure the results do
   not allow, a diverged run, an empty panel, a duplicate run). Exit status 0 when the results were
@@ -31,6 +32,22 @@ figD5       >= 3 vgg10 / cifar10_2class runs (any lr / batch; SPEC's grid has 20
 figD6       >= 3 mlp4 / fashion_mnist runs
 ==========  ===========================================================================
 
+Beyond SPEC's table, drawn from whatever results exist (any data / model; one figure per (data,
+model) pair and experiment, named ``<id>-<differing values>`` when there are several):
+
+==========  ===========================================================================
+flatness    runs with optional flatness measures (``metrics.flatness``, issue 5) on their
+            train rows: panels for those with values among sqrt(S), Tr H and Tr(PHP) (Hutchinson
+            standard error as error bars), worst-case, adaptive and quotient worst-case
+            sharpness, gradient disagreement and Fisher trace; one line per optim, lr or batch,
+            whichever varies (several: one per combination)
+sam_vs_sgd  runs that differ only in ``optim`` (sgd vs sam; same data, model, lr, batch, scale,
+            ...): the six standard trend panels, one line per optimiser
+runs        any run with the train sample set (e.g. a single ``make demo`` run): the six
+            standard trend panels, one line per run (lr, batch, seed), at most 20 (said when
+            capped)
+==========  ===========================================================================
+
 Conventions:
 
 - Trend figures: x = iteration; one line per lr / batch size (per sample set for fig3), the mean
@@ -46,7 +63,12 @@ Conventions:
   out of correlation figures. Correlation figures also leave out runs still running that are behind
   the furthest run of their figure (their "end of training" is not there yet).
 - Correlation figures: one point per run = its mean over the last ``--last-fraction`` (default
-  0.2) of its checkpoints, missing values skipped; sqrt(S) is averaged per checkpoint.
+  0.2) of its checkpoints, missing values skipped; sqrt(S) is averaged per checkpoint. The flatness
+  measures (``FLATNESS_CORRELATION_COLUMNS``) are added as quantities when every run of the figure
+  has them; their /(1 + L) variants, standard errors and the trace gap are in the per-run CSV.
+- Flatness measures have their own cadence (``metrics.flatness_every``): lines go through the
+  checkpoints that have them (a marker on each), and a run's summary value is the mean over the
+  last ``--last-fraction`` of those checkpoints.
 """
 
 from __future__ import annotations
@@ -64,6 +86,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from sharpcomp._figures_data import (
+    FLATNESS_COLUMNS,
     RUN,
     SQRT_S,
     VARIANT_COLUMNS,
@@ -77,15 +100,18 @@ from sharpcomp._figures_data import (
     run_summary,
     same,
     trend_lines,
+    trend_se,
     variant_key,
+    variant_value,
 )
 from sharpcomp._figures_draw import BANDS, Panel, draw_correlation, draw_trend
 from sharpcomp.records import RecordError
 
 __all__ = [
-    "BOUND_COLUMNS", "CORRELATION_COLUMNS", "FIGURES", "FIG3_PANELS", "Panel", "TREND_PANELS",
-    "bound_figure", "correlation_figure", "correlation_table", "load_results", "main",
-    "run_summary", "sample_set_figure", "trend_figure", "trend_lines",
+    "ALL_FIGURE_IDS", "BOUND_COLUMNS", "CORRELATION_COLUMNS", "EXTRA_FIGURE_IDS", "FIGURES", "FIG3_PANELS",
+    "FLATNESS_COLUMNS", "FLATNESS_CORRELATION_COLUMNS", "FLATNESS_PANELS", "Panel", "RUNS_CAP", "TREND_PANELS",
+    "bound_figure", "correlation_figure", "correlation_table", "flatness_figure", "load_results", "main",
+    "run_summary", "runs_figure", "sample_set_figure", "trend_figure", "trend_lines",
 ]
 
 TREND_PANELS = ("train_loss_running", "test_acc", SQRT_S, "log_volume", "G", "local_dim")
@@ -97,6 +123,25 @@ FIG3_PANELS = (
 )
 BOUND_COLUMNS = ("mls", "bound_b", "bound_c", "bound_d")
 CORRELATION_COLUMNS = ("local_dim", SQRT_S, "log_volume", "G", "mls", "test_loss")
+# The flatness figure's panels, those with values are drawn (issue 5; standard errors as error bars).
+FLATNESS_PANELS = (
+    SQRT_S,
+    Panel(("hessian_trace",), se="hessian_trace_se", markers=True),
+    Panel(("quotient_trace",), se="quotient_trace_se", markers=True),
+    Panel(("sharpness_worst",), markers=True),
+    Panel(("sharpness_adaptive",), markers=True),
+    Panel(("sharpness_worst_quotient",), markers=True),
+    Panel(("grad_disagreement",), markers=True),
+    Panel(("fisher_trace",), markers=True),
+)
+# Flatness measures added to the correlation figures when every run of the figure has them (the
+# /(1 + L) variants, standard errors and the trace gap are in the per-run CSV only).
+FLATNESS_CORRELATION_COLUMNS = ("hessian_trace", "quotient_trace", "sharpness_worst", "sharpness_adaptive",
+                                "sharpness_worst_quotient", "grad_disagreement", "fisher_trace")
+# The overview figure draws at most this many runs (one line each).
+RUNS_CAP = 20
+# Flatness lines: one per value of the first of these that varies (several: per combination).
+_FLATNESS_GROUPINGS = ("optim", "lr", "batch")
 
 
 # --------------------------------------------------------------------------------------------
@@ -137,21 +182,109 @@ def correlation_figure(summary: pd.DataFrame, columns: Sequence[str] = CORRELATI
     return draw_correlation(summary, columns, correlation_table(summary, columns), title=title)
 
 
+def flatness_figure(frame: pd.DataFrame, by: str | None = None, *, band: str = "minmax",
+                    title: str | None = None) -> Figure:
+    """Flatness measures (``FLATNESS_PANELS`` that have values: sqrt(S), Tr H and Tr(PHP) with their
+    standard errors as error bars, worst-case / adaptive / quotient worst-case sharpness, gradient
+    disagreement, Fisher trace) against iteration, mean over seeds with a band. Measures with their
+    own cadence are drawn through the checkpoints that have them (a marker at each).
+    ``by``: one line per value of this column; default the first of optim, lr, batch that varies
+    over the runs (several vary: one line per combination, column ``setting``)."""
+    fig, _, _, _ = _flatness_trend(frame, by, band=band, title=title)
+    return fig
+
+
+def runs_figure(frame: pd.DataFrame, *, band: str = "minmax", title: str | None = None,
+                cap: int = RUNS_CAP) -> Figure:
+    """Overview: the six standard trend panels, one line per run (labelled by lr, batch, seed and
+    whatever else differs between the runs), at most ``cap`` runs (the first in that order)."""
+    fig, _, _, _ = _runs_trend(frame, band=band, title=title, cap=cap)
+    return fig
+
+
 def _bound_panel() -> Panel:
     return Panel(BOUND_COLUMNS, ylabel="MLS (Eq. 13) and bounds b, c, d (Eq. 28)", log=True)
 
 
-def _trend(frame, by, panels, *, sample_set="train", band="minmax", title=None):
+def _trend(frame, by, panels, *, sample_set="train", band="minmax", title=None, order=None, counts=True,
+           figure_legend=False):
+    """Lines and figure. ``order``: the group values in the order to draw them (default sorted);
+    ``counts``: say how many runs each line averages in the legend."""
     frame = prepare(frame)
     panels = [Panel.of(p) for p in panels]
     columns = list(dict.fromkeys(c for p in panels for c in p.columns))
     lines = trend_lines(frame, by, columns, sample_set=sample_set)
     key = "group" if by is None else by
+    se = [trend_se(frame, by, p.columns[0], p.se, sample_set).assign(column=p.columns[0])
+          for p in panels if p.se and p.columns[0] in columns]
+    se = [t for t in se if len(t)]
+    if se and len(lines):
+        lines = lines.merge(pd.concat(se, ignore_index=True), on=[key, "column", "iteration"], how="left")
+    if order is not None and len(lines):
+        rank = {v: i for i, v in enumerate(order)}
+        col_rank = {c: i for i, c in enumerate(columns)}
+        pos = np.lexsort((lines[key].map(rank).to_numpy(dtype=float), lines["column"].map(col_rank).to_numpy()))
+        lines = lines.iloc[pos].reset_index(drop=True)
     runs_per_group = None
-    if by not in (None, "sample_set") and by in frame.columns:
+    if counts and by not in (None, "sample_set") and by in frame.columns:
         runs_per_group = frame.groupby(by)[RUN].nunique().to_dict()
-    fig, empty = draw_trend(lines, key, panels, band=band, title=title, runs_per_group=runs_per_group)
+    fig, empty = draw_trend(lines, key, panels, band=band, title=title, runs_per_group=runs_per_group,
+                            figure_legend=figure_legend)
     return fig, lines, empty
+
+
+def _has_values(frame: pd.DataFrame, column: str, sample_set: str = "train") -> bool:
+    if column not in frame.columns:
+        return False
+    return bool(frame.loc[frame["sample_set"] == sample_set, column].notna().any())
+
+
+def _label_column(frame: pd.DataFrame, info: pd.DataFrame, name: str, fields: Sequence[str]) -> tuple:
+    """Add column ``name`` to ``frame``: each run's ``fields`` as text ("lr 0.1, batch 20"); returns
+    the frame and the labels in the order of ``info`` (one row per run)."""
+    labels = info.apply(lambda r: ", ".join(f"{f} {variant_value(f, r[f])}" for f in fields), axis=1)
+    frame = frame.assign(**{name: frame[RUN].map(dict(zip(info[RUN], labels)))})
+    return frame, list(dict.fromkeys(labels))
+
+
+def _sorted_info(frame: pd.DataFrame) -> pd.DataFrame:
+    info = run_info(frame)
+    variant = info.apply(lambda r: str(variant_key(r)), axis=1)
+    return info.assign(_v=variant).sort_values(["_v", "optim", "lr", "batch", "seed", RUN]).drop(columns="_v")
+
+
+def _flatness_grouping(info: pd.DataFrame) -> tuple[str, tuple]:
+    """The flatness figure's lines: (column, ()) when one of optim, lr, batch varies over the runs,
+    else ("setting", the fields that make its labels)."""
+    varying = tuple(f for f in _FLATNESS_GROUPINGS if len({variant_value(f, v) for v in info[f]}) > 1)
+    if len(varying) == 1:
+        return varying[0], ()
+    return "setting", varying or ("lr", "batch")
+
+
+def _flatness_trend(frame, by=None, *, band="minmax", title=None):
+    frame = prepare(frame)
+    panels = [p for p in (Panel.of(x) for x in FLATNESS_PANELS) if _has_values(frame, p.columns[0])]
+    info = _sorted_info(frame)
+    order = None
+    if by is None:
+        by, fields = _flatness_grouping(info)
+        if fields:
+            frame, order = _label_column(frame, info, by, fields)
+    fig, lines, empty = _trend(frame, by, panels or [SQRT_S], band=band, title=title, order=order)
+    return fig, lines, empty, by
+
+
+def _runs_trend(frame, *, band="minmax", title=None, cap=RUNS_CAP):
+    frame = prepare(frame)
+    info = _sorted_info(frame)
+    shown = info.head(cap)
+    differ = [c for c in VARIANT_COLUMNS if len({variant_value(c, v) for v in info[c]}) > 1]
+    frame, order = _label_column(frame[frame[RUN].isin(shown[RUN])], shown, "run",
+                                 ("lr", "batch", "seed", *differ))
+    fig, lines, empty = _trend(frame, "run", TREND_PANELS, band=band, title=title, order=order, counts=False,
+                               figure_legend=len(order) > 6)
+    return fig, lines, empty, shown
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,9 +370,10 @@ def _where(spec: FigureSpec) -> str:
 def _candidates(ctx: _Context, spec: FigureSpec, need_sets=("train",)) -> tuple[pd.DataFrame, list[str]]:
     info = ctx.info
     sel = info[(info["data"].astype(str) == spec.data) & (info["model"].astype(str) == spec.model)]
+    # masks as bool: an empty object-dtype mask would select (no) columns instead of rows
     for key, value in spec.fixed.items():
-        sel = sel[sel[key].apply(lambda v, value=value: same(v, value))]
-    sel = sel[sel["sample_sets"].apply(lambda s: any(x in s for x in need_sets))]
+        sel = sel[sel[key].apply(lambda v, value=value: same(v, value)).astype(bool)]
+    sel = sel[sel["sample_sets"].apply(lambda s: any(x in s for x in need_sets)).astype(bool)]
     return dedupe_runs(sel)
 
 
@@ -428,6 +562,13 @@ def _make_correlation(ctx: _Context, spec: FigureSpec) -> None:
         for c in spec.columns:
             if c not in cols:
                 ctx.say(name, f"column {c} skipped: no values in these runs")
+        for c in FLATNESS_CORRELATION_COLUMNS:  # optional measures: only when every run has them
+            v = summary[c].to_numpy(dtype=float) if c in summary else np.full(len(summary), np.nan)
+            ok = np.isfinite(v)
+            if ok.all():
+                cols.append(c)
+            elif ok.any():
+                ctx.say(name, f"column {c} left out: values in {int(ok.sum())} of {len(v)} runs only")
         if len(cols) < 2:
             ctx.say(name, f"skipped, needs >= 2 quantities with values (found {len(cols)})")
             continue
@@ -444,8 +585,135 @@ def _make_correlation(ctx: _Context, spec: FigureSpec) -> None:
             ctx.say(name, f"SPEC settings missing: {text} (SPEC: 20 runs, 4 seeds each)")
 
 
+def _train_runs(ctx: _Context) -> pd.DataFrame:
+    info = ctx.info
+    return info[info["sample_sets"].apply(lambda s: "train" in s).astype(bool)]
+
+
+def _split(sel: pd.DataFrame, fig_id: str, fields: Sequence[str]) -> list[tuple[str, pd.DataFrame]]:
+    """Split runs by ``fields``; one figure per distinct value, named by the fields that differ
+    (data and model by their value, others as ``field-value``)."""
+    if sel.empty:
+        return []
+    keys = sel.apply(lambda r: tuple(variant_value(c, r[c]) for c in fields), axis=1)
+    distinct = list(dict.fromkeys(keys.tolist()))
+    if len(distinct) == 1:
+        return [(fig_id, sel)]
+    differ = [i for i in range(len(fields)) if len({k[i] for k in distinct}) > 1]
+    out = []
+    for k in sorted(distinct):
+        suffix = "-".join(k[i] if fields[i] in ("data", "model") else f"{fields[i]}-{k[i]}" for i in differ)
+        out.append((f"{fig_id}-{re.sub(r'[^A-Za-z0-9_.=-]+', '_', suffix).strip('_')}", sel[keys == k]))
+    return out
+
+
+def _common(runs: pd.DataFrame, fields=("scale", "loss")) -> str:
+    """The ``fields`` that all ``runs`` share, as text ("scale quick, loss mse")."""
+    return ", ".join(f"{f} {variant_value(f, runs[f].iloc[0])}" for f in fields
+                     if len({variant_value(f, v) for v in runs[f]}) == 1)
+
+
+def _pair(runs: pd.DataFrame) -> str:
+    models, datas = sorted({fmt(v) for v in runs["model"]}), sorted({fmt(v) for v in runs["data"]})
+    return f"{'/'.join(models)} on {'/'.join(datas)}"
+
+
+_NO_OPTIM = tuple(c for c in VARIANT_COLUMNS if c != "optim")
+
+
+def _make_flatness(ctx: _Context, fig_id: str) -> None:
+    sel = _train_runs(ctx)
+    train = ctx.frame[ctx.frame["sample_set"] == "train"]
+    cols = [c for c in FLATNESS_COLUMNS if c in train.columns]
+    if cols and len(sel):
+        has = train[cols].notna().any(axis=1).groupby(train[RUN]).any()
+        sel = sel[sel[RUN].map(has).fillna(False).astype(bool)]
+    else:
+        sel = sel.iloc[0:0]
+    if sel.empty:
+        ctx.say(fig_id, "skipped, needs runs with flatness measures (metrics.flatness: Hessian traces, "
+                        "worst-case or adaptive sharpness, gradient disagreement, Fisher trace)")
+        return
+    sel, dupes = dedupe_runs(sel)
+    _say_dupes(ctx, fig_id, dupes)
+    for name, runs in _split(sel, fig_id, ("data", "model", *_NO_OPTIM)):
+        frame = ctx.frame[ctx.frame[RUN].isin(runs[RUN])]
+        by, fields = _flatness_grouping(runs)
+        one = all(len({variant_value(f, v) for v in runs[f]}) == 1 for f in _FLATNESS_GROUPINGS)
+        per = "setting" if one else (by if not fields else ", ".join(fields))
+        title = (f"{name}: flatness measures, {_pair(runs)}, one line per {per}; mean over seeds, band "
+                 f"{ctx.band}; error bars: Hutchinson standard error; {_common(runs, ('optim', *_NO_OPTIM[:2]))}")
+        fig, lines, empty, by = _flatness_trend(frame, band=ctx.band, title=title.rstrip("; "))
+        drawn = [c for c in dict.fromkeys(lines["column"]) if c != SQRT_S] if len(lines) else []
+        summary = run_summary(frame, ctx.last_fraction)
+        files = ctx.save(name, fig, {"": lines, "_runs": summary})
+        _written(ctx, name, files, f"{_n_runs(len(runs))}; one line per {per}; {', '.join(drawn)}")
+        for e in empty:
+            ctx.say(name, f"panel {e} skipped: no values in these runs")
+        _status_notes(ctx, name, runs)
+
+
+def _make_sam(ctx: _Context, fig_id: str) -> None:
+    sel, dupes = dedupe_runs(_train_runs(ctx))
+    fields = ("data", "model", "lr", "batch", *_NO_OPTIM)
+    need = ("skipped, needs runs that differ only in optim (e.g. optim=sgd and optim=sam at the same data, "
+            "model, lr, batch and scale)")
+    if sel.empty:
+        ctx.say(fig_id, need)
+        return
+    keys = sel.apply(lambda r: tuple(variant_value(c, r[c]) for c in fields), axis=1)
+    optims = sel.groupby(keys)["optim"].agg(lambda v: len({fmt(x) for x in v}))
+    sel = sel[keys.map(optims) > 1]
+    if sel.empty:
+        ctx.say(fig_id, need)
+        return
+    _say_dupes(ctx, fig_id, dupes)
+    for name, runs in _split(sel, fig_id, fields):
+        frame = ctx.frame[ctx.frame[RUN].isin(runs[RUN])]
+        first = runs.iloc[0]
+        title = (f"{name}: {_pair(runs)}, lr {fmt(first['lr'])}, batch {fmt(first['batch'])}, one line per "
+                 f"optimiser; mean over seeds, band {ctx.band}; {_common(runs)}")
+        fig, lines, empty = _trend(frame, "optim", TREND_PANELS, band=ctx.band, title=title)
+        summary = run_summary(frame, ctx.last_fraction)
+        files = ctx.save(name, fig, {"": lines, "_runs": summary})
+        seeds = sorted({fmt(x) for x in runs["seed"]})
+        _written(ctx, name, files, f"{_n_runs(len(runs))}; optim {', '.join(sorted({fmt(x) for x in runs['optim']}))}"
+                                   f"; seeds {', '.join(seeds)}")
+        for e in empty:
+            ctx.say(name, f"panel {e} skipped: no values in these runs")
+        _status_notes(ctx, name, runs)
+
+
+def _make_runs(ctx: _Context, fig_id: str) -> None:
+    sel = _train_runs(ctx)
+    if sel.empty:
+        ctx.say(fig_id, "skipped, needs runs with the train sample set")
+        return
+    sel, dupes = dedupe_runs(sel)
+    _say_dupes(ctx, fig_id, dupes)
+    for name, runs in _split(sel, fig_id, ("data", "model")):
+        frame = ctx.frame[ctx.frame[RUN].isin(runs[RUN])]
+        n = len(runs)
+        shown = f"first {RUNS_CAP} of {n} runs" if n > RUNS_CAP else _n_runs(n)
+        title = f"{name}: {_pair(runs)}, one line per run ({shown}); {_common(runs)}".rstrip("; ")
+        fig, lines, empty, drawn = _runs_trend(frame, band=ctx.band, title=title, cap=RUNS_CAP)
+        summary = run_summary(frame, ctx.last_fraction)
+        files = ctx.save(name, fig, {"": lines, "_runs": summary})
+        _written(ctx, name, files, f"{_n_runs(len(drawn))}, one line each")
+        if n > RUNS_CAP:
+            ctx.say(name, f"capped at {RUNS_CAP} lines: drew the first {RUNS_CAP} of {n} runs (by lr, batch, "
+                          f"seed); all {n} are in {name}_runs.csv")
+        for e in empty:
+            ctx.say(name, f"panel {e} skipped: no values in these runs")
+        _status_notes(ctx, name, drawn)
+
+
 _MAKERS = {"trend": _make_trend, "samples": _make_samples, "bounds": _make_bounds,
            "correlation": _make_correlation}
+# Figures beyond SPEC's table, drawn from whatever results exist (id -> maker).
+_EXTRA_MAKERS = {"flatness": _make_flatness, "sam_vs_sgd": _make_sam, "runs": _make_runs}
+EXTRA_FIGURE_IDS = tuple(_EXTRA_MAKERS)
+ALL_FIGURE_IDS = FIGURE_IDS + EXTRA_FIGURE_IDS
 
 
 # --------------------------------------------------------------------------------------------
@@ -464,7 +732,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="correlation points and per-run summaries: mean over this last fraction of "
                         "each run's checkpoints (default 0.2)")
     p.add_argument("--formats", default="png,pdf", help="comma-separated image formats (default png,pdf)")
-    p.add_argument("--only", help=f"comma-separated figure ids (default all: {','.join(FIGURE_IDS)})")
+    p.add_argument("--only", help=f"comma-separated figure ids (default all: {','.join(ALL_FIGURE_IDS)})")
     p.add_argument("--band", choices=BANDS, default="minmax",
                    help="trend band over seeds: min to max (default), mean +- std, or none")
     return p
@@ -487,12 +755,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [f for f in formats if f not in ("png", "pdf", "svg")]
     if not formats or unknown:
         return _error(f"--formats takes png, pdf, svg (got {args.formats!r})")
-    only = FIGURE_IDS
+    only = ALL_FIGURE_IDS
     if args.only:
         only = tuple(x.strip() for x in args.only.split(",") if x.strip())
-        bad = [x for x in only if x not in FIGURE_IDS]
+        bad = [x for x in only if x not in ALL_FIGURE_IDS]
         if bad:
-            return _error(f"unknown figure id {', '.join(bad)} (known: {', '.join(FIGURE_IDS)})")
+            return _error(f"unknown figure id {', '.join(bad)} (known: {', '.join(ALL_FIGURE_IDS)})")
     dirs = [Path(d) for d in (args.dirs or ["outputs"])]
     out = Path(args.out) if args.out else dirs[0] / "figures"
     try:
@@ -512,6 +780,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _MAKERS[spec.kind](ctx, spec)
             except Exception as exc:  # one figure's failure does not stop the others
                 ctx.say(spec.id, f"skipped, could not be drawn: {type(exc).__name__}: {exc}")
+    for fig_id, maker in _EXTRA_MAKERS.items():
+        if fig_id in only:
+            try:
+                maker(ctx, fig_id)
+            except Exception as exc:
+                ctx.say(fig_id, f"skipped, could not be drawn: {type(exc).__name__}: {exc}")
     print(f"{ctx.written} figure{'s' if ctx.written != 1 else ''} written to {out}"
           if ctx.written else "no figures written: the results allow none (see the lines above)", flush=True)
     return 0

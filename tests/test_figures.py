@@ -20,13 +20,15 @@ METRICS = ("sharpness", "G", "log_volume", "mls", "local_dim", "bound_b", "bound
 
 def make_run(root, data, model, lr, batch, seed, *, n_ckpt=6, every=100, sets=("train",), status="finished",
              diverge_at=None, scale="quick", bounds=None, drop=(), extra=None, name=None,
-             data_source="synthetic"):
+             data_source="synthetic", optim="sgd", flat=(), flat_every=1):
     """One run's metrics.parquet, written by RunRecorder like a real run. Metric values depend on
-    lr, batch, seed and iteration so that lines and correlations are distinct."""
+    lr, batch, seed and iteration so that lines and correlations are distinct. ``flat``: flatness
+    columns on the train rows at every ``flat_every``-th checkpoint and the last (missing between,
+    like ``metrics.flatness_every``); a ``<col>_se`` column gets 5% of ``<col>``."""
     bounds = model == "mlp4" if bounds is None else bounds
-    run_id = name or f"{data}-{model}-lr{lr}-b{batch}-s{seed}-{scale}-{'-'.join(sets)}"
+    run_id = name or f"{data}-{model}-lr{lr}-b{batch}-s{seed}-{scale}-{'-'.join(sets)}-{optim}"
     identity = dict(run_id=run_id, data=data, model=model, lr=lr, batch=batch, seed=seed, loss="mse",
-                    width=1.0, outputs=10, optim="sgd", scale=scale, data_source=data_source, device="cpu",
+                    width=1.0, outputs=10, optim=optim, scale=scale, data_source=data_source, device="cpu",
                     versions="{}")
     rec = RunRecorder(root / run_id, identity)
     rng = np.random.default_rng(1000 * seed + int(lr * 100) + batch)
@@ -53,6 +55,11 @@ def make_run(root, data, model, lr, batch, seed, *, n_ckpt=6, every=100, sets=("
                 row[col] = np.nan
             if extra:
                 row.update({c: v * f for c, v in extra.items()})
+            if s == "train" and (k % flat_every == 0 or k == n_ckpt - 1):
+                for i, col in enumerate(c for c in flat if not c.endswith("_se")):
+                    row[col] = (i + 1) * S * (1 + 0.5 * t)
+                    if f"{col}_se" in flat:
+                        row[f"{col}_se"] = 0.05 * row[col]
             if dead:
                 row.update({c: np.nan for c in METRICS + ("sample_loss",)})
             rows.append(row)
@@ -156,6 +163,12 @@ def test_cli_writes_every_figure_with_its_numbers(tmp_path, capsys, fake_save):
     rows = rows[~rows.run_id.str.contains("misclassified")]
     assert g["mean"].item() == pytest.approx(rows.G.mean())
     assert g["n_runs"].item() == 2
+    # beyond SPEC: an overview per (data, model) pair; no flatness measures and no SAM runs here
+    for name in ("runs-cifar10_2class-vgg10", "runs-fashion_mnist-mlp4"):
+        assert (figdir / f"{name}.png").exists() and (figdir / f"{name}_runs.csv").exists()
+        assert len(set(pd.read_csv(figdir / f"{name}.csv")["run"])) == 10  # the duplicate runs used once
+    assert any(line.startswith("flatness: skipped, needs runs with flatness measures") for line in out)
+    assert any(line.startswith("sam_vs_sgd: skipped, needs runs that differ only in optim") for line in out)
 
 
 def test_cli_options_out_formats_only(tmp_path, capsys):
@@ -244,11 +257,11 @@ def test_partial_results_drawn_with_skip_lines(tmp_path, capsys, fake_save):
 
 
 def test_no_figure_possible_is_not_an_error(tmp_path, capsys, fake_save):
-    make_run(tmp_path, *CIFAR, 0.1, 20, 0, n_ckpt=2)
+    make_run(tmp_path, *CIFAR, 0.05, 20, 0, n_ckpt=2, sets=("test",))  # no train sample set: no overview
     rc, out, err = run_cli(capsys, tmp_path, "--formats", "png")
     assert rc == 0 and err == []
     assert out[-1].startswith("no figures written")
-    assert len([line for line in out if ": skipped," in line]) == len(figures.FIGURE_IDS)
+    assert len([line for line in out if ": skipped," in line]) == len(figures.ALL_FIGURE_IDS)
 
 
 def test_experiments_are_never_mixed_and_duplicates_used_once(tmp_path, capsys, fake_save):
@@ -421,3 +434,144 @@ def test_correlation_figure_scatter_matrix(tmp_path):
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert len(legend) == 5 and "lr 0.1, batch 8" in legend
     render(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# beyond SPEC: flatness measures, SAM against SGD, the overview of whatever runs exist
+
+FLAT = ("hessian_trace", "hessian_trace_se", "quotient_trace", "quotient_trace_se", "sharpness_worst",
+        "grad_disagreement")
+
+
+def test_flatness_figure_sparse_columns_error_bars_and_grouping(tmp_path):
+    frame = sweep(tmp_path, CIFAR, grid=((0.05, 20), (0.1, 20)), seeds=(0, 1), n_ckpt=5, flat=FLAT, flat_every=2)
+    fig = figures.flatness_figure(frame)
+    axes = visible_axes(fig)
+    # sqrt(S), Tr H, Tr(PHP), worst-case sharpness, gradient disagreement: the measures that exist
+    assert [ax.get_ylabel() for ax in axes] == [
+        r"$\sqrt{S}$, sharpness (Eq. 3)", "Tr H, Hessian trace (Hutchinson)",
+        "Tr(PHP), quotient Hessian trace (Hutchinson)", r"worst-case $\epsilon$-sharpness",
+        r"gradient disagreement E$\|g_2\|(1 - \cos(g_1, g_2))$"]
+    assert all(len(lines_of(ax)) == 2 for ax in axes)  # one line per lr (the only thing that varies)
+    assert [line.get_label() for line in lines_of(axes[1])] == ["lr 0.05 (2 runs)", "lr 0.1 (2 runs)"]
+    assert len(lines_of(axes[0])[0].get_xdata()) == 5  # sqrt(S): every checkpoint
+    for ax in axes[1:]:
+        for line in lines_of(ax):
+            x, y = line.get_data()
+            assert list(x) == [100, 300, 500] and np.isfinite(y).all()  # the NaN checkpoints skipped, connected
+            assert line.get_marker() == "o"
+    # Tr H: the mean over seeds with Hutchinson error bars sqrt(se_0^2 + se_1^2) / 2
+    (bars,) = [c for c in axes[1].containers if c.has_yerr][:1]
+    segs = bars.lines[2][0].get_segments()
+    sel = frame[(frame.lr == 0.05) & (frame.iteration == 300) & (frame.sample_set == "train")]
+    y = lines_of(axes[1])[0].get_ydata()[1]
+    assert y == pytest.approx(sel.hessian_trace.mean())
+    half = (segs[1][1][1] - segs[1][0][1]) / 2
+    assert half == pytest.approx(np.sqrt((sel.hessian_trace_se ** 2).sum()) / 2)
+    assert len([c for c in axes[3].containers if c.has_yerr]) == 0  # no standard error: no bars
+    render(fig)
+
+
+def test_flatness_figure_lines_per_optimiser_or_combination(tmp_path):
+    runs = [make_run(tmp_path, *FMNIST, 0.1, 20, 0, n_ckpt=3, optim=o, flat=("fisher_trace",)) for o in ("sgd", "sam")]
+    fig = figures.flatness_figure(pd.concat(runs))
+    axes = visible_axes(fig)
+    assert len(axes) == 2 and "Fisher" in axes[1].get_ylabel()
+    assert [line.get_label() for line in lines_of(axes[1])] == ["optim sam (1 run)", "optim sgd (1 run)"]
+    runs.append(make_run(tmp_path, *FMNIST, 0.05, 20, 0, n_ckpt=3, flat=("fisher_trace",)))
+    fig = figures.flatness_figure(pd.concat(runs))
+    assert [line.get_label() for line in lines_of(visible_axes(fig)[1])] == [
+        "optim sam, lr 0.1 (1 run)", "optim sgd, lr 0.05 (1 run)", "optim sgd, lr 0.1 (1 run)"]
+
+
+def test_run_summary_flatness_columns_use_their_own_cadence(tmp_path):
+    frame = make_run(tmp_path, *CIFAR, 0.1, 20, 0, n_ckpt=10, flat=("hessian_trace",), flat_every=3, status="running")
+    frame = frame[frame.iteration <= 800]  # flatness at iterations 100, 400, 700; the window is 700-800
+    row = figures.run_summary(frame, last_fraction=0.2).iloc[0]
+    assert row.summary_from_iteration == 700
+    assert row.hessian_trace == pytest.approx(frame.loc[frame.iteration == 700, "hessian_trace"].item())
+    row = figures.run_summary(frame.iloc[:-1], last_fraction=0.1).iloc[0]  # window 700 only (through 700)
+    assert row.hessian_trace == pytest.approx(frame.loc[frame.iteration == 700, "hessian_trace"].item())
+    row = figures.run_summary(frame[frame.iteration <= 600], last_fraction=0.2).iloc[0]  # window 500-600: none
+    assert row.hessian_trace == pytest.approx(frame.loc[frame.iteration == 400, "hessian_trace"].item())
+
+
+def test_cli_flatness_sam_and_correlation_extra_columns(tmp_path, capsys, fake_save):
+    res = tmp_path / "r"
+    sweep(res, CIFAR, grid=GRID[:3], seeds=(0,), n_ckpt=4, flat=FLAT, flat_every=2)
+    rc, out, err = run_cli(capsys, res, "--only", "figD5,flatness,sam_vs_sgd,runs", "--formats", "png")
+    assert rc == 0 and err == []
+    figdir = res / "figures"
+    pearson = pd.read_csv(figdir / "figD5_pearson.csv")
+    extra = {"hessian_trace", "quotient_trace", "sharpness_worst", "grad_disagreement"}
+    assert extra <= set(pearson.x) | set(pearson.y)
+    assert not {"hessian_trace_se", "fisher_trace"} & (set(pearson.x) | set(pearson.y))
+    k = len(figures.CORRELATION_COLUMNS) + len(extra)
+    assert len(pearson) == k * (k - 1) // 2
+    points = pd.read_csv(figdir / "figD5.csv")
+    assert {"hessian_trace", "hessian_trace_se"} <= set(points.columns)
+    assert any(line.startswith("flatness: wrote") and "one line per lr" in line for line in out)
+    lines = pd.read_csv(figdir / "flatness.csv")
+    tr = lines[(lines.column == "hessian_trace") & (lines.lr == 0.1)]
+    assert list(tr.iteration) == [100, 300, 400] and tr.se.notna().all()
+    assert any(line.startswith("sam_vs_sgd: skipped") for line in out)
+    # a SAM run at an SGD run's setting: sam_vs_sgd; figD5 splits by optimiser (figD5-optim-sgd, 3 runs);
+    # one SGD run without flatness measures: the correlation drops them, with a line
+    make_run(res, *CIFAR, 0.1, 20, 0, n_ckpt=4, optim="sam", flat=FLAT, flat_every=2)
+    make_run(res, *CIFAR, 0.1, 8, 0, n_ckpt=4)
+    rc, out, err = run_cli(capsys, res, "--only", "figD5,flatness,sam_vs_sgd", "--formats", "png")
+    assert rc == 0 and err == []
+    assert "figD5-optim-sgd: column hessian_trace left out: values in 3 of 4 runs only" in out
+    pearson = pd.read_csv(figdir / "figD5-optim-sgd_pearson.csv")
+    assert "hessian_trace" not in set(pearson.x) | set(pearson.y)
+    assert any(line.startswith("flatness: wrote") and "one line per optim, lr" in line for line in out)
+    sam = pd.read_csv(figdir / "sam_vs_sgd.csv")
+    assert set(sam.optim) == {"sam", "sgd"} and set(sam.column) == set(figures.TREND_PANELS)
+    assert any(line.startswith("sam_vs_sgd: wrote") and "optim sam, sgd" in line for line in out)
+
+
+def test_sam_vs_sgd_trend_panels(tmp_path):
+    frame = pd.concat([make_run(tmp_path, *CIFAR, 0.1, 20, s, n_ckpt=3, optim=o)
+                       for o in ("sgd", "sam") for s in (0, 1)])
+    fig = figures.trend_figure(frame, by="optim")
+    axes = visible_axes(fig)
+    assert len(axes) == 6
+    assert all([line.get_label() for line in lines_of(ax)] == ["optim sam (2 runs)", "optim sgd (2 runs)"]
+               for ax in axes)
+
+
+def test_runs_overview_figure_one_line_per_run_and_cap(tmp_path):
+    frame = pd.concat([make_run(tmp_path, *CIFAR, lr, 20, s, n_ckpt=3) for lr in (0.1, 0.05) for s in (0, 1)]
+                      + [make_run(tmp_path, *CIFAR, 0.1, 20, 0, n_ckpt=3, scale="demo")])
+    fig = figures.runs_figure(frame)
+    axes = visible_axes(fig)
+    assert len(axes) == 6 and "train loss" in axes[0].get_ylabel() and "Eq. 14" in axes[5].get_ylabel()
+    names = ["lr 0.1, batch 20, seed 0, scale demo",  # by experiment (what differs is named), lr, batch, seed
+             "lr 0.05, batch 20, seed 0, scale quick", "lr 0.05, batch 20, seed 1, scale quick",
+             "lr 0.1, batch 20, seed 0, scale quick", "lr 0.1, batch 20, seed 1, scale quick"]
+    for ax in axes:
+        assert [line.get_label() for line in lines_of(ax)] == names
+        assert len(ax.collections) == 0  # one run per line: no band
+    fig = figures.runs_figure(frame, cap=2)
+    assert len(lines_of(visible_axes(fig)[0])) == 2
+
+
+def test_cli_single_demo_run_gets_an_overview(tmp_path, capsys, monkeypatch):
+    demo = tmp_path / "outputs" / "runs" / "cifar10_2class-vgg10" / "scale=demo"
+    make_run(demo, *CIFAR, 0.1, 20, 0, n_ckpt=3, scale="demo", name="2024-01-01_00-00-00")
+    rc, out, err = run_cli(capsys, demo)
+    assert rc == 0 and err == []
+    for ext in ("png", "pdf", "csv"):
+        assert (demo / "figures" / f"runs.{ext}").stat().st_size > 0
+    assert (demo / "figures" / "runs.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert any(line.startswith("runs: wrote") for line in out)
+    assert out[-1] == f"1 figure written to {demo / 'figures'}"
+    assert not any("could not be drawn" in line for line in out), out  # every other figure: a skip line
+    # more runs than the cap: said so, and all are in the per-run CSV
+    for s in (1, 2):
+        make_run(demo, *CIFAR, 0.1, 20, s, n_ckpt=2, scale="demo")
+    monkeypatch.setattr(figures, "RUNS_CAP", 2)
+    rc, out, _ = run_cli(capsys, demo, "--only", "runs", "--formats", "png")
+    assert any(line.startswith("runs: capped at 2 lines: drew the first 2 of 3 runs") for line in out)
+    assert len(pd.read_csv(demo / "figures" / "runs_runs.csv")) == 3
+    assert len(set(pd.read_csv(demo / "figures" / "runs.csv")["run"])) == 2
