@@ -239,7 +239,7 @@ def _chunk_metrics(model: nn.Module, x: Tensor, layer: str | None, rank: int | N
         if state is None or BACKWARD_MODE == "replicate":
             state = _Pass(model, x, layer, len(ks) if BACKWARD_MODE == "replicate" else 1, num_out)
         j, sq, first_sq = state.backward(ks, last=BACKWARD_MODE == "replicate" or int(ks[-1]) == num_out - 1)
-        jac[:, ks] = j.transpose(0, 1)
+        jac[:, k0:k0 + len(ks)] = j.transpose(0, 1)
         sharp += sq
         if first_sq is not None:
             first_used = True
@@ -289,7 +289,7 @@ class _Pass:
             return jac, sharp, first_sq
         for sub, grads in self._grads(ks, last):
             if grads[0] is not None:
-                jac[sub] = grads[0].reshape(len(sub), n, -1)
+                jac[sub.start:sub.stop] = grads[0].reshape(len(sub), n, -1)
             pos = 1
             for r in self.wanted:
                 gs = grads[pos:pos + len(r.outputs)]
@@ -312,13 +312,13 @@ class _Pass:
         v, n = len(ks), self.n
         if self.copies > 1:  # copy c of the samples carries cotangent e_{ks[c]}
             cot = torch.zeros_like(self.f).reshape(v, n, -1)
-            cot[torch.arange(v), :, ks] = 1
+            cot[torch.arange(v, device=cot.device), :, ks.to(cot.device)] = 1
             grads = torch.autograd.grad(self.f, self.targets, cot.reshape(v * n, -1), retain_graph=not last,
                                         allow_unused=True)
             yield range(v), [None if g is None else g.reshape(v, n, *g.shape[1:]) for g in grads]
         elif BACKWARD_MODE == "vmap":
             cot = self.f.new_zeros(v, *self.f.shape)
-            cot[torch.arange(v), :, ks] = 1
+            cot[torch.arange(v, device=cot.device), :, ks.to(cot.device)] = 1
             yield range(v), torch.autograd.grad(self.f, self.targets, cot, retain_graph=not last,
                                                 allow_unused=True, is_grads_batched=True)
         else:
