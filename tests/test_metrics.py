@@ -262,6 +262,8 @@ def test_zero_eigenvalues_give_minus_infinity():
     top2 = compute_metrics(wide, x, dtype=torch.float64, log_volume_rank=2)
     ref = reference_metrics(wide, x, log_volume_rank=2)
     assert np.isfinite(top2["log_volume"]) and top2["log_volume"] == pytest.approx(ref["log_volume"], rel=1e-8)
+    for name in ("G", "mls", "local_dim"):  # N > M: the engine diagonalises J^T J instead of J J^T
+        assert top2[name] == pytest.approx(ref[name], rel=1e-10)
     # a ReLU representation: inactive units are exact zero rows of J_i, hence zero eigenvalues
     relu = compute_metrics(mlp(), inputs((3, 2, 2)), layer="relu2", per_sample=True)
     assert relu["log_volume"] == -math.inf
