@@ -14,6 +14,11 @@ computed either by materialising ``dW_{vn}`` (cost ``P * O * I`` per (v, n)) or 
 ``||sum_p g_p a_p^T||^2 = sum_{p,q} (g_p . g_q)(a_p . a_q)`` (cost ``P^2 * (O + 1)`` per (v, n) plus
 ``P^2 * I`` per n, shared by all v), whichever is cheaper for the layer's shapes. With a single
 position (a Linear layer on flat inputs) the Gram trick is ``||g||^2 ||a||^2``.
+
+Measured on vgg10 (n = 100, N = 10, one CPU thread, ms per cotangent + once per forward): conv1
+materialise 5.5 + 6 vs Gram 1141 + 737; conv2 6.0 + 15 vs 99 + 105; conv3 4.1 + 3 vs 3.9 + 15; conv4
+5.8 + 4 vs 1.0 + 8; conv5 7.1 + 4 vs 0.6 + 7. The operation count picks the faster one for each layer
+(materialise for conv1-3, Gram for conv4-5).
 """
 
 from __future__ import annotations
