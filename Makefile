@@ -30,8 +30,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev,bench]'
 	touch $(STAMP)
 
+DEMO_RUN := outputs/runs/cifar10_2class-vgg10/scale=demo
 demo: $(STAMP)
 	$(VENV)/bin/sharpcomp train scale=demo
+	$(VENV)/bin/sharpcomp figures '$(DEMO_RUN)' --out outputs/figures/demo --only runs
+	@echo "results: $(DEMO_RUN)/metrics.parquet (one row per checkpoint); figure: outputs/figures/demo/runs.png"
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -373,7 +373,7 @@ def train(cfg, run_dir: str | Path, *, callback: Callable[[int, list[dict]], Non
             callback(it, rows)
 
     show = bool(cfg.get("progress", True))
-    bar = tqdm(total=steps, initial=start, desc=ident["run_id"][:40], unit="it", disable=not show,
+    bar = tqdm(total=steps, initial=start, desc=ident["run_id"][:40], unit="it", disable=None if show else True,
                dynamic_ncols=True, mininterval=0.5, smoothing=0.05)
     status = "running"
     it = start
