@@ -198,7 +198,7 @@ def _forward(model: nn.Module, x: Tensor, layer: str | None, clone: bool):
 
     def record(rec: _Record):
         def hook(module, args, output):
-            rec.inputs.append(args[0] if args and isinstance(args[0], Tensor) else None)
+            rec.inputs.append(args[0] if len(args) == 1 and isinstance(args[0], Tensor) else None)
             rec.outputs.append(output)
             rec.versions.append(output._version)
             if rec.name not in order:
