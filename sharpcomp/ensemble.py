@@ -179,40 +179,80 @@ class StackedSGD:
     ``models``: the members' networks (same architecture, on the training device); ``lrs``: their
     learning rates. ``step(xb, target)`` takes (k, batch, ...) inputs and loss targets and returns
     the (k,) minibatch losses (on the device, no host synchronisation).
+
+    ``impl``: ``"vmap"`` (``torch.func``: ``vmap(grad_and_value(...))`` over ``functional_call``, any
+    architecture), ``"grouped"`` (:mod:`sharpcomp._ensemble_ops`: the members' layers as grouped
+    convolutions and batched matrix products, autograd for the gradients; ``nn.Sequential`` of
+    Conv2d / Linear / ReLU / MaxPool2d / Flatten only, several times faster per step on a CPU), or
+    ``"auto"`` (grouped where supported). ``compile``: ``torch.compile`` the step (vmap) or the
+    forward pass and loss (grouped; autograd compiles the backward pass with it).
     """
 
-    def __init__(self, models: Sequence[nn.Module], lrs: Sequence[float], loss_name: str, compile: bool = False):
+    def __init__(self, models: Sequence[nn.Module], lrs: Sequence[float], loss_name: str, compile: bool = False,
+                 impl: str = "auto"):
         from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
+        from ._ensemble_ops import make_plan, stacked_forward, stacked_losses
+
+        if impl not in ("auto", "grouped", "vmap"):
+            raise ValueError(f"unknown ensemble implementation {impl!r} (auto, grouped, vmap)")
+        plan = make_plan(models[0])
+        if impl == "grouped" and plan is None:
+            raise ValueError(f"{type(models[0]).__name__} has layers the grouped implementation does not support")
+        self.impl = "grouped" if impl in ("auto", "grouped") and plan is not None else "vmap"
         self.loss_name = loss_name
         params, buffers = stack_module_state(list(models))
-        self.params = {n: p.detach().clone() for n, p in params.items()}
+        grouped = self.impl == "grouped"
+        self.params = {n: p.detach().clone().requires_grad_(grouped) for n, p in params.items()}
         self.buffers = {n: b.detach().clone() for n, b in buffers.items()}
+        if grouped and self.buffers:
+            raise ValueError("the grouped implementation does not support buffers")
         self.base = copy.deepcopy(models[0]).to("meta")
         dtype = next(iter(self.params.values())).dtype
         device = next(iter(self.params.values())).device
         self.lrs = torch.tensor([float(lr) for lr in lrs], dtype=dtype, device=device)
-        loss_fn = _member_loss(loss_name)
         base = self.base
 
-        def member(p, b, x, t):
-            return loss_fn(functional_call(base, (p, b), (x,)), t)
+        if grouped:
+            def losses_of(params, x, t):
+                return stacked_losses(stacked_forward(plan, params, x, x.shape[0]), t, loss_name)
 
-        grad_all = vmap(grad_and_value(member))
+            def step(params, buffers, lrs, x, t):
+                losses = self._losses(params, x, t)
+                grads = torch.autograd.grad(losses.sum(), list(params.values()))
+                with torch.no_grad():
+                    for p, g in zip(params.values(), grads):
+                        p.sub_(lrs.view(-1, *[1] * (p.dim() - 1)) * g)
+                return params, losses.detach()
 
-        def step(params, buffers, lrs, x, t):
-            grads, losses = grad_all(params, buffers, x, t)
-            new = {n: p - lrs.view(-1, *[1] * (p.dim() - 1)) * grads[n] for n, p in params.items()}
-            return new, losses
+            def forward(params, buffers, x):
+                return stacked_forward(plan, params, x, len(self.lrs), shared=True)
 
-        def forward(params, buffers, x):
-            return vmap(lambda p, b: functional_call(base, (p, b), (x,)))(params, buffers)
+            self._losses_eager = self._losses = losses_of
+        else:
+            loss_fn = _member_loss(loss_name)
 
-        self._step_eager, self._forward_eager = step, forward
-        self._step, self._forward = step, forward
+            def member(p, b, x, t):
+                return loss_fn(functional_call(base, (p, b), (x,)), t)
+
+            grad_all = vmap(grad_and_value(member))
+
+            def step(params, buffers, lrs, x, t):
+                grads, losses = grad_all(params, buffers, x, t)
+                new = {n: p - lrs.view(-1, *[1] * (p.dim() - 1)) * grads[n] for n, p in params.items()}
+                return new, losses
+
+            def forward(params, buffers, x):
+                return vmap(lambda p, b: functional_call(base, (p, b), (x,)))(params, buffers)
+
+        self._step_eager, self._forward = step, forward
+        self._step = step
         self.compiled = False
         if compile:
-            self._step = torch.compile(step, dynamic=False)
+            if grouped:
+                self._losses = torch.compile(losses_of, dynamic=False)
+            else:
+                self._step = torch.compile(step, dynamic=False)
             self.compiled = True
 
     @property
@@ -228,6 +268,8 @@ class StackedSGD:
             warnings.warn(f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
                           f"training the ensemble eagerly", stacklevel=2)
             self._step, self.compiled = self._step_eager, False
+            if self.impl == "grouped":
+                self._losses = self._losses_eager
             self.params, losses = self._step(self.params, self.buffers, self.lrs, xb, target)
         return losses
 
@@ -239,7 +281,9 @@ class StackedSGD:
     def keep(self, members: Sequence[int]) -> None:
         """Keep only these members (by current position), e.g. after some diverged."""
         idx = torch.as_tensor(list(members), dtype=torch.long, device=self.lrs.device)
-        self.params = {n: p.index_select(0, idx) for n, p in self.params.items()}
+        grouped = self.impl == "grouped"
+        with torch.no_grad():
+            self.params = {n: p.index_select(0, idx).requires_grad_(grouped) for n, p in self.params.items()}
         self.buffers = {n: b.index_select(0, idx) for n, b in self.buffers.items()}
         self.lrs = self.lrs.index_select(0, idx)
 
@@ -360,14 +404,14 @@ def _rows_count(m: _Member) -> int:
 
 def train_ensemble(cfgs: Sequence, run_dirs: Sequence[str | Path], *, data: Dataset | None = None,
                    callback: Callable[[int, dict[Path, list[dict]]], None] | None = None,
-                   compile: bool | None = None) -> list[RunResult]:
+                   compile: bool | None = None, impl: str = "auto") -> list[RunResult]:
     """Train the runs ``cfgs`` (resolved ``train`` configs) into ``run_dirs`` in lockstep; see the module
     docstring. Each run's folder ends up as ``train(cfg, run_dir)`` would leave it.
 
     ``callback(iteration, rows)`` is called after each checkpoint of the ensemble is safely written,
     ``rows`` mapping each member's run folder to its new rows. ``compile``: wrap the training step in
-    ``torch.compile`` (default: the configs' ``compile`` setting, else off). Returns one ``RunResult``
-    per run, in order.
+    ``torch.compile`` (default: the configs' ``compile`` setting, else off); ``impl``: how the stacked
+    networks run (:class:`StackedSGD`). Returns one ``RunResult`` per run, in order.
     """
     cfgs = [_plain(c) for c in cfgs]
     run_dirs = [Path(d) for d in run_dirs]
@@ -407,11 +451,12 @@ def train_ensemble(cfgs: Sequence, run_dirs: Sequence[str | Path], *, data: Data
     for m in todo:
         by_start.setdefault(-1 if m.prev_ckpt is None else m.start, []).append(m)
     for key in sorted(by_start):
-        _train_lockstep(by_start[key], data, device, callback, compile)
+        _train_lockstep(by_start[key], data, device, callback, compile, impl)
     return [m.result for m in members]
 
 
-def _train_lockstep(members: list[_Member], data: Dataset, device: torch.device, callback, compile: bool) -> None:
+def _train_lockstep(members: list[_Member], data: Dataset, device: torch.device, callback, compile: bool,
+                    impl: str) -> None:
     from tqdm.auto import tqdm
 
     cfg0 = members[0].cfg
@@ -426,7 +471,8 @@ def _train_lockstep(members: list[_Member], data: Dataset, device: torch.device,
     start = members[0].start
     fresh = members[0].prev_ckpt is None
 
-    net = StackedSGD([m.model for m in members], [float(m.cfg["lr"]) for m in members], loss_name, compile=compile)
+    net = StackedSGD([m.model for m in members], [float(m.cfg["lr"]) for m in members], loss_name, compile=compile,
+                     impl=impl)
     active = list(members)  # position j in the stack <-> active[j]
     running_sum = torch.zeros(len(active), device=device)
     running_count = 0
@@ -593,14 +639,16 @@ class EnsembleLauncher(_hydra_launcher_base()):
     """Hydra launcher: compatible jobs of a sweep train as vectorised ensembles; the rest one by one.
 
     Settings (``conf/hydra/launcher/ensemble.yaml``): ``max_members`` (largest ensemble; larger
-    groups are split into near-equal parts) and ``compile`` (``torch.compile`` the training step).
+    groups are split into near-equal parts), ``compile`` (``torch.compile`` the training step) and
+    ``impl`` (:class:`StackedSGD`: auto, grouped or vmap).
     Job folders and their ``.hydra`` files are made exactly as by Hydra's basic launcher.
     """
 
-    def __init__(self, max_members: int = 32, compile: bool = False, **_ignored) -> None:
+    def __init__(self, max_members: int = 32, compile: bool = False, impl: str = "auto", **_ignored) -> None:
         super().__init__()
         self.max_members = int(max_members)
         self.compile = bool(compile)
+        self.impl = str(impl)
         self.config = self.task_function = self.hydra_context = None
 
     def setup(self, *, hydra_context, task_function, config) -> None:
@@ -663,7 +711,7 @@ class EnsembleLauncher(_hydra_launcher_base()):
                               job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
                 prepared.append((i, ret, Path(ret.hydra_cfg.hydra.runtime.output_dir)))
                 configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-            outcome = _run_group([jobs[i][3] for i in group], [p[2] for p in prepared], self.compile)
+            outcome = _run_group([jobs[i][3] for i in group], [p[2] for p in prepared], self.compile, self.impl)
             for (i, ret, _), res in zip(prepared, outcome):
                 if isinstance(res, BaseException):
                     ret.status, ret.return_value = JobStatus.FAILED, res
@@ -680,14 +728,14 @@ class EnsembleLauncher(_hydra_launcher_base()):
         return [results[i] for i in range(len(jobs))]
 
 
-def _run_group(cfgs: list[dict], run_dirs: list[Path], compile: bool) -> list:
+def _run_group(cfgs: list[dict], run_dirs: list[Path], compile: bool, impl: str) -> list:
     """Train one group; per job the status string (as the ``train`` task returns it) or the exception.
     Errors are reported like the multirun task function reports them (one line per job)."""
     from .data import DataError
     from .records import RecordError
 
     try:
-        results = train_ensemble(cfgs, run_dirs, compile=compile)
+        results = train_ensemble(cfgs, run_dirs, compile=compile, impl=impl)
     except KeyboardInterrupt:
         raise
     except (ConfigError, DataError, RecordError) as exc:

@@ -248,3 +248,27 @@ def test_launcher_writes_the_folders_of_the_basic_launcher(in_tmp, capsys):
                  "hydra.launcher.max_members=2"]) == 0
     for f, frame in before.items():
         pd.testing.assert_frame_equal(frame, read_metrics(f))
+
+
+@pytest.mark.parametrize("name,shape,loss", [("vgg10", (3, 32, 32), "mse"), ("mlp4", (1, 28, 28), "ce")])
+def test_grouped_and_vmap_implementations_agree_with_the_members(name, shape, loss):
+    from sharpcomp.models import build_model
+
+    torch.manual_seed(0)
+    k, b = 3, 5
+    width = 0.25 if name == "vgg10" else 0.05
+    models = [build_model(name, 10, width, input_shape=shape, seed=s) for s in range(k)]
+    x, y = torch.rand(k, b, *shape), torch.randint(0, 10, (k, b))
+    t = y if loss == "ce" else torch.nn.functional.one_hot(y, 10).float()
+    grouped, vmapped = (StackedSGD(models, [0.1, 0.2, 0.3], loss, impl=i) for i in ("grouped", "vmap"))
+    assert grouped.impl == "grouped" and vmapped.impl == "vmap"
+    shared = torch.rand(7, *shape)
+    outs = grouped.forward(shared)
+    torch.testing.assert_close(outs, vmapped.forward(shared), rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        for j, m in enumerate(models):
+            torch.testing.assert_close(outs[j], m(shared), rtol=1e-5, atol=1e-6)
+    _same_steps(grouped, vmapped, x, t, steps=3)
+    grouped.keep([0, 2])
+    vmapped.keep([0, 2])
+    _same_steps(grouped, vmapped, x[[0, 2]], t[[0, 2]], steps=1)

@@ -1,0 +1,132 @@
+"""Stacked execution of k copies of one ``nn.Sequential`` (Conv2d / Linear / ReLU / MaxPool2d / Flatten):
+the members' layers run as single grouped operations instead of ``vmap`` over ``functional_call``.
+
+Why: on a CPU, ``vmap``'s batching rule for a convolution with batched weights spends most of its time
+in layout copies and in a slow grouped weight-gradient kernel; running the k members' convolutions as
+one ``conv2d(groups=k)`` on activations kept in the (batch, k * channels, H, W) layout, and their
+linear layers as one ``baddbmm``, is several times cheaper per member-step (see
+``scripts/bench_ensemble.py``). The results are the members' own forward passes (float round-off
+aside): no operation mixes members, so the gradient of the sum of the members' losses with respect to
+member j's parameters is the gradient of member j's loss.
+
+Layouts of the activation ``h`` between layers:
+- ``"kb"``: (k, batch, ...), members first (linear layers, the inputs, the output);
+- ``"bk"``: (batch, k * C, H, W), members as channel groups (convolution stacks);
+- ``"shared"``: (batch, ...), one input for all members (whole-set evaluation): the first parametrised
+  layer then runs as one wide layer (k * out channels / features) on the shared input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Plan = list[tuple[str, str, dict]]
+
+
+def make_plan(model: nn.Module) -> Plan | None:
+    """The layer plan of a supported ``nn.Sequential``; None when some layer is not supported."""
+    if not isinstance(model, nn.Sequential):
+        return None
+    plan: Plan = []
+    for name, m in model.named_children():
+        if isinstance(m, nn.Conv2d):
+            if m.groups != 1 or m.padding_mode != "zeros" or isinstance(m.padding, str):
+                return None
+            plan.append(("conv", name, {"stride": m.stride, "padding": m.padding, "dilation": m.dilation,
+                                        "bias": m.bias is not None}))
+        elif isinstance(m, nn.Linear):
+            plan.append(("linear", name, {"bias": m.bias is not None}))
+        elif isinstance(m, nn.ReLU):
+            plan.append(("relu", name, {}))
+        elif isinstance(m, nn.MaxPool2d):
+            if m.return_indices:
+                return None
+            plan.append(("maxpool", name, {"kernel_size": m.kernel_size, "stride": m.stride, "padding": m.padding,
+                                           "dilation": m.dilation, "ceil_mode": m.ceil_mode}))
+        elif isinstance(m, nn.Flatten):
+            if m.start_dim != 1 or m.end_dim != -1:
+                return None
+            plan.append(("flatten", name, {}))
+        else:
+            return None
+    return plan
+
+
+def _to_bk(h: Tensor, layout: str, k: int) -> Tensor:
+    if layout == "bk":
+        return h
+    # (k, b, C, H, W) -> (b, k * C, H, W)
+    return h.transpose(0, 1).reshape(h.shape[1], k * h.shape[2], *h.shape[3:])
+
+
+def _to_kb(h: Tensor, layout: str, k: int) -> Tensor:
+    if layout == "kb":
+        return h
+    # (b, k * C, ...) -> (k, b, C, ...)
+    return h.reshape(h.shape[0], k, h.shape[1] // k, *h.shape[2:]).transpose(0, 1)
+
+
+def stacked_forward(plan: Plan, params: Mapping[str, Tensor], x: Tensor, k: int, shared: bool = False) -> Tensor:
+    """Outputs (k, batch, ...) of the k members on inputs ``x``: (k, batch, ...) per member, or
+    (batch, ...) shared by all when ``shared``."""
+    h, layout = x, "shared" if shared else "kb"
+    for kind, name, opt in plan:
+        if kind == "conv":
+            w = params[f"{name}.weight"]  # (k, Co, Ci, kh, kw)
+            b = params[f"{name}.bias"].reshape(-1) if opt["bias"] else None
+            conv = dict(stride=opt["stride"], padding=opt["padding"], dilation=opt["dilation"])
+            if layout == "shared":
+                h = F.conv2d(h, w.reshape(-1, *w.shape[2:]), b, **conv)
+            else:
+                h = F.conv2d(_to_bk(h, layout, k), w.reshape(-1, *w.shape[2:]), b, groups=k, **conv)
+            layout = "bk"
+        elif kind == "linear":
+            w = params[f"{name}.weight"]  # (k, out, in)
+            if layout == "shared":
+                flat = h.reshape(h.shape[0], -1)
+                out = flat @ w.reshape(-1, w.shape[-1]).T  # (b, k * out)
+                if opt["bias"]:
+                    out = out + params[f"{name}.bias"].reshape(-1)
+                h = out.reshape(flat.shape[0], k, -1).transpose(0, 1)
+            else:
+                h = _to_kb(h, layout, k)
+                if opt["bias"]:
+                    h = torch.baddbmm(params[f"{name}.bias"].unsqueeze(1), h, w.transpose(1, 2))
+                else:
+                    h = torch.bmm(h, w.transpose(1, 2))
+            layout = "kb"
+        elif kind == "relu":
+            h = F.relu(h)
+        elif kind == "maxpool":
+            pool = dict(kernel_size=opt["kernel_size"], stride=opt["stride"], padding=opt["padding"],
+                        dilation=opt["dilation"], ceil_mode=opt["ceil_mode"])
+            if layout == "kb":
+                s = h.shape
+                out = F.max_pool2d(h.reshape(s[0] * s[1], *s[2:]), **pool)
+                h = out.reshape(s[0], s[1], *out.shape[1:])
+            else:
+                h = F.max_pool2d(h, **pool)
+        elif kind == "flatten":
+            if layout == "shared":
+                h = h.reshape(h.shape[0], -1)
+            elif layout == "bk":
+                h = h.reshape(h.shape[0], k, -1).transpose(0, 1)  # member j's channels, flattened in order
+                layout = "kb"
+            else:
+                h = h.reshape(h.shape[0], h.shape[1], -1)
+    if layout == "shared":  # no parametrised layer at all
+        h = h.unsqueeze(0).expand(k, *h.shape)
+    return _to_kb(h, layout, k)
+
+
+def stacked_losses(out: Tensor, target: Tensor, loss_name: str) -> Tensor:
+    """(k,) mean minibatch loss of each member (``train.make_loss``): ``out`` (k, b, N); ``target`` the
+    one-hot float targets (k, b, N) for MSE, or labels (k, b) for cross-entropy."""
+    if loss_name == "ce":
+        k, b = target.shape
+        return F.cross_entropy(out.reshape(k * b, -1), target.reshape(-1), reduction="none").reshape(k, b).mean(1)
+    return (out - target).square().mean(dim=(1, 2))
