@@ -53,14 +53,21 @@ def make_plan(model: nn.Module) -> Plan | None:
             plan.append(("flatten", name, {}))
         else:
             return None
+    # ReLU then max-pooling == max-pooling then ReLU (both monotone; same values, same argmax, same
+    # gradients), and the pooled tensor is 4x smaller for the ReLU and its backward pass
+    for i in range(len(plan) - 1):
+        if plan[i][0] == "relu" and plan[i + 1][0] == "maxpool":
+            plan[i], plan[i + 1] = plan[i + 1], plan[i]
     return plan
 
 
 def _to_bk(h: Tensor, layout: str, k: int) -> Tensor:
     if layout == "bk":
         return h
-    # (k, b, C, H, W) -> (b, k * C, H, W)
-    return h.transpose(0, 1).reshape(h.shape[1], k * h.shape[2], *h.shape[3:])
+    # (k, b, C, H, W) -> (b, k * C, H, W); channels-last on a CPU, where oneDNN's grouped convolutions
+    # and max-pooling are markedly faster in that layout (same values)
+    h = h.transpose(0, 1).reshape(h.shape[1], k * h.shape[2], *h.shape[3:])
+    return h.contiguous(memory_format=torch.channels_last) if h.device.type == "cpu" and h.dim() == 4 else h
 
 
 def _to_kb(h: Tensor, layout: str, k: int) -> Tensor:
