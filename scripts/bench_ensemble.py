@@ -89,6 +89,7 @@ class Ensemble:
         self.spe = steps_per_epoch(self.n, BATCH)
         self.it, self.epoch, self.perms = 0, -1, None
         self.running = torch.zeros(len(runs), device=device)
+        self.targets = F.one_hot(data.train_y, 10).to(data.train_x.dtype)
 
     def run(self, steps):
         for _ in range(steps):
@@ -97,9 +98,7 @@ class Ensemble:
                 self.epoch = e
                 self.perms = torch.stack([epoch_permutation(s, e, self.n) for s in self.seeds]).to(self.device)
             idx = self.perms[:, kb * BATCH:(kb + 1) * BATCH]
-            xb = self.data.train_x[idx]
-            target = F.one_hot(self.data.train_y[idx], 10).to(xb.dtype)
-            self.running += self.net.step(xb, target)
+            self.running += self.net.step(self.data.train_x[idx], self.targets[idx])
             self.it += 1
 
 

@@ -572,6 +572,8 @@ def _train_lockstep(members: list[_Member], data: Dataset, device: torch.device,
         next_ckpts = iter([c for c in checkpoints if c > start])
         next_ckpt = next(next_ckpts)
         epoch, perms = -1, None
+        # loss targets of the whole train set, once (one-hot rows for MSE): a step only gathers
+        targets = _loss_target(loss_name, data.train_y, num_outputs, data.train_x.dtype)
         t_train = time.perf_counter()
         while it < steps and active:
             e, kb = divmod(it, spe)
@@ -579,8 +581,7 @@ def _train_lockstep(members: list[_Member], data: Dataset, device: torch.device,
                 epoch = e
                 perms = torch.stack([epoch_permutation(int(m.cfg["seed"]), e, n_train) for m in active]).to(device)
             idx = perms[:, kb * batch:(kb + 1) * batch]  # (k, batch)
-            xb = data.train_x[idx]
-            target = _loss_target(loss_name, data.train_y[idx], num_outputs, xb.dtype)
+            xb, target = data.train_x[idx], targets[idx]
             losses = net.step(xb, target)
             running_sum += losses.detach()
             running_count += 1
