@@ -51,6 +51,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) scripts/bench_metrics.py
 	$(PY) scripts/bench_train.py
+	$(PY) scripts/bench_ensemble.py
 
 figures: $(STAMP)
 	$(VENV)/bin/sharpcomp figures outputs

@@ -89,12 +89,12 @@ examples:
   sharpcomp train lr=0.1 batch=20
   sharpcomp train data=fashion_mnist model=mlp4 lr=0.1 batch=8
   sharpcomp -m train lr=0.05,0.1,0.2 seed=0,1,2,3,4
-  sharpcomp -m train +experiment=fig1 scale=quick hydra/launcher=joblib
+  sharpcomp -m train +experiment=fig1 scale=quick hydra/launcher=ensemble   # 15 runs in lockstep
   sharpcomp figures outputs
 
 config groups (train):
 {groups}
-  hydra/launcher= basic | joblib | submitit_local | slurm
+  hydra/launcher= basic | joblib | ensemble | submitit_local | slurm
 
 options (train, with defaults):
 {chr(10).join(_option_lines())}

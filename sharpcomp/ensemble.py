@@ -71,10 +71,11 @@ from .train import (
     _num_outputs,
     _plain,
     _save_checkpoint,
+    check_writable,
     checkpoint_rows,
     make_loss,
-    package_versions,
     per_sample_loss,
+    record_identity,
     run_identity,
     select_device,
     validate_config,
@@ -341,16 +342,6 @@ class _Member:
         return self.ident["run_id"]
 
 
-def _check_writable(run_dir: Path) -> None:
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"cannot write to output folder {run_dir}: {exc.strerror or exc}") from None
-
-
 def _optimizer_state(model: nn.Module, lr: float) -> dict:
     """What ``torch.optim.SGD(lr, momentum=0, weight_decay=0).state_dict()`` holds (no per-parameter state)."""
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.0, weight_decay=0.0).state_dict()
@@ -359,13 +350,7 @@ def _optimizer_state(model: nn.Module, lr: float) -> dict:
 def _setup_member(cfg: dict, run_dir: Path, data: Dataset, device: torch.device) -> _Member:
     ident = run_identity(cfg)
     num_outputs = _num_outputs(cfg, data)
-    identity = {
-        "run_id": ident["run_id"], "data": cfg["data"]["name"], "model": cfg["model"]["name"], "lr": float(cfg["lr"]),
-        "batch": int(cfg["batch"]), "seed": int(cfg["seed"]), "loss": cfg["loss"],
-        "width": float(cfg["model"].get("width", 1.0)), "outputs": num_outputs,
-        "optim": cfg.get("optim", {}).get("name", "sgd"), "scale": cfg.get("scale_name", "custom"),
-        "data_source": data.source, "device": str(device), "versions": package_versions(),
-    }
+    identity = record_identity(cfg, ident["run_id"], data, device)
     model = _build(cfg, data, device)
     mcfg = cfg.get("metrics", {})
     sample_idx = train_sample_indices(int(cfg["seed"]), len(data.train_x), int(mcfg.get("n", 100))).to(device)
@@ -425,7 +410,7 @@ def train_ensemble(cfgs: Sequence, run_dirs: Sequence[str | Path], *, data: Data
     if len({run_identity(c)["run_id"] for c in cfgs}) != len(cfgs):
         raise ConfigError("the ensemble holds the same run twice (same lr and seed)")
     for d in run_dirs:
-        _check_writable(d)
+        check_writable(d)
     cfg0 = cfgs[0]
     if compile is None:
         compile = bool(cfg0.get("compile", False))

@@ -238,6 +238,28 @@ def _build(cfg: Mapping, data: Dataset, device: torch.device) -> nn.Module:
     return model.to(device)
 
 
+def check_writable(run_dir: Path) -> None:
+    """Create ``run_dir`` and prove it writable, or raise ConfigError with one line."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"cannot write to output folder {run_dir}: {exc.strerror or exc}") from None
+
+
+def record_identity(cfg: Mapping, run_id: str, data: Dataset, device: torch.device) -> dict:
+    """The identity columns of a run's parquet rows (``records.IDENTITY_COLUMNS`` less ``status``)."""
+    return {
+        "run_id": run_id, "data": cfg["data"]["name"], "model": cfg["model"]["name"], "lr": float(cfg["lr"]),
+        "batch": int(cfg["batch"]), "seed": int(cfg["seed"]), "loss": cfg["loss"],
+        "width": float(cfg["model"].get("width", 1.0)), "outputs": _num_outputs(cfg, data),
+        "optim": cfg.get("optim", {}).get("name", "sgd"), "scale": cfg.get("scale_name", "custom"),
+        "data_source": data.source, "device": str(device), "versions": package_versions(),
+    }
+
+
 def restore_run(run_dir: str | Path):
     """Load a run's last checkpoint: (model in eval mode, config dict, train sample inputs and
     targets, loss function). For analyses of finished or running runs (e.g. ``sharpcomp reparam``)."""
@@ -265,13 +287,7 @@ def train(cfg, run_dir: str | Path, *, callback: Callable[[int, list[dict]], Non
     cfg = _plain(cfg)
     validate_config(cfg)
     run_dir = Path(run_dir)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"cannot write to output folder {run_dir}: {exc.strerror or exc}") from None
+    check_writable(run_dir)
 
     t_call = time.perf_counter()
     device = select_device(str(cfg.get("device", "auto")))
@@ -290,13 +306,7 @@ def train(cfg, run_dir: str | Path, *, callback: Callable[[int, list[dict]], Non
 
     ident = run_identity(cfg)
     num_outputs = _num_outputs(cfg, data)
-    identity = {
-        "run_id": ident["run_id"], "data": cfg["data"]["name"], "model": cfg["model"]["name"], "lr": float(cfg["lr"]),
-        "batch": int(cfg["batch"]), "seed": int(cfg["seed"]), "loss": cfg["loss"],
-        "width": float(cfg["model"].get("width", 1.0)), "outputs": num_outputs,
-        "optim": cfg.get("optim", {}).get("name", "sgd"), "scale": cfg.get("scale_name", "custom"),
-        "data_source": data.source, "device": str(device), "versions": package_versions(),
-    }
+    identity = record_identity(cfg, ident["run_id"], data, device)
 
     model = _build(cfg, data, device)
     optimizer = _make_optimizer(cfg, model)
