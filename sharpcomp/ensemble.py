@@ -67,7 +67,6 @@ from .train import (
     ConfigError,
     RunResult,
     _build,
-    _load_data,
     _num_outputs,
     _plain,
     _save_checkpoint,
@@ -75,9 +74,9 @@ from .train import (
     checkpoint_rows,
     make_loss,
     per_sample_loss,
+    prepare_runtime,
     record_identity,
     run_identity,
-    select_device,
     validate_config,
 )
 
@@ -415,17 +414,7 @@ def train_ensemble(cfgs: Sequence, run_dirs: Sequence[str | Path], *, data: Data
     if compile is None:
         compile = bool(cfg0.get("compile", False))
 
-    device = select_device(str(cfg0.get("device", "auto")))
-    if cfg0.get("threads"):
-        torch.set_num_threads(int(cfg0["threads"]))
-    if cfg0.get("deterministic", True):
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    if data is None:
-        data = _load_data(cfg0, device)
-    else:
-        data = Dataset(data.name, *(t.to(device) for t in (data.train_x, data.train_y, data.test_x, data.test_y)),
-                       data.num_classes, data.source)
+    device, data = prepare_runtime(cfg0, data)
     for cfg in cfgs:
         validate_config(cfg, n_train=len(data.train_x))
 
@@ -485,6 +474,7 @@ def _train_lockstep(members: list[_Member], data: Dataset, device: torch.device,
                                      "optimizer_state": _optimizer_state(m.model, float(m.cfg["lr"]))})
         m.result = finish(m, "diverged", it)
         bar.write(f"{m.run_id}: diverged (non-finite loss) at iteration {it}; recorded as diverged")
+        sys.stdout.flush()  # summaries reach logs (SLURM, pipes) as they happen
 
     def checkpoint(it: int) -> None:
         nonlocal running_sum, running_count, active
@@ -606,6 +596,8 @@ def _summary(bar, it: int, steps: int, rows: dict[Path, list[dict]], total: int)
 
     bar.write(f"[{it:>7d}/{steps}] {len(rows)}/{total} runs: loss(run)={fmt(run)} test_acc={fmt(acc)} "
               f"t={first[0]['wall_time']:.1f}s")
+
+    sys.stdout.flush()  # summaries reach logs (SLURM, pipes) as they happen
 
 
 # ---------------------------------------------------------------------------------------------

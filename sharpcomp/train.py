@@ -20,6 +20,7 @@ import json
 import math
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -238,6 +239,20 @@ def _build(cfg: Mapping, data: Dataset, device: torch.device) -> nn.Module:
     return model.to(device)
 
 
+def prepare_runtime(cfg: Mapping, data: Dataset | None) -> tuple[torch.device, Dataset]:
+    """Device, threads and determinism as the config says; the dataset loaded onto (or moved to) the device."""
+    device = select_device(str(cfg.get("device", "auto")))
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))
+    if cfg.get("deterministic", True):
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    if data is None:
+        return device, _load_data(cfg, device)
+    moved = (t.to(device) for t in (data.train_x, data.train_y, data.test_x, data.test_y))
+    return device, Dataset(data.name, *moved, data.num_classes, data.source)
+
+
 def check_writable(run_dir: Path) -> None:
     """Create ``run_dir`` and prove it writable, or raise ConfigError with one line."""
     try:
@@ -290,17 +305,7 @@ def train(cfg, run_dir: str | Path, *, callback: Callable[[int, list[dict]], Non
     check_writable(run_dir)
 
     t_call = time.perf_counter()
-    device = select_device(str(cfg.get("device", "auto")))
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg["threads"]))
-    if cfg.get("deterministic", True):
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    if data is None:
-        data = _load_data(cfg, device)
-    else:
-        data = Dataset(data.name, *(t.to(device) for t in (data.train_x, data.train_y, data.test_x, data.test_y)),
-                       data.num_classes, data.source)
+    device, data = prepare_runtime(cfg, data)
     n_train = len(data.train_x)
     validate_config(cfg, n_train=n_train)
 
@@ -436,6 +441,7 @@ def train(cfg, run_dir: str | Path, *, callback: Callable[[int, list[dict]], Non
                                    "wall_time": time.perf_counter() - t0, "config": cfg,
                                    "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict()})
         bar.write(f"{ident['run_id']}: diverged (non-finite loss) at iteration {it}; recorded as diverged")
+        sys.stdout.flush()  # summaries reach logs (SLURM, pipes) as they happen
     except KeyboardInterrupt:
         bar.close()
         raise
@@ -463,6 +469,7 @@ def _summary(bar, rows: list[dict], steps: int) -> None:
               f"train_acc={fmt('train_acc', '.4f')} "
               f"test_acc={fmt('test_acc', '.4f')} sqrtS={ssq} G={fmt('G')} logvol={fmt('log_volume')} "
               f"local_dim={fmt('local_dim')} t={r['wall_time']:.1f}s")
+    sys.stdout.flush()  # summaries reach logs (SLURM, pipes) as they happen
 
 
 def checkpoint_rows(model: nn.Module, cfg: Mapping, data: Dataset, sample_idx: torch.Tensor, loss_name: str,

@@ -67,7 +67,24 @@ def cfg_small(tmp_path, data_dir, cache_dir):
     return cfg
 
 
-@pytest.fixture(autouse=True)
-def _torch_threads():
-    torch.set_num_threads(2)
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny float64 problems: one intra-op thread avoids oversubscription on a shared CPU."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
+    torch.set_num_threads(old)
+
+
+# CLI arguments of a tiny real run (mlp4 at 1/20 width on Fashion-MNIST, 4 steps)
+TINY = ["data=fashion_mnist", "model=mlp4", "model.width=0.05", "steps=4", "log_every=2", "metrics.n=4",
+        "progress=false"]
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch, data_dir, cache_dir):
+    """Run the CLI inside tmp_path, with the session's data and cache folders."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SHARPCOMP_DATA", str(data_dir))
+    monkeypatch.setenv("SHARPCOMP_CACHE", str(cache_dir))
+    return tmp_path

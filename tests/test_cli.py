@@ -11,18 +11,7 @@ import pytest
 from sharpcomp.cli import main
 from sharpcomp.records import read_metrics
 
-from .conftest import REPO
-
-TINY = ["data=fashion_mnist", "model=mlp4", "model.width=0.05", "steps=4", "log_every=2", "metrics.n=4",
-        "progress=false"]
-
-
-@pytest.fixture
-def in_tmp(tmp_path, monkeypatch, data_dir, cache_dir):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("SHARPCOMP_DATA", str(data_dir))
-    monkeypatch.setenv("SHARPCOMP_CACHE", str(cache_dir))
-    return tmp_path
+from .conftest import REPO, TINY
 
 
 def test_help_lists_commands_groups_and_options(capsys):

@@ -20,7 +20,7 @@ from sharpcomp.ensemble import (
 from sharpcomp.records import read_metrics
 from sharpcomp.train import CHECKPOINT_FILE, ConfigError, evaluate, train
 
-from .conftest import SHRINK, compose_train
+from .conftest import SHRINK, TINY, compose_train
 
 MEMBERS = [(0.1, 0), (0.05, 1), (0.2, 2)]  # (lr, seed)
 IDENTICAL = ["run_id", "iteration", "sample_set", "status", "lr", "seed", "batch", "n_samples", "epoch"]
@@ -207,16 +207,6 @@ def test_compiled_step_trains_the_same(fmnist_small):
 # ---------------------------------------------------------------------------------------------
 # the Hydra launcher
 
-TINY = ["data=fashion_mnist", "model=mlp4", "model.width=0.05", "steps=4", "log_every=2", "metrics.n=4",
-        "progress=false"]
-
-
-@pytest.fixture
-def in_tmp(tmp_path, monkeypatch, data_dir, cache_dir):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("SHARPCOMP_DATA", str(data_dir))
-    monkeypatch.setenv("SHARPCOMP_CACHE", str(cache_dir))
-    return tmp_path
 
 
 def _tree(root):

@@ -7,27 +7,18 @@ from collections import OrderedDict
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
 from sharpcomp import flatness as fl
 from sharpcomp.models import build_model
 
+from .reference import mse
+
 DT = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny float64 problems: one intra-op thread avoids oversubscription on a shared CPU."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def mse(out, y):
-    return F.mse_loss(out, F.one_hot(y, out.shape[1]).to(out.dtype))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_mlp(seed=0):
