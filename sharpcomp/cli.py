@@ -297,7 +297,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:  # pragma: no cover - console script wrapper
-    sys.exit(main())
+    try:
+        code = main()
+    except BrokenPipeError:  # e.g. `sharpcomp --help | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
+    sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover
