@@ -62,7 +62,6 @@ from torch import nn
 from .data import Dataset, epoch_permutation, steps_per_epoch, train_sample_indices
 from .records import RunRecorder
 from .train import (
-    CHECKPOINT_FILE,
     EVAL_CHUNK,
     ConfigError,
     RunResult,
@@ -72,6 +71,7 @@ from .train import (
     _save_checkpoint,
     check_writable,
     checkpoint_rows,
+    load_checkpoint,
     make_loss,
     per_sample_loss,
     prepare_runtime,
@@ -356,12 +356,8 @@ def _setup_member(cfg: dict, run_dir: Path, data: Dataset, device: torch.device)
     m = _Member(cfg, run_dir, ident, RunRecorder(run_dir, identity), model, sample_idx,
                 make_loss(cfg["loss"], num_outputs))
     steps = int(cfg["steps"])
-    ckpt_path = run_dir / CHECKPOINT_FILE
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if state.get("run_id") != ident["run_id"]:
-            raise ConfigError(f"output folder {run_dir} holds another run ({state.get('run_id')}); "
-                              f"choose another folder (hydra.run.dir=...)")
+    state = load_checkpoint(run_dir, ident["run_id"], device)
+    if state is not None:
         model.load_state_dict(state["model_state"])
         m.start = m.prev_ckpt = int(state["iteration"])
         m.wall_offset = float(state["wall_time"])

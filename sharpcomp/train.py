@@ -275,6 +275,18 @@ def record_identity(cfg: Mapping, run_id: str, data: Dataset, device: torch.devi
     }
 
 
+def load_checkpoint(run_dir: Path, run_id: str, device: torch.device) -> dict | None:
+    """The run's saved state, None when there is none; ConfigError when the folder holds another run."""
+    path = run_dir / CHECKPOINT_FILE
+    if not path.exists():
+        return None
+    state = torch.load(path, map_location=device, weights_only=False)
+    if state.get("run_id") != run_id:
+        raise ConfigError(f"output folder {run_dir} holds another run ({state.get('run_id')}); "
+                          f"choose another folder (hydra.run.dir=...)")
+    return state
+
+
 def restore_run(run_dir: str | Path):
     """Load a run's last checkpoint: (model in eval mode, config dict, train sample inputs and
     targets, loss function). For analyses of finished or running runs (e.g. ``sharpcomp reparam``)."""
@@ -320,12 +332,8 @@ def train(cfg, run_dir: str | Path, *, callback: Callable[[int, list[dict]], Non
     recorder = RunRecorder(run_dir, identity)
 
     start, wall_offset, prev_ckpt = 0, 0.0, None
-    ckpt_path = run_dir / CHECKPOINT_FILE
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if state.get("run_id") != ident["run_id"]:
-            raise ConfigError(f"output folder {run_dir} holds another run ({state.get('run_id')}); "
-                              f"choose another folder (hydra.run.dir=...)")
+    state = load_checkpoint(run_dir, ident["run_id"], device)
+    if state is not None:
         model.load_state_dict(state["model_state"])
         optimizer.load_state_dict(state["optimizer_state"])
         start, wall_offset, prev_ckpt = int(state["iteration"]), float(state["wall_time"]), int(state["iteration"])
