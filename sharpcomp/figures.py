@@ -367,14 +367,22 @@ def _where(spec: FigureSpec) -> str:
     return text
 
 
-def _candidates(ctx: _Context, spec: FigureSpec, need_sets=("train",)) -> tuple[pd.DataFrame, list[str]]:
+def _dedupe(ctx: _Context, fig_id: str, sel: pd.DataFrame) -> pd.DataFrame:
+    """One run per setting (the furthest), saying which were found twice."""
+    sel, dupes = dedupe_runs(sel)
+    _say_dupes(ctx, fig_id, dupes)
+    return sel
+
+
+def _candidates(ctx: _Context, spec: FigureSpec, need_sets=("train",)) -> pd.DataFrame:
+    """The deduplicated runs of ``spec``'s data, model and fixed settings that have ``need_sets``."""
     info = ctx.info
     sel = info[(info["data"].astype(str) == spec.data) & (info["model"].astype(str) == spec.model)]
     # masks as bool: an empty object-dtype mask would select (no) columns instead of rows
     for key, value in spec.fixed.items():
         sel = sel[sel[key].apply(lambda v, value=value: same(v, value)).astype(bool)]
     sel = sel[sel["sample_sets"].apply(lambda s: any(x in s for x in need_sets)).astype(bool)]
-    return dedupe_runs(sel)
+    return _dedupe(ctx, spec.id, sel)
 
 
 def _variants(sel: pd.DataFrame, fig_id: str) -> list[tuple[str, pd.DataFrame]]:
@@ -436,8 +444,7 @@ def _values_text(values) -> str:
 
 
 def _make_trend(ctx: _Context, spec: FigureSpec) -> None:
-    sel, dupes = _candidates(ctx, spec)
-    _say_dupes(ctx, spec.id, dupes)
+    sel = _candidates(ctx, spec)
     need = f"needs {_where(spec)} with >= 2 {spec.what}"
     if sel.empty:
         ctx.say(spec.id, f"skipped, {need} (found none)")
@@ -463,8 +470,7 @@ def _make_trend(ctx: _Context, spec: FigureSpec) -> None:
 
 
 def _make_samples(ctx: _Context, spec: FigureSpec) -> None:
-    sel, dupes = _candidates(ctx, spec, need_sets=("test", "misclassified"))
-    _say_dupes(ctx, spec.id, dupes)
+    sel = _candidates(ctx, spec, need_sets=("test", "misclassified"))
     if sel.empty:
         ctx.say(spec.id, f"skipped, needs {_where(spec)} with the test or misclassified sample set "
                          "(metrics.sample_sets)")
@@ -487,8 +493,7 @@ def _make_samples(ctx: _Context, spec: FigureSpec) -> None:
 
 
 def _make_bounds(ctx: _Context, spec: FigureSpec) -> None:
-    sel, dupes = _candidates(ctx, spec)
-    _say_dupes(ctx, spec.id, dupes)
+    sel = _candidates(ctx, spec)
     need = f"needs {_where(spec)} with bound values (bound_b, bound_c, bound_d)"
     if sel.empty:
         ctx.say(spec.id, f"skipped, {need} (found none)")
@@ -536,8 +541,7 @@ def _check_chain(ctx, name, frame) -> None:
 
 
 def _make_correlation(ctx: _Context, spec: FigureSpec) -> None:
-    sel, dupes = _candidates(ctx, spec)
-    _say_dupes(ctx, spec.id, dupes)
+    sel = _candidates(ctx, spec)
     need = f"needs >= 3 {_where(spec)} (diverged, failed and lagging running runs left out)"
     if sel.empty:
         ctx.say(spec.id, f"skipped, {need} (found none)")
@@ -634,8 +638,7 @@ def _make_flatness(ctx: _Context, fig_id: str) -> None:
         ctx.say(fig_id, "skipped, needs runs with flatness measures (metrics.flatness: Hessian traces, "
                         "worst-case or adaptive sharpness, gradient disagreement, Fisher trace)")
         return
-    sel, dupes = dedupe_runs(sel)
-    _say_dupes(ctx, fig_id, dupes)
+    sel = _dedupe(ctx, fig_id, sel)
     for name, runs in _split(sel, fig_id, ("data", "model", *_NO_OPTIM)):
         frame = ctx.frame[ctx.frame[RUN].isin(runs[RUN])]
         by, fields = _flatness_grouping(runs)
@@ -689,8 +692,7 @@ def _make_runs(ctx: _Context, fig_id: str) -> None:
     if sel.empty:
         ctx.say(fig_id, "skipped, needs runs with the train sample set")
         return
-    sel, dupes = dedupe_runs(sel)
-    _say_dupes(ctx, fig_id, dupes)
+    sel = _dedupe(ctx, fig_id, sel)
     for name, runs in _split(sel, fig_id, ("data", "model")):
         frame = ctx.frame[ctx.frame[RUN].isin(runs[RUN])]
         n = len(runs)
