@@ -77,7 +77,10 @@ def read_metrics(path: Path) -> pd.DataFrame:
     if path.is_dir():
         path = path / METRICS_FILE
     try:
-        frame = pd.read_parquet(path)
+        # read the bytes once: pyarrow opens a path more than once, so a reader racing a writer's
+        # atomic replace could mix two versions of the file
+        with open(path, "rb") as fh:
+            frame = pd.read_parquet(io.BytesIO(fh.read()))
     except FileNotFoundError:
         raise RecordError(f"no results file at {path}") from None
     except Exception as exc:  # pyarrow raises several types for a damaged file
