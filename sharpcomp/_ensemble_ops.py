@@ -18,7 +18,7 @@ Layouts of the activation ``h`` between layers:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -27,8 +27,10 @@ from torch import Tensor, nn
 Plan = list[tuple[str, str, dict]]
 
 
-def make_plan(model: nn.Module) -> Plan | None:
-    """The layer plan of a supported ``nn.Sequential``; None when some layer is not supported."""
+def make_plan(model: nn.Module, reorder: bool = True) -> Plan | None:
+    """The layer plan of a supported ``nn.Sequential``; None when some layer is not supported.
+    ``reorder``: run ReLU-then-max-pooling as max-pooling-then-ReLU (same outputs, cheaper); off
+    where the plan must stop at a named layer (:mod:`sharpcomp.metrics_stacked`)."""
     if not isinstance(model, nn.Sequential):
         return None
     plan: Plan = []
@@ -55,7 +57,7 @@ def make_plan(model: nn.Module) -> Plan | None:
             return None
     # ReLU then max-pooling == max-pooling then ReLU (both monotone; same values, same argmax, same
     # gradients), and the pooled tensor is 4x smaller for the ReLU and its backward pass
-    for i in range(len(plan) - 1):
+    for i in range(len(plan) - 1 if reorder else 0):
         if plan[i][0] == "relu" and plan[i + 1][0] == "maxpool":
             plan[i], plan[i + 1] = plan[i + 1], plan[i]
     return plan
@@ -77,9 +79,14 @@ def _to_kb(h: Tensor, layout: str, k: int) -> Tensor:
     return h.reshape(h.shape[0], k, h.shape[1] // k, *h.shape[2:]).transpose(0, 1)
 
 
-def stacked_forward(plan: Plan, params: Mapping[str, Tensor], x: Tensor, k: int, shared: bool = False) -> Tensor:
+def stacked_forward(plan: Plan, params: Mapping[str, Tensor], x: Tensor, k: int, shared: bool = False,
+                    record: Callable[[str, Tensor, Tensor], None] | None = None, stop: str | None = None) -> Tensor:
     """Outputs (k, batch, ...) of the k members on inputs ``x``: (k, batch, ...) per member, or
-    (batch, ...) shared by all when ``shared``."""
+    (batch, ...) shared by all when ``shared``.
+
+    ``record(name, input, output)`` is called for every convolution (input (batch, k * Ci, H, W),
+    output (batch, k * Co, H', W')) and linear layer (input (k, batch, in), output (k, batch, out));
+    ``stop``: return the output of the layer of that name instead (not with ``shared``)."""
     h, layout = x, "shared" if shared else "kb"
     for kind, name, opt in plan:
         if kind == "conv":
@@ -89,7 +96,10 @@ def stacked_forward(plan: Plan, params: Mapping[str, Tensor], x: Tensor, k: int,
             if layout == "shared":
                 h = F.conv2d(h, w.reshape(-1, *w.shape[2:]), b, **conv)
             else:
-                h = F.conv2d(_to_bk(h, layout, k), w.reshape(-1, *w.shape[2:]), b, groups=k, **conv)
+                a = _to_bk(h, layout, k)
+                h = F.conv2d(a, w.reshape(-1, *w.shape[2:]), b, groups=k, **conv)
+                if record is not None:
+                    record(name, a, h)
             layout = "bk"
         elif kind == "linear":
             w = params[f"{name}.weight"]  # (k, out, in)
@@ -100,11 +110,13 @@ def stacked_forward(plan: Plan, params: Mapping[str, Tensor], x: Tensor, k: int,
                     out = out + params[f"{name}.bias"].reshape(-1)
                 h = out.reshape(flat.shape[0], k, -1).transpose(0, 1)
             else:
-                h = _to_kb(h, layout, k)
+                a = _to_kb(h, layout, k)
                 if opt["bias"]:
-                    h = torch.baddbmm(params[f"{name}.bias"].unsqueeze(1), h, w.transpose(1, 2))
+                    h = torch.baddbmm(params[f"{name}.bias"].unsqueeze(1), a, w.transpose(1, 2))
                 else:
-                    h = torch.bmm(h, w.transpose(1, 2))
+                    h = torch.bmm(a, w.transpose(1, 2))
+                if record is not None:
+                    record(name, a, h)
             layout = "kb"
         elif kind == "relu":
             h = F.relu(h)
@@ -125,6 +137,8 @@ def stacked_forward(plan: Plan, params: Mapping[str, Tensor], x: Tensor, k: int,
                 layout = "kb"
             else:
                 h = h.reshape(h.shape[0], h.shape[1], -1)
+        if name == stop:
+            break
     if layout == "shared":  # no parametrised layer at all
         h = h.unsqueeze(0).expand(k, *h.shape)
     return _to_kb(h, layout, k)

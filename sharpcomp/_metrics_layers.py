@@ -58,8 +58,9 @@ def _linear_patches(a: Tensor) -> Tensor:
     return a.reshape(a.shape[0], 1, -1, a.shape[-1]).transpose(2, 3)
 
 
-def _conv_patches(module: nn.Conv1d | nn.Conv2d, a: Tensor) -> Tensor:
-    """Unfolded input patches (n, g, i, p) of a Conv1d/Conv2d, matching the (o, i) weight layout."""
+def _conv_patches(module: nn.Conv1d | nn.Conv2d, a: Tensor, groups: int | None = None) -> Tensor:
+    """Unfolded input patches (n, g, i, p) of a Conv1d/Conv2d, matching the (o, i) weight layout.
+    ``groups`` overrides ``module.groups`` (k members of one network run as one grouped convolution)."""
     padding = module.padding
     if isinstance(padding, str) or module.padding_mode != "zeros":
         mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
@@ -72,7 +73,7 @@ def _conv_patches(module: nn.Conv1d | nn.Conv2d, a: Tensor) -> Tensor:
     else:
         kernel, dilation, stride = module.kernel_size, module.dilation, module.stride
     cols = F.unfold(a, kernel, dilation=dilation, padding=padding, stride=stride)  # (n, c_in * K, p)
-    return cols.reshape(cols.shape[0], module.groups, -1, cols.shape[2])
+    return cols.reshape(cols.shape[0], groups or module.groups, -1, cols.shape[2])
 
 
 def _output_positions(g: Tensor, groups: int, linear: bool) -> Tensor:
@@ -84,11 +85,15 @@ def _output_positions(g: Tensor, groups: int, linear: bool) -> Tensor:
 
 
 class _PositionsRule(_Rule):
-    """Linear and convolution layers: ``dW_{vn} = sum_p g_{vnp} a_{np}^T``, ``db_{vn} = sum_p g_{vnp}``."""
+    """Linear and convolution layers: ``dW_{vn} = sum_p g_{vnp} a_{np}^T``, ``db_{vn} = sum_p g_{vnp}``.
+
+    Norms are formed per group g and summed over groups, or returned as (v, n, g) with ``per_group``
+    (:mod:`sharpcomp.metrics_stacked`, where group g is ensemble member g)."""
 
     def __init__(self, params: dict[str, nn.Parameter], patches: list[Tensor], num_cotangents: int,
-                 groups: int | None = None):
+                 groups: int | None = None, per_group: bool = False):
         self.params, self.linear, self.groups = params, groups is None, groups or 1
+        self.per_group = per_group
         self.a = torch.cat(patches, dim=3) if len(patches) > 1 else patches[0]  # (n, g, i, p)
         n, _, i, p = self.a.shape
         o = next(iter(params.values())).shape[0] // self.groups
@@ -102,7 +107,7 @@ class _PositionsRule(_Rule):
         if "weight" not in params:
             return
         if self.strategy == "norms":
-            self.a_sq = self.a.square().sum((1, 2, 3))  # (n,)
+            self.a_sq = self.a.square().sum((2, 3))  # (n, g)
         elif self.strategy == "gram":
             self.a_gram = self.a.transpose(2, 3) @ self.a  # (n, g, p, p): a_p . a_q
 
@@ -110,20 +115,21 @@ class _PositionsRule(_Rule):
         gs = [_output_positions(t, self.groups, self.linear) for t in grads]
         g = torch.cat(gs, dim=4) if len(gs) > 1 else gs[0]  # (v, n, g, o, p)
         v, n = g.shape[:2]
-        out = {}
+        out = {}  # name -> (v, n, g)
         if "weight" in self.params:
             if self.strategy == "norms":
-                out["weight"] = g.square().sum((2, 3, 4)) * self.a_sq
+                out["weight"] = g.square().sum((3, 4)) * self.a_sq
             elif self.strategy == "gram":
                 gram = g.transpose(3, 4) @ g  # (v, n, g, p, p): g_p . g_q
-                out["weight"] = (gram.reshape(v, n, -1) * self.a_gram.reshape(1, n, -1)).sum(2)
+                out["weight"] = (gram.reshape(v, n, self.groups, -1)
+                                 * self.a_gram.reshape(1, n, self.groups, -1)).sum(3)
             else:  # fold v into o: (n, g, v o, p) @ (n, g, p, i) -> per-sample gradients (n, g, v o, i)
                 g_folded = g.permute(1, 2, 0, 3, 4).reshape(n, self.groups, -1, g.shape[-1])
                 dw = g_folded @ self.a.transpose(2, 3)
-                out["weight"] = dw.reshape(n, self.groups, v, -1).square().sum((1, 3)).T
+                out["weight"] = dw.reshape(n, self.groups, v, -1).square().sum(3).permute(2, 0, 1)
         if "bias" in self.params:
-            out["bias"] = g.sum(4).square().sum((2, 3))
-        return out
+            out["bias"] = g.sum(4).square().sum(3)
+        return out if self.per_group else {name: t.sum(2) for name, t in out.items()}
 
 
 class _FunctionalRule(_Rule):

@@ -119,7 +119,9 @@ def compute_metrics(model: nn.Module, inputs: Tensor, *, layer: str | None = Non
                  for s in range(0, x.shape[0], step)]
     per = {k: np.concatenate([part.values[k] for part in parts]) for k in parts[0].values}
     res = {name: float(np.mean(per[name])) for name in METRIC_NAMES[:5]}
-    res.update(_bounds(parts[0], per, per.pop("_D_norm"), res["sharpness"]))
+    first = parts[0].first_layer
+    res.update(bounds(parts[0].bounds_reason, None if first is None else first.module.weight, per,
+                      per.pop("_D_norm"), res["sharpness"]))
     if per_sample:
         res["per_sample"] = per
     return res
@@ -356,7 +358,7 @@ def _bounds_reason(first: _Record | None, x: Tensor, layer: str | None, used: bo
                 else "the model has no parametrised first layer")
     where = f"first layer {first.name}"
     if isinstance(first.module, nn.modules.conv._ConvNd):
-        return f"{where} is convolutional: bounds of Eq. 28 need a fully connected first layer"
+        return conv_first_reason(first.name)
     if not isinstance(first.module, nn.Linear):
         return f"{where} ({type(first.module).__name__}) is not fully connected (Eq. 28 needs z = W x + b)"
     a = first.inputs[0]
@@ -370,11 +372,17 @@ def _bounds_reason(first: _Record | None, x: Tensor, layer: str | None, used: bo
     return None
 
 
-def _bounds(chunk: _ChunkResult, per: dict, d_norm: np.ndarray, sharpness: float) -> dict:
+def conv_first_reason(name: str) -> str:
+    return f"first layer {name} is convolutional: bounds of Eq. 28 need a fully connected first layer"
+
+
+def bounds(reason: str | None, weight: Tensor | None, per: dict, d_norm: np.ndarray, sharpness: float) -> dict:
+    """The bound columns from the per-sample values (``x_norm``, ``grad_W_norm``), the per-sample
+    ``||D_i||_F`` and the first layer's weight W; NaN with ``reason`` when that is not None."""
     nan = float("nan")
-    if chunk.bounds_reason is not None:
-        return {"bound_b": nan, "bound_c": nan, "bound_d": nan, "bounds_reason": chunk.bounds_reason}
-    w_norm = _spectral_norm(chunk.first_layer.module.weight.detach())
+    if reason is not None:
+        return {"bound_b": nan, "bound_c": nan, "bound_d": nan, "bounds_reason": reason}
+    w_norm = _spectral_norm(weight.detach())
     with np.errstate(divide="ignore"):
         inv_x = math.sqrt(float(np.mean(1.0 / per["x_norm"] ** 2)))
     return {"bound_b": w_norm * float(np.mean(d_norm)),
