@@ -11,8 +11,9 @@ For each model (vgg10 on two-class CIFAR-10, mlp4 on Fashion-MNIST), the fig1 sw
 
 The two are interleaved in rounds (a slice of steps of each, in turn), so background load on a shared
 machine hits both alike; aggregate iterations/s = runs x steps / seconds. Then one checkpoint's cost:
-whole-set evaluation of all members (vectorised vs member by member) and the per-member metric calls
-(``train.checkpoint_rows``), with their share.
+whole-set evaluation of all members (vectorised vs member by member) and the sample-set metrics
+(``metrics_stacked.compute_metrics_stacked`` vs ``metrics.compute_metrics`` member by member), with
+their share.
 
     python scripts/bench_ensemble.py            # 200 steps per run
     python scripts/bench_ensemble.py --quick    # smoke run (20 steps, small checkpoint part)
@@ -25,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -36,8 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sharpcomp.data import epoch_permutation, load_dataset, steps_per_epoch  # noqa: E402
 from sharpcomp.ensemble import StackedSGD, evaluate_stacked  # noqa: E402
+from sharpcomp.metrics import compute_metrics  # noqa: E402
+from sharpcomp.metrics_stacked import compute_metrics_stacked  # noqa: E402
 from sharpcomp.models import build_model  # noqa: E402
-from sharpcomp.train import checkpoint_rows, evaluate, make_loss  # noqa: E402
+from sharpcomp.train import evaluate, make_loss  # noqa: E402
 
 LRS = (0.05, 0.1, 0.2)
 SEEDS = (0, 1, 2, 3, 4)
@@ -140,25 +144,39 @@ def bench_training(name, data, device, steps, rounds, impls, compile):
     return out
 
 
-def bench_checkpoint(name, data, device, n_eval, metrics_n, impl):
+def bench_checkpoint(name, data, device, n_eval, metrics_n, impl, repeats):
     """One checkpoint of the 15-member ensemble: whole-set evaluation (vectorised vs one by one) on
-    n_eval train + n_eval test images, and the per-member sample-set metrics (metrics.n = metrics_n)."""
+    n_eval train + n_eval test images, and the sample-set metrics on metrics_n training samples per
+    member (stacked vs member by member; median of ``repeats``, interleaved)."""
     runs = [(lr, s) for lr in LRS for s in SEEDS]
     models = [build_model(name, 10, input_shape=data.input_shape, seed=s).to(device).eval() for _, s in runs]
     net = StackedSGD(models, [lr for lr, _ in runs], "mse", impl=impl)
     xs = [(data.train_x[:n_eval], data.train_y[:n_eval]), (data.test_x[:n_eval], data.test_y[:n_eval])]
     w_vec, _ = timed(lambda: [evaluate_stacked(net, x, y, "mse") for x, y in xs], device)
     w_seq, _ = timed(lambda: [evaluate(m, x, y, "mse") for m in models for x, y in xs], device)
-    cfg = {"seed": 0, "metrics": {"n": metrics_n, "sample_sets": ["train"]}}
-    idx = torch.arange(metrics_n, device=device)
-    loss_fn = make_loss("mse", 10)
-    w_met, _ = timed(lambda: [checkpoint_rows(m, cfg, data, idx, "mse", loss_fn, {}, None, 0) for m in models],
-                     device)
+    samples = [data.train_x[j * metrics_n:(j + 1) * metrics_n] for j in range(len(models))]
+    out = {}
+
+    def members():
+        out["members"] = [compute_metrics(m, x) for m, x in zip(models, samples)]
+
+    def stacked():
+        out["stacked"] = compute_metrics_stacked(models, samples)
+
+    stacked()  # warm-up
+    t_mem, t_st = [], []
+    for _ in range(repeats):
+        t_mem.append(timed(members, device)[0])
+        t_st.append(timed(stacked, device)[0])
+    w_mem, w_st = statistics.median(t_mem), statistics.median(t_st)
+    agree = max(abs(a["sharpness"] - b["sharpness"]) / abs(a["sharpness"])
+                for a, b in zip(out["members"], out["stacked"]))
     scale = (len(data.train_x) + len(data.test_x)) / (2 * n_eval)
     eval_full = w_vec * scale
     return {"eval_vectorised_s": w_vec, "eval_member_by_member_s": w_seq, "eval_speedup": w_seq / w_vec,
-            "eval_full_sets_estimate_s": eval_full, "metrics_per_member_s": w_met / len(models),
-            "metrics_all_members_s": w_met, "metrics_share_of_checkpoint": w_met / (w_met + eval_full)}
+            "eval_full_sets_estimate_s": eval_full, "metrics_member_by_member_s": w_mem, "metrics_stacked_s": w_st,
+            "metrics_speedup": w_mem / w_st, "metrics_max_rel_diff_S": agree,
+            "metrics_share_of_checkpoint": w_st / (w_st + eval_full)}
 
 
 def main(argv=None):
@@ -196,12 +214,14 @@ def main(argv=None):
         if not args.no_checkpoint:
             n_eval = 200 if args.quick else 1000
             ck = bench_checkpoint(name, data, device, n_eval, 20 if args.quick else 100,
-                                  impls[0] if impls else "auto")
+                                  impls[0] if impls else "auto", 1 if args.quick else 3)
             print(f"  checkpoint of 15 members: whole-set eval on {n_eval}+{n_eval} images "
                   f"{ck['eval_vectorised_s']:.2f} s vectorised vs {ck['eval_member_by_member_s']:.2f} s one by one "
-                  f"({ck['eval_speedup']:.2f}x); full sets ~{ck['eval_full_sets_estimate_s']:.1f} s; "
-                  f"per-member metrics {ck['metrics_per_member_s']:.2f} s each, {ck['metrics_all_members_s']:.1f} s "
-                  f"all = {100 * ck['metrics_share_of_checkpoint']:.0f}% of a checkpoint", flush=True)
+                  f"({ck['eval_speedup']:.2f}x); full sets ~{ck['eval_full_sets_estimate_s']:.1f} s\n"
+                  f"  sample-set metrics, 15 members: {ck['metrics_stacked_s']:.2f} s stacked vs "
+                  f"{ck['metrics_member_by_member_s']:.2f} s member by member ({ck['metrics_speedup']:.2f}x; S agrees "
+                  f"to {ck['metrics_max_rel_diff_S']:.1e}); {100 * ck['metrics_share_of_checkpoint']:.0f}% of a "
+                  f"checkpoint", flush=True)
             results[name]["checkpoint"] = ck
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

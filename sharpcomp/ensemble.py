@@ -22,10 +22,11 @@ own minibatch in one call. Each member keeps exactly what it would have as a sep
 
 Checkpoints: the training loop never waits for the device: minibatch indices are gathered on the
 device, running losses are summed there, and the host reads them only at a checkpoint. There, the
-whole-set evaluations (train and test loss and accuracy) are one ``vmap`` over members too; the
-sample-set metrics (``metrics.compute_metrics``: forward hooks and per-output backward passes, which
-do not compose with ``vmap``) run member by member on a materialised copy of each member's network.
-Their share of the time is measured by ``scripts/bench_ensemble.py``.
+whole-set evaluations (train and test loss and accuracy) are one stacked forward pass over members
+too, and so are the sample-set metrics (:mod:`sharpcomp.metrics_stacked`: one forward and N backward
+passes of the stacked network for all members instead of per member; the results equal
+``metrics.compute_metrics`` member by member). ``scripts/bench_ensemble.py`` measures both against
+the member-by-member way, and their share of a checkpoint.
 
 Divergence: at a checkpoint, a member whose running loss (or whole-set train loss) is not finite is
 recorded ``diverged`` exactly as ``train`` records it, dropped from the stack, and the others go on.
@@ -73,10 +74,12 @@ from .train import (
     checkpoint_rows,
     load_checkpoint,
     make_loss,
+    metric_options,
     per_sample_loss,
     prepare_runtime,
     record_identity,
     run_identity,
+    sample_set,
     validate_config,
 )
 
@@ -317,6 +320,27 @@ def evaluate_stacked(net: StackedSGD, x: torch.Tensor, y: torch.Tensor, loss: st
     return [(mean_loss[j], acc[j], correct[j]) for j in range(k)]
 
 
+def stacked_sample_metrics(models: Sequence[nn.Module], cfg: Mapping, data: Dataset,
+                           sample_idx: Sequence[torch.Tensor],
+                           test_correct: Sequence[torch.Tensor | None]) -> list[dict[str, dict]]:
+    """The metrics of every member on each of its sample sets, by sample set, for
+    ``train.checkpoint_rows(..., metrics=...)``: one :func:`metrics_stacked.compute_metrics_stacked`
+    call per sample set for all members (members with an empty set are left out of it)."""
+    from .metrics_stacked import compute_metrics_stacked
+
+    mcfg = cfg.get("metrics", {})
+    n = int(mcfg.get("n", 100))
+    out: list[dict[str, dict]] = [{} for _ in models]
+    for name in mcfg.get("sample_sets", ["train"]):
+        xs = [sample_set(name, data, idx, n, correct)[0] for idx, correct in zip(sample_idx, test_correct)]
+        have = [j for j, x in enumerate(xs) if len(x)]
+        if have:
+            results = compute_metrics_stacked([models[j] for j in have], [xs[j] for j in have], **metric_options(cfg))
+            for j, res in zip(have, results):
+                out[j][name] = res
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # members
 
@@ -494,16 +518,24 @@ def _train_lockstep(members: list[_Member], data: Dataset, device: torch.device,
             run_loss = run_losses[j]
             if (it > 0 and not math.isfinite(run_loss)) or (whole and not math.isfinite(evals[j][0][0])):
                 record_diverged(m, j, it)
-                continue
-            row = {"iteration": it, "epoch": it / spe, "train_loss_running": run_loss}
-            test_correct = None
+            else:
+                keep.append(j)
+        models = [net.load_into(j, active[j].model).eval() for j in keep]
+        test_correct = [evals[j][1][2] if whole else None for j in keep]
+        m0 = time.perf_counter()
+        if "misclassified" in cfg0.get("metrics", {}).get("sample_sets", ["train"]) and not whole:
+            every = evaluate_stacked(net, data.test_x, data.test_y, loss_name)
+            test_correct = [every[j][2] for j in keep]
+        metrics = stacked_sample_metrics(models, cfg0, data, [active[j].sample_idx for j in keep], test_correct)
+        timing["metrics"] += time.perf_counter() - m0
+        for j, model, correct, precomputed in zip(keep, models, test_correct, metrics):
+            m = active[j]
+            row = {"iteration": it, "epoch": it / spe, "train_loss_running": run_losses[j]}
             if whole:
-                (row["train_loss"], row["train_acc"], _), (row["test_loss"], row["test_acc"], test_correct) = evals[j]
-            model = net.load_into(j, m.model)
-            model.eval()
+                (row["train_loss"], row["train_acc"], _), (row["test_loss"], row["test_acc"], _) = evals[j]
             m0 = time.perf_counter()
-            rows = checkpoint_rows(model, m.cfg, data, m.sample_idx, loss_name, m.loss_fn, row, test_correct, it,
-                                   with_flatness=k_ckpt % flatness_every == 0 or it == steps)
+            rows = checkpoint_rows(model, m.cfg, data, m.sample_idx, loss_name, m.loss_fn, row, correct, it,
+                                   with_flatness=k_ckpt % flatness_every == 0 or it == steps, metrics=precomputed)
             timing["metrics"] += time.perf_counter() - m0
             model.train()
             for r in rows:
@@ -520,7 +552,6 @@ def _train_lockstep(members: list[_Member], data: Dataset, device: torch.device,
             m.checkpoints += 1
             if status == "finished":
                 m.result = finish(m, "finished", it)
-            keep.append(j)
         if len(keep) != len(active):
             if keep:
                 net.keep(keep)

@@ -163,7 +163,8 @@ def _chunk(plan, modules: dict[str, nn.Module], params: dict, x: Tensor, layer: 
     kk, n = x.shape[:2]
     x = x.detach().requires_grad_()
     layers: list[tuple[str, Tensor, Tensor]] = []  # (name, input, output) of the parametrised layers
-    f = stacked_forward(plan, params, x, kk, record=lambda name, a, h: layers.append((name, a, h)), stop=layer)
+    f = stacked_forward(plan, params, x, kk, record=lambda name, a, h: layers.append((name, a, h)), stop=layer,
+                        channels_last=False)
     f = f.reshape(kk, n, -1)
     num_out = f.shape[2]
     kinds = {name: kind for kind, name, _ in plan}

@@ -480,34 +480,46 @@ def _summary(bar, rows: list[dict], steps: int) -> None:
     sys.stdout.flush()  # summaries reach logs (SLURM, pipes) as they happen
 
 
+def metric_options(cfg: Mapping) -> dict:
+    """``compute_metrics`` keyword arguments from the ``metrics`` config."""
+    mcfg = cfg.get("metrics", {})
+    return {"layer": mcfg.get("layer"), "log_volume_rank": mcfg.get("log_volume_rank"),
+            "chunk_size": mcfg.get("chunk_size"),
+            "dtype": torch.float64 if mcfg.get("dtype", "float32") == "float64" else torch.float32}
+
+
+def sample_set(name: str, data: Dataset, sample_idx: torch.Tensor, n: int,
+               test_correct: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and labels of one sample set: ``train`` (the run's fixed training samples), ``test``
+    (the first n test samples) or ``misclassified`` (the first n misclassified test samples)."""
+    if name == "train":
+        return data.train_x[sample_idx], data.train_y[sample_idx]
+    if name == "test":
+        return data.test_x[:n], data.test_y[:n]
+    wrong = torch.nonzero(~test_correct).flatten()[:n]
+    return data.test_x[wrong], data.test_y[wrong]
+
+
 def checkpoint_rows(model: nn.Module, cfg: Mapping, data: Dataset, sample_idx: torch.Tensor, loss_name: str,
                     loss_fn: Callable, base: dict, test_correct: torch.Tensor | None, iteration: int,
-                    with_flatness: bool = True) -> list[dict]:
+                    with_flatness: bool = True, metrics: Mapping[str, dict] | None = None) -> list[dict]:
     """The rows of one checkpoint: ``base`` (whole-set columns) joined with the metrics of each
-    sample set (and the optional flatness measures on the train row). The model is in eval mode."""
+    sample set (and the optional flatness measures on the train row). The model is in eval mode.
+    ``metrics``: ``compute_metrics`` results already computed, by sample set (an ensemble's)."""
     from .metrics import compute_metrics
 
     mcfg = cfg.get("metrics", {})
     n = int(mcfg.get("n", 100))
-    opts = {"layer": mcfg.get("layer"), "log_volume_rank": mcfg.get("log_volume_rank"),
-            "chunk_size": mcfg.get("chunk_size"),
-            "dtype": torch.float64 if mcfg.get("dtype", "float32") == "float64" else torch.float32}
     rows = []
     for name in mcfg.get("sample_sets", ["train"]):
-        if name == "train":
-            x, y = data.train_x[sample_idx], data.train_y[sample_idx]
-        elif name == "test":
-            x, y = data.test_x[:n], data.test_y[:n]
-        else:
-            if test_correct is None:
-                _, _, test_correct = evaluate(model, data.test_x, data.test_y, loss_name)
-            wrong = torch.nonzero(~test_correct).flatten()[:n]
-            x, y = data.test_x[wrong], data.test_y[wrong]
+        if name == "misclassified" and test_correct is None:
+            _, _, test_correct = evaluate(model, data.test_x, data.test_y, loss_name)
+        x, y = sample_set(name, data, sample_idx, n, test_correct)
         row = {**base, "sample_set": name, "n_samples": len(x)}
         if len(x):
             with torch.no_grad():
                 row["sample_loss"] = float(per_sample_loss(loss_name, model(x), y).mean())
-            res = compute_metrics(model, x, **opts)
+            res = metrics[name] if metrics is not None else compute_metrics(model, x, **metric_options(cfg))
             row.update({k: v for k, v in res.items() if k != "per_sample"})
         if name == "train" and with_flatness and any(v is not None for v in (mcfg.get("flatness") or {}).values()):
             from .flatness import extra_metrics

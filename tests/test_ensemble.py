@@ -74,6 +74,29 @@ def test_ensemble_gives_the_records_and_checkpoints_of_separate_runs(cfgs, refs,
                for t in state["model_state"].values())  # a copy, not a view of the whole stack
 
 
+def test_sparse_evaluation_and_stacked_metrics_match_separate_runs(data_dir, cache_dir, fmnist_small, tmp_path,
+                                                                   monkeypatch):
+    """eval_every=2: the misclassified set of a checkpoint without whole-set evaluation comes from a
+    stacked test-set evaluation. The checkpoint metrics are the stacked ones (never member by member)."""
+    import sharpcomp.metrics_stacked as stacked
+
+    cfgs = [_cfg(data_dir, cache_dir, lr, seed, ["eval_every=2"]) for lr, seed in MEMBERS]
+    for i, cfg in enumerate(cfgs):
+        cfg.metrics.sample_sets = ["train", "test", "misclassified"]
+        train(cfg, tmp_path / f"run{i}", data=fmnist_small)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the ensemble fell back to member-by-member metrics")
+
+    monkeypatch.setattr(stacked, "compute_metrics", refuse)
+    dirs = [tmp_path / f"m{i}" for i in range(3)]
+    train_ensemble(cfgs, dirs, data=fmnist_small)
+    for i, d in enumerate(dirs):
+        ref, got = read_metrics(tmp_path / f"run{i}"), read_metrics(d)
+        assert set(ref.sample_set) == {"train", "test", "misclassified"} and ref.train_acc.isna().any()
+        assert_same_records(ref, got)
+
+
 def test_vectorised_evaluation_matches_evaluate(cfgs, fmnist_small):
     from sharpcomp.models import build_model
 
