@@ -61,9 +61,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import Dataset, epoch_permutation, steps_per_epoch, train_sample_indices
+from .models import samples_per_chunk
 from .records import RunRecorder
 from .train import (
-    EVAL_CHUNK,
     ConfigError,
     RunResult,
     _build,
@@ -72,6 +72,7 @@ from .train import (
     _save_checkpoint,
     check_writable,
     checkpoint_rows,
+    eval_layout,
     load_checkpoint,
     make_loss,
     metric_options,
@@ -306,10 +307,10 @@ def evaluate_stacked(net: StackedSGD, x: torch.Tensor, y: torch.Tensor, loss: st
                      chunk: int | None = None) -> list[tuple[float, float, torch.Tensor]]:
     """``train.evaluate`` for every member at once: [(mean loss, accuracy, per-sample correctness)]."""
     k = net.k
-    chunk = chunk or max(1, EVAL_CHUNK // k)
+    chunk = chunk or samples_per_chunk(net.base, x[:1].to("meta"), k, device=x.device)
     losses, correct = [], []
     for i in range(0, len(x), chunk):
-        out = net.forward(x[i:i + chunk])  # (k, c, N)
+        out = net.forward(eval_layout(x[i:i + chunk]))  # (k, c, N)
         yc = y[i:i + chunk]
         c = len(yc)
         losses.append(per_sample_loss(loss, out.reshape(k * c, -1), yc.repeat(k)).reshape(k, c))

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from ._ensemble_ops import make_plan, stacked_forward
 from ._metrics_layers import _conv_patches, _PositionsRule
 from .metrics import METRIC_NAMES, _spectral_values, bounds, compute_metrics, conv_first_reason
+from .models import samples_per_chunk
 
 
 def stacked_supported(models: Sequence[nn.Module], layer: str | None = None) -> str | None:
@@ -73,7 +74,7 @@ def compute_metrics_stacked(models: Sequence[nn.Module], inputs: Sequence[Tensor
         inputs: K sample sets, (n_j, ...) each, n_j >= 1.
         layer, log_volume_rank, dtype, per_sample: as in ``compute_metrics``.
         chunk_size: at most this many samples per member per forward pass; results do not depend on
-            it. Default: from the size of the stacked activations (``CHUNK_ELEMENTS``).
+            it. Default: from the size of the stacked activations (``models.samples_per_chunk``).
 
     Returns:
         one ``compute_metrics`` dict per member.
@@ -101,7 +102,10 @@ def compute_metrics_stacked(models: Sequence[nn.Module], inputs: Sequence[Tensor
     n = max(sizes)
     # (K, n, ...): member j's samples, padded by repeating them
     x = torch.stack([xj.detach().to(device=device, dtype=dtype)[torch.arange(n) % len(xj)] for xj in inputs])
-    step = _auto_chunk(models[0], x[0, :1], len(models)) if chunk_size is None else int(chunk_size)
+    if chunk_size is None:
+        step = samples_per_chunk(models[0], x[0, :1].to(next(models[0].parameters()).dtype), len(models))
+    else:
+        step = int(chunk_size)
     if step < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     modules = dict(models[0].named_children())
@@ -119,28 +123,6 @@ def compute_metrics_stacked(models: Sequence[nn.Module], inputs: Sequence[Tensor
             res["per_sample"] = pj
         out.append(res)
     return out
-
-
-# Default chunk: at most this many elements in the largest activation of the stacked network. On a
-# CPU the backward passes are memory-bound (ReLU and max-pool backward, layout copies), and a chunk
-# whose activations stay near the cache is faster than the whole set (vgg10, 15 members: 14-25
-# samples per chunk beat 100 by ~1.4x at 2 threads); a GPU wants large operations.
-CHUNK_ELEMENTS = {"cpu": 2**22, "cuda": 2**28}
-
-
-def _auto_chunk(model: nn.Module, x1: Tensor, k: int) -> int:
-    """Samples per chunk so that the largest activation of the k stacked members stays within
-    ``CHUNK_ELEMENTS`` for the device (one sample's forward pass measures it)."""
-    sizes = []
-    hooks = [m.register_forward_hook(lambda mod, a, out: sizes.append(out.numel())) for m in model.children()]
-    try:
-        with torch.no_grad():
-            model(x1.to(next(model.parameters()).dtype))
-    finally:
-        for h in hooks:
-            h.remove()
-    budget = CHUNK_ELEMENTS.get(x1.device.type, CHUNK_ELEMENTS["cuda"])
-    return max(1, budget // (k * max(sizes + [x1.numel()])))
 
 
 def _stops_at_relu_or_pool(model: nn.Sequential, layer: str | None) -> bool:

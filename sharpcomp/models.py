@@ -88,3 +88,30 @@ def build_model(name: str, num_outputs: int = 10, width: float = 1.0, input_shap
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# Elements of a network's largest activation per forward pass that a chunk of samples may reach (all
+# members of an ensemble together). On a CPU, passes whose activations stay near the cache are faster
+# (2 threads: vgg10 evaluation 2x, 15 stacked members' evaluation 3x and metrics 1.4x faster than in
+# chunks of 2,000 or of all samples); a GPU wants large operations.
+ACTIVATION_BUDGET = {"cpu": 2**22, "cuda": 2**28}
+
+
+def samples_per_chunk(model: nn.Module, sample: torch.Tensor, members: int = 1,
+                      device: torch.device | None = None) -> int:
+    """Samples per forward pass so that ``members`` stacked copies of ``model`` keep their largest
+    activation within ``ACTIVATION_BUDGET`` of ``device`` (default: the sample's); ``sample``: one
+    input (1, ...) on the model's device (``meta`` works)."""
+    sizes = [sample.numel()]
+    leaves = [m for m in model.modules() if next(m.children(), None) is None]
+    hooks = [m.register_forward_hook(lambda mod, a, out: sizes.append(out.numel() if torch.is_tensor(out) else 0))
+             for m in leaves]
+    try:
+        with torch.no_grad():
+            model(sample)
+    finally:
+        for h in hooks:
+            h.remove()
+    budget = ACTIVATION_BUDGET.get((device or sample.device).type, ACTIVATION_BUDGET["cuda"])
+    return max(1, budget // (members * max(sizes)))
+

@@ -33,13 +33,15 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .data import Dataset, epoch_permutation, load_dataset, steps_per_epoch, train_sample_indices
-from .models import MODEL_NAMES, build_model
+from .models import MODEL_NAMES, build_model, samples_per_chunk
 from .records import RunRecorder, atomic_write_bytes
 
 CHECKPOINT_FILE = "checkpoint.pt"
 LOSSES = ("mse", "ce")
 OPTIMS = ("sgd", "sam")
-EVAL_CHUNK = 2000
+def eval_layout(x: torch.Tensor) -> torch.Tensor:
+    """Images in channels-last layout on a CPU (oneDNN's faster convolution and pooling there; same values)."""
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 and x.device.type == "cpu" else x
 
 
 class ConfigError(ValueError):
@@ -182,10 +184,11 @@ def per_sample_loss(name: str, out: torch.Tensor, y: torch.Tensor) -> torch.Tens
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str) -> tuple[float, float, torch.Tensor]:
     """(mean loss, accuracy, per-sample correctness) over a whole set, in chunks."""
     losses, correct = [], []
-    for i in range(0, len(x), EVAL_CHUNK):
-        out = model(x[i:i + EVAL_CHUNK])
-        losses.append(per_sample_loss(loss, out, y[i:i + EVAL_CHUNK]))
-        correct.append(out.argmax(dim=1) == y[i:i + EVAL_CHUNK])
+    chunk = samples_per_chunk(model, x[:1])
+    for i in range(0, len(x), chunk):
+        out = model(eval_layout(x[i:i + chunk]))
+        losses.append(per_sample_loss(loss, out, y[i:i + chunk]))
+        correct.append(out.argmax(dim=1) == y[i:i + chunk])
     losses, correct = torch.cat(losses), torch.cat(correct)
     return float(losses.mean()), float(correct.float().mean()), correct
 

@@ -13,10 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from sharpcomp import metrics_stacked
 from sharpcomp.metrics import METRIC_NAMES, compute_metrics
 from sharpcomp.metrics_stacked import compute_metrics_stacked, stacked_supported
-from sharpcomp.models import build_model
+from sharpcomp.models import ACTIVATION_BUDGET, build_model, samples_per_chunk
 from tests.reference import reference_metrics
 
 PER_SAMPLE = ("sharpness", "G", "log_volume", "mls", "local_dim", "grad_W_norm", "x_norm")
@@ -96,9 +95,9 @@ def test_float32_and_chunks(name, monkeypatch):
     xs = sample_sets(name, sizes=(6, 6, 1, 4))
     whole = compute_metrics_stacked(models, xs)
     chunked = compute_metrics_stacked(models, xs, chunk_size=4)
-    assert metrics_stacked._auto_chunk(models[0], xs[0][:1], 4) >= 6  # the default here: one chunk
-    monkeypatch.setitem(metrics_stacked.CHUNK_ELEMENTS, "cpu", 1)  # the default on a large network: 1 sample
-    assert metrics_stacked._auto_chunk(models[0], xs[0][:1], 4) == 1
+    assert samples_per_chunk(models[0], xs[0][:1], 4) >= 6  # the default here: one chunk
+    monkeypatch.setitem(ACTIVATION_BUDGET, "cpu", 1)  # the default on a large network: 1 sample
+    assert samples_per_chunk(models[0], xs[0][:1], 4) == 1
     auto = compute_metrics_stacked(models, xs)
     for a, b, c, m, x in zip(whole, chunked, auto, models, xs):
         want = compute_metrics(m, x, dtype=torch.float64)

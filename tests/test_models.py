@@ -61,3 +61,17 @@ def test_bad_model_arguments():
         build_model("resnet")
     with pytest.raises(ValueError, match="width"):
         build_model("mlp4", width=0)
+
+
+def test_samples_per_chunk_follows_the_largest_activation():
+    from sharpcomp.models import ACTIVATION_BUDGET, samples_per_chunk
+
+    vgg, mlp = build_model("vgg10", 10, seed=0), build_model("mlp4", 10, seed=0)
+    budget = ACTIVATION_BUDGET["cpu"]
+    # vgg10: conv1's output, 16 x 34 x 34 per sample (padding 2); mlp4: the 784-pixel input
+    assert samples_per_chunk(vgg, torch.rand(1, 3, 32, 32)) == budget // (16 * 34 * 34)
+    assert samples_per_chunk(vgg, torch.rand(1, 3, 32, 32), members=15) == budget // (15 * 16 * 34 * 34)
+    assert samples_per_chunk(mlp, torch.rand(1, 1, 28, 28)) == budget // 784
+    assert samples_per_chunk(vgg, torch.rand(1, 3, 32, 32), members=10**9) == 1
+    meta = samples_per_chunk(vgg.to("meta"), torch.rand(1, 3, 32, 32, device="meta"), 3, device=torch.device("cpu"))
+    assert meta == budget // (3 * 16 * 34 * 34)
