@@ -39,6 +39,8 @@ from .records import RunRecorder, atomic_write_bytes
 CHECKPOINT_FILE = "checkpoint.pt"
 LOSSES = ("mse", "ce")
 OPTIMS = ("sgd", "sam")
+
+
 def eval_layout(x: torch.Tensor) -> torch.Tensor:
     """Images in channels-last layout on a CPU (oneDNN's faster convolution and pooling there; same values)."""
     return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 and x.device.type == "cpu" else x
