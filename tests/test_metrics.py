@@ -21,13 +21,7 @@ SPECTRAL = ("G", "log_volume", "mls", "local_dim")
 BOUNDS = ("bound_b", "bound_c", "bound_d")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: intra-op threads only add synchronisation (much of it on a shared CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: conftest's one-thread fixture
 
 
 def mlp(seed=0, d_in=12, width=32, n_out=5, inplace=False):

@@ -21,12 +21,7 @@ from tests.reference import reference_metrics
 PER_SAMPLE = ("sharpness", "G", "log_volume", "mls", "local_dim", "grad_W_norm", "x_norm")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: conftest's one-thread fixture
 
 
 def small(name: str, seed: int) -> nn.Sequential:
