@@ -387,18 +387,7 @@ def _candidates(ctx: _Context, spec: FigureSpec, need_sets=("train",)) -> pd.Dat
 
 def _variants(sel: pd.DataFrame, fig_id: str) -> list[tuple[str, pd.DataFrame]]:
     """Split runs into experiments that differ in VARIANT_COLUMNS; name each figure."""
-    if sel.empty:
-        return []
-    keys = sel.apply(variant_key, axis=1)
-    distinct = list(dict.fromkeys(keys.tolist()))
-    if len(distinct) == 1:
-        return [(fig_id, sel)]
-    differ = [i for i in range(len(VARIANT_COLUMNS)) if len({k[i] for k in distinct}) > 1]
-    out = []
-    for k in sorted(distinct):
-        suffix = "-".join(f"{VARIANT_COLUMNS[i]}-{k[i]}" for i in differ)
-        out.append((f"{fig_id}-{re.sub(r'[^A-Za-z0-9_.=-]+', '_', suffix).strip('_')}", sel[keys == k]))
-    return out
+    return _split(sel, fig_id, VARIANT_COLUMNS, by_value=())
 
 
 def _status_notes(ctx: _Context, name: str, runs: pd.DataFrame, drawn: bool = True) -> None:
@@ -594,19 +583,20 @@ def _train_runs(ctx: _Context) -> pd.DataFrame:
     return info[info["sample_sets"].apply(lambda s: "train" in s).astype(bool)]
 
 
-def _split(sel: pd.DataFrame, fig_id: str, fields: Sequence[str]) -> list[tuple[str, pd.DataFrame]]:
+def _split(sel: pd.DataFrame, fig_id: str, fields: Sequence[str],
+           by_value: Sequence[str] = ("data", "model")) -> list[tuple[str, pd.DataFrame]]:
     """Split runs by ``fields``; one figure per distinct value, named by the fields that differ
-    (data and model by their value, others as ``field-value``)."""
+    (those in ``by_value`` by their value, others as ``field-value``; a missing field reads "?")."""
     if sel.empty:
         return []
-    keys = sel.apply(lambda r: tuple(variant_value(c, r[c]) for c in fields), axis=1)
+    keys = sel.apply(lambda r: tuple(variant_value(c, r[c]) if c in r else "?" for c in fields), axis=1)
     distinct = list(dict.fromkeys(keys.tolist()))
     if len(distinct) == 1:
         return [(fig_id, sel)]
     differ = [i for i in range(len(fields)) if len({k[i] for k in distinct}) > 1]
     out = []
     for k in sorted(distinct):
-        suffix = "-".join(k[i] if fields[i] in ("data", "model") else f"{fields[i]}-{k[i]}" for i in differ)
+        suffix = "-".join(k[i] if fields[i] in by_value else f"{fields[i]}-{k[i]}" for i in differ)
         out.append((f"{fig_id}-{re.sub(r'[^A-Za-z0-9_.=-]+', '_', suffix).strip('_')}", sel[keys == k]))
     return out
 
