@@ -44,8 +44,10 @@ from .metrics import METRIC_NAMES, _spectral_values, bounds, compute_metrics, co
 from .models import samples_per_chunk
 
 
-def stacked_supported(models: Sequence[nn.Module], layer: str | None = None) -> str | None:
-    """None when :func:`compute_metrics_stacked` vectorises these models, else why it does not."""
+def stacked_supported(models: Sequence[nn.Module], layer: str | None = None,
+                      inputs: Tensor | None = None) -> str | None:
+    """None when :func:`compute_metrics_stacked` vectorises these models (on samples shaped like
+    ``inputs``, when given), else why it does not."""
     plan = make_plan(models[0], reorder=False)
     if plan is None:
         return "not an nn.Sequential of Conv2d / Linear / ReLU / MaxPool2d / Flatten"
@@ -59,8 +61,14 @@ def stacked_supported(models: Sequence[nn.Module], layer: str | None = None) -> 
     if layer not in (None, "") and layer not in names:
         return f"layer {layer!r} is not a child of the Sequential"
     upto = plan if layer in (None, "") else plan[:names.index(layer) + 1]
-    if not any(kind in ("conv", "linear") for kind, _, _ in upto):
+    first = next((i for i, (kind, _, _) in enumerate(upto) if kind in ("conv", "linear")), None)
+    if first is None:
         return "the representation does not depend on any parametrised layer"
+    # a Linear first layer must see the raw flattened sample (Eq. 28): only Flatten before it, or 1-d samples
+    before = [kind for kind, _, _ in plan[:first]]
+    if plan[first][0] == "linear" and inputs is not None and not (
+            all(kind == "flatten" for kind in before) and (before or inputs.dim() == 2)):
+        return "a Linear first layer that does not act on the raw flattened input"
     return None
 
 
@@ -87,14 +95,12 @@ def compute_metrics_stacked(models: Sequence[nn.Module], inputs: Sequence[Tensor
         raise ValueError(f"log_volume_rank must be >= 1, got {log_volume_rank}")
     opts = dict(layer=layer, log_volume_rank=log_volume_rank, dtype=dtype, chunk_size=chunk_size,
                 per_sample=per_sample)
-    if len(models) == 1 or stacked_supported(models, layer) is not None:
+    if len(models) == 1 or stacked_supported(models, layer, inputs[0]) is not None:
         return [compute_metrics(m, x, **opts) for m, x in zip(models, inputs)]
 
     plan = make_plan(models[0], reorder=not _stops_at_relu_or_pool(models[0], layer))
     first_kind, first_name = next((kind, name) for kind, name, _ in plan if kind in ("conv", "linear"))
     reason = conv_first_reason(first_name) if first_kind == "conv" else None
-    if reason is None and not _acts_on_raw_input(plan, first_name, inputs[0]):
-        return [compute_metrics(m, x, **opts) for m, x in zip(models, inputs)]  # compute_metrics says why
     device = next(models[0].parameters()).device
     params = {name: torch.stack([dict(m.named_parameters())[name].detach() for m in models]).to(dtype)
               for name, _ in models[0].named_parameters()}
@@ -130,12 +136,6 @@ def _stops_at_relu_or_pool(model: nn.Sequential, layer: str | None) -> bool:
     ReLU, :func:`make_plan`) forms neither ReLU-then-pool's intermediate nor pool-then-ReLU's."""
     module = dict(model.named_children()).get(layer) if layer else None
     return isinstance(module, (nn.ReLU, nn.MaxPool2d))
-
-
-def _acts_on_raw_input(plan, first_name: str, x: Tensor) -> bool:
-    """A Linear first layer sees the raw flattened sample: only Flatten before it, or 1-d samples."""
-    before = [kind for kind, name, _ in plan[:[name for _, name, _ in plan].index(first_name)]]
-    return all(kind == "flatten" for kind in before) and (bool(before) or x.dim() == 2)
 
 
 def _chunk(plan, modules: dict[str, nn.Module], params: dict, x: Tensor, layer: str | None, rank: int | None,

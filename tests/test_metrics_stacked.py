@@ -151,6 +151,8 @@ def test_fallback_for_other_networks():
     nets = [nn.Sequential(OrderedDict(fc1=nn.Linear(5, 3), relu=nn.ReLU(), fc2=nn.Linear(3, 2))).eval()
             for _ in range(2)]
     xs = [torch.rand(2, 4, 5), torch.rand(2, 4, 5)]
+    assert "raw flattened input" in stacked_supported(nets, inputs=xs[0])
+    assert stacked_supported(nets, inputs=torch.rand(2, 5)) is None
     for res, m, x in zip(compute_metrics_stacked(nets, xs, dtype=torch.float64), nets, xs):
         want = compute_metrics(m, x, dtype=torch.float64)
         assert_same(res, want, 0)
