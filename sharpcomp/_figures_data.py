@@ -37,7 +37,7 @@ SETTING_COLUMNS = ("data", "model", "lr", "batch", "seed")
 # width, outputs, optim and data_source, and any identity column records.py adds later. With
 # SETTING_COLUMNS they define duplicates (the same run found twice).
 VARIANT_COLUMNS = tuple(
-    c for c in IDENTITY_COLUMNS if c not in SETTING_COLUMNS + ("run_id", "device", "versions", "status")
+    c for c in IDENTITY_COLUMNS if c not in SETTING_COLUMNS + ("run_id", "device", "versions", "settings", "status")
 )
 # Columns that are per run or per row bookkeeping, never a quantity to average.
 NOT_QUANTITIES = set(IDENTITY_COLUMNS) | {RUN, "iteration", "sample_set", "bounds_reason", "n_samples"}

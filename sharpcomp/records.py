@@ -26,7 +26,7 @@ STATUSES = ("running", "finished", "diverged", "failed")
 # Identity of a run: constant over its rows.
 IDENTITY_COLUMNS = (
     "run_id", "data", "model", "lr", "batch", "seed", "loss", "width", "outputs", "optim", "scale",
-    "data_source", "device", "versions", "status",
+    "data_source", "device", "versions", "settings", "status",
 )
 # Per-checkpoint bookkeeping and whole-set evaluations.
 CHECKPOINT_COLUMNS = (

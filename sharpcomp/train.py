@@ -277,6 +277,8 @@ def record_identity(cfg: Mapping, run_id: str, data: Dataset, device: torch.devi
         "width": float(cfg["model"].get("width", 1.0)), "outputs": _num_outputs(cfg, data),
         "optim": cfg.get("optim", {}).get("name", "sgd"), "scale": cfg.get("scale_name", "custom"),
         "data_source": data.source, "device": str(device), "versions": package_versions(),
+        # every setting that defines the trajectory (any swept key), as JSON: figures group by any of them
+        "settings": json.dumps(run_identity(cfg)["settings"], sort_keys=True, default=str),
     }
 
 
