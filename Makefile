@@ -28,6 +28,11 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev,bench]'
+	@# An editable install cannot list Hydra's plugin namespace (a wheel can): expose the launcher's
+	@# folder as hydra_plugins/sharpcomp_ensemble on a path entry of this venv (a link into the checkout).
+	mkdir -p $(VENV)/sharpcomp-plugin/hydra_plugins
+	ln -sfn $(CURDIR)/sharpcomp/hydra_plugin $(VENV)/sharpcomp-plugin/hydra_plugins/sharpcomp_ensemble
+	echo $(abspath $(VENV))/sharpcomp-plugin > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/sharpcomp-plugin.pth"
 	touch $(STAMP)
 
 DEMO_RUN := outputs/runs/cifar10_2class-vgg10/scale=demo

@@ -10,8 +10,8 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import shutil
 import sys
-import traceback
 from importlib import resources
 from pathlib import Path
 
@@ -24,9 +24,23 @@ EXIT_USAGE = 2
 # Hydra's flags for looking at the composed config (e.g. `sharpcomp train --cfg job`)
 HYDRA_INSPECT_FLAGS = ("--cfg", "-c", "--package", "-p", "--info", "-i", "--resolve")
 
-# Run folder name from Hydra's override_dirname ("default" for a run without overrides).
-OmegaConf.register_new_resolver("sc_run_name", lambda s: s.replace("/", "_") if s else "default",
-                                replace=True)
+NAME_MAX = 200  # bytes of a run folder's name (file systems allow 255); longer names get a digest
+
+
+def run_name(overrides: str) -> str:
+    """A run folder's name from Hydra's override_dirname ("default" without overrides); a name over
+    ``NAME_MAX`` bytes is cut and ends in a digest of the whole (the full overrides stay in .hydra/)."""
+    import hashlib
+
+    name = overrides.replace("/", "_") if overrides else "default"
+    raw = name.encode()
+    if len(raw) <= NAME_MAX:
+        return name
+    digest = hashlib.sha1(raw).hexdigest()[:12]
+    return raw[:NAME_MAX - 14].decode(errors="ignore") + "--" + digest
+
+
+OmegaConf.register_new_resolver("sc_run_name", run_name, replace=True)
 
 
 class UsageError(Exception):
@@ -137,9 +151,13 @@ def _expand(overrides: list[str]) -> list[list[str]]:
 def _explain(exc: Exception, overrides: list[str]) -> str:
     msg = str(exc).strip()
     first = msg.splitlines()[0] if msg else type(exc).__name__
-    m = re.search(r"Could not find '([^/']+)/([^']+)'", msg)
+    m = re.search(r"Could not find '(hydra/[^/']+)/([^']+)'", msg) or re.search(
+        r"Could not find '([^/']+)/([^']+)'", msg)
     if m:
         group, name = m.groups()
+        if group.startswith("hydra/"):
+            options = _hydra_options(group)
+            return f"unknown {group} '{name}'" + (f" (choose from {', '.join(options)})" if options else "")
         options = _group_options(group)
         if options:
             return f"unknown {group} '{name}' (choose from {', '.join(options)})"
@@ -153,15 +171,41 @@ def _explain(exc: Exception, overrides: list[str]) -> str:
     return first
 
 
+def _hydra_options(group: str) -> list[str]:
+    """Options of a Hydra config group (e.g. hydra/launcher): sharpcomp's and installed plugins'."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    try:
+        return sorted(GlobalHydra.instance().config_loader().get_group_options(group))
+    except Exception:
+        return []
+
+
 def _check_writable(folder: str) -> None:
+    """Prove the output folder can be made and written (then remove what the check made)."""
     path = Path(folder).absolute()
     existing = path
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
         raise UsageError(f"cannot create output folder {path}: {existing} is not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot write to output folder {path}: {existing} is not writable")
+    made = []
+    try:
+        for p in reversed([path, *path.parents]):
+            if not p.exists():
+                p.mkdir()
+                made.append(p)
+        probe = path / f".sharpcomp-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"cannot write to output folder {path}: {exc.strerror or exc}") from None
+    finally:
+        for p in reversed(made):
+            try:
+                p.rmdir()
+            except OSError:
+                pass
 
 
 def check_overrides(overrides: list[str], multirun: bool = False) -> None:
@@ -170,7 +214,8 @@ def check_overrides(overrides: list[str], multirun: bool = False) -> None:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
 
-    from .train import ConfigError, validate_config
+    from .settings import ConfigError
+    from .train import check_config
 
     GlobalHydra.instance().clear()
     try:
@@ -184,7 +229,7 @@ def check_overrides(overrides: list[str], multirun: bool = False) -> None:
                 except Exception as exc:
                     raise UsageError(_explain(exc, combo)) from None
                 try:
-                    validate_config(plain)
+                    check_config(plain)
                 except ConfigError as exc:
                     raise UsageError(str(exc)) from None
                 HydraConfig.instance().set_config(cfg)
@@ -201,36 +246,15 @@ def _train_job(cfg) -> str:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from .data import DataError
-    from .records import RecordError
-    from .train import ConfigError, train
+    from .jobs import JobExit, run_job
+    from .train import train
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
-    multirun = hc.mode == RunMode.MULTIRUN
     try:
-        result = train(cfg, run_dir)
-    except (ConfigError, DataError, RecordError) as exc:
-        if multirun:
-            print(f"sharpcomp: job {hc.job.num} ({run_dir}) failed: {exc}", file=sys.stderr)
-            return "failed"
-        sys.exit(_err(str(exc)))
-    except KeyboardInterrupt:
-        raise
-    except Exception as exc:
-        log = run_dir / "error.log"
-        try:
-            log.write_text(traceback.format_exc())
-        except OSError:
-            log = None
-        where = f"; traceback in {log}" if log else ""
-        line = f"run {run_dir} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}{where}"
-        if multirun:
-            print(f"sharpcomp: {line}", file=sys.stderr)
-            return "failed"
-        sys.exit(_err(line, 1))
-    print(f"{result.status}: {result.rows} rows in {run_dir / 'metrics.parquet'}", flush=True)
-    return result.status
+        return run_job(lambda: [train(cfg, run_dir)], [run_dir], hc.mode == RunMode.MULTIRUN)[0]
+    except JobExit as exc:
+        sys.exit(exc.code)
 
 
 def _run_hydra_train(args: list[str], multirun: bool) -> int:
@@ -240,13 +264,24 @@ def _run_hydra_train(args: list[str], multirun: bool) -> int:
     def app(cfg):
         return _train_job(cfg)
 
+    import tempfile
+
+    from .jobs import OUTCOMES_ENV, sweep_summary
+
     argv0 = sys.argv[0]
     sys.argv = [argv0] + (["--multirun"] if multirun else []) + args
+    outcomes = tempfile.mkdtemp(prefix=".sharpcomp-sweep-", dir=".") if multirun and os.access(".", os.W_OK) \
+        else tempfile.mkdtemp(prefix="sharpcomp-sweep-") if multirun else None
+    if outcomes:
+        os.environ[OUTCOMES_ENV] = os.path.abspath(outcomes)
     try:
         app()
+        return sweep_summary(Path(outcomes)) if outcomes else 0
     finally:
         sys.argv = [argv0]
-    return 0
+        if outcomes:
+            os.environ.pop(OUTCOMES_ENV, None)
+            shutil.rmtree(outcomes, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -107,6 +107,10 @@ class RunRecorder:
         self.frame = read_metrics(self.path) if self.path.exists() else None
 
     @property
+    def rows(self) -> int:
+        return 0 if self.frame is None else len(self.frame)
+
+    @property
     def last_iteration(self) -> int | None:
         if self.frame is None or len(self.frame) == 0:
             return None

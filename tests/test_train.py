@@ -9,6 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+import sharpcomp.run_state as run_state_mod
 import sharpcomp.train as train_mod
 from sharpcomp.records import COLUMNS, METRIC_COLUMNS, read_metrics
 from sharpcomp.train import ConfigError, make_loss, train
@@ -118,7 +119,7 @@ def test_resume_after_interrupt_gives_the_uninterrupted_rows(cfg_small, fmnist_s
 def test_crash_between_rows_and_model_state(cfg_small, fmnist_small, tmp_path, monkeypatch):
     """Rows of a checkpoint whose model state never reached disk are dropped and recomputed."""
     train(cfg_small, tmp_path / "ref", data=fmnist_small)
-    real_save, calls = train_mod._save_checkpoint, []
+    real_save, calls = run_state_mod.save_checkpoint, []
 
     def failing_save(run_dir, state):
         calls.append(state["iteration"])
@@ -126,11 +127,11 @@ def test_crash_between_rows_and_model_state(cfg_small, fmnist_small, tmp_path, m
             raise Crash
         real_save(run_dir, state)
 
-    monkeypatch.setattr(train_mod, "_save_checkpoint", failing_save)
+    monkeypatch.setattr(run_state_mod, "save_checkpoint", failing_save)
     with pytest.raises(Crash):
         train(cfg_small, tmp_path / "run", data=fmnist_small)
     assert sorted(read_metrics(tmp_path / "run").iteration) == [0, 4, 8]  # rows at 8 written, state not
-    monkeypatch.setattr(train_mod, "_save_checkpoint", real_save)
+    monkeypatch.setattr(run_state_mod, "save_checkpoint", real_save)
     train(cfg_small, tmp_path / "run", data=fmnist_small)
     pd.testing.assert_frame_equal(_frame(tmp_path / "ref"), _frame(tmp_path / "run"))
 

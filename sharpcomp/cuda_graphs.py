@@ -1,0 +1,82 @@
+"""Training steps replayed as captured CUDA graphs (issue 11: a small network's SGD step is launch-bound).
+
+A step function ``fn(idx) -> losses`` (gather the minibatch by index, forward, backward, update the
+parameters in place) is captured once into a ``torch.cuda.CUDAGraph`` with a static index buffer; each
+training step copies the next indices into that buffer and replays the graph. Data order is unchanged:
+the indices are the ones the eager path would use.
+
+Capture follows PyTorch's "whole network capture" recipe: a few warm-up calls on a side stream (they
+change the parameters, so every state tensor is saved before and restored after), gradients set to
+None before capture (the captured backward then writes them into the graph's own memory at each
+replay), and the loss returned as a static output read after each replay.
+
+Anything that cannot be captured (a host synchronisation in the step, e.g. SAM's gradient norm; an
+unsupported kernel) raises during warm-up or capture; :func:`try_capture` then says so in one line and
+the caller keeps its eager step.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+WARMUP = 3
+
+
+class GraphedStep:
+    """``fn`` captured as a CUDA graph; ``step(idx)`` replays it on new indices, returns the losses."""
+
+    def __init__(self, fn: Callable[[Tensor], Tensor], state: Callable[[], Sequence[Tensor]], idx: Tensor,
+                 before_capture: Callable[[], None] | None = None):
+        self.static_idx = idx.clone()
+        saved = [t.detach().clone() for t in state()]
+        side = torch.cuda.Stream(device=idx.device)
+        side.wait_stream(torch.cuda.current_stream(idx.device))
+        with torch.cuda.stream(side):
+            for _ in range(WARMUP):
+                fn(self.static_idx)
+        torch.cuda.current_stream(idx.device).wait_stream(side)
+        with torch.no_grad():
+            for t, v in zip(state(), saved):
+                t.copy_(v)
+        if before_capture is not None:
+            before_capture()
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.static_out = fn(self.static_idx)
+
+    def step(self, idx: Tensor) -> Tensor:
+        self.static_idx.copy_(idx)
+        self.graph.replay()
+        return self.static_out
+
+
+def try_capture(fn: Callable[[Tensor], Tensor], state: Callable[[], Sequence[Tensor]], idx: Tensor, what: str,
+                before_capture: Callable[[], None] | None = None) -> GraphedStep | None:
+    """A :class:`GraphedStep`, or None (with one line on stderr) when the step cannot be captured.
+    The state tensors are restored either way."""
+    saved = [t.detach().clone() for t in state()]
+    try:
+        return GraphedStep(fn, state, idx, before_capture)
+    except Exception as exc:  # capture errors come as RuntimeError or CUDA errors of several kinds
+        torch.cuda.synchronize(idx.device)
+        with torch.no_grad():
+            for t, v in zip(state(), saved):
+                t.copy_(v)
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        print(f"sharpcomp: {what}: CUDA graph capture failed ({first}); training eagerly", file=sys.stderr)
+        return None
+
+
+def graphs_apply(device: torch.device, setting: str, reason: str | None = None, what: str = "step") -> bool:
+    """Whether to capture: on CUDA with ``cuda_graph=auto`` and nothing that rules it out (``reason``,
+    said in one line)."""
+    if device.type != "cuda" or setting != "auto":
+        return False
+    if reason is not None:
+        print(f"sharpcomp: {what}: no CUDA graph ({reason}); training eagerly", file=sys.stderr)
+        return False
+    return True

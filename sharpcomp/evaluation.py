@@ -1,0 +1,84 @@
+"""What a checkpoint computes for one network: whole-set evaluation, the sample sets, and its rows.
+
+Rows (one per sample set, ``records``): the whole-set columns (``base``), the loss and the metrics
+(:func:`sharpcomp.metrics.compute_metrics`, passed in precomputed, since an ensemble computes them for
+all members at once) on the sample set, and the optional flatness measures on the train row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import nn
+
+from .data import Dataset
+from .losses import per_sample_loss
+from .models import samples_per_chunk
+from .settings import Settings
+
+
+def eval_layout(x: torch.Tensor) -> torch.Tensor:
+    """Images in channels-last layout on a CPU (oneDNN's faster convolution and pooling there; same values)."""
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 and x.device.type == "cpu" else x
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str) -> tuple[float, float, torch.Tensor]:
+    """(mean loss, accuracy, per-sample correctness) over a whole set, in chunks."""
+    losses, correct = [], []
+    chunk = samples_per_chunk(model, x[:1])
+    for i in range(0, len(x), chunk):
+        out = model(eval_layout(x[i:i + chunk]))
+        losses.append(per_sample_loss(loss, out, y[i:i + chunk]))
+        correct.append(out.argmax(dim=1) == y[i:i + chunk])
+    losses, correct = torch.cat(losses), torch.cat(correct)
+    return float(losses.mean()), float(correct.float().mean()), correct
+
+
+def sample_set(name: str, data: Dataset, sample_idx: torch.Tensor, n: int,
+               test_correct: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and labels of one sample set: ``train`` (the run's fixed training samples), ``test``
+    (the first n test samples) or ``misclassified`` (the first n misclassified test samples)."""
+    if name == "train":
+        return data.train_x[sample_idx], data.train_y[sample_idx]
+    if name == "test":
+        return data.test_x[:n], data.test_y[:n]
+    wrong = torch.nonzero(~test_correct).flatten()[:n]
+    return data.test_x[wrong], data.test_y[wrong]
+
+
+def sample_inputs(s: Settings, data: Dataset, sample_idx: torch.Tensor,
+                  test_correct: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """The inputs of each of the run's sample sets, by name."""
+    return {name: sample_set(name, data, sample_idx, s.metrics.n, test_correct)[0]
+            for name in s.metrics.sample_sets}
+
+
+def compute_sample_metrics(model: nn.Module, inputs: Mapping[str, torch.Tensor], s: Settings) -> dict[str, dict]:
+    """``compute_metrics`` of one network on each non-empty sample set, by name."""
+    from .metrics import compute_metrics
+
+    return {name: compute_metrics(model, x, **s.metrics.options()) for name, x in inputs.items() if len(x)}
+
+
+def checkpoint_rows(model: nn.Module, s: Settings, data: Dataset, sample_idx: torch.Tensor, loss_fn: Callable,
+                    base: dict, test_correct: torch.Tensor | None, iteration: int,
+                    metrics: Mapping[str, dict]) -> list[dict]:
+    """The rows of one checkpoint: ``base`` (whole-set columns) joined with the metrics of each sample
+    set (and the optional flatness measures on the train row, when due). The model is in eval mode."""
+    rows = []
+    for name in s.metrics.sample_sets:
+        x, y = sample_set(name, data, sample_idx, s.metrics.n, test_correct)
+        row = {**base, "sample_set": name, "n_samples": len(x)}
+        if len(x):
+            with torch.no_grad():
+                row["sample_loss"] = float(per_sample_loss(s.loss, model(x), y).mean())
+            row.update({k: v for k, v in metrics[name].items() if k != "per_sample"})
+        if name == "train" and s.metrics.flatness_on and s.flatness_due(iteration):
+            from .flatness import extra_metrics
+
+            g = torch.Generator().manual_seed(s.seed * 1_000_003 + iteration)
+            row.update(extra_metrics(model, loss_fn, data.train_x, data.train_y, s.metrics.flatness, g))
+        rows.append(row)
+    return rows

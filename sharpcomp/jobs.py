@@ -1,0 +1,109 @@
+"""Jobs of a command or a sweep: how a training job ends, is reported, and adds up.
+
+Every job -- a single ``sharpcomp train``, a job of a Hydra sweep under any launcher, or the runs of an
+ensemble -- goes through :func:`run_job`: expected errors (bad settings, missing data, unreadable
+results, a run folder in use) give one line; anything else also leaves its traceback in the run folder's
+``error.log`` (the training loop has marked the run's records ``failed``). In a sweep, each job writes
+its outcome into the folder named by ``$SHARPCOMP_OUTCOMES`` (set by the command for the sweep's life,
+inherited by launchers' worker processes), and :func:`sweep_summary` adds them up once every job has
+ended.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+OUTCOMES_ENV = "SHARPCOMP_OUTCOMES"
+
+
+class JobExit(Exception):
+    """A single (non-sweep) job ended badly: ``code`` is the exit status, the line already printed."""
+
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.code = code
+
+
+def _record(status: str, run_dir: Path, message: str = "") -> None:
+    folder = os.environ.get(OUTCOMES_ENV)
+    if not folder:
+        return
+    try:
+        path = Path(folder) / f"{uuid.uuid4().hex}.json"
+        path.write_text(json.dumps({"status": status, "run_dir": str(run_dir), "message": message}))
+    except OSError:
+        pass
+
+
+def run_job(train_fn: Callable[[], list], run_dirs: Sequence[Path], multirun: bool) -> list[str]:
+    """Run ``train_fn() -> [RunResult]`` for the runs in ``run_dirs``; report every outcome; return the
+    statuses. Outside a sweep, a failure raises :class:`JobExit` (2: bad input; 1: anything else)."""
+    from .data import DataError
+    from .records import RecordError
+    from .run_state import RunInUse
+    from .settings import ConfigError
+
+    try:
+        results = train_fn()
+    except KeyboardInterrupt:
+        raise
+    except RunInUse as exc:
+        return _report_all(run_dirs, "skipped", str(exc), multirun, 2)
+    except (ConfigError, DataError, RecordError) as exc:
+        return _report_all(run_dirs, "failed", str(exc), multirun, 2)
+    except Exception as exc:
+        text = traceback.format_exc()
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        lines = []
+        for d in run_dirs:
+            try:
+                (Path(d) / "error.log").write_text(text)
+                where = f"; traceback in {Path(d) / 'error.log'}"
+            except OSError:
+                where = ""
+            lines.append(f"run {d} failed: {type(exc).__name__}: {first}{where}")
+        return _report_all(run_dirs, "failed", lines, multirun, 1)
+    for r in results:
+        print(f"{r.status}: {r.rows} rows in {r.run_dir / 'metrics.parquet'}", flush=True)
+        _record(r.status, r.run_dir)
+    return [r.status for r in results]
+
+
+def _report_all(run_dirs, status: str, message, multirun: bool, code: int) -> list[str]:
+    messages = message if isinstance(message, list) else [message] * len(run_dirs)
+    for d, msg in zip(run_dirs, messages):
+        line = msg if not multirun or msg.startswith("run ") else f"job ({d}) {status}: {msg}"
+        print(f"sharpcomp: {'error: ' if not multirun else ''}{line}", file=sys.stderr)
+        _record(status, Path(d), msg)
+    if not multirun:
+        raise JobExit(code)
+    return [status] * len(run_dirs)
+
+
+def sweep_summary(folder: Path) -> int:
+    """Print the sweep's tally (and the folders of jobs that did not finish); the exit status:
+    0 when every job finished or diverged, 1 when one failed, 2 when one was skipped (folder in use)."""
+    outcomes = []
+    for p in sorted(Path(folder).glob("*.json")):
+        try:
+            outcomes.append(json.loads(p.read_text()))
+        except (OSError, ValueError):
+            continue
+    if not outcomes:
+        return 0
+    counts: dict[str, list[str]] = {}
+    for o in outcomes:
+        counts.setdefault(o["status"], []).append(o["run_dir"])
+    shown = ("finished", "diverged", "failed") + tuple(k for k in ("running", "skipped") if k in counts)
+    tally = ", ".join(f"{len(counts.get(k, []))} {k}" for k in shown)
+    print(f"sharpcomp: sweep of {len(outcomes)} jobs: {tally}", file=sys.stderr)
+    for status in ("diverged", "failed", "skipped"):
+        for d in counts.get(status, []):
+            print(f"  {status}: {d}", file=sys.stderr)
+    return 1 if "failed" in counts else 2 if "skipped" in counts else 0

@@ -1,0 +1,252 @@
+"""One run's folder and its life: identity, records, resume point, status, lock.
+
+A :class:`RunState` is opened on a run folder (``open``), takes the folder's lock for its whole life,
+and is the only place that builds, writes and reads ``checkpoint.pt``:
+
+- ``open``: lock the folder (a second writer gets one line, "in use by pid N"); refuse rows or a
+  checkpoint of another run; load the checkpoint safely (``torch.load(weights_only=True)``: tensors
+  and plain containers only, so a crafted pickle runs nothing); check the rows cover every checkpoint
+  up to the saved state (else restart the run from iteration 0, with a line saying so); drop rows past
+  the saved state (computed again, identically, on resume).
+- ``commit``: append a checkpoint's rows, then write the state (rows first: a crash in between leaves
+  rows without a state, which the next ``open`` drops).
+- ``diverge``: the NaN row and a state marked ``diverged`` (a rerun keeps the verdict).
+- ``fail``: mark the records ``failed``. ``close``: release the lock.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import pickle
+import platform
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .records import RecordError, RunRecorder, atomic_write_bytes, read_metrics
+from .settings import ConfigError, Settings, run_identity
+
+CHECKPOINT_FILE = "checkpoint.pt"
+LOCK_FILE = ".sharpcomp.lock"
+
+
+class RunInUse(ConfigError):
+    """Another process holds the run folder."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    status: str
+    iteration: int
+    rows: int
+    seconds: float = 0.0  # wall time of this call
+    checkpoint_seconds: float = 0.0  # of which in checkpoints (evaluation, metrics, writing)
+    checkpoints: int = 0  # checkpoints logged by this call
+
+
+# ---------------------------------------------------------------------------------------------
+# the folder lock
+
+
+class FolderLock:
+    """An exclusive OS lock (``flock``) on ``<run_dir>/.sharpcomp.lock`` holding the owner's pid; the
+    OS releases it when the process dies, so a killed run never leaves a stale lock."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK_FILE
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # pragma: no cover - not POSIX: no lock
+            pass
+        except OSError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise RunInUse(f"run folder {self.path.parent} is in use by pid {holder}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing drops the flock
+            self.fd = None
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoint files
+
+
+def save_checkpoint(run_dir: Path, state: dict) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(Path(run_dir) / CHECKPOINT_FILE, buf.getvalue())
+
+
+def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
+    """A checkpoint's contents, loaded with ``weights_only=True``; ConfigError for anything else."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"refusing to load {path}: not a plain sharpcomp checkpoint ({first[:160]})") from None
+    if not isinstance(state, dict) or not {"run_id", "iteration", "model_state"} <= set(state):
+        raise ConfigError(f"refusing to load {path}: not a sharpcomp checkpoint")
+    return state
+
+
+def package_versions() -> str:
+    import numpy
+
+    vers = {"sharpcomp": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
+            "python": platform.python_version()}
+    try:
+        import torchvision
+
+        vers["torchvision"] = torchvision.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return json.dumps(vers, sort_keys=True)
+
+
+def identity_columns(s: Settings, run_id: str, num_outputs: int, data_source: str, device: torch.device) -> dict:
+    """The identity columns of a run's rows (``records.IDENTITY_COLUMNS`` less ``status``)."""
+    return {
+        "run_id": run_id, "data": s.data["name"], "model": s.model["name"], "lr": s.lr, "batch": s.batch,
+        "seed": s.seed, "loss": s.loss, "width": float(s.model.get("width", 1.0)), "outputs": num_outputs,
+        "optim": s.optim_name, "scale": s.raw.get("scale_name", "custom"), "data_source": data_source,
+        "device": str(device), "versions": package_versions(),
+        # every setting that defines the trajectory (any swept key), as JSON: figures group by any of them
+        "settings": json.dumps(run_identity(s)["settings"], sort_keys=True, default=str),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+
+class RunState:
+    """One run folder, opened for training (see the module docstring)."""
+
+    def __init__(self, s: Settings, run_dir: Path, identity: dict):
+        self.settings, self.run_dir = s, Path(run_dir)
+        self.run_id = identity["run_id"]
+        self.identity = identity
+        self.lock = FolderLock(self.run_dir)
+        self.recorder: RunRecorder | None = None
+        self.resume: dict | None = None  # the saved state to continue from (None: a fresh start)
+        self.start = 0
+        self.wall_offset = 0.0
+        self.result: RunResult | None = None  # set once the run is finished, diverged or failed
+        self.checkpoints = 0
+
+    @property
+    def fresh(self) -> bool:
+        return self.resume is None
+
+    @property
+    def rows(self) -> int:
+        return 0 if self.recorder is None else self.recorder.rows
+
+    def open(self, device: torch.device) -> RunState:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.lock.acquire()
+        try:
+            self._open(device)
+        except BaseException:
+            self.lock.release()
+            raise
+        return self
+
+    def _open(self, device: torch.device) -> None:
+        path = self.run_dir / CHECKPOINT_FILE
+        state = read_checkpoint(path, device) if path.exists() else None
+        if state is not None and state["run_id"] != self.run_id:
+            raise ConfigError(f"output folder {self.run_dir} holds another run ({state['run_id']}); "
+                              f"choose another folder (hydra.run.dir=...)")
+        frame = self._existing_rows(state)
+        if state is not None and not self._rows_cover(frame, state):
+            print(f"sharpcomp: {self.run_dir}: the results lack checkpoints before the saved state at iteration "
+                  f"{state['iteration']}; restarting the run from iteration 0", file=sys.stderr)
+            state = None
+            (self.run_dir / CHECKPOINT_FILE).unlink()
+        self.recorder = RunRecorder(self.run_dir, self.identity)
+        if state is None:
+            self.recorder.truncate_after(None)  # rows without a saved model state cannot be resumed
+            return
+        self.resume, self.start = state, int(state["iteration"])
+        self.wall_offset = float(state["wall_time"])
+        if state.get("status") == "diverged":
+            self.recorder.set_status("diverged")
+            self.result = RunResult(self.run_dir, "diverged", self.start, self.rows)
+            return
+        self.recorder.truncate_after(self.start)
+        if self.start >= self.settings.steps:
+            self.recorder.set_status("finished")
+            self.result = RunResult(self.run_dir, "finished", self.start, self.rows)
+
+    def _existing_rows(self, state: dict | None):
+        """The rows already in the folder (None when there are none); refuses rows of another run."""
+        try:
+            frame = read_metrics(self.run_dir)
+        except RecordError as exc:
+            if "no results file" in str(exc):
+                return None
+            raise RecordError(f"{exc}; move it away and rerun to restart the run from iteration 0") from None
+        others = sorted(set(frame["run_id"]) - {self.run_id})
+        if others:
+            raise ConfigError(f"output folder {self.run_dir} holds rows of another run ({others[0]}); "
+                              f"choose another folder (hydra.run.dir=...)")
+        return frame
+
+    def _rows_cover(self, frame, state: dict) -> bool:
+        """Whether the rows hold every checkpoint before the saved state (the state's own included,
+        except for a diverged state, whose NaN row is written first)."""
+        it = int(state["iteration"])
+        need = set(range(0, it, self.settings.log_every)) | {it}
+        have = set() if frame is None else {int(i) for i in frame["iteration"]}
+        return need <= have
+
+    # -----------------------------------------------------------------------------------------
+
+    def _state(self, it: int, status: str, wall: float, model_state: dict, optimizer_state: dict) -> dict:
+        """The checkpoint dictionary: plain containers and tensors only (loadable with weights_only)."""
+        return {"run_id": self.run_id, "iteration": int(it), "wall_time": float(wall), "status": status,
+                "model_state": model_state, "optimizer_state": optimizer_state, "config": self.settings.raw}
+
+    def commit(self, it: int, rows: list[dict], status: str, wall: float, model_state: dict,
+               optimizer_state: dict) -> None:
+        """Append one checkpoint's rows, then save the state they belong to."""
+        self.recorder.append(rows, status=status)
+        save_checkpoint(self.run_dir, self._state(it, status, wall, model_state, optimizer_state))
+        self.checkpoints += 1
+
+    def diverge(self, it: int, epoch: float, wall: float, model_state: dict, optimizer_state: dict) -> None:
+        """Record a non-finite loss at checkpoint ``it``: one NaN row, status diverged, the state kept."""
+        self.recorder.append([{"iteration": it, "epoch": epoch, "train_loss_running": math.nan,
+                               "train_loss": math.nan, "sample_set": "train", "wall_time": wall}], status="diverged")
+        save_checkpoint(self.run_dir, self._state(it, "diverged", wall, model_state, optimizer_state))
+
+    def fail(self) -> None:
+        """Mark the records ``failed`` (a run that failed before its first row gets one empty row)."""
+        if self.recorder is None or self.result is not None:
+            return
+        if self.rows:
+            self.recorder.set_status("failed")
+        else:
+            self.recorder.append([{"iteration": self.start, "sample_set": "train"}], status="failed")
+
+    def close(self) -> None:
+        self.lock.release()

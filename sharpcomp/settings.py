@@ -1,0 +1,299 @@
+"""The one place that reads a ``train`` config: checks it and turns it into typed :class:`Settings`.
+
+Defaults live in ``conf/train.yaml`` (and its groups) alone. A config composed by Hydra has every key;
+a partial mapping (a notebook, an old checkpoint's config) is completed from the composed defaults
+(:func:`defaults`), so no default is ever typed twice. Every check gives one line
+(:class:`ConfigError`), before any data is loaded or any run folder is touched.
+
+Run identity: ``run_id`` is a digest of the settings that define a run's trajectory (``steps``
+excluded: a longer rerun extends a run). Keys added after results existed (``NEW_KEYS``) take part
+only when they differ from the value that reproduces the older runs, so old run folders keep their
+ids and resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import torch
+
+LOSSES = ("mse", "ce")
+OPTIMS = ("sgd", "sam")
+SAMPLE_SETS = ("train", "test", "misclassified")
+BUILTIN_MODELS = ("vgg10", "mlp4")
+# keys that joined the config after runs were recorded, with the value under which old runs were made
+NEW_KEYS = {("allow_tf32",): None, ("cuda_graph",): "auto", ("model", "_target_"): None}
+
+
+class ConfigError(ValueError):
+    """Invalid settings; the message is one line meant for the user."""
+
+
+def plain(cfg) -> dict:
+    """A plain dict from a DictConfig or mapping (interpolations resolved)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return json.loads(json.dumps(cfg, default=str))
+
+
+@lru_cache(maxsize=8)
+def _default_json(overrides: tuple[str, ...]) -> str:
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():  # inside a running Hydra app: compose with its own instance
+        return json.dumps(plain(compose("train", overrides=list(overrides))))
+    with initialize_config_module(config_module="sharpcomp.conf", version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides))
+    GlobalHydra.instance().clear()
+    return json.dumps(plain(cfg))
+
+
+def defaults(**groups: str) -> dict:
+    """The composed ``conf/train.yaml`` (scale=quick), with config groups chosen by name, e.g.
+    ``defaults(model="mlp4", data="fashion_mnist")``."""
+    return json.loads(_default_json(tuple(f"{g}={v}" for g, v in sorted(groups.items()))))
+
+
+def complete(cfg: Mapping) -> dict:
+    """``cfg`` with the keys it lacks taken from :func:`defaults` (mappings merged key by key; the
+    model, data and optim groups of the same name as ``cfg``'s, where conf/ has them)."""
+    from importlib import resources
+
+    def merge(base, over):
+        if not isinstance(base, dict) or not isinstance(over, dict):
+            return over
+        return {**base, **{k: merge(base.get(k), v) for k, v in over.items()}}
+
+    cfg = plain(cfg)
+    if _has_all(cfg):
+        return cfg
+    groups = {}
+    for group in ("model", "data", "optim"):
+        name = (cfg.get(group) or {}).get("name")
+        if name and (resources.files("sharpcomp.conf") / group / f"{name}.yaml").is_file():
+            groups[group] = name
+    return merge(defaults(**groups), cfg)
+
+
+def _has_all(cfg: dict) -> bool:
+    need = ("lr", "batch", "seed", "steps", "log_every", "eval_every", "loss", "device", "metrics", "optim",
+            "allow_tf32", "cuda_graph", "threads", "deterministic")
+    return all(k in cfg for k in need) and "flatness" in cfg["metrics"]
+
+
+def _number(key: str, value, kind=float, low=None, allow_none=False, strict=True):
+    if value is None and allow_none:
+        return None
+    what = "an integer" if kind is int else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+        raise ConfigError(f"{key} must be {what}{' or null' if allow_none else ''}, got {value!r}")
+    if low is not None and not (math.isfinite(value) and (value > low if strict else value >= low)):
+        raise ConfigError(f"{key} must be {'>' if strict else '>='} {low}, got {key}={value}")
+    return kind(value)
+
+
+def _choice(key: str, value, options) -> str:
+    if value not in options:
+        raise ConfigError(f"unknown {key} {value!r} (choose from {', '.join(map(str, options))})")
+    return value
+
+
+def _flag(key: str, value, allow_none=False):
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false{' or null' if allow_none else ''}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class MetricSettings:
+    n: int
+    sample_sets: tuple[str, ...]
+    layer: str | None
+    log_volume_rank: int | None
+    chunk_size: int | None
+    dtype: torch.dtype
+    flatness_every: int
+    flatness: dict = field(hash=False)
+
+    @property
+    def flatness_on(self) -> bool:
+        return any(v is not None for v in self.flatness.values())
+
+    def options(self) -> dict:
+        """``metrics.compute_metrics`` keyword arguments."""
+        return {"layer": self.layer, "log_volume_rank": self.log_volume_rank, "chunk_size": self.chunk_size,
+                "dtype": self.dtype}
+
+
+def _metric_settings(m: Mapping) -> MetricSettings:
+    sets = m["sample_sets"]
+    if not sets:
+        raise ConfigError("metrics.sample_sets must name at least one of train, test, misclassified")
+    for s in sets:
+        _choice("sample set", s, SAMPLE_SETS)
+    layer = m["layer"]
+    if layer is not None and not isinstance(layer, str):
+        raise ConfigError(f"metrics.layer must be a layer name or null, got {layer!r}")
+    flatness = m["flatness"] or {}
+    if not isinstance(flatness, Mapping):
+        raise ConfigError(f"metrics.flatness must be a mapping of measures, got {flatness!r}")
+    return MetricSettings(
+        n=_number("metrics.n", m["n"], int, 0), sample_sets=tuple(sets), layer=layer,
+        log_volume_rank=_number("metrics.log_volume_rank", m["log_volume_rank"], int, 0, allow_none=True),
+        chunk_size=_number("metrics.chunk_size", m["chunk_size"], int, 0, allow_none=True),
+        dtype={"float32": torch.float32, "float64": torch.float64}[_choice("metrics.dtype", m["dtype"],
+                                                                         ("float32", "float64"))],
+        flatness_every=_number("metrics.flatness_every", m["flatness_every"], int, 0), flatness=dict(flatness))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A run's settings, checked. ``raw``: the complete plain config (stored in checkpoints)."""
+
+    raw: dict = field(hash=False, repr=False)
+    lr: float
+    batch: int
+    seed: int
+    steps: int
+    log_every: int
+    eval_every: int
+    loss: str
+    optim: dict = field(hash=False)
+    device: str
+    threads: int | None
+    deterministic: bool
+    progress: bool
+    allow_tf32: bool | None
+    cuda_graph: str
+    compile: bool
+    metrics: MetricSettings
+    model: dict = field(hash=False)
+    data: dict = field(hash=False)
+
+    @property
+    def optim_name(self) -> str:
+        return self.optim["name"]
+
+    @property
+    def checkpoints(self) -> list[int]:
+        """Iterations with a checkpoint: 0, every ``log_every``, and ``steps``."""
+        return sorted(set(range(0, self.steps, self.log_every)) | {self.steps})
+
+    def num_outputs(self, num_classes: int) -> int:
+        out = self.model.get("outputs", 10)
+        return num_classes if out == "classes" else int(out)
+
+    def whole_set_due(self, it: int) -> bool:
+        return self.checkpoints.index(it) % self.eval_every == 0 or it == self.steps
+
+    def flatness_due(self, it: int) -> bool:
+        return self.checkpoints.index(it) % self.metrics.flatness_every == 0 or it == self.steps
+
+
+def _device(name) -> str:
+    name = str(name)
+    if name != "auto":
+        try:
+            torch.device(name)
+        except RuntimeError:
+            raise ConfigError(f"unknown device '{name}' (auto, cpu, cuda, cuda:N)") from None
+        if name.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"device '{name}' requested but CUDA is not available here")
+    return name
+
+
+def _optim(o: Mapping) -> dict:
+    o = dict(o)
+    _choice("optimizer", o.get("name"), OPTIMS)
+    if o["name"] == "sam":
+        _number("optim.rho", o["rho"], float, 0, strict=False)
+        _flag("optim.adaptive", o["adaptive"])
+    return o
+
+
+def _model(m: Mapping) -> dict:
+    m = dict(m)
+    if m.get("name") not in BUILTIN_MODELS and not m.get("_target_"):
+        raise ConfigError(f"unknown model '{m.get('name')}' (choose from {', '.join(BUILTIN_MODELS)}, "
+                          f"or give model._target_)")
+    outputs = m.get("outputs", 10)
+    if outputs != "classes" and (isinstance(outputs, bool) or not isinstance(outputs, int) or outputs < 1):
+        raise ConfigError(f"model.outputs must be a positive integer or 'classes', got {outputs!r}")
+    _number("model.width", m.get("width", 1.0), float, 0)
+    return m
+
+
+def settings(cfg, n_train: int | None = None) -> Settings:
+    """Check ``cfg`` (a ``train`` config, DictConfig or mapping) and return its :class:`Settings`;
+    ``n_train`` (the training set's size, once known) also bounds the batch size."""
+    c = complete(cfg)
+    lr = _number("lr", c["lr"])
+    if not (math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"learning rate must be > 0, got lr={lr}")
+    batch = _number("batch", c["batch"], int)
+    if batch <= 0:
+        raise ConfigError(f"batch size must be > 0, got batch={batch}")
+    if n_train is not None and batch > n_train:
+        raise ConfigError(f"batch size {batch} is larger than the training set ({n_train} samples)")
+    threads = c["threads"]
+    if threads is not None:
+        threads = _number("threads", threads, int, 0)
+    tf32 = _flag("allow_tf32", c["allow_tf32"], allow_none=True)
+    return Settings(
+        raw=c, lr=float(lr), batch=batch, seed=_number("seed", c["seed"], int),
+        steps=_number("steps", c["steps"], int, 0), log_every=_number("log_every", c["log_every"], int, 0),
+        eval_every=_number("eval_every", c["eval_every"], int, 0), loss=_choice("loss", c["loss"], LOSSES),
+        optim=_optim(c["optim"]), device=_device(c["device"]), threads=threads,
+        deterministic=_flag("deterministic", c["deterministic"]), progress=bool(c.get("progress", True)),
+        allow_tf32=tf32, cuda_graph=_choice("cuda_graph", c["cuda_graph"], ("auto", "off")),
+        compile=_flag("compile", c.get("compile", False)), metrics=_metric_settings(c["metrics"]),
+        model=_model(c["model"]), data=dict(c["data"]))
+
+
+def validate_config(cfg, n_train: int | None = None) -> None:
+    """Raise ConfigError with one clear line for settings no run can use."""
+    settings(cfg, n_train)
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _drop_new_keys(keys: dict) -> dict:
+    keys = json.loads(json.dumps(keys, default=str))
+    for path, old in NEW_KEYS.items():
+        node = keys
+        for p in path[:-1]:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict) and path[-1] in node:
+            builtin_target = path == ("model", "_target_") and node.get("name") in BUILTIN_MODELS
+            if node[path[-1]] == old or builtin_target:
+                del node[path[-1]]
+    return keys
+
+
+def run_identity(cfg) -> dict:
+    """``{"run_id", "settings"}``: the settings that define a run's trajectory and their digest."""
+    c = cfg.raw if isinstance(cfg, Settings) else complete(cfg)
+    keys = {
+        "data": c["data"], "model": c["model"], "lr": c["lr"], "batch": c["batch"], "seed": c["seed"],
+        "loss": c["loss"], "optim": c["optim"], "log_every": c["log_every"], "eval_every": c["eval_every"],
+        "metrics": {k: v for k, v in c["metrics"].items() if k != "chunk_size"},
+        "allow_tf32": c.get("allow_tf32"),
+    }
+    keys = _drop_new_keys(keys)
+    digest = hashlib.sha1(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    run_id = f"{c['data']['name']}-{c['model']['name']}-lr{c['lr']}-b{c['batch']}-s{c['seed']}-{digest}"
+    return {"run_id": run_id, "settings": keys}
