@@ -147,11 +147,3 @@ def stacked_forward(plan: Plan, params: Mapping[str, Tensor], x: Tensor, k: int,
         h = h.unsqueeze(0).expand(k, *h.shape)
     return _to_kb(h, layout, k)
 
-
-def stacked_losses(out: Tensor, target: Tensor, loss_name: str) -> Tensor:
-    """(k,) mean minibatch loss of each member (``train.make_loss``): ``out`` (k, b, N); ``target`` the
-    one-hot float targets (k, b, N) for MSE, or labels (k, b) for cross-entropy."""
-    if loss_name == "ce":
-        k, b = target.shape
-        return F.cross_entropy(out.reshape(k * b, -1), target.reshape(-1), reduction="none").reshape(k, b).mean(1)
-    return (out - target).square().mean(dim=(1, 2))

@@ -78,7 +78,12 @@ def run_job(train_fn: Callable[[], list], run_dirs: Sequence[Path], multirun: bo
 def _report_all(run_dirs, status: str, message, multirun: bool, code: int) -> list[str]:
     messages = message if isinstance(message, list) else [message] * len(run_dirs)
     for d, msg in zip(run_dirs, messages):
-        line = msg if not multirun or msg.startswith("run ") else f"job ({d}) {status}: {msg}"
+        if multirun and status == "skipped":
+            line = f"job skipped: {msg}"
+        elif multirun and code == 2:
+            line = f"job ({d}) {status}: {msg}"
+        else:
+            line = msg
         print(f"sharpcomp: {'error: ' if not multirun else ''}{line}", file=sys.stderr)
         _record(status, Path(d), msg)
     if not multirun:

@@ -22,6 +22,7 @@ import math
 import os
 import pickle
 import platform
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,8 +101,11 @@ def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"refusing to load {path}: not a plain sharpcomp checkpoint ({first[:160]})") from None
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        why = next((ln for ln in lines if "Unpickler error" in ln or "Unsupported" in ln), lines[0] if lines else "")
+        why = re.sub(r"\x1b\[[0-9;]*m", "", why.split("error:", 1)[-1].strip() or type(exc).__name__)
+        raise ConfigError(f"refusing to load {path}: not a plain sharpcomp checkpoint ({why[:160]}); "
+                          f"nothing in it was run") from None
     if not isinstance(state, dict) or not {"run_id", "iteration", "model_state"} <= set(state):
         raise ConfigError(f"refusing to load {path}: not a sharpcomp checkpoint")
     return state
