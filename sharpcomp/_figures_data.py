@@ -15,15 +15,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sharpcomp.records import (
+from sharpcomp.columns import (
     CHECKPOINT_COLUMNS,
+    FLATNESS_COLUMNS,
     IDENTITY_COLUMNS,
     METRIC_COLUMNS,
-    METRICS_FILE,
     SAMPLE_COLUMNS,
-    RecordError,
-    read_metrics,
 )
+from sharpcomp.records import METRICS_FILE, RecordError, read_metrics
 
 # Internal key of one run: its folder (run_id alone may repeat across sweeps).
 RUN = "_run"
@@ -41,13 +40,6 @@ VARIANT_COLUMNS = tuple(
 )
 # Columns that are per run or per row bookkeeping, never a quantity to average.
 NOT_QUANTITIES = set(IDENTITY_COLUMNS) | {RUN, "iteration", "sample_set", "bounds_reason", "n_samples"}
-# Optional flatness measures (``metrics.flatness``, issue 5) on the ``train`` rows. They have their own
-# cadence (``metrics.flatness_every``): missing at the checkpoints in between.
-FLATNESS_COLUMNS = (
-    "hessian_trace", "hessian_trace_se", "quotient_trace", "quotient_trace_se", "quotient_trace_gap",
-    "sharpness_worst", "sharpness_worst_rel", "sharpness_adaptive", "sharpness_adaptive_rel",
-    "sharpness_worst_quotient", "sharpness_worst_quotient_rel", "grad_disagreement", "fisher_trace",
-)
 
 
 def find_result_files(dirs: Sequence[Path]) -> list[Path]:

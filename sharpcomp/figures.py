@@ -86,7 +86,6 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from sharpcomp._figures_data import (
-    FLATNESS_COLUMNS,
     RUN,
     SQRT_S,
     VARIANT_COLUMNS,
@@ -105,6 +104,7 @@ from sharpcomp._figures_data import (
     variant_value,
 )
 from sharpcomp._figures_draw import BANDS, Panel, draw_correlation, draw_trend
+from sharpcomp.columns import FLATNESS_COLUMNS, FLATNESS_MEASURES, FLATNESS_SE
 from sharpcomp.records import RecordError
 
 __all__ = [
@@ -124,20 +124,10 @@ FIG3_PANELS = (
 BOUND_COLUMNS = ("mls", "bound_b", "bound_c", "bound_d")
 CORRELATION_COLUMNS = ("local_dim", SQRT_S, "log_volume", "G", "mls", "test_loss")
 # The flatness figure's panels, those with values are drawn (issue 5; standard errors as error bars).
-FLATNESS_PANELS = (
-    SQRT_S,
-    Panel(("hessian_trace",), se="hessian_trace_se", markers=True),
-    Panel(("quotient_trace",), se="quotient_trace_se", markers=True),
-    Panel(("sharpness_worst",), markers=True),
-    Panel(("sharpness_adaptive",), markers=True),
-    Panel(("sharpness_worst_quotient",), markers=True),
-    Panel(("grad_disagreement",), markers=True),
-    Panel(("fisher_trace",), markers=True),
-)
+FLATNESS_PANELS = (SQRT_S, *(Panel((m,), se=FLATNESS_SE.get(m), markers=True) for m in FLATNESS_MEASURES))
 # Flatness measures added to the correlation figures when every run of the figure has them (the
 # /(1 + L) variants, standard errors and the trace gap are in the per-run CSV only).
-FLATNESS_CORRELATION_COLUMNS = ("hessian_trace", "quotient_trace", "sharpness_worst", "sharpness_adaptive",
-                                "sharpness_worst_quotient", "grad_disagreement", "fisher_trace")
+FLATNESS_CORRELATION_COLUMNS = FLATNESS_MEASURES
 # The overview figure draws at most this many runs (one line each).
 RUNS_CAP = 20
 # Flatness lines: one per value of the first of these that varies (several: per combination).
