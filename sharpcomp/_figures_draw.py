@@ -167,33 +167,11 @@ def draw_trend(
     styles = ["-", "--", "-.", ":"]
     # past ten groups the colours repeat: the next ten are dashed, and so on
     group_styles = {g: styles[(i // 10) % len(styles)] for i, g in enumerate(g for g in groups if g != "all")}
+    look = {"groups": groups, "colors": colors, "group_styles": group_styles, "styles": styles}
     empty = []
     legend_done = False
     for ax, panel in zip(axes, panels):
-        drawn = []
-        for ci, col in enumerate(panel.columns):
-            sub = lines[lines["column"] == col]
-            for g in dict.fromkeys(sub[by].tolist()):
-                if panel.groups is not None and g not in panel.groups:
-                    continue
-                line = sub[sub[by] == g].sort_values("iteration")
-                x, y = line["iteration"].to_numpy(dtype=float), line["mean"].to_numpy(dtype=float)
-                name = group_label(by, g, (runs_per_group or {}).get(g))
-                if len(panel.columns) > 1:
-                    name = short(col) if len(groups) <= 1 else f"{short(col)}, {name}"
-                color = colors.get(g, "C0") if len(panel.columns) == 1 or len(groups) > 1 else f"C{ci}"
-                style = group_styles.get(g, "-")
-                if len(panel.columns) > 1 and len(groups) > 1:
-                    style = styles[ci % len(styles)]
-                ax.plot(x, y, color=color, linestyle=style, label=name, lw=1.4,
-                        marker="o" if len(x) == 1 or panel.markers else None, ms=3)
-                if panel.se and ci == 0 and "se" in line.columns and line["se"].notna().any():
-                    ax.errorbar(x, y, yerr=line["se"].to_numpy(dtype=float), fmt="none", ecolor=color,
-                                elinewidth=1.0, capsize=0, alpha=0.8)
-                lohi = _band(line, band)
-                if lohi is not None and line["n_runs"].max() > 1:
-                    ax.fill_between(x, lohi[0], lohi[1], color=color, alpha=0.18, lw=0)
-                drawn.append(line)
+        drawn = _draw_panel_lines(ax, panel, lines, by, look, band, runs_per_group or {})
         ax.set_xlabel("iteration")
         ax.set_ylabel(panel.label, fontsize=9)
         if not drawn:
@@ -222,6 +200,37 @@ def draw_trend(
     if title:
         fig.suptitle(textwrap.fill(title, int(width * 14)), fontsize=10)
     return fig, empty
+
+
+def _draw_panel_lines(ax, panel: Panel, lines: pd.DataFrame, by: str, look: dict, band: str,
+                      runs_per_group: dict) -> list[pd.DataFrame]:
+    """Draw ``panel``'s lines on ``ax``: one per group and column, with error bars and a band;
+    returns the line tables drawn. ``look``: the groups, their colours and line styles."""
+    groups, styles = look["groups"], look["styles"]
+    several = len(panel.columns) > 1
+    drawn = []
+    for ci, col in enumerate(panel.columns):
+        sub = lines[lines["column"] == col]
+        for g in dict.fromkeys(sub[by].tolist()):
+            if panel.groups is not None and g not in panel.groups:
+                continue
+            line = sub[sub[by] == g].sort_values("iteration")
+            x, y = line["iteration"].to_numpy(dtype=float), line["mean"].to_numpy(dtype=float)
+            name = group_label(by, g, runs_per_group.get(g))
+            if several:
+                name = short(col) if len(groups) <= 1 else f"{short(col)}, {name}"
+            color = look["colors"].get(g, "C0") if not several or len(groups) > 1 else f"C{ci}"
+            style = styles[ci % len(styles)] if several and len(groups) > 1 else look["group_styles"].get(g, "-")
+            ax.plot(x, y, color=color, linestyle=style, label=name, lw=1.4,
+                    marker="o" if len(x) == 1 or panel.markers else None, ms=3)
+            if panel.se and ci == 0 and "se" in line.columns and line["se"].notna().any():
+                ax.errorbar(x, y, yerr=line["se"].to_numpy(dtype=float), fmt="none", ecolor=color,
+                            elinewidth=1.0, capsize=0, alpha=0.8)
+            lohi = _band(line, band)
+            if lohi is not None and line["n_runs"].max() > 1:
+                ax.fill_between(x, lohi[0], lohi[1], color=color, alpha=0.18, lw=0)
+            drawn.append(line)
+    return drawn
 
 
 def draw_correlation(

@@ -767,3 +767,21 @@ def test_settings_flattened_to_dotted_keys():
     row = {"width": 0.5, "lr": 0.2, "data": "mnist", "settings": None}
     assert keys.run_keys(row) == {"model.width": 0.5, "lr": 0.2, "data.name": "mnist"}
     assert keys.ordered(["10", "2", "none", "0.5", "b", "a"]) == ["0.5", "2", "10", "a", "b", "none"]
+
+
+def test_published_figure_csvs_hold_no_absolute_paths():
+    """The CSVs beside the committed figures name runs relative to the results folder (#13.12)."""
+    from pathlib import Path
+
+    files = sorted((Path(__file__).resolve().parents[1] / "docs" / "figures").glob("*.csv"))
+    assert len(files) == 14
+    runs = 0
+    for path in files:
+        frame = pd.read_csv(path)
+        for col in ("_run", "data_source"):
+            values = frame[col].astype(str) if col in frame else pd.Series([], dtype=str)
+            assert not values.str.contains(r"(?:^|\()/", regex=True).any(), (path.name, col)
+        runs += len(frame["_run"]) if "_run" in frame else 0
+        if "_run" in frame:
+            assert frame["_run"].str.match(r"(multirun|runs)/").all(), path.name  # as under outputs/
+    assert runs == 66  # the per-run tables of seven figures
