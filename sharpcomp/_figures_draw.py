@@ -251,22 +251,16 @@ def draw_correlation(
     cols = list(columns)
     k = len(cols)
     size = 1.75
-    fig = Figure(figsize=(size * k + 1.9, size * k + 0.9))
-    fig.subplots_adjust(left=0.9 / (size * k + 1.9), right=(size * k + 0.6) / (size * k + 1.9),
+    order, point_colors, handles = _point_colors(summary, color_by)
+    # the legend's column: wide enough for the longest label (about 0.065 inch a character at 7 pt)
+    margin = max(1.3, 0.45 + 0.065 * max(len(text) for text in order)) if len(order) > 1 else 1.3
+    width = size * k + 0.6 + margin
+    fig = Figure(figsize=(width, size * k + 0.9))
+    fig.subplots_adjust(left=0.9 / width, right=(size * k + 0.6) / width,
                         bottom=0.55 / (size * k + 0.9), top=1 - 0.45 / (size * k + 0.9),
                         wspace=0.08, hspace=0.08)
     grid = fig.add_gridspec(k, k)
     axes = [[None] * k for _ in range(k)]
-    color_by = [c for c in color_by if c in summary.columns]
-    if color_by:
-        keys = summary[color_by].apply(lambda r: ", ".join(f"{c} {fmt(v)}" for c, v in zip(color_by, r)), axis=1)
-        order = summary.assign(_k=keys).sort_values(color_by)["_k"].drop_duplicates().tolist()
-    else:
-        keys = pd.Series(["run"] * len(summary), index=summary.index)
-        order = ["run"]
-    color_of = {key: f"C{i % 10}" for i, key in enumerate(order)}
-    point_colors = [color_of[key] for key in keys]
-    handles = [Line2D([], [], ls="none", marker="o", ms=4, color=color_of[key], label=key) for key in order]
     rvalue = {}
     for _, row in pearson.iterrows():
         rvalue[(row["x"], row["y"])] = rvalue[(row["y"], row["x"])] = (row["r"], row["p"], row["n"])
@@ -310,6 +304,21 @@ def draw_correlation(
     if title:
         fig.suptitle(textwrap.fill(title, int(fig.get_figwidth() * 14)), fontsize=9)
     return fig
+
+
+def _point_colors(summary: pd.DataFrame, color_by: Sequence[str]) -> tuple[list[str], list[str], list]:
+    """Colours of a scatter matrix's points: the legend labels in order ("lr 0.1, batch 20"), one
+    colour per run of ``summary`` and the legend handles."""
+    color_by = [c for c in color_by if c in summary.columns]
+    if color_by:
+        keys = summary[color_by].apply(lambda r: ", ".join(f"{c} {fmt(v)}" for c, v in zip(color_by, r)), axis=1)
+        order = summary.assign(_k=keys).sort_values(color_by)["_k"].drop_duplicates().tolist()
+    else:
+        keys = pd.Series(["run"] * len(summary), index=summary.index)
+        order = ["run"]
+    color_of = {key: f"C{i % 10}" for i, key in enumerate(order)}
+    handles = [Line2D([], [], ls="none", marker="o", ms=4, color=color_of[key], label=key) for key in order]
+    return order, [color_of[key] for key in keys], handles
 
 
 def _r_color(r: float) -> str:
