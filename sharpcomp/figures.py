@@ -755,8 +755,9 @@ def _sweep_groups(ctx: _Context, fig_id: str, pooled: Sequence[str] = ()) -> lis
         return []
     sel = _dedupe(ctx, fig_id, sel)
     table = ctx.keys[ctx.keys[RUN].isin(sel[RUN])]
-    first = [c for c in ("data.name", "model.name") if c in table.columns]
-    skip = {RUN, ctx.by, *_SWEEP_POOLED, *pooled, *first}
+    skip = {RUN, ctx.by, *_SWEEP_POOLED, *pooled}
+    first = [c for c in ("data.name", "model.name") if c in table.columns and c not in skip]
+    skip.update(first)
     fields = first + sorted(c for c in table.columns if c not in skip)
     parts = _split(table, f"{fig_id}-{ctx.by}", fields, by_value=("data.name", "model.name"))
     return [(name, sel[sel[RUN].isin(part[RUN])]) for name, part in parts]

@@ -785,3 +785,13 @@ def test_published_figure_csvs_hold_no_absolute_paths():
         if "_run" in frame:
             assert frame["_run"].str.match(r"(multirun|runs)/").all(), path.name  # as under outputs/
     assert runs == 66  # the per-run tables of seven figures
+
+
+def test_by_model_name_draws_both_models_in_one_figure(tmp_path, capsys, fake_save):
+    for s in (0, 1):
+        make_run(tmp_path, *CIFAR, 0.1, 20, s, n_ckpt=3)
+        make_run(tmp_path, "cifar10_2class", "mlp4", 0.1, 20, s, n_ckpt=3)
+    rc, out, err = run_cli(capsys, tmp_path, "--by", "model", "--only", "sweep", "--formats", "png")
+    assert rc == 0 and err == []
+    lines = pd.read_csv(tmp_path / "figures" / "sweep-model.name.csv")
+    assert set(lines["model.name"]) == {"mlp4", "vgg10"} and (lines["n_runs"] == 2).all()
