@@ -7,6 +7,7 @@ set) and returns plain pandas objects; nothing draws.
 from __future__ import annotations
 
 import math
+import os
 import re
 import warnings
 from collections.abc import Iterable, Sequence
@@ -15,15 +16,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sharpcomp.records import (
+from sharpcomp.columns import (
     CHECKPOINT_COLUMNS,
+    FLATNESS_COLUMNS,
     IDENTITY_COLUMNS,
     METRIC_COLUMNS,
-    METRICS_FILE,
     SAMPLE_COLUMNS,
-    RecordError,
-    read_metrics,
 )
+from sharpcomp.records import METRICS_FILE, RecordError, read_metrics
 
 # Internal key of one run: its folder (run_id alone may repeat across sweeps).
 RUN = "_run"
@@ -41,46 +41,80 @@ VARIANT_COLUMNS = tuple(
 )
 # Columns that are per run or per row bookkeeping, never a quantity to average.
 NOT_QUANTITIES = set(IDENTITY_COLUMNS) | {RUN, "iteration", "sample_set", "bounds_reason", "n_samples"}
-# Optional flatness measures (``metrics.flatness``, issue 5) on the ``train`` rows. They have their own
-# cadence (``metrics.flatness_every``): missing at the checkpoints in between.
-FLATNESS_COLUMNS = (
-    "hessian_trace", "hessian_trace_se", "quotient_trace", "quotient_trace_se", "quotient_trace_gap",
-    "sharpness_worst", "sharpness_worst_rel", "sharpness_adaptive", "sharpness_adaptive_rel",
-    "sharpness_worst_quotient", "sharpness_worst_quotient_rel", "grad_disagreement", "fisher_trace",
-)
 
 
 def find_result_files(dirs: Sequence[Path]) -> list[Path]:
     """Every ``metrics.parquet`` under ``dirs`` (recursively), each once."""
-    found: dict[Path, None] = {}
+    return list(_result_files(dirs))
+
+
+def _result_files(dirs: Sequence[Path]) -> dict[Path, str]:
+    """Every ``metrics.parquet`` under ``dirs`` (each once, the first folder that holds it wins), with
+    its run's name (see :func:`run_name`; with several folders, prefixed by the folder's name)."""
+    dirs = [Path(d) for d in dirs]
+    labels = _folder_labels(dirs)
+    found: dict[Path, str] = {}
+    for d, label in zip(dirs, labels):
+        paths = [d] if d.is_file() and d.name == METRICS_FILE else sorted(d.rglob(METRICS_FILE))
+        for p in (p.resolve() for p in paths if p.is_file()):
+            rel = _relative(p.parent, d)
+            name = (rel or label) if len(dirs) == 1 else "/".join(x for x in (label, rel) if x)
+            found.setdefault(p, name)
+    return found
+
+
+def run_name(run_dir: Path, root: Path) -> str:
+    """A run's folder as figures write it (the ``_run`` column): relative to the results folder
+    ``root`` it was found under, or that folder's own name when the run is the folder itself; never
+    an absolute local path (the CSVs beside published figures must not leak the author's layout)."""
+    return _relative(run_dir, root) or _folder_labels([root])[0]
+
+
+def _relative(run_dir: Path, root: Path) -> str:
+    """``run_dir`` relative to the results folder ``root`` ("" for the folder itself)."""
+    root = Path(root).resolve()
+    base = root.parent if root.is_file() else root
+    run_dir = Path(run_dir).resolve()
+    if run_dir == base:
+        return ""
+    try:
+        return run_dir.relative_to(base).as_posix()
+    except ValueError:  # reached through a link out of the folder
+        return Path(os.path.relpath(run_dir, base)).as_posix()
+
+
+def _folder_labels(dirs: Sequence[Path]) -> list[str]:
+    """One name per results folder (its own name; a repeated name gets a number)."""
+    labels: list[str] = []
     for d in dirs:
-        d = Path(d)
-        if d.is_file() and d.name == METRICS_FILE:
-            found.setdefault(d.resolve(), None)
-            continue
-        for p in sorted(d.rglob(METRICS_FILE)):
-            if p.is_file():
-                found.setdefault(p.resolve(), None)
-    return list(found)
+        d = Path(d).resolve()
+        name = (d.parent if d.is_file() else d).name or "results"
+        label, k = name, 1
+        while label in labels:
+            k += 1
+            label = f"{name}-{k}"
+        labels.append(label)
+    return labels
 
 
 def load_results(dirs: Sequence[Path]) -> tuple[pd.DataFrame, list[str]]:
     """Read every results file under ``dirs``.
 
-    Returns the concatenated rows (with a ``_run`` column naming each run's folder, numeric
-    columns coerced, infinities turned into missing values and ``sqrt_sharpness`` added) and one
-    note per file that could not be read. Raises ``RecordError`` when nothing could be read.
+    Returns the concatenated rows (with a ``_run`` column naming each run's folder relative to the
+    results folder given, see :func:`run_name`; numeric columns coerced, infinities turned into
+    missing values and ``sqrt_sharpness`` added) and one note per file that could not be read.
+    Raises ``RecordError`` when nothing could be read.
     """
     dirs = [Path(d) for d in dirs]
     missing = [str(d) for d in dirs if not d.exists()]
     if missing:
         raise RecordError(f"no such folder: {', '.join(missing)}")
-    files = find_result_files(dirs)
+    files = _result_files(dirs)
     where = ", ".join(str(d) for d in dirs)
     if not files:
         raise RecordError(f"no {METRICS_FILE} files under {where}")
     frames, notes = [], []
-    for path in files:
+    for path, name in files.items():
         try:
             frame = read_metrics(path)
         except RecordError as exc:
@@ -90,7 +124,7 @@ def load_results(dirs: Sequence[Path]) -> tuple[pd.DataFrame, list[str]]:
             notes.append(f"skipped {path}: no rows yet")
             continue
         frame = frame.copy()
-        frame[RUN] = str(path.parent)
+        frame[RUN] = name
         frames.append(frame)
     if not frames:
         detail = f"; {notes[0]}" if len(notes) == 1 else f" ({len(notes)} files, none readable)"
@@ -155,16 +189,16 @@ def run_info(frame: pd.DataFrame) -> pd.DataFrame:
 
 def same(a, b) -> bool:
     """Equality for identity values: floats compared to 1e-9 relative, missing equals missing."""
-    if _isna(a) and _isna(b):
+    if is_missing(a) and is_missing(b):
         return True
-    if _isna(a) or _isna(b):
+    if is_missing(a) or is_missing(b):
         return False
     if isinstance(a, (int, float, np.number)) and isinstance(b, (int, float, np.number)):
         return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
     return str(a) == str(b)
 
 
-def _isna(v) -> bool:
+def is_missing(v) -> bool:
     try:
         return bool(pd.isna(v))
     except (TypeError, ValueError):
@@ -173,7 +207,7 @@ def _isna(v) -> bool:
 
 def fmt(v) -> str:
     """Compact text for an identity value (0.1, 20, quick)."""
-    if _isna(v):
+    if is_missing(v):
         return "?"
     if isinstance(v, (float, np.floating)):
         return f"{float(v):g}"
@@ -195,10 +229,11 @@ def variant_key(info_row) -> tuple:
 
 
 def dedupe_runs(info: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """Keep one run per setting (the same run found twice, e.g. from two sweeps): the furthest one."""
+    """Keep one run per setting (the same run found twice, e.g. from two sweeps): the furthest one.
+    The same run: equal setting, variant and ``settings`` (every config key) columns."""
     if info.empty:
         return info, []
-    key_cols = list(SETTING_COLUMNS + VARIANT_COLUMNS)
+    key_cols = [c for c in (*SETTING_COLUMNS, *VARIANT_COLUMNS, "settings") if c in info.columns]
     keys = info[key_cols].apply(lambda r: tuple(variant_value(c, v) for c, v in zip(key_cols, r)), axis=1)
     info = info.assign(_key=keys).sort_values(["last_iteration", RUN], ascending=[False, True])
     keep = ~info["_key"].duplicated()

@@ -167,33 +167,11 @@ def draw_trend(
     styles = ["-", "--", "-.", ":"]
     # past ten groups the colours repeat: the next ten are dashed, and so on
     group_styles = {g: styles[(i // 10) % len(styles)] for i, g in enumerate(g for g in groups if g != "all")}
+    look = {"groups": groups, "colors": colors, "group_styles": group_styles, "styles": styles}
     empty = []
     legend_done = False
     for ax, panel in zip(axes, panels):
-        drawn = []
-        for ci, col in enumerate(panel.columns):
-            sub = lines[lines["column"] == col]
-            for g in dict.fromkeys(sub[by].tolist()):
-                if panel.groups is not None and g not in panel.groups:
-                    continue
-                line = sub[sub[by] == g].sort_values("iteration")
-                x, y = line["iteration"].to_numpy(dtype=float), line["mean"].to_numpy(dtype=float)
-                name = group_label(by, g, (runs_per_group or {}).get(g))
-                if len(panel.columns) > 1:
-                    name = short(col) if len(groups) <= 1 else f"{short(col)}, {name}"
-                color = colors.get(g, "C0") if len(panel.columns) == 1 or len(groups) > 1 else f"C{ci}"
-                style = group_styles.get(g, "-")
-                if len(panel.columns) > 1 and len(groups) > 1:
-                    style = styles[ci % len(styles)]
-                ax.plot(x, y, color=color, linestyle=style, label=name, lw=1.4,
-                        marker="o" if len(x) == 1 or panel.markers else None, ms=3)
-                if panel.se and ci == 0 and "se" in line.columns and line["se"].notna().any():
-                    ax.errorbar(x, y, yerr=line["se"].to_numpy(dtype=float), fmt="none", ecolor=color,
-                                elinewidth=1.0, capsize=0, alpha=0.8)
-                lohi = _band(line, band)
-                if lohi is not None and line["n_runs"].max() > 1:
-                    ax.fill_between(x, lohi[0], lohi[1], color=color, alpha=0.18, lw=0)
-                drawn.append(line)
+        drawn = _draw_panel_lines(ax, panel, lines, by, look, band, runs_per_group or {})
         ax.set_xlabel("iteration")
         ax.set_ylabel(panel.label, fontsize=9)
         if not drawn:
@@ -224,6 +202,37 @@ def draw_trend(
     return fig, empty
 
 
+def _draw_panel_lines(ax, panel: Panel, lines: pd.DataFrame, by: str, look: dict, band: str,
+                      runs_per_group: dict) -> list[pd.DataFrame]:
+    """Draw ``panel``'s lines on ``ax``: one per group and column, with error bars and a band;
+    returns the line tables drawn. ``look``: the groups, their colours and line styles."""
+    groups, styles = look["groups"], look["styles"]
+    several = len(panel.columns) > 1
+    drawn = []
+    for ci, col in enumerate(panel.columns):
+        sub = lines[lines["column"] == col]
+        for g in dict.fromkeys(sub[by].tolist()):
+            if panel.groups is not None and g not in panel.groups:
+                continue
+            line = sub[sub[by] == g].sort_values("iteration")
+            x, y = line["iteration"].to_numpy(dtype=float), line["mean"].to_numpy(dtype=float)
+            name = group_label(by, g, runs_per_group.get(g))
+            if several:
+                name = short(col) if len(groups) <= 1 else f"{short(col)}, {name}"
+            color = look["colors"].get(g, "C0") if not several or len(groups) > 1 else f"C{ci}"
+            style = styles[ci % len(styles)] if several and len(groups) > 1 else look["group_styles"].get(g, "-")
+            ax.plot(x, y, color=color, linestyle=style, label=name, lw=1.4,
+                    marker="o" if len(x) == 1 or panel.markers else None, ms=3)
+            if panel.se and ci == 0 and "se" in line.columns and line["se"].notna().any():
+                ax.errorbar(x, y, yerr=line["se"].to_numpy(dtype=float), fmt="none", ecolor=color,
+                            elinewidth=1.0, capsize=0, alpha=0.8)
+            lohi = _band(line, band)
+            if lohi is not None and line["n_runs"].max() > 1:
+                ax.fill_between(x, lohi[0], lohi[1], color=color, alpha=0.18, lw=0)
+            drawn.append(line)
+    return drawn
+
+
 def draw_correlation(
     summary: pd.DataFrame,
     columns: Sequence[str],
@@ -242,22 +251,16 @@ def draw_correlation(
     cols = list(columns)
     k = len(cols)
     size = 1.75
-    fig = Figure(figsize=(size * k + 1.9, size * k + 0.9))
-    fig.subplots_adjust(left=0.9 / (size * k + 1.9), right=(size * k + 0.6) / (size * k + 1.9),
+    order, point_colors, handles = _point_colors(summary, color_by)
+    # the legend's column: wide enough for the longest label (about 0.065 inch a character at 7 pt)
+    margin = max(1.3, 0.45 + 0.065 * max(len(text) for text in order)) if len(order) > 1 else 1.3
+    width = size * k + 0.6 + margin
+    fig = Figure(figsize=(width, size * k + 0.9))
+    fig.subplots_adjust(left=0.9 / width, right=(size * k + 0.6) / width,
                         bottom=0.55 / (size * k + 0.9), top=1 - 0.45 / (size * k + 0.9),
                         wspace=0.08, hspace=0.08)
     grid = fig.add_gridspec(k, k)
     axes = [[None] * k for _ in range(k)]
-    color_by = [c for c in color_by if c in summary.columns]
-    if color_by:
-        keys = summary[color_by].apply(lambda r: ", ".join(f"{c} {fmt(v)}" for c, v in zip(color_by, r)), axis=1)
-        order = summary.assign(_k=keys).sort_values(color_by)["_k"].drop_duplicates().tolist()
-    else:
-        keys = pd.Series(["run"] * len(summary), index=summary.index)
-        order = ["run"]
-    color_of = {key: f"C{i % 10}" for i, key in enumerate(order)}
-    point_colors = [color_of[key] for key in keys]
-    handles = [Line2D([], [], ls="none", marker="o", ms=4, color=color_of[key], label=key) for key in order]
     rvalue = {}
     for _, row in pearson.iterrows():
         rvalue[(row["x"], row["y"])] = rvalue[(row["y"], row["x"])] = (row["r"], row["p"], row["n"])
@@ -301,6 +304,21 @@ def draw_correlation(
     if title:
         fig.suptitle(textwrap.fill(title, int(fig.get_figwidth() * 14)), fontsize=9)
     return fig
+
+
+def _point_colors(summary: pd.DataFrame, color_by: Sequence[str]) -> tuple[list[str], list[str], list]:
+    """Colours of a scatter matrix's points: the legend labels in order ("lr 0.1, batch 20"), one
+    colour per run of ``summary`` and the legend handles."""
+    color_by = [c for c in color_by if c in summary.columns]
+    if color_by:
+        keys = summary[color_by].apply(lambda r: ", ".join(f"{c} {fmt(v)}" for c, v in zip(color_by, r)), axis=1)
+        order = summary.assign(_k=keys).sort_values(color_by)["_k"].drop_duplicates().tolist()
+    else:
+        keys = pd.Series(["run"] * len(summary), index=summary.index)
+        order = ["run"]
+    color_of = {key: f"C{i % 10}" for i, key in enumerate(order)}
+    handles = [Line2D([], [], ls="none", marker="o", ms=4, color=color_of[key], label=key) for key in order]
+    return order, [color_of[key] for key in keys], handles
 
 
 def _r_color(r: float) -> str:

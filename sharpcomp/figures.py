@@ -3,7 +3,7 @@
 Command line (``sharpcomp figures`` calls :func:`main`)::
 
     sharpcomp figures [RESULT_DIRS ...] [--out DIR] [--last-fraction 0.2] [--formats png,pdf]
-                      [--only fig1,figD5] [--band minmax|std|none]
+                      [--only fig1,figD5] [--band minmax|std|none] [--by KEY]
 
 - ``RESULT_DIRS`` (default ``outputs``): searched recursively for ``metrics.parquet``, so single
   runs, multirun folders and copies from a cluster all work. A file that cannot be read is skipped
@@ -14,6 +14,14 @@ Command line (``sharpcomp figures`` calls :func:`main`)::
   lines drawn with error bars) and ``<id>_runs.csv`` (per-run summary: identity, progress, mean of
   every quantity over the last ``--last-fraction`` of checkpoints); correlation figures
   ``<id>.csv`` (the per-run points) and ``<id>_pearson.csv`` (Pearson r, p-value and n per pair).
+  A folder that cannot be written (or a file given as ``--out``): one error line, exit status 2.
+- The CSVs' ``_run`` column names each run by its folder relative to the RESULT_DIR it was found
+  under (with several RESULT_DIRs, prefixed by that folder's name), never by an absolute path.
+- ``--by KEY``: a swept config key, dotted as in the run's settings (``model.width``, ``optim.rho``,
+  ``metrics.layer``, ``lr``; the flat identity names ``width``, ``optim`` ... work too). The ``sweep``
+  and ``sweep_correlation`` figures then draw one line / colour per value of it. Read from each run's
+  ``settings`` column, or for older files from the identity columns; a key no run has: one error
+  line, exit status 2.
 - One line per figure written and one per thing skipped or worth knowing (a figure the results do
   not allow, a diverged run, an empty panel, a duplicate run). Exit status 0 when the results were
   read, even when they allow no figure (every skip is printed).
@@ -46,6 +54,11 @@ sam_vs_sgd  runs that differ only in ``optim`` (sgd vs sam; same data, model, lr
 runs        any run with the train sample set (e.g. a single ``make demo`` run): the six
             standard trend panels, one line per run (lr, batch, seed), at most 20 (said when
             capped)
+sweep       with ``--by KEY``, any run with the train sample set: the six standard trend panels,
+            one line per value of KEY (mean over seeds, band); one figure per value of every other
+            config key that differs (named ``sweep-KEY-<key>-<value>``): KEY never splits a figure.
+            ``sweep_correlation``: >= 3 such runs, figD5's scatter matrix with the points
+            coloured by KEY (lr and batch pooled as in figD5; any other differing key splits)
 ==========  ===========================================================================
 
 Conventions:
@@ -76,6 +89,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -86,7 +100,6 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from sharpcomp._figures_data import (
-    FLATNESS_COLUMNS,
     RUN,
     SQRT_S,
     VARIANT_COLUMNS,
@@ -105,6 +118,8 @@ from sharpcomp._figures_data import (
     variant_value,
 )
 from sharpcomp._figures_draw import BANDS, Panel, draw_correlation, draw_trend
+from sharpcomp._figures_keys import key_table, ordered, resolve, value_text
+from sharpcomp.columns import FLATNESS_COLUMNS, FLATNESS_MEASURES, FLATNESS_SE
 from sharpcomp.records import RecordError
 
 __all__ = [
@@ -124,20 +139,10 @@ FIG3_PANELS = (
 BOUND_COLUMNS = ("mls", "bound_b", "bound_c", "bound_d")
 CORRELATION_COLUMNS = ("local_dim", SQRT_S, "log_volume", "G", "mls", "test_loss")
 # The flatness figure's panels, those with values are drawn (issue 5; standard errors as error bars).
-FLATNESS_PANELS = (
-    SQRT_S,
-    Panel(("hessian_trace",), se="hessian_trace_se", markers=True),
-    Panel(("quotient_trace",), se="quotient_trace_se", markers=True),
-    Panel(("sharpness_worst",), markers=True),
-    Panel(("sharpness_adaptive",), markers=True),
-    Panel(("sharpness_worst_quotient",), markers=True),
-    Panel(("grad_disagreement",), markers=True),
-    Panel(("fisher_trace",), markers=True),
-)
+FLATNESS_PANELS = (SQRT_S, *(Panel((m,), se=FLATNESS_SE.get(m), markers=True) for m in FLATNESS_MEASURES))
 # Flatness measures added to the correlation figures when every run of the figure has them (the
 # /(1 + L) variants, standard errors and the trace gap are in the per-run CSV only).
-FLATNESS_CORRELATION_COLUMNS = ("hessian_trace", "quotient_trace", "sharpness_worst", "sharpness_adaptive",
-                                "sharpness_worst_quotient", "grad_disagreement", "fisher_trace")
+FLATNESS_CORRELATION_COLUMNS = FLATNESS_MEASURES
 # The overview figure draws at most this many runs (one line each).
 RUNS_CAP = 20
 # Flatness lines: one per value of the first of these that varies (several: per combination).
@@ -325,10 +330,12 @@ FIGURE_IDS = tuple(s.id for s in FIGURES)
 
 
 class _Context:
-    def __init__(self, frame, info, out: Path, formats, last_fraction, band):
+    def __init__(self, frame, info, out: Path, formats, last_fraction, band, by=None):
         self.frame, self.info, self.out = frame, info, out
         self.formats, self.last_fraction, self.band = formats, last_fraction, band
         self.written = 0
+        self.keys = key_table(info)  # every run's config keys (``--by``)
+        self.by = None if by is None else resolve(by, self.keys)  # KeyError: no run has it
 
     def say(self, fig_id: str, text: str) -> None:
         print(f"{fig_id}: {text}", flush=True)
@@ -432,13 +439,18 @@ def _values_text(values) -> str:
     return ", ".join(fmt(v) for v in values) if len(values) else "none"
 
 
-def _make_trend(ctx: _Context, spec: FigureSpec) -> None:
+def _each_variant(ctx: _Context, spec: FigureSpec, need: str) -> list[tuple[str, pd.DataFrame]]:
+    """``spec``'s runs split into experiments (one figure each), or a skip line when there are none."""
     sel = _candidates(ctx, spec)
-    need = f"needs {_where(spec)} with >= 2 {spec.what}"
     if sel.empty:
         ctx.say(spec.id, f"skipped, {need} (found none)")
-        return
-    for name, runs in _variants(sel, spec.id):
+        return []
+    return _variants(sel, spec.id)
+
+
+def _make_trend(ctx: _Context, spec: FigureSpec) -> None:
+    need = f"needs {_where(spec)} with >= 2 {spec.what}"
+    for name, runs in _each_variant(ctx, spec, need):
         values = sorted({float(v) for v in runs[spec.by].dropna()})
         if len(values) < 2:
             ctx.say(name, f"skipped, {need} (found {spec.by} {_values_text(values)} only)")
@@ -530,52 +542,78 @@ def _check_chain(ctx, name, frame) -> None:
 
 
 def _make_correlation(ctx: _Context, spec: FigureSpec) -> None:
-    sel = _candidates(ctx, spec)
     need = f"needs >= 3 {_where(spec)} (diverged, failed and lagging running runs left out)"
-    if sel.empty:
-        ctx.say(spec.id, f"skipped, {need} (found none)")
-        return
-    for name, runs in _variants(sel, spec.id):
-        bad = runs[runs["status"].astype(str).isin(["diverged", "failed"])]
-        _status_notes(ctx, name, bad, drawn=False)
-        runs = runs.drop(bad.index)
-        if len(runs):
-            furthest = runs["last_iteration"].max()
-            lagging = runs[(runs["status"].astype(str) == "running") & (runs["last_iteration"] < furthest)]
-            if len(lagging):
-                ctx.say(name, f"{len(lagging)} running run(s) behind iteration {fmt(furthest)} left out "
-                              "(rerun figures when they finish)")
-            runs = runs.drop(lagging.index)
-        if len(runs) < 3:
-            ctx.say(name, f"skipped, {need} (found {len(runs)})")
+    for name, runs in _each_variant(ctx, spec, need):
+        runs = _correlation_runs(ctx, name, runs, need)
+        if runs is None:
             continue
-        frame = ctx.frame[ctx.frame[RUN].isin(runs[RUN])]
-        summary = run_summary(frame, ctx.last_fraction)
-        cols = [c for c in spec.columns if c in summary and np.isfinite(summary[c].to_numpy(dtype=float)).any()]
-        for c in spec.columns:
-            if c not in cols:
-                ctx.say(name, f"column {c} skipped: no values in these runs")
-        for c in FLATNESS_CORRELATION_COLUMNS:  # optional measures: only when every run has them
-            v = summary[c].to_numpy(dtype=float) if c in summary else np.full(len(summary), np.nan)
-            ok = np.isfinite(v)
-            if ok.all():
-                cols.append(c)
-            elif ok.any():
-                ctx.say(name, f"column {c} left out: values in {int(ok.sum())} of {len(v)} runs only")
-        if len(cols) < 2:
-            ctx.say(name, f"skipped, needs >= 2 quantities with values (found {len(cols)})")
-            continue
-        pearson = correlation_table(summary, cols)
         title = _title(spec, runs, f"one point per run (mean over the last {ctx.last_fraction:g} of "
                                    "checkpoints)")
-        fig = draw_correlation(summary, cols, pearson, title=title)
-        files = ctx.save(name, fig, {"": summary, "_pearson": pearson})
-        _written(ctx, name, files, f"{_n_runs(len(runs))}, {len(cols)} quantities")
+        if not _correlation(ctx, name, runs, spec.columns, title):
+            continue
         have = {(float(lr), float(b)) for lr, b in zip(runs["lr"], runs["batch"])}
         missing = [s for s in spec.expected if not any(same(s[0], h[0]) and same(s[1], h[1]) for h in have)]
         if missing:
             text = ", ".join(f"lr {fmt(lr)}/batch {fmt(b)}" for lr, b in missing)
             ctx.say(name, f"SPEC settings missing: {text} (SPEC: 20 runs, 4 seeds each)")
+
+
+def _correlation_runs(ctx: _Context, name: str, runs: pd.DataFrame, need: str) -> pd.DataFrame | None:
+    """The runs a correlation figure may use: diverged and failed runs and running runs behind the
+    furthest one left out (with a line each); None (with a skip line) when fewer than 3 remain."""
+    bad = runs[runs["status"].astype(str).isin(["diverged", "failed"])]
+    _status_notes(ctx, name, bad, drawn=False)
+    runs = runs.drop(bad.index)
+    if len(runs):
+        furthest = runs["last_iteration"].max()
+        lagging = runs[(runs["status"].astype(str) == "running") & (runs["last_iteration"] < furthest)]
+        if len(lagging):
+            ctx.say(name, f"{len(lagging)} running run(s) behind iteration {fmt(furthest)} left out "
+                          "(rerun figures when they finish)")
+        runs = runs.drop(lagging.index)
+    if len(runs) < 3:
+        ctx.say(name, f"skipped, {need} (found {len(runs)})")
+        return None
+    return runs
+
+
+def _correlation(ctx: _Context, name: str, runs: pd.DataFrame, columns: Sequence[str], title: str,
+                 color_by: Sequence[str] = ("lr", "batch"), colors: dict | None = None,
+                 optional: Sequence[str] = FLATNESS_CORRELATION_COLUMNS) -> bool:
+    """Draw and save one correlation figure over ``runs``: ``columns`` that have values, and the
+    ``optional`` ones every run has. ``colors``: per-run columns set on the summary ({column: {run:
+    value}}), e.g. to colour by. False (with a skip line) when fewer than 2 quantities have values."""
+    frame = ctx.frame[ctx.frame[RUN].isin(runs[RUN])]
+    summary = run_summary(frame, ctx.last_fraction)
+    for col, values in (colors or {}).items():
+        _set_column(summary, col, summary[RUN].map(values))
+    cols = [c for c in columns if c in summary and np.isfinite(summary[c].to_numpy(dtype=float)).any()]
+    for c in columns:
+        if c not in cols:
+            ctx.say(name, f"column {c} skipped: no values in these runs")
+    for c in optional:  # optional measures: only when every run has them
+        v = summary[c].to_numpy(dtype=float) if c in summary else np.full(len(summary), np.nan)
+        ok = np.isfinite(v)
+        if ok.all():
+            cols.append(c)
+        elif ok.any():
+            ctx.say(name, f"column {c} left out: values in {int(ok.sum())} of {len(v)} runs only")
+    if len(cols) < 2:
+        ctx.say(name, f"skipped, needs >= 2 quantities with values (found {len(cols)})")
+        return False
+    pearson = correlation_table(summary, cols)
+    fig = draw_correlation(summary, cols, pearson, color_by=color_by, title=title)
+    files = ctx.save(name, fig, {"": summary, "_pearson": pearson})
+    _written(ctx, name, files, f"{_n_runs(len(runs))}, {len(cols)} quantities")
+    return True
+
+
+def _set_column(table: pd.DataFrame, column: str, values) -> None:
+    """Set ``column`` of ``table`` in place (a new column goes second, after the run)."""
+    if column in table.columns:
+        table[column] = values
+    else:
+        table.insert(1, column, values)
 
 
 def _train_runs(ctx: _Context) -> pd.DataFrame:
@@ -700,10 +738,85 @@ def _make_runs(ctx: _Context, fig_id: str) -> None:
         _status_notes(ctx, name, drawn)
 
 
+# Any swept config key (``--by KEY``, issue 12): keys pooled in every sweep figure besides the key itself.
+_SWEEP_POOLED = ("seed", "metrics.sample_sets")
+
+
+def _sweep_groups(ctx: _Context, fig_id: str, pooled: Sequence[str] = ()) -> list[tuple[str, pd.DataFrame]]:
+    """Runs with the train sample set (one per setting) of any data and model, split into
+    experiments: one figure per value of every config key that differs between them except the
+    ``--by`` key, the seed and ``pooled``. The ``--by`` key never splits a figure."""
+    if ctx.by is None:
+        ctx.say(fig_id, "skipped, needs --by KEY (a swept config key, e.g. --by model.width)")
+        return []
+    sel = _train_runs(ctx)
+    if sel.empty:
+        ctx.say(fig_id, "skipped, needs runs with the train sample set")
+        return []
+    sel = _dedupe(ctx, fig_id, sel)
+    table = ctx.keys[ctx.keys[RUN].isin(sel[RUN])]
+    skip = {RUN, ctx.by, *_SWEEP_POOLED, *pooled}
+    first = [c for c in ("data.name", "model.name") if c in table.columns and c not in skip]
+    skip.update(first)
+    fields = first + sorted(c for c in table.columns if c not in skip)
+    parts = _split(table, f"{fig_id}-{ctx.by}", fields, by_value=("data.name", "model.name"))
+    return [(name, sel[sel[RUN].isin(part[RUN])]) for name, part in parts]
+
+
+def _key_values(ctx: _Context, runs: pd.DataFrame, numeric: bool = False) -> dict:
+    """Each run's value of the ``--by`` key: as text ("0.5", "none"), or numbers when ``numeric`` and
+    every value is one (so colours go in numeric order)."""
+    table = ctx.keys.set_index(RUN)[ctx.by]
+    text = {run: value_text(ctx.by, table.get(run)) for run in runs[RUN]}
+    if numeric:
+        try:
+            return {run: float(v) for run, v in text.items()}
+        except ValueError:
+            pass
+    return text
+
+
+def _make_sweep(ctx: _Context, fig_id: str) -> None:
+    for name, runs in _sweep_groups(ctx, fig_id):
+        values = _key_values(ctx, runs)
+        distinct = ordered(values.values())
+        if len(distinct) < 2:
+            ctx.say(name, f"skipped, needs >= 2 values of {ctx.by} (found {ctx.by} {', '.join(distinct)} only)")
+            continue
+        frame = ctx.frame[ctx.frame[RUN].isin(runs[RUN])]
+        frame = frame.assign(**{ctx.by: frame[RUN].map(values)})
+        title = (f"{name}: {_pair(runs)}, one line per {ctx.by}; mean over seeds, band {ctx.band}; "
+                 f"{_common(runs)}")
+        fig, lines, empty = _trend(frame, ctx.by, TREND_PANELS, band=ctx.band, title=title.rstrip("; "),
+                                   order=distinct)
+        summary = run_summary(frame, ctx.last_fraction)
+        _set_column(summary, ctx.by, summary[RUN].map(values))
+        files = ctx.save(name, fig, {"": lines, "_runs": summary})
+        seeds = sorted({fmt(s) for s in runs["seed"]})
+        _written(ctx, name, files, f"{_n_runs(len(runs))}; {ctx.by} {', '.join(distinct)}; seeds {', '.join(seeds)}")
+        for e in empty:
+            ctx.say(name, f"panel {e} skipped: no values in these runs")
+        _status_notes(ctx, name, runs)
+
+
+def _make_sweep_correlation(ctx: _Context, fig_id: str) -> None:
+    need = "needs >= 3 runs (diverged, failed and lagging running runs left out)"
+    for name, runs in _sweep_groups(ctx, fig_id, pooled=("lr", "batch")):
+        runs = _correlation_runs(ctx, name, runs, need)
+        if runs is None:
+            continue
+        title = (f"{name}: {_pair(runs)}, one point per run (mean over the last {ctx.last_fraction:g} of "
+                 f"checkpoints), coloured by {ctx.by}; {_common(runs)}")
+        _correlation(ctx, name, runs, CORRELATION_COLUMNS, title.rstrip("; "), color_by=(ctx.by,),
+                     colors={ctx.by: _key_values(ctx, runs, numeric=True)},
+                     optional=("bound_c", "bound_d", *FLATNESS_CORRELATION_COLUMNS))
+
+
 _MAKERS = {"trend": _make_trend, "samples": _make_samples, "bounds": _make_bounds,
            "correlation": _make_correlation}
 # Figures beyond SPEC's table, drawn from whatever results exist (id -> maker).
-_EXTRA_MAKERS = {"flatness": _make_flatness, "sam_vs_sgd": _make_sam, "runs": _make_runs}
+_EXTRA_MAKERS = {"flatness": _make_flatness, "sam_vs_sgd": _make_sam, "runs": _make_runs, "sweep": _make_sweep,
+                 "sweep_correlation": _make_sweep_correlation}
 EXTRA_FIGURE_IDS = tuple(_EXTRA_MAKERS)
 ALL_FIGURE_IDS = FIGURE_IDS + EXTRA_FIGURE_IDS
 
@@ -727,12 +840,61 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--only", help=f"comma-separated figure ids (default all: {','.join(ALL_FIGURE_IDS)})")
     p.add_argument("--band", choices=BANDS, default="minmax",
                    help="trend band over seeds: min to max (default), mean +- std, or none")
+    p.add_argument("--by", metavar="KEY",
+                   help="a swept config key (model.width, optim.rho, metrics.layer, lr, ...): the sweep "
+                        "figures draw one line (trend) or colour (correlation) per value of it")
     return p
 
 
-def _error(text: str) -> int:
+class _UsageError(ValueError):
+    """Bad input on the command line: one error line, exit status 2."""
+
+
+def _error(text: str, status: int = 1) -> int:
     print(f"sharpcomp figures: error: {text}", file=sys.stderr, flush=True)
-    return 1
+    return status
+
+
+def _check_options(args) -> tuple[list[str], tuple[str, ...]]:
+    """The image formats and figure ids asked for; ``_UsageError`` for a bad option."""
+    if not 0 < args.last_fraction <= 1:
+        raise _UsageError(f"--last-fraction must be in (0, 1], got {args.last_fraction:g}")
+    formats = [f.strip().lstrip(".").lower() for f in args.formats.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in ("png", "pdf", "svg")]
+    if not formats or unknown:
+        raise _UsageError(f"--formats takes png, pdf, svg (got {args.formats!r})")
+    only = ALL_FIGURE_IDS
+    if args.only:
+        only = tuple(x.strip() for x in args.only.split(",") if x.strip())
+        bad = [x for x in only if x not in ALL_FIGURE_IDS]
+        if bad:
+            raise _UsageError(f"unknown figure id {', '.join(bad)} (known: {', '.join(ALL_FIGURE_IDS)})")
+    return formats, only
+
+
+def _check_out(out: Path) -> None:
+    """Make the output folder and check that a file can be written there; ``_UsageError`` if not."""
+    if out.exists() and not out.is_dir():
+        raise _UsageError(f"--out {out} is a file, not a folder (choose a folder with --out)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise _UsageError(f"cannot write figures to {out}: {reason} (choose a folder with --out)") from None
+
+
+def _draw(ctx: _Context, only: Sequence[str]) -> None:
+    """Every figure asked for; one figure's failure does not stop the others."""
+    jobs = [(s.id, _MAKERS[s.kind], s) for s in FIGURES]
+    jobs += [(fig_id, maker, fig_id) for fig_id, maker in _EXTRA_MAKERS.items()]
+    for fig_id, maker, what in jobs:
+        if fig_id in only:
+            try:
+                maker(ctx, what)
+            except Exception as exc:
+                ctx.say(fig_id, f"skipped, could not be drawn: {type(exc).__name__}: {exc}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -741,18 +903,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(list(argv) if argv is not None else None)
     except SystemExit as exc:  # --help, or a usage error (argparse printed it)
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
-    if not 0 < args.last_fraction <= 1:
-        return _error(f"--last-fraction must be in (0, 1], got {args.last_fraction:g}")
-    formats = [f.strip().lstrip(".").lower() for f in args.formats.split(",") if f.strip()]
-    unknown = [f for f in formats if f not in ("png", "pdf", "svg")]
-    if not formats or unknown:
-        return _error(f"--formats takes png, pdf, svg (got {args.formats!r})")
-    only = ALL_FIGURE_IDS
-    if args.only:
-        only = tuple(x.strip() for x in args.only.split(",") if x.strip())
-        bad = [x for x in only if x not in ALL_FIGURE_IDS]
-        if bad:
-            return _error(f"unknown figure id {', '.join(bad)} (known: {', '.join(ALL_FIGURE_IDS)})")
+    try:
+        formats, only = _check_options(args)
+    except _UsageError as exc:
+        return _error(str(exc))
     dirs = [Path(d) for d in (args.dirs or ["outputs"])]
     out = Path(args.out) if args.out else dirs[0] / "figures"
     try:
@@ -765,19 +919,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(note, flush=True)
     info = run_info(frame)
     print(f"read {len(info)} runs from {len(dirs)} folder{'s' if len(dirs) > 1 else ''}", flush=True)
-    ctx = _Context(frame, info, out, formats, args.last_fraction, args.band)
-    for spec in FIGURES:
-        if spec.id in only:
-            try:
-                _MAKERS[spec.kind](ctx, spec)
-            except Exception as exc:  # one figure's failure does not stop the others
-                ctx.say(spec.id, f"skipped, could not be drawn: {type(exc).__name__}: {exc}")
-    for fig_id, maker in _EXTRA_MAKERS.items():
-        if fig_id in only:
-            try:
-                maker(ctx, fig_id)
-            except Exception as exc:
-                ctx.say(fig_id, f"skipped, could not be drawn: {type(exc).__name__}: {exc}")
+    try:
+        ctx = _Context(frame, info, out, formats, args.last_fraction, args.band, by=args.by)
+        _check_out(out)
+    except KeyError as exc:
+        return _error(exc.args[0], status=2)
+    except _UsageError as exc:
+        return _error(str(exc), status=2)
+    _draw(ctx, only)
     print(f"{ctx.written} figure{'s' if ctx.written != 1 else ''} written to {out}"
           if ctx.written else "no figures written: the results allow none (see the lines above)", flush=True)
     return 0

@@ -73,8 +73,10 @@ import torch
 from torch import Tensor, nn
 
 from sharpcomp._metrics_layers import rule_for
+from sharpcomp.columns import METRIC_COLUMNS
 
-METRIC_NAMES = ("sharpness", "G", "log_volume", "mls", "local_dim", "bound_b", "bound_c", "bound_d")
+# The SPEC metric columns (sharpcomp.columns, the one schema of column names).
+METRIC_NAMES = METRIC_COLUMNS
 PER_SAMPLE_NAMES = ("sharpness", "G", "log_volume", "mls", "local_dim", "grad_W_norm", "x_norm")
 
 # Outputs differentiated per batched backward pass (bounds the memory of the output gradients).

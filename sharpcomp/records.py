@@ -19,30 +19,18 @@ from pathlib import Path
 
 import pandas as pd
 
+# The column names are sharpcomp.columns' (one schema for every module); records re-exports them.
+from sharpcomp.columns import CHECKPOINT_COLUMNS as CHECKPOINT_COLUMNS
+from sharpcomp.columns import COLUMNS as COLUMNS
+from sharpcomp.columns import IDENTITY_COLUMNS as IDENTITY_COLUMNS
+from sharpcomp.columns import METRIC_COLUMNS as METRIC_COLUMNS
+from sharpcomp.columns import REASON_COLUMNS as REASON_COLUMNS
+from sharpcomp.columns import SAMPLE_COLUMNS as SAMPLE_COLUMNS
+
 METRICS_FILE = "metrics.parquet"
 
 STATUSES = ("running", "finished", "diverged", "failed")
 
-# Identity of a run: constant over its rows.
-IDENTITY_COLUMNS = (
-    "run_id", "data", "model", "lr", "batch", "seed", "loss", "width", "outputs", "optim", "scale",
-    "data_source", "device", "versions", "settings", "status",
-)
-# Per-checkpoint bookkeeping and whole-set evaluations.
-CHECKPOINT_COLUMNS = (
-    "iteration", "epoch", "wall_time", "train_loss", "train_acc", "test_loss", "test_acc",
-    "train_loss_running",
-)
-# Which points the metric columns were computed on, how many, and the loss over those points.
-SAMPLE_COLUMNS = ("sample_set", "n_samples", "sample_loss")
-# SPEC's metric columns, in the paper's order.
-METRIC_COLUMNS = (
-    "sharpness", "G", "log_volume", "mls", "local_dim", "bound_b", "bound_c", "bound_d",
-)
-# Why bound columns are missing (e.g. a convolutional first layer); empty when they are present.
-REASON_COLUMNS = ("bounds_reason",)
-
-COLUMNS = IDENTITY_COLUMNS + CHECKPOINT_COLUMNS + SAMPLE_COLUMNS + METRIC_COLUMNS + REASON_COLUMNS
 SAMPLE_SETS = ("train", "test", "misclassified")
 
 

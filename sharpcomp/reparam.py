@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from . import flatness as fl
+from .columns import METRIC_COLUMNS
 
 __all__ = ["rescale_unit", "reparam_table", "main"]
 
@@ -101,7 +102,7 @@ def _metrics_row(model: nn.Module, x: Tensor, y: Tensor, loss_fn: Callable, prob
         f = model(x)
     out["loss"] = float(loss_fn(f, y))
     m = compute_metrics(model, x, dtype=torch.float64, **metrics_kwargs)
-    for k in ("sharpness", "G", "log_volume", "mls", "local_dim", "bound_b", "bound_c", "bound_d"):
+    for k in METRIC_COLUMNS:
         out[k] = float(m[k])
     if probes >= 2:
         out["hessian_trace"], _ = hessian_trace(model, loss_fn, x, y, probes,

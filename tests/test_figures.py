@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pandas as pd
@@ -20,16 +21,21 @@ METRICS = ("sharpness", "G", "log_volume", "mls", "local_dim", "bound_b", "bound
 
 def make_run(root, data, model, lr, batch, seed, *, n_ckpt=6, every=100, sets=("train",), status="finished",
              diverge_at=None, scale="quick", bounds=None, drop=(), extra=None, name=None,
-             data_source="synthetic", optim="sgd", flat=(), flat_every=1):
+             data_source="synthetic", optim="sgd", flat=(), flat_every=1, width=1.0, settings=None):
     """One run's metrics.parquet, written by RunRecorder like a real run. Metric values depend on
     lr, batch, seed and iteration so that lines and correlations are distinct. ``flat``: flatness
     columns on the train rows at every ``flat_every``-th checkpoint and the last (missing between,
-    like ``metrics.flatness_every``); a ``<col>_se`` column gets 5% of ``<col>``."""
+    like ``metrics.flatness_every``); a ``<col>_se`` column gets 5% of ``<col>``. ``settings``: the
+    nested run settings written as the ``settings`` JSON column (see :func:`settings_of`); sharpness
+    scales with ``width``."""
     bounds = model == "mlp4" if bounds is None else bounds
     run_id = name or f"{data}-{model}-lr{lr}-b{batch}-s{seed}-{scale}-{'-'.join(sets)}-{optim}"
+    run_id += f"-w{width:g}" if width != 1.0 else ""
     identity = dict(run_id=run_id, data=data, model=model, lr=lr, batch=batch, seed=seed, loss="mse",
-                    width=1.0, outputs=10, optim=optim, scale=scale, data_source=data_source, device="cpu",
+                    width=width, outputs=10, optim=optim, scale=scale, data_source=data_source, device="cpu",
                     versions="{}")
+    if settings is not None:
+        identity["settings"] = json.dumps(settings, sort_keys=True)
     rec = RunRecorder(root / run_id, identity)
     rng = np.random.default_rng(1000 * seed + int(lr * 100) + batch)
     rows = []
@@ -43,7 +49,7 @@ def make_run(root, data, model, lr, batch, seed, *, n_ckpt=6, every=100, sets=("
                     train_loss_running=np.nan if dead else 0.1 * np.exp(-3 * t) + 0.001 * rng.random())
         for s in sets:
             f = {"train": 1.0, "test": 1.3, "misclassified": 2.0}[s]
-            S = f * 10 / (lr * batch ** 0.5) * (1 + 0.1 * rng.random())
+            S = width * f * 10 / (lr * batch ** 0.5) * (1 + 0.1 * rng.random())
             G = f * (3 + lr + 0.1 * rng.random())
             mls = 0.5 * np.sqrt(G)
             row = dict(base, sample_set=s, n_samples=20 if s != "misclassified" else 5, sample_loss=0.1 * f,
@@ -67,6 +73,15 @@ def make_run(root, data, model, lr, batch, seed, *, n_ckpt=6, every=100, sets=("
             break
     rec.append(rows, status="diverged" if diverge_at is not None else status)
     return read_metrics(root / run_id)
+
+
+def settings_of(data, model, lr, batch, seed, *, width=1.0, optim=None, **model_keys):
+    """The nested settings of a run as ``train.run_identity`` writes them (``settings`` column)."""
+    return {"data": {"name": data, "classes": None}, "model": {"name": model, "width": width, "outputs": 10,
+                                                               **model_keys},
+            "lr": lr, "batch": batch, "seed": seed, "loss": "mse", "optim": optim or {"name": "sgd"},
+            "log_every": 100, "eval_every": 1,
+            "metrics": {"n": 20, "sample_sets": ["train"], "layer": None, "flatness": {"fisher": None}}}
 
 
 def sweep(root, data_model=CIFAR, grid=GRID, seeds=(0, 1), **kw):
@@ -575,3 +590,208 @@ def test_cli_single_demo_run_gets_an_overview(tmp_path, capsys, monkeypatch):
     assert any(line.startswith("runs: capped at 2 lines: drew the first 2 of 3 runs") for line in out)
     assert len(pd.read_csv(demo / "figures" / "runs_runs.csv")) == 3
     assert len(set(pd.read_csv(demo / "figures" / "runs.csv")["run"])) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# results paths, the output folder
+
+
+def test_run_column_is_relative_to_the_results_folder(tmp_path, capsys, fake_save):
+    """Figure CSVs name runs relative to the folder given, never by an absolute local path (#13.12)."""
+    res = tmp_path / "outputs"
+    sweep(res / "multirun" / "a", FMNIST, grid=GRID[:3], seeds=(0,), n_ckpt=3)
+    rc, out, err = run_cli(capsys, res, "--only", "figE8,figD6", "--formats", "png")
+    assert rc == 0 and err == []
+    for csv in ("figE8_runs.csv", "figD6.csv"):
+        runs = pd.read_csv(res / "figures" / csv)["_run"]
+        assert sorted(runs) == sorted(f"multirun/a/fashion_mnist-mlp4-lr{lr}-b{b}-s0-quick-train-sgd"
+                                      for lr, b in GRID[:3])
+        assert not any(str(tmp_path) in r or r.startswith("/") for r in runs)
+    # several folders: each run under its folder's name; a run folder given itself: its name
+    other = tmp_path / "elsewhere" / "run7"
+    make_run(other.parent, *FMNIST, 0.1, 8, 0, n_ckpt=3, name="run7")
+    rc, out, err = run_cli(capsys, res / "multirun", other, "--out", tmp_path / "f", "--only", "runs",
+                           "--formats", "png")
+    assert rc == 0 and err == []
+    runs = set(pd.read_csv(tmp_path / "f" / "runs_runs.csv")["_run"])
+    assert "run7/run7" not in runs and "run7" in runs
+    assert "multirun/a/fashion_mnist-mlp4-lr0.1-b20-s0-quick-train-sgd" in runs
+    frame, _ = load_results([other])
+    assert set(frame["_run"]) == {"run7"}
+
+
+@pytest.mark.parametrize("where", ["proc", "file"])
+def test_unwritable_out_is_one_error_line_exit_2(tmp_path, capsys, where):
+    sweep(tmp_path / "r", FMNIST, grid=GRID[:3], seeds=(0,), n_ckpt=2)
+    out = "/proc/sharpcomp_figures" if where == "proc" else tmp_path / "afile"
+    if where == "file":
+        out.write_text("keep me")
+    rc, lines, err = run_cli(capsys, tmp_path / "r", "--out", out, "--formats", "png")
+    assert rc == 2
+    assert len(err) == 1 and err[0].startswith("sharpcomp figures: error:") and str(out) in err[0]
+    assert ("is a file" if where == "file" else "cannot write figures") in err[0]
+    assert not any(": wrote" in line for line in lines)
+    if where == "file":
+        assert out.read_text() == "keep me"
+
+
+# ---------------------------------------------------------------------------------------------
+# figures over any swept config key (--by KEY, issue 12)
+
+
+@pytest.fixture
+def saved(monkeypatch):
+    """Like fake_save, and keeps each saved figure (by file name) to look at what was drawn."""
+    from matplotlib.figure import Figure
+
+    figs = {}
+
+    def savefig(self, path, **kwargs):
+        figs[path.name] = self
+        with open(path, "wb") as fh:
+            fh.write(b"image")
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return figs
+
+
+def width_sweep(root, widths=(0.5, 1.0, 2.0), lrs=(0.1,), seeds=(0, 1), **kw):
+    return pd.concat([make_run(root, *FMNIST, lr, 20, s, width=w, n_ckpt=3,
+                               settings=settings_of(*FMNIST, lr, 20, s, width=w), **kw)
+                      for w in widths for lr in lrs for s in seeds], ignore_index=True)
+
+
+def test_by_width_one_line_per_value_in_one_figure(tmp_path, capsys, saved):
+    res = tmp_path / "r"
+    frame = width_sweep(res)
+    rc, out, err = run_cli(capsys, res, "--by", "model.width", "--only", "sweep,figE8", "--formats", "png")
+    assert rc == 0 and err == []
+    figdir = res / "figures"
+    assert sorted(p.name for p in figdir.glob("sweep*.csv")) == ["sweep-model.width.csv",
+                                                                 "sweep-model.width_runs.csv"]
+    text = "\n".join(out)
+    assert "sweep-model.width: wrote" in text and "6 runs; model.width 0.5, 1, 2; seeds 0, 1" in text
+    lines = pd.read_csv(figdir / "sweep-model.width.csv")
+    assert sorted(set(lines["model.width"])) == [0.5, 1.0, 2.0]
+    assert (lines["n_runs"] == 2).all()
+    g = lines[(lines.column == "sqrt_sharpness") & (lines["model.width"] == 2.0) & (lines.iteration == 200)]
+    rows = frame[(frame.width == 2.0) & (frame.iteration == 200)]
+    assert g["mean"].item() == pytest.approx(np.sqrt(rows.sharpness).mean())
+    runs = pd.read_csv(figdir / "sweep-model.width_runs.csv")
+    assert sorted(runs["model.width"]) == [0.5, 0.5, 1, 1, 2, 2]
+    axes = visible_axes(saved["sweep-model.width.png"])
+    assert [line.get_label() for line in lines_of(axes[2])] == [
+        "model.width 0.5 (2 runs)", "model.width 1 (2 runs)", "model.width 2 (2 runs)"]
+    # the SPEC figures still keep widths apart (width is part of their experiment)
+    assert any(line.startswith("figE8-width-0.5: skipped") for line in out)
+
+
+def test_by_key_splits_by_the_other_keys_and_colours_correlations(tmp_path, capsys, saved):
+    res = tmp_path / "r"
+    width_sweep(res, widths=(0.5, 2.0), lrs=(0.05, 0.1))
+    rc, out, err = run_cli(capsys, res, "--by", "width", "--only", "sweep,sweep_correlation", "--formats", "png")
+    assert rc == 0 and err == []
+    figdir = res / "figures"
+    for lr in (0.05, 0.1):  # lr differs: one trend figure per lr, one line per width in each
+        lines = pd.read_csv(figdir / f"sweep-model.width-lr-{lr:g}.csv")
+        assert sorted(set(lines["model.width"])) == [0.5, 2.0] and (lines["n_runs"] == 2).all()
+    points = pd.read_csv(figdir / "sweep_correlation-model.width.csv")  # correlations pool lr and batch
+    assert len(points) == 8 and sorted(points["model.width"]) == [0.5] * 4 + [2.0] * 4
+    fig = saved["sweep_correlation-model.width.png"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["model.width 0.5", "model.width 2"]
+    grid = fig.sharpcomp_axes
+    colours = {tuple(c) for c in grid[1][0].collections[0].get_facecolors()}
+    assert len(colours) == 2
+
+
+def test_by_nested_key_only_in_settings_and_missing_values(tmp_path, capsys, saved):
+    """A key only the settings JSON names (model.depth; optim.rho of SAM runs, none for SGD runs):
+    runs that differ only in it are distinct runs, not one found twice."""
+    res = tmp_path / "r"
+    for depth in (2, 4, 8):
+        make_run(res, *FMNIST, 0.1, 20, 0, n_ckpt=3, name=f"d{depth}",
+                 settings=settings_of(*FMNIST, 0.1, 20, 0, depth=depth))
+    rc, out, err = run_cli(capsys, res, "--by", "model.depth", "--only", "sweep", "--formats", "png")
+    assert rc == 0 and err == [] and not any("found twice" in line for line in out)
+    lines = pd.read_csv(res / "figures" / "sweep-model.depth.csv")
+    assert sorted(set(lines["model.depth"])) == [2, 4, 8] and (lines["n_runs"] == 1).all()
+    res2 = tmp_path / "r2"
+    for rho in (None, 0.05, 0.1):
+        optim = {"name": "sgd"} if rho is None else {"name": "sam", "rho": rho}
+        make_run(res2, *FMNIST, 0.1, 20, 0, n_ckpt=3, name=f"rho{rho}",
+                 settings=settings_of(*FMNIST, 0.1, 20, 0, optim=optim))
+    rc, out, err = run_cli(capsys, res2, "--by", "optim.rho", "--only", "sweep", "--formats", "png")
+    assert rc == 0 and err == []
+    # optim.name differs with rho here (sgd has none): it splits, so the SAM runs are one figure
+    lines = pd.read_csv(res2 / "figures" / "sweep-optim.rho-optim.name-sam.csv")
+    assert sorted(set(lines["optim.rho"])) == [0.05, 0.1]
+    assert any(line.startswith("sweep-optim.rho-optim.name-sgd: skipped, needs >= 2 values of optim.rho "
+                               "(found optim.rho none only)") for line in out)
+
+
+def test_by_key_falls_back_to_identity_columns_of_older_files(tmp_path, capsys, saved):
+    res = tmp_path / "r"
+    for w in (0.5, 1.0):
+        for s in (0, 1):
+            make_run(res, *CIFAR, 0.1, 20, s, width=w, n_ckpt=3)  # no settings column
+    rc, out, err = run_cli(capsys, res, "--by", "model.width", "--only", "sweep", "--formats", "png")
+    assert rc == 0 and err == []
+    lines = pd.read_csv(res / "figures" / "sweep-model.width.csv")
+    assert sorted(set(lines["model.width"])) == [0.5, 1.0] and (lines["n_runs"] == 2).all()
+
+
+def test_by_unknown_key_is_one_error_line_exit_2(tmp_path, capsys):
+    width_sweep(tmp_path / "r", widths=(1.0,), seeds=(0,))
+    rc, out, err = run_cli(capsys, tmp_path / "r", "--by", "model.widht")
+    assert rc == 2
+    assert len(err) == 1 and "unknown key 'model.widht'" in err[0] and "model.width" in err[0]
+    assert not (tmp_path / "r" / "figures").exists()
+
+
+def test_without_by_the_sweep_figures_say_what_they_need(tmp_path, capsys, fake_save):
+    width_sweep(tmp_path, widths=(0.5, 1.0), seeds=(0,))
+    rc, out, err = run_cli(capsys, tmp_path, "--only", "sweep,sweep_correlation", "--formats", "png")
+    assert rc == 0 and err == []
+    assert [line for line in out if "skipped" in line] == [
+        "sweep: skipped, needs --by KEY (a swept config key, e.g. --by model.width)",
+        "sweep_correlation: skipped, needs --by KEY (a swept config key, e.g. --by model.width)"]
+
+
+def test_settings_flattened_to_dotted_keys():
+    from sharpcomp import _figures_keys as keys
+
+    flat = keys.flatten(settings_of(*FMNIST, 0.1, 20, 3, width=2.0, optim={"name": "sam", "rho": 0.05}))
+    assert flat["model.width"] == 2.0 and flat["optim.rho"] == 0.05 and flat["seed"] == 3
+    assert flat["metrics.sample_sets"] == '["train"]' and flat["metrics.layer"] is None
+    assert flat["metrics.flatness.fisher"] is None and "metrics" not in flat
+    row = {"width": 0.5, "lr": 0.2, "data": "mnist", "settings": None}
+    assert keys.run_keys(row) == {"model.width": 0.5, "lr": 0.2, "data.name": "mnist"}
+    assert keys.ordered(["10", "2", "none", "0.5", "b", "a"]) == ["0.5", "2", "10", "a", "b", "none"]
+
+
+def test_published_figure_csvs_hold_no_absolute_paths():
+    """The CSVs beside the committed figures name runs relative to the results folder (#13.12)."""
+    from pathlib import Path
+
+    files = sorted((Path(__file__).resolve().parents[1] / "docs" / "figures").glob("*.csv"))
+    assert len(files) == 14
+    runs = 0
+    for path in files:
+        frame = pd.read_csv(path)
+        for col in ("_run", "data_source"):
+            values = frame[col].astype(str) if col in frame else pd.Series([], dtype=str)
+            assert not values.str.contains(r"(?:^|\()/", regex=True).any(), (path.name, col)
+        runs += len(frame["_run"]) if "_run" in frame else 0
+        if "_run" in frame:
+            assert frame["_run"].str.match(r"(multirun|runs)/").all(), path.name  # as under outputs/
+    assert runs == 66  # the per-run tables of seven figures
+
+
+def test_by_model_name_draws_both_models_in_one_figure(tmp_path, capsys, fake_save):
+    for s in (0, 1):
+        make_run(tmp_path, *CIFAR, 0.1, 20, s, n_ckpt=3)
+        make_run(tmp_path, "cifar10_2class", "mlp4", 0.1, 20, s, n_ckpt=3)
+    rc, out, err = run_cli(capsys, tmp_path, "--by", "model", "--only", "sweep", "--formats", "png")
+    assert rc == 0 and err == []
+    lines = pd.read_csv(tmp_path / "figures" / "sweep-model.name.csv")
+    assert set(lines["model.name"]) == {"mlp4", "vgg10"} and (lines["n_runs"] == 2).all()

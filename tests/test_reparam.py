@@ -208,3 +208,21 @@ def test_main_accepts_hydra_run_folders_with_equals_signs(fake_run, tmp_path, ca
     (hydra_named / "checkpoint.pt").write_bytes(b"")
     assert reparam.main([str(hydra_named), "alpha=10", "layer=fc1", "probes=3"]) == 0
     assert "unchanged" in capsys.readouterr().out
+
+
+def test_column_names_come_from_one_schema():
+    """reparam's rows, the flatness measures' columns and the metric names are sharpcomp.columns' names."""
+    from sharpcomp import columns, flatness, metrics, records
+
+    assert metrics.METRIC_NAMES == records.METRIC_COLUMNS == columns.METRIC_COLUMNS
+    assert records.IDENTITY_COLUMNS == columns.IDENTITY_COLUMNS and "settings" in columns.IDENTITY_COLUMNS
+    model, x, y = tiny_mlp()
+    df = reparam_table(model, x, y, mse, "fc1", 2.0, probes=2)
+    named = set(columns.METRIC_COLUMNS) | set(columns.FLATNESS_COLUMNS)
+    assert set(df.index) - {"output_change", "loss"} <= named
+    assert set(columns.METRIC_COLUMNS) <= set(df.index)
+    every = {key: {} for key in flatness.FLATNESS_DEFAULTS}  # every measure on, default settings
+    out = flatness.extra_metrics(model, mse, x, y, every, torch.Generator().manual_seed(0))
+    assert set(out) == set(columns.FLATNESS_COLUMNS)
+    assert set(columns.FLATNESS_MEASURES) | set(columns.FLATNESS_SE.values()) <= set(out)
+    assert {f"{m}_rel" for m in columns.WORST_CASE_MEASURES} <= set(out)

@@ -1,0 +1,49 @@
+"""The schema of a run's results: the names of the columns of ``metrics.parquet``.
+
+One place for every column name that more than one module needs: records writes these columns,
+metrics and flatness compute the quantities named here, reparam tabulates them and figures reads
+and draws them. A row of ``metrics.parquet`` is one checkpoint and one sample set (SPEC, "Records").
+"""
+
+from __future__ import annotations
+
+# Identity of a run: constant over its rows. ``settings`` is the JSON of every setting that defines
+# the run (any swept config key); ``status`` is rewritten with each append.
+IDENTITY_COLUMNS = (
+    "run_id", "data", "model", "lr", "batch", "seed", "loss", "width", "outputs", "optim", "scale",
+    "data_source", "device", "versions", "settings", "status",
+)
+# Per-checkpoint bookkeeping and whole-set evaluations.
+CHECKPOINT_COLUMNS = (
+    "iteration", "epoch", "wall_time", "train_loss", "train_acc", "test_loss", "test_acc",
+    "train_loss_running",
+)
+# Which points the metric columns were computed on, how many, and the loss over those points.
+SAMPLE_COLUMNS = ("sample_set", "n_samples", "sample_loss")
+# SPEC's metric columns, in the paper's order.
+METRIC_COLUMNS = (
+    "sharpness", "G", "log_volume", "mls", "local_dim", "bound_b", "bound_c", "bound_d",
+)
+# Why bound columns are missing (e.g. a convolutional first layer); empty when they are present.
+REASON_COLUMNS = ("bounds_reason",)
+# Every column a results file has, in order (optional flatness columns come after them).
+COLUMNS = IDENTITY_COLUMNS + CHECKPOINT_COLUMNS + SAMPLE_COLUMNS + METRIC_COLUMNS + REASON_COLUMNS
+
+# Optional flatness measures (``metrics.flatness``, issue 5), on the ``train`` rows at their own
+# cadence (``metrics.flatness_every``). The measures themselves, in the order figures draw them:
+FLATNESS_MEASURES = (
+    "hessian_trace", "quotient_trace", "sharpness_worst", "sharpness_adaptive", "sharpness_worst_quotient",
+    "grad_disagreement", "fisher_trace",
+)
+# Hutchinson's standard error of a trace estimate (measure -> its column).
+FLATNESS_SE = {"hessian_trace": "hessian_trace_se", "quotient_trace": "quotient_trace_se"}
+# The worst-case sharpness measures; each has a ``<name>_rel`` column, the value / (1 + L).
+WORST_CASE_MEASURES = ("sharpness_worst", "sharpness_adaptive", "sharpness_worst_quotient")
+# Tr H - Tr(PHP) in closed form.
+TRACE_GAP = "quotient_trace_gap"
+# Every flatness column a results file can have.
+FLATNESS_COLUMNS = (
+    "hessian_trace", "hessian_trace_se", "quotient_trace", "quotient_trace_se", TRACE_GAP,
+    "sharpness_worst", "sharpness_worst_rel", "sharpness_adaptive", "sharpness_adaptive_rel",
+    "sharpness_worst_quotient", "sharpness_worst_quotient_rel", "grad_disagreement", "fisher_trace",
+)
