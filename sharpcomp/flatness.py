@@ -641,6 +641,36 @@ def _resolve(settings: Mapping | None) -> dict[str, dict]:
     return out
 
 
+
+# value checks of the measures' settings: key -> (kind, lowest value, strictly above it)
+_CHECKS = {"probes": (int, 0, True), "n": (int, 0, True), "steps": (int, 0, True), "batches": (int, 0, True),
+           "batch_size": (int, 0, True), "chunk_size": (int, 0, True), "rho": (float, 0, False),
+           "step_size": (float, 0, True), "full_trace": (bool, None, None), "gap": (bool, None, None)}
+
+
+def check_settings(settings: Mapping | None) -> dict[str, dict]:
+    """The switched-on measures' settings, filled from the defaults; ValueError (one line) for an
+    unknown measure or key and for a value of the wrong type or range (null: the default where allowed)."""
+    try:
+        resolved = _resolve(settings)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
+    for key, cfg in resolved.items():
+        for k, v in cfg.items():
+            kind, low, strict = _CHECKS.get(k, (None, None, None))
+            if kind is None or (v is None and FLATNESS_DEFAULTS[key].get(k) is None):
+                continue
+            where = f"metrics.flatness.{key}.{k}"
+            if kind is bool:
+                if not isinstance(v, bool):
+                    raise ValueError(f"{where} must be true or false, got {v!r}")
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and v != int(v)):
+                raise ValueError(f"{where} must be {'an integer' if kind is int else 'a number'}, got {v!r}")
+            if not (v > low if strict else v >= low):
+                raise ValueError(f"{where} must be {'>' if strict else '>='} {low}, got {v!r}")
+    return resolved
+
 def _subset(n_total: int, n: int | None, generator: torch.Generator | None) -> Tensor:
     perm = torch.randperm(n_total, generator=generator)
     return perm if n is None else perm[: min(int(n), n_total)]

@@ -147,6 +147,12 @@ def _metric_settings(m: Mapping) -> MetricSettings:
     flatness = m["flatness"] or {}
     if not isinstance(flatness, Mapping):
         raise ConfigError(f"metrics.flatness must be a mapping of measures, got {flatness!r}")
+    from .flatness import check_settings
+
+    try:
+        check_settings(flatness)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return MetricSettings(
         n=_number("metrics.n", m["n"], int, 0), sample_sets=tuple(sets), layer=layer,
         log_volume_rank=_number("metrics.log_volume_rank", m["log_volume_rank"], int, 0, allow_none=True),
