@@ -32,8 +32,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import __version__
-from .data import Dataset, epoch_permutation, load_dataset, steps_per_epoch, train_sample_indices
-from .models import MODEL_NAMES, build_model, samples_per_chunk
+from .data import (
+    DataError,
+    Dataset,
+    check_data_config,
+    epoch_permutation,
+    load_from_config,
+    steps_per_epoch,
+    train_sample_indices,
+)
+from .models import ModelError, build_from_config, check_model_config, samples_per_chunk
 from .records import RunRecorder, atomic_write_bytes
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -95,14 +103,11 @@ def validate_config(cfg: Mapping, n_train: int | None = None) -> None:
     number("seed", cfg["seed"], int)
     if cfg["loss"] not in LOSSES:
         raise ConfigError(f"unknown loss '{cfg['loss']}' (choose from {', '.join(LOSSES)})")
-    if cfg["model"]["name"] not in MODEL_NAMES:
-        raise ConfigError(f"unknown model '{cfg['model']['name']}' (choose from {', '.join(MODEL_NAMES)})")
-    outputs = cfg["model"].get("outputs", 10)
-    if outputs != "classes" and (isinstance(outputs, bool) or not isinstance(outputs, int) or outputs < 1):
-        raise ConfigError(f"model.outputs must be a positive integer or 'classes', got {outputs!r}")
-    width = number("model.width", cfg["model"].get("width", 1.0))
-    if not width > 0:
-        raise ConfigError(f"model.width must be > 0, got {width}")
+    try:  # the model's callable importable, the data config usable (models.py, data.py)
+        check_model_config(cfg["model"])
+        check_data_config(cfg["data"], cfg.get("data_dir"))
+    except (ModelError, DataError) as exc:
+        raise ConfigError(str(exc)) from None
     if cfg.get("optim", {}).get("name", "sgd") not in OPTIMS:
         raise ConfigError(f"unknown optimizer '{cfg['optim']['name']}' (choose from {', '.join(OPTIMS)})")
     m = cfg.get("metrics", {})
@@ -233,15 +238,15 @@ def _num_outputs(cfg: Mapping, data: Dataset) -> int:
 
 
 def _load_data(cfg: Mapping, device: torch.device) -> Dataset:
-    d = cfg["data"]
-    return load_dataset(d["name"], d.get("dataset", d["name"]), d.get("classes"), cfg.get("data_dir"),
-                        cfg.get("cache_dir"), device=device)
+    return load_from_config(cfg["data"], cfg.get("data_dir"), cfg.get("cache_dir"), device=device)
 
 
 def _build(cfg: Mapping, data: Dataset, device: torch.device) -> nn.Module:
-    model = build_model(cfg["model"]["name"], _num_outputs(cfg, data), cfg["model"].get("width", 1.0),
-                        input_shape=data.input_shape, seed=int(cfg["seed"]))
-    return model.to(device)
+    try:
+        return build_from_config(cfg["model"], _num_outputs(cfg, data), data.input_shape, seed=int(cfg["seed"]),
+                                 device=device, num_classes=data.num_classes)
+    except ModelError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def prepare_runtime(cfg: Mapping, data: Dataset | None) -> tuple[torch.device, Dataset]:
