@@ -86,7 +86,7 @@ def default_cache_dir() -> Path:
 
 def resolve_root(root, data_dir: Path | None = None) -> Path:
     """An image folder's path: absolute as given, else from the working directory, else the data folder."""
-    if root is None or not str(root).strip():
+    if root is None or not str(root).strip() or str(root) == "???":
         raise DataError("data.root must name the image folder (<root>/{train,test}/<class>/*.png|jpg)")
     path = Path(str(root)).expanduser()
     data_dir = Path(data_dir) if data_dir else default_data_dir()

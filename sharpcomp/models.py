@@ -99,9 +99,9 @@ def target_of(model_cfg: Mapping) -> str:
     target = model_cfg.get("_target_")
     if target is None and model_cfg.get("name") in BUILTIN:
         return BUILTIN[model_cfg["name"]][0]
-    if not isinstance(target, str) or not target:
+    if not isinstance(target, str) or not target or target == "???":
         raise ModelError(f"model '{model_cfg.get('name')}' needs model._target_ (the dotted path of a callable "
-                         f"returning an nn.Module, e.g. mypkg.nets.SmallResNet), got {target!r}")
+                         f"returning an nn.Module, e.g. model._target_=mypkg.nets.SmallResNet)")
     return target
 
 

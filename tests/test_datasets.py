@@ -281,3 +281,49 @@ def test_records_name_the_source_kind_and_dataset_not_a_path(cfg_small, tmp_path
     train(cfg_small, tmp_path / "run")  # loads the data itself, as a command does
     sources = set(read_metrics(tmp_path / "run").data_source)
     assert sources == {"torchvision:fashion_mnist"}
+
+
+# ---------------------------------------------------------------------------------------------
+# the command line: one line, exit 2, no traceback
+
+
+def _cli_error(argv, capsys) -> tuple[int, str]:
+    from sharpcomp.cli import main
+
+    try:
+        rc = main(argv)
+    except SystemExit as ex:
+        rc = ex.code
+    return rc, capsys.readouterr().err.strip()
+
+
+TINY_RUN = ["steps=2", "log_every=2", "metrics.n=2", "progress=false", "model=mlp4", "model.width=0.05"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["data=image_folder"], "data.root must name the image folder"),
+    (["data=image_folder", "data.root=nowhere"], "image folder nowhere not found"),
+    (["data=cifar10", "data.classes=[3,12]"], "class index 12 out of range: cifar10 has classes 0..9"),
+    (["data=fashion_mnist", "data.normalize=maybe"], "data.normalize must be true or false"),
+    (["data=fashion_mnist", "model=custom"], "needs model._target_"),
+])
+def test_cli_bad_data_settings_before_any_work(args, message, in_tmp, capsys):
+    rc, err = _cli_error(["train", *TINY_RUN[:4], *args], capsys)
+    assert rc == 2 and message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not (in_tmp / "outputs").exists()
+
+
+def test_cli_bad_image_folder_and_damaged_file(in_tmp, capsys, monkeypatch):
+    root = in_tmp / "pets"
+    make_folder(root)
+    (root / "test" / "cat" / "01.png").write_bytes(b"\x89PNG garbage")
+    rc, err = _cli_error(["train", *TINY_RUN, "data=image_folder", "data.root=pets"], capsys)
+    assert rc == 2 and f"cannot read image {root / 'test' / 'cat' / '01.png'}" in err and len(err.splitlines()) == 1
+
+    make_idx_dataset(in_tmp / "data", "FashionMNIST")
+    labels = in_tmp / "data" / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte"
+    labels.write_bytes(labels.read_bytes()[:-2])
+    monkeypatch.setenv("SHARPCOMP_DATA", str(in_tmp / "data"))
+    monkeypatch.setenv("SHARPCOMP_CACHE", str(in_tmp / "cache"))
+    rc, err = _cli_error(["train", *TINY_RUN, "data=fashion_mnist", "batch=4"], capsys)
+    assert rc == 2 and f"data file {labels} is damaged" in err and len(err.splitlines()) == 1, err
