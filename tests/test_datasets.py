@@ -327,3 +327,15 @@ def test_cli_bad_image_folder_and_damaged_file(in_tmp, capsys, monkeypatch):
     monkeypatch.setenv("SHARPCOMP_CACHE", str(in_tmp / "cache"))
     rc, err = _cli_error(["train", *TINY_RUN, "data=fashion_mnist", "batch=4"], capsys)
     assert rc == 2 and f"data file {labels} is damaged" in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("dataset,file", [("mnist", "MNIST/raw/train-images-idx3-ubyte"),
+                                          ("cifar100", "cifar-100-python/train"),
+                                          ("svhn", "SVHN/train_32x32.mat")])
+def test_missing_dataset_names_where_it_looked(dataset, file, tmp_path):
+    (tmp_path / "nodata").mkdir()
+    with pytest.raises(DataError) as err:
+        load_arrays(dataset, tmp_path / "nodata", tmp_path / "cache")
+    msg = str(err.value)
+    assert msg.startswith(f"{dataset} data not found") and file in msg and str(tmp_path / "nodata") in msg
+    assert "download skipped (SHARPCOMP_OFFLINE is set)" in msg and "\n" not in msg
