@@ -97,6 +97,16 @@ def resolve_root(root, data_dir: Path | None = None) -> Path:
                                                        else f" (nor under the data folder {data_dir})"))
 
 
+# keys added to the data configs after runs were recorded, with the value that changes nothing
+IDENTITY_DEFAULTS = {"normalize": False, "root": None}
+
+
+def identity_view(data_cfg: Mapping) -> dict:
+    """The data config less keys at their defaults (``IDENTITY_DEFAULTS``), so a run's identity hash is
+    the one it had before those keys existed."""
+    return {k: v for k, v in data_cfg.items() if not (k in IDENTITY_DEFAULTS and v == IDENTITY_DEFAULTS[k])}
+
+
 def check_data_config(data_cfg: Mapping, data_dir=None) -> None:
     """Raise DataError with one line for a data config no run can use (before any loading)."""
     name, dataset = data_cfg.get("name"), data_cfg.get("dataset", data_cfg.get("name"))

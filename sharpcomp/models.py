@@ -152,6 +152,15 @@ def check_model_config(model_cfg: Mapping) -> None:
         raise ModelError(f"model._target_ '{target_of(model_cfg)}' is not callable")
 
 
+def identity_view(model_cfg: Mapping) -> dict:
+    """The model config less keys at their built-in defaults (a built-in's own ``_target_``), so a run's
+    identity hash is the one it had before ``_target_`` was written into ``conf/model/*.yaml``."""
+    out = dict(model_cfg)
+    if model_cfg.get("name") in BUILTIN and out.get("_target_") == BUILTIN[model_cfg["name"]][0]:
+        del out["_target_"]
+    return out
+
+
 def _accepts(fn, arg: str) -> bool:
     try:
         params = inspect.signature(fn).parameters

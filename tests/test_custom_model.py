@@ -161,3 +161,24 @@ def test_resnet_metrics_in_eval_mode_match_the_float64_reference(one_thread):
         assert res[key] == pytest.approx(ref[key], rel=1e-6), key
     assert res["sharpness"] > 0 and res["G"] > 0
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # eval statistics untouched
+
+
+def test_identity_views_give_the_run_ids_recorded_before_the_new_keys():
+    """conf/model/{vgg10,mlp4}.yaml gained ``_target_`` and the data configs ``normalize: false``; without
+    those keys (identity_view) a run's id is the one pinned on main before (tests/data/pinned_rows.json)."""
+    import json
+
+    from sharpcomp import data, models
+    from sharpcomp.train import run_identity
+
+    from .pinned_rows import CASES, PINNED
+
+    pinned = json.loads(PINNED.read_text())
+    for name in ("single_mlp4", "single_vgg10"):
+        cfg = OmegaConf.to_container(compose_train(CASES[name]), resolve=True)
+        assert cfg["model"]["_target_"].startswith("sharpcomp.models.") and cfg["data"]["normalize"] is False
+        cfg["model"], cfg["data"] = models.identity_view(cfg["model"]), data.identity_view(cfg["data"])
+        assert run_identity(cfg)["run_id"] == pinned[name][0]["run_id"]
+    custom = {"name": "vgg10", "_target_": "mypkg.Net"}  # another callable under a built-in's name keeps its key
+    assert models.identity_view(custom) == custom
+    assert data.identity_view({"name": "x", "normalize": True})["normalize"] is True
