@@ -59,7 +59,7 @@ def vgg10(num_outputs: int = 10, width: float = 1.0, input_shape=(3, 32, 32)) ->
     if len(input_shape) != 3:
         raise ModelError(f"vgg10 needs image inputs (C, H, W), got shape {tuple(input_shape)}")
     layers: OrderedDict[str, nn.Module] = OrderedDict()
-    c_in, side = input_shape[0], input_shape[-1]
+    c_in, h, w = input_shape
     for i, c in enumerate(VGG10_CHANNELS, start=1):
         c_out = _scaled(c, width)
         conv = nn.Conv2d(c_in, c_out, kernel_size=3, padding=2)
@@ -68,10 +68,10 @@ def vgg10(num_outputs: int = 10, width: float = 1.0, input_shape=(3, 32, 32)) ->
         layers[f"conv{i}"] = conv
         layers[f"relu{i}"] = nn.ReLU()
         layers[f"pool{i}"] = nn.MaxPool2d(2)
-        c_in, side = c_out, (side + 2) // 2
+        c_in, h, w = c_out, (h + 2) // 2, (w + 2) // 2
     hidden = _scaled(128, width)
     layers["flatten"] = nn.Flatten()
-    layers["fc1"] = nn.Linear(c_in * side * side, hidden)
+    layers["fc1"] = nn.Linear(c_in * h * w, hidden)
     layers["relu6"] = nn.ReLU()
     layers["fc2"] = nn.Linear(hidden, num_outputs)
     return nn.Sequential(layers)

@@ -339,3 +339,16 @@ def test_missing_dataset_names_where_it_looked(dataset, file, tmp_path):
     msg = str(err.value)
     assert msg.startswith(f"{dataset} data not found") and file in msg and str(tmp_path / "nodata") in msg
     assert "download skipped (SHARPCOMP_OFFLINE is set)" in msg and "\n" not in msg
+
+
+def test_image_folder_trains_through_the_command_line(in_tmp, capsys):
+    from sharpcomp.cli import main
+    from sharpcomp.records import read_metrics
+
+    make_folder(in_tmp / "pets", per_class=(6, 2), size=(10, 7))  # 7 x 10 images: vgg10 takes any size
+    args = ["train", "data=image_folder", "data.root=pets", "data.name=pets", "model=vgg10", "model.width=0.25",
+            "model.outputs=classes", "steps=4", "log_every=2", "metrics.n=4", "progress=false", "batch=6"]
+    assert main(args) == 0
+    rows = read_metrics(next((in_tmp / "outputs" / "runs").rglob("metrics.parquet")))
+    assert (rows.data == "pets").all() and (rows.data_source == "image_folder:pets").all()
+    assert (rows.outputs == 3).all() and sorted(rows.iteration) == [0, 2, 4] and (rows.status == "finished").all()
