@@ -352,3 +352,17 @@ def test_image_folder_trains_through_the_command_line(in_tmp, capsys):
     rows = read_metrics(next((in_tmp / "outputs" / "runs").rglob("metrics.parquet")))
     assert (rows.data == "pets").all() and (rows.data_source == "image_folder:pets").all()
     assert (rows.outputs == 3).all() and sorted(rows.iteration) == [0, 2, 4] and (rows.status == "finished").all()
+
+
+def test_own_data_config_through_the_searchpath(tmp_path):
+    from .conftest import compose_train
+
+    make_folder(tmp_path / "pets")
+    (tmp_path / "conf" / "data").mkdir(parents=True)
+    (tmp_path / "conf" / "data" / "pets.yaml").write_text(
+        f"defaults: [image_folder, _self_]\nname: pets\nroot: {tmp_path / 'pets'}\n")
+    cfg = compose_train([f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "data=pets", "data.classes=[2,1]"])
+    assert (cfg.data.name, cfg.data.dataset, cfg.data.root) == ("pets", "image_folder", str(tmp_path / "pets"))
+    assert cfg.steps == 10_000  # scale=quick reads the image_folder defaults
+    ds = load_from_config(dict(cfg.data), None, tmp_path / "cache")
+    assert ds.num_classes == 2 and ds.train_y.tolist() == [1, 1, 1, 0, 0, 0]
