@@ -9,7 +9,7 @@ A model config (``conf/model/*.yaml``) names a callable and its arguments::
 
 ``name`` and ``outputs`` are sharpcomp's own keys; every other key reaches the callable as a keyword
 argument (nested ``_target_`` nodes are instantiated first, Hydra-style). Two arguments come from the
-data and are passed when the callable's signature accepts them (by name, or through ``**kwargs``):
+data and are passed when the callable's signature names them (``**kwargs`` does not count):
 ``num_outputs`` (int, N) and ``input_shape`` (tuple, one sample's shape, e.g. ``(3, 32, 32)``).
 ``torch.manual_seed(seed)`` runs just before the call, so initial weights are a function of the seed.
 After building, one forward pass on one (zero) sample in eval mode checks that the output has shape
@@ -162,11 +162,12 @@ def identity_view(model_cfg: Mapping) -> dict:
 
 
 def _accepts(fn, arg: str) -> bool:
+    """Whether ``fn`` names the parameter ``arg`` (``**kwargs`` does not count: builders such as
+    torchvision's ``resnet18(**kwargs)`` forward them to a constructor that may not take them)."""
     try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):  # no signature to read: pass it
-        return True
-    return arg in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        return arg in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # no signature to read
+        return False
 
 
 def _construct(model_cfg: Mapping, num_outputs: int, input_shape: tuple[int, ...]):

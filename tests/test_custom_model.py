@@ -57,6 +57,10 @@ def test_custom_target_gets_its_arguments_and_the_datas():
         {"_target_": "torch.nn.Flatten"}, {"_target_": "torch.nn.Linear", "in_features": 4, "out_features": 2}]},
         2, (1, 2, 2))
     assert lin(torch.ones(5, 1, 2, 2)).shape == (5, 2)
+    # a library builder with **kwargs gets only its config's arguments (num_outputs would reach ResNet)
+    r18 = build_from_config({"name": "r18", "_target_": "torchvision.models.resnet18", "num_classes": 2,
+                             "outputs": "classes"}, 2, (3, 32, 32), seed=0)
+    assert r18.fc.out_features == 2
 
 
 @pytest.mark.parametrize("cfg,message", [
