@@ -1,7 +1,22 @@
-"""The study's two networks, as named ``nn.Sequential`` models (SPEC, "Models").
+"""Networks, built from a model config through Hydra's ``_target_`` (SPEC, "Models").
 
-Every layer has a stable name, so a middle-layer representation is picked by name
-(``compute_metrics(model, x, layer="fc1")``) and a rescaling names its layer the same way.
+A model config (``conf/model/*.yaml``) names a callable and its arguments::
+
+    name: vgg10                      # the label in run ids, folders and records
+    _target_: sharpcomp.models.vgg10 # any importable callable returning an nn.Module
+    width: 1.0                       # every other key is a keyword argument of the callable
+    outputs: 10                      # number of outputs N, or "classes" (the data's class count)
+
+``name`` and ``outputs`` are sharpcomp's own keys; every other key reaches the callable as a keyword
+argument (nested ``_target_`` nodes are instantiated first, Hydra-style). Two arguments come from the
+data and are passed when the callable's signature names them (``**kwargs`` does not count):
+``num_outputs`` (int, N) and ``input_shape`` (tuple, one sample's shape, e.g. ``(3, 32, 32)``).
+``torch.manual_seed(seed)`` runs just before the call, so initial weights are a function of the seed.
+After building, one forward pass on one (zero) sample in eval mode checks that the output has shape
+``(1, N)``, which the loss needs; this also materialises lazy modules.
+
+The study's two networks are plain functions returning named ``nn.Sequential`` models, so a
+middle-layer representation is picked by name (``compute_metrics(model, x, layer="fc1")``):
 
 - ``vgg10``: five 3x3 convolutions (padding 2; 16, 16, 32, 64, 64 channels), each followed by
   ReLU and 2x2 max-pooling, then Linear(256, 128), ReLU, Linear(128, N). Conv weights are drawn
@@ -15,24 +30,36 @@ Every layer has a stable name, so a middle-layer representation is picked by nam
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections import OrderedDict
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
 VGG10_CHANNELS = (16, 16, 32, 64, 64)
 MLP4_HIDDEN = (500, 500, 500)
-MODEL_NAMES = ("vgg10", "mlp4")
+# the built-in networks: name -> (_target_, default input shape)
+BUILTIN = {"vgg10": ("sharpcomp.models.vgg10", (3, 32, 32)), "mlp4": ("sharpcomp.models.mlp4", (1, 28, 28))}
+MODEL_NAMES = tuple(BUILTIN)
+OWN_KEYS = ("name", "outputs")  # sharpcomp's keys in a model config, not arguments of the callable
+DATA_ARGS = ("num_outputs", "input_shape")  # arguments that come from the data
+
+
+class ModelError(ValueError):
+    """A model config that cannot give a usable network; the message is one line for the user."""
 
 
 def _scaled(width_units: int, width: float) -> int:
     return max(1, int(round(width_units * width)))
 
 
-def vgg10(num_outputs: int = 10, width: float = 1.0, in_channels: int = 3, image_size: int = 32) -> nn.Sequential:
+def vgg10(num_outputs: int = 10, width: float = 1.0, input_shape=(3, 32, 32)) -> nn.Sequential:
+    if len(input_shape) != 3:
+        raise ModelError(f"vgg10 needs image inputs (C, H, W), got shape {tuple(input_shape)}")
     layers: OrderedDict[str, nn.Module] = OrderedDict()
-    c_in, side = in_channels, image_size
+    c_in, h, w = input_shape
     for i, c in enumerate(VGG10_CHANNELS, start=1):
         c_out = _scaled(c, width)
         conv = nn.Conv2d(c_in, c_out, kernel_size=3, padding=2)
@@ -41,19 +68,19 @@ def vgg10(num_outputs: int = 10, width: float = 1.0, in_channels: int = 3, image
         layers[f"conv{i}"] = conv
         layers[f"relu{i}"] = nn.ReLU()
         layers[f"pool{i}"] = nn.MaxPool2d(2)
-        c_in, side = c_out, (side + 2) // 2
+        c_in, h, w = c_out, (h + 2) // 2, (w + 2) // 2
     hidden = _scaled(128, width)
     layers["flatten"] = nn.Flatten()
-    layers["fc1"] = nn.Linear(c_in * side * side, hidden)
+    layers["fc1"] = nn.Linear(c_in * h * w, hidden)
     layers["relu6"] = nn.ReLU()
     layers["fc2"] = nn.Linear(hidden, num_outputs)
     return nn.Sequential(layers)
 
 
-def mlp4(num_outputs: int = 10, width: float = 1.0, in_features: int = 784) -> nn.Sequential:
+def mlp4(num_outputs: int = 10, width: float = 1.0, input_shape=(1, 28, 28)) -> nn.Sequential:
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     layers["flatten"] = nn.Flatten()
-    d_in = in_features
+    d_in = math.prod(input_shape)
     for i, h in enumerate(MLP4_HIDDEN, start=1):
         d_out = _scaled(h, width)
         layers[f"fc{i}"] = nn.Linear(d_in, d_out)
@@ -63,27 +90,158 @@ def mlp4(num_outputs: int = 10, width: float = 1.0, in_features: int = 784) -> n
     return nn.Sequential(layers)
 
 
-def build_model(name: str, num_outputs: int = 10, width: float = 1.0, input_shape: tuple[int, ...] | None = None,
-                seed: int | None = None) -> nn.Sequential:
-    """Build a model by name. With ``seed``, the initial weights are a function of the seed alone.
+# ---------------------------------------------------------------------------------------------
+# model configs
 
-    ``input_shape`` is one sample's shape, e.g. (3, 32, 32) or (1, 28, 28).
-    """
-    if name not in MODEL_NAMES:
-        raise ValueError(f"unknown model '{name}' (choose from {', '.join(MODEL_NAMES)})")
+
+def target_of(model_cfg: Mapping) -> str:
+    """The dotted path of the callable that builds this model (built-ins without ``_target_`` too)."""
+    target = model_cfg.get("_target_")
+    if target is None and model_cfg.get("name") in BUILTIN:
+        return BUILTIN[model_cfg["name"]][0]
+    if not isinstance(target, str) or not target or target == "???":
+        raise ModelError(f"model '{model_cfg.get('name')}' needs model._target_ (the dotted path of a callable "
+                         f"returning an nn.Module, e.g. model._target_=mypkg.nets.SmallResNet)")
+    return target
+
+
+def locate(path: str):
+    """Import ``path`` (``pkg.module.attr``) as Hydra does; modules in the working folder are found too."""
+    import os
+    import sys
+
+    from hydra._internal.utils import _locate
+
+    try:
+        return _locate(path)
+    except ImportError as exc:
+        cwd = os.getcwd()
+        if isinstance(exc.__cause__, ModuleNotFoundError) and cwd not in sys.path:
+            sys.path.append(cwd)  # as `python -m` would: the user's own module beside the command
+            try:
+                return _locate(path)
+            except ImportError as again:
+                exc = again
+        detail = " ".join(line.strip() for line in str(exc).splitlines()[1:]) or str(exc)
+        raise ModelError(f"cannot import model._target_ '{path}': {detail}") from None
+    except Exception as exc:  # the module itself fails on import
+        raise ModelError(f"cannot import model._target_ '{path}': {type(exc).__name__}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def check_model_config(model_cfg: Mapping) -> None:
+    """Raise ModelError with one line for a model config no run can use (the callable is imported)."""
+    name = model_cfg.get("name")
+    if not isinstance(name, str) or not name:
+        raise ModelError(f"model.name must be a non-empty string, got {name!r}")
+    outputs = model_cfg.get("outputs", 10)
+    if outputs != "classes" and (isinstance(outputs, bool) or not isinstance(outputs, int) or outputs < 1):
+        raise ModelError(f"model.outputs must be a positive integer or 'classes', got {outputs!r}")
+    if "width" in model_cfg:
+        width = model_cfg["width"]
+        if isinstance(width, bool) or not isinstance(width, (int, float)) or not width > 0:
+            raise ModelError(f"model.width must be a number > 0, got {width!r}")
+    taken = [k for k in DATA_ARGS if k in model_cfg]
+    if taken:
+        raise ModelError(f"model.{taken[0]} comes from the data; remove it (model.outputs sets the number of outputs)")
+    if not callable(locate(target_of(model_cfg))):
+        raise ModelError(f"model._target_ '{target_of(model_cfg)}' is not callable")
+
+
+def identity_view(model_cfg: Mapping) -> dict:
+    """The model config less keys at their built-in defaults (a built-in's own ``_target_``), so a run's
+    identity hash is the one it had before ``_target_`` was written into ``conf/model/*.yaml``."""
+    out = dict(model_cfg)
+    if model_cfg.get("name") in BUILTIN and out.get("_target_") == BUILTIN[model_cfg["name"]][0]:
+        del out["_target_"]
+    return out
+
+
+def _accepts(fn, arg: str) -> bool:
+    """Whether ``fn`` names the parameter ``arg`` (``**kwargs`` does not count: builders such as
+    torchvision's ``resnet18(**kwargs)`` forward them to a constructor that may not take them)."""
+    try:
+        return arg in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # no signature to read
+        return False
+
+
+def _construct(model_cfg: Mapping, num_outputs: int, input_shape: tuple[int, ...]):
+    """Call the config's ``_target_`` with its keyword arguments and the data's, through Hydra."""
+    from hydra.utils import instantiate
+
+    target = target_of(model_cfg)
+    fn = locate(target)
+    node = {k: v for k, v in model_cfg.items() if k not in OWN_KEYS}
+    node.update(_target_=target, _partial_=True)
+    node.setdefault("_convert_", "all")
+    from_data = {"num_outputs": int(num_outputs), "input_shape": tuple(int(s) for s in input_shape)}
+    try:
+        factory = instantiate(node)
+        return factory(**{k: v for k, v in from_data.items() if _accepts(fn, k)})
+    except ModelError:
+        raise
+    except Exception as exc:
+        cause = exc.__cause__ or exc
+        args = ", ".join(f"{k}={v!r}" for k, v in node.items() if not k.startswith("_"))
+        raise ModelError(f"model {target}({args}) failed: {type(cause).__name__}: {_first_line(cause)}") from None
+
+
+def check_output_shape(model: nn.Module, num_outputs: int, input_shape: tuple[int, ...], name: str = "model") -> None:
+    """One forward pass on one zero sample, in eval mode (no BatchNorm statistics change): the output
+    must be (1, num_outputs), as the loss needs. Each module's train/eval mode is restored."""
+    modes = [(m, m.training) for m in model.modules()]
+    param = next(model.parameters(), None)
+    x = torch.zeros((1, *input_shape), device=param.device if param is not None else "cpu")
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as exc:
+        raise ModelError(f"model {name} fails on one input of shape {tuple(x.shape)}: "
+                         f"{type(exc).__name__}: {_first_line(exc)}") from None
+    finally:
+        for m, training in modes:
+            m.training = training
+    shape = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
+    if shape != (1, num_outputs):
+        raise ModelError(f"model {name} gives outputs of shape {shape} for one input of shape {tuple(x.shape)}; "
+                         f"the loss needs (1, {num_outputs}): one value per output (model.outputs)")
+
+
+def build_from_config(model_cfg: Mapping, num_outputs: int, input_shape: tuple[int, ...], seed: int | None = None,
+                      device: torch.device | str | None = None, num_classes: int | None = None) -> nn.Module:
+    """The network a model config describes, for data of ``input_shape`` with ``num_outputs`` outputs,
+    on ``device``, its output shape checked. ModelError (one line) for anything unusable."""
+    check_model_config(model_cfg)
     if not num_outputs >= 1:
-        raise ValueError(f"number of outputs must be >= 1, got {num_outputs}")
-    if not width > 0:
-        raise ValueError(f"width must be > 0, got {width}")
+        raise ModelError(f"number of outputs must be >= 1, got {num_outputs}")
+    if num_classes is not None and num_outputs < num_classes:
+        raise ModelError(f"model.outputs={num_outputs} is fewer than the data's {num_classes} classes")
     if seed is not None:
-        torch.manual_seed(seed)
-    if name == "vgg10":
-        c, h = (3, 32) if input_shape is None else (input_shape[0], input_shape[-1])
-        if input_shape is not None and len(input_shape) != 3:
-            raise ValueError(f"vgg10 needs image inputs (C, H, W), got shape {tuple(input_shape)}")
-        return vgg10(num_outputs, width, in_channels=c, image_size=h)
-    m = 784 if input_shape is None else math.prod(input_shape)
-    return mlp4(num_outputs, width, in_features=m)
+        torch.manual_seed(int(seed))
+    model = _construct(model_cfg, num_outputs, input_shape)
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model._target_ '{target_of(model_cfg)}' returned a {type(model).__name__}, "
+                         f"not a torch.nn.Module")
+    if device is not None:
+        model = model.to(device)
+    check_output_shape(model, num_outputs, input_shape, model_cfg["name"])
+    return model
+
+
+def build_model(name: str, num_outputs: int = 10, width: float = 1.0, input_shape: tuple[int, ...] | None = None,
+                seed: int | None = None) -> nn.Module:
+    """A built-in network by name (``vgg10``, ``mlp4``); ``input_shape`` defaults to the study's data.
+    With ``seed``, the initial weights are a function of the seed alone."""
+    if name not in BUILTIN:
+        raise ModelError(f"unknown model '{name}' (choose from {', '.join(MODEL_NAMES)})")
+    cfg = {"name": name, "_target_": BUILTIN[name][0], "width": width}
+    return build_from_config(cfg, num_outputs, input_shape or BUILTIN[name][1], seed)
 
 
 def count_parameters(model: nn.Module) -> int:

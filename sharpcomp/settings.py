@@ -27,7 +27,8 @@ OPTIMS = ("sgd", "sam")
 SAMPLE_SETS = ("train", "test", "misclassified")
 BUILTIN_MODELS = ("vgg10", "mlp4")
 # keys that joined the config after runs were recorded, with the value under which old runs were made
-NEW_KEYS = {("allow_tf32",): None, ("cuda_graph",): "auto", ("model", "_target_"): None}
+# (model and data keys: ``models.identity_view``, ``data.identity_view``)
+NEW_KEYS = {("allow_tf32",): None}
 
 
 class ConfigError(ValueError):
@@ -228,15 +229,23 @@ def _optim(o: Mapping) -> dict:
 
 
 def _model(m: Mapping) -> dict:
-    m = dict(m)
-    if m.get("name") not in BUILTIN_MODELS and not m.get("_target_"):
-        raise ConfigError(f"unknown model '{m.get('name')}' (choose from {', '.join(BUILTIN_MODELS)}, "
-                          f"or give model._target_)")
-    outputs = m.get("outputs", 10)
-    if outputs != "classes" and (isinstance(outputs, bool) or not isinstance(outputs, int) or outputs < 1):
-        raise ConfigError(f"model.outputs must be a positive integer or 'classes', got {outputs!r}")
-    _number("model.width", m.get("width", 1.0), float, 0)
-    return m
+    from .models import ModelError, check_model_config
+
+    try:
+        check_model_config(m)
+    except ModelError as exc:
+        raise ConfigError(str(exc)) from None
+    return dict(m)
+
+
+def _data(d: Mapping, data_dir) -> dict:
+    from .data import DataError, check_data_config
+
+    try:
+        check_data_config(d, data_dir)
+    except DataError as exc:
+        raise ConfigError(str(exc)) from None
+    return dict(d)
 
 
 def settings(cfg, n_train: int | None = None) -> Settings:
@@ -263,7 +272,7 @@ def settings(cfg, n_train: int | None = None) -> Settings:
         deterministic=_flag("deterministic", c["deterministic"]), progress=bool(c.get("progress", True)),
         allow_tf32=tf32, cuda_graph=_choice("cuda_graph", c["cuda_graph"], ("auto", "off")),
         compile=_flag("compile", c.get("compile", False)), metrics=_metric_settings(c["metrics"]),
-        model=_model(c["model"]), data=dict(c["data"]))
+        model=_model(c["model"]), data=_data(c["data"], c.get("data_dir")))
 
 
 def validate_config(cfg, n_train: int | None = None) -> None:
@@ -278,15 +287,14 @@ def select_device(name: str) -> torch.device:
 
 
 def _drop_new_keys(keys: dict) -> dict:
+    from .data import identity_view as data_view
+    from .models import identity_view as model_view
+
     keys = json.loads(json.dumps(keys, default=str))
+    keys["model"], keys["data"] = model_view(keys["model"]), data_view(keys["data"])
     for path, old in NEW_KEYS.items():
-        node = keys
-        for p in path[:-1]:
-            node = node.get(p) if isinstance(node, dict) else None
-        if isinstance(node, dict) and path[-1] in node:
-            builtin_target = path == ("model", "_target_") and node.get("name") in BUILTIN_MODELS
-            if node[path[-1]] == old or builtin_target:
-                del node[path[-1]]
+        if keys.get(path[0], object()) == old:
+            del keys[path[0]]
     return keys
 
 

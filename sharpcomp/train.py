@@ -33,10 +33,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import Dataset, epoch_permutation, load_dataset, steps_per_epoch, train_sample_indices
+from .data import Dataset, epoch_permutation, load_from_config, steps_per_epoch, train_sample_indices
 from .evaluation import checkpoint_rows, eval_layout, evaluate, sample_inputs  # noqa: F401  (re-exported)
 from .losses import make_loss, per_sample_loss  # noqa: F401  (re-exported)
-from .models import build_model
+from .models import ModelError, build_from_config, build_model
 from .run_state import CHECKPOINT_FILE, RunResult, RunState, identity_columns, read_checkpoint  # noqa: F401
 from .settings import (  # noqa: F401  (re-exported)
     BUILTIN_MODELS,
@@ -58,15 +58,17 @@ LAST_TIMINGS: dict[str, float] = {}
 
 
 def load_data(s: Settings, device: torch.device) -> Dataset:
-    d = s.data
-    return load_dataset(d["name"], d.get("dataset", d["name"]), d.get("classes"), s.raw.get("data_dir"),
-                        s.raw.get("cache_dir"), device=device)
+    return load_from_config(s.data, s.raw["data_dir"], s.raw["cache_dir"], device=device)
 
 
 def build(s: Settings, data: Dataset, device: torch.device) -> nn.Module:
-    model = build_model(s.model["name"], s.num_outputs(data.num_classes), s.model.get("width", 1.0),
-                        input_shape=data.input_shape, seed=s.seed)
-    return model.to(device)
+    """The run's network (seeded initial weights) on ``device``; ConfigError (one line) when the model
+    config cannot give one that fits the data and the loss."""
+    try:
+        return build_from_config(s.model, s.num_outputs(data.num_classes), data.input_shape, seed=s.seed,
+                                 device=device, num_classes=data.num_classes)
+    except ModelError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def check_layer(s: Settings, model: nn.Module) -> None:

@@ -29,7 +29,8 @@ BAD = [
     (["train", "batch=0"], "batch size must be > 0"),
     (["train", "batch=2.5"], "batch must be an integer"),
     (["train", "steps=0"], "steps must be > 0"),
-    (["train", "data=imagenet"], "unknown data 'imagenet' (choose from cifar10_2class, fashion_mnist)"),
+    (["train", "data=imagenet"], "unknown data 'imagenet' (choose from cifar10, cifar100, cifar10_2class, "
+                                 "fashion_mnist, image_folder, mnist, svhn)"),
     (["train", "model=resnet"], "unknown model 'resnet'"),
     (["train", "colour=blue"], "unknown option 'colour'"),
     (["train", "loss=hinge"], "unknown loss 'hinge'"),

@@ -75,3 +75,10 @@ def test_samples_per_chunk_follows_the_largest_activation():
     assert samples_per_chunk(vgg, torch.rand(1, 3, 32, 32), members=10**9) == 1
     meta = samples_per_chunk(vgg.to("meta"), torch.rand(1, 3, 32, 32, device="meta"), 3, device=torch.device("cpu"))
     assert meta == budget // (3 * 16 * 34 * 34)
+
+
+def test_vgg10_takes_any_image_size():
+    square = build_model("vgg10", 3, width=0.25, input_shape=(1, 28, 28), seed=0)
+    assert square.fc1.in_features == 16 * 2 * 2 and square(torch.rand(2, 1, 28, 28)).shape == (2, 3)
+    wide = build_model("vgg10", 3, width=0.25, input_shape=(1, 7, 40), seed=0)  # H 7 -> 2, W 40 -> 3
+    assert wide.fc1.in_features == 16 * 2 * 3 and wide(torch.rand(2, 1, 7, 40)).shape == (2, 3)
