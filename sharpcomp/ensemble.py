@@ -315,6 +315,10 @@ class EnsembleStepper:
             self.modules.append(model)
         self.settings, self.lrs = s, [m.settings.lr for m in members]
         self.net = StackedSGD(self.modules, self.lrs, s.loss, compile=compile, impl=impl)
+        if impl == "auto" and self.net.impl == "vmap":
+            print(f"sharpcomp: ensemble: {type(self.modules[0]).__name__} has layers the grouped implementation "
+                  f"does not stack (it takes nn.Sequential of Conv2d, Linear, ReLU, MaxPool2d, Flatten); using vmap",
+                  file=sys.stderr)
         self.x = data.train_x
         self.targets = loss_target(s.loss, data.train_y, s.num_outputs(data.num_classes), data.train_x.dtype)
         reason = ("torch.compile" if self.net.compiled else
@@ -376,7 +380,7 @@ def _check_runs(cfgs: Sequence, run_dirs: Sequence[Path]) -> None:
 
 def _stackable(members: Sequence[Member], data: Dataset) -> str | None:
     """Why these runs cannot train as one stacked network (None: they can)."""
-    model = build(members[0].settings, data, torch.device("meta"))
+    model = build(members[0].settings, data, torch.device("cpu"))
     if any(True for _ in model.buffers()):
         return f"{type(model).__name__} has buffers (e.g. BatchNorm statistics), which no stacked step updates"
     return None

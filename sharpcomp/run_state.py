@@ -133,8 +133,16 @@ def identity_columns(s: Settings, run_id: str, num_outputs: int, data_source: st
         "optim": s.optim_name, "scale": s.raw.get("scale_name", "custom"), "data_source": data_source,
         "device": str(device), "versions": package_versions(),
         # every setting that defines the trajectory (any swept key), as JSON: figures group by any of them
-        "settings": json.dumps(run_identity(s)["settings"], sort_keys=True, default=str),
+        "settings": json.dumps(_published(run_identity(s)["settings"]), sort_keys=True, default=str),
     }
+
+
+def _published(settings: dict) -> dict:
+    """Settings as records publish them: an image folder's root by its name, not a local path."""
+    data = settings.get("data", {})
+    if data.get("root"):
+        settings = {**settings, "data": {**data, "root": Path(str(data["root"])).name}}
+    return settings
 
 
 # ---------------------------------------------------------------------------------------------

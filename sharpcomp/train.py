@@ -138,8 +138,8 @@ def open_runs(cfgs: Sequence, run_dirs: Sequence[Path], data: Dataset | None) ->
     for d in run_dirs:
         check_writable(Path(d))
     device, data = prepare_runtime(all_settings[0], data)
-    with torch.device("meta"):
-        check_layer(all_settings[0], build(all_settings[0], data, torch.device("meta")))
+    if all_settings[0].metrics.layer is not None:  # any network: build one to look (on the CPU, not the meta device)
+        check_layer(all_settings[0], build(all_settings[0], data, torch.device("cpu")))
     members: list[Member] = []
     try:
         for s, d in zip(all_settings, run_dirs):

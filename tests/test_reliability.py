@@ -185,19 +185,42 @@ def test_long_folder_names_are_shortened_deterministically(in_tmp):
 # 9 -------------------------------------------------------------------------------------------
 
 
+FAILING = """
+import math
+
+from torch import nn
+
+
+class TrainFails(nn.Module):
+    \"\"\"A small network whose training step raises (when ``fail``): a real failure inside a run.\"\"\"
+
+    def __init__(self, num_outputs, input_shape, fail=False):
+        super().__init__()
+        self.fail = fail
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), num_outputs))
+
+    def forward(self, x):
+        if self.fail and self.training:
+            raise RuntimeError("this network fails in training")
+        return self.net(x)
+"""
+CUSTOM = [a for a in T if not a.startswith("model")] + ["model=custom", "model._target_=failing.TrainFails"]
+
+
 def test_a_sweep_with_a_failed_job_reports_it_and_exits_non_zero(in_tmp):
-    # outputs=1 under cross-entropy: the loss fails inside the run (labels beyond the one output)
-    res = cli(["-m", "train", *T, "loss=ce", "model.outputs=10,1", "hydra.sweep.dir=F",
-               "hydra.sweep.subdir=o${model.outputs}"], in_tmp)
+    (in_tmp / "failing.py").write_text(FAILING)
+    res = cli(["-m", "train", *CUSTOM, "+model.fail=false,true", "hydra.sweep.dir=F",
+               "hydra.sweep.subdir=f${model.fail}"], in_tmp)
     assert res.returncode == 1
     assert "sweep of 2 jobs: 1 finished, 0 diverged, 1 failed" in res.stderr
-    assert f"failed: {in_tmp / 'F' / 'o1'}" in res.stderr
-    assert (in_tmp / "F" / "o1" / "error.log").exists()
-    assert set(read_metrics(in_tmp / "F" / "o1").status) == {"failed"}
-    assert read_metrics(in_tmp / "F" / "o10").status.iloc[-1] == "finished"
+    assert f"failed: {in_tmp / 'F' / 'fTrue'}" in res.stderr
+    assert "this network fails in training" in (in_tmp / "F" / "fTrue" / "error.log").read_text()
+    assert set(read_metrics(in_tmp / "F" / "fTrue").status) == {"failed"}
+    assert read_metrics(in_tmp / "F" / "fFalse").status.iloc[-1] == "finished"
 
 
 def test_a_single_failed_run_exits_1_with_one_line(in_tmp):
-    res = cli(["train", *T, "loss=ce", "model.outputs=1", "hydra.run.dir=G"], in_tmp)
+    (in_tmp / "failing.py").write_text(FAILING)
+    res = cli(["train", *CUSTOM, "+model.fail=true", "hydra.run.dir=G"], in_tmp)
     assert res.returncode == 1 and "traceback in" in one_line(res.stderr)
     assert set(read_metrics(Path(in_tmp) / "G").status) == {"failed"}
