@@ -9,7 +9,9 @@ and is the only place that builds, writes and reads ``checkpoint.pt``:
   up to the saved state (else restart the run from iteration 0, with a line saying so); drop rows past
   the saved state (computed again, identically, on resume).
 - ``commit``: append a checkpoint's rows, then write the state (rows first: a crash in between leaves
-  rows without a state, which the next ``open`` drops).
+  rows without a state, which the next ``open`` drops). With ``resume_every`` > 0 the state is written
+  at most that often (seconds; always at the end, on a divergence and on Ctrl-C): rows past the last
+  written state are dropped and computed again, identically, on resume.
 - ``diverge``: the NaN row and a state marked ``diverged`` (a rerun keeps the verdict).
 - ``fail``: mark the records ``failed``. ``close``: release the lock.
 """
@@ -24,6 +26,7 @@ import pickle
 import platform
 import re
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,6 +166,8 @@ class RunState:
         self.wall_offset = 0.0
         self.result: RunResult | None = None  # set once the run is finished, diverged or failed
         self.checkpoints = 0
+        self._saved_at = time.monotonic()  # last write of checkpoint.pt
+        self._pending: dict | None = None  # a resume point not yet written (resume_every)
 
     @property
     def fresh(self) -> bool:
@@ -240,10 +245,18 @@ class RunState:
 
     def commit(self, it: int, rows: list[dict], status: str, wall: float, model_state: dict,
                optimizer_state: dict) -> None:
-        """Append one checkpoint's rows, then save the state they belong to."""
+        """Append one checkpoint's rows, then save the state they belong to: at once when
+        ``resume_every`` seconds have passed since the last save (0: always) or the run has ended;
+        otherwise kept in memory (a copy) and written by the next save or by :meth:`close`."""
         self.recorder.append(rows, status=status)
-        save_checkpoint(self.run_dir, self._state(it, status, wall, model_state, optimizer_state))
+        state = self._state(it, status, wall, model_state, optimizer_state)
         self.checkpoints += 1
+        if status != "running" or time.monotonic() - self._saved_at >= self.settings.resume_every:
+            save_checkpoint(self.run_dir, state)
+            self._saved_at, self._pending = time.monotonic(), None
+        else:
+            state["model_state"] = {k: v.detach().clone() for k, v in model_state.items()}
+            self._pending = state
 
     def diverge(self, it: int, epoch: float, wall: float, model_state: dict, optimizer_state: dict) -> None:
         """Record a non-finite loss at checkpoint ``it``: one NaN row, status diverged, the state kept."""
@@ -261,4 +274,10 @@ class RunState:
             self.recorder.append([{"iteration": self.start, "sample_set": "train"}], status="failed")
 
     def close(self) -> None:
-        self.lock.release()
+        """Write a resume point still held in memory (Ctrl-C, a failure), then release the lock."""
+        try:
+            if self._pending is not None:
+                save_checkpoint(self.run_dir, self._pending)
+                self._pending = None
+        finally:
+            self.lock.release()

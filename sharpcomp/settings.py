@@ -86,7 +86,7 @@ def complete(cfg: Mapping) -> dict:
 
 def _has_all(cfg: dict) -> bool:
     need = ("lr", "batch", "seed", "steps", "log_every", "eval_every", "loss", "device", "metrics", "optim",
-            "allow_tf32", "cuda_graph", "threads", "deterministic")
+            "allow_tf32", "cuda_graph", "threads", "deterministic", "resume_every", "compile", "progress")
     return all(k in cfg for k in need) and "flatness" in cfg["metrics"]
 
 
@@ -183,6 +183,7 @@ class Settings:
     allow_tf32: bool | None
     cuda_graph: str
     compile: bool
+    resume_every: float
     metrics: MetricSettings
     model: dict = field(hash=False)
     data: dict = field(hash=False)
@@ -269,9 +270,10 @@ def settings(cfg, n_train: int | None = None) -> Settings:
         steps=_number("steps", c["steps"], int, 0), log_every=_number("log_every", c["log_every"], int, 0),
         eval_every=_number("eval_every", c["eval_every"], int, 0), loss=_choice("loss", c["loss"], LOSSES),
         optim=_optim(c["optim"]), device=_device(c["device"]), threads=threads,
-        deterministic=_flag("deterministic", c["deterministic"]), progress=bool(c.get("progress", True)),
+        deterministic=_flag("deterministic", c["deterministic"]), progress=_flag("progress", c["progress"]),
         allow_tf32=tf32, cuda_graph=_choice("cuda_graph", c["cuda_graph"], ("auto", "off")),
-        compile=_flag("compile", c.get("compile", False)), metrics=_metric_settings(c["metrics"]),
+        compile=_flag("compile", c["compile"]), metrics=_metric_settings(c["metrics"]),
+        resume_every=_number("resume_every", c["resume_every"], float, 0, strict=False),
         model=_model(c["model"]), data=_data(c["data"], c.get("data_dir")))
 
 

@@ -224,3 +224,27 @@ def test_a_single_failed_run_exits_1_with_one_line(in_tmp):
     res = cli(["train", *CUSTOM, "+model.fail=true", "hydra.run.dir=G"], in_tmp)
     assert res.returncode == 1 and "traceback in" in one_line(res.stderr)
     assert set(read_metrics(Path(in_tmp) / "G").status) == {"failed"}
+
+
+# resume points less often than rows (issue 11) -----------------------------------------------
+
+
+def test_resume_points_written_less_often_still_resume_exactly(cfg_small, fmnist_small, tmp_path):
+    from sharpcomp.run_state import CHECKPOINT_FILE, read_checkpoint
+    from sharpcomp.train import train
+
+    train(cfg_small, tmp_path / "ref", data=fmnist_small)
+    cfg_small.resume_every = 3600  # only the end, a divergence or an interrupt write checkpoint.pt
+    seen = []
+
+    def stop_at_8(it, rows):
+        seen.append((tmp_path / "run" / CHECKPOINT_FILE).exists())
+        if it == 8:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg_small, tmp_path / "run", data=fmnist_small, callback=stop_at_8)
+    assert seen == [False, False, False]  # rows at 0, 4 and 8, no resume point written yet
+    assert read_checkpoint(tmp_path / "run" / CHECKPOINT_FILE)["iteration"] == 8  # written on the way out
+    train(cfg_small, tmp_path / "run", data=fmnist_small)
+    pd.testing.assert_frame_equal(rows(tmp_path / "ref"), rows(tmp_path / "run"))
