@@ -274,18 +274,18 @@ def evaluate_stacked(net: StackedSGD, x: torch.Tensor, y: torch.Tensor, loss: st
     return [(mean_loss[j], acc[j], correct[j]) for j in range(k)]
 
 
-def stacked_sample_metrics(models: Sequence[nn.Module], inputs: Sequence[Mapping[str, torch.Tensor]],
+def stacked_sample_metrics(models: Sequence[nn.Module], inputs: Sequence[Mapping[str, tuple]],
                            s: Settings) -> list[dict[str, dict]]:
-    """The metrics of every member on each of its sample sets ([{set: inputs}] -> [{set: result}]):
+    """The metrics of every member on each of its sample sets ([{set: (inputs, labels)}] -> [{set: result}]):
     one :func:`metrics_stacked.compute_metrics_stacked` call per sample set for all members (members
     with an empty set are left out of it)."""
     from .metrics_stacked import compute_metrics_stacked
 
     out: list[dict[str, dict]] = [{} for _ in models]
     for name in s.metrics.sample_sets:
-        have = [j for j, x in enumerate(inputs) if len(x[name])]
+        have = [j for j, x in enumerate(inputs) if len(x[name][0])]
         if have:
-            results = compute_metrics_stacked([models[j] for j in have], [inputs[j][name] for j in have],
+            results = compute_metrics_stacked([models[j] for j in have], [inputs[j][name][0] for j in have],
                                               **s.metrics.options())
             for j, res in zip(have, results):
                 out[j][name] = res

@@ -48,32 +48,45 @@ def sample_set(name: str, data: Dataset, sample_idx: torch.Tensor, n: int,
     return data.test_x[wrong], data.test_y[wrong]
 
 
-def sample_inputs(s: Settings, data: Dataset, sample_idx: torch.Tensor,
-                  test_correct: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    """The inputs of each of the run's sample sets, by name."""
-    return {name: sample_set(name, data, sample_idx, s.metrics.n, test_correct)[0]
-            for name in s.metrics.sample_sets}
+def sample_sets(s: Settings, data: Dataset, sample_idx: torch.Tensor,
+                test_correct: torch.Tensor | None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The inputs and labels of each of the run's sample sets, by name."""
+    return {name: sample_set(name, data, sample_idx, s.metrics.n, test_correct) for name in s.metrics.sample_sets}
 
 
-def compute_sample_metrics(model: nn.Module, inputs: Mapping[str, torch.Tensor], s: Settings) -> dict[str, dict]:
+@torch.no_grad()
+def sample_losses(models: list[nn.Module], sets: list[dict[str, tuple[torch.Tensor, torch.Tensor]]],
+                  loss: str) -> list[dict[str, float]]:
+    """Each network's mean loss on each of its non-empty sample sets, read from the device in one
+    transfer for all of them."""
+    keys = [(j, name) for j, by_name in enumerate(sets) for name, (x, _) in by_name.items() if len(x)]
+    if not keys:
+        return [{} for _ in sets]
+    means = torch.stack([per_sample_loss(loss, models[j](sets[j][name][0]), sets[j][name][1]).mean()
+                         for j, name in keys]).tolist()
+    out: list[dict[str, float]] = [{} for _ in sets]
+    for (j, name), v in zip(keys, means):
+        out[j][name] = v
+    return out
+
+
+def compute_sample_metrics(model: nn.Module, inputs: Mapping[str, tuple], s: Settings) -> dict[str, dict]:
     """``compute_metrics`` of one network on each non-empty sample set, by name."""
     from .metrics import compute_metrics
 
-    return {name: compute_metrics(model, x, **s.metrics.options()) for name, x in inputs.items() if len(x)}
+    return {name: compute_metrics(model, x, **s.metrics.options()) for name, (x, _) in inputs.items() if len(x)}
 
 
-def checkpoint_rows(model: nn.Module, s: Settings, data: Dataset, sample_idx: torch.Tensor, loss_fn: Callable,
-                    base: dict, test_correct: torch.Tensor | None, iteration: int,
-                    metrics: Mapping[str, dict]) -> list[dict]:
-    """The rows of one checkpoint: ``base`` (whole-set columns) joined with the metrics of each sample
-    set (and the optional flatness measures on the train row, when due). The model is in eval mode."""
+def checkpoint_rows(model: nn.Module, s: Settings, data: Dataset, sets: Mapping[str, tuple], loss_fn: Callable,
+                    base: dict, iteration: int, metrics: Mapping[str, dict], losses: Mapping[str, float]) -> list[dict]:
+    """The rows of one checkpoint: ``base`` (whole-set columns) joined with each sample set's loss and
+    metrics (and the optional flatness measures on the train row, when due). The model is in eval mode."""
     rows = []
     for name in s.metrics.sample_sets:
-        x, y = sample_set(name, data, sample_idx, s.metrics.n, test_correct)
+        x, _ = sets[name]
         row = {**base, "sample_set": name, "n_samples": len(x)}
         if len(x):
-            with torch.no_grad():
-                row["sample_loss"] = float(per_sample_loss(s.loss, model(x), y).mean())
+            row["sample_loss"] = losses[name]
             row.update({k: v for k, v in metrics[name].items() if k != "per_sample"})
         if name == "train" and s.metrics.flatness_on and s.flatness_due(iteration):
             from .flatness import extra_metrics

@@ -7,8 +7,8 @@ it has. A stepper holds the k runs' networks (position j <-> the loop's j-th act
   returns the (k,) minibatch losses, on the device (no host synchronisation);
 - ``evaluate(x, y)``: [(mean loss, accuracy, per-sample correctness)] of every network on a whole set;
 - ``models()``: the k networks as ``nn.Module`` s in eval mode, holding the current parameters;
-- ``sample_metrics(models, inputs)``: the metrics of each network on its sample sets
-  ([{set name: inputs}] -> [{set name: ``compute_metrics`` result}]);
+- ``sample_metrics(models, sets)``: the metrics of each network on its sample sets
+  ([{set name: (inputs, labels)}] -> [{set name: ``compute_metrics`` result}]);
 - ``states(j)``: network j's (model state, optimizer state) for its checkpoint;
 - ``keep(members)``: keep only these positions (after some runs diverged); ``train()``: back to
   training mode after a checkpoint.
@@ -97,7 +97,7 @@ class PlainStepper:
         return [self.model.eval()]
 
     def sample_metrics(self, models: Sequence[nn.Module],
-                       inputs: Sequence[Mapping[str, torch.Tensor]]) -> list[dict[str, dict]]:
+                       inputs: Sequence[Mapping[str, tuple]]) -> list[dict[str, dict]]:
         return [compute_sample_metrics(m, x, self.settings) for m, x in zip(models, inputs)]
 
     def states(self, j: int) -> tuple[dict, dict]:

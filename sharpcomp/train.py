@@ -34,7 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import Dataset, epoch_permutation, load_from_config, steps_per_epoch, train_sample_indices
-from .evaluation import checkpoint_rows, eval_layout, evaluate, sample_inputs  # noqa: F401  (re-exported)
+from .evaluation import checkpoint_rows, eval_layout, evaluate, sample_losses, sample_sets  # noqa: F401
 from .losses import make_loss, per_sample_loss  # noqa: F401  (re-exported)
 from .models import ModelError, build_from_config, build_model
 from .run_state import CHECKPOINT_FILE, RunResult, RunState, identity_columns, read_checkpoint  # noqa: F401
@@ -278,8 +278,9 @@ class _Loop:
         correct = [test_evals[j][2] if whole else None for j in keep]
         if "misclassified" in s.metrics.sample_sets and not whole:
             correct = [e[2] for e in self.stepper.evaluate(self.data.test_x, self.data.test_y)]
-        inputs = [sample_inputs(s, self.data, m.sample_idx, c) for m, c in zip(self.members, correct)]
-        metrics = self.stepper.sample_metrics(models, inputs)
+        sets = [sample_sets(s, self.data, m.sample_idx, c) for m, c in zip(self.members, correct)]
+        metrics = self.stepper.sample_metrics(models, sets)
+        losses = sample_losses(models, sets, s.loss)
         self.timing["metrics"] += time.perf_counter() - m0
         new_rows = {}
         for pos, (j, m) in enumerate(zip(keep, self.members)):
@@ -287,7 +288,7 @@ class _Loop:
             if whole:
                 (base["train_loss"], base["train_acc"], _), (base["test_loss"], base["test_acc"], _) = \
                     train_evals[j], test_evals[j]
-            new_rows[m.run.run_dir] = self._commit(pos, m, it, base, correct[pos], metrics[pos], models[pos])
+            new_rows[m.run.run_dir] = self._commit(pos, m, it, base, sets[pos], metrics[pos], losses[pos], models[pos])
         self.stepper.train()
         self._reset_running()
         self.timing["checkpoint"] += time.perf_counter() - c0
@@ -300,9 +301,10 @@ class _Loop:
         if self.callback is not None:
             self.callback(it, new_rows)
 
-    def _commit(self, pos: int, m: Member, it: int, base: dict, correct, metrics: dict, model: nn.Module) -> list:
+    def _commit(self, pos: int, m: Member, it: int, base: dict, sets: dict, metrics: dict, losses: dict,
+                model: nn.Module) -> list:
         m0 = time.perf_counter()
-        rows = checkpoint_rows(model, m.settings, self.data, m.sample_idx, m.loss_fn, base, correct, it, metrics)
+        rows = checkpoint_rows(model, m.settings, self.data, sets, m.loss_fn, base, it, metrics, losses)
         self.timing["metrics"] += time.perf_counter() - m0
         for r in rows:
             r["wall_time"] = self.wall(m)
