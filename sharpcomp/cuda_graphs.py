@@ -42,7 +42,7 @@ class GraphedStep:
                  before_capture: Callable[[], None] | None = None):
         self.static_idx = idx.clone()
         saved = [t.detach().clone() for t in state()]
-        side = torch.cuda.Stream(device=idx.device)
+        self.stream = side = torch.cuda.Stream(device=idx.device)  # kept: the graph's memory was allocated on it
         side.wait_stream(torch.cuda.current_stream(idx.device))
         with torch.cuda.stream(side):
             for _ in range(WARMUP):
