@@ -29,7 +29,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -76,23 +75,10 @@ def bench_steps(model, data_name, data, device, k, steps, rounds) -> dict:
 
 
 def bench_checkpoint(model, data_name, data, device, k, repeats) -> dict:
-    """One k-member checkpoint (median of ``repeats``) against its floor (median of ``repeats``)."""
-    from sharpcomp.data import train_sample_indices
-
-    ckpt = statistics.median(pp.checkpoint_seconds(model, data_name, data, k, device, count=repeats))
-    stepper, _ = pp.make_stepper(model, data_name, data, k, 20, device, cuda_graph="off")
-    n = len(data.train_x)
-    inputs = [{"train": data.train_x[train_sample_indices(j // 3, n, 100).to(device)]} for j in range(k)]
-    floors = []
-    for _ in range(repeats + 1):
-        pp.sync(device)
-        t0 = time.perf_counter()
-        stepper.evaluate(data.train_x, data.train_y)
-        stepper.evaluate(data.test_x, data.test_y)
-        stepper.sample_metrics(stepper.models(), inputs)
-        pp.sync(device)
-        floors.append(time.perf_counter() - t0)
-    floor = statistics.median(floors[1:])  # the first call warms up
+    """One k-member checkpoint against its floor, each timed ``repeats`` times, interleaved on the
+    same networks (medians)."""
+    pairs = pp.checkpoint_seconds(model, data_name, data, k, device, count=repeats, floor=True)
+    ckpt, floor = (statistics.median(p[i] for p in pairs) for i in (0, 1))
     return {"k": k, "checkpoint_s": ckpt, "floor_s": floor, "ratio": ckpt / floor}
 
 

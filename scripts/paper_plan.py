@@ -352,11 +352,28 @@ def step_seconds(model, data_name, data, k, batch, device, seconds: float) -> fl
     return time_steps(stepper, batches(data, seeds, batch, count, device), device)
 
 
+def floor_seconds(loop, device) -> float:
+    """The floor of one checkpoint of ``loop``'s runs: the stepper's whole-set evaluation of the train and
+    test sets plus its sample-set metrics (no records, no rows), on the same networks."""
+    from sharpcomp.evaluation import sample_inputs
+
+    d, st = loop.data, loop.stepper
+    sync(device)
+    t0 = time.perf_counter()
+    st.evaluate(d.train_x, d.train_y)
+    st.evaluate(d.test_x, d.test_y)
+    st.sample_metrics(st.models(), [sample_inputs(m.settings, d, m.sample_idx, None) for m in loop.members])
+    sync(device)
+    st.train()
+    return time.perf_counter() - t0
+
+
 def checkpoint_seconds(model, data_name, data, k, device, sample_sets=("train",), log_every=200,
-                       count: int = 2) -> list[float]:
+                       count: int = 2, floor: bool = False) -> list:
     """Seconds of ``count`` checkpoints (after the one at iteration 0) of k runs, each after one step:
     ``train._Loop.checkpoint`` on runs opened in a temporary folder (evaluation, metrics, records,
-    checkpoint.pt), as a paper-scale run takes them."""
+    checkpoint.pt), as a paper-scale run takes them. ``floor``: (checkpoint, floor) pairs instead, the
+    floor (:func:`floor_seconds`) timed right after each checkpoint on the same networks."""
     from sharpcomp.train import _Loop, close_all, open_runs
 
     stepper, cfgs = make_stepper(model, data_name, data, k, 20, device, sample_sets=sample_sets)
@@ -374,7 +391,8 @@ def checkpoint_seconds(model, data_name, data, k, device, sample_sets=("train",)
                     t0 = time.perf_counter()
                     loop.checkpoint(c * log_every)
                     sync(device)
-                out.append(time.perf_counter() - t0)
+                    ck = time.perf_counter() - t0
+                out.append((ck, floor_seconds(loop, device)) if floor else ck)
                 loop.running_sum += stepper.step(idx[c])
                 loop.running_count += 1
         finally:
