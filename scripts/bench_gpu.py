@@ -132,8 +132,8 @@ def print_projection(proj: dict) -> None:
         f1 = "-" if p["fig1_s"] is None else pp.hms(p["fig1_s"])
         st = "-" if p["study_s"] is None else pp.hms(p["study_s"])
         parts = ", ".join(f"{r['experiment']} {pp.hms(r['seconds'])}" for r in p["experiments"] or [] if r["groups"])
-        print(f"  {mode:5s}: fig1 (15 vgg10 runs, one ensemble; measured rates) {f1}; "
-              f"whole study {st} (estimate: {parts})")
+        why = f"estimate: {parts}" if parts else "needs vgg10 and mlp4"
+        print(f"  {mode:5s}: fig1 (15 vgg10 runs, one ensemble; measured rates) {f1}; whole study {st} ({why})")
 
 
 def main(argv=None) -> int:
