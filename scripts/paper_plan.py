@@ -343,12 +343,13 @@ def time_steps(stepper, idx: Sequence, device) -> float:
 
 
 def step_seconds(model, data_name, data, k, batch, device, seconds: float) -> float:
-    """Seconds per step of k runs, measured for about ``seconds`` (after 3 warm-up steps)."""
+    """Seconds per step of k runs, measured for about ``seconds`` (at least 3 steps), after 3 warm-up
+    steps (where the step is captured as a CUDA graph) and 3 probe steps."""
     stepper, _ = make_stepper(model, data_name, data, k, batch, device)
     seeds = [j // 3 for j in range(k)]
     time_steps(stepper, batches(data, seeds, batch, 3, device), device)
-    probe = time_steps(stepper, batches(data, seeds, batch, 5, device), device)
-    count = max(5, min(5000, int(seconds / max(probe, 1e-6))))
+    probe = time_steps(stepper, batches(data, seeds, batch, 3, device), device)
+    count = max(3, min(5000, int(seconds / max(probe, 1e-6))))
     return time_steps(stepper, batches(data, seeds, batch, count, device), device)
 
 
@@ -432,7 +433,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     ap.add_argument("--seconds", type=float, default=1.0, help="measured seconds per step rate")
     ap.add_argument("--ckpt-k", type=int, default=None, help="members in the measured checkpoint (default: "
-                    "15 on CUDA, 2 on a CPU)")
+                    "15 on CUDA, 1 on a CPU)")
     ap.add_argument("--data-dir", default=None, help="offline datasets (default: $SHARPCOMP_DATA)")
     ap.add_argument("--count-only", action="store_true", help="only count the runs; measure nothing")
     args = ap.parse_args(argv)
@@ -447,7 +448,7 @@ def main(argv=None) -> int:
     import torch
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    ckpt_k = args.ckpt_k or (15 if device.type == "cuda" else 2)
+    ckpt_k = args.ckpt_k or (15 if device.type == "cuda" else 1)
     print(f"measuring on {device} (a few seconds per model; --count-only skips this):", flush=True)
     cost = measured_cost(plans, device, args.seconds, ckpt_k, args.data_dir)
     print_table(project(plans, cost), plans[0].steps, plans[0].log_every, str(device))
