@@ -11,7 +11,7 @@ export SHARPCOMP_DATA ?= $(SHARED_DATA)
 endif
 export MPLBACKEND ?= Agg
 
-.PHONY: help install demo test test-slow test-all lint bench figures figures-quick clean
+.PHONY: help install demo test test-slow test-all lint bench bench-gpu figures figures-quick paper clean
 
 help:
 	@echo "make demo        train vgg10 on two-class CIFAR-10 for a couple of minutes, write results under outputs/"
@@ -20,6 +20,8 @@ help:
 	@echo "make bench       metric-engine and training-throughput benchmarks"
 	@echo "make figures     figures from every result under outputs/"
 	@echo "make figures-quick  run every figure's sweep at the quick scale, then draw the figures"
+	@echo "make paper       the whole study at the paper's scale (ensembles; resumable), then the figures"
+	@echo "make bench-gpu   eager vs CUDA-graph steps, checkpoint cost, projected paper-scale times"
 	@echo "make lint        ruff"
 
 install: $(STAMP)
@@ -70,6 +72,21 @@ figures-quick: $(STAMP)
 	  $(VENV)/bin/sharpcomp -m train +experiment=$$e scale=quick progress=false hydra/launcher=$(LAUNCHER); \
 	done
 	$(VENV)/bin/sharpcomp figures outputs
+
+# The whole study at the paper's scale (500,000 iterations, a checkpoint every 200): the projected time
+# on this device first (scripts/paper_plan.py: a few seconds of measured steps and one checkpoint per
+# model), then every experiment with the ensemble launcher, then the figures. Rerunning resumes every
+# run; runs shared between experiments train once. PAPER_ARGS adds overrides (e.g. device=cuda:1).
+PAPER_ARGS ?=
+paper: $(STAMP)
+	$(PY) scripts/paper_plan.py $(EXPERIMENTS)
+	set -e; for e in $(EXPERIMENTS); do \
+	  $(VENV)/bin/sharpcomp -m train +experiment=$$e scale=paper progress=false hydra/launcher=ensemble $(PAPER_ARGS); \
+	done
+	$(VENV)/bin/sharpcomp figures outputs
+
+bench-gpu: $(STAMP)
+	$(PY) scripts/bench_gpu.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

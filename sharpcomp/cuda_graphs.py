@@ -8,7 +8,16 @@ the indices are the ones the eager path would use.
 Capture follows PyTorch's "whole network capture" recipe: a few warm-up calls on a side stream (they
 change the parameters, so every state tensor is saved before and restored after), gradients set to
 None before capture (the captured backward then writes them into the graph's own memory at each
-replay), and the loss returned as a static output read after each replay.
+replay), and the loss returned as a static output read after each replay. Warm-up and capture run on
+the same side stream (libraries that keep per-stream handles or workspaces, e.g. cuBLAS(Lt), set them
+up during warm-up, not mid-capture).
+
+What a replay does not redo: anything the step does on the host. Python values are baked in at
+capture (the learning rate, the optimizer's hyper-parameters, the training precision (TF32) and the
+model's train/eval mode); tensors are used by address, so the parameters must be updated in place
+(``copy_``, ``sub_``; never rebound with ``p.data = ...``) and any change of shapes (an ensemble
+dropping members) needs a new capture. Only state-free optimizers are safe: plain SGD without
+momentum holds no per-parameter state (warm-up would otherwise advance it).
 
 Anything that cannot be captured (a host synchronisation in the step, e.g. SAM's gradient norm; an
 unsupported kernel) raises during warm-up or capture; :func:`try_capture` then says so in one line and
@@ -33,7 +42,7 @@ class GraphedStep:
                  before_capture: Callable[[], None] | None = None):
         self.static_idx = idx.clone()
         saved = [t.detach().clone() for t in state()]
-        side = torch.cuda.Stream(device=idx.device)
+        self.stream = side = torch.cuda.Stream(device=idx.device)  # kept: the graph's memory was allocated on it
         side.wait_stream(torch.cuda.current_stream(idx.device))
         with torch.cuda.stream(side):
             for _ in range(WARMUP):
@@ -42,13 +51,17 @@ class GraphedStep:
         with torch.no_grad():
             for t, v in zip(state(), saved):
                 t.copy_(v)
+        del saved
         if before_capture is not None:
             before_capture()
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        with torch.cuda.graph(self.graph, stream=side):
             self.static_out = fn(self.static_idx)
 
     def step(self, idx: Tensor) -> Tensor:
+        if idx.shape != self.static_idx.shape:  # copy_ would broadcast a smaller index tensor silently
+            raise ValueError(f"a captured step takes indices of shape {tuple(self.static_idx.shape)}, "
+                             f"got {tuple(idx.shape)}")
         self.static_idx.copy_(idx)
         self.graph.replay()
         return self.static_out
@@ -62,7 +75,10 @@ def try_capture(fn: Callable[[Tensor], Tensor], state: Callable[[], Sequence[Ten
     try:
         return GraphedStep(fn, state, idx, before_capture)
     except Exception as exc:  # capture errors come as RuntimeError or CUDA errors of several kinds
-        torch.cuda.synchronize(idx.device)
+        try:
+            torch.cuda.synchronize(idx.device)
+        except Exception:  # noqa: S110  (an invalidated capture may report its error again here)
+            pass
         with torch.no_grad():
             for t, v in zip(state(), saved):
                 t.copy_(v)
