@@ -51,15 +51,16 @@ FLATNESS_COLUMNS = (
 
 
 def find_result_files(dirs: Sequence[Path]) -> list[Path]:
-    """Every ``metrics.parquet`` under ``dirs`` (recursively), each once."""
+    """Every ``metrics.parquet`` under ``dirs`` (recursively), each once: a folder of parts (its
+    part files are not runs) or a single file of older results."""
     found: dict[Path, None] = {}
     for d in dirs:
         d = Path(d)
-        if d.is_file() and d.name == METRICS_FILE:
+        if d.name == METRICS_FILE and d.exists():
             found.setdefault(d.resolve(), None)
             continue
         for p in sorted(d.rglob(METRICS_FILE)):
-            if p.is_file():
+            if p.is_file() or p.is_dir():
                 found.setdefault(p.resolve(), None)
     return list(found)
 
