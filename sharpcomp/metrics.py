@@ -73,6 +73,7 @@ import torch
 from torch import Tensor, nn
 
 from sharpcomp._metrics_layers import rule_for
+from sharpcomp.flatness import hutchinson
 
 METRIC_NAMES = ("sharpness", "G", "log_volume", "mls", "local_dim", "bound_b", "bound_c", "bound_d")
 PER_SAMPLE_NAMES = ("sharpness", "G", "log_volume", "mls", "local_dim", "grad_W_norm", "x_norm")
@@ -133,7 +134,7 @@ def hessian_trace(model: nn.Module, loss_fn, inputs: Tensor, targets: Tensor, pr
     parameters, and its standard error (std of the probe values / sqrt(probes)).
 
     ``probes`` Rademacher vectors ``v`` (drawn from ``generator``), each costing one Hessian-vector
-    product ``H v`` by double backpropagation; ``v^T H v`` averages to ``Tr H``.
+    product ``H v`` by double backpropagation (``flatness.hutchinson``); ``v^T H v`` averages to ``Tr H``.
     """
     if probes < 2:
         raise ValueError(f"need at least 2 probes for a standard error, got {probes}")
@@ -141,21 +142,9 @@ def hessian_trace(model: nn.Module, loss_fn, inputs: Tensor, targets: Tensor, pr
     with torch.enable_grad():
         loss = loss_fn(model(inputs), targets)
         grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
-        curved = [j for j, g in enumerate(grads) if g is not None and g.requires_grad]  # H v = 0 elsewhere
-        values = []
-        for s in range(probes):
-            vs = [_rademacher(p, generator) for p in params]
-            hvs = torch.autograd.grad([grads[j] for j in curved], params, [vs[j] for j in curved],
-                                      retain_graph=s < probes - 1, allow_unused=True)
-            values.append(sum(float((v * hv).sum()) for v, hv in zip(vs, hvs) if hv is not None))
-    values = np.asarray(values, dtype=np.float64)
+        values, _ = hutchinson(grads, params, probes, generator, sum_in_float64=True)
+    values = values.numpy()
     return float(values.mean()), float(values.std(ddof=1) / math.sqrt(probes))
-
-
-def _rademacher(p: Tensor, generator: torch.Generator | None) -> Tensor:
-    dev = generator.device if generator is not None else p.device
-    v = torch.randint(0, 2, p.shape, generator=generator, device=dev).to(device=p.device, dtype=p.dtype)
-    return 2 * v - 1
 
 
 def _with_dtype(model: nn.Module, dtype: torch.dtype) -> nn.Module:
