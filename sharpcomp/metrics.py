@@ -235,7 +235,7 @@ def _chunk_metrics(model: nn.Module, x: Tensor, layer: str | None, rank: int | N
         if first_sq is not None:
             first_used = True
             first_out_sq += first_sq
-    values = _spectral_values(jac, rank)
+    values = spectral_values(jac, rank)
     values["sharpness"] = sharp
     values["x_norm"] = x.detach().reshape(n, -1).double().norm(dim=1)
     reason = _bounds_reason(state.first, x, layer, first_used, state.trainable)
@@ -321,7 +321,7 @@ class _Pass:
                 yield range(c, c + 1), [None if g is None else g.unsqueeze(0) for g in grads]
 
 
-def _spectral_values(jac: Tensor, rank: int | None) -> dict[str, Tensor]:
+def spectral_values(jac: Tensor, rank: int | None) -> dict[str, Tensor]:
     """Per-sample G, log_volume, mls, local_dim from the input Jacobians (n, N, M)."""
     j = jac.detach().double()
     num_out, m = j.shape[1:]
