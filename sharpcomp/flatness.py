@@ -46,6 +46,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .precision import exact_float32
+
 __all__ = [
     "FLATNESS_DEFAULTS", "HiddenLayer", "QuotientProjector", "SymmetryTangents", "conf_flatness_default",
     "extra_metrics", "fisher_trace", "gradient_disagreement", "hidden_layers", "hutchinson", "hutchinson_traces",
@@ -350,6 +352,7 @@ def _loss_and_grad(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, para
 # Quotient Hessian trace
 
 
+@exact_float32()
 def quotient_trace_gap(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets: Tensor,
                        ridge: float = 1e-10) -> float:
     """Closed form Tr(H) - Tr(PHP) = Tr(QHQ) = -Tr(Gm^{-1} Mq), Mq_ij = v_i^T (D_j grad L).
@@ -379,6 +382,7 @@ def rademacher(params: Sequence[Tensor], generator: torch.Generator | None) -> l
     return out
 
 
+@exact_float32()
 def hutchinson(grads: Sequence[Tensor | None], params: Sequence[Tensor], probes: int,
                generator: torch.Generator | None,
                project: Callable[[list[Tensor]], list[Tensor]] | None = None,
@@ -415,6 +419,7 @@ def hutchinson(grads: Sequence[Tensor | None], params: Sequence[Tensor], probes:
     return full, projected
 
 
+@exact_float32()
 def hutchinson_traces(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets: Tensor, probes: int = 20,
                       generator: torch.Generator | None = None, *, ridge: float = 1e-10,
                       chunk_size: int | None = None) -> dict[str, float]:
@@ -457,6 +462,7 @@ def hutchinson_traces(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets
     return {"quotient": q, "quotient_se": q_se, "full": f, "full_se": f_se, "gap": d, "gap_se": d_se}
 
 
+@exact_float32()
 def quotient_hessian_trace(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets: Tensor,
                            probes: int = 20, generator: torch.Generator | None = None,
                            **kwargs) -> tuple[float, float]:
@@ -515,6 +521,7 @@ def _ascent(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, rho: float,
     return loss0, best, best_delta
 
 
+@exact_float32()
 def worst_case_sharpness(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch], rho: float,
                          steps: int = 5, adaptive: bool = False, quotient: bool = False,
                          step_size: float | None = None, ridge: float = 1e-10) -> dict:
@@ -564,6 +571,7 @@ def worst_case_sharpness(model: nn.Module, loss_fn: LossFn, batches: Iterable[Ba
 # Gradient disagreement and the empirical Fisher
 
 
+@exact_float32()
 def batch_gradients(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch]) -> Tensor:
     """The flattened gradients of L_B for each batch, stacked (M x num_params)."""
     out = []
@@ -575,6 +583,7 @@ def batch_gradients(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch])
     return torch.stack(out)
 
 
+@exact_float32()
 def gradient_disagreement(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch]) -> float:
     """E over ordered pairs (a != b) of batches of ||g_b|| (1 - cos(g_a, g_b)).
 
@@ -595,6 +604,7 @@ def gradient_disagreement(model: nn.Module, loss_fn: LossFn, batches: Iterable[B
     return float(term[off].mean())
 
 
+@exact_float32()
 def fisher_trace(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets: Tensor,
                  chunk_size: int | None = 32) -> float:
     """Trace of the empirical Fisher, (1/n) sum_i ||grad_theta loss_fn(f(x_i), y_i)||^2.
@@ -699,6 +709,7 @@ def _batches(x: Tensor, y: Tensor, count: int, size: int, generator: torch.Gener
     return [(x[i], y[i]) for i in idx]
 
 
+@exact_float32()
 def extra_metrics(model: nn.Module, loss_fn: LossFn, train_x: Tensor, train_y: Tensor,
                   settings: Mapping | None, generator: torch.Generator | None) -> dict[str, float]:
     """Every switched-on measure of ``metrics.flatness``, as flat parquet columns.

@@ -74,6 +74,7 @@ from torch import Tensor, nn
 
 from sharpcomp._metrics_layers import rule_for
 from sharpcomp.flatness import hutchinson
+from sharpcomp.precision import exact_float32
 
 METRIC_NAMES = ("sharpness", "G", "log_volume", "mls", "local_dim", "bound_b", "bound_c", "bound_d")
 PER_SAMPLE_NAMES = ("sharpness", "G", "log_volume", "mls", "local_dim", "grad_W_norm", "x_norm")
@@ -86,6 +87,7 @@ COTANGENT_CHUNK = 16
 BACKWARD_MODE = "loop"
 
 
+@exact_float32()
 def compute_metrics(model: nn.Module, inputs: Tensor, *, layer: str | None = None,
                     log_volume_rank: int | None = None, dtype: torch.dtype = torch.float32,
                     chunk_size: int | None = None, per_sample: bool = False) -> dict:
@@ -128,6 +130,7 @@ def compute_metrics(model: nn.Module, inputs: Tensor, *, layer: str | None = Non
     return res
 
 
+@exact_float32()
 def hessian_trace(model: nn.Module, loss_fn, inputs: Tensor, targets: Tensor, probes: int = 100,
                   generator: torch.Generator | None = None) -> tuple[float, float]:
     """Hutchinson estimate of ``Tr H`` of ``loss_fn(model(inputs), targets)`` w.r.t. the trainable

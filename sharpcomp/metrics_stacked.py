@@ -42,6 +42,7 @@ from ._ensemble_ops import make_plan, stacked_forward
 from ._metrics_layers import PositionsRule, conv_patches
 from .metrics import METRIC_NAMES, bounds, compute_metrics, conv_first_reason, spectral_values
 from .models import samples_per_chunk
+from .precision import exact_float32
 
 
 def stacked_supported(models: Sequence[nn.Module], layer: str | None = None,
@@ -72,6 +73,7 @@ def stacked_supported(models: Sequence[nn.Module], layer: str | None = None,
     return None
 
 
+@exact_float32()
 def compute_metrics_stacked(models: Sequence[nn.Module], inputs: Sequence[Tensor], *, layer: str | None = None,
                             log_volume_rank: int | None = None, dtype: torch.dtype = torch.float32,
                             chunk_size: int | None = None, per_sample: bool = False) -> list[dict]:
