@@ -324,7 +324,7 @@ class RunRecorder:
 
     def _convert(self) -> None:
         """A single-file ``metrics.parquet`` of older results becomes a folder of one part."""
-        frame = _read_file(self.path)
+        frame = read_metrics(self.path)
         status = str(frame["status"].iloc[-1]) if len(frame) and "status" in frame.columns else "running"
         new = self.path.with_name(f"{_SWAP}{uuid.uuid4().hex}")
         _write_folder(new, frame, status if status in STATUSES else "running")
@@ -392,6 +392,8 @@ class RunRecorder:
 
     def compact(self) -> None:
         """One part whose rows all carry the run's status, swapped in for the folder."""
+        if not self.path.is_dir():
+            return
         names = part_names(self.path)
         if len(names) == 1:
             only = _read_file(self.path / names[0])

@@ -307,3 +307,16 @@ def test_a_killed_writer_leaves_every_completed_checkpoint_and_resumes(tmp_path)
     rec.set_status("finished")
     assert rec.rows == 2 * (last + 1) and _parts(tmp_path) == ["_status", "part-000000000.parquet"]
     assert not [p for p in tmp_path.iterdir() if p.name != METRICS_FILE]
+
+
+def test_a_damaged_part_is_one_record_error_and_figures_skip_the_run(tmp_path):
+    rec = RunRecorder(tmp_path / "bad", IDENT)
+    rec.append(_rows(0))
+    (tmp_path / "bad" / METRICS_FILE / "part-000000010.parquet").write_bytes(b"PAR1 garbage")
+    with pytest.raises(records.RecordError, match="cannot read results file"):
+        read_metrics(tmp_path / "bad")
+    RunRecorder(tmp_path / "good", {**IDENT, "run_id": "good"}).append(_rows(0), status="finished")
+    frame, notes = load_results([tmp_path])
+    assert set(frame.run_id) == {"good"} and len(notes) == 1 and "bad" in notes[0]
+    with pytest.raises(records.RecordError, match="no results file"):
+        read_metrics(tmp_path / "missing")
