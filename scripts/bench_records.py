@@ -12,7 +12,7 @@
    ``wall_time``) over the first and the last 10% of the run (goal <= 1.5x), the final checkpoint
    (whole-set evaluation) left out.
 
-Usage: python scripts/bench_records.py [--checkpoints 2500] [--real] [--steps 2000]
+Usage: python scripts/bench_records.py [--checkpoints 2500] [--real | --real-only] [--steps 2000]
 """
 
 from __future__ import annotations
@@ -172,9 +172,11 @@ def main() -> None:
     ap.add_argument("--checkpoints", type=int, default=2500)
     ap.add_argument("--real", action="store_true", help="also time a real run with each writer")
     ap.add_argument("--steps", type=int, default=2000, help="steps of the real run")
+    ap.add_argument("--real-only", action="store_true", help="only the real runs")
     args = ap.parse_args()
-    bench_appends(args.checkpoints)
-    if args.real:
+    if not args.real_only:
+        bench_appends(args.checkpoints)
+    if args.real or args.real_only:
         bench_real(args.steps)
 
 
