@@ -44,7 +44,8 @@ NOT_QUANTITIES = set(IDENTITY_COLUMNS) | {RUN, "iteration", "sample_set", "bound
 
 
 def find_result_files(dirs: Sequence[Path]) -> list[Path]:
-    """Every ``metrics.parquet`` under ``dirs`` (recursively), each once."""
+    """Every ``metrics.parquet`` under ``dirs`` (recursively), each once: a folder of parts (its part
+    files are not runs) or a single file of older results."""
     return list(_result_files(dirs))
 
 
@@ -55,8 +56,8 @@ def _result_files(dirs: Sequence[Path]) -> dict[Path, str]:
     labels = _folder_labels(dirs)
     found: dict[Path, str] = {}
     for d, label in zip(dirs, labels):
-        paths = [d] if d.is_file() and d.name == METRICS_FILE else sorted(d.rglob(METRICS_FILE))
-        for p in (p.resolve() for p in paths if p.is_file()):
+        paths = [d] if d.name == METRICS_FILE and d.exists() else sorted(d.rglob(METRICS_FILE))
+        for p in (p.resolve() for p in paths if p.is_file() or p.is_dir()):
             rel = _relative(p.parent, d)
             name = (rel or label) if len(dirs) == 1 else "/".join(x for x in (label, rel) if x)
             found.setdefault(p, name)
@@ -73,7 +74,7 @@ def run_name(run_dir: Path, root: Path) -> str:
 def _relative(run_dir: Path, root: Path) -> str:
     """``run_dir`` relative to the results folder ``root`` ("" for the folder itself)."""
     root = Path(root).resolve()
-    base = root.parent if root.is_file() else root
+    base = root.parent if root.name == METRICS_FILE else root
     run_dir = Path(run_dir).resolve()
     if run_dir == base:
         return ""
@@ -88,7 +89,7 @@ def _folder_labels(dirs: Sequence[Path]) -> list[str]:
     labels: list[str] = []
     for d in dirs:
         d = Path(d).resolve()
-        name = (d.parent if d.is_file() else d).name or "results"
+        name = (d.parent if d.name == METRICS_FILE else d).name or "results"
         label, k = name, 1
         while label in labels:
             k += 1

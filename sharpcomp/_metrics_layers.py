@@ -1,6 +1,7 @@
 """Per-sample squared gradient norms of one module's parameters, from its inputs and output gradients.
 
-Private helper of :mod:`sharpcomp.metrics` (the maths is written out there). Index conventions:
+Shared by :mod:`sharpcomp.metrics` (the maths is written out there) and :mod:`sharpcomp.metrics_stacked`,
+which use its public names ``rule_for``, ``conv_patches`` and ``PositionsRule``. Index conventions:
 
 * v: cotangent (which output f_k is being differentiated), n: sample,
 * g: convolution group, p: position (spatial location of a convolution, a token of a Linear
@@ -38,9 +39,9 @@ def rule_for(module: nn.Module, params: dict[str, nn.Parameter], inputs: list[Te
              num_cotangents: int) -> _Rule:
     """The squared-norm rule for ``module`` called on ``inputs`` (one tensor per call)."""
     if isinstance(module, nn.Linear):
-        return _PositionsRule(params, [_linear_patches(a) for a in inputs], num_cotangents)
+        return PositionsRule(params, [_linear_patches(a) for a in inputs], num_cotangents)
     if isinstance(module, (nn.Conv1d, nn.Conv2d)):
-        return _PositionsRule(params, [_conv_patches(module, a) for a in inputs], num_cotangents,
+        return PositionsRule(params, [conv_patches(module, a) for a in inputs], num_cotangents,
                               groups=module.groups)
     return _FunctionalRule(module, params, inputs)
 
@@ -58,7 +59,7 @@ def _linear_patches(a: Tensor) -> Tensor:
     return a.reshape(a.shape[0], 1, -1, a.shape[-1]).transpose(2, 3)
 
 
-def _conv_patches(module: nn.Conv1d | nn.Conv2d, a: Tensor, groups: int | None = None) -> Tensor:
+def conv_patches(module: nn.Conv1d | nn.Conv2d, a: Tensor, groups: int | None = None) -> Tensor:
     """Unfolded input patches (n, g, i, p) of a Conv1d/Conv2d, matching the (o, i) weight layout.
     ``groups`` overrides ``module.groups`` (k members of one network run as one grouped convolution)."""
     padding = module.padding
@@ -84,7 +85,7 @@ def _output_positions(g: Tensor, groups: int, linear: bool) -> Tensor:
     return g.reshape(v, n, groups, g.shape[2] // groups, -1)
 
 
-class _PositionsRule(_Rule):
+class PositionsRule(_Rule):
     """Linear and convolution layers: ``dW_{vn} = sum_p g_{vnp} a_{np}^T``, ``db_{vn} = sum_p g_{vnp}``.
 
     Norms are formed per group g and summed over groups, or returned as (v, n, g) with ``per_group``

@@ -46,10 +46,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .precision import exact_float32
+
 __all__ = [
     "FLATNESS_DEFAULTS", "HiddenLayer", "QuotientProjector", "SymmetryTangents", "conf_flatness_default",
-    "extra_metrics", "fisher_trace", "gradient_disagreement", "hidden_layers", "hutchinson_traces",
-    "project", "quotient_hessian_trace", "quotient_projector", "quotient_trace_gap", "symmetry_tangents",
+    "extra_metrics", "fisher_trace", "gradient_disagreement", "hidden_layers", "hutchinson", "hutchinson_traces",
+    "project", "quotient_hessian_trace", "quotient_projector", "quotient_trace_gap", "rademacher",
+    "symmetry_tangents",
     "worst_case_sharpness",
 ]
 
@@ -145,8 +148,9 @@ def _trainable(model: nn.Module) -> list[nn.Parameter]:
 # Parameter-space vector helpers (lists of tensors shaped like theta)
 
 
-def _dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
-    return sum((x * y).sum() for x, y in zip(a, b))
+def _dot(a: Sequence[Tensor], b: Sequence[Tensor | None]) -> Tensor:
+    """Inner product of two parameter-space vectors; a ``None`` entry of ``b`` is zero."""
+    return sum((x * y).sum() for x, y in zip(a, b) if y is not None)
 
 
 def _norm(a: Sequence[Tensor]) -> Tensor:
@@ -348,6 +352,7 @@ def _loss_and_grad(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, para
 # Quotient Hessian trace
 
 
+@exact_float32()
 def quotient_trace_gap(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets: Tensor,
                        ridge: float = 1e-10) -> float:
     """Closed form Tr(H) - Tr(PHP) = Tr(QHQ) = -Tr(Gm^{-1} Mq), Mq_ij = v_i^T (D_j grad L).
@@ -366,6 +371,55 @@ def quotient_trace_gap(model: nn.Module, loss_fn: LossFn, inputs: Tensor, target
         return float(-torch.trace(proj.solve(mq)))
 
 
+def rademacher(params: Sequence[Tensor], generator: torch.Generator | None) -> list[Tensor]:
+    """One Rademacher (+-1) vector shaped like ``params``, drawn from ``generator`` on its device
+    (the global generator of each parameter's device when None), in the parameters' dtype."""
+    out = []
+    for p in params:
+        dev = generator.device if generator is not None else p.device
+        v = torch.randint(0, 2, p.shape, generator=generator, device=dev, dtype=torch.int8) * 2 - 1
+        out.append(v.to(device=p.device, dtype=p.dtype))
+    return out
+
+
+@exact_float32()
+def hutchinson(grads: Sequence[Tensor | None], params: Sequence[Tensor], probes: int,
+               generator: torch.Generator | None,
+               project: Callable[[list[Tensor]], list[Tensor]] | None = None,
+               sum_in_float64: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Hutchinson's estimator of a Hessian trace, the one in sharpcomp: for each of ``probes``
+    Rademacher vectors z (``rademacher``, drawn in turn from ``generator``), z^T H z by double
+    backpropagation, and u^T H u for u = ``project(z)`` when a projection is given.
+
+    H is the Hessian of the loss whose gradient ``grads`` w.r.t. ``params`` was built with
+    ``create_graph=True``; gradients that do not depend on the parameters (a loss linear in them) and
+    unused parameters contribute H v = 0. Returns two float64 tensors of length ``probes`` (the second
+    None without ``project``); their mean is the trace estimate (E z^T H z = Tr H).
+    ``sum_in_float64`` adds the per-parameter terms of z^T H z in float64 rather than in the
+    parameters' dtype (the same for float64 models; ``metrics.hessian_trace`` has always done so).
+    """
+    curved = [j for j, g in enumerate(grads) if g is not None and g.requires_grad]
+
+    def quadratic(v: list[Tensor]) -> float:
+        if not curved:
+            return 0.0
+        hv = torch.autograd.grad([grads[j] for j in curved], params, [v[j] for j in curved],
+                                 retain_graph=True, allow_unused=True)
+        if sum_in_float64:
+            return sum(float((a * b).sum()) for a, b in zip(v, hv) if b is not None)
+        return float(_dot(v, hv))
+
+    full = torch.zeros(probes, dtype=torch.float64)
+    projected = None if project is None else torch.zeros(probes, dtype=torch.float64)
+    for k in range(probes):
+        z = rademacher(params, generator)
+        full[k] = quadratic(z)
+        if projected is not None:
+            projected[k] = quadratic(project(z))
+    return full, projected
+
+
+@exact_float32()
 def hutchinson_traces(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets: Tensor, probes: int = 20,
                       generator: torch.Generator | None = None, *, ridge: float = 1e-10,
                       chunk_size: int | None = None) -> dict[str, float]:
@@ -393,14 +447,9 @@ def hutchinson_traces(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets
             weight = x.shape[0] / n
             _, g = _loss_and_grad(model, loss_fn, x, y, params, create_graph=True)
             gen = torch.Generator().manual_seed(seed)  # the same probes for every chunk
-            for k in range(probes):
-                z = [(torch.randint(0, 2, p.shape, generator=gen, dtype=torch.int8) * 2 - 1)
-                     .to(device=p.device, dtype=p.dtype) for p in params]
-                u = proj(z)
-                hz = torch.autograd.grad(g, params, grad_outputs=z, retain_graph=True)
-                hu = torch.autograd.grad(g, params, grad_outputs=u, retain_graph=True)
-                fv[k] += weight * float(_dot(z, hz))
-                qv[k] += weight * float(_dot(u, hu))
+            full, projected = hutchinson(g, params, probes, gen, proj)
+            fv += weight * full
+            qv += weight * projected
             del g
 
     def stats(v: Tensor) -> tuple[float, float]:
@@ -413,6 +462,7 @@ def hutchinson_traces(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets
     return {"quotient": q, "quotient_se": q_se, "full": f, "full_se": f_se, "gap": d, "gap_se": d_se}
 
 
+@exact_float32()
 def quotient_hessian_trace(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets: Tensor,
                            probes: int = 20, generator: torch.Generator | None = None,
                            **kwargs) -> tuple[float, float]:
@@ -471,6 +521,7 @@ def _ascent(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, rho: float,
     return loss0, best, best_delta
 
 
+@exact_float32()
 def worst_case_sharpness(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch], rho: float,
                          steps: int = 5, adaptive: bool = False, quotient: bool = False,
                          step_size: float | None = None, ridge: float = 1e-10) -> dict:
@@ -520,6 +571,7 @@ def worst_case_sharpness(model: nn.Module, loss_fn: LossFn, batches: Iterable[Ba
 # Gradient disagreement and the empirical Fisher
 
 
+@exact_float32()
 def batch_gradients(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch]) -> Tensor:
     """The flattened gradients of L_B for each batch, stacked (M x num_params)."""
     out = []
@@ -531,6 +583,7 @@ def batch_gradients(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch])
     return torch.stack(out)
 
 
+@exact_float32()
 def gradient_disagreement(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch]) -> float:
     """E over ordered pairs (a != b) of batches of ||g_b|| (1 - cos(g_a, g_b)).
 
@@ -551,6 +604,7 @@ def gradient_disagreement(model: nn.Module, loss_fn: LossFn, batches: Iterable[B
     return float(term[off].mean())
 
 
+@exact_float32()
 def fisher_trace(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets: Tensor,
                  chunk_size: int | None = 32) -> float:
     """Trace of the empirical Fisher, (1/n) sum_i ||grad_theta loss_fn(f(x_i), y_i)||^2.
@@ -685,6 +739,7 @@ def _batches(x: Tensor, y: Tensor, count: int, size: int, generator: torch.Gener
     return [(x[i], y[i]) for i in idx]
 
 
+@exact_float32()
 def extra_metrics(model: nn.Module, loss_fn: LossFn, train_x: Tensor, train_y: Tensor,
                   settings: Mapping | None, generator: torch.Generator | None) -> dict[str, float]:
     """Every switched-on measure of ``metrics.flatness``, as flat parquet columns.

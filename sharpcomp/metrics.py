@@ -74,6 +74,8 @@ from torch import Tensor, nn
 
 from sharpcomp._metrics_layers import rule_for
 from sharpcomp.columns import METRIC_COLUMNS
+from sharpcomp.flatness import hutchinson
+from sharpcomp.precision import exact_float32
 
 # The SPEC metric columns (sharpcomp.columns, the one schema of column names).
 METRIC_NAMES = METRIC_COLUMNS
@@ -87,6 +89,7 @@ COTANGENT_CHUNK = 16
 BACKWARD_MODE = "loop"
 
 
+@exact_float32()
 def compute_metrics(model: nn.Module, inputs: Tensor, *, layer: str | None = None,
                     log_volume_rank: int | None = None, dtype: torch.dtype = torch.float32,
                     chunk_size: int | None = None, per_sample: bool = False) -> dict:
@@ -129,13 +132,14 @@ def compute_metrics(model: nn.Module, inputs: Tensor, *, layer: str | None = Non
     return res
 
 
+@exact_float32()
 def hessian_trace(model: nn.Module, loss_fn, inputs: Tensor, targets: Tensor, probes: int = 100,
                   generator: torch.Generator | None = None) -> tuple[float, float]:
     """Hutchinson estimate of ``Tr H`` of ``loss_fn(model(inputs), targets)`` w.r.t. the trainable
     parameters, and its standard error (std of the probe values / sqrt(probes)).
 
     ``probes`` Rademacher vectors ``v`` (drawn from ``generator``), each costing one Hessian-vector
-    product ``H v`` by double backpropagation; ``v^T H v`` averages to ``Tr H``.
+    product ``H v`` by double backpropagation (``flatness.hutchinson``); ``v^T H v`` averages to ``Tr H``.
     """
     if probes < 2:
         raise ValueError(f"need at least 2 probes for a standard error, got {probes}")
@@ -143,21 +147,9 @@ def hessian_trace(model: nn.Module, loss_fn, inputs: Tensor, targets: Tensor, pr
     with torch.enable_grad():
         loss = loss_fn(model(inputs), targets)
         grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
-        curved = [j for j, g in enumerate(grads) if g is not None and g.requires_grad]  # H v = 0 elsewhere
-        values = []
-        for s in range(probes):
-            vs = [_rademacher(p, generator) for p in params]
-            hvs = torch.autograd.grad([grads[j] for j in curved], params, [vs[j] for j in curved],
-                                      retain_graph=s < probes - 1, allow_unused=True)
-            values.append(sum(float((v * hv).sum()) for v, hv in zip(vs, hvs) if hv is not None))
-    values = np.asarray(values, dtype=np.float64)
+        values, _ = hutchinson(grads, params, probes, generator, sum_in_float64=True)
+    values = values.numpy()
     return float(values.mean()), float(values.std(ddof=1) / math.sqrt(probes))
-
-
-def _rademacher(p: Tensor, generator: torch.Generator | None) -> Tensor:
-    dev = generator.device if generator is not None else p.device
-    v = torch.randint(0, 2, p.shape, generator=generator, device=dev).to(device=p.device, dtype=p.dtype)
-    return 2 * v - 1
 
 
 def _with_dtype(model: nn.Module, dtype: torch.dtype) -> nn.Module:
@@ -248,7 +240,7 @@ def _chunk_metrics(model: nn.Module, x: Tensor, layer: str | None, rank: int | N
         if first_sq is not None:
             first_used = True
             first_out_sq += first_sq
-    values = _spectral_values(jac, rank)
+    values = spectral_values(jac, rank)
     values["sharpness"] = sharp
     values["x_norm"] = x.detach().reshape(n, -1).double().norm(dim=1)
     reason = _bounds_reason(state.first, x, layer, first_used, state.trainable)
@@ -334,7 +326,7 @@ class _Pass:
                 yield range(c, c + 1), [None if g is None else g.unsqueeze(0) for g in grads]
 
 
-def _spectral_values(jac: Tensor, rank: int | None) -> dict[str, Tensor]:
+def spectral_values(jac: Tensor, rank: int | None) -> dict[str, Tensor]:
     """Per-sample G, log_volume, mls, local_dim from the input Jacobians (n, N, M)."""
     j = jac.detach().double()
     num_out, m = j.shape[1:]

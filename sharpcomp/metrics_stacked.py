@@ -39,9 +39,10 @@ import torch
 from torch import Tensor, nn
 
 from ._ensemble_ops import make_plan, stacked_forward
-from ._metrics_layers import _conv_patches, _PositionsRule
-from .metrics import METRIC_NAMES, _spectral_values, bounds, compute_metrics, conv_first_reason
+from ._metrics_layers import PositionsRule, conv_patches
+from .metrics import METRIC_NAMES, bounds, compute_metrics, conv_first_reason, spectral_values
 from .models import samples_per_chunk
+from .precision import exact_float32
 
 
 def stacked_supported(models: Sequence[nn.Module], layer: str | None = None,
@@ -72,6 +73,7 @@ def stacked_supported(models: Sequence[nn.Module], layer: str | None = None,
     return None
 
 
+@exact_float32()
 def compute_metrics_stacked(models: Sequence[nn.Module], inputs: Sequence[Tensor], *, layer: str | None = None,
                             log_volume_rank: int | None = None, dtype: torch.dtype = torch.float32,
                             chunk_size: int | None = None, per_sample: bool = False) -> list[dict]:
@@ -157,10 +159,10 @@ def _chunk(plan, modules: dict[str, nn.Module], params: dict, x: Tensor, layer: 
         if f"{name}.bias" in params:
             own["bias"] = params[f"{name}.bias"].reshape(-1)
         if kinds[name] == "conv":
-            patches = _conv_patches(modules[name], a, groups=kk)  # (n, K, i, p)
+            patches = conv_patches(modules[name], a, groups=kk)  # (n, K, i, p)
         else:
             patches = a.permute(1, 0, 2).unsqueeze(3)  # (K, n, in) -> (n, K, in, 1)
-        rules[name] = _PositionsRule(own, [patches], num_out, groups=kk, per_group=True)
+        rules[name] = PositionsRule(own, [patches], num_out, groups=kk, per_group=True)
     first = layers[0][0]
     jac = x.new_zeros(kk, n, num_out, x[0, 0].numel())
     sharp = torch.zeros(n, kk, dtype=torch.float64, device=x.device)
@@ -180,7 +182,7 @@ def _chunk(plan, modules: dict[str, nn.Module], params: dict, x: Tensor, layer: 
                     first_sq += g.reshape(n, kk, -1).square().sum(2)
             for sq in rules[name].sq_norms([g.unsqueeze(0)]).values():
                 sharp += sq[0]
-    values = _spectral_values(jac.reshape(kk * n, num_out, -1), rank)
+    values = spectral_values(jac.reshape(kk * n, num_out, -1), rank)
     values = {name: v.reshape(kk, n) for name, v in values.items()}
     values["sharpness"] = sharp.T
     values["x_norm"] = x.detach().reshape(kk, n, -1).double().norm(dim=2)

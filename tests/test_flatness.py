@@ -214,6 +214,43 @@ def test_hutchinson_quotient_trace_agrees_within_its_error(make):
     assert abs(rc["quotient"] - r5["quotient"]) < 1e-9 * max(1.0, abs(r5["quotient"]))
 
 
+# Values of commit dac6e64, when metrics.hessian_trace and flatness.hutchinson_traces were two estimators.
+PINNED_TRACES = {
+    "mlp": ((3.0497824586863302, 1.201947745292891),
+            {"quotient": 6.623793792278083, "quotient_se": 1.2647060622911808, "full": 5.440419945573855,
+             "full_se": 0.9532467015957554, "gap": -1.1833738467042285, "gap_se": 0.6519969519852131}),
+    "cnn": ((1.1150150017150138, 1.2466586710630319),
+            {"quotient": 0.8870207469285774, "quotient_se": 1.231651542146115, "full": 0.6089009435165245,
+             "full_se": 1.1862197459211015, "gap": -0.27811980341205284, "gap_se": 0.10615854935681945}),
+}
+
+
+@pytest.mark.parametrize("name,make", [("mlp", tiny_mlp), ("cnn", tiny_cnn)])
+def test_one_hutchinson_estimator_keeps_the_values_of_both_former_ones(name, make):
+    from sharpcomp.metrics import hessian_trace
+
+    model, x, y = make()
+    pinned_full, pinned_pair = PINNED_TRACES[name]
+    chunk = 2 if name == "cnn" else None
+    full = hessian_trace(model, mse, x, y, probes=6, generator=torch.Generator().manual_seed(2))
+    pair = fl.hutchinson_traces(model, mse, x, y, probes=5, generator=torch.Generator().manual_seed(1),
+                                chunk_size=chunk)
+    assert full == pytest.approx(pinned_full, rel=1e-12, abs=1e-14)
+    assert pair == pytest.approx(pinned_pair, rel=1e-12, abs=1e-14)
+    # both are the one estimator: hessian_trace draws its probes from the generator itself,
+    # hutchinson_traces from a generator seeded by one draw of it
+    params = [p for p in model.parameters()]
+    g = torch.autograd.grad(mse(model(x), y), params, create_graph=True)
+    values, none = fl.hutchinson(g, params, 6, torch.Generator().manual_seed(2))
+    assert none is None and float(values.mean()) == pytest.approx(full[0], rel=1e-14)
+    seed = int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(1)).item())
+    values, projected = fl.hutchinson(g, params, 5, torch.Generator().manual_seed(seed), fl.quotient_projector(model))
+    if chunk is None:
+        assert float(values.mean()) == pytest.approx(pair["full"], rel=1e-14)
+        assert float(projected.mean()) == pytest.approx(pair["quotient"], rel=1e-14)
+    assert set(fl.rademacher(params, torch.Generator().manual_seed(0))[0].unique().tolist()) == {-1.0, 1.0}
+
+
 # ---- worst-case sharpness -----------------------------------------------------------------------------
 
 def trust_region_max(g, H, rho):
