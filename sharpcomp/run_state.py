@@ -136,7 +136,9 @@ def identity_columns(s: Settings, run_id: str, num_outputs: int, data_source: st
         "optim": s.optim_name, "scale": s.raw.get("scale_name", "custom"), "data_source": data_source,
         "device": str(device), "versions": package_versions(),
         # every setting that defines the trajectory (any swept key), as JSON: figures group by any of them
-        "settings": json.dumps(_published(run_identity(s)["settings"]), sort_keys=True, default=str),
+        # (with the training precision always: allow_tf32, null = PyTorch's default)
+        "settings": json.dumps({**_published(run_identity(s)["settings"]), "allow_tf32": s.allow_tf32},
+                               sort_keys=True, default=str),
     }
 
 
