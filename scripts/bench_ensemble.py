@@ -179,6 +179,36 @@ def bench_checkpoint(name, data, device, n_eval, metrics_n, impl, repeats):
             "metrics_share_of_checkpoint": w_st / (w_st + eval_full)}
 
 
+def bench_engine(name, data, device, steps):
+    """The fig1 grid through sharpcomp's one training loop: ``train_ensemble`` against ``train`` run by
+    run, on the same data (2,000 training images: the step does not depend on the set's size, the
+    checkpoints do); training time only (``train.LAST_TIMINGS``), checkpoints excluded."""
+    import tempfile
+
+    from omegaconf import OmegaConf
+
+    from sharpcomp import train as engine
+    from sharpcomp.data import Dataset
+    from sharpcomp.ensemble import train_ensemble
+    from sharpcomp.settings import defaults
+
+    small = Dataset(data.name, data.train_x[:2000], data.train_y[:2000], data.test_x[:200], data.test_y[:200],
+                    data.num_classes, data.source)
+    base = defaults(model=name, data="cifar10_2class" if name == "vgg10" else "fashion_mnist")
+    base.update(steps=steps, log_every=steps, batch=BATCH, progress=False, device=str(device))
+    base["metrics"]["n"] = 4
+    cfgs = [OmegaConf.create({**base, "lr": lr, "seed": seed}) for lr in LRS for seed in SEEDS]
+    with tempfile.TemporaryDirectory() as tmp:
+        train_ensemble(cfgs, [Path(tmp) / "e" / str(j) for j in range(len(cfgs))], data=small)
+        ens = engine.LAST_TIMINGS["train"]
+        alone = 0.0
+        for j, cfg in enumerate(cfgs):
+            engine.train(cfg, Path(tmp) / "s" / str(j), data=small)
+            alone += engine.LAST_TIMINGS["train"]
+    n = len(cfgs) * steps
+    return {"ensemble_it_s": n / ens, "one_by_one_it_s": n / alone, "speedup": alone / ens}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="short smoke run")
@@ -191,6 +221,7 @@ def main(argv=None):
     ap.add_argument("--compile", action="store_true", help="torch.compile the ensemble step")
     ap.add_argument("--no-checkpoint", action="store_true", help="skip the checkpoint-cost part")
     ap.add_argument("--json", default=None, help="also write the results to this file")
+    ap.add_argument("--no-engine", action="store_true", help="skip the part timing sharpcomp's own training loop")
     args = ap.parse_args(argv)
     steps = args.steps or (20 if args.quick else 200)
     rounds = args.rounds or (2 if args.quick else 10)
@@ -211,6 +242,12 @@ def main(argv=None):
             print(f"  {key:20s} {r['iterations_per_s']:8.1f} it/s  ({r['seconds']:.1f} s wall, "
                   f"{r['cpu_seconds']:.1f} s CPU)  speedup {r['speedup']:.2f}x", flush=True)
         results[name] = {"training": res}
+        if not args.no_engine:
+            eng = bench_engine(name, data, device, steps)
+            print(f"  sharpcomp's loop (train_ensemble vs train, 15 runs, checkpoints excluded): "
+                  f"{eng['ensemble_it_s']:.1f} vs {eng['one_by_one_it_s']:.1f} it/s, speedup {eng['speedup']:.2f}x",
+                  flush=True)
+            results[name]["engine"] = eng
         if not args.no_checkpoint:
             n_eval = 200 if args.quick else 1000
             ck = bench_checkpoint(name, data, device, n_eval, 20 if args.quick else 100,
