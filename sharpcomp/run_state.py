@@ -119,11 +119,11 @@ def package_versions() -> str:
 
     vers = {"sharpcomp": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
             "python": platform.python_version()}
-    try:
-        import torchvision
+    try:  # the installed version, without importing torchvision (seconds) just to read it
+        from importlib.metadata import version
 
-        vers["torchvision"] = torchvision.__version__
-    except ImportError:  # pragma: no cover
+        vers["torchvision"] = version("torchvision")
+    except Exception:  # pragma: no cover - not installed
         pass
     return json.dumps(vers, sort_keys=True)
 
