@@ -167,3 +167,12 @@ def test_configs_found_from_an_installed_wheel(tmp_path, data_dir, cache_dir):
     assert res.returncode == 0, res.stderr[-3000:]
     assert str(site) in res.stdout
     assert len(list((work / "outputs").rglob("metrics.parquet"))) == 1
+    # the ensemble launcher ships in Hydra's plugin namespace and is discovered there, from the wheel
+    assert (site / "hydra_plugins" / "sharpcomp_ensemble" / "__init__.py").is_file()
+    probe = ("from hydra.core.plugins import Plugins; import hydra_plugins.sharpcomp_ensemble as m; print(m.__file__); "
+             "print('hydra_plugins.sharpcomp_ensemble.EnsembleLauncher' in Plugins.instance().class_name_to_class)")
+    res = subprocess.run([sys.executable, "-c", probe], cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert res.stdout.split() == [str(site / "hydra_plugins" / "sharpcomp_ensemble" / "__init__.py"), "True"], res
+    res = subprocess.run([sys.executable, "-c", code, "-m", "train", *TINY, "lr=0.05,0.1", "hydra/launcher=ensemble"],
+                         cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0 and "1 ensemble(s)" in res.stderr + res.stdout, res.stderr[-3000:]

@@ -158,6 +158,10 @@ EARLY = [
     (["hydra.run.dir=/proc/sc_out"], "cannot write to output folder /proc/sc_out"),
     (["allow_tf32=sometimes"], "allow_tf32 must be true or false or null"),
     (["cuda_graph=always"], "unknown cuda_graph 'always'"),
+    (["resume_every=-5"], "resume_every must be >= 0"),
+    (["metrics.flatness.fisher={n:abc}"], "metrics.flatness.fisher.n must be an integer"),
+    (["metrics.flatness.worst_case={rho:-1}"], "metrics.flatness.worst_case.rho must be >= 0"),
+    (["metrics.flatness.fisher={m:3}"], "unknown setting metrics.flatness.fisher.m"),
 ]
 
 
