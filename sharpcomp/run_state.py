@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .records import RecordError, RunRecorder, atomic_write_bytes, read_metrics
+from .records import METRICS_FILE, RecordError, RunRecorder, atomic_write_bytes, read_metrics, recover_swap
 from .settings import ConfigError, Settings, run_identity
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -195,6 +195,7 @@ class RunState:
         if state is not None and state["run_id"] != self.run_id:
             raise ConfigError(f"output folder {self.run_dir} holds another run ({state['run_id']}); "
                               f"choose another folder (hydra.run.dir=...)")
+        recover_swap(self.run_dir / METRICS_FILE)  # a compaction cut short by a kill, before reading
         frame = self._existing_rows(state)
         if state is not None and not self._rows_cover(frame, state):
             print(f"sharpcomp: {self.run_dir}: the results lack checkpoints before the saved state at iteration "
