@@ -38,8 +38,7 @@ WARMUP = 3
 class GraphedStep:
     """``fn`` captured as a CUDA graph; ``step(idx)`` replays it on new indices, returns the losses."""
 
-    def __init__(self, fn: Callable[[Tensor], Tensor], state: Callable[[], Sequence[Tensor]], idx: Tensor,
-                 before_capture: Callable[[], None] | None = None):
+    def __init__(self, fn: Callable[[Tensor], Tensor], state: Callable[[], Sequence[Tensor]], idx: Tensor):
         self.static_idx = idx.clone()
         saved = [t.detach().clone() for t in state()]
         self.stream = side = torch.cuda.Stream(device=idx.device)  # kept: the graph's memory was allocated on it
@@ -52,8 +51,6 @@ class GraphedStep:
             for t, v in zip(state(), saved):
                 t.copy_(v)
         del saved
-        if before_capture is not None:
-            before_capture()
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph, stream=side):
             self.static_out = fn(self.static_idx)
@@ -67,13 +64,13 @@ class GraphedStep:
         return self.static_out
 
 
-def try_capture(fn: Callable[[Tensor], Tensor], state: Callable[[], Sequence[Tensor]], idx: Tensor, what: str,
-                before_capture: Callable[[], None] | None = None) -> GraphedStep | None:
+def try_capture(fn: Callable[[Tensor], Tensor], state: Callable[[], Sequence[Tensor]], idx: Tensor,
+                what: str) -> GraphedStep | None:
     """A :class:`GraphedStep`, or None (with one line on stderr) when the step cannot be captured.
     The state tensors are restored either way."""
     saved = [t.detach().clone() for t in state()]
     try:
-        return GraphedStep(fn, state, idx, before_capture)
+        return GraphedStep(fn, state, idx)
     except Exception as exc:  # capture errors come as RuntimeError or CUDA errors of several kinds
         try:
             torch.cuda.synchronize(idx.device)

@@ -57,8 +57,7 @@ from .losses import batch_loss, loss_target, per_sample_loss
 from .models import samples_per_chunk
 from .run_state import RunResult
 from .settings import ConfigError, Settings, run_identity, settings
-from .steppers import PlainStepper
-from .train import Member, build, close_all, open_runs, train_members
+from .train import Member, build, close_all, open_runs, plain_stepper, train_members
 
 ENSEMBLE_OPTIMS = ("sgd",)
 # Settings every member of an ensemble must share (lr and seed may differ; scale_name, progress are
@@ -407,9 +406,7 @@ def train_ensemble(cfgs: Sequence, run_dirs: Sequence[str | Path], *, data: Data
         else:
             print(f"sharpcomp: no stacked ensemble ({why}); training the runs one by one", file=sys.stderr)
             for m in members:
-                train_members([m], data, lambda g: PlainStepper(
-                    build(g[0].settings, data, data.train_x.device), g[0].settings, data,
-                    g[0].settings.num_outputs(data.num_classes), g[0].run.resume), callback)
+                train_members([m], data, lambda group: plain_stepper(group[0], data), callback)
     finally:
         close_all(members)
-    return [m.run.result or RunResult(m.run.run_dir, "running", m.run.start, m.run.rows) for m in members]
+    return [m.run.outcome() for m in members]

@@ -267,6 +267,10 @@ class RunState:
                                "train_loss": math.nan, "sample_set": "train", "wall_time": wall}], status="diverged")
         save_checkpoint(self.run_dir, self._state(it, "diverged", wall, model_state, optimizer_state))
 
+    def outcome(self) -> RunResult:
+        """How the run ended, or where it stands when it has not ended (an interrupted call)."""
+        return self.result or RunResult(self.run_dir, "running", self.start, self.rows)
+
     def fail(self) -> None:
         """Mark the records ``failed`` (a run that failed before its first row gets one empty row)."""
         if self.recorder is None or self.result is not None:

@@ -28,7 +28,7 @@ SAMPLE_SETS = ("train", "test", "misclassified")
 BUILTIN_MODELS = ("vgg10", "mlp4")
 # keys that joined the config after runs were recorded, with the value under which old runs were made
 # (model and data keys: ``models.identity_view``, ``data.identity_view``)
-NEW_KEYS = {("allow_tf32",): None}
+NEW_KEYS = {"allow_tf32": None}
 
 
 class ConfigError(ValueError):
@@ -84,10 +84,21 @@ def complete(cfg: Mapping) -> dict:
     return merge(defaults(**groups), cfg)
 
 
+@lru_cache(maxsize=1)
+def _yaml_keys() -> tuple[frozenset, frozenset]:
+    """The top-level keys of a composed ``train`` config (those of ``conf/train.yaml``, read, not composed:
+    milliseconds; and the groups that become keys) and its ``metrics`` keys."""
+    from importlib import resources
+
+    from omegaconf import OmegaConf
+
+    yaml = OmegaConf.load(resources.files("sharpcomp.conf") / "train.yaml")
+    return (frozenset(yaml) - {"defaults", "hydra"}) | {"data", "model", "optim"}, frozenset(yaml["metrics"])
+
+
 def _has_all(cfg: dict) -> bool:
-    need = ("lr", "batch", "seed", "steps", "log_every", "eval_every", "loss", "device", "metrics", "optim",
-            "allow_tf32", "cuda_graph", "threads", "deterministic", "resume_every", "compile", "progress")
-    return all(k in cfg for k in need) and "flatness" in cfg["metrics"]
+    top, metrics = _yaml_keys()
+    return top <= set(cfg) and isinstance(cfg["metrics"], dict) and metrics <= set(cfg["metrics"])
 
 
 def _number(key: str, value, kind=float, low=None, allow_none=False, strict=True):
@@ -294,9 +305,9 @@ def _drop_new_keys(keys: dict) -> dict:
 
     keys = json.loads(json.dumps(keys, default=str))
     keys["model"], keys["data"] = model_view(keys["model"]), data_view(keys["data"])
-    for path, old in NEW_KEYS.items():
-        if keys.get(path[0], object()) == old:
-            del keys[path[0]]
+    for key, old in NEW_KEYS.items():
+        if keys.get(key, object()) == old:
+            del keys[key]
     return keys
 
 

@@ -84,8 +84,8 @@ class PlainStepper:
     def step(self, idx: torch.Tensor) -> torch.Tensor:
         if self.try_graph:
             self.try_graph = False
-            self.graphed = try_capture(self._eager, self._state_tensors, idx[0], "single run",
-                                       lambda: self.optimizer.zero_grad(set_to_none=True))
+            # _eager sets the gradients to None first: the captured backward allocates them in the graph's pool
+            self.graphed = try_capture(self._eager, self._state_tensors, idx[0], "single run")
         if self.graphed is not None:
             return self.graphed.step(idx[0]).reshape(1)
         return self._eager(idx[0]).reshape(1)

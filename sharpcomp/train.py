@@ -348,6 +348,12 @@ def _summary(bar, it: int, steps: int, rows: dict[Path, list[dict]]) -> None:
 # entry points
 
 
+def plain_stepper(m: Member, data: Dataset) -> PlainStepper:
+    """The stepper of one run on its own: its network (resumed where it has a saved state) and optimizer."""
+    model = build(m.settings, data, data.train_x.device)
+    return PlainStepper(model, m.settings, data, m.settings.num_outputs(data.num_classes), m.run.resume)
+
+
 def train_members(members: list[Member], data: Dataset, make_stepper, callback=None) -> None:
     """Train every group of ``members`` (:func:`by_start`) with ``make_stepper(group)``."""
     for group in by_start(members):
@@ -370,17 +376,12 @@ def train(cfg, run_dir: str | Path, *, callback: Callable[[int, list[dict]], Non
     run_dir = Path(run_dir)
     members, data = open_runs([cfg], [run_dir], data)
     m = members[0]
-
-    def stepper(group):
-        model = build(m.settings, data, data.train_x.device)
-        return PlainStepper(model, m.settings, data, m.settings.num_outputs(data.num_classes), m.run.resume)
-
+    per_run = None if callback is None else lambda it, rows: callback(it, rows.get(run_dir, []))
     try:
-        train_members(members, data, stepper, None if callback is None else lambda it, rows: callback(
-            it, rows.get(run_dir, [])))
+        train_members(members, data, lambda group: plain_stepper(group[0], data), per_run)
     finally:
         close_all(members)
-    res = m.run.result or RunResult(run_dir, "running", m.run.start, m.run.rows)
+    res = m.run.outcome()
     res.seconds = time.perf_counter() - t_call
     return res
 
