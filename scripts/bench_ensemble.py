@@ -5,7 +5,7 @@ For each model (vgg10 on two-class CIFAR-10, mlp4 on Fashion-MNIST), the fig1 sw
 
 - ``sequential``: each run in turn, a plain ``train.py``-equivalent loop (``build_model(seed)``,
   ``torch.optim.SGD``, ``epoch_permutation`` minibatches, running loss summed on the device);
-- ``ensemble``: the 15 runs in lockstep (``sharpcomp.ensemble.StackedSGD``: stacked parameters, one
+- ``ensemble``: the 15 runs in lockstep (``sharpcomp.engine.ensemble.StackedSGD``: stacked parameters, one
   call per step for all members, minibatches gathered as a (15, 20, ...) tensor), with the ``grouped``
   implementation and with ``vmap`` (``torch.func``).
 
@@ -36,12 +36,14 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sharpcomp.data import epoch_permutation, load_dataset, steps_per_epoch  # noqa: E402
-from sharpcomp.ensemble import StackedSGD, evaluate_stacked  # noqa: E402
-from sharpcomp.metrics import compute_metrics  # noqa: E402
-from sharpcomp.metrics_stacked import compute_metrics_stacked  # noqa: E402
+from sharpcomp.data.datasets import load_dataset
+from sharpcomp.data.order import epoch_permutation, steps_per_epoch
+from sharpcomp.engine.ensemble import StackedSGD, evaluate_stacked
+from sharpcomp.engine.evaluation import evaluate
+from sharpcomp.losses import make_loss
+from sharpcomp.measures.metrics import compute_metrics
+from sharpcomp.measures.stacked import compute_metrics_stacked
 from sharpcomp.models import build_model  # noqa: E402
-from sharpcomp.train import evaluate, make_loss  # noqa: E402
 
 LRS = (0.05, 0.1, 0.2)
 SEEDS = (0, 1, 2, 3, 4)
@@ -81,7 +83,7 @@ class Sequential:
 
 
 class Ensemble:
-    """The same runs in lockstep (the loop of sharpcomp.ensemble without checkpoints)."""
+    """The same runs in lockstep (the loop of sharpcomp.engine.ensemble without checkpoints)."""
 
     def __init__(self, name, data, device, impl, compile):
         runs = [(lr, s) for lr in LRS for s in SEEDS]
@@ -187,9 +189,9 @@ def bench_engine(name, data, device, steps):
 
     from omegaconf import OmegaConf
 
-    from sharpcomp import train as engine
-    from sharpcomp.data import Dataset
-    from sharpcomp.ensemble import train_ensemble
+    from sharpcomp.data.datasets import Dataset
+    from sharpcomp.engine import train as engine
+    from sharpcomp.engine.ensemble import train_ensemble
     from sharpcomp.settings import defaults
 
     small = Dataset(data.name, data.train_x[:2000], data.train_y[:2000], data.test_x[:200], data.test_y[:200],

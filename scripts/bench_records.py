@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sharpcomp import records
-from sharpcomp.records import COLUMNS, METRIC_COLUMNS, METRICS_FILE, RunRecorder, read_metrics
+from sharpcomp.results import records
+from sharpcomp.results.columns import COLUMNS, METRIC_COLUMNS
+from sharpcomp.results.records import METRICS_FILE, RunRecorder, read_metrics
 
 
 class RewritingRecorder:
@@ -136,8 +137,8 @@ def bench_appends(n: int) -> None:
 
 
 def real_intervals(recorder_cls, run_dir: Path, steps: int) -> np.ndarray:
-    from sharpcomp import train as train_mod
     from sharpcomp.cli import main
+    from sharpcomp.engine import train as train_mod
 
     saved = train_mod.RunRecorder
     train_mod.RunRecorder = recorder_cls

@@ -1,6 +1,6 @@
 """Training-throughput benchmark: what the runner costs on top of plain PyTorch.
 
-1. Iterations per second of ``sharpcomp.train.train`` (checkpoint time excluded) against a minimal
+1. Iterations per second of ``sharpcomp.engine.train.train`` (checkpoint time excluded) against a minimal
    plain PyTorch loop doing the same SGD steps on the same data, in this process (target >= 0.95).
 2. The share of wall time spent in checkpoints at the quick (500) and paper (200) cadences, and the
    mean checkpoint time against its floor: the metric engine's floor (N forward+backward passes over
@@ -19,9 +19,12 @@ from pathlib import Path
 
 import torch
 
-from sharpcomp.data import epoch_permutation, load_dataset, steps_per_epoch, train_sample_indices
+from sharpcomp.data.datasets import load_dataset
+from sharpcomp.data.order import epoch_permutation, steps_per_epoch, train_sample_indices
+from sharpcomp.engine.evaluation import evaluate
+from sharpcomp.engine.train import train
+from sharpcomp.losses import make_loss
 from sharpcomp.models import build_model
-from sharpcomp.train import evaluate, make_loss, train
 
 SETUPS = {
     "vgg10": dict(data=("cifar10_2class", "cifar10", [0, 1]), conf=["data=cifar10_2class", "model=vgg10"]),

@@ -279,7 +279,7 @@ def compose_yaml(model: str, data: str, conf: Path | None = None) -> dict:
 
 
 def load(model: str, data: str, device, data_dir=None):
-    from sharpcomp.data import load_dataset
+    from sharpcomp.data.datasets import load_dataset
 
     dataset, classes = DATASETS[data]
     return load_dataset(data, dataset, classes, data_dir, device=device)
@@ -289,10 +289,10 @@ def make_stepper(model: str, data_name: str, data, k: int, batch: int, device, c
                  sample_sets=("train",)):
     """A stepper of k runs (lr 0.05 / 0.1 / 0.2 x seeds 0.., as fig1) and their settings: a
     ``PlainStepper`` for k = 1, else an ``EnsembleStepper``."""
-    from sharpcomp.ensemble import EnsembleStepper
+    from sharpcomp.engine.ensemble import EnsembleStepper
+    from sharpcomp.engine.steppers import PlainStepper
+    from sharpcomp.engine.train import build, prepare_runtime
     from sharpcomp.settings import settings
-    from sharpcomp.steppers import PlainStepper
-    from sharpcomp.train import build, prepare_runtime
 
     cfgs = [compose(model, data_name, lr=(0.05, 0.1, 0.2)[j % 3], seed=j // 3, batch=batch, device=str(device),
                     cuda_graph=cuda_graph, progress=False, **{"metrics.sample_sets": list(sample_sets)})
@@ -309,7 +309,7 @@ def batches(data, seeds: Sequence[int], batch: int, count: int, device):
     """``count`` (k, batch) index tensors: the runs' first minibatches, as the loop takes them."""
     import torch
 
-    from sharpcomp.data import epoch_permutation, steps_per_epoch
+    from sharpcomp.data.order import epoch_permutation, steps_per_epoch
 
     n = len(data.train_x)
     spe = steps_per_epoch(n, batch)
@@ -356,7 +356,7 @@ def step_seconds(model, data_name, data, k, batch, device, seconds: float) -> fl
 def floor_seconds(loop, device) -> float:
     """The floor of one checkpoint of ``loop``'s runs: the stepper's whole-set evaluation of the train and
     test sets plus its sample-set metrics (no records, no rows), on the same networks."""
-    from sharpcomp.evaluation import sample_inputs
+    from sharpcomp.engine.evaluation import sample_inputs
 
     d, st = loop.data, loop.stepper
     sync(device)
@@ -375,7 +375,7 @@ def checkpoint_seconds(model, data_name, data, k, device, sample_sets=("train",)
     ``train._Loop.checkpoint`` on runs opened in a temporary folder (evaluation, metrics, records,
     checkpoint.pt), as a paper-scale run takes them. ``floor``: (checkpoint, floor) pairs instead, the
     floor (:func:`floor_seconds`) timed right after each checkpoint on the same networks."""
-    from sharpcomp.train import _Loop, close_all, open_runs
+    from sharpcomp.engine.train import _Loop, close_all, open_runs
 
     stepper, cfgs = make_stepper(model, data_name, data, k, 20, device, sample_sets=sample_sets)
     for c in cfgs:

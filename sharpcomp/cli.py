@@ -214,8 +214,8 @@ def check_overrides(overrides: list[str], multirun: bool = False) -> None:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
 
-    from .settings import ConfigError
-    from .train import check_config
+    from sharpcomp.engine.train import check_config
+    from sharpcomp.settings import ConfigError
 
     GlobalHydra.instance().clear()
     try:
@@ -246,8 +246,8 @@ def _train_job(cfg) -> str:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from .jobs import JobExit, run_job
-    from .train import train
+    from sharpcomp.engine.jobs import JobExit, run_job
+    from sharpcomp.engine.train import train
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
@@ -266,7 +266,7 @@ def _run_hydra_train(args: list[str], multirun: bool) -> int:
 
     import tempfile
 
-    from .jobs import OUTCOMES_ENV, sweep_summary
+    from sharpcomp.engine.jobs import OUTCOMES_ENV, sweep_summary
 
     argv0 = sys.argv[0]
     sys.argv = [argv0] + (["--multirun"] if multirun else []) + args
@@ -315,11 +315,11 @@ def main(argv: list[str] | None = None) -> int:
         if multirun:
             raise UsageError(f"-m applies to train only, not '{command}'")
         if command == "figures":
-            from .figures import main as figures_main
+            from sharpcomp.figures.command import main as figures_main
 
             return figures_main(rest)
         if command == "reparam":
-            from .reparam import main as reparam_main
+            from sharpcomp.measures.reparam import main as reparam_main
 
             return reparam_main(rest)
         raise UsageError(f"unknown command '{command}' (choose from train, figures, reparam; see `sharpcomp --help`)")

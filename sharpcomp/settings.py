@@ -159,7 +159,7 @@ def _metric_settings(m: Mapping) -> MetricSettings:
     flatness = m["flatness"] or {}
     if not isinstance(flatness, Mapping):
         raise ConfigError(f"metrics.flatness must be a mapping of measures, got {flatness!r}")
-    from .flatness import check_settings
+    from sharpcomp.measures.flatness import check_settings
 
     try:
         check_settings(flatness)
@@ -241,7 +241,7 @@ def _optim(o: Mapping) -> dict:
 
 
 def _model(m: Mapping) -> dict:
-    from .models import ModelError, check_model_config
+    from sharpcomp.models import ModelError, check_model_config
 
     try:
         check_model_config(m)
@@ -251,7 +251,8 @@ def _model(m: Mapping) -> dict:
 
 
 def _data(d: Mapping, data_dir) -> dict:
-    from .data import DataError, check_data_config
+    from sharpcomp.data.datasets import check_data_config
+    from sharpcomp.data.sources import DataError
 
     try:
         check_data_config(d, data_dir)
@@ -300,8 +301,8 @@ def select_device(name: str) -> torch.device:
 
 
 def _drop_new_keys(keys: dict) -> dict:
-    from .data import identity_view as data_view
-    from .models import identity_view as model_view
+    from sharpcomp.data.datasets import identity_view as data_view
+    from sharpcomp.models import identity_view as model_view
 
     keys = json.loads(json.dumps(keys, default=str))
     keys["model"], keys["data"] = model_view(keys["model"]), data_view(keys["data"])

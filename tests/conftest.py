@@ -13,7 +13,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 import sharpcomp.cli  # noqa: F401  (registers the run-name resolver)
-from sharpcomp.data import Dataset, default_data_dir, load_dataset
+from sharpcomp.data.datasets import Dataset, default_data_dir, load_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("MPLBACKEND", "Agg")

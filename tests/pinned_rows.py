@@ -52,7 +52,7 @@ def frame_rows(frame) -> list[dict]:
 
 
 def small_data(data_dir, cache_dir):
-    from sharpcomp.data import Dataset, load_dataset
+    from sharpcomp.data.datasets import Dataset, load_dataset
 
     d = load_dataset("fashion_mnist", "fashion_mnist", None, data_dir, cache_dir)
     return Dataset("fashion_mnist", d.train_x[:1000].clone(), d.train_y[:1000].clone(), d.test_x[:300].clone(),
@@ -65,10 +65,10 @@ def generate(out: Path = PINNED) -> None:  # pragma: no cover - run once, by han
     import torch
     from omegaconf import OmegaConf
 
-    from sharpcomp.data import default_cache_dir, default_data_dir
-    from sharpcomp.ensemble import train_ensemble
-    from sharpcomp.records import read_metrics
-    from sharpcomp.train import train
+    from sharpcomp.data.datasets import default_cache_dir, default_data_dir
+    from sharpcomp.engine.ensemble import train_ensemble
+    from sharpcomp.engine.train import train
+    from sharpcomp.results.records import read_metrics
 
     from .conftest import compose_train
 

@@ -1,6 +1,6 @@
 """Brute-force float64 references for the metric engine: loops over samples and outputs, plain
 ``torch.autograd.grad``, dense Jacobians and Hessians, numpy eigensolvers. Slow and obvious on purpose;
-shares no code with ``sharpcomp.metrics``.
+shares no code with ``sharpcomp.measures.metrics``.
 """
 
 from __future__ import annotations

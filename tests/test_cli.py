@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from sharpcomp.cli import main
-from sharpcomp.records import read_metrics
+from sharpcomp.results.records import read_metrics
 
 from .conftest import REPO, TINY
 

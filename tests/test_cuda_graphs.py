@@ -1,4 +1,4 @@
-"""CUDA-graph steps (sharpcomp.cuda_graphs): when they apply, and (on CUDA only) that a replayed step
+"""CUDA-graph steps (sharpcomp.engine.cuda_graphs): when they apply, and (on CUDA only) that a replayed step
 equals the eager step -- for a toy step, for one run (PlainStepper) and for an ensemble (EnsembleStepper)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sharpcomp.cuda_graphs import GraphedStep, graphs_apply
+from sharpcomp.engine.cuda_graphs import GraphedStep, graphs_apply
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -53,11 +53,11 @@ def test_graphed_step_replays_the_eager_step():
 
 
 def _steppers(k: int, graph: str):
-    from sharpcomp.data import Dataset
-    from sharpcomp.ensemble import EnsembleStepper
+    from sharpcomp.data.datasets import Dataset
+    from sharpcomp.engine.ensemble import EnsembleStepper
+    from sharpcomp.engine.steppers import PlainStepper
+    from sharpcomp.engine.train import build
     from sharpcomp.settings import defaults, settings
-    from sharpcomp.steppers import PlainStepper
-    from sharpcomp.train import build
 
     dev = torch.device("cuda")
     g = torch.Generator().manual_seed(0)

@@ -14,10 +14,10 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from sharpcomp.cli import main
-from sharpcomp.metrics import compute_metrics
+from sharpcomp.engine.train import train
+from sharpcomp.measures.metrics import compute_metrics
 from sharpcomp.models import ModelError, build_from_config, build_model, count_parameters, mlp4, vgg10
-from sharpcomp.records import read_metrics
-from sharpcomp.train import train
+from sharpcomp.results.records import read_metrics
 
 from .conftest import REPO, SHRINK, TINY, compose_train
 from .nets import SmallResNet
@@ -172,8 +172,9 @@ def test_identity_views_give_the_run_ids_recorded_before_the_new_keys():
     those keys (identity_view) a run's id is the one pinned on main before (tests/data/pinned_rows.json)."""
     import json
 
-    from sharpcomp import data, models
-    from sharpcomp.train import run_identity
+    from sharpcomp import models
+    from sharpcomp.data import datasets as data
+    from sharpcomp.settings import run_identity
 
     from .pinned_rows import CASES, PINNED
 

@@ -2,15 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from sharpcomp.data import (
-    DataError,
-    batch_indices,
-    epoch_permutation,
-    load_arrays,
-    load_dataset,
-    steps_per_epoch,
-    train_sample_indices,
-)
+from sharpcomp.data.datasets import load_arrays, load_dataset
+from sharpcomp.data.order import batch_indices, epoch_permutation, steps_per_epoch, train_sample_indices
+from sharpcomp.data.sources import DataError
 
 
 def test_fashion_mnist_as_spec(fmnist):

@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from sharpcomp import data as data_mod
-from sharpcomp.data import CACHE_VERSION, DataError, check_data_config, load_arrays, load_dataset, load_from_config
+from sharpcomp.data import datasets as data_mod
+from sharpcomp.data.datasets import CACHE_VERSION, check_data_config, load_arrays, load_dataset, load_from_config
+from sharpcomp.data.sources import DataError
 
 OFFLINE = {"SHARPCOMP_OFFLINE": "1"}
 
@@ -275,8 +276,8 @@ def test_a_cache_failing_its_checksum_is_rebuilt(tmp_path, capsys):
 
 
 def test_records_name_the_source_kind_and_dataset_not_a_path(cfg_small, tmp_path):
-    from sharpcomp.records import read_metrics
-    from sharpcomp.train import train
+    from sharpcomp.engine.train import train
+    from sharpcomp.results.records import read_metrics
 
     train(cfg_small, tmp_path / "run")  # loads the data itself, as a command does
     sources = set(read_metrics(tmp_path / "run").data_source)
@@ -343,7 +344,7 @@ def test_missing_dataset_names_where_it_looked(dataset, file, tmp_path):
 
 def test_image_folder_trains_through_the_command_line(in_tmp, capsys):
     from sharpcomp.cli import main
-    from sharpcomp.records import read_metrics
+    from sharpcomp.results.records import read_metrics
 
     make_folder(in_tmp / "pets", per_class=(6, 2), size=(10, 7))  # 7 x 10 images: vgg10 takes any size
     args = ["train", "data=image_folder", "data.root=pets", "data.name=pets", "model=vgg10", "model.width=0.25",

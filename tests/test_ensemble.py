@@ -10,15 +10,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from sharpcomp.ensemble import (
-    StackedSGD,
-    check_compatible,
-    evaluate_stacked,
-    group_compatible,
-    train_ensemble,
-)
-from sharpcomp.records import read_metrics
-from sharpcomp.train import CHECKPOINT_FILE, ConfigError, evaluate, train
+from sharpcomp.engine.ensemble import StackedSGD, check_compatible, evaluate_stacked, group_compatible, train_ensemble
+from sharpcomp.engine.evaluation import evaluate
+from sharpcomp.engine.train import train
+from sharpcomp.results.records import read_metrics
+from sharpcomp.results.run_state import CHECKPOINT_FILE
+from sharpcomp.settings import ConfigError
 
 from .conftest import SHRINK, TINY, compose_train
 
@@ -78,7 +75,7 @@ def test_sparse_evaluation_and_stacked_metrics_match_separate_runs(data_dir, cac
                                                                    monkeypatch):
     """eval_every=2: the misclassified set of a checkpoint without whole-set evaluation comes from a
     stacked test-set evaluation. The checkpoint metrics are the stacked ones (never member by member)."""
-    import sharpcomp.metrics_stacked as stacked
+    import sharpcomp.measures.stacked as stacked
 
     cfgs = [_cfg(data_dir, cache_dir, lr, seed, ["eval_every=2"]) for lr, seed in MEMBERS]
     for i, cfg in enumerate(cfgs):

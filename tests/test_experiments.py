@@ -76,7 +76,7 @@ def job_setting(job: list[str]) -> tuple[float, int, int]:
 
 @pytest.mark.parametrize("experiment", sorted(EXPERIMENTS))
 def test_experiment_sweep_is_specs_runs(hydra_conf, experiment):
-    from sharpcomp.train import validate_config
+    from sharpcomp.settings import validate_config
 
     data, model, expected, sample_sets = EXPERIMENTS[experiment]
     for scale, steps in SCALES.items():

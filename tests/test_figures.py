@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sharpcomp import figures
-from sharpcomp._figures_data import load_results
-from sharpcomp.records import RunRecorder, read_metrics
+from sharpcomp.figures import beyond, catalogue, command, panels, tables
+from sharpcomp.figures.tables import load_results
+from sharpcomp.results.records import RunRecorder, read_metrics
 
 GRID = ((0.05, 20), (0.1, 20), (0.2, 20), (0.1, 8), (0.1, 32))
 CIFAR = ("cifar10_2class", "vgg10")
@@ -118,7 +118,7 @@ def fake_save(monkeypatch):
 
 
 def run_cli(capsys, *args):
-    rc = figures.main([str(a) for a in args])
+    rc = command.main([str(a) for a in args])
     out, err = capsys.readouterr()
     return rc, out.splitlines(), err.splitlines()
 
@@ -146,7 +146,7 @@ def test_cli_writes_every_figure_with_its_numbers(tmp_path, capsys, fake_save):
     assert rc == 0, err
     assert err == []
     figdir = res / "figures"  # default: <first dir>/figures
-    for fig_id in figures.FIGURE_IDS:
+    for fig_id in catalogue.FIGURE_IDS:
         assert any(line.startswith(f"{fig_id}: wrote") for line in out), (fig_id, out)
         for ext in ("png", "pdf", "csv"):
             path = figdir / f"{fig_id}.{ext}"
@@ -160,7 +160,7 @@ def test_cli_writes_every_figure_with_its_numbers(tmp_path, capsys, fake_save):
     assert len(points) == 10 and set(zip(points.lr, points.batch)) == set(GRID)
     pearson = pd.read_csv(figdir / "figD5_pearson.csv")
     assert set(pearson.columns) >= {"x", "y", "n", "r", "p"}
-    k = len(figures.CORRELATION_COLUMNS)
+    k = len(panels.CORRELATION_COLUMNS)
     assert len(pearson) == k * (k - 1) // 2
     for _, row in pearson.iterrows():
         ref = stats.pearsonr(points[row.x], points[row.y])
@@ -276,7 +276,7 @@ def test_no_figure_possible_is_not_an_error(tmp_path, capsys, fake_save):
     rc, out, err = run_cli(capsys, tmp_path, "--formats", "png")
     assert rc == 0 and err == []
     assert out[-1].startswith("no figures written")
-    assert len([line for line in out if ": skipped," in line]) == len(figures.ALL_FIGURE_IDS)
+    assert len([line for line in out if ": skipped," in line]) == len(command.ALL_FIGURE_IDS)
 
 
 def test_experiments_are_never_mixed_and_duplicates_used_once(tmp_path, capsys, fake_save):
@@ -309,7 +309,7 @@ def test_data_source_folder_does_not_split_a_figure(tmp_path, capsys, fake_save)
 
 def test_trend_figure_panels_lines_and_labels(tmp_path):
     frame = sweep(tmp_path, CIFAR, grid=GRID[:3], seeds=(0, 1, 2))
-    fig = figures.trend_figure(frame, by="lr")
+    fig = panels.trend_figure(frame, by="lr")
     axes = visible_axes(fig)
     assert len(axes) == 6
     labels = [ax.get_ylabel() for ax in axes]
@@ -330,7 +330,7 @@ def test_trend_figure_panels_lines_and_labels(tmp_path):
     sel = frame[(frame.lr == 0.1) & (frame.iteration == x[2])]
     assert y[2] == pytest.approx(np.sqrt(sel.sharpness).mean())
     render(fig)
-    table = figures.trend_lines(frame, "lr", ["sqrt_sharpness"])
+    table = tables.trend_lines(frame, "lr", ["sqrt_sharpness"])
     row = table[(table.lr == 0.1) & (table.iteration == x[2])]
     assert row["min"].item() == pytest.approx(np.sqrt(sel.sharpness).min())
     assert row["max"].item() == pytest.approx(np.sqrt(sel.sharpness).max())
@@ -339,7 +339,7 @@ def test_trend_figure_panels_lines_and_labels(tmp_path):
 def test_trend_figure_by_batch_and_custom_panels(tmp_path):
     frame = sweep(tmp_path, FMNIST, grid=((0.1, 8), (0.1, 20), (0.1, 32)), seeds=(0,),
                   extra={"fisher_rao": 2.0})
-    fig = figures.trend_figure(frame, by="batch", panels=["G", "fisher_rao", ("mls", "bound_d")], band="none")
+    fig = panels.trend_figure(frame, by="batch", panels=["G", "fisher_rao", ("mls", "bound_d")], band="none")
     axes = visible_axes(fig)
     assert len(axes) == 3
     assert [len(lines_of(ax)) for ax in axes] == [3, 3, 6]
@@ -350,7 +350,7 @@ def test_trend_figure_by_batch_and_custom_panels(tmp_path):
 def test_sample_set_figure(tmp_path):
     frame = pd.concat([make_run(tmp_path, *CIFAR, 0.1, 20, s, sets=("train", "test", "misclassified"))
                        for s in (0, 1)])
-    fig = figures.sample_set_figure(frame)
+    fig = panels.sample_set_figure(frame)
     axes = visible_axes(fig)
     assert len(axes) == 6
     assert "train loss" in axes[0].get_ylabel() and "test loss" in axes[1].get_ylabel()
@@ -369,7 +369,7 @@ def test_sample_set_figure(tmp_path):
 
 def test_bound_figure(tmp_path):
     frame = pd.concat([make_run(tmp_path, *FMNIST, 0.1, 20, s) for s in (0, 1)])
-    fig = figures.bound_figure(frame)
+    fig = panels.bound_figure(frame)
     (ax,) = visible_axes(fig)
     assert ax.get_yscale() == "log"
     assert "Eq. 13" in ax.get_ylabel() and "Eq. 28" in ax.get_ylabel()
@@ -382,7 +382,7 @@ def test_bound_figure(tmp_path):
 
 def test_run_summary_is_mean_over_last_fraction(tmp_path):
     frame = make_run(tmp_path, *CIFAR, 0.1, 20, 0, n_ckpt=10)
-    summary = figures.run_summary(frame, last_fraction=0.2)
+    summary = tables.run_summary(frame, last_fraction=0.2)
     assert len(summary) == 1
     row = summary.iloc[0]
     last = frame[frame.iteration >= 900]
@@ -391,10 +391,10 @@ def test_run_summary_is_mean_over_last_fraction(tmp_path):
     assert row.sqrt_sharpness == pytest.approx(np.sqrt(last.sharpness).mean())
     # whole-set train_loss is logged every other checkpoint here: the mean skips the gaps
     assert row.train_loss == pytest.approx(last.train_loss.dropna().mean())
-    one = figures.run_summary(frame, last_fraction=0.01)
+    one = tables.run_summary(frame, last_fraction=0.01)
     assert one.iloc[0].summary_checkpoints == 1 and one.iloc[0].G == pytest.approx(frame.G.iloc[-1])
     with pytest.raises(ValueError):
-        figures.run_summary(frame, last_fraction=0)
+        tables.run_summary(frame, last_fraction=0)
 
 
 def test_correlation_table_matches_numpy_and_scipy(tmp_path):
@@ -404,7 +404,7 @@ def test_correlation_table_matches_numpy_and_scipy(tmp_path):
     summary = pd.DataFrame({"a": rng.normal(size=12), "b": rng.normal(size=12), "c": rng.normal(size=12)})
     summary["b"] += summary["a"]
     summary.loc[3, "c"] = np.nan  # a missing value drops that run from its pairs only
-    table = figures.correlation_table(summary, ["a", "b", "c"])
+    table = tables.correlation_table(summary, ["a", "b", "c"])
     assert list(zip(table.x, table.y)) == [("a", "b"), ("a", "c"), ("b", "c")]
     for _, row in table.iterrows():
         ok = summary[[row.x, row.y]].dropna()
@@ -414,22 +414,22 @@ def test_correlation_table_matches_numpy_and_scipy(tmp_path):
         assert row.r == pytest.approx(ref.statistic, abs=1e-12)
         assert row.p == pytest.approx(ref.pvalue, rel=1e-9)
     # too few points or a constant column: no r
-    small = figures.correlation_table(summary.head(2), ["a", "b"])
+    small = tables.correlation_table(summary.head(2), ["a", "b"])
     assert np.isnan(small.r.item()) and small.n.item() == 2
-    const = figures.correlation_table(summary.assign(b=1.0), ["a", "b"])
+    const = tables.correlation_table(summary.assign(b=1.0), ["a", "b"])
     assert np.isnan(const.r.item())
 
 
 def test_correlation_figure_scatter_matrix(tmp_path):
     frame = sweep(tmp_path, FMNIST, seeds=(0, 1))
-    summary = figures.run_summary(frame)
+    summary = tables.run_summary(frame)
     assert len(summary) == 10
-    cols = list(figures.CORRELATION_COLUMNS) + ["bound_c", "bound_d"]
-    fig = figures.correlation_figure(summary, cols)
+    cols = list(panels.CORRELATION_COLUMNS) + ["bound_c", "bound_d"]
+    fig = panels.correlation_figure(summary, cols)
     k = len(cols)
     grid = fig.sharpcomp_axes
     assert len(grid) == k and all(len(row) == k for row in grid)
-    table = figures.correlation_table(summary, cols)
+    table = tables.correlation_table(summary, cols)
     for i in range(k):
         for j in range(k):
             ax = grid[i][j]
@@ -460,7 +460,7 @@ FLAT = ("hessian_trace", "hessian_trace_se", "quotient_trace", "quotient_trace_s
 
 def test_flatness_figure_sparse_columns_error_bars_and_grouping(tmp_path):
     frame = sweep(tmp_path, CIFAR, grid=((0.05, 20), (0.1, 20)), seeds=(0, 1), n_ckpt=5, flat=FLAT, flat_every=2)
-    fig = figures.flatness_figure(frame)
+    fig = panels.flatness_figure(frame)
     axes = visible_axes(fig)
     # sqrt(S), Tr H, Tr(PHP), worst-case sharpness, gradient disagreement: the measures that exist
     assert [ax.get_ylabel() for ax in axes] == [
@@ -489,12 +489,12 @@ def test_flatness_figure_sparse_columns_error_bars_and_grouping(tmp_path):
 
 def test_flatness_figure_lines_per_optimiser_or_combination(tmp_path):
     runs = [make_run(tmp_path, *FMNIST, 0.1, 20, 0, n_ckpt=3, optim=o, flat=("fisher_trace",)) for o in ("sgd", "sam")]
-    fig = figures.flatness_figure(pd.concat(runs))
+    fig = panels.flatness_figure(pd.concat(runs))
     axes = visible_axes(fig)
     assert len(axes) == 2 and "Fisher" in axes[1].get_ylabel()
     assert [line.get_label() for line in lines_of(axes[1])] == ["optim sam (1 run)", "optim sgd (1 run)"]
     runs.append(make_run(tmp_path, *FMNIST, 0.05, 20, 0, n_ckpt=3, flat=("fisher_trace",)))
-    fig = figures.flatness_figure(pd.concat(runs))
+    fig = panels.flatness_figure(pd.concat(runs))
     assert [line.get_label() for line in lines_of(visible_axes(fig)[1])] == [
         "optim sam, lr 0.1 (1 run)", "optim sgd, lr 0.05 (1 run)", "optim sgd, lr 0.1 (1 run)"]
 
@@ -502,12 +502,12 @@ def test_flatness_figure_lines_per_optimiser_or_combination(tmp_path):
 def test_run_summary_flatness_columns_use_their_own_cadence(tmp_path):
     frame = make_run(tmp_path, *CIFAR, 0.1, 20, 0, n_ckpt=10, flat=("hessian_trace",), flat_every=3, status="running")
     frame = frame[frame.iteration <= 800]  # flatness at iterations 100, 400, 700; the window is 700-800
-    row = figures.run_summary(frame, last_fraction=0.2).iloc[0]
+    row = tables.run_summary(frame, last_fraction=0.2).iloc[0]
     assert row.summary_from_iteration == 700
     assert row.hessian_trace == pytest.approx(frame.loc[frame.iteration == 700, "hessian_trace"].item())
-    row = figures.run_summary(frame.iloc[:-1], last_fraction=0.1).iloc[0]  # window 700 only (through 700)
+    row = tables.run_summary(frame.iloc[:-1], last_fraction=0.1).iloc[0]  # window 700 only (through 700)
     assert row.hessian_trace == pytest.approx(frame.loc[frame.iteration == 700, "hessian_trace"].item())
-    row = figures.run_summary(frame[frame.iteration <= 600], last_fraction=0.2).iloc[0]  # window 500-600: none
+    row = tables.run_summary(frame[frame.iteration <= 600], last_fraction=0.2).iloc[0]  # window 500-600: none
     assert row.hessian_trace == pytest.approx(frame.loc[frame.iteration == 400, "hessian_trace"].item())
 
 
@@ -521,7 +521,7 @@ def test_cli_flatness_sam_and_correlation_extra_columns(tmp_path, capsys, fake_s
     extra = {"hessian_trace", "quotient_trace", "sharpness_worst", "grad_disagreement"}
     assert extra <= set(pearson.x) | set(pearson.y)
     assert not {"hessian_trace_se", "fisher_trace"} & (set(pearson.x) | set(pearson.y))
-    k = len(figures.CORRELATION_COLUMNS) + len(extra)
+    k = len(panels.CORRELATION_COLUMNS) + len(extra)
     assert len(pearson) == k * (k - 1) // 2
     points = pd.read_csv(figdir / "figD5.csv")
     assert {"hessian_trace", "hessian_trace_se"} <= set(points.columns)
@@ -541,14 +541,14 @@ def test_cli_flatness_sam_and_correlation_extra_columns(tmp_path, capsys, fake_s
     assert "hessian_trace" not in set(pearson.x) | set(pearson.y)
     assert any(line.startswith("flatness: wrote") and "one line per optim, lr" in line for line in out)
     sam = pd.read_csv(figdir / "sam_vs_sgd.csv")
-    assert set(sam.optim) == {"sam", "sgd"} and set(sam.column) == set(figures.TREND_PANELS)
+    assert set(sam.optim) == {"sam", "sgd"} and set(sam.column) == set(panels.TREND_PANELS)
     assert any(line.startswith("sam_vs_sgd: wrote") and "optim sam, sgd" in line for line in out)
 
 
 def test_sam_vs_sgd_trend_panels(tmp_path):
     frame = pd.concat([make_run(tmp_path, *CIFAR, 0.1, 20, s, n_ckpt=3, optim=o)
                        for o in ("sgd", "sam") for s in (0, 1)])
-    fig = figures.trend_figure(frame, by="optim")
+    fig = panels.trend_figure(frame, by="optim")
     axes = visible_axes(fig)
     assert len(axes) == 6
     assert all([line.get_label() for line in lines_of(ax)] == ["optim sam (2 runs)", "optim sgd (2 runs)"]
@@ -558,7 +558,7 @@ def test_sam_vs_sgd_trend_panels(tmp_path):
 def test_runs_overview_figure_one_line_per_run_and_cap(tmp_path):
     frame = pd.concat([make_run(tmp_path, *CIFAR, lr, 20, s, n_ckpt=3) for lr in (0.1, 0.05) for s in (0, 1)]
                       + [make_run(tmp_path, *CIFAR, 0.1, 20, 0, n_ckpt=3, scale="demo")])
-    fig = figures.runs_figure(frame)
+    fig = panels.runs_figure(frame)
     axes = visible_axes(fig)
     assert len(axes) == 6 and "train loss" in axes[0].get_ylabel() and "Eq. 14" in axes[5].get_ylabel()
     names = ["lr 0.1, batch 20, seed 0, scale demo",  # by experiment (what differs is named), lr, batch, seed
@@ -567,7 +567,7 @@ def test_runs_overview_figure_one_line_per_run_and_cap(tmp_path):
     for ax in axes:
         assert [line.get_label() for line in lines_of(ax)] == names
         assert len(ax.collections) == 0  # one run per line: no band
-    fig = figures.runs_figure(frame, cap=2)
+    fig = panels.runs_figure(frame, cap=2)
     assert len(lines_of(visible_axes(fig)[0])) == 2
 
 
@@ -585,7 +585,7 @@ def test_cli_single_demo_run_gets_an_overview(tmp_path, capsys, monkeypatch):
     # more runs than the cap: said so, and all are in the per-run CSV
     for s in (1, 2):
         make_run(demo, *CIFAR, 0.1, 20, s, n_ckpt=2, scale="demo")
-    monkeypatch.setattr(figures, "RUNS_CAP", 2)
+    monkeypatch.setattr(beyond, "RUNS_CAP", 2)
     rc, out, _ = run_cli(capsys, demo, "--only", "runs", "--formats", "png")
     assert any(line.startswith("runs: capped at 2 lines: drew the first 2 of 3 runs") for line in out)
     assert len(pd.read_csv(demo / "figures" / "runs_runs.csv")) == 3
@@ -758,7 +758,7 @@ def test_without_by_the_sweep_figures_say_what_they_need(tmp_path, capsys, fake_
 
 
 def test_settings_flattened_to_dotted_keys():
-    from sharpcomp import _figures_keys as keys
+    from sharpcomp.figures import keys as keys
 
     flat = keys.flatten(settings_of(*FMNIST, 0.1, 20, 3, width=2.0, optim={"name": "sam", "rho": 0.05}))
     assert flat["model.width"] == 2.0 and flat["optim.rho"] == 0.05 and flat["seed"] == 3

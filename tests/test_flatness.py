@@ -1,4 +1,4 @@
-"""sharpcomp.flatness against dense float64 references on tiny networks."""
+"""sharpcomp.measures.flatness against dense float64 references on tiny networks."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from sharpcomp import flatness as fl
+from sharpcomp.measures import flatness, gradient_stats, hutchinson, param_space, quotient_trace, symmetry, worst_case
 from sharpcomp.models import build_model
 
 from .reference import mse
@@ -78,13 +78,13 @@ def dense_param_jacobian(model, x):
 
 
 def dense_projector(model):
-    v = fl.SymmetryTangents(model).dense()
+    v = symmetry.SymmetryTangents(model).dense()
     return torch.eye(v.shape[0], dtype=DT) - v @ torch.linalg.solve(v.T @ v, v.T), v
 
 
 def unit_signs(model):
     """D_j as dense +-1/0 vectors, built directly from the layer shapes (independent of flatness)."""
-    hidden = fl.hidden_layers(model)
+    hidden = symmetry.hidden_layers(model)
     mods = dict(model.named_children())
     offsets, i = {}, 0
     for name, p in model.named_parameters():
@@ -109,23 +109,23 @@ def unit_signs(model):
 # ---- structure ----------------------------------------------------------------------------------------
 
 def test_hidden_layers_of_the_study_models():
-    vgg = fl.hidden_layers(build_model("vgg10", width=0.25, seed=0))
+    vgg = symmetry.hidden_layers(build_model("vgg10", width=0.25, seed=0))
     assert list(vgg) == ["conv1", "conv2", "conv3", "conv4", "conv5", "fc1"]
     assert vgg["conv5"].next_name == "fc1" and vgg["conv5"].block == 4  # 16 channels x 2 x 2
     assert vgg["conv1"].block == 9 and vgg["fc1"].block == 1
-    mlp = fl.hidden_layers(build_model("mlp4", width=0.02, seed=0))
+    mlp = symmetry.hidden_layers(build_model("mlp4", width=0.02, seed=0))
     assert list(mlp) == ["fc1", "fc2", "fc3"] and mlp["fc3"].next_name == "fc4"
     # a module that is not positively homogeneous breaks the pair
     broken = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
-    assert fl.hidden_layers(broken) == {}
+    assert symmetry.hidden_layers(broken) == {}
     with pytest.raises(TypeError):
-        fl.hidden_layers(nn.Linear(2, 2))
+        symmetry.hidden_layers(nn.Linear(2, 2))
 
 
 @pytest.mark.parametrize("make", MODELS)
 def test_tangents_match_their_definition(make):
     model, x, y = make()
-    V, gm = fl.symmetry_tangents(model)
+    V, gm = symmetry.symmetry_tangents(model)
     vd = V.dense()
     # support and signs: v_j = D_j * theta exactly
     assert torch.equal(vd, unit_signs(model) * flat_theta(model)[:, None])
@@ -133,18 +133,18 @@ def test_tangents_match_their_definition(make):
     torch.testing.assert_close(gm, vd.T @ vd, rtol=1e-12, atol=1e-12)
     # matvec / rmatvec are V and V^T
     c = torch.randn(V.r, dtype=DT)
-    torch.testing.assert_close(fl._flat(V.matvec(c)), vd @ c)
+    torch.testing.assert_close(param_space.flat(V.matvec(c)), vd @ c)
     d = [torch.randn_like(p) for p in model.parameters()]
-    torch.testing.assert_close(V.rmatvec(d), vd.T @ fl._flat(d))
+    torch.testing.assert_close(V.rmatvec(d), vd.T @ param_space.flat(d))
 
 
 @pytest.mark.parametrize("make", MODELS)
 def test_jacobian_of_f_annihilates_every_tangent(make):
     model, x, _ = make()
-    V, _ = fl.symmetry_tangents(model)
+    V, _ = symmetry.symmetry_tangents(model)
     vd = V.dense()
     jac = dense_param_jacobian(model, x)
-    assert V.r == sum(h.units for h in fl.hidden_layers(model).values())
+    assert V.r == sum(h.units for h in symmetry.hidden_layers(model).values())
     assert (jac @ vd).abs().max() < 1e-12 * max(1.0, float(jac.abs().max()))
     # so is the loss gradient (L is constant along each orbit): P g = g
     g = dense_grad(model, x, torch.zeros(len(x), dtype=torch.long))
@@ -157,7 +157,7 @@ def test_jacobian_of_f_annihilates_every_tangent(make):
 @pytest.mark.parametrize("make", MODELS)
 def test_projector_is_symmetric_idempotent_and_kills_the_orbits(make):
     model, _, _ = make()
-    proj = fl.quotient_projector(model, ridge=0.0)
+    proj = symmetry.quotient_projector(model, ridge=0.0)
     n = sum(p.numel() for p in model.parameters())
     eye = torch.eye(n, dtype=DT)
     shapes = [p.shape for p in model.parameters()]
@@ -170,7 +170,7 @@ def test_projector_is_symmetric_idempotent_and_kills_the_orbits(make):
             i += k
         return out
 
-    P = torch.stack([fl._flat(proj(unflat(eye[i]))) for i in range(n)], 1)
+    P = torch.stack([param_space.flat(proj(unflat(eye[i]))) for i in range(n)], 1)
     torch.testing.assert_close(P, P.T, rtol=0, atol=1e-10)
     torch.testing.assert_close(P @ P, P, rtol=0, atol=1e-10)
     Pd, vd = dense_projector(model)
@@ -190,7 +190,7 @@ def test_quotient_trace_closed_form_against_dense_hessian(make):
     # H v_j = -D_j g, the identity behind the closed form
     torch.testing.assert_close(H @ vd, -(D * g[:, None]), rtol=1e-8, atol=1e-10)
     dense_gap = torch.trace(H) - torch.trace(P @ H @ P)
-    gap = fl.quotient_trace_gap(model, mse, x, y, ridge=0.0)
+    gap = quotient_trace.quotient_trace_gap(model, mse, x, y, ridge=0.0)
     assert abs(gap - float(dense_gap)) < 1e-9 * max(1.0, abs(float(dense_gap)))
     assert abs(gap) > 1e-6  # not trivially zero on these nets
 
@@ -200,16 +200,17 @@ def test_hutchinson_quotient_trace_agrees_within_its_error(make):
     model, x, y = make()
     H = dense_hessian(model, x, y)
     P, _ = dense_projector(model)
-    r = fl.hutchinson_traces(model, mse, x, y, probes=50, generator=torch.Generator().manual_seed(1))
+    r = quotient_trace.hutchinson_traces(model, mse, x, y, probes=50, generator=torch.Generator().manual_seed(1))
     assert abs(r["quotient"] - float(torch.trace(P @ H @ P))) < 4 * r["quotient_se"]
     assert abs(r["full"] - float(torch.trace(H))) < 4 * r["full_se"]
-    closed = fl.quotient_trace_gap(model, mse, x, y)
+    closed = quotient_trace.quotient_trace_gap(model, mse, x, y)
     assert abs(r["gap"] - closed) < 4 * r["gap_se"]
     # same probes for the same generator state; chunked accumulation gives the same estimate
-    r5 = fl.hutchinson_traces(model, mse, x, y, probes=4, generator=torch.Generator().manual_seed(1))
-    est, se = fl.quotient_hessian_trace(model, mse, x, y, probes=4, generator=torch.Generator().manual_seed(1))
+    r5 = quotient_trace.hutchinson_traces(model, mse, x, y, probes=4, generator=torch.Generator().manual_seed(1))
+    est, se = quotient_trace.quotient_hessian_trace(model, mse, x, y, probes=4,
+                                                    generator=torch.Generator().manual_seed(1))
     assert (est, se) == (r5["quotient"], r5["quotient_se"])
-    rc = fl.hutchinson_traces(model, mse, x, y, probes=4, generator=torch.Generator().manual_seed(1),
+    rc = quotient_trace.hutchinson_traces(model, mse, x, y, probes=4, generator=torch.Generator().manual_seed(1),
                               chunk_size=2)
     assert abs(rc["quotient"] - r5["quotient"]) < 1e-9 * max(1.0, abs(r5["quotient"]))
 
@@ -227,13 +228,13 @@ PINNED_TRACES = {
 
 @pytest.mark.parametrize("name,make", [("mlp", tiny_mlp), ("cnn", tiny_cnn)])
 def test_one_hutchinson_estimator_keeps_the_values_of_both_former_ones(name, make):
-    from sharpcomp.metrics import hessian_trace
+    from sharpcomp.measures.metrics import hessian_trace
 
     model, x, y = make()
     pinned_full, pinned_pair = PINNED_TRACES[name]
     chunk = 2 if name == "cnn" else None
     full = hessian_trace(model, mse, x, y, probes=6, generator=torch.Generator().manual_seed(2))
-    pair = fl.hutchinson_traces(model, mse, x, y, probes=5, generator=torch.Generator().manual_seed(1),
+    pair = quotient_trace.hutchinson_traces(model, mse, x, y, probes=5, generator=torch.Generator().manual_seed(1),
                                 chunk_size=chunk)
     assert full == pytest.approx(pinned_full, rel=1e-12, abs=1e-14)
     assert pair == pytest.approx(pinned_pair, rel=1e-12, abs=1e-14)
@@ -241,14 +242,15 @@ def test_one_hutchinson_estimator_keeps_the_values_of_both_former_ones(name, mak
     # hutchinson_traces from a generator seeded by one draw of it
     params = [p for p in model.parameters()]
     g = torch.autograd.grad(mse(model(x), y), params, create_graph=True)
-    values, none = fl.hutchinson(g, params, 6, torch.Generator().manual_seed(2))
+    values, none = hutchinson.hutchinson(g, params, 6, torch.Generator().manual_seed(2))
     assert none is None and float(values.mean()) == pytest.approx(full[0], rel=1e-14)
     seed = int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(1)).item())
-    values, projected = fl.hutchinson(g, params, 5, torch.Generator().manual_seed(seed), fl.quotient_projector(model))
+    values, projected = hutchinson.hutchinson(g, params, 5, torch.Generator().manual_seed(seed),
+                                              symmetry.quotient_projector(model))
     if chunk is None:
         assert float(values.mean()) == pytest.approx(pair["full"], rel=1e-14)
         assert float(projected.mean()) == pytest.approx(pair["quotient"], rel=1e-14)
-    assert set(fl.rademacher(params, torch.Generator().manual_seed(0))[0].unique().tolist()) == {-1.0, 1.0}
+    assert set(hutchinson.rademacher(params, torch.Generator().manual_seed(0))[0].unique().tolist()) == {-1.0, 1.0}
 
 
 # ---- worst-case sharpness -----------------------------------------------------------------------------
@@ -285,9 +287,9 @@ def test_worst_case_sharpness_matches_the_exact_maximum_on_a_quadratic(adaptive)
         g, H = T * g, T[:, None] * H * T[None, :]
     exact = trust_region_max(g, H, rho)
     first_order = float(rho * g.norm() + 0.5 * rho**2 * (g @ H @ g) / (g @ g))  # value at rho g / ||g||
-    r1 = fl.worst_case_sharpness(model, mse, [(x, y)], rho, steps=1, adaptive=adaptive)
+    r1 = worst_case.worst_case_sharpness(model, mse, [(x, y)], rho, steps=1, adaptive=adaptive)
     assert abs(r1["value"] - first_order) < 1e-10
-    r = fl.worst_case_sharpness(model, mse, [(x, y)], rho, steps=60, adaptive=adaptive)
+    r = worst_case.worst_case_sharpness(model, mse, [(x, y)], rho, steps=60, adaptive=adaptive)
     assert first_order - 1e-12 <= r["value"] <= exact + 1e-10
     assert r["value"] > exact * (1 - 1e-4)
     assert abs(r["rel"] - r["value"] / (1 + r["loss"])) < 1e-12
@@ -300,24 +302,24 @@ def test_worst_case_sharpness_on_a_relu_net_and_its_quotient_version():
     g = dense_grad(model, x, y)
     H = dense_hessian(model, x, y)
     lam = float(torch.linalg.eigvalsh(H).max())
-    r = fl.worst_case_sharpness(model, mse, [(x, y), (x[:3], y[:3])], rho, steps=10)
+    r = worst_case.worst_case_sharpness(model, mse, [(x, y), (x[:3], y[:3])], rho, steps=10)
     assert len(r["per_batch"]) == 2
-    r1 = fl.worst_case_sharpness(model, mse, [(x, y)], rho, steps=10)
+    r1 = worst_case.worst_case_sharpness(model, mse, [(x, y)], rho, steps=10)
     th = flat_theta(model)
     along_g = float(dense_loss_fn(model, x, y)(th + rho * g / g.norm()) - dense_loss_fn(model, x, y)(th))
     assert along_g <= r1["value"] <= rho * float(g.norm()) + 0.5 * rho**2 * lam + 1e-3 * rho**2
     # the quotient ascent stays orthogonal to the orbits
-    params = fl._trainable(model)
+    params = param_space.trainable(model)
     theta = [p.detach().clone() for p in params]
-    proj = fl.quotient_projector(model)
-    _, inc, delta = fl._ascent(model, mse, x, y, rho, 10, rho, None, proj, params, theta)
-    assert inc > 0 and abs(float(fl._norm(delta)) - rho) < 1e-9
+    proj = symmetry.quotient_projector(model)
+    _, inc, delta = worst_case._ascent(model, mse, x, y, rho, 10, rho, None, proj, params, theta)
+    assert inc > 0 and abs(float(param_space.norm(delta)) - rho) < 1e-9
     assert float(proj.V.rmatvec(delta).abs().max()) < 1e-10
-    rq = fl.worst_case_sharpness(model, mse, [(x, y)], rho, steps=10, quotient=True)
+    rq = worst_case.worst_case_sharpness(model, mse, [(x, y)], rho, steps=10, quotient=True)
     assert abs(rq["value"] - inc) < 1e-12
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     with pytest.raises(ValueError):
-        fl.worst_case_sharpness(model, mse, [(x, y)], rho, adaptive=True, quotient=True)
+        worst_case.worst_case_sharpness(model, mse, [(x, y)], rho, adaptive=True, quotient=True)
 
 
 # ---- gradient disagreement and Fisher -----------------------------------------------------------------
@@ -329,16 +331,16 @@ def test_gradient_disagreement_over_all_ordered_pairs():
     terms = [gs[b].norm() * (1 - torch.dot(gs[a], gs[b]) / (gs[a].norm() * gs[b].norm()))
              for a in range(4) for b in range(4) if a != b]
     assert len(terms) == 12
-    val = fl.gradient_disagreement(model, mse, batches)
+    val = gradient_stats.gradient_disagreement(model, mse, batches)
     assert abs(val - float(torch.stack(terms).mean())) < 1e-12
-    assert math.isnan(fl.gradient_disagreement(model, mse, batches[:1]))
+    assert math.isnan(gradient_stats.gradient_disagreement(model, mse, batches[:1]))
 
 
 @pytest.mark.parametrize("chunk", [None, 2])
 def test_fisher_trace_is_the_mean_squared_per_sample_gradient(chunk):
     model, x, y = tiny_cnn()
     ref = sum(float(dense_grad(model, x[i:i + 1], y[i:i + 1]).pow(2).sum()) for i in range(len(x))) / len(x)
-    assert abs(fl.fisher_trace(model, mse, x, y, chunk_size=chunk) - ref) < 1e-12 * max(1.0, ref)
+    assert abs(gradient_stats.fisher_trace(model, mse, x, y, chunk_size=chunk) - ref) < 1e-12 * max(1.0, ref)
 
 
 # ---- the trainer's entry point ------------------------------------------------------------------------
@@ -354,7 +356,7 @@ def test_extra_metrics_columns_leave_the_model_untouched_and_are_reproducible():
     settings = {"quotient_trace": {"probes": 3, "n": 8}, "worst_case": {"steps": 2, "batches": 2, "batch_size": 8},
                 "adaptive": {"steps": 2, "batches": 2, "batch_size": 8}, "quotient_worst": None,
                 "disagreement": {"batches": 3, "batch_size": 4}, "fisher": {"n": 6}}
-    out = fl.extra_metrics(model, mse, x, y, settings, torch.Generator().manual_seed(3))
+    out = flatness.extra_metrics(model, mse, x, y, settings, torch.Generator().manual_seed(3))
     assert set(out) == {"quotient_trace", "quotient_trace_se", "hessian_trace", "hessian_trace_se",
                         "quotient_trace_gap", "sharpness_worst", "sharpness_worst_rel", "sharpness_adaptive",
                         "sharpness_adaptive_rel", "grad_disagreement", "fisher_trace"}
@@ -364,21 +366,21 @@ def test_extra_metrics_columns_leave_the_model_untouched_and_are_reproducible():
     assert torch.equal(model.fc2.weight.grad, torch.ones_like(model.fc2.weight))
     assert all(p.grad is None for n, p in model.named_parameters() if n != "fc2.weight")
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
-    again = fl.extra_metrics(model, mse, x, y, settings, torch.Generator().manual_seed(3))
+    again = flatness.extra_metrics(model, mse, x, y, settings, torch.Generator().manual_seed(3))
     assert again == out
-    assert fl.extra_metrics(model, mse, x, y, None, None) == {}
+    assert flatness.extra_metrics(model, mse, x, y, None, None) == {}
     from omegaconf import OmegaConf  # the trainer passes the config node itself
     node = OmegaConf.create({"flatness": {"disagreement": {"batches": 3, "batch_size": 4}, "fisher": None}})
-    dc = fl.extra_metrics(model, mse, x, y, node.flatness, torch.Generator().manual_seed(3))
+    dc = flatness.extra_metrics(model, mse, x, y, node.flatness, torch.Generator().manual_seed(3))
     assert set(dc) == {"grad_disagreement"} and math.isfinite(dc["grad_disagreement"])
-    assert fl.extra_metrics(model, mse, x, y, fl.conf_flatness_default(), None) == {}
+    assert flatness.extra_metrics(model, mse, x, y, flatness.conf_flatness_default(), None) == {}
     with pytest.raises(ValueError, match="unknown metrics.flatness key"):
-        fl.extra_metrics(model, mse, x, y, {"worstcase": {}}, None)
+        flatness.extra_metrics(model, mse, x, y, {"worstcase": {}}, None)
     with pytest.raises(ValueError, match="unknown setting"):
-        fl.extra_metrics(model, mse, x, y, {"worst_case": {"radius": 1}}, None)
+        flatness.extra_metrics(model, mse, x, y, {"worst_case": {"radius": 1}}, None)
 
 
 def test_default_block_switches_everything_on():
-    on = fl.conf_flatness_default(enabled=True)
-    assert set(on) == set(fl.FLATNESS_DEFAULTS) and all(isinstance(v, dict) for v in on.values())
-    assert fl._resolve({"worst_case": True})["worst_case"]["rho"] == 0.05
+    on = flatness.conf_flatness_default(enabled=True)
+    assert set(on) == set(flatness.FLATNESS_DEFAULTS) and all(isinstance(v, dict) for v in on.values())
+    assert flatness._resolve({"worst_case": True})["worst_case"]["rho"] == 0.05

@@ -13,10 +13,10 @@ import pytest
 import torch
 from torch import nn
 
-from sharpcomp import flatness as fl
-from sharpcomp.metrics import compute_metrics, hessian_trace
-from sharpcomp.metrics_stacked import compute_metrics_stacked
-from sharpcomp.precision import exact_float32, tf32_settings
+from sharpcomp.measures import flatness, gradient_stats, quotient_trace, worst_case
+from sharpcomp.measures.metrics import compute_metrics, hessian_trace
+from sharpcomp.measures.precision import exact_float32, tf32_settings
+from sharpcomp.measures.stacked import compute_metrics_stacked
 
 from .reference import mse
 
@@ -58,10 +58,10 @@ def _measures():
         "compute_metrics": lambda m: compute_metrics(m, x),
         "compute_metrics_stacked": lambda m: compute_metrics_stacked([m, copy.deepcopy(m)], [x, x]),
         "hessian_trace": lambda m: hessian_trace(m, mse, x, y, probes=2, generator=gen),
-        "hutchinson_traces": lambda m: fl.hutchinson_traces(m, mse, x, y, probes=2, generator=gen),
-        "worst_case_sharpness": lambda m: fl.worst_case_sharpness(m, mse, [(x, y)], rho=0.01, steps=1),
-        "fisher_trace": lambda m: fl.fisher_trace(m, mse, x, y),
-        "extra_metrics": lambda m: fl.extra_metrics(m, mse, x, y, {"disagreement": {"batches": 2,
+        "hutchinson_traces": lambda m: quotient_trace.hutchinson_traces(m, mse, x, y, probes=2, generator=gen),
+        "worst_case_sharpness": lambda m: worst_case.worst_case_sharpness(m, mse, [(x, y)], rho=0.01, steps=1),
+        "fisher_trace": lambda m: gradient_stats.fisher_trace(m, mse, x, y),
+        "extra_metrics": lambda m: flatness.extra_metrics(m, mse, x, y, {"disagreement": {"batches": 2,
                                                                                            "batch_size": 2}}, gen),
     }
 
@@ -80,7 +80,7 @@ def test_every_metric_runs_without_tf32_and_restores_the_settings(name, tf32_on)
 
 SCENARIOS = textwrap.dedent("""
     import json, sys, torch
-    from sharpcomp.precision import exact_float32, tf32_settings
+    from sharpcomp.measures.precision import exact_float32, tf32_settings
     b = torch.backends
     setups = {
         "default": lambda: None,

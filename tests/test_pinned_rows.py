@@ -10,9 +10,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from sharpcomp.ensemble import train_ensemble
-from sharpcomp.records import read_metrics
-from sharpcomp.train import train
+from sharpcomp.engine.ensemble import train_ensemble
+from sharpcomp.engine.train import train
+from sharpcomp.results.records import read_metrics
 
 from .conftest import compose_train
 from .pinned_rows import CASES, COLUMNS, MEMBERS, PINNED, frame_rows, small_data

@@ -11,7 +11,7 @@ import sys
 import pandas as pd
 
 from sharpcomp.cli import main
-from sharpcomp.records import read_metrics
+from sharpcomp.results.records import read_metrics
 
 from .conftest import REPO
 

@@ -15,9 +15,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sharpcomp import records
-from sharpcomp._figures_data import find_result_files, load_results
-from sharpcomp.records import COLUMNS, METRICS_FILE, RunRecorder, read_metrics
+from sharpcomp.figures.tables import find_result_files, load_results
+from sharpcomp.results import records
+from sharpcomp.results.columns import COLUMNS
+from sharpcomp.results.records import METRICS_FILE, RunRecorder, read_metrics
 
 IDENT = {"run_id": "r", "data": "d", "model": "mlp4", "lr": 0.1, "batch": 20, "seed": 0}
 
@@ -276,7 +277,7 @@ def test_reading_while_a_run_appends_truncates_and_compacts_never_fails(tmp_path
 
 KILLED_WRITER = textwrap.dedent("""
     import sys
-    from sharpcomp.records import RunRecorder
+    from sharpcomp.results.records import RunRecorder
     rec = RunRecorder(sys.argv[1], {"run_id": "r"})
     it = 0 if rec.last_iteration is None else rec.last_iteration + 1
     print("ready", flush=True)

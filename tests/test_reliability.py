@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 
 from sharpcomp.cli import NAME_MAX, main, run_name
-from sharpcomp.records import read_metrics
-from sharpcomp.run_state import FolderLock
+from sharpcomp.results.records import read_metrics
+from sharpcomp.results.run_state import FolderLock
 
 T = ["data=fashion_mnist", "model=mlp4", "model.width=0.1", "steps=60", "log_every=20", "metrics.n=8",
      "progress=false"]
@@ -234,8 +234,8 @@ def test_a_single_failed_run_exits_1_with_one_line(in_tmp):
 
 
 def test_resume_points_written_less_often_still_resume_exactly(cfg_small, fmnist_small, tmp_path):
-    from sharpcomp.run_state import CHECKPOINT_FILE, read_checkpoint
-    from sharpcomp.train import train
+    from sharpcomp.engine.train import train
+    from sharpcomp.results.run_state import CHECKPOINT_FILE, read_checkpoint
 
     train(cfg_small, tmp_path / "ref", data=fmnist_small)
     cfg_small.resume_every = 3600  # only the end, a divergence or an interrupt write checkpoint.pt

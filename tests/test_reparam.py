@@ -1,4 +1,4 @@
-"""sharpcomp.reparam: the rescaling, its invariances, the law S(alpha) = a/alpha^2 + alpha^2 b + c, the
+"""sharpcomp.measures.reparam: the rescaling, its invariances, the law S(alpha) = a/alpha^2 + alpha^2 b + c, the
 table and the ``sharpcomp reparam`` command."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from sharpcomp import reparam
-from sharpcomp.metrics import compute_metrics
-from sharpcomp.reparam import reparam_table, rescale_unit
+from sharpcomp.measures import reparam
+from sharpcomp.measures.metrics import compute_metrics
+from sharpcomp.measures.reparam import reparam_table, rescale_unit
 
 from .reference import mse
 
@@ -151,7 +151,7 @@ def test_reparam_table_marks_what_moved():
 
 @pytest.fixture
 def fake_run(tmp_path, monkeypatch):
-    import sharpcomp.train as train
+    import sharpcomp.engine.train as train
 
     model, x, y = tiny_mlp()
     cfg = {"model": {"name": "tiny", "width": 1.0, "outputs": 3}, "metrics": {"n": 7, "log_volume_rank": None}}
@@ -211,8 +211,9 @@ def test_main_accepts_hydra_run_folders_with_equals_signs(fake_run, tmp_path, ca
 
 
 def test_column_names_come_from_one_schema():
-    """reparam's rows, the flatness measures' columns and the metric names are sharpcomp.columns' names."""
-    from sharpcomp import columns, flatness, metrics, records
+    """reparam's rows, the flatness measures' columns and the metric names are sharpcomp.results.columns' names."""
+    from sharpcomp.measures import flatness, metrics
+    from sharpcomp.results import columns, records
 
     assert metrics.METRIC_NAMES == records.METRIC_COLUMNS == columns.METRIC_COLUMNS
     assert records.IDENTITY_COLUMNS == columns.IDENTITY_COLUMNS and "settings" in columns.IDENTITY_COLUMNS

@@ -9,10 +9,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-import sharpcomp.run_state as run_state_mod
-import sharpcomp.train as train_mod
-from sharpcomp.records import COLUMNS, METRIC_COLUMNS, read_metrics
-from sharpcomp.train import ConfigError, make_loss, train
+import sharpcomp.engine.train as train_mod
+import sharpcomp.results.run_state as run_state_mod
+from sharpcomp.engine.train import train
+from sharpcomp.losses import make_loss
+from sharpcomp.results.columns import COLUMNS, METRIC_COLUMNS
+from sharpcomp.results.records import read_metrics
+from sharpcomp.settings import ConfigError
 
 NOT_COMPARED = ["wall_time"]
 
@@ -61,7 +64,7 @@ def test_whole_set_evaluation_has_its_own_cadence(cfg_small, fmnist_small, tmp_p
 
 def test_rows_match_a_direct_computation(cfg_small, fmnist_small, tmp_path):
     """Train loss / accuracy and the running loss against an independent plain-PyTorch replay."""
-    from sharpcomp.data import batch_indices
+    from sharpcomp.data.order import batch_indices
     from sharpcomp.models import build_model
 
     train(cfg_small, tmp_path / "run", data=fmnist_small)

@@ -1,6 +1,6 @@
 """Per-sample squared gradient norms of one module's parameters, from its inputs and output gradients.
 
-Shared by :mod:`sharpcomp.metrics` (the maths is written out there) and :mod:`sharpcomp.metrics_stacked`,
+Shared by :mod:`sharpcomp.measures.metrics` (the maths is written out there) and :mod:`sharpcomp.measures.stacked`,
 which use its public names ``rule_for``, ``conv_patches`` and ``PositionsRule``. Index conventions:
 
 * v: cotangent (which output f_k is being differentiated), n: sample,
@@ -89,7 +89,7 @@ class PositionsRule(_Rule):
     """Linear and convolution layers: ``dW_{vn} = sum_p g_{vnp} a_{np}^T``, ``db_{vn} = sum_p g_{vnp}``.
 
     Norms are formed per group g and summed over groups, or returned as (v, n, g) with ``per_group``
-    (:mod:`sharpcomp.metrics_stacked`, where group g is ensemble member g)."""
+    (:mod:`sharpcomp.measures.stacked`, where group g is ensemble member g)."""
 
     def __init__(self, params: dict[str, nn.Parameter], patches: list[Tensor], num_cotangents: int,
                  groups: int | None = None, per_group: bool = False):

@@ -1,6 +1,6 @@
 """The reparametrisation test (issue 5, section 4): rescale one hidden layer and compare every metric.
 
-For a hidden layer l (a layer with a ReLU rescaling symmetry, see :mod:`sharpcomp.flatness`) and
+For a hidden layer l (a layer with a ReLU rescaling symmetry, see :mod:`sharpcomp.measures.flatness`) and
 alpha > 0, :func:`rescale_unit` maps
 
     (W_l[j, :], b_l[j]) -> alpha (W_l[j, :], b_l[j]),   W_{l+1}[:, j] -> W_{l+1}[:, j] / alpha
@@ -32,17 +32,17 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from . import flatness as fl
-from .columns import METRIC_COLUMNS
+from sharpcomp.measures import gradient_stats, quotient_trace, symmetry, worst_case
+from sharpcomp.results.columns import METRIC_COLUMNS
 
 __all__ = ["rescale_unit", "reparam_table", "main"]
 
 REL_TOL = 1e-6  # |after - before| above this fraction of max(|before|, |after|) counts as moved
 
 
-def _hidden(model: nn.Module) -> dict[str, fl.HiddenLayer]:
+def _hidden(model: nn.Module) -> dict[str, symmetry.HiddenLayer]:
     try:
-        return fl.hidden_layers(model)
+        return symmetry.hidden_layers(model)
     except TypeError as exc:
         raise ValueError(str(exc)) from None
 
@@ -95,7 +95,7 @@ def rescale_unit(model: nn.Module, layer: str, alpha: float, units: Sequence[int
 def _metrics_row(model: nn.Module, x: Tensor, y: Tensor, loss_fn: Callable, probes: int, seed: int,
                  metrics_kwargs: dict, worst: dict) -> tuple[dict[str, float], Tensor]:
     """Every metric of ``model`` (float64, eval mode) on (x, y); fixed seeds so before/after share probes."""
-    from .metrics import compute_metrics, hessian_trace
+    from sharpcomp.measures.metrics import compute_metrics, hessian_trace
 
     out: dict[str, float] = {}
     with torch.no_grad():
@@ -107,17 +107,18 @@ def _metrics_row(model: nn.Module, x: Tensor, y: Tensor, loss_fn: Callable, prob
     if probes >= 2:
         out["hessian_trace"], _ = hessian_trace(model, loss_fn, x, y, probes,
                                                 torch.Generator().manual_seed(seed))
-        out["quotient_trace"], _ = fl.quotient_hessian_trace(model, loss_fn, x, y, probes,
+        out["quotient_trace"], _ = quotient_trace.quotient_hessian_trace(model, loss_fn, x, y, probes,
                                                              torch.Generator().manual_seed(seed))
-    out["quotient_trace_gap"] = fl.quotient_trace_gap(model, loss_fn, x, y)
+    out["quotient_trace_gap"] = quotient_trace.quotient_trace_gap(model, loss_fn, x, y)
     batches = [(x, y)]
-    out["sharpness_worst"] = fl.worst_case_sharpness(model, loss_fn, batches, worst["rho"], worst["steps"])["value"]
-    out["sharpness_adaptive"] = fl.worst_case_sharpness(model, loss_fn, batches, worst["adaptive_rho"],
-                                                        worst["steps"], adaptive=True)["value"]
-    out["fisher_trace"] = fl.fisher_trace(model, loss_fn, x, y)
+    sharpness = worst_case.worst_case_sharpness
+    out["sharpness_worst"] = sharpness(model, loss_fn, batches, worst["rho"], worst["steps"])["value"]
+    out["sharpness_adaptive"] = sharpness(model, loss_fn, batches, worst["adaptive_rho"], worst["steps"],
+                                          adaptive=True)["value"]
+    out["fisher_trace"] = gradient_stats.fisher_trace(model, loss_fn, x, y)
     k = max(2, min(5, x.shape[0]))
     chunks = [(x[i::k], y[i::k]) for i in range(k) if len(x[i::k])]
-    out["grad_disagreement"] = fl.gradient_disagreement(model, loss_fn, chunks)
+    out["grad_disagreement"] = gradient_stats.gradient_disagreement(model, loss_fn, chunks)
     return out, f
 
 
@@ -259,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not path.is_dir():
         return err(f"no run directory '{run_dir}'")
     try:
-        from .train import restore_run
+        from sharpcomp.engine.train import restore_run
 
         model, cfg, x, y, loss_fn = restore_run(path)
     except FileNotFoundError as exc:

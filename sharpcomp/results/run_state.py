@@ -32,9 +32,16 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
-from .records import METRICS_FILE, RecordError, RunRecorder, atomic_write_bytes, read_metrics, recover_swap
-from .settings import ConfigError, Settings, run_identity
+from sharpcomp import __version__
+from sharpcomp.results.records import (
+    METRICS_FILE,
+    RecordError,
+    RunRecorder,
+    atomic_write_bytes,
+    read_metrics,
+    recover_swap,
+)
+from sharpcomp.settings import ConfigError, Settings, run_identity
 
 CHECKPOINT_FILE = "checkpoint.pt"
 LOCK_FILE = ".sharpcomp.lock"

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 
 import pandas as pd
 
-from sharpcomp._figures_data import RUN, is_missing, variant_value
+from sharpcomp.figures.tables import RUN, is_missing, variant_value
 
 # dotted key -> the flat identity column that holds the same setting (files without ``settings``)
 FLAT_COLUMNS = {

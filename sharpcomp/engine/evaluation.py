@@ -1,7 +1,7 @@
 """What a checkpoint computes for one network: whole-set evaluation, the sample sets, and its rows.
 
 Rows (one per sample set, ``records``): the whole-set columns (``base``), the loss and the metrics
-(:func:`sharpcomp.metrics.compute_metrics`, passed in precomputed, since an ensemble computes them for
+(:func:`sharpcomp.measures.metrics.compute_metrics`, passed in precomputed, since an ensemble computes them for
 all members at once) on the sample set, and the optional flatness measures on the train row.
 """
 
@@ -12,10 +12,10 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
-from .data import Dataset
-from .losses import per_sample_loss
-from .models import samples_per_chunk
-from .settings import Settings
+from sharpcomp.data.datasets import Dataset
+from sharpcomp.losses import per_sample_loss
+from sharpcomp.models import samples_per_chunk
+from sharpcomp.settings import Settings
 
 
 def eval_layout(x: torch.Tensor) -> torch.Tensor:
@@ -72,7 +72,7 @@ def sample_losses(models: list[nn.Module], sets: list[dict[str, tuple[torch.Tens
 
 def compute_sample_metrics(model: nn.Module, inputs: Mapping[str, tuple], s: Settings) -> dict[str, dict]:
     """``compute_metrics`` of one network on each non-empty sample set, by name."""
-    from .metrics import compute_metrics
+    from sharpcomp.measures.metrics import compute_metrics
 
     return {name: compute_metrics(model, x, **s.metrics.options()) for name, (x, _) in inputs.items() if len(x)}
 
@@ -89,7 +89,7 @@ def checkpoint_rows(model: nn.Module, s: Settings, data: Dataset, sets: Mapping[
             row["sample_loss"] = losses[name]
             row.update({k: v for k, v in metrics[name].items() if k != "per_sample"})
         if name == "train" and s.metrics.flatness_on and s.flatness_due(iteration):
-            from .flatness import extra_metrics
+            from sharpcomp.measures.flatness import extra_metrics
 
             g = torch.Generator().manual_seed(s.seed * 1_000_003 + iteration)
             row.update(extra_metrics(model, loss_fn, data.train_x, data.train_y, s.metrics.flatness, g))

@@ -30,7 +30,7 @@ output of every module owning trainable parameters. Then, for each output k, one
 cotangent ``e_k`` (the same for all samples; samples are independent in eval mode) through the same
 graph gives, at once and for every sample, row k of ``J_i`` (the gradient w.r.t. the inputs) and the
 gradient ``g`` of ``f_k`` w.r.t. each recorded module output. Parameter gradients are never formed by
-autograd: each module turns ``(a, g)`` into per-sample squared norms (:mod:`sharpcomp._metrics_layers`):
+autograd: each module turns ``(a, g)`` into per-sample squared norms (:mod:`sharpcomp.measures.layer_rules`):
 for a Linear layer ``||g a^T||^2 = ||g||^2 ||a||^2`` and ``||g||^2`` for the bias; for a convolution
 either the per-sample weight gradient ``sum_p g_p a_p^T`` over unfolded patches ``a_p`` is materialised,
 or the Gram form ``sum_{p,q} (g_p . g_q)(a_p . a_q)`` is used, whichever costs fewer operations for
@@ -72,12 +72,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from sharpcomp._metrics_layers import rule_for
-from sharpcomp.columns import METRIC_COLUMNS
-from sharpcomp.flatness import hutchinson
-from sharpcomp.precision import exact_float32
+from sharpcomp.measures.hutchinson import hutchinson
+from sharpcomp.measures.layer_rules import rule_for
+from sharpcomp.measures.precision import exact_float32
+from sharpcomp.results.columns import METRIC_COLUMNS
 
-# The SPEC metric columns (sharpcomp.columns, the one schema of column names).
+# The SPEC metric columns (sharpcomp.results.columns, the one schema of column names).
 METRIC_NAMES = METRIC_COLUMNS
 PER_SAMPLE_NAMES = ("sharpness", "G", "log_volume", "mls", "local_dim", "grad_W_norm", "x_norm")
 

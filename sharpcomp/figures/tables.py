@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sharpcomp.columns import (
+from sharpcomp.results.columns import (
     CHECKPOINT_COLUMNS,
     FLATNESS_COLUMNS,
     IDENTITY_COLUMNS,
     METRIC_COLUMNS,
     SAMPLE_COLUMNS,
 )
-from sharpcomp.records import METRICS_FILE, RecordError, read_metrics
+from sharpcomp.results.records import METRICS_FILE, RecordError, read_metrics
 
 # Internal key of one run: its folder (run_id alone may repeat across sweeps).
 RUN = "_run"

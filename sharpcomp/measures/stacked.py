@@ -3,10 +3,10 @@ r"""The metrics of k networks of one architecture at once: an ensemble's checkpo
 ``compute_metrics_stacked(models, inputs)`` equals ``[compute_metrics(m, x) for m, x in zip(models,
 inputs)]`` (float round-off aside; the tests compare them) but runs the k members as one network.
 
-Index conventions as in :mod:`sharpcomp.metrics` (``i`` sample, ``k`` output of f, ``m`` input
+Index conventions as in :mod:`sharpcomp.measures.metrics` (``i`` sample, ``k`` output of f, ``m`` input
 entry), plus ``j`` member (``K`` of them) and ``v`` cotangent.
 
-How. The members' parameters are stacked and run by :func:`sharpcomp._ensemble_ops.stacked_forward`:
+How. The members' parameters are stacked and run by :func:`sharpcomp.engine.stacked_ops.stacked_forward`:
 convolutions as one convolution with ``groups = K`` on activations laid out (n, K * C, H, W), linear
 layers as one batched matrix product on (K, n, features). Member j sees its own sample set x^{(j)}
 (inputs (K, n, ...), requiring gradients). No operation mixes members, so the cotangent that puts
@@ -14,7 +14,7 @@ layers as one batched matrix product on (K, n, features). Member j sees its own 
 
 * ``d f^{(j)}_k(x^{(j)}_i) / d x^{(j)}_i``: row k of every member's J_i (the gradient w.r.t. x);
 * the gradient of ``f^{(j)}_k`` w.r.t. member j's block of every layer output, from which the rules of
-  :mod:`sharpcomp._metrics_layers` form per-sample squared parameter-gradient norms, kept per group
+  :mod:`sharpcomp.measures.layer_rules` form per-sample squared parameter-gradient norms, kept per group
   (= member) instead of summed: ``S^{(j)}_i = sum_k sum_layers ||d f^{(j)}_k(x_i) / d theta_layer^{(j)}||^2``.
 
 So a checkpoint costs one forward and N backward passes of the stacked network instead of K forwards
@@ -38,11 +38,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ._ensemble_ops import make_plan, stacked_forward
-from ._metrics_layers import PositionsRule, conv_patches
-from .metrics import METRIC_NAMES, bounds, compute_metrics, conv_first_reason, spectral_values
-from .models import samples_per_chunk
-from .precision import exact_float32
+from sharpcomp.engine.stacked_ops import make_plan, stacked_forward
+from sharpcomp.measures.layer_rules import PositionsRule, conv_patches
+from sharpcomp.measures.metrics import METRIC_NAMES, bounds, compute_metrics, conv_first_reason, spectral_values
+from sharpcomp.measures.precision import exact_float32
+from sharpcomp.models import samples_per_chunk
 
 
 def stacked_supported(models: Sequence[nn.Module], layer: str | None = None,

@@ -44,10 +44,10 @@ def _record(status: str, run_dir: Path, message: str = "") -> None:
 def run_job(train_fn: Callable[[], list], run_dirs: Sequence[Path], multirun: bool) -> list[str]:
     """Run ``train_fn() -> [RunResult]`` for the runs in ``run_dirs``; report every outcome; return the
     statuses. Outside a sweep, a failure raises :class:`JobExit` (2: bad input; 1: anything else)."""
-    from .data import DataError
-    from .records import RecordError
-    from .run_state import RunInUse
-    from .settings import ConfigError
+    from sharpcomp.data.sources import DataError
+    from sharpcomp.results.records import RecordError
+    from sharpcomp.results.run_state import RunInUse
+    from sharpcomp.settings import ConfigError
 
     try:
         results = train_fn()

@@ -1,4 +1,4 @@
-"""Datasets as tensors, and the run's data order (SPEC, "Data and training").
+"""Datasets as tensors: loading, caching, subsets of classes (the run's data order: :mod:`sharpcomp.data.order`).
 
 A data config (``conf/data/*.yaml``) names a dataset::
 
@@ -42,8 +42,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._data_sources import KNOWN, DataError, folder_fingerprint, folder_listing, present, read_image_folder
-from ._data_sources import read_torchvision as _read_torchvision
+from sharpcomp.data.sources import KNOWN, DataError, folder_fingerprint, folder_listing, present, read_image_folder
+from sharpcomp.data.sources import read_torchvision as _read_torchvision
 
 DATASETS = (*KNOWN, "image_folder")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -314,31 +314,3 @@ def load_from_config(data_cfg: Mapping, data_dir=None, cache_dir=None, device: t
     return load_dataset(data_cfg["name"], data_cfg.get("dataset", data_cfg["name"]), data_cfg.get("classes"),
                         data_dir, cache_dir, device=device, root=data_cfg.get("root"),
                         normalize=bool(data_cfg.get("normalize", False)))
-
-
-# ---------------------------------------------------------------------------------------------
-# the run's data order and its fixed metric sample set: functions of the seed alone, so a resumed
-# run, or an ensemble training many runs in lockstep, sees exactly the same batches.
-
-
-def epoch_permutation(seed: int, epoch: int, n: int) -> torch.Tensor:
-    """The order of the training set in one epoch (reshuffled every epoch)."""
-    g = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(epoch)) % (2**63))
-    return torch.randperm(n, generator=g)
-
-
-def steps_per_epoch(n: int, batch: int) -> int:
-    """Full batches per epoch; the last incomplete batch of an epoch is dropped."""
-    return n // batch
-
-
-def batch_indices(seed: int, iteration: int, n: int, batch: int) -> torch.Tensor:
-    """Indices of the minibatch used at ``iteration`` (0-based)."""
-    epoch, k = divmod(int(iteration), steps_per_epoch(n, batch))
-    return epoch_permutation(seed, epoch, n)[k * batch:(k + 1) * batch]
-
-
-def train_sample_indices(seed: int, n_train: int, n: int) -> torch.Tensor:
-    """The fixed ``train`` metric sample set: n training points drawn once per run from its seed."""
-    g = torch.Generator().manual_seed(int(seed) + 7_777_777)
-    return torch.randperm(n_train, generator=g)[: min(n, n_train)].sort().values

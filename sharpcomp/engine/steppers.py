@@ -1,6 +1,6 @@
 """Steppers: what advances a list of k runs by one SGD iteration, and what a checkpoint asks of them.
 
-The training loop (:mod:`sharpcomp.train`) drives any stepper the same way and never asks which one
+The training loop (:mod:`sharpcomp.engine.train`) drives any stepper the same way and never asks which one
 it has. A stepper holds the k runs' networks (position j <-> the loop's j-th active run) and offers:
 
 - ``step(idx)``: one iteration on minibatch indices ``idx`` (k, batch) into the training set;
@@ -14,9 +14,9 @@ it has. A stepper holds the k runs' networks (position j <-> the loop's j-th act
   training mode after a checkpoint.
 
 :class:`PlainStepper` trains one network (k = 1) with its own optimizer (SGD or SAM);
-:class:`sharpcomp.ensemble.EnsembleStepper` trains k networks of one architecture as one stacked
+:class:`sharpcomp.engine.ensemble.EnsembleStepper` trains k networks of one architecture as one stacked
 network. On CUDA (``cuda_graph=auto``) both replay their step as a captured CUDA graph
-(:mod:`sharpcomp.cuda_graphs`).
+(:mod:`sharpcomp.engine.cuda_graphs`).
 """
 
 from __future__ import annotations
@@ -26,16 +26,16 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from .cuda_graphs import graphs_apply, try_capture
-from .data import Dataset
-from .evaluation import compute_sample_metrics, evaluate
-from .losses import batch_loss, loss_target
-from .settings import Settings
+from sharpcomp.data.datasets import Dataset
+from sharpcomp.engine.cuda_graphs import graphs_apply, try_capture
+from sharpcomp.engine.evaluation import compute_sample_metrics, evaluate
+from sharpcomp.losses import batch_loss, loss_target
+from sharpcomp.settings import Settings
 
 
 def make_optimizer(s: Settings, model: nn.Module) -> torch.optim.Optimizer:
     if s.optim_name == "sam":
-        from .optim import SAM
+        from sharpcomp.optim import SAM
 
         return SAM(model.parameters(), lr=s.lr, rho=s.optim["rho"], adaptive=s.optim["adaptive"])
     return torch.optim.SGD(model.parameters(), lr=s.lr, momentum=0.0, weight_decay=0.0)

@@ -1,5 +1,5 @@
 """The Hydra launcher ``hydra/launcher=ensemble``: compatible jobs of a sweep train as vectorised
-ensembles (:mod:`sharpcomp.ensemble`), the rest one by one.
+ensembles (:mod:`sharpcomp.engine.ensemble`), the rest one by one.
 
 Hydra discovers launchers in its ``hydra_plugins`` namespace: the class registered there is
 ``hydra_plugins.sharpcomp_ensemble.EnsembleLauncher`` (``sharpcomp/hydra_plugin``, shipped under that
@@ -91,7 +91,7 @@ class EnsembleLauncher(Launcher):
     def launch(self, job_overrides, initial_job_idx):
         from hydra.core.utils import configure_log, filter_overrides, setup_globals
 
-        from sharpcomp.ensemble import group_compatible
+        from sharpcomp.engine.ensemble import group_compatible
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
@@ -117,8 +117,8 @@ class EnsembleLauncher(Launcher):
 
 
 def run_group(cfgs: list[dict], run_dirs: list[Path], compile: bool, impl: str) -> list[str]:
-    """Train one group as an ensemble; per job the status, reported like any job (:mod:`sharpcomp.jobs`)."""
-    from .ensemble import train_ensemble
-    from .jobs import run_job
+    """Train one group as an ensemble; per job the status, reported like any job (:mod:`sharpcomp.engine.jobs`)."""
+    from sharpcomp.engine.ensemble import train_ensemble
+    from sharpcomp.engine.jobs import run_job
 
     return run_job(lambda: train_ensemble(cfgs, run_dirs, compile=compile, impl=impl), run_dirs, multirun=True)

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from sharpcomp._figures_data import SQRT_S, fmt
+from sharpcomp.figures.tables import SQRT_S, fmt
 
 # Axis labels: the quantity and its equation in the paper (SPEC, "Metrics").
 LABELS = {

@@ -1,13 +1,13 @@
 """The training engine: one loop that trains a list of runs in lockstep (a single run is a list of one).
 
-A run lives in one output folder (:mod:`sharpcomp.run_state`): ``metrics.parquet`` with one row per
+A run lives in one output folder (:mod:`sharpcomp.results.run_state`): ``metrics.parquet`` with one row per
 (checkpoint, sample set), appended at every checkpoint (``records``), and ``checkpoint.pt``, the
 resume point, written after that checkpoint's rows. The same command resumes.
 
 The loop (:class:`_Loop`) owns what every run shares -- the checkpoint schedule (iteration 0, every
 ``log_every``, and ``steps``), the epoch loop, the running losses, divergence, the progress bar and
-summary line -- and drives a stepper (:mod:`sharpcomp.steppers`), which owns the networks: a plain
-module and its optimizer for one run, or k stacked networks for an ensemble (:mod:`sharpcomp.ensemble`).
+summary line -- and drives a stepper (:mod:`sharpcomp.engine.steppers`), which owns the networks: a plain
+module and its optimizer for one run, or k stacked networks for an ensemble (:mod:`sharpcomp.engine.ensemble`).
 
 Data order and the train sample set are functions of each run's seed alone (``data``), so a resumed
 run sees exactly the batches an uninterrupted one would: no random state needs saving. The training
@@ -33,12 +33,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import Dataset, epoch_permutation, load_from_config, steps_per_epoch, train_sample_indices
-from .evaluation import checkpoint_rows, eval_layout, evaluate, sample_losses, sample_sets  # noqa: F401
-from .losses import make_loss, per_sample_loss  # noqa: F401  (re-exported)
-from .models import ModelError, build_from_config, build_model
-from .run_state import CHECKPOINT_FILE, RunResult, RunState, identity_columns, read_checkpoint  # noqa: F401
-from .settings import (  # noqa: F401  (re-exported)
+from sharpcomp.data.datasets import Dataset, load_from_config
+from sharpcomp.data.order import epoch_permutation, steps_per_epoch, train_sample_indices
+from sharpcomp.engine.evaluation import checkpoint_rows, sample_losses, sample_sets
+from sharpcomp.engine.steppers import PlainStepper
+from sharpcomp.losses import make_loss, per_sample_loss  # noqa: F401  (re-exported)
+from sharpcomp.models import ModelError, build_from_config, build_model
+from sharpcomp.results.run_state import CHECKPOINT_FILE, RunResult, RunState, identity_columns, read_checkpoint
+from sharpcomp.settings import (  # noqa: F401  (re-exported)
     BUILTIN_MODELS,
     ConfigError,
     Settings,
@@ -47,7 +49,6 @@ from .settings import (  # noqa: F401  (re-exported)
     settings,
     validate_config,
 )
-from .steppers import PlainStepper
 
 # Timings of the last loop (seconds), for benchmarks: train, checkpoint, eval, metrics, write.
 LAST_TIMINGS: dict[str, float] = {}

@@ -30,7 +30,7 @@ Plan = list[tuple[str, str, dict]]
 def make_plan(model: nn.Module, reorder: bool = True) -> Plan | None:
     """The layer plan of a supported ``nn.Sequential``; None when some layer is not supported.
     ``reorder``: run ReLU-then-max-pooling as max-pooling-then-ReLU (same outputs, cheaper); off
-    where the plan must stop at a named layer (:mod:`sharpcomp.metrics_stacked`)."""
+    where the plan must stop at a named layer (:mod:`sharpcomp.measures.stacked`)."""
     if not isinstance(model, nn.Sequential):
         return None
     plan: Plan = []

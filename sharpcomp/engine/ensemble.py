@@ -5,7 +5,7 @@ over learning rate and seed, like fig1's 3 x 5 -- are trained together with ``to
 members' parameters are stacked along a leading axis (``stack_module_state``), and one
 ``vmap(grad_and_value(...))`` over ``functional_call`` gives every member's loss and gradient on its
 own minibatch in one call. Each member keeps what it would have as a separate run
-(``sharpcomp.train.train``) -- the same data order, initial weights and protocol -- and its numbers
+(``sharpcomp.engine.train.train``) -- the same data order, initial weights and protocol -- and its numbers
 equal the separate run's within float round-off (grouped and plain kernels sum in different orders,
 and the difference grows with training; the tests pin the tolerance):
 
@@ -23,17 +23,17 @@ and the difference grows with training; the tests pin the tolerance):
   the ensemble's elapsed time (plus the member's time before a resume).
 
 This module holds only what is specific to stacking k networks: the stacked networks
-(:class:`StackedSGD`), their whole-set evaluation and sample-set metrics (:mod:`sharpcomp.metrics_stacked`:
+(:class:`StackedSGD`), their whole-set evaluation and sample-set metrics (:mod:`sharpcomp.measures.stacked`:
 one forward and N backward passes of the stacked network for all members; the results equal
 ``metrics.compute_metrics`` member by member), and :class:`EnsembleStepper`, the stepper that the one
-training loop (:mod:`sharpcomp.train`) drives. The loop does the rest as for any run: checkpoints,
+training loop (:mod:`sharpcomp.engine.train`) drives. The loop does the rest as for any run: checkpoints,
 divergence (a member whose loss is not finite is recorded ``diverged`` and dropped from the stack; the
 others go on) and resume (members left at different iterations train as separate lockstep groups).
 Models with buffers (BatchNorm statistics) are not stacked: their runs train one by one, with a line
 saying so. ``scripts/bench_ensemble.py`` measures the speed-up.
 
 Hydra: ``sharpcomp -m train lr=0.05,0.1,0.2 seed=0,1,2,3,4 hydra/launcher=ensemble`` uses
-:class:`sharpcomp.launcher.EnsembleLauncher`, which groups compatible jobs (:func:`group_compatible`).
+:class:`sharpcomp.engine.launcher.EnsembleLauncher`, which groups compatible jobs (:func:`group_compatible`).
 """
 
 
@@ -50,14 +50,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .cuda_graphs import graphs_apply, try_capture
-from .data import Dataset
-from .evaluation import eval_layout
-from .losses import batch_loss, loss_target, per_sample_loss
-from .models import samples_per_chunk
-from .run_state import RunResult
-from .settings import ConfigError, Settings, run_identity, settings
-from .train import Member, build, close_all, open_runs, plain_stepper, train_members
+from sharpcomp.data.datasets import Dataset
+from sharpcomp.engine.cuda_graphs import graphs_apply, try_capture
+from sharpcomp.engine.evaluation import eval_layout
+from sharpcomp.engine.train import Member, build, close_all, open_runs, plain_stepper, train_members
+from sharpcomp.losses import batch_loss, loss_target, per_sample_loss
+from sharpcomp.models import samples_per_chunk
+from sharpcomp.results.run_state import RunResult
+from sharpcomp.settings import ConfigError, Settings, run_identity, settings
 
 ENSEMBLE_OPTIMS = ("sgd",)
 # Settings every member of an ensemble must share (lr and seed may differ; scale_name, progress are
@@ -139,7 +139,7 @@ class StackedSGD:
     the (k,) minibatch losses (on the device, no host synchronisation).
 
     ``impl``: ``"vmap"`` (``torch.func``: ``vmap(grad_and_value(...))`` over ``functional_call``, any
-    architecture), ``"grouped"`` (:mod:`sharpcomp._ensemble_ops`: the members' layers as grouped
+    architecture), ``"grouped"`` (:mod:`sharpcomp.engine.stacked_ops`: the members' layers as grouped
     convolutions and batched matrix products, autograd for the gradients; ``nn.Sequential`` of
     Conv2d / Linear / ReLU / MaxPool2d / Flatten only, several times faster per step on a CPU), or
     ``"auto"`` (grouped where supported). ``compile``: ``torch.compile`` the step (vmap) or the
@@ -150,7 +150,7 @@ class StackedSGD:
                  impl: str = "auto"):
         from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
-        from ._ensemble_ops import make_plan, stacked_forward
+        from sharpcomp.engine.stacked_ops import make_plan, stacked_forward
 
         if impl not in ("auto", "grouped", "vmap"):
             raise ValueError(f"unknown ensemble implementation {impl!r} (auto, grouped, vmap)")
@@ -278,7 +278,7 @@ def stacked_sample_metrics(models: Sequence[nn.Module], inputs: Sequence[Mapping
     """The metrics of every member on each of its sample sets ([{set: (inputs, labels)}] -> [{set: result}]):
     one :func:`metrics_stacked.compute_metrics_stacked` call per sample set for all members (members
     with an empty set are left out of it)."""
-    from .metrics_stacked import compute_metrics_stacked
+    from sharpcomp.measures.stacked import compute_metrics_stacked
 
     out: list[dict[str, dict]] = [{} for _ in models]
     for name in s.metrics.sample_sets:
@@ -301,7 +301,7 @@ def _optimizer_state(model: nn.Module, lr: float) -> dict:
 
 
 class EnsembleStepper:
-    """The stepper (:mod:`sharpcomp.steppers`) of k runs trained as one :class:`StackedSGD`."""
+    """The stepper (:mod:`sharpcomp.engine.steppers`) of k runs trained as one :class:`StackedSGD`."""
 
     def __init__(self, members: Sequence[Member], data: Dataset, compile: bool = False, impl: str = "auto"):
         s = members[0].settings

@@ -1,0 +1,163 @@
+"""The figures command (``sharpcomp figures``).
+
+Command line (``sharpcomp figures`` calls :func:`main`)::
+
+    sharpcomp figures [RESULT_DIRS ...] [--out DIR] [--last-fraction 0.2] [--formats png,pdf]
+                      [--only fig1,figD5] [--band minmax|std|none] [--by KEY]
+
+- ``RESULT_DIRS`` (default ``outputs``): searched recursively for ``metrics.parquet``, so single
+  runs, multirun folders and copies from a cluster all work. A file that cannot be read is skipped
+  with a line; when nothing can be read, one error line on stderr and exit status 1.
+- ``--out`` (default ``<first RESULT_DIR>/figures``): for each figure ``<id>.png``, ``<id>.pdf`` and
+  CSVs of the numbers drawn: trend figures ``<id>.csv`` (per group, column and iteration: mean over
+  runs, std, min, max, number of runs; the flatness figure adds ``se``, the standard error of the
+  lines drawn with error bars) and ``<id>_runs.csv`` (per-run summary: identity, progress, mean of
+  every quantity over the last ``--last-fraction`` of checkpoints); correlation figures
+  ``<id>.csv`` (the per-run points) and ``<id>_pearson.csv`` (Pearson r, p-value and n per pair).
+  A folder that cannot be written (or a file given as ``--out``): one error line, exit status 2.
+- The CSVs' ``_run`` column names each run by its folder relative to the RESULT_DIR it was found
+  under (with several RESULT_DIRs, prefixed by that folder's name), never by an absolute path.
+- ``--by KEY``: a swept config key, dotted as in the run's settings (``model.width``, ``optim.rho``,
+  ``metrics.layer``, ``lr``; the flat identity names ``width``, ``optim`` ... work too). The ``sweep``
+  and ``sweep_correlation`` figures then draw one line / colour per value of it. Read from each run's
+  ``settings`` column, or for older files from the identity columns; a key no run has: one error
+  line, exit status 2.
+- One line per figure written and one per thing skipped or worth knowing (a figure the results do
+  not allow, a diverged run, an empty panel, a duplicate run). Exit status 0 when the results were
+  read, even when they allow no figure (every skip is printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from sharpcomp.figures.beyond import EXTRA_FIGURE_IDS, EXTRA_MAKERS
+from sharpcomp.figures.catalogue import FIGURE_IDS, FIGURES, STUDY_MAKERS
+from sharpcomp.figures.context import Context
+from sharpcomp.figures.draw import BANDS
+from sharpcomp.figures.tables import (
+    load_results,
+    run_info,
+)
+from sharpcomp.results.records import RecordError
+
+ALL_FIGURE_IDS = FIGURE_IDS + EXTRA_FIGURE_IDS
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sharpcomp figures",
+        description="Draw the study's figures (SPEC 'Figures') from every metrics.parquet under the "
+                    "given folders.",
+    )
+    p.add_argument("dirs", nargs="*", metavar="RESULT_DIR", help="folders to search (default: outputs)")
+    p.add_argument("--out", help="where figures go (default: <first RESULT_DIR>/figures)")
+    p.add_argument("--last-fraction", type=float, default=0.2,
+                   help="correlation points and per-run summaries: mean over this last fraction of "
+                        "each run's checkpoints (default 0.2)")
+    p.add_argument("--formats", default="png,pdf", help="comma-separated image formats (default png,pdf)")
+    p.add_argument("--only", help=f"comma-separated figure ids (default all: {','.join(ALL_FIGURE_IDS)})")
+    p.add_argument("--band", choices=BANDS, default="minmax",
+                   help="trend band over seeds: min to max (default), mean +- std, or none")
+    p.add_argument("--by", metavar="KEY",
+                   help="a swept config key (model.width, optim.rho, metrics.layer, lr, ...): the sweep "
+                        "figures draw one line (trend) or colour (correlation) per value of it")
+    return p
+
+
+class _UsageError(ValueError):
+    """Bad input on the command line: one error line, exit status 2."""
+
+
+def _error(text: str, status: int = 1) -> int:
+    print(f"sharpcomp figures: error: {text}", file=sys.stderr, flush=True)
+    return status
+
+
+def _check_options(args) -> tuple[list[str], tuple[str, ...]]:
+    """The image formats and figure ids asked for; ``_UsageError`` for a bad option."""
+    if not 0 < args.last_fraction <= 1:
+        raise _UsageError(f"--last-fraction must be in (0, 1], got {args.last_fraction:g}")
+    formats = [f.strip().lstrip(".").lower() for f in args.formats.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in ("png", "pdf", "svg")]
+    if not formats or unknown:
+        raise _UsageError(f"--formats takes png, pdf, svg (got {args.formats!r})")
+    only = ALL_FIGURE_IDS
+    if args.only:
+        only = tuple(x.strip() for x in args.only.split(",") if x.strip())
+        bad = [x for x in only if x not in ALL_FIGURE_IDS]
+        if bad:
+            raise _UsageError(f"unknown figure id {', '.join(bad)} (known: {', '.join(ALL_FIGURE_IDS)})")
+    return formats, only
+
+
+def _check_out(out: Path) -> None:
+    """Make the output folder and check that a file can be written there; ``_UsageError`` if not."""
+    if out.exists() and not out.is_dir():
+        raise _UsageError(f"--out {out} is a file, not a folder (choose a folder with --out)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise _UsageError(f"cannot write figures to {out}: {reason} (choose a folder with --out)") from None
+
+
+def _draw(ctx: Context, only: Sequence[str]) -> None:
+    """Every figure asked for; one figure's failure does not stop the others."""
+    jobs = [(s.id, STUDY_MAKERS[s.kind], s) for s in FIGURES]
+    jobs += [(fig_id, maker, fig_id) for fig_id, maker in EXTRA_MAKERS.items()]
+    for fig_id, maker, what in jobs:
+        if fig_id in only:
+            try:
+                maker(ctx, what)
+            except Exception as exc:
+                ctx.say(fig_id, f"skipped, could not be drawn: {type(exc).__name__}: {exc}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(list(argv) if argv is not None else None)
+    except SystemExit as exc:  # --help, or a usage error (argparse printed it)
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+    try:
+        formats, only = _check_options(args)
+    except _UsageError as exc:
+        return _error(str(exc))
+    dirs = [Path(d) for d in (args.dirs or ["outputs"])]
+    out = Path(args.out) if args.out else dirs[0] / "figures"
+    try:
+        frame, notes = load_results(dirs)
+    except RecordError as exc:
+        return _error(str(exc))
+    except Exception as exc:  # a damaged folder must not end in a traceback
+        return _error(f"cannot read results under {', '.join(map(str, dirs))}: {exc}")
+    for note in notes:
+        print(note, flush=True)
+    info = run_info(frame)
+    print(f"read {len(info)} runs from {len(dirs)} folder{'s' if len(dirs) > 1 else ''}", flush=True)
+    try:
+        ctx = Context(frame, info, out, formats, args.last_fraction, args.band, by=args.by)
+        _check_out(out)
+    except KeyError as exc:
+        return _error(exc.args[0], status=2)
+    except _UsageError as exc:
+        return _error(str(exc), status=2)
+    _draw(ctx, only)
+    print(f"{ctx.written} figure{'s' if ctx.written != 1 else ''} written to {out}"
+          if ctx.written else "no figures written: the results allow none (see the lines above)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,73 @@
+"""Parameter-space vectors and model state, shared by the curvature and perturbation measures.
+
+Conventions (stated once for every module of :mod:`sharpcomp.measures`)
+---------------------------------------------------------------------
+theta is the list of the model's trainable parameters (``p.requires_grad``), in ``model.parameters()``
+order; a *parameter-space vector* is a list of tensors shaped like theta. ``loss_fn(outputs, targets)``
+returns the mean loss over the batch (the study: ``mse_loss(out, onehot)``); L_B is that loss on batch B,
+g = grad L, H = the Hessian of L. Every measure leaves the model as it found it (parameters, gradients,
+train/eval mode): :func:`preserved`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+Batch = tuple[Tensor, Tensor]
+
+
+def trainable(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters that require gradients, in ``model.parameters()`` order (theta)."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def dot(a: Sequence[Tensor], b: Sequence[Tensor | None]) -> Tensor:
+    """Inner product of two parameter-space vectors; a ``None`` entry of ``b`` is zero."""
+    return sum((x * y).sum() for x, y in zip(a, b) if y is not None)
+
+
+def norm(a: Sequence[Tensor]) -> Tensor:
+    return torch.sqrt(dot(a, a))
+
+
+def flat(a: Sequence[Tensor]) -> Tensor:
+    return torch.cat([x.reshape(-1) for x in a])
+
+
+@contextmanager
+def preserved(model: nn.Module) -> Iterator[None]:
+    was_training = model.training
+    params = list(model.parameters())
+    saved = [p.detach().clone() for p in params]
+    grads = [None if p.grad is None else p.grad.detach().clone() for p in params]
+    model.eval()
+    try:
+        with torch.enable_grad():
+            yield
+    finally:
+        with torch.no_grad():
+            for p, s, g in zip(params, saved, grads):
+                p.copy_(s)
+                p.grad = g
+        model.train(was_training)
+
+
+def to_device(model: nn.Module, x: Tensor) -> Tensor:
+    p = next(model.parameters(), None)
+    if p is None:
+        return x
+    if x.is_floating_point():
+        return x.to(device=p.device, dtype=p.dtype)
+    return x.to(device=p.device)
+
+
+def loss_and_grad(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, params: Sequence[Tensor],
+                   create_graph: bool = False) -> tuple[Tensor, tuple[Tensor, ...]]:
+    loss = loss_fn(model(x), y)
+    grads = torch.autograd.grad(loss, params, create_graph=create_graph)
+    return loss, grads
