@@ -1,6 +1,6 @@
 """Pinned rows: a few records computed on main before the one-engine refactor (issue 10, commit fe9ed94).
 
-``python -m tests.pinned_rows`` wrote ``tests/data/pinned_rows.json`` once, with the code of that commit;
+``python -m tests.pinned_rows`` wrote ``tests/fixtures/pinned_rows.json`` once, with the code of that commit;
 ``tests/test_pinned_rows.py`` reruns the same cases with today's code and compares. Do not regenerate
 the file to make the test pass: a difference means a change of results, which the refactor promised not
 to make.
@@ -16,7 +16,7 @@ import json
 import math
 from pathlib import Path
 
-PINNED = Path(__file__).resolve().parent / "data" / "pinned_rows.json"
+PINNED = Path(__file__).resolve().parent / "fixtures" / "pinned_rows.json"
 COLUMNS = ("run_id", "status", "iteration", "epoch", "sample_set", "n_samples", "train_loss_running", "train_loss",
            "train_acc", "test_loss", "test_acc", "sample_loss", "sharpness", "G", "log_volume", "mls", "local_dim",
            "bound_b", "bound_c", "bound_d")
@@ -69,8 +69,7 @@ def generate(out: Path = PINNED) -> None:  # pragma: no cover - run once, by han
     from sharpcomp.engine.ensemble import train_ensemble
     from sharpcomp.engine.train import train
     from sharpcomp.results.records import read_metrics
-
-    from .conftest import compose_train
+    from tests.conftest import compose_train
 
     torch.set_num_threads(2)
     data = small_data(default_data_dir(), default_cache_dir())

@@ -10,8 +10,7 @@ import pytest
 
 from sharpcomp.cli import main
 from sharpcomp.results.records import read_metrics
-
-from .conftest import REPO, TINY
+from tests.conftest import REPO, TINY
 
 
 def test_help_lists_commands_groups_and_options(capsys):

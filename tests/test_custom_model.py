@@ -18,10 +18,9 @@ from sharpcomp.engine.train import train
 from sharpcomp.measures.metrics import compute_metrics
 from sharpcomp.models import ModelError, build_from_config, build_model, count_parameters, mlp4, vgg10
 from sharpcomp.results.records import read_metrics
-
-from .conftest import REPO, SHRINK, TINY, compose_train
-from .nets import SmallResNet
-from .reference import reference_metrics
+from tests.conftest import REPO, SHRINK, TINY, compose_train
+from tests.nets import SmallResNet
+from tests.reference import reference_metrics
 
 TINY_DATA = [a for a in TINY if not a.startswith("model")]
 RESNET = ["model=custom", "model._target_=tests.nets.SmallResNet", "+model.width=3", "+model.depth=1"]
@@ -169,14 +168,13 @@ def test_resnet_metrics_in_eval_mode_match_the_float64_reference(one_thread):
 
 def test_identity_views_give_the_run_ids_recorded_before_the_new_keys():
     """conf/model/{vgg10,mlp4}.yaml gained ``_target_`` and the data configs ``normalize: false``; without
-    those keys (identity_view) a run's id is the one pinned on main before (tests/data/pinned_rows.json)."""
+    those keys (identity_view) a run's id is the one pinned on main before (tests/fixtures/pinned_rows.json)."""
     import json
 
     from sharpcomp import models
     from sharpcomp.data import datasets as data
     from sharpcomp.settings import run_identity
-
-    from .pinned_rows import CASES, PINNED
+    from tests.pinned_rows import CASES, PINNED
 
     pinned = json.loads(PINNED.read_text())
     for name in ("single_mlp4", "single_vgg10"):

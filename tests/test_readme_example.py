@@ -12,8 +12,7 @@ import pandas as pd
 
 from sharpcomp.cli import main
 from sharpcomp.results.records import read_metrics
-
-from .conftest import REPO
+from tests.conftest import REPO
 
 TINY_SWEEP = ["steps=2", "log_every=2", "metrics.n=2", "progress=false"]
 

@@ -356,7 +356,7 @@ def test_image_folder_trains_through_the_command_line(in_tmp, capsys):
 
 
 def test_own_data_config_through_the_searchpath(tmp_path):
-    from .conftest import compose_train
+    from tests.conftest import compose_train
 
     make_folder(tmp_path / "pets")
     (tmp_path / "conf" / "data").mkdir(parents=True)

@@ -13,9 +13,8 @@ from omegaconf import OmegaConf
 from sharpcomp.engine.ensemble import train_ensemble
 from sharpcomp.engine.train import train
 from sharpcomp.results.records import read_metrics
-
-from .conftest import compose_train
-from .pinned_rows import CASES, COLUMNS, MEMBERS, PINNED, frame_rows, small_data
+from tests.conftest import compose_train
+from tests.pinned_rows import CASES, COLUMNS, MEMBERS, PINNED, frame_rows, small_data
 
 # single runs: the same operations in the same order, bit for bit; ensembles: the running loss is
 # averaged in float64 now (was float32), which moves it by float32 round-off

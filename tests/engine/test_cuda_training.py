@@ -14,8 +14,7 @@ from omegaconf import OmegaConf
 from sharpcomp.engine.ensemble import train_ensemble
 from sharpcomp.engine.train import train
 from sharpcomp.results.records import read_metrics
-
-from .conftest import SHRINK, compose_train
+from tests.conftest import SHRINK, compose_train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 NUMERIC = ["train_loss_running", "train_loss", "test_loss", "sample_loss", "sharpness", "G", "log_volume", "mls",

@@ -12,8 +12,7 @@ from torch.func import functional_call
 
 from sharpcomp.measures import flatness, gradient_stats, hutchinson, param_space, quotient_trace, symmetry, worst_case
 from sharpcomp.models import build_model
-
-from .reference import mse
+from tests.reference import mse
 
 DT = torch.float64
 

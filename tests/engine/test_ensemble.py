@@ -16,8 +16,7 @@ from sharpcomp.engine.train import train
 from sharpcomp.results.records import read_metrics
 from sharpcomp.results.run_state import CHECKPOINT_FILE
 from sharpcomp.settings import ConfigError
-
-from .conftest import SHRINK, TINY, compose_train
+from tests.conftest import SHRINK, TINY, compose_train
 
 MEMBERS = [(0.1, 0), (0.05, 1), (0.2, 2)]  # (lr, seed)
 IDENTICAL = ["run_id", "iteration", "sample_set", "status", "lr", "seed", "batch", "n_samples", "epoch"]

@@ -773,7 +773,7 @@ def test_published_figure_csvs_hold_no_absolute_paths():
     """The CSVs beside the committed figures name runs relative to the results folder (#13.12)."""
     from pathlib import Path
 
-    files = sorted((Path(__file__).resolve().parents[1] / "docs" / "figures").glob("*.csv"))
+    files = sorted((Path(__file__).resolve().parents[2] / "docs" / "figures").glob("*.csv"))
     assert len(files) == 14
     runs = 0
     for path in files:

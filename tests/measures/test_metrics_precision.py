@@ -17,8 +17,7 @@ from sharpcomp.measures import flatness, gradient_stats, quotient_trace, worst_c
 from sharpcomp.measures.metrics import compute_metrics, hessian_trace
 from sharpcomp.measures.precision import exact_float32, tf32_settings
 from sharpcomp.measures.stacked import compute_metrics_stacked
-
-from .reference import mse
+from tests.reference import mse
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

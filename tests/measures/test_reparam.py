@@ -14,8 +14,7 @@ from torch.func import functional_call
 from sharpcomp.measures import reparam
 from sharpcomp.measures.metrics import compute_metrics
 from sharpcomp.measures.reparam import reparam_table, rescale_unit
-
-from .reference import mse
+from tests.reference import mse
 
 DT = torch.float64
 
