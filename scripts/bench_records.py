@@ -138,15 +138,15 @@ def bench_appends(n: int) -> None:
 
 def real_intervals(recorder_cls, run_dir: Path, steps: int) -> np.ndarray:
     from sharpcomp.cli import main
-    from sharpcomp.engine import train as train_mod
+    from sharpcomp.results import run_state
 
-    saved = train_mod.RunRecorder
-    train_mod.RunRecorder = recorder_cls
+    saved = run_state.RunRecorder
+    run_state.RunRecorder = recorder_cls
     try:
         rc = main(["train", "data=fashion_mnist", "model=mlp4", "model.width=0.02", "log_every=1", "eval_every=1000",
                    "metrics.n=4", f"steps={steps}", "progress=false", f"hydra.run.dir={run_dir}"])
     finally:
-        train_mod.RunRecorder = saved
+        run_state.RunRecorder = saved
     assert rc == 0, rc
     wall = read_metrics(run_dir).groupby("iteration").wall_time.first().to_numpy()
     return np.diff(wall)[:-1]  # the last checkpoint evaluates the whole sets: not a typical interval

@@ -33,17 +33,9 @@ SETUPS = {
 
 
 def compose(overrides):
-    from hydra import compose as hcompose
-    from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
+    from sharpcomp.settings import compose as compose_train
 
-    import sharpcomp.cli  # noqa: F401  (resolvers)
-
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="sharpcomp.conf", version_base="1.3"):
-        cfg = hcompose("train", overrides=overrides)
-    GlobalHydra.instance().clear()
-    return cfg
+    return compose_train(overrides)
 
 
 def plain_loop(data, model_name, seed, steps, batch, lr, device):

@@ -12,84 +12,28 @@ import os
 import re
 import shutil
 import sys
-from importlib import resources
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-CONFIG_MODULE = "sharpcomp.conf"
+from sharpcomp.settings import CONFIG_MODULE, register_resolvers
+from sharpcomp.usage import EXIT_USAGE, UsageError, report
+
 CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
 GROUPS = ("data", "model", "scale", "optim", "experiment")
-EXIT_USAGE = 2
+COMMANDS = ("train", "figures", "reparam")
 # Hydra's flags for looking at the composed config (e.g. `sharpcomp train --cfg job`)
 HYDRA_INSPECT_FLAGS = ("--cfg", "-c", "--package", "-p", "--info", "-i", "--resolve")
 
-NAME_MAX = 200  # bytes of a run folder's name (file systems allow 255); longer names get a digest
-
-
-def run_name(overrides: str) -> str:
-    """A run folder's name from Hydra's override_dirname ("default" without overrides); a name over
-    ``NAME_MAX`` bytes is cut and ends in a digest of the whole (the full overrides stay in .hydra/)."""
-    import hashlib
-
-    name = overrides.replace("/", "_") if overrides else "default"
-    raw = name.encode()
-    if len(raw) <= NAME_MAX:
-        return name
-    digest = hashlib.sha1(raw).hexdigest()[:12]
-    return raw[:NAME_MAX - 14].decode(errors="ignore") + "--" + digest
-
-
-OmegaConf.register_new_resolver("sc_run_name", run_name, replace=True)
-
-
-class UsageError(Exception):
-    pass
-
-
-def _err(msg: str, code: int = EXIT_USAGE) -> int:
-    print(f"sharpcomp: error: {msg}", file=sys.stderr)
-    return code
-
-
-# ---------------------------------------------------------------------------------------------
-# help
-
-
-def _group_options(group: str) -> list[str]:
-    folder = resources.files(CONFIG_MODULE) / group
-    if not folder.is_dir():
-        return []
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
-
-
-def _option_lines() -> list[str]:
-    """Top-level and metrics options of conf/train.yaml with their inline comments."""
-    text = (resources.files(CONFIG_MODULE) / "train.yaml").read_text()
-    lines, section = [], ""
-    for raw in text.splitlines():
-        if raw.startswith(("defaults", "hydra", "  -", "#")) or not raw.strip():
-            if raw.startswith("hydra"):
-                break
-            continue
-        m = re.match(r"^(\s*)([A-Za-z_]+):\s*([^#]*?)\s*(?:#\s*(.*))?$", raw)
-        if not m:
-            continue
-        indent, key, value, comment = m.groups()
-        if not indent and not value:
-            section = key + "."
-            continue
-        name = (section if indent else "") + key
-        if not indent:
-            section = ""
-        lines.append(f"  {name + '=' + value:<28} {comment or ''}".rstrip())
-    return lines
-
 
 def usage() -> str:
-    groups = "\n".join(f"  {('+' if g == 'experiment' else '') + g + '=':<14}{' | '.join(_group_options(g))}"
+    """The text of ``sharpcomp --help``: commands, config groups and every option with its default."""
+    from sharpcomp.options import group_options, option_lines
+
+    groups = "\n".join(f"  {('+' if g == 'experiment' else '') + g + '=':<14}{' | '.join(group_options(g))}"
                        for g in GROUPS)
     return f"""usage: sharpcomp [-m] <command> [key=value ...]
+       sharpcomp --version
 
 Train small networks with SGD and log loss flatness (sharpness) next to representation
 compression (G, log volume, maximum local sensitivity, local dimensionality, bounds).
@@ -110,10 +54,10 @@ config groups (train):
 {groups}
   hydra/launcher= basic | joblib | ensemble | submitit_local | slurm
 
-options (train, with defaults):
-{chr(10).join(_option_lines())}
+options (train, with the defaults of the default groups):
+{chr(10).join(option_lines())}
 
-Hydra flags pass through, e.g. `sharpcomp train --cfg job` prints the composed config.
+Hydra flags pass through, e.g. `sharpcomp train --cfg job` prints the composed config (resolved).
 Results: outputs/runs/<data>-<model>/<overrides>/metrics.parquet (multirun: outputs/multirun/...)."""
 
 
@@ -158,7 +102,9 @@ def _explain(exc: Exception, overrides: list[str]) -> str:
         if group.startswith("hydra/"):
             options = _hydra_options(group)
             return f"unknown {group} '{name}'" + (f" (choose from {', '.join(options)})" if options else "")
-        options = _group_options(group)
+        from sharpcomp.options import group_options
+
+        options = group_options(group)
         if options:
             return f"unknown {group} '{name}' (choose from {', '.join(options)})"
         return f"unknown option '{group}={name}'"
@@ -217,6 +163,7 @@ def check_overrides(overrides: list[str], multirun: bool = False) -> None:
     from sharpcomp.engine.train import check_config
     from sharpcomp.settings import ConfigError
 
+    register_resolvers()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
@@ -257,17 +204,32 @@ def _train_job(cfg) -> str:
         sys.exit(exc.code)
 
 
-def _run_hydra_train(args: list[str], multirun: bool) -> int:
-    import hydra
+class TrainTask:
+    """Hydra's task function for ``train``. Launchers that run jobs in other processes (joblib, submitit)
+    unpickle it there through :func:`train_task`, which registers the config's resolvers first: the
+    job's output folder is resolved in that process."""
 
-    @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
-    def app(cfg):
+    def __call__(self, cfg) -> str:
         return _train_job(cfg)
 
+    def __reduce__(self):
+        return (train_task, ())
+
+
+def train_task() -> TrainTask:
+    """The ``train`` task function, with the resolvers of ``conf/train.yaml`` registered."""
+    register_resolvers()
+    return TrainTask()
+
+
+def _run_hydra_train(args: list[str], multirun: bool) -> int:
     import tempfile
+
+    import hydra
 
     from sharpcomp.engine.jobs import OUTCOMES_ENV, sweep_summary
 
+    app = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")(train_task())
     argv0 = sys.argv[0]
     sys.argv = [argv0] + (["--multirun"] if multirun else []) + args
     outcomes = tempfile.mkdtemp(prefix=".sharpcomp-sweep-", dir=".") if multirun and os.access(".", os.W_OK) \
@@ -287,7 +249,39 @@ def _run_hydra_train(args: list[str], multirun: bool) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
+def _train(rest: list[str], multirun: bool) -> int:
+    """``sharpcomp [-m] train [key=value ...]``: check every override, then run Hydra."""
+    if "-m" in rest or "--multirun" in rest:
+        multirun = True
+        rest = [a for a in rest if a not in ("-m", "--multirun")]
+    if any(a in ("-h", "--help") for a in rest):
+        print(usage())
+        return 0
+    if any(a.split("=")[0] in HYDRA_INSPECT_FLAGS for a in rest):  # inspection only: Hydra reads its own flags
+        if any(a.split("=")[0] in ("--cfg", "-c") for a in rest) and "--resolve" not in rest:
+            rest = [*rest, "--resolve"]  # show the values a run uses (steps: 25000, not ${data.quick_steps})
+        return _run_hydra_train(rest, multirun)
+    flags = [a for a in rest if a.startswith("-")]
+    if flags:
+        raise UsageError(f"unknown flag '{flags[0]}' (options are key=value; see `sharpcomp --help`)")
+    check_overrides(rest, multirun)
+    return _run_hydra_train(rest, multirun)
+
+
+def _subcommand(command: str, rest: list[str]) -> int:
+    if command == "figures":
+        from sharpcomp.figures.command import main as figures_main
+
+        return figures_main(rest)
+    if command == "reparam":
+        from sharpcomp.measures.reparam import main as reparam_main
+
+        return reparam_main(rest)
+    raise UsageError(f"unknown command '{command}' (choose from {', '.join(COMMANDS)}; see `sharpcomp --help`)")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """``sharpcomp [-m] <command> ...``: the exit status (2 for bad input, with one line on stderr)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     multirun = False
     while argv and argv[0] in ("-m", "--multirun"):
@@ -296,35 +290,20 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0 if argv else EXIT_USAGE
+    if argv[0] in ("-V", "--version"):
+        from sharpcomp import __version__
+
+        print(f"sharpcomp {__version__}")
+        return 0
     command, rest = argv[0], argv[1:]
     try:
         if command == "train":
-            if "-m" in rest or "--multirun" in rest:
-                multirun = True
-                rest = [a for a in rest if a not in ("-m", "--multirun")]
-            if any(a in ("-h", "--help") for a in rest):
-                print(usage())
-                return 0
-            if any(a.split("=")[0] in HYDRA_INSPECT_FLAGS for a in rest):
-                return _run_hydra_train(rest, multirun)  # inspection only: Hydra reads its own flags
-            flags = [a for a in rest if a.startswith("-")]
-            if flags:
-                raise UsageError(f"unknown flag '{flags[0]}' (options are key=value; see `sharpcomp --help`)")
-            check_overrides(rest, multirun)
-            return _run_hydra_train(rest, multirun)
+            return _train(rest, multirun)
         if multirun:
             raise UsageError(f"-m applies to train only, not '{command}'")
-        if command == "figures":
-            from sharpcomp.figures.command import main as figures_main
-
-            return figures_main(rest)
-        if command == "reparam":
-            from sharpcomp.measures.reparam import main as reparam_main
-
-            return reparam_main(rest)
-        raise UsageError(f"unknown command '{command}' (choose from train, figures, reparam; see `sharpcomp --help`)")
+        return _subcommand(command, rest)
     except UsageError as exc:
-        return _err(str(exc))
+        return report(command if command in COMMANDS else None, str(exc))
     except KeyboardInterrupt:
         print("\nsharpcomp: interrupted; every logged checkpoint is saved; rerun the same command to resume",
               file=sys.stderr)

@@ -16,12 +16,16 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: composing the config and --help do without it
+    import torch
 
+CONFIG_MODULE = "sharpcomp.conf"  # conf/, shipped as this package
+NAME_MAX = 200  # bytes of a run folder's name (file systems allow 255); longer names get a digest
 LOSSES = ("mse", "ce")
 OPTIMS = ("sgd", "sam")
 SAMPLE_SETS = ("train", "test", "misclassified")
@@ -44,17 +48,50 @@ def plain(cfg) -> dict:
     return json.loads(json.dumps(cfg, default=str))
 
 
+def run_name(overrides: str) -> str:
+    """A run folder's name from Hydra's override_dirname ("default" without overrides); a name over
+    ``NAME_MAX`` bytes is cut and ends in a digest of the whole (the full overrides stay in .hydra/)."""
+    name = overrides.replace("/", "_") if overrides else "default"
+    raw = name.encode()
+    if len(raw) <= NAME_MAX:
+        return name
+    digest = hashlib.sha1(raw).hexdigest()[:12]
+    return raw[:NAME_MAX - 14].decode(errors="ignore") + "--" + digest
+
+
+def register_resolvers() -> None:
+    """Register the resolvers ``conf/train.yaml`` uses (``sc_run_name``: :func:`run_name`); every function
+    that composes the config calls it first."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("sc_run_name"):
+        OmegaConf.register_new_resolver("sc_run_name", run_name)
+
+
+def compose(overrides: Sequence[str] = (), *, hydra: bool = False):
+    """The ``train`` config (a DictConfig) composed from ``conf/`` with command-line style ``overrides``,
+    outside any running Hydra app; ``hydra=True`` keeps Hydra's own node (output folders, launcher)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+            return hydra_compose("train", overrides=list(overrides), return_hydra_config=hydra)
+    finally:
+        GlobalHydra.instance().clear()
+
+
 @lru_cache(maxsize=8)
 def _default_json(overrides: tuple[str, ...]) -> str:
-    from hydra import compose, initialize_config_module
+    from hydra import compose as hydra_compose
     from hydra.core.global_hydra import GlobalHydra
 
     if GlobalHydra.instance().is_initialized():  # inside a running Hydra app: compose with its own instance
-        return json.dumps(plain(compose("train", overrides=list(overrides))))
-    with initialize_config_module(config_module="sharpcomp.conf", version_base="1.3"):
-        cfg = compose("train", overrides=list(overrides))
-    GlobalHydra.instance().clear()
-    return json.dumps(plain(cfg))
+        return json.dumps(plain(hydra_compose("train", overrides=list(overrides))))
+    return json.dumps(plain(compose(overrides)))
 
 
 def defaults(**groups: str) -> dict:
@@ -79,7 +116,7 @@ def complete(cfg: Mapping) -> dict:
     groups = {}
     for group in ("model", "data", "optim"):
         name = (cfg.get(group) or {}).get("name")
-        if name and (resources.files("sharpcomp.conf") / group / f"{name}.yaml").is_file():
+        if name and (resources.files(CONFIG_MODULE) / group / f"{name}.yaml").is_file():
             groups[group] = name
     return merge(defaults(**groups), cfg)
 
@@ -92,7 +129,7 @@ def _yaml_keys() -> tuple[frozenset, frozenset]:
 
     from omegaconf import OmegaConf
 
-    yaml = OmegaConf.load(resources.files("sharpcomp.conf") / "train.yaml")
+    yaml = OmegaConf.load(resources.files(CONFIG_MODULE) / "train.yaml")
     return (frozenset(yaml) - {"defaults", "hydra"}) | {"data", "model", "optim"}, frozenset(yaml["metrics"])
 
 
@@ -148,6 +185,8 @@ class MetricSettings:
 
 
 def _metric_settings(m: Mapping) -> MetricSettings:
+    import torch
+
     sets = m["sample_sets"]
     if not sets:
         raise ConfigError("metrics.sample_sets must name at least one of train, test, misclassified")
@@ -220,6 +259,8 @@ class Settings:
 
 
 def _device(name) -> str:
+    import torch
+
     name = str(name)
     if name != "auto":
         try:
@@ -295,6 +336,9 @@ def validate_config(cfg, n_train: int | None = None) -> None:
 
 
 def select_device(name: str) -> torch.device:
+    """The device a ``device`` setting names (``auto``: CUDA when present, else the CPU)."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)

@@ -8,12 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-import sharpcomp.cli  # noqa: F401  (registers the run-name resolver)
 from sharpcomp.data.datasets import Dataset, default_data_dir, load_dataset
+from sharpcomp.settings import compose
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -47,11 +45,8 @@ def fmnist_small(fmnist) -> Dataset:
 
 
 def compose_train(overrides: list[str] | None = None):
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="sharpcomp.conf", version_base="1.3"):
-        cfg = compose("train", overrides=list(overrides or []))
-    GlobalHydra.instance().clear()
-    return cfg
+    """The train config with ``overrides``, composed as the command line composes it."""
+    return compose(overrides or [])
 
 
 SHRINK = ["data=fashion_mnist", "model=mlp4", "model.width=0.2", "steps=12", "log_every=4", "metrics.n=8",

@@ -84,7 +84,7 @@ def _report_all(run_dirs, status: str, message, multirun: bool, code: int) -> li
             line = f"job ({d}) {status}: {msg}"
         else:
             line = msg
-        print(f"sharpcomp: {'error: ' if not multirun else ''}{line}", file=sys.stderr)
+        print(f"sharpcomp train: error: {line}" if not multirun else f"sharpcomp: {line}", file=sys.stderr)
         _record(status, Path(d), msg)
     if not multirun:
         raise JobExit(code)

@@ -37,18 +37,10 @@ from sharpcomp.data.datasets import Dataset, load_from_config
 from sharpcomp.data.order import epoch_permutation, steps_per_epoch, train_sample_indices
 from sharpcomp.engine.evaluation import checkpoint_rows, sample_losses, sample_sets
 from sharpcomp.engine.steppers import PlainStepper
-from sharpcomp.losses import make_loss, per_sample_loss  # noqa: F401  (re-exported)
+from sharpcomp.losses import make_loss
 from sharpcomp.models import ModelError, build_from_config, build_model
 from sharpcomp.results.run_state import CHECKPOINT_FILE, RunResult, RunState, identity_columns, read_checkpoint
-from sharpcomp.settings import (  # noqa: F401  (re-exported)
-    BUILTIN_MODELS,
-    ConfigError,
-    Settings,
-    run_identity,
-    select_device,
-    settings,
-    validate_config,
-)
+from sharpcomp.settings import BUILTIN_MODELS, ConfigError, Settings, run_identity, select_device, settings
 
 # Timings of the last loop (seconds), for benchmarks: train, checkpoint, eval, metrics, write.
 LAST_TIMINGS: dict[str, float] = {}
@@ -102,10 +94,13 @@ def prepare_runtime(s: Settings, data: Dataset | None) -> tuple[torch.device, Da
     if device.type == "cuda" and s.allow_tf32 is not None:
         torch.backends.cuda.matmul.allow_tf32 = s.allow_tf32
         torch.backends.cudnn.allow_tf32 = s.allow_tf32
-    if data is None:
-        return device, load_data(s, device)
+    return device, load_data(s, device) if data is None else prepare_runtime_data(data, device)
+
+
+def prepare_runtime_data(data: Dataset, device: torch.device) -> Dataset:
+    """``data`` with its tensors on ``device``."""
     moved = (t.to(device) for t in (data.train_x, data.train_y, data.test_x, data.test_y))
-    return device, Dataset(data.name, *moved, data.num_classes, data.source)
+    return Dataset(data.name, *moved, data.num_classes, data.source)
 
 
 def check_writable(run_dir: Path) -> None:
@@ -387,17 +382,41 @@ def train(cfg, run_dir: str | Path, *, callback: Callable[[int, list[dict]], Non
     return res
 
 
-def restore_run(run_dir: str | Path):
-    """Load a run's last checkpoint: (model in eval mode, config dict, train sample inputs and
-    targets, loss function). For analyses of finished or running runs (e.g. ``sharpcomp reparam``)."""
+@dataclass
+class LoadedRun:
+    """A run folder's trained network and what it was trained with (:func:`load_run`)."""
+
+    model: nn.Module  # the network at ``iteration``, in eval mode, on the CPU
+    settings: Settings  # the run's checked settings (``settings.raw``: its complete config)
+    iteration: int  # the iteration of the saved state
+    data: Dataset  # the run's dataset (train and test tensors, number of classes, source)
+    sample_x: torch.Tensor  # the train sample set the metrics are computed on (``metrics.n`` points)
+    sample_y: torch.Tensor
+    loss_fn: Callable  # the training loss, as a function of (outputs, labels)
+
+    @property
+    def config(self) -> dict:
+        """The run's complete config (a plain dict)."""
+        return self.settings.raw
+
+
+def load_run(run_dir: str | Path, *, data: Dataset | None = None) -> LoadedRun:
+    """Load the network a run folder holds (its ``checkpoint.pt``: the last saved state), with its settings,
+    dataset, train sample set and loss.
+
+    ``data`` skips loading the dataset (it must be the one the run was trained on). FileNotFoundError
+    when the folder has no checkpoint; ConfigError for a file that is not a sharpcomp checkpoint.
+    """
     path = Path(run_dir) / CHECKPOINT_FILE
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
     state = read_checkpoint(path)
     s = settings(state["config"])
-    data = load_data(s, torch.device("cpu"))
-    model = build(s, data, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    data = load_data(s, cpu) if data is None else prepare_runtime_data(data, cpu)
+    model = build(s, data, cpu)
     model.load_state_dict(state["model_state"])
     model.eval()
     idx = train_sample_indices(s.seed, len(data.train_x), s.metrics.n)
-    return model, s.raw, data.train_x[idx], data.train_y[idx], make_loss(s.loss, s.num_outputs(data.num_classes))
+    return LoadedRun(model, s, int(state["iteration"]), data, data.train_x[idx], data.train_y[idx],
+                     make_loss(s.loss, s.num_outputs(data.num_classes)))

@@ -44,6 +44,7 @@ from sharpcomp.figures.tables import (
     run_info,
 )
 from sharpcomp.results.records import RecordError
+from sharpcomp.usage import EXIT_USAGE, Parser, UsageError, report
 
 ALL_FIGURE_IDS = FIGURE_IDS + EXTRA_FIGURE_IDS
 
@@ -53,10 +54,10 @@ ALL_FIGURE_IDS = FIGURE_IDS + EXTRA_FIGURE_IDS
 # --------------------------------------------------------------------------------------------
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="sharpcomp figures",
-        description="Draw the study's figures (SPEC 'Figures') from every metrics.parquet under the "
-                    "given folders.",
+        description="Draw the study's figures (docs/figures.md) and figures of any results from every "
+                    "metrics.parquet under the given folders.",
     )
     p.add_argument("dirs", nargs="*", metavar="RESULT_DIR", help="folders to search (default: outputs)")
     p.add_argument("--out", help="where figures go (default: <first RESULT_DIR>/figures)")
@@ -73,43 +74,38 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-class _UsageError(ValueError):
-    """Bad input on the command line: one error line, exit status 2."""
-
-
 def _error(text: str, status: int = 1) -> int:
-    print(f"sharpcomp figures: error: {text}", file=sys.stderr, flush=True)
-    return status
+    return report("figures", text, status)
 
 
 def _check_options(args) -> tuple[list[str], tuple[str, ...]]:
-    """The image formats and figure ids asked for; ``_UsageError`` for a bad option."""
+    """The image formats and figure ids asked for; ``UsageError`` for a bad option."""
     if not 0 < args.last_fraction <= 1:
-        raise _UsageError(f"--last-fraction must be in (0, 1], got {args.last_fraction:g}")
+        raise UsageError(f"--last-fraction must be in (0, 1], got {args.last_fraction:g}")
     formats = [f.strip().lstrip(".").lower() for f in args.formats.split(",") if f.strip()]
     unknown = [f for f in formats if f not in ("png", "pdf", "svg")]
     if not formats or unknown:
-        raise _UsageError(f"--formats takes png, pdf, svg (got {args.formats!r})")
+        raise UsageError(f"--formats takes png, pdf, svg (got {args.formats!r})")
     only = ALL_FIGURE_IDS
     if args.only:
         only = tuple(x.strip() for x in args.only.split(",") if x.strip())
         bad = [x for x in only if x not in ALL_FIGURE_IDS]
         if bad:
-            raise _UsageError(f"unknown figure id {', '.join(bad)} (known: {', '.join(ALL_FIGURE_IDS)})")
+            raise UsageError(f"unknown figure id {', '.join(bad)} (known: {', '.join(ALL_FIGURE_IDS)})")
     return formats, only
 
 
 def _check_out(out: Path) -> None:
-    """Make the output folder and check that a file can be written there; ``_UsageError`` if not."""
+    """Make the output folder and check that a file can be written there; ``UsageError`` if not."""
     if out.exists() and not out.is_dir():
-        raise _UsageError(f"--out {out} is a file, not a folder (choose a folder with --out)")
+        raise UsageError(f"--out {out} is a file, not a folder (choose a folder with --out)")
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out):
             pass
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        raise _UsageError(f"cannot write figures to {out}: {reason} (choose a folder with --out)") from None
+        raise UsageError(f"cannot write figures to {out}: {reason} (choose a folder with --out)") from None
 
 
 def _draw(ctx: Context, only: Sequence[str]) -> None:
@@ -128,12 +124,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     try:
         args = parser.parse_args(list(argv) if argv is not None else None)
-    except SystemExit as exc:  # --help, or a usage error (argparse printed it)
-        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
-    try:
         formats, only = _check_options(args)
-    except _UsageError as exc:
-        return _error(str(exc))
+    except SystemExit as exc:  # --help
+        return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USAGE
+    except UsageError as exc:
+        return _error(str(exc), EXIT_USAGE)
     dirs = [Path(d) for d in (args.dirs or ["outputs"])]
     out = Path(args.out) if args.out else dirs[0] / "figures"
     try:
@@ -150,9 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ctx = Context(frame, info, out, formats, args.last_fraction, args.band, by=args.by)
         _check_out(out)
     except KeyError as exc:
-        return _error(exc.args[0], status=2)
-    except _UsageError as exc:
-        return _error(str(exc), status=2)
+        return _error(exc.args[0], EXIT_USAGE)
+    except UsageError as exc:
+        return _error(str(exc), EXIT_USAGE)
     _draw(ctx, only)
     print(f"{ctx.written} figure{'s' if ctx.written != 1 else ''} written to {out}"
           if ctx.written else "no figures written: the results allow none (see the lines above)", flush=True)

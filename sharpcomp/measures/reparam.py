@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from sharpcomp.measures import gradient_stats, quotient_trace, symmetry, worst_case
 from sharpcomp.results.columns import METRIC_COLUMNS
+from sharpcomp.usage import EXIT_USAGE, UsageError, report
 
 __all__ = ["rescale_unit", "reparam_table", "main"]
 
@@ -191,10 +192,6 @@ change), and print every metric before and after on the run's train sample set, 
   seed    seed of the probes (default 0)"""
 
 
-class _Usage(Exception):
-    pass
-
-
 def _parse(argv: Sequence[str]) -> tuple[str, dict]:
     args = list(argv)
     if args and args[0] == "reparam":
@@ -207,35 +204,35 @@ def _parse(argv: Sequence[str]) -> tuple[str, dict]:
         elif "=" in a and not a.startswith("-"):
             k, v = a.split("=", 1)
             if k not in known:
-                raise _Usage(f"unknown option '{k}' (options: {', '.join(known)})")
+                raise UsageError(f"unknown option '{k}' (options: {', '.join(known)})")
             opts[k] = v
         elif a.startswith("-"):
-            raise _Usage(f"unknown flag '{a}' (see `sharpcomp reparam --help`)")
+            raise UsageError(f"unknown flag '{a}' (see `sharpcomp reparam --help`)")
         elif run_dir is None:
             run_dir = a
         else:
-            raise _Usage(f"unexpected argument '{a}' (one RUN_DIR, then key=value options)")
+            raise UsageError(f"unexpected argument '{a}' (one RUN_DIR, then key=value options)")
     if run_dir is None:
-        raise _Usage("missing RUN_DIR (see `sharpcomp reparam --help`)")
+        raise UsageError("missing RUN_DIR (see `sharpcomp reparam --help`)")
     out: dict = {"layer": opts.get("layer")}
     try:
         out["alpha"] = float(opts.get("alpha", "10"))
     except ValueError:
-        raise _Usage(f"alpha must be a positive number, got '{opts['alpha']}'") from None
+        raise UsageError(f"alpha must be a positive number, got '{opts['alpha']}'") from None
     if not (math.isfinite(out["alpha"]) and out["alpha"] > 0):
-        raise _Usage(f"alpha must be a positive number, got {opts.get('alpha')}")
+        raise UsageError(f"alpha must be a positive number, got {opts.get('alpha')}")
     for k, default in (("probes", 50), ("seed", 0)):
         try:
             out[k] = int(opts.get(k, default))
         except ValueError:
-            raise _Usage(f"{k} must be an integer, got '{opts[k]}'") from None
+            raise UsageError(f"{k} must be an integer, got '{opts[k]}'") from None
     if out["probes"] < 0:
-        raise _Usage(f"probes must be >= 0, got {out['probes']}")
+        raise UsageError(f"probes must be >= 0, got {out['probes']}")
     if "units" in opts:
         try:
             out["units"] = [int(u) for u in opts["units"].split(",") if u.strip()]
         except ValueError:
-            raise _Usage(f"units must be comma-separated integers, got '{opts['units']}'") from None
+            raise UsageError(f"units must be comma-separated integers, got '{opts['units']}'") from None
     else:
         out["units"] = None
     return run_dir, out
@@ -245,24 +242,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``sharpcomp reparam RUN_DIR alpha=10 layer=fc1``: print the before/after table; 0 on success."""
     argv = sys.argv[1:] if argv is None else argv
 
-    def err(msg: str, code: int = 2) -> int:
-        print(f"sharpcomp reparam: error: {msg}", file=sys.stderr)
-        return code
+    def err(msg: str, code: int = EXIT_USAGE) -> int:
+        return report("reparam", msg, code)
 
     if any(a in ("-h", "--help", "help") for a in argv):
         print(USAGE)
         return 0
     try:
         run_dir, opts = _parse(argv)
-    except _Usage as exc:
+    except UsageError as exc:
         return err(str(exc))
     path = Path(run_dir)
     if not path.is_dir():
         return err(f"no run directory '{run_dir}'")
     try:
-        from sharpcomp.engine.train import restore_run
+        from sharpcomp.engine.train import load_run
 
-        model, cfg, x, y, loss_fn = restore_run(path)
+        run = load_run(path)
+        model, cfg, x, y, loss_fn = run.model, run.config, run.sample_x, run.sample_y, run.loss_fn
     except FileNotFoundError as exc:
         return err(f"cannot load run '{run_dir}': {exc}", 1)
     except Exception as exc:  # a broken checkpoint or missing data: one line, no traceback

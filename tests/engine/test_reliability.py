@@ -16,9 +16,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sharpcomp.cli import NAME_MAX, main, run_name
+from sharpcomp.cli import main
 from sharpcomp.results.records import read_metrics
 from sharpcomp.results.run_state import FolderLock
+from sharpcomp.settings import NAME_MAX, run_name
 
 T = ["data=fashion_mnist", "model=mlp4", "model.width=0.1", "steps=60", "log_every=20", "metrics.n=8",
      "progress=false"]
@@ -120,7 +121,8 @@ def test_a_second_writer_gets_one_line_and_exit_2(in_tmp, reference):
             time.sleep(0.05)
         second = cli(long_run, in_tmp)
         assert second.returncode == 2
-        assert one_line(second.stderr) == f"sharpcomp: error: run folder {in_tmp / 'L'} is in use by pid {first.pid}"
+        want = f"sharpcomp train: error: run folder {in_tmp / 'L'} is in use by pid {first.pid}"
+        assert one_line(second.stderr) == want
     finally:
         first.kill()
         first.wait()
@@ -171,7 +173,7 @@ def test_settings_are_checked_before_any_work(extra, message, capsys, in_tmp, mo
     monkeypatch.setenv("SHARPCOMP_CACHE", str(in_tmp / "no-cache-here"))
     assert main(["train", *T, *extra]) == 2
     err = capsys.readouterr().err
-    assert one_line(err).startswith("sharpcomp: error: ") and message in err
+    assert one_line(err).startswith("sharpcomp train: error: ") and message in err
     assert not (in_tmp / "outputs").exists()
 
 

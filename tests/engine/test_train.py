@@ -47,8 +47,8 @@ def test_end_to_end_rows_columns_and_values(cfg_small, fmnist_small, tmp_path):
     assert (train_rows.bound_c <= train_rows.bound_d * (1 + 1e-5)).all()
     # the training loss falls and whole-set numbers are consistent with a direct evaluation
     assert train_rows.train_loss.iloc[-1] < train_rows.train_loss.iloc[0]
-    model, cfg, x, y, loss_fn = train_mod.restore_run(tmp_path / "run")
-    assert len(x) == 8 and cfg["lr"] == 0.1
+    run = train_mod.load_run(tmp_path / "run")
+    assert len(run.sample_x) == 8 and run.config["lr"] == 0.1 and run.iteration == 12
     # misclassified rows: at most n points, all misclassified at that checkpoint, and their loss logged
     mis = df[df.sample_set == "misclassified"]
     assert (mis.n_samples <= 8).all() and mis.sample_loss.notna().all()

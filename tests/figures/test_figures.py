@@ -76,7 +76,7 @@ def make_run(root, data, model, lr, batch, seed, *, n_ckpt=6, every=100, sets=("
 
 
 def settings_of(data, model, lr, batch, seed, *, width=1.0, optim=None, **model_keys):
-    """The nested settings of a run as ``train.run_identity`` writes them (``settings`` column)."""
+    """The nested settings of a run as ``settings.run_identity`` writes them (``settings`` column)."""
     return {"data": {"name": data, "classes": None}, "model": {"name": model, "width": width, "outputs": 10,
                                                                **model_keys},
             "lr": lr, "batch": batch, "seed": seed, "loss": "mse", "optim": optim or {"name": "sgd"},

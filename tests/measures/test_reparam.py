@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -155,12 +156,12 @@ def fake_run(tmp_path, monkeypatch):
     model, x, y = tiny_mlp()
     cfg = {"model": {"name": "tiny", "width": 1.0, "outputs": 3}, "metrics": {"n": 7, "log_volume_rank": None}}
 
-    def restore_run(run_dir):
+    def load_run(run_dir):
         if not (run_dir / "checkpoint.pt").exists():
             raise FileNotFoundError(f"no checkpoint at {run_dir / 'checkpoint.pt'}")
-        return model.float(), cfg, x.float(), y, mse
+        return SimpleNamespace(model=model.float(), config=cfg, sample_x=x.float(), sample_y=y, loss_fn=mse)
 
-    monkeypatch.setattr(train, "restore_run", restore_run)
+    monkeypatch.setattr(train, "load_run", load_run)
     (tmp_path / "checkpoint.pt").write_bytes(b"")
     return tmp_path
 
@@ -196,7 +197,7 @@ def test_main_bad_input_is_one_line_without_traceback(fake_run, capsys, args, ms
 
 
 def test_main_without_checkpoint(tmp_path, capsys):
-    rc = reparam.main([str(tmp_path)])  # the real restore_run: an empty folder has no checkpoint
+    rc = reparam.main([str(tmp_path)])  # the real load_run: an empty folder has no checkpoint
     err = capsys.readouterr().err
     assert rc != 0 and "cannot load run" in err and len(err.strip().splitlines()) == 1
 
