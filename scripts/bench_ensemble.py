@@ -1,4 +1,4 @@
-"""Training throughput: a sweep as one vectorised ensemble vs the same runs one after another (issue 6).
+"""Training throughput: a sweep as one vectorised ensemble vs the same runs one after another.
 
 For each model (vgg10 on two-class CIFAR-10, mlp4 on Fashion-MNIST), the fig1 sweep (lr 0.05 / 0.1 /
 0.2 x seeds 0-4 = 15 runs, batch 20) trains a fixed number of SGD steps per run, no checkpoints:

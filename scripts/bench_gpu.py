@@ -1,4 +1,4 @@
-"""GPU benchmark (issue 11): eager against CUDA-graph steps, checkpoint cost against its floor, and the
+"""GPU benchmark: eager against CUDA-graph steps, checkpoint cost against its floor, and the
 projected time of the paper's scale, for vgg10 (two-class CIFAR-10) and mlp4 (Fashion-MNIST).
 
 1. Steps, batch 20: one run (``PlainStepper``) and K = 15 runs (``EnsembleStepper``, fig1's lr x seed

@@ -23,7 +23,7 @@ CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
 GROUPS = ("data", "model", "scale", "optim", "experiment")
 COMMANDS = ("train", "figures", "reparam")
 # Hydra's flags for looking at the composed config (e.g. `sharpcomp train --cfg job`)
-HYDRA_INSPECT_FLAGS = ("--cfg", "-c", "--package", "-p", "--info", "-i", "--resolve")
+HYDRA_VIEW_FLAGS = ("--cfg", "-c", "--package", "-p", "--info", "-i", "--resolve")
 
 
 def usage() -> str:
@@ -257,15 +257,25 @@ def _train(rest: list[str], multirun: bool) -> int:
     if any(a in ("-h", "--help") for a in rest):
         print(usage())
         return 0
-    if any(a.split("=")[0] in HYDRA_INSPECT_FLAGS for a in rest):  # inspection only: Hydra reads its own flags
-        if any(a.split("=")[0] in ("--cfg", "-c") for a in rest) and "--resolve" not in rest:
-            rest = [*rest, "--resolve"]  # show the values a run uses (steps: 25000, not ${data.quick_steps})
-        return _run_hydra_train(rest, multirun)
+    if any(a.split("=")[0] in HYDRA_VIEW_FLAGS for a in rest):  # a view of the config: Hydra reads its own flags
+        return _run_hydra_train(_resolved_view(rest), multirun)
     flags = [a for a in rest if a.startswith("-")]
     if flags:
         raise UsageError(f"unknown flag '{flags[0]}' (options are key=value; see `sharpcomp --help`)")
     check_overrides(rest, multirun)
     return _run_hydra_train(rest, multirun)
+
+
+def _resolved_view(args: list[str]) -> list[str]:
+    """``--cfg job`` (or ``all``) shows the values a run uses (``steps: 25000``, not ``${data.quick_steps}``):
+    Hydra's ``--resolve`` added. A part of the config (``--package``, ``--cfg hydra``) is shown as written:
+    it cannot be resolved without the rest."""
+    flags = [a.split("=")[0] for a in args]
+    shown = next((args[i + 1] if "=" not in args[i] and i + 1 < len(args) else args[i].split("=", 1)[1]
+                  for i, f in enumerate(flags) if f in ("--cfg", "-c")), None)
+    if shown in ("job", "all") and not {"--package", "-p", "--resolve"} & set(flags):
+        return [*args, "--resolve"]
+    return args
 
 
 def _subcommand(command: str, rest: list[str]) -> int:

@@ -1,4 +1,4 @@
-"""The training loss, written once (SPEC, "Data and training").
+"""The training loss, written once.
 
 ``mse``: mean squared error against one-hot targets, averaged over the batch and the outputs (the
 reference code's ``MSELoss()``); ``ce``: cross-entropy. Shapes: ``out`` is (b, N) for one network or

@@ -1,4 +1,4 @@
-"""Networks, built from a model config through Hydra's ``_target_`` (SPEC, "Models").
+"""Networks, built from a model config through Hydra's ``_target_``.
 
 A model config (``conf/model/*.yaml``) names a callable and its arguments::
 

@@ -50,7 +50,8 @@ def plain(cfg) -> dict:
 
 def run_name(overrides: str) -> str:
     """A run folder's name from Hydra's override_dirname ("default" without overrides); a name over
-    ``NAME_MAX`` bytes is cut and ends in a digest of the whole (the full overrides stay in .hydra/)."""
+    ``NAME_MAX`` bytes is cut and ends in a digest of the whole (the full overrides stay in .hydra/).
+    """
     name = overrides.replace("/", "_") if overrides else "default"
     raw = name.encode()
     if len(raw) <= NAME_MAX:
@@ -61,7 +62,8 @@ def run_name(overrides: str) -> str:
 
 def register_resolvers() -> None:
     """Register the resolvers ``conf/train.yaml`` uses (``sc_run_name``: :func:`run_name`); every function
-    that composes the config calls it first."""
+    that composes the config calls it first.
+    """
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver("sc_run_name"):
@@ -70,7 +72,8 @@ def register_resolvers() -> None:
 
 def compose(overrides: Sequence[str] = (), *, hydra: bool = False):
     """The ``train`` config (a DictConfig) composed from ``conf/`` with command-line style ``overrides``,
-    outside any running Hydra app; ``hydra=True`` keeps Hydra's own node (output folders, launcher)."""
+    outside any running Hydra app; ``hydra=True`` keeps Hydra's own node (output folders, launcher).
+    """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
@@ -96,13 +99,15 @@ def _default_json(overrides: tuple[str, ...]) -> str:
 
 def defaults(**groups: str) -> dict:
     """The composed ``conf/train.yaml`` (scale=quick), with config groups chosen by name, e.g.
-    ``defaults(model="mlp4", data="fashion_mnist")``."""
+    ``defaults(model="mlp4", data="fashion_mnist")``.
+    """
     return json.loads(_default_json(tuple(f"{g}={v}" for g, v in sorted(groups.items()))))
 
 
 def complete(cfg: Mapping) -> dict:
     """``cfg`` with the keys it lacks taken from :func:`defaults` (mappings merged key by key; the
-    model, data and optim groups of the same name as ``cfg``'s, where conf/ has them)."""
+    model, data and optim groups of the same name as ``cfg``'s, where conf/ has them).
+    """
     from importlib import resources
 
     def merge(base, over):
@@ -124,7 +129,8 @@ def complete(cfg: Mapping) -> dict:
 @lru_cache(maxsize=1)
 def _yaml_keys() -> tuple[frozenset, frozenset]:
     """The top-level keys of a composed ``train`` config (those of ``conf/train.yaml``, read, not composed:
-    milliseconds; and the groups that become keys) and its ``metrics`` keys."""
+    milliseconds; and the groups that become keys) and its ``metrics`` keys.
+    """
     from importlib import resources
 
     from omegaconf import OmegaConf
@@ -304,7 +310,8 @@ def _data(d: Mapping, data_dir) -> dict:
 
 def settings(cfg, n_train: int | None = None) -> Settings:
     """Check ``cfg`` (a ``train`` config, DictConfig or mapping) and return its :class:`Settings`;
-    ``n_train`` (the training set's size, once known) also bounds the batch size."""
+    ``n_train`` (the training set's size, once known) also bounds the batch size.
+    """
     c = complete(cfg)
     lr = _number("lr", c["lr"])
     if not (math.isfinite(lr) and lr > 0):

@@ -1,5 +1,5 @@
 """Shared fixtures: the train config composed once (as the CLI does), shrunk for tests, with outputs
-isolated in tmp_path; the datasets loaded once per session into a session cache."""
+isolated in tmp_path; the datasets loaded once for the whole test run into one cache."""
 
 from __future__ import annotations
 
@@ -17,27 +17,27 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def data_dir() -> Path:
     d = default_data_dir()
     if d is None or not d.is_dir():
-        pytest.skip("dataset folder not found (set SHARPCOMP_DATA or place ../shared/data beside the checkout)")
+        pytest.skip("dataset folder not found (set SHARPCOMP_DATA; `make test` sets it where the data is)")
     return d
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def cache_dir(tmp_path_factory) -> Path:
-    """One decoded-array cache for the whole session (SHARPCOMP_CACHE when set)."""
+    """One decoded-array cache for the whole test run (SHARPCOMP_CACHE when set)."""
     env = os.environ.get("SHARPCOMP_CACHE")
     return Path(env) if env else tmp_path_factory.mktemp("sharpcomp-cache")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def fmnist(data_dir, cache_dir) -> Dataset:
     return load_dataset("fashion_mnist", "fashion_mnist", None, data_dir, cache_dir)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def fmnist_small(fmnist) -> Dataset:
     """1,000 train / 300 test Fashion-MNIST images: real data, small enough for many short runs."""
     return Dataset("fashion_mnist", fmnist.train_x[:1000].clone(), fmnist.train_y[:1000].clone(),
@@ -78,7 +78,7 @@ TINY = ["data=fashion_mnist", "model=mlp4", "model.width=0.05", "steps=4", "log_
 
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch, data_dir, cache_dir):
-    """Run the CLI inside tmp_path, with the session's data and cache folders."""
+    """Run the CLI inside tmp_path, with the test run's data and cache folders."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SHARPCOMP_DATA", str(data_dir))
     monkeypatch.setenv("SHARPCOMP_CACHE", str(cache_dir))

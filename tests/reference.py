@@ -33,7 +33,7 @@ def representation(model: nn.Module, x: torch.Tensor, layer: str | None) -> torc
 
 def reference_metrics(model: nn.Module, inputs: torch.Tensor, layer: str | None = None,
                       log_volume_rank: int | None = None, first_weight: str | None = None) -> dict:
-    """Every SPEC metric by loops over samples i and outputs k. ``first_weight``: name of the parameter
+    """Every metric of the study by loops over samples i and outputs k. ``first_weight``: name of the parameter
     W of Eq. 28 (bounds are computed only when given). Also returns per-sample arrays."""
     model = copy.deepcopy(model).double()
     params = dict(model.named_parameters())

@@ -175,3 +175,45 @@ def test_configs_found_from_an_installed_wheel(tmp_path, data_dir, cache_dir):
     res = subprocess.run([sys.executable, "-c", code, "-m", "train", *TINY, "lr=0.05,0.1", "hydra/launcher=ensemble"],
                          cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0 and "1 ensemble(s)" in res.stderr + res.stdout, res.stderr[-3000:]
+
+
+def test_version(capsys):
+    from sharpcomp import __version__
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"sharpcomp {__version__}"
+
+
+def test_every_option_in_help_is_accepted_as_shown(capsys, in_tmp):
+    """Every ``key=default`` line of ``--help`` (read from conf/, so new keys join by themselves) is a
+    valid override: the command line composes and checks all of them together."""
+    from sharpcomp.cli import check_overrides
+    from sharpcomp.options import options
+
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    shown = [(key, value) for key, value, _ in options() if value is not None]
+    keys = [k for k, _ in shown]
+    assert {"lr", "steps", "metrics.n", "metrics.flatness.quotient_trace", "model.width", "data_dir"} <= set(keys)
+    assert "metrics.quotient_trace" not in keys  # the path that works, not the section's last word
+    assert "steps=25000" in out and "data_dir=null" in out and "${" not in out
+    for line in out.splitlines():  # comments are whole: continuation lines joined, nothing cut
+        assert line.count("(") == line.count(")"), line
+    for key, value in shown:
+        assert f"  {key}={value}" in out, key
+    check_overrides([f"{k}={v}" for k, v in shown])
+    assert not (in_tmp / "outputs").exists()
+
+
+def test_cfg_job_shows_resolved_values(in_tmp):
+    res = _run_cli(["train", "--cfg", "job"], in_tmp)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "steps: 25000" in res.stdout and "${" not in res.stdout
+
+
+@pytest.mark.parametrize("argv", [["train", "lr=0"], ["train", "--bogus"], ["figures", "--formats", "gif"],
+                                  ["figures", "--nosuch"], ["reparam"], ["reparam", ".", "beta=1"]])
+def test_every_subcommand_fails_the_same_way(argv, capsys, in_tmp):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"sharpcomp {argv[0]}: error: "), err

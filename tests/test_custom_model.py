@@ -1,4 +1,4 @@
-"""Your own network (issue 12): any callable through Hydra's ``_target_``, built-ins expressed the same
+"""Your own network: any callable through Hydra's ``_target_``, built-ins expressed the same
 way, bad models refused in one line; a small residual CNN with BatchNorm trains, logs every column,
 resumes exactly, draws, and its metrics (eval mode) match the brute-force float64 reference."""
 

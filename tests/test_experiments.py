@@ -1,4 +1,4 @@
-"""conf/experiment/*.yaml: each figure's sweep composes to exactly SPEC's runs ("Figures")."""
+"""conf/experiment/*.yaml: each figure's sweep composes to exactly the study's runs (docs/figures.md)."""
 
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ def test_experiment_sweep_is_specs_runs(hydra_conf, experiment):
 
 
 def test_figD5_arms_make_specs_twenty_run_grid(hydra_conf):
-    """SPEC: lr 0.05 / 0.1 / 0.2 at batch 20 and batch 8 / 32 at lr 0.1, 4 seeds: 20 distinct runs."""
+    """The study's grid: lr 0.05 / 0.1 / 0.2 at batch 20 and batch 8 / 32 at lr 0.1, 4 seeds: 20 distinct runs."""
     for lr_arm, batch_arm in (("figD5", "figD5_batch"), ("figD6", "figD6_batch")):
         runs = [job_setting(j) for exp in (lr_arm, batch_arm) for j in sweep_jobs(exp)]
         assert len(runs) == len(set(runs)) == 20

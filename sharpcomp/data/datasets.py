@@ -23,9 +23,9 @@ Decoded uint8 arrays are cached in the cache folder (``$SHARPCOMP_CACHE``, defau
 counts and shapes against the dataset's known sizes, or an image folder's file listing, and a CRC-32
 of the arrays) and rebuilt, with a line, when it does not match.
 
-The data folder is ``data_dir`` (config), else ``$SHARPCOMP_DATA``, else ``../shared/data`` beside
-the working directory or the checkout, when it exists. A relative ``root`` of an image folder is taken
-from the working directory, else from the data folder.
+The data folder is ``data_dir`` (config), else ``$SHARPCOMP_DATA``; without either, only the cache
+folder is searched (and downloads go there). A relative ``root`` of an image folder is taken from the
+working directory, else from the data folder.
 """
 
 from __future__ import annotations
@@ -69,14 +69,9 @@ class Dataset:
 
 
 def default_data_dir() -> Path | None:
+    """The data folder when the config names none: ``$SHARPCOMP_DATA``, or None (the cache folder alone)."""
     env = os.environ.get("SHARPCOMP_DATA")
-    if env:
-        return Path(env)
-    for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
-        cand = base.parent / "shared" / "data"
-        if cand.is_dir():
-            return cand
-    return None
+    return Path(env) if env else None
 
 
 def default_cache_dir() -> Path:

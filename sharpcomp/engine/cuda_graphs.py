@@ -1,4 +1,4 @@
-"""Training steps replayed as captured CUDA graphs (issue 11: a small network's SGD step is launch-bound).
+"""Training steps replayed as captured CUDA graphs (a small network's SGD step is launch-bound).
 
 A step function ``fn(idx) -> losses`` (gather the minibatch by index, forward, backward, update the
 parameters in place) is captured once into a ``torch.cuda.CUDAGraph`` with a static index buffer; each

@@ -1,4 +1,4 @@
-"""Vectorised ensembles: many runs of the same network trained in lockstep in one process (issue 6).
+"""Vectorised ensembles: many runs of the same network trained in lockstep in one process.
 
 Runs that share data, model, batch size, loss, steps and checkpoint settings -- typically a sweep
 over learning rate and seed, like fig1's 3 x 5 -- are trained together with ``torch.func``: the
@@ -78,7 +78,8 @@ def _shared(s: Settings) -> dict:
 
 def ensemble_key(cfg) -> str | None:
     """A string equal for runs that can train in one ensemble; None for a run that cannot be in
-    any ensemble (an optimizer other than plain SGD)."""
+    any ensemble (an optimizer other than plain SGD).
+    """
     s = settings(cfg)
     if s.optim_name not in ENSEMBLE_OPTIMS:
         return None
@@ -105,7 +106,8 @@ def check_compatible(cfgs: Sequence[Mapping]) -> None:
 
 def group_compatible(cfgs: Sequence, max_members: int = 32) -> tuple[list[list[int]], list[int]]:
     """Indices of ``cfgs`` grouped into ensembles (each of 2..max_members runs sharing
-    :func:`ensemble_key`, in input order) and the leftover indices to run one by one."""
+    :func:`ensemble_key`, in input order) and the leftover indices to run one by one.
+    """
     by_key: dict[str, list[int]] = {}
     single: list[int] = []
     for i, cfg in enumerate(cfgs):
@@ -277,7 +279,8 @@ def stacked_sample_metrics(models: Sequence[nn.Module], inputs: Sequence[Mapping
                            s: Settings) -> list[dict[str, dict]]:
     """The metrics of every member on each of its sample sets ([{set: (inputs, labels)}] -> [{set: result}]):
     one :func:`metrics_stacked.compute_metrics_stacked` call per sample set for all members (members
-    with an empty set are left out of it)."""
+    with an empty set are left out of it).
+    """
     from sharpcomp.measures.stacked import compute_metrics_stacked
 
     out: list[dict[str, dict]] = [{} for _ in models]

@@ -56,7 +56,8 @@ def load_data(s: Settings, device: torch.device) -> Dataset:
 
 def build(s: Settings, data: Dataset, device: torch.device) -> nn.Module:
     """The run's network (seeded initial weights) on ``device``; ConfigError (one line) when the model
-    config cannot give one that fits the data and the loss."""
+    config cannot give one that fits the data and the loss.
+    """
     try:
         return build_from_config(s.model, s.num_outputs(data.num_classes), data.input_shape, seed=s.seed,
                                  device=device, num_classes=data.num_classes)
@@ -74,7 +75,8 @@ def check_layer(s: Settings, model: nn.Module) -> None:
 
 def check_config(cfg) -> Settings:
     """Every check that needs no data (one line each): the settings, and the representation layer of a
-    built-in network (built on the meta device, without data)."""
+    built-in network (built on the meta device, without data).
+    """
     s = settings(cfg)
     if s.metrics.layer is not None and s.model["name"] in BUILTIN_MODELS:
         with torch.device("meta"):
@@ -84,7 +86,8 @@ def check_config(cfg) -> Settings:
 
 def prepare_runtime(s: Settings, data: Dataset | None) -> tuple[torch.device, Dataset]:
     """Device, threads, determinism and training precision as the settings say; the dataset loaded
-    onto (or moved to) the device."""
+    onto (or moved to) the device.
+    """
     device = select_device(s.device)
     if s.threads:
         torch.set_num_threads(s.threads)
@@ -155,7 +158,8 @@ def open_runs(cfgs: Sequence, run_dirs: Sequence[Path], data: Dataset | None) ->
 def by_start(members: Sequence[Member]) -> list[list[Member]]:
     """The runs still to train, split by their starting point (fresh first): runs left at different
     iterations (an interrupt between two members' writes) train as separate lockstep groups, so a run
-    is never advanced to a point where a run alone would not have checkpointed."""
+    is never advanced to a point where a run alone would not have checkpointed.
+    """
     groups: dict[int, list[Member]] = {}
     for m in members:
         if m.run.result is None:

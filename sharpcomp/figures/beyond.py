@@ -1,10 +1,10 @@
 """Figures beyond the study's table, drawn from whatever results exist (any data, any model).
 
-Beyond SPEC's table, drawn from whatever results exist (any data / model; one figure per (data,
+Beyond the study's figures, drawn from whatever results exist (any data / model; one figure per (data,
 model) pair and experiment, named ``<id>-<differing values>`` when there are several):
 
 ==========  ===========================================================================
-flatness    runs with optional flatness measures (``metrics.flatness``, issue 5) on their
+flatness    runs with optional flatness measures (``metrics.flatness``) on their
             train rows: panels for those with values among sqrt(S), Tr H and Tr(PHP) (Hutchinson
             standard error as error bars), worst-case, adaptive and quotient worst-case
             sharpness, gradient disagreement and Fisher trace; one line per optim, lr or batch,
@@ -153,7 +153,7 @@ def _make_runs(ctx: Context, fig_id: str) -> None:
         status_notes(ctx, name, drawn)
 
 
-# Any swept config key (``--by KEY``, issue 12): keys pooled in every sweep figure besides the key itself.
+# Any swept config key (``--by KEY``): keys pooled in every sweep figure besides the key itself.
 SWEEP_POOLED = ("seed", "metrics.sample_sets")
 
 
@@ -227,7 +227,7 @@ def _make_sweep_correlation(ctx: Context, fig_id: str) -> None:
                      optional=("bound_c", "bound_d", *FLATNESS_CORRELATION_COLUMNS))
 
 
-# Figures beyond SPEC's table, drawn from whatever results exist (id -> maker).
+# Figures beyond the study's, drawn from whatever results exist (id -> maker).
 EXTRA_MAKERS = {"flatness": _make_flatness, "sam_vs_sgd": _make_sam, "runs": _make_runs, "sweep": _make_sweep,
                  "sweep_correlation": _make_sweep_correlation}
 EXTRA_FIGURE_IDS = tuple(EXTRA_MAKERS)

@@ -1,16 +1,16 @@
 """The catalogue of the study's figures: which runs each needs and how it is drawn.
 
-What each figure needs (SPEC, "Figures"); runs must have the ``train`` sample set unless noted:
+What each figure needs (the study's figures: ``docs/figures.md``); runs must have the ``train`` sample set unless noted:
 
 ==========  ===========================================================================
-fig1        vgg10 / cifar10_2class at batch 20 with >= 2 learning rates (SPEC: 0.05, 0.1, 0.2)
-fig2        vgg10 / cifar10_2class at lr 0.1 with >= 2 batch sizes (SPEC: 8, 20, 32)
+fig1        vgg10 / cifar10_2class at batch 20 with >= 2 learning rates (the study's: 0.05, 0.1, 0.2)
+fig2        vgg10 / cifar10_2class at lr 0.1 with >= 2 batch sizes (the study's: 8, 20, 32)
 figE7       mlp4 / fashion_mnist at lr 0.1 with >= 2 batch sizes
 figE8       mlp4 / fashion_mnist at batch 20 with >= 2 learning rates
 fig3        vgg10 / cifar10_2class at lr 0.1, batch 20 with the ``test`` or ``misclassified`` set
 figD4       mlp4 / fashion_mnist runs with bound values (the lr 0.1 / batch 20 setting when
             present, else the setting with most runs)
-figD5       >= 3 vgg10 / cifar10_2class runs (any lr / batch; SPEC's grid has 20)
+figD5       >= 3 vgg10 / cifar10_2class runs (any lr / batch; the study's grid has 20)
 figD6       >= 3 mlp4 / fashion_mnist runs
 ==========  ===========================================================================
 
@@ -112,7 +112,7 @@ def _make_trend(ctx: Context, spec: FigureSpec) -> None:
         seeds = sorted({fmt(s) for s in runs["seed"]})
         say_written(ctx, name, files, f"{n_runs(len(runs))}; {spec.by} {values_text(values)}; seeds {', '.join(seeds)}")
         if missing:
-            ctx.say(name, f"{spec.by} {values_text(missing)} missing (SPEC: {values_text(spec.expected)})")
+            ctx.say(name, f"{spec.by} {values_text(missing)} missing (the study's: {values_text(spec.expected)})")
         for e in empty:
             ctx.say(name, f"panel {e} skipped: no values in these runs")
         status_notes(ctx, name, runs)
@@ -203,7 +203,7 @@ def _make_correlation(ctx: Context, spec: FigureSpec) -> None:
         missing = [s for s in spec.expected if not any(same(s[0], h[0]) and same(s[1], h[1]) for h in have)]
         if missing:
             text = ", ".join(f"lr {fmt(lr)}/batch {fmt(b)}" for lr, b in missing)
-            ctx.say(name, f"SPEC settings missing: {text} (SPEC: 20 runs, 4 seeds each)")
+            ctx.say(name, f"the study's settings missing: {text} (the study's: 20 runs, 4 seeds each)")
 
 
 def correlation_runs(ctx: Context, name: str, runs: pd.DataFrame, need: str) -> pd.DataFrame | None:

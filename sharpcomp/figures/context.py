@@ -32,7 +32,7 @@ class FigureSpec:
     model: str
     fixed: dict = field(default_factory=dict)
     by: str | None = None
-    expected: tuple = ()          # SPEC's values of `by` (trend) or (lr, batch) settings (correlation)
+    expected: tuple = ()          # the study's values of `by` (trend) or (lr, batch) settings (correlation)
     columns: tuple = ()
     what: str = ""
 

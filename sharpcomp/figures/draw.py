@@ -15,7 +15,7 @@ from matplotlib.ticker import MaxNLocator
 
 from sharpcomp.figures.tables import SQRT_S, fmt
 
-# Axis labels: the quantity and its equation in the paper (SPEC, "Metrics").
+# Axis labels: the quantity and its equation in the paper (docs/science.md).
 LABELS = {
     "train_loss_running": "train loss (running mean of minibatch losses)",
     "train_loss": "train loss (whole train set)",
@@ -33,7 +33,7 @@ LABELS = {
     "bound_c": "bound c (Eq. 28)",
     "bound_d": "bound d (Eq. 28)",
     "wall_time": "wall time (s)",
-    # optional flatness measures (issue 5); the standard errors are drawn as error bars
+    # optional flatness measures; the standard errors are drawn as error bars
     "hessian_trace": "Tr H, Hessian trace (Hutchinson)",
     "quotient_trace": "Tr(PHP), quotient Hessian trace (Hutchinson)",
     "quotient_trace_gap": "Tr H - Tr(PHP), closed form",

@@ -34,7 +34,7 @@ FIG3_PANELS = (
 )
 BOUND_COLUMNS = ("mls", "bound_b", "bound_c", "bound_d")
 CORRELATION_COLUMNS = ("local_dim", SQRT_S, "log_volume", "G", "mls", "test_loss")
-# The flatness figure's panels, those with values are drawn (issue 5; standard errors as error bars).
+# The flatness figure's panels, those with values are drawn (standard errors as error bars).
 FLATNESS_PANELS = (SQRT_S, *(Panel((m,), se=FLATNESS_SE.get(m), markers=True) for m in FLATNESS_MEASURES))
 # Flatness measures added to the correlation figures when every run of the figure has them (the
 # /(1 + L) variants, standard errors and the trace gap are in the per-run CSV only).

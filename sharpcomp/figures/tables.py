@@ -28,7 +28,7 @@ from sharpcomp.results.records import METRICS_FILE, RecordError, read_metrics
 # Internal key of one run: its folder (run_id alone may repeat across sweeps).
 RUN = "_run"
 _PREPARED = "sharpcomp_figures_prepared"
-# Derived column: figures plot sqrt(S) (SPEC, "Metrics").
+# Derived column: figures plot sqrt(S) (docs/science.md).
 SQRT_S = "sqrt_sharpness"
 # Identity fields that say which run of an experiment this is.
 SETTING_COLUMNS = ("data", "model", "lr", "batch", "seed")

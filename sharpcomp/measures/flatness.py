@@ -72,7 +72,8 @@ _CHECKS = {"probes": (int, 0, True), "n": (int, 0, True), "steps": (int, 0, True
 
 def check_settings(settings: Mapping | None) -> dict[str, dict]:
     """The switched-on measures' settings, filled from the defaults; ValueError (one line) for an
-    unknown measure or key and for a value of the wrong type or range (null: the default where allowed)."""
+    unknown measure or key and for a value of the wrong type or range (null: the default where allowed).
+    """
     try:
         resolved = _resolve(settings)
     except TypeError as exc:

@@ -1,4 +1,5 @@
-r"""Sharpness and representation-geometry metrics of a model on a fixed sample set (SPEC, "Metrics").
+r"""Sharpness and representation-geometry metrics of a model on a fixed sample set (the study's
+definitions: ``docs/science.md``).
 
 Index conventions (used throughout): ``i`` sample (n of them), ``k`` output of the representation
 f (N of them, f flattened per sample), ``m`` input entry (x flattened, M of them), ``p`` parameter
@@ -12,7 +13,7 @@ Definitions, per sample i:
 * ``log_volume_i = 1/2 sum_{k <= r} log lambda_{i,k}`` (r = ``log_volume_rank``, default N);
 * ``mls_i = sqrt(lambda_{i,1})``, ``local_dim_i = (sum_k lambda_{i,k})^2 / sum_k lambda_{i,k}^2``;
 
-and every SPEC column is the mean over i: ``sharpness = mean_i S_i`` etc. The bounds of Eq. 28 need
+and every metric column is the mean over i: ``sharpness = mean_i S_i`` etc. The bounds of Eq. 28 need
 a fully connected first layer ``z = W x + b`` acting on the raw input: then ``J_i = D_i W`` with
 ``D_i = d f(x_i) / d z`` (N x d), ``d f_k / d W = D_i[k]^T x_i^T`` so ``||d f(x_i)/dW||_F = ||D_i||_F ||x_i||``
 (summed over k, like S), and
@@ -77,7 +78,7 @@ from sharpcomp.measures.layer_rules import rule_for
 from sharpcomp.measures.precision import exact_float32
 from sharpcomp.results.columns import METRIC_COLUMNS
 
-# The SPEC metric columns (sharpcomp.results.columns, the one schema of column names).
+# The study's metric columns (sharpcomp.results.columns, the one schema of column names).
 METRIC_NAMES = METRIC_COLUMNS
 PER_SAMPLE_NAMES = ("sharpness", "G", "log_volume", "mls", "local_dim", "grad_W_norm", "x_norm")
 
@@ -93,7 +94,7 @@ BACKWARD_MODE = "loop"
 def compute_metrics(model: nn.Module, inputs: Tensor, *, layer: str | None = None,
                     log_volume_rank: int | None = None, dtype: torch.dtype = torch.float32,
                     chunk_size: int | None = None, per_sample: bool = False) -> dict:
-    """The SPEC metric columns of ``model`` on the samples ``inputs`` (n, ...); see the module docstring.
+    """The study's metric columns of ``model`` on the samples ``inputs`` (n, ...); see the module docstring.
 
     Args:
         model: maps a batch of inputs to outputs; put it in eval mode first. Left untouched.
@@ -276,7 +277,8 @@ class _Pass:
     def backward(self, ks: Tensor, last: bool):
         """Backward passes of the cotangents e_k, k in ks: rows ks of every J_i (v, n, M), the
         per-sample sum over ks of squared parameter-gradient norms (n,), and sum_k ||d f_k/d z||^2 (n,)
-        for a Linear first layer z = W x + b (None when f does not depend on it)."""
+        for a Linear first layer z = W x + b (None when f does not depend on it).
+        """
         n = self.n
         sharp = torch.zeros(n, dtype=torch.float64, device=self.x.device)
         first_sq = None
@@ -372,7 +374,8 @@ def conv_first_reason(name: str) -> str:
 
 def bounds(reason: str | None, weight: Tensor | None, per: dict, d_norm: np.ndarray, sharpness: float) -> dict:
     """The bound columns from the per-sample values (``x_norm``, ``grad_W_norm``), the per-sample
-    ``||D_i||_F`` and the first layer's weight W; NaN with ``reason`` when that is not None."""
+    ``||D_i||_F`` and the first layer's weight W; NaN with ``reason`` when that is not None.
+    """
     nan = float("nan")
     if reason is not None:
         return {"bound_b": nan, "bound_c": nan, "bound_d": nan, "bounds_reason": reason}
@@ -387,6 +390,7 @@ def bounds(reason: str | None, weight: Tensor | None, per: dict, d_norm: np.ndar
 
 def _spectral_norm(w: Tensor) -> float:
     """||W||_2 = sqrt(largest eigenvalue of the smaller Gram matrix), in W's dtype (a few times faster
-    than an SVD of W)."""
+    than an SVD of W).
+    """
     gram = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
     return math.sqrt(max(float(torch.linalg.eigvalsh(gram)[-1]), 0.0))

@@ -1,4 +1,4 @@
-"""The reparametrisation test (issue 5, section 4): rescale one hidden layer and compare every metric.
+"""The reparametrisation test: rescale one hidden layer and compare every metric.
 
 For a hidden layer l (a layer with a ReLU rescaling symmetry, see :mod:`sharpcomp.measures.flatness`) and
 alpha > 0, :func:`rescale_unit` maps
@@ -130,7 +130,7 @@ def reparam_table(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn: Ca
     """Every metric before and after :func:`rescale_unit` (on a float64 copy; ``model`` is untouched).
 
     Rows (index ``metric``): ``output_change`` (before 0, after max_i |f_after(x_i) - f_before(x_i)|),
-    loss, the SPEC metrics of ``compute_metrics`` (``metrics_kwargs`` passed on, e.g. layer or
+    loss, the study's metrics of ``compute_metrics`` (``metrics_kwargs`` passed on, e.g. layer or
     log_volume_rank), hessian_trace and quotient_trace (Hutchinson, the same ``probes`` probes before and
     after; skipped for probes < 2), quotient_trace_gap (closed form), sharpness_worst (l2, radius
     ``rho``) and sharpness_adaptive (radius ``adaptive_rho``), each on the whole sample as one batch,

@@ -1,4 +1,4 @@
-r"""The metrics of k networks of one architecture at once: an ensemble's checkpoint (issue 6).
+r"""The metrics of k networks of one architecture at once: an ensemble's checkpoint.
 
 ``compute_metrics_stacked(models, inputs)`` equals ``[compute_metrics(m, x) for m, x in zip(models,
 inputs)]`` (float round-off aside; the tests compare them) but runs the k members as one network.

@@ -2,7 +2,7 @@
 
 One place for every column name that more than one module needs: records writes these columns,
 metrics and flatness compute the quantities named here, reparam tabulates them and figures reads
-and draws them. A row of ``metrics.parquet`` is one checkpoint and one sample set (SPEC, "Records").
+and draws them. A row of ``metrics.parquet`` is one checkpoint and one sample set.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ CHECKPOINT_COLUMNS = (
 )
 # Which points the metric columns were computed on, how many, and the loss over those points.
 SAMPLE_COLUMNS = ("sample_set", "n_samples", "sample_loss")
-# SPEC's metric columns, in the paper's order.
+# The study's metric columns, in the paper's order.
 METRIC_COLUMNS = (
     "sharpness", "G", "log_volume", "mls", "local_dim", "bound_b", "bound_c", "bound_d",
 )
@@ -29,7 +29,7 @@ REASON_COLUMNS = ("bounds_reason",)
 # Every column a results file has, in order (optional flatness columns come after them).
 COLUMNS = IDENTITY_COLUMNS + CHECKPOINT_COLUMNS + SAMPLE_COLUMNS + METRIC_COLUMNS + REASON_COLUMNS
 
-# Optional flatness measures (``metrics.flatness``, issue 5), on the ``train`` rows at their own
+# Optional flatness measures (``metrics.flatness``), on the ``train`` rows at their own
 # cadence (``metrics.flatness_every``). The measures themselves, in the order figures draw them:
 FLATNESS_MEASURES = (
     "hessian_trace", "quotient_trace", "sharpness_worst", "sharpness_adaptive", "sharpness_worst_quotient",

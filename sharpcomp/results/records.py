@@ -100,7 +100,8 @@ def part_names(folder: Path) -> list[str]:
 
 def tidy(frame: pd.DataFrame, status: str | None = None) -> pd.DataFrame:
     """Every column of ``COLUMNS`` (missing ones as missing values) in that order, then the extra
-    columns; numeric columns as float64; ``status`` (when given) in every row."""
+    columns; numeric columns as float64; ``status`` (when given) in every row.
+    """
     frame = frame.copy()
     if status is not None:
         frame["status"] = status
@@ -143,7 +144,8 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
 def _concat_tables(tables: list[pa.Table]) -> pd.DataFrame:
     """Parts as one frame. Parts whose columns differ (a column missing in some, or missing values
     in all of a part's rows) are combined as ``pd.concat`` combines their frames; equal schemas,
-    the common case, go through one arrow table (much faster than a frame per part)."""
+    the common case, go through one arrow table (much faster than a frame per part).
+    """
     if all(t.schema.equals(tables[0].schema) for t in tables[1:]):
         return pa.concat_tables(tables).to_pandas()
     return _concat([t.to_pandas() for t in tables])
@@ -152,7 +154,8 @@ def _concat_tables(tables: list[pa.Table]) -> pd.DataFrame:
 def _read_folder(folder: Path) -> pd.DataFrame:
     """All parts of a folder, tidy, with the sidecar's status in every row. Parts are opened in
     checkpoint order; one that vanishes (a writer swapped the folder or dropped rows) raises
-    FileNotFoundError and the caller starts over."""
+    FileNotFoundError and the caller starts over.
+    """
     tables = [_read_table(folder / name) for name in part_names(folder)]
     status = _read_status(folder)
     if not tables:
@@ -177,7 +180,8 @@ def _in_flux(target: Path) -> bool:
 
 def read_metrics(path: Path) -> pd.DataFrame:
     """Read one run's records: a run folder, its ``metrics.parquet`` folder, or a single-file
-    ``metrics.parquet`` of older results. Safe while the run writes: whole checkpoints, each once."""
+    ``metrics.parquet`` of older results. Safe while the run writes: whole checkpoints, each once.
+    """
     target = _results_path(Path(path))
     deadline = time.monotonic() + _READ_PATIENCE_S
     while True:
@@ -236,7 +240,8 @@ def swap_in(new: Path, target: Path) -> None:
     """Replace ``target`` (file or folder, or nothing) by the complete folder ``new``, then delete the
     old content. Atomic where the OS can exchange two paths; elsewhere two renames, whose gap
     ``read_metrics`` waits out (``new`` is named ``.metrics.parquet.swap-*``: a run that is killed in
-    the gap is recovered by ``recover_swap``)."""
+    the gap is recovered by ``recover_swap``).
+    """
     _fsync_dir(new)
     if target.exists() and _exchange(new, target):
         _remove(new)
@@ -251,7 +256,8 @@ def swap_in(new: Path, target: Path) -> None:
 
 def recover_swap(target: Path) -> None:
     """Finish or undo a swap that a kill interrupted: complete folders named ``.swap-<id>`` replace a
-    missing target; every other leftover is deleted."""
+    missing target; every other leftover is deleted.
+    """
     left = sorted(p for p in target.parent.glob(f".{METRICS_FILE}.*") if p.name.startswith(_SWAP))
     for p in left:
         complete = not p.name.startswith(f"{_SWAP}old-") and (p / STATUS_FILE).exists()
@@ -321,7 +327,8 @@ class RunRecorder:
     def truncate_after(self, iteration: int | None) -> None:
         """Drop rows past ``iteration`` (rows of a checkpoint whose model state was not saved); all
         rows when ``iteration`` is None. Parts go from the last one backwards, so a reader always
-        sees whole checkpoints from the first one on."""
+        sees whole checkpoints from the first one on.
+        """
         if self._last is None or (iteration is not None and self._last <= iteration):
             return
         self._write_status()

@@ -1,6 +1,6 @@
-"""Datasets beyond the study's two (issue 12): MNIST, CIFAR-100 and SVHN read from tiny files in their
+"""Datasets beyond the study's two: MNIST, CIFAR-100 and SVHN read from tiny files in their
 real on-disk formats, CIFAR-10 subsets from the shared JPEG copy, any image folder; the checked
-decoded-array cache, damaged files and ``data_source`` (issue 13, items 6, 11 and 12)."""
+decoded-array cache, damaged files and ``data_source``."""
 
 from __future__ import annotations
 
@@ -238,7 +238,7 @@ def test_cifar10_labels_follow_the_class_folders(cifar_arrays, data_dir):
 
 
 # ---------------------------------------------------------------------------------------------
-# the checked cache (issue 13, item 6)
+# the checked cache
 
 
 def test_a_cache_with_the_wrong_counts_is_rebuilt(data_dir, tmp_path, capsys):
@@ -272,7 +272,7 @@ def test_a_cache_failing_its_checksum_is_rebuilt(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------------
-# data_source (issue 13, item 12)
+# data_source
 
 
 def test_records_name_the_source_kind_and_dataset_not_a_path(cfg_small, tmp_path):

@@ -1,4 +1,4 @@
-"""Training on CUDA (issue 11): steps replayed as captured CUDA graphs give the records of the eager CUDA
+"""Training on CUDA: steps replayed as captured CUDA graphs give the records of the eager CUDA
 path (within float tolerance), for a single run and for an ensemble, and resume stays exact.
 
 Skipped where no CUDA device exists (this project's CI machines); run on a GPU machine with

@@ -1,4 +1,4 @@
-"""Results are never lost, mixed up or executed (issue 13): safe loading, ownership, gaps, locking,
+"""Results are never lost, mixed up or executed: safe loading, ownership, gaps, locking,
 settings checked before any work, one-line errors, and sweeps that report their failed jobs.
 
 Cases 1, 2, 3, 5 and 9 use real processes: a real crafted pickle, real concurrent commands, a real
@@ -232,7 +232,7 @@ def test_a_single_failed_run_exits_1_with_one_line(in_tmp):
     assert set(read_metrics(Path(in_tmp) / "G").status) == {"failed"}
 
 
-# resume points less often than rows (issue 11) -----------------------------------------------
+# resume points less often than rows --------------------------------------------------------
 
 
 def test_resume_points_written_less_often_still_resume_exactly(cfg_small, fmnist_small, tmp_path):

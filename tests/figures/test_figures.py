@@ -178,7 +178,7 @@ def test_cli_writes_every_figure_with_its_numbers(tmp_path, capsys, fake_save):
     rows = rows[~rows.run_id.str.contains("misclassified")]
     assert g["mean"].item() == pytest.approx(rows.G.mean())
     assert g["n_runs"].item() == 2
-    # beyond SPEC: an overview per (data, model) pair; no flatness measures and no SAM runs here
+    # beyond the study: an overview per (data, model) pair; no flatness measures and no SAM runs here
     for name in ("runs-cifar10_2class-vgg10", "runs-fashion_mnist-mlp4"):
         assert (figdir / f"{name}.png").exists() and (figdir / f"{name}_runs.csv").exists()
         assert len(set(pd.read_csv(figdir / f"{name}.csv")["run"])) == 10  # the duplicate runs used once
@@ -452,7 +452,7 @@ def test_correlation_figure_scatter_matrix(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# beyond SPEC: flatness measures, SAM against SGD, the overview of whatever runs exist
+# beyond the study: flatness measures, SAM against SGD, the overview of whatever runs exist
 
 FLAT = ("hessian_trace", "hessian_trace_se", "quotient_trace", "quotient_trace_se", "sharpness_worst",
         "grad_disagreement")
@@ -636,7 +636,7 @@ def test_unwritable_out_is_one_error_line_exit_2(tmp_path, capsys, where):
 
 
 # ---------------------------------------------------------------------------------------------
-# figures over any swept config key (--by KEY, issue 12)
+# figures over any swept config key (--by KEY)
 
 
 @pytest.fixture
@@ -682,7 +682,7 @@ def test_by_width_one_line_per_value_in_one_figure(tmp_path, capsys, saved):
     axes = visible_axes(saved["sweep-model.width.png"])
     assert [line.get_label() for line in lines_of(axes[2])] == [
         "model.width 0.5 (2 runs)", "model.width 1 (2 runs)", "model.width 2 (2 runs)"]
-    # the SPEC figures still keep widths apart (width is part of their experiment)
+    # the study's figures still keep widths apart (width is part of their experiment)
     assert any(line.startswith("figE8-width-0.5: skipped") for line in out)
 
 

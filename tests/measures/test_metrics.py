@@ -17,7 +17,7 @@ import sharpcomp.measures.metrics as metrics
 from sharpcomp.measures.metrics import METRIC_NAMES, compute_metrics, hessian_trace
 from tests.reference import dense_hessian_trace, reference_metrics
 
-SPECTRAL = ("G", "log_volume", "mls", "local_dim")
+GEOMETRY = ("G", "log_volume", "mls", "local_dim")
 BOUNDS = ("bound_b", "bound_c", "bound_d")
 
 
@@ -50,7 +50,7 @@ def rel_err(a, b):
 def assert_close_to_reference(res, ref, names, tol):
     for name in names:
         assert rel_err(res[name], ref[name]) <= tol, (name, res[name], ref[name])
-    for name in ("sharpness", *SPECTRAL):
+    for name in ("sharpness", *GEOMETRY):
         np.testing.assert_allclose(res["per_sample"][name], ref["per_sample"][name], rtol=tol, atol=0)
 
 
@@ -75,13 +75,13 @@ def test_matches_brute_force_reference(case, dtype, tol, references):
     ref = references[case]
     res = compute_metrics(make(), inputs(shape), layer=layer, log_volume_rank=rank, dtype=dtype, per_sample=True)
     assert set(METRIC_NAMES) <= set(res) and all(isinstance(res[k], float) for k in METRIC_NAMES)
-    assert all(np.isfinite(res[k]) for k in ("sharpness", *SPECTRAL))
+    assert all(np.isfinite(res[k]) for k in ("sharpness", *GEOMETRY))
     if first_weight:
         assert res["bounds_reason"] is None
         assert_close_to_reference(res, ref, METRIC_NAMES, tol)
         np.testing.assert_allclose(res["per_sample"]["grad_W_norm"], ref["per_sample"]["grad_W_norm"], rtol=tol)
     else:
-        assert_close_to_reference(res, ref, ("sharpness", *SPECTRAL), tol)
+        assert_close_to_reference(res, ref, ("sharpness", *GEOMETRY), tol)
         assert "conv1 is convolutional" in res["bounds_reason"]
         assert all(math.isnan(res[k]) for k in BOUNDS)
         assert np.isnan(res["per_sample"]["grad_W_norm"]).all()
@@ -159,7 +159,7 @@ def test_rescaling_invariances(make, shape, rescale):
     for a, res in zip(scales, results):
         torch.testing.assert_close(rescale(model, a).double()(x.double()), model.double()(x.double()),
                                    rtol=1e-12, atol=1e-12)
-        for name in SPECTRAL:
+        for name in GEOMETRY:
             assert res[name] == pytest.approx(results[1][name], rel=1e-10), (a, name)
     s = [r["sharpness"] for r in results]
     assert len({round(v, 6) for v in s}) == 4  # S does change
@@ -202,7 +202,7 @@ def test_chunk_size_and_backward_modes_do_not_change_results(monkeypatch):
         monkeypatch.setattr(metrics, "COTANGENT_CHUNK", cot)
         runs.append(compute_metrics(model, x, dtype=torch.float64, chunk_size=4, per_sample=True))
     for res in runs:
-        for name in ("sharpness", *SPECTRAL):
+        for name in ("sharpness", *GEOMETRY):
             assert res[name] == pytest.approx(base[name], rel=1e-12)
             np.testing.assert_allclose(res["per_sample"][name], base["per_sample"][name], rtol=1e-12)
 
@@ -212,7 +212,7 @@ def test_per_sample_values_average_to_the_aggregates():
     res = compute_metrics(mlp(), x, dtype=torch.float64, per_sample=True)
     per = res["per_sample"]
     assert all(len(v) == 9 for v in per.values())
-    for name in ("sharpness", *SPECTRAL):
+    for name in ("sharpness", *GEOMETRY):
         assert np.mean(per[name]) == pytest.approx(res[name], rel=1e-12)
     np.testing.assert_allclose(per["x_norm"], x.double().flatten(1).norm(dim=1).numpy(), rtol=1e-12)
     w2 = float(torch.linalg.matrix_norm(mlp().fc1.weight.detach().double(), 2))
@@ -336,7 +336,7 @@ def test_layer_zoo_against_reference(strategy, monkeypatch):
         model.eval()
         ref = reference_metrics(model, x)
         res = compute_metrics(model, x, dtype=torch.float64, per_sample=True)
-        assert_close_to_reference(res, ref, ("sharpness", *SPECTRAL), 1e-6)
+        assert_close_to_reference(res, ref, ("sharpness", *GEOMETRY), 1e-6)
         assert res["bounds_reason"] is not None or name == "functional_and_inplace", name
 
 
@@ -345,7 +345,7 @@ def test_vgg10_and_mlp4_smoke():
 
     vgg = build_model("vgg10", num_outputs=3, width=0.25, seed=0).eval()
     res = compute_metrics(vgg, torch.rand(3, 3, 32, 32))
-    assert all(np.isfinite(res[k]) for k in ("sharpness", *SPECTRAL)) and res["bounds_reason"]
+    assert all(np.isfinite(res[k]) for k in ("sharpness", *GEOMETRY)) and res["bounds_reason"]
     mlp4 = build_model("mlp4", num_outputs=3, width=0.05, seed=0).eval()
     res = compute_metrics(mlp4, torch.rand(3, 1, 28, 28), layer="fc2")
     assert res["bounds_reason"] is None and res["mls"] <= res["bound_b"] <= res["bound_c"] <= res["bound_d"]
@@ -356,5 +356,5 @@ def test_cuda_matches_cpu():
     model, x = cnn(), inputs((2, 8, 8))
     cpu = compute_metrics(model, x, dtype=torch.float64)
     gpu = compute_metrics(copy.deepcopy(model).cuda(), x, dtype=torch.float64)
-    for name in ("sharpness", *SPECTRAL):
+    for name in ("sharpness", *GEOMETRY):
         assert gpu[name] == pytest.approx(cpu[name], rel=1e-9)
