@@ -49,8 +49,10 @@ def plain(cfg) -> dict:
 
 
 def run_name(overrides: str) -> str:
-    """A run folder's name from Hydra's override_dirname ("default" without overrides); a name over
-    ``NAME_MAX`` bytes is cut and ends in a digest of the whole (the full overrides stay in .hydra/).
+    """A run folder's name from Hydra's override_dirname ("default" without overrides).
+
+    A name over ``NAME_MAX`` bytes is cut and ends in a digest of the whole (the full overrides stay in
+    .hydra/).
     """
     name = overrides.replace("/", "_") if overrides else "default"
     raw = name.encode()
@@ -61,8 +63,9 @@ def run_name(overrides: str) -> str:
 
 
 def register_resolvers() -> None:
-    """Register the resolvers ``conf/train.yaml`` uses (``sc_run_name``: :func:`run_name`); every function
-    that composes the config calls it first.
+    """Register the resolvers ``conf/train.yaml`` uses (``sc_run_name``: :func:`run_name`).
+
+    Every function that composes the config calls it first.
     """
     from omegaconf import OmegaConf
 
@@ -71,8 +74,10 @@ def register_resolvers() -> None:
 
 
 def compose(overrides: Sequence[str] = (), *, hydra: bool = False):
-    """The ``train`` config (a DictConfig) composed from ``conf/`` with command-line style ``overrides``,
-    outside any running Hydra app; ``hydra=True`` keeps Hydra's own node (output folders, launcher).
+    """The ``train`` config (a DictConfig) composed from ``conf/`` with command-line style ``overrides``.
+
+    For use outside any running Hydra app; ``hydra=True`` keeps Hydra's own node (output folders,
+    launcher).
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
@@ -98,15 +103,18 @@ def _default_json(overrides: tuple[str, ...]) -> str:
 
 
 def defaults(**groups: str) -> dict:
-    """The composed ``conf/train.yaml`` (scale=quick), with config groups chosen by name, e.g.
-    ``defaults(model="mlp4", data="fashion_mnist")``.
+    """The composed ``conf/train.yaml`` (scale=quick), with config groups chosen by name.
+
+    For example ``defaults(model="mlp4", data="fashion_mnist")``.
     """
     return json.loads(_default_json(tuple(f"{g}={v}" for g, v in sorted(groups.items()))))
 
 
 def complete(cfg: Mapping) -> dict:
-    """``cfg`` with the keys it lacks taken from :func:`defaults` (mappings merged key by key; the
-    model, data and optim groups of the same name as ``cfg``'s, where conf/ has them).
+    """``cfg`` with the keys it lacks taken from :func:`defaults`.
+
+    Mappings are merged key by key; the defaults are those of the model, data and optim groups of the same
+    name as ``cfg``'s, where conf/ has them.
     """
     from importlib import resources
 
@@ -128,8 +136,9 @@ def complete(cfg: Mapping) -> dict:
 
 @lru_cache(maxsize=1)
 def _yaml_keys() -> tuple[frozenset, frozenset]:
-    """The top-level keys of a composed ``train`` config (those of ``conf/train.yaml``, read, not composed:
-    milliseconds; and the groups that become keys) and its ``metrics`` keys.
+    """The top-level keys of a composed ``train`` config, and its ``metrics`` keys.
+
+    Those of ``conf/train.yaml``, read, not composed (milliseconds), and the groups that become keys.
     """
     from importlib import resources
 
@@ -171,6 +180,7 @@ def _flag(key: str, value, allow_none=False):
 
 @dataclass(frozen=True)
 class MetricSettings:
+    """The checked ``metrics`` settings of a run."""
     n: int
     sample_sets: tuple[str, ...]
     layer: str | None
@@ -182,6 +192,7 @@ class MetricSettings:
 
     @property
     def flatness_on(self) -> bool:
+        """Whether any measure under ``metrics.flatness`` is switched on."""
         return any(v is not None for v in self.flatness.values())
 
     def options(self) -> dict:
@@ -246,6 +257,7 @@ class Settings:
 
     @property
     def optim_name(self) -> str:
+        """The optimizer's name (``sgd`` or ``sam``)."""
         return self.optim["name"]
 
     @property
@@ -254,13 +266,16 @@ class Settings:
         return sorted(set(range(0, self.steps, self.log_every)) | {self.steps})
 
     def num_outputs(self, num_classes: int) -> int:
+        """The network's number of outputs for a dataset of ``num_classes`` classes."""
         out = self.model.get("outputs", 10)
         return num_classes if out == "classes" else int(out)
 
     def whole_set_due(self, it: int) -> bool:
+        """Whether checkpoint ``it`` evaluates the whole train and test sets."""
         return self.checkpoints.index(it) % self.eval_every == 0 or it == self.steps
 
     def flatness_due(self, it: int) -> bool:
+        """Whether checkpoint ``it`` computes the flatness measures."""
         return self.checkpoints.index(it) % self.metrics.flatness_every == 0 or it == self.steps
 
 
@@ -309,7 +324,8 @@ def _data(d: Mapping, data_dir) -> dict:
 
 
 def settings(cfg, n_train: int | None = None) -> Settings:
-    """Check ``cfg`` (a ``train`` config, DictConfig or mapping) and return its :class:`Settings`;
+    """Check ``cfg`` (a ``train`` config, DictConfig or mapping) and return its :class:`Settings`.
+
     ``n_train`` (the training set's size, once known) also bounds the batch size.
     """
     c = complete(cfg)

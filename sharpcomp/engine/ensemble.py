@@ -77,8 +77,9 @@ def _shared(s: Settings) -> dict:
 
 
 def ensemble_key(cfg) -> str | None:
-    """A string equal for runs that can train in one ensemble; None for a run that cannot be in
-    any ensemble (an optimizer other than plain SGD).
+    """A string equal for runs that can train in one ensemble.
+
+    None for a run that cannot be in any ensemble (an optimizer other than plain SGD).
     """
     s = settings(cfg)
     if s.optim_name not in ENSEMBLE_OPTIMS:
@@ -105,8 +106,9 @@ def check_compatible(cfgs: Sequence[Mapping]) -> None:
 
 
 def group_compatible(cfgs: Sequence, max_members: int = 32) -> tuple[list[list[int]], list[int]]:
-    """Indices of ``cfgs`` grouped into ensembles (each of 2..max_members runs sharing
-    :func:`ensemble_key`, in input order) and the leftover indices to run one by one.
+    """Indices of ``cfgs`` grouped into ensembles, and the leftover indices to run one by one.
+
+    Each ensemble has 2..max_members runs sharing :func:`ensemble_key`, in input order.
     """
     by_key: dict[str, list[int]] = {}
     single: list[int] = []
@@ -215,9 +217,11 @@ class StackedSGD:
 
     @property
     def k(self) -> int:
+        """The number of stacked networks."""
         return len(self.lrs)
 
     def step(self, xb: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """One SGD step of every network on its minibatch; the k losses (before the step)."""
         try:
             self.params, losses = self._step(self.params, self.buffers, self.lrs, xb, target)
         except Exception as exc:  # torch.compile unavailable here (no compiler, unsupported op, ...)
@@ -237,6 +241,7 @@ class StackedSGD:
         return self._forward(self.params, self.buffers, x)
 
     def keep(self, members: Sequence[int]) -> None:
+        """Keep only the members at these positions (the others diverged or ended)."""
         """Keep only these members (by current position), e.g. after some diverged."""
         idx = torch.as_tensor(list(members), dtype=torch.long, device=self.lrs.device)
         grouped = self.impl == "grouped"
@@ -277,8 +282,9 @@ def evaluate_stacked(net: StackedSGD, x: torch.Tensor, y: torch.Tensor, loss: st
 
 def stacked_sample_metrics(models: Sequence[nn.Module], inputs: Sequence[Mapping[str, tuple]],
                            s: Settings) -> list[dict[str, dict]]:
-    """The metrics of every member on each of its sample sets ([{set: (inputs, labels)}] -> [{set: result}]):
-    one :func:`metrics_stacked.compute_metrics_stacked` call per sample set for all members (members
+    """The metrics of every member on each of its sample sets ([{set: (inputs, labels)}] -> [{set: result}]).
+
+    One :func:`metrics_stacked.compute_metrics_stacked` call per sample set for all members (members
     with an empty set are left out of it).
     """
     from sharpcomp.measures.stacked import compute_metrics_stacked
@@ -330,12 +336,17 @@ class EnsembleStepper:
 
     @property
     def k(self) -> int:
+        """The number of members still training."""
         return self.net.k
 
     def _eager(self, idx: torch.Tensor) -> torch.Tensor:
         return self.net.step(self.x[idx], self.targets[idx])
 
     def step(self, idx: torch.Tensor) -> torch.Tensor:
+        """One SGD step of every member on the samples ``idx`` (k, batch); the k losses (before the step).
+
+        Replayed as a CUDA graph where one was captured.
+        """
         if self.try_graph:
             self.try_graph = False
             self.graphed = try_capture(self._eager, lambda: list(self.net.params.values()), idx,
@@ -343,19 +354,24 @@ class EnsembleStepper:
         return self._eager(idx) if self.graphed is None else self.graphed.step(idx)
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> list[tuple[float, float, torch.Tensor]]:
+        """Every member's loss and accuracy on ``(x, y)``, with its per-sample correctness."""
         return evaluate_stacked(self.net, x, y, self.settings.loss)
 
     def models(self) -> list[nn.Module]:
+        """Each member as a plain module (a copy of its stacked parameters), in eval mode."""
         return [self.net.load_into(j, model).eval() for j, model in enumerate(self.modules)]
 
     def sample_metrics(self, models, inputs) -> list[dict[str, dict]]:
+        """The metrics of every member on its sample sets (:func:`stacked_sample_metrics`)."""
         return stacked_sample_metrics(models, inputs, self.settings)
 
     def states(self, j: int) -> tuple[dict, dict]:
+        """Member ``j``'s model state and the state of the plain SGD optimizer it stands for."""
         model = self.net.load_into(j, self.modules[j])
         return model.state_dict(), _optimizer_state(model, self.lrs[j])
 
     def keep(self, members: Sequence[int]) -> None:
+        """Keep only the members at these positions (the others diverged or ended)."""
         if members:
             self.net.keep(members)
         self.modules = [self.modules[j] for j in members]
@@ -363,7 +379,8 @@ class EnsembleStepper:
         self.try_graph, self.graphed = self.use_graph, None  # a graph holds the old stack's shapes
 
     def train(self) -> None:
-        pass  # the stacked parameters are the networks; the modules only receive copies
+        """Nothing to switch: the stacked parameters are the networks."""
+        # the stacked parameters are the networks; the modules only receive copies
 
 
 # ---------------------------------------------------------------------------------------------
@@ -390,8 +407,9 @@ def _stackable(members: Sequence[Member], data: Dataset) -> str | None:
 
 def train_ensemble(cfgs: Sequence, run_dirs: Sequence[str | Path], *, data: Dataset | None = None,
                    callback=None, compile: bool | None = None, impl: str = "auto") -> list[RunResult]:
-    """Train the runs ``cfgs`` (resolved ``train`` configs) into ``run_dirs`` in lockstep; see the module
-    docstring. Each run's folder ends up as ``train(cfg, run_dir)`` would leave it.
+    """Train the runs ``cfgs`` (resolved ``train`` configs) into ``run_dirs`` in lockstep.
+
+    See the module docstring. Each run's folder ends up as ``train(cfg, run_dir)`` would leave it.
 
     ``callback(iteration, rows)`` is called after each checkpoint of the ensemble is safely written,
     ``rows`` mapping each member's run folder to its new rows. ``compile``: wrap the training step in

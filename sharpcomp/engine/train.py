@@ -51,12 +51,14 @@ LAST_TIMINGS: dict[str, float] = {}
 
 
 def load_data(s: Settings, device: torch.device) -> Dataset:
+    """The run's dataset, loaded (or read from the cache) onto ``device``."""
     return load_from_config(s.data, s.raw["data_dir"], s.raw["cache_dir"], device=device)
 
 
 def build(s: Settings, data: Dataset, device: torch.device) -> nn.Module:
-    """The run's network (seeded initial weights) on ``device``; ConfigError (one line) when the model
-    config cannot give one that fits the data and the loss.
+    """The run's network (seeded initial weights) on ``device``.
+
+    ConfigError (one line) when the model config cannot give one that fits the data and the loss.
     """
     try:
         return build_from_config(s.model, s.num_outputs(data.num_classes), data.input_shape, seed=s.seed,
@@ -74,8 +76,10 @@ def check_layer(s: Settings, model: nn.Module) -> None:
 
 
 def check_config(cfg) -> Settings:
-    """Every check that needs no data (one line each): the settings, and the representation layer of a
-    built-in network (built on the meta device, without data).
+    """Every check that needs no data (one line each).
+
+    The settings, and the representation layer of a built-in network (built on the meta device, without
+    data).
     """
     s = settings(cfg)
     if s.metrics.layer is not None and s.model["name"] in BUILTIN_MODELS:
@@ -85,8 +89,9 @@ def check_config(cfg) -> Settings:
 
 
 def prepare_runtime(s: Settings, data: Dataset | None) -> tuple[torch.device, Dataset]:
-    """Device, threads, determinism and training precision as the settings say; the dataset loaded
-    onto (or moved to) the device.
+    """Device, threads, determinism and training precision as the settings say.
+
+    Returns the device and the dataset loaded onto (or moved to) it.
     """
     device = select_device(s.device)
     if s.threads:
@@ -128,6 +133,7 @@ class Member:
 
     @property
     def seed(self) -> int:
+        """The run's seed."""
         return self.settings.seed
 
 
@@ -156,9 +162,10 @@ def open_runs(cfgs: Sequence, run_dirs: Sequence[Path], data: Dataset | None) ->
 
 
 def by_start(members: Sequence[Member]) -> list[list[Member]]:
-    """The runs still to train, split by their starting point (fresh first): runs left at different
-    iterations (an interrupt between two members' writes) train as separate lockstep groups, so a run
-    is never advanced to a point where a run alone would not have checkpointed.
+    """The runs still to train, split by their starting point (fresh first).
+
+    Runs left at different iterations (an interrupt between two members' writes) train as separate
+    lockstep groups, so a run is never advanced to a point where a run alone would not have checkpointed.
     """
     groups: dict[int, list[Member]] = {}
     for m in members:
@@ -361,6 +368,7 @@ def train_members(members: list[Member], data: Dataset, make_stepper, callback=N
 
 
 def close_all(members: Sequence[Member]) -> None:
+    """Close (unlock) every member's run folder."""
     for m in members:
         m.run.close()
 
@@ -405,8 +413,9 @@ class LoadedRun:
 
 
 def load_run(run_dir: str | Path, *, data: Dataset | None = None) -> LoadedRun:
-    """Load the network a run folder holds (its ``checkpoint.pt``: the last saved state), with its settings,
-    dataset, train sample set and loss.
+    """Load the network a run folder holds, with its settings, dataset, train sample set and loss.
+
+    The network is the run's last saved state (its ``checkpoint.pt``).
 
     ``data`` skips loading the dataset (it must be the one the run was trained on). FileNotFoundError
     when the folder has no checkpoint; ConfigError for a file that is not a sharpcomp checkpoint.

@@ -1,5 +1,7 @@
-"""The flatness measures beyond the study's S, as the trainer runs them: their settings (defaults, checks)
-and one call that computes every switched-on measure at a checkpoint (:func:`extra_metrics`).
+"""The flatness measures beyond the study's S, as the trainer runs them.
+
+Their settings (defaults, checks) and one call that computes every switched-on measure at a checkpoint
+(:func:`extra_metrics`).
 
 Each measure lives in its own module (symmetry, quotient_trace, worst_case, gradient_stats).
 """
@@ -71,8 +73,10 @@ _CHECKS = {"probes": (int, 0, True), "n": (int, 0, True), "steps": (int, 0, True
 
 
 def check_settings(settings: Mapping | None) -> dict[str, dict]:
-    """The switched-on measures' settings, filled from the defaults; ValueError (one line) for an
-    unknown measure or key and for a value of the wrong type or range (null: the default where allowed).
+    """The switched-on measures' settings, filled from the defaults.
+
+    ValueError (one line) for an unknown measure or key and for a value of the wrong type or range (null:
+    the default where allowed).
     """
     try:
         resolved = _resolve(settings)

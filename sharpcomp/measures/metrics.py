@@ -1,5 +1,6 @@
-r"""Sharpness and representation-geometry metrics of a model on a fixed sample set (the study's
-definitions: ``docs/science.md``).
+r"""Sharpness and representation-geometry metrics of a model on a fixed sample set.
+
+The study's definitions are in ``docs/science.md``.
 
 Index conventions (used throughout): ``i`` sample (n of them), ``k`` output of the representation
 f (N of them, f flattened per sample), ``m`` input entry (x flattened, M of them), ``p`` parameter
@@ -136,11 +137,13 @@ def compute_metrics(model: nn.Module, inputs: Tensor, *, layer: str | None = Non
 @exact_float32()
 def hessian_trace(model: nn.Module, loss_fn, inputs: Tensor, targets: Tensor, probes: int = 100,
                   generator: torch.Generator | None = None) -> tuple[float, float]:
-    """Hutchinson estimate of ``Tr H`` of ``loss_fn(model(inputs), targets)`` w.r.t. the trainable
-    parameters, and its standard error (std of the probe values / sqrt(probes)).
+    """Hutchinson estimate of ``Tr H`` of the loss w.r.t. the trainable parameters, and its standard error.
+
+    The loss is ``loss_fn(model(inputs), targets)``; the standard error is the std of the probe values /
+    sqrt(probes).
 
     ``probes`` Rademacher vectors ``v`` (drawn from ``generator``), each costing one Hessian-vector
-    product ``H v`` by double backpropagation (``flatness.hutchinson``); ``v^T H v`` averages to ``Tr H``.
+    product ``H v`` by double backpropagation (``measures.hutchinson``); ``v^T H v`` averages to ``Tr H``.
     """
     if probes < 2:
         raise ValueError(f"need at least 2 probes for a standard error, got {probes}")
@@ -275,9 +278,11 @@ class _Pass:
         self.targets = [self.x] + [o for r in self.wanted for o in r.outputs]
 
     def backward(self, ks: Tensor, last: bool):
-        """Backward passes of the cotangents e_k, k in ks: rows ks of every J_i (v, n, M), the
-        per-sample sum over ks of squared parameter-gradient norms (n,), and sum_k ||d f_k/d z||^2 (n,)
-        for a Linear first layer z = W x + b (None when f does not depend on it).
+        """Backward passes of the cotangents e_k, k in ks.
+
+        Returns rows ks of every J_i (v, n, M), the per-sample sum over ks of squared parameter-gradient norms
+        (n,), and sum_k ||d f_k/d z||^2 (n,) for a Linear first layer z = W x + b (None when f does not
+        depend on it).
         """
         n = self.n
         sharp = torch.zeros(n, dtype=torch.float64, device=self.x.device)
@@ -369,12 +374,15 @@ def _bounds_reason(first: _Record | None, x: Tensor, layer: str | None, used: bo
 
 
 def conv_first_reason(name: str) -> str:
+    """Why the bounds are NaN for a network whose first layer ``name`` is a convolution."""
     return f"first layer {name} is convolutional: bounds of Eq. 28 need a fully connected first layer"
 
 
 def bounds(reason: str | None, weight: Tensor | None, per: dict, d_norm: np.ndarray, sharpness: float) -> dict:
-    """The bound columns from the per-sample values (``x_norm``, ``grad_W_norm``), the per-sample
-    ``||D_i||_F`` and the first layer's weight W; NaN with ``reason`` when that is not None.
+    """The bound columns from the per-sample values.
+
+    Uses ``x_norm``, ``grad_W_norm``, the per-sample ``||D_i||_F`` and the first layer's weight W; NaN
+    with ``reason`` when that is not None.
     """
     nan = float("nan")
     if reason is not None:
@@ -389,8 +397,9 @@ def bounds(reason: str | None, weight: Tensor | None, per: dict, d_norm: np.ndar
 
 
 def _spectral_norm(w: Tensor) -> float:
-    """||W||_2 = sqrt(largest eigenvalue of the smaller Gram matrix), in W's dtype (a few times faster
-    than an SVD of W).
+    """||W||_2 = sqrt(largest eigenvalue of the smaller Gram matrix), in W's dtype.
+
+    A few times faster than an SVD of W.
     """
     gram = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
     return math.sqrt(max(float(torch.linalg.eigvalsh(gram)[-1]), 0.0))

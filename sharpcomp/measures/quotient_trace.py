@@ -1,5 +1,6 @@
-"""The Hessian trace on the quotient by the rescaling symmetry: Tr(PHP), its exact gap to Tr(H), and
-paired Hutchinson estimates of both.
+"""The Hessian trace on the quotient by the rescaling symmetry.
+
+Tr(PHP), its exact gap to Tr(H), and paired Hutchinson estimates of both.
 
 P projects onto the orthogonal complement of the symmetry orbits' tangents (:mod:`sharpcomp.measures.symmetry`,
 where the derivation of the closed-form gap Tr(H) - Tr(PHP) = -Tr(Gm^{-1} Mq) is written out).

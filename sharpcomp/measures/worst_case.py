@@ -1,5 +1,7 @@
-"""Worst-case (epsilon-) sharpness by normalised gradient ascent in a rho-ball: plain l2, adaptive
-(|theta|-scaled, Kwon et al. 2021) and restricted to the quotient by the rescaling symmetry.
+"""Worst-case (epsilon-) sharpness by normalised gradient ascent in a rho-ball.
+
+Plain l2, adaptive (|theta|-scaled, Kwon et al. 2021) and restricted to the quotient by the rescaling
+symmetry.
 
 Parameter-space conventions: :mod:`sharpcomp.measures.param_space`.
 """

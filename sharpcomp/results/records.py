@@ -60,6 +60,7 @@ class RecordError(RuntimeError):
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a synced temporary file renamed over it: whole or not at all."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -75,6 +76,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_parquet(path: Path, frame: pd.DataFrame) -> None:
+    """Write ``frame`` as parquet to ``path``, atomically (:func:`atomic_write_bytes`)."""
     buf = io.BytesIO()
     frame.to_parquet(buf, index=False)
     atomic_write_bytes(Path(path), buf.getvalue())
@@ -90,6 +92,7 @@ _READ_PATIENCE_S = 5.0  # how long a reader waits out a writer's swap or deletio
 
 
 def part_name(iteration: int) -> str:
+    """The file name of the part that holds checkpoint ``iteration``'s rows."""
     return f"{PART_PREFIX}{int(iteration):09d}.parquet"
 
 
@@ -99,8 +102,9 @@ def part_names(folder: Path) -> list[str]:
 
 
 def tidy(frame: pd.DataFrame, status: str | None = None) -> pd.DataFrame:
-    """Every column of ``COLUMNS`` (missing ones as missing values) in that order, then the extra
-    columns; numeric columns as float64; ``status`` (when given) in every row.
+    """Every column of ``COLUMNS`` (missing ones as missing values) in that order, then the extra ones.
+
+    Numeric columns as float64; ``status`` (when given) in every row.
     """
     frame = frame.copy()
     if status is not None:
@@ -142,9 +146,11 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def _concat_tables(tables: list[pa.Table]) -> pd.DataFrame:
-    """Parts as one frame. Parts whose columns differ (a column missing in some, or missing values
-    in all of a part's rows) are combined as ``pd.concat`` combines their frames; equal schemas,
-    the common case, go through one arrow table (much faster than a frame per part).
+    """Parts as one frame.
+
+    Parts whose columns differ (a column missing in some, or missing values in all of a part's rows) are
+    combined as ``pd.concat`` combines their frames; equal schemas, the common case, go through one arrow
+    table (much faster than a frame per part).
     """
     if all(t.schema.equals(tables[0].schema) for t in tables[1:]):
         return pa.concat_tables(tables).to_pandas()
@@ -152,9 +158,10 @@ def _concat_tables(tables: list[pa.Table]) -> pd.DataFrame:
 
 
 def _read_folder(folder: Path) -> pd.DataFrame:
-    """All parts of a folder, tidy, with the sidecar's status in every row. Parts are opened in
-    checkpoint order; one that vanishes (a writer swapped the folder or dropped rows) raises
-    FileNotFoundError and the caller starts over.
+    """All parts of a folder, tidy, with the sidecar's status in every row.
+
+    Parts are opened in checkpoint order; one that vanishes (a writer swapped the folder or dropped rows)
+    raises FileNotFoundError and the caller starts over.
     """
     tables = [_read_table(folder / name) for name in part_names(folder)]
     status = _read_status(folder)
@@ -179,8 +186,10 @@ def _in_flux(target: Path) -> bool:
 
 
 def read_metrics(path: Path) -> pd.DataFrame:
-    """Read one run's records: a run folder, its ``metrics.parquet`` folder, or a single-file
-    ``metrics.parquet`` of older results. Safe while the run writes: whole checkpoints, each once.
+    """Read one run's records (one row per checkpoint and sample set).
+
+    ``path``: a run folder, its ``metrics.parquet`` folder, or a single-file ``metrics.parquet`` of older
+    results. Safe while the run writes: whole checkpoints, each once.
     """
     target = _results_path(Path(path))
     deadline = time.monotonic() + _READ_PATIENCE_S
@@ -237,10 +246,11 @@ def _remove(path: Path) -> None:
 
 
 def swap_in(new: Path, target: Path) -> None:
-    """Replace ``target`` (file or folder, or nothing) by the complete folder ``new``, then delete the
-    old content. Atomic where the OS can exchange two paths; elsewhere two renames, whose gap
-    ``read_metrics`` waits out (``new`` is named ``.metrics.parquet.swap-*``: a run that is killed in
-    the gap is recovered by ``recover_swap``).
+    """Replace ``target`` (file or folder, or nothing) by the complete folder ``new``, then delete the old.
+
+    Atomic where the OS can exchange two paths; elsewhere two renames, whose gap ``read_metrics`` waits out
+    (``new`` is named ``.metrics.parquet.swap-*``: a run that is killed in the gap is recovered by
+    ``recover_swap``).
     """
     _fsync_dir(new)
     if target.exists() and _exchange(new, target):
@@ -255,8 +265,9 @@ def swap_in(new: Path, target: Path) -> None:
 
 
 def recover_swap(target: Path) -> None:
-    """Finish or undo a swap that a kill interrupted: complete folders named ``.swap-<id>`` replace a
-    missing target; every other leftover is deleted.
+    """Finish or undo a swap that a kill interrupted.
+
+    Complete folders named ``.swap-<id>`` replace a missing target; every other leftover is deleted.
     """
     left = sorted(p for p in target.parent.glob(f".{METRICS_FILE}.*") if p.name.startswith(_SWAP))
     for p in left:
@@ -301,6 +312,7 @@ class RunRecorder:
 
     @property
     def last_iteration(self) -> int | None:
+        """The iteration of the last checkpoint recorded (None: no rows)."""
         return self._last
 
     @property
@@ -325,9 +337,10 @@ class RunRecorder:
         swap_in(new, self.path)
 
     def truncate_after(self, iteration: int | None) -> None:
-        """Drop rows past ``iteration`` (rows of a checkpoint whose model state was not saved); all
-        rows when ``iteration`` is None. Parts go from the last one backwards, so a reader always
-        sees whole checkpoints from the first one on.
+        """Drop rows past ``iteration`` (rows of a checkpoint whose model state was not saved).
+
+        All rows when ``iteration`` is None. Parts go from the last one backwards, so a reader always sees
+        whole checkpoints from the first one on.
         """
         if self._last is None or (iteration is not None and self._last <= iteration):
             return
@@ -345,6 +358,7 @@ class RunRecorder:
         self._scan()
 
     def append(self, rows: Iterable[Mapping[str, object]], status: str | None = None) -> None:
+        """Write one checkpoint's rows as a new part (with the identity columns), and the status."""
         if status is not None:
             self.set_status(status, write=False)
         rows = [{**self.identity, **row, "status": self.status} for row in rows]
@@ -353,6 +367,7 @@ class RunRecorder:
         self._commit_status()
 
     def set_status(self, status: str, write: bool = True) -> None:
+        """Set the run's status (one of ``STATUSES``); ``write``: record it at once."""
         if status not in STATUSES:
             raise ValueError(f"unknown status {status!r}")
         self.status = status

@@ -1,9 +1,10 @@
 """Results do not change: today's code reproduces rows computed before the one-engine refactor
 (``tests/pinned_rows.py``, ``tests/fixtures/pinned_rows.json``, written once with commit fe9ed94).
 
-The pinned rows were computed on one machine (an Intel Xeon with AVX-512, 2 threads). On another x86 CPU
-the same float32 kernels sum in another order, so the rows agree to round-off, not bit for bit. How far
-they move was measured by running every case on the pinning machine with other kernel orders
+The pinned rows hold bit for bit where they were written, and on the Intel Xeon (AVX-512) where the
+spread below was measured, at 2 threads. On another x86 CPU the same float32 kernels sum in another
+order, so the rows agree to round-off, not bit for bit. How far they move was measured by running every
+case on that Xeon with other kernel orders
 (``python -m tests.pinned_rows --spread``: 1, 2 and 3 threads, ``OMP_NUM_THREADS=1``, oneDNN off,
 ``ATEN_CPU_CAPABILITY=avx2``/``default``, ``MKL_CBWR=AVX2``/``COMPATIBLE``, ``ONEDNN_MAX_CPU_ISA=AVX2``,
 and two combinations of these). The largest relative deviation over all of them, per column: bound_b,
@@ -14,9 +15,10 @@ statuses and the diverging iteration never moved. An AMD EPYC machine gave train
 
 So every float column is compared with ``RTOL`` = 1e-5, 17 times the largest deviation seen (12 SGD
 steps amplify round-off; another CPU family may amplify it more), and still far below what a real change
-of results does (another learning rate, seed, data order or formula moves them by orders of magnitude more). Accuracies are counts over 1,000 or 300 images, so 1e-5 keeps them exact;
-strings and integers (run ids, statuses, iterations) are compared exactly. Comparisons made within one
-process stay exact: here, the resumed run against the same run uninterrupted.
+of results does (another learning rate, seed, data order or formula moves them by orders of magnitude
+more). Accuracies are counts over 1,000 or 300 images, so 1e-5 keeps them exact; strings and integers
+(run ids, statuses, iterations) are compared exactly. Comparisons made within one process stay exact:
+here, the resumed run against the same run uninterrupted.
 """
 
 from __future__ import annotations
