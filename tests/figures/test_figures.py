@@ -211,8 +211,8 @@ def test_cli_options_out_formats_only(tmp_path, capsys):
 def test_cli_bad_options_one_error_line(tmp_path, capsys, args, text):
     sweep(tmp_path, CIFAR, grid=GRID[:1], seeds=(0,), n_ckpt=2)
     rc, out, err = run_cli(capsys, tmp_path, *args)
-    assert rc != 0
-    assert len(err) == 1 and text in err[0] and "Traceback" not in err[0]
+    assert rc == 2  # bad input: the usage-error status of every subcommand
+    assert len(err) == 1 and err[0].startswith("sharpcomp figures: error: ") and text in err[0]
 
 
 def test_empty_folder_is_one_error_line(tmp_path, capsys):
