@@ -16,9 +16,10 @@ statuses and the diverging iteration never moved. An AMD EPYC machine gave train
 So every float column is compared with ``RTOL`` = 1e-5, 17 times the largest deviation seen (12 SGD
 steps amplify round-off; another CPU family may amplify it more), and still far below what a real change
 of results does: the single_mlp4 case with lr 0.1001 instead of 0.1 (a change of 0.1%) moves the losses
-by 7e-5 and sharpness, G and the bounds by 6e-3 to 1.5e-2. Accuracies are counts over 1,000 or 300 images, so 1e-5 keeps them exact; strings and integers
-(run ids, statuses, iterations) are compared exactly. Comparisons made within one process stay exact:
-here, the resumed run against the same run uninterrupted.
+by 7e-5 and sharpness, G and the bounds by 6e-3 to 1.5e-2. Accuracies are counts over 1,000 or 300
+images, so 1e-5 keeps them exact; strings and integers (run ids, statuses, iterations) are compared
+exactly. Comparisons made within one process stay exact: here, the resumed run against the same run
+uninterrupted.
 """
 
 from __future__ import annotations
