@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-# Offline copies of the datasets, when this checkout sits beside them (see README, "Data").
+# Offline copies of the datasets, when this checkout sits beside them (see README, "Your own network and data").
 SHARED_DATA := $(abspath ../shared/data)
 ifneq ($(wildcard $(SHARED_DATA)),)
 export SHARPCOMP_DATA ?= $(SHARED_DATA)

@@ -143,7 +143,7 @@ class StackedSGD:
     the (k,) minibatch losses (on the device, no host synchronisation).
 
     ``impl``: ``"vmap"`` (``torch.func``: ``vmap(grad_and_value(...))`` over ``functional_call``, any
-    architecture), ``"grouped"`` (:mod:`sharpcomp.engine.stacked_ops`: the members' layers as grouped
+    architecture), ``"grouped"`` (:mod:`sharpcomp.measures.stacked_ops`: the members' layers as grouped
     convolutions and batched matrix products, autograd for the gradients; ``nn.Sequential`` of
     Conv2d / Linear / ReLU / MaxPool2d / Flatten only, several times faster per step on a CPU), or
     ``"auto"`` (grouped where supported). ``compile``: ``torch.compile`` the step (vmap) or the
@@ -154,7 +154,7 @@ class StackedSGD:
                  impl: str = "auto"):
         from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
-        from sharpcomp.engine.stacked_ops import make_plan, stacked_forward
+        from sharpcomp.measures.stacked_ops import make_plan, stacked_forward
 
         if impl not in ("auto", "grouped", "vmap"):
             raise ValueError(f"unknown ensemble implementation {impl!r} (auto, grouped, vmap)")

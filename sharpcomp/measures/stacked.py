@@ -6,7 +6,7 @@ inputs)]`` (float round-off aside; the tests compare them) but runs the k member
 Index conventions as in :mod:`sharpcomp.measures.metrics` (``i`` sample, ``k`` output of f, ``m`` input
 entry), plus ``j`` member (``K`` of them) and ``v`` cotangent.
 
-How. The members' parameters are stacked and run by :func:`sharpcomp.engine.stacked_ops.stacked_forward`:
+How. The members' parameters are stacked and run by :func:`sharpcomp.measures.stacked_ops.stacked_forward`:
 convolutions as one convolution with ``groups = K`` on activations laid out (n, K * C, H, W), linear
 layers as one batched matrix product on (K, n, features). Member j sees its own sample set x^{(j)}
 (inputs (K, n, ...), requiring gradients). No operation mixes members, so the cotangent that puts
@@ -38,10 +38,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from sharpcomp.engine.stacked_ops import make_plan, stacked_forward
 from sharpcomp.measures.layer_rules import PositionsRule, conv_patches
 from sharpcomp.measures.metrics import METRIC_NAMES, bounds, compute_metrics, conv_first_reason, spectral_values
 from sharpcomp.measures.precision import exact_float32
+from sharpcomp.measures.stacked_ops import make_plan, stacked_forward
 from sharpcomp.models import samples_per_chunk
 
 

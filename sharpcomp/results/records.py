@@ -41,12 +41,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 # The column names are sharpcomp.results.columns' (one schema for every module); records re-exports them.
-from sharpcomp.results.columns import CHECKPOINT_COLUMNS as CHECKPOINT_COLUMNS
-from sharpcomp.results.columns import COLUMNS as COLUMNS
-from sharpcomp.results.columns import IDENTITY_COLUMNS as IDENTITY_COLUMNS
-from sharpcomp.results.columns import METRIC_COLUMNS as METRIC_COLUMNS
-from sharpcomp.results.columns import REASON_COLUMNS as REASON_COLUMNS
-from sharpcomp.results.columns import SAMPLE_COLUMNS as SAMPLE_COLUMNS
+from sharpcomp.results.columns import (
+    CHECKPOINT_COLUMNS,
+    COLUMNS,
+    METRIC_COLUMNS,
+)
 
 METRICS_FILE = "metrics.parquet"
 
