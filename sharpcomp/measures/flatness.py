@@ -13,8 +13,8 @@ from torch import Tensor, nn
 
 from sharpcomp.measures.curvature import CURVATURE_DEFAULTS, curvature_metrics
 from sharpcomp.measures.gradient_stats import fisher_trace, gradient_disagreement
-from sharpcomp.measures.param_space import Batch, LossFn, preserved
 from sharpcomp.measures.hutchpp import hessian_traces
+from sharpcomp.measures.param_space import Batch, LossFn, preserved
 from sharpcomp.measures.precision import exact_float32
 from sharpcomp.measures.quotient_trace import hutchinson_traces, quotient_trace_gap
 from sharpcomp.measures.worst_case import worst_case_sharpness
