@@ -209,3 +209,58 @@ def test_hutchpp_is_unbiased_with_honest_errors(make):
     p = curvature_ops.dimension(model)
     r = hutchpp.hutchpp(curvature_ops.hessian_matvec(model, mse, x, y), p, 3 * p, gen)
     assert math.isclose(r[0], exact, rel_tol=1e-8)
+
+
+# ---- switched on under metrics.flatness ------------------------------------------------------------------
+
+def test_settings_are_checked():
+    from sharpcomp.measures import flatness
+
+    on = flatness.check_settings({"hessian_max": {}, "quotient_trace": {"method": "hutchpp"}})
+    assert on["hessian_max"]["k"] == 5 and on["quotient_trace"]["method"] == "hutchpp"
+    for bad, text in (({"hessian_max": {"k": 0}}, "hessian_max.k must be > 0"),
+                      ({"ggn_max": {"tol": -1.0}}, "ggn_max.tol must be > 0"),
+                      ({"quotient_trace": {"method": "xtrace"}}, "method must be one of hutchinson, hutchpp"),
+                      ({"hessian_density": {"bins": 3}}, "unknown setting")):
+        with pytest.raises(ValueError, match=text):
+            flatness.check_settings(bad)
+
+
+def test_extra_metrics_columns_equal_the_functions():
+    from sharpcomp.measures import curvature, flatness
+    from sharpcomp.results import columns
+
+    model, x, y = mlp()
+    on = {"hessian_max": {"k": 2, "n": 20, "tol": 1e-10, "max_iter": 400}, "ggn_max": {"n": 20, "tol": 1e-10},
+          "batch_sharpness": {"batches": 3}, "nonuniformity": {"n": 6, "tol": 1e-10, "max_iter": 400},
+          "hessian_density": {"n": 20, "steps": 10}}
+    out = flatness.extra_metrics(model, mse, x, y, on, torch.Generator().manual_seed(0), batch_size=8)
+    assert set(out) == set(columns.CURVATURE_COLUMNS) and set(columns.CURVATURE_COLUMNS) <= set(columns.FLATNESS_COLUMNS)
+    idx = curvature.fixed_subset(len(x), 20)
+    assert idx.tolist() == curvature.fixed_subset(len(x), 20).tolist()  # the same points at every checkpoint
+    ev = torch.linalg.eigvalsh(dense_hessian(model, x[idx], y[idx])).flip(0)
+    np.testing.assert_allclose(out["hessian_top"], ev[:2].numpy(), rtol=1e-6)
+    assert out["hessian_max"] == out["hessian_top"][0] and out["hessian_max_iterations"] >= 2
+    gev = torch.linalg.eigvalsh(dense_ggn(model, x[idx], y[idx]))[-1]
+    assert math.isclose(out["ggn_max"], float(gev), rel_tol=1e-6)
+    assert len(out["hessian_density"]) == len(spectral_density.DENSITY_EDGES) - 1
+    assert math.isfinite(out["batch_sharpness"]) and out["batch_sharpness_se"] > 0  # 3 batches of the run's 8
+    assert out["nonuniformity"] > 0
+
+
+def test_new_measures_switched_off_keep_run_ids():
+    from sharpcomp.settings import defaults, run_identity
+
+    cfg = defaults(model="mlp4", data="fashion_mnist")
+    old = json_copy(cfg)
+    for key in ("hessian_max", "ggn_max", "batch_sharpness", "nonuniformity", "hessian_density"):
+        old["metrics"]["flatness"].pop(key, None)
+    assert run_identity(cfg)["run_id"] == run_identity(old)["run_id"]
+    cfg["metrics"]["flatness"]["hessian_max"] = {}
+    assert run_identity(cfg)["run_id"] != run_identity(old)["run_id"]
+
+
+def json_copy(d):
+    import json
+
+    return json.loads(json.dumps(d))
