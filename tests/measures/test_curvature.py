@@ -235,7 +235,8 @@ def test_extra_metrics_columns_equal_the_functions():
           "batch_sharpness": {"batches": 3}, "nonuniformity": {"n": 6, "tol": 1e-10, "max_iter": 400},
           "hessian_density": {"n": 20, "steps": 10}}
     out = flatness.extra_metrics(model, mse, x, y, on, torch.Generator().manual_seed(0), batch_size=8)
-    assert set(out) == set(columns.CURVATURE_COLUMNS) and set(columns.CURVATURE_COLUMNS) <= set(columns.FLATNESS_COLUMNS)
+    assert set(out) == set(columns.CURVATURE_COLUMNS)
+    assert set(columns.CURVATURE_COLUMNS) <= set(columns.FLATNESS_COLUMNS)
     idx = curvature.fixed_subset(len(x), 20)
     assert idx.tolist() == curvature.fixed_subset(len(x), 20).tolist()  # the same points at every checkpoint
     ev = torch.linalg.eigvalsh(dense_hessian(model, x[idx], y[idx])).flip(0)
