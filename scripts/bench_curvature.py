@@ -25,6 +25,7 @@ of a checkpoint (study metrics on 100 samples and whole-set evaluation).
 
     python scripts/bench_curvature.py            # 1,000 images
     python scripts/bench_curvature.py --quick    # 200 images, smaller budgets: a smoke run
+    python scripts/bench_curvature.py --quick --cost-only --models vgg10   # the per-checkpoint cost alone
 """
 
 from __future__ import annotations
@@ -230,6 +231,7 @@ def main(argv=None) -> int:
     p.add_argument("--train", type=int, default=100, help="SGD steps before measuring (default 100)")
     p.add_argument("--models", default="mlp4,vgg10")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--cost-only", action="store_true", help="only the per-checkpoint cost (vgg10)")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -240,9 +242,10 @@ def main(argv=None) -> int:
         loss = make_loss("mse", 10)
         model = network(name, x, y, loss, 10 if a.quick else a.train)
         print(f"== {name} on {source}")
-        lambda_max_bench(name, model, loss, x, y)
-        trace_bench(name, model, loss, x, y, 12 if a.quick else 30)
-        if name == "vgg10" and not a.quick:
+        if not a.cost_only:
+            lambda_max_bench(name, model, loss, x, y)
+            trace_bench(name, model, loss, x, y, 12 if a.quick else 30)
+        if name == "vgg10" and (a.cost_only or not a.quick):
             checkpoint_cost(model, loss, x, y, test_x, 20)
     return 0
 
