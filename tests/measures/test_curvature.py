@@ -217,7 +217,7 @@ def test_settings_are_checked():
     from sharpcomp.measures import flatness
 
     on = flatness.check_settings({"hessian_max": {}, "quotient_trace": {"method": "hutchpp"}})
-    assert on["hessian_max"]["k"] == 5 and on["quotient_trace"]["method"] == "hutchpp"
+    assert on["hessian_max"]["k"] == 1 and on["quotient_trace"]["method"] == "hutchpp"
     for bad, text in (({"hessian_max": {"k": 0}}, "hessian_max.k must be > 0"),
                       ({"ggn_max": {"tol": -1.0}}, "ggn_max.tol must be > 0"),
                       ({"quotient_trace": {"method": "xtrace"}}, "method must be one of hutchinson, hutchpp"),
