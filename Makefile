@@ -17,7 +17,7 @@ help:
 	@echo "make demo        train vgg10 on two-class CIFAR-10 for a couple of minutes, write results under outputs/"
 	@echo "make test        fast test suite (offline)"
 	@echo "make test-slow   slow tests (multirun launchers, installed wheel, long runs)"
-	@echo "make bench       metric-engine, training-throughput and records benchmarks"
+	@echo "make bench       metric-engine, training-throughput, records and curvature benchmarks"
 	@echo "make figures     figures from every result under outputs/"
 	@echo "make figures-quick  run every figure's sweep at the quick scale, then draw the figures"
 	@echo "make paper       the whole study at the paper's scale (ensembles; resumable), then the figures"
@@ -60,6 +60,7 @@ bench: $(STAMP)
 	$(PY) scripts/bench_train.py
 	$(PY) scripts/bench_ensemble.py
 	$(PY) scripts/bench_records.py
+	$(PY) scripts/bench_curvature.py
 
 figures: $(STAMP)
 	$(VENV)/bin/sharpcomp figures outputs

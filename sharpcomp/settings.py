@@ -33,6 +33,9 @@ BUILTIN_MODELS = ("vgg10", "mlp4")
 # keys that joined the config after runs were recorded, with the value under which old runs were made
 # (model and data keys: ``models.identity_view``, ``data.identity_view``)
 NEW_KEYS = {"allow_tf32": None}
+# The metrics.flatness measures that existed when results were first recorded: their null (off) entries
+# take part in run ids as they always did; a measure added since takes part only when switched on.
+FLATNESS_KEYS_IN_IDS = ("quotient_trace", "worst_case", "adaptive", "quotient_worst", "disagreement", "fisher")
 
 
 class ConfigError(ValueError):
@@ -376,6 +379,9 @@ def _drop_new_keys(keys: dict) -> dict:
     for key, old in NEW_KEYS.items():
         if keys.get(key, object()) == old:
             del keys[key]
+    flat = (keys.get("metrics") or {}).get("flatness")
+    if isinstance(flat, dict):
+        keys["metrics"]["flatness"] = {k: v for k, v in flat.items() if v is not None or k in FLATNESS_KEYS_IN_IDS}
     return keys
 
 

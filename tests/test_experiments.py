@@ -38,6 +38,8 @@ EXPERIMENTS = {
     "figE8": (*FMNIST, _grid((0.05, 0.1, 0.2), (20,), SEEDS5), ["train"]),
 }
 SCALES = {"quick": 25000, "paper": 500000}
+# experiments beyond the study's figures
+BEYOND = ("eos",)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +66,7 @@ def sweep_jobs(experiment: str, extra: list[str] = ()) -> list[list[str]]:
 def test_every_figure_has_an_experiment():
     names = {p.stem for p in (CONF / "experiment").glob("*.yaml")}
     assert {"fig1", "fig2", "fig3", "figD4", "figD5", "figD6", "figE7", "figE8"} <= names
-    assert names == set(EXPERIMENTS)
+    assert names - set(BEYOND) == set(EXPERIMENTS)
     for p in (CONF / "experiment").glob("*.yaml"):
         assert p.read_text().startswith("# @package _global_\n"), p
 
@@ -124,3 +126,14 @@ def test_shared_runs_get_the_same_overrides(hydra_conf):
     for exp in ("fig1", "fig2", "figD5"):
         assert tuple(shared) in {key(j) for j in sweep_jobs(exp)}, exp
     assert tuple(shared) not in {key(j) for j in sweep_jobs("fig3")}
+
+
+def test_eos_composes_full_batch_and_sgd(hydra_conf):
+    cfg = compose("train", overrides=["+experiment=eos"], return_hydra_config=True)
+    assert cfg.data.name == "fashion_mnist" and cfg.data.n_train == 1000 and cfg.model.name == "mlp4"
+    assert cfg.model.width == 0.25 and cfg.steps == 400 and cfg.log_every == 20
+    on = {k for k, v in cfg.metrics.flatness.items() if v is not None}
+    assert on == {"hessian_max", "batch_sharpness", "nonuniformity", "hessian_density"}
+    assert "eos-fashion_mnist-mlp4" in cfg.hydra.sweep.dir
+    jobs = sweep_jobs("eos")
+    assert {job_setting(j) for j in jobs} == _grid((0.5, 1.0, 2.0), (1000, 50), (0,))  # batch 1000 = full batch

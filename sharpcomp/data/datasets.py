@@ -7,6 +7,7 @@ A data config (``conf/data/*.yaml``) names a dataset::
     classes: [0, 1]        # a subset of class indices, relabelled 0..k-1 in this order (null: all)
     root: null             # image_folder only: <root>/{train,test}/<class>/*.png|jpg
     normalize: false       # per-channel mean/std of the training set (the paper: pixels / 255 only)
+    n_train: null          # keep the first n_train training images (after the class subset; null: all)
 
 Pixels are divided by 255; no augmentation. The whole dataset is held as one tensor on the training
 device, and minibatches are taken by index.
@@ -93,7 +94,7 @@ def resolve_root(root, data_dir: Path | None = None) -> Path:
 
 
 # keys added to the data configs after runs were recorded, with the value that changes nothing
-IDENTITY_DEFAULTS = {"normalize": False, "root": None}
+IDENTITY_DEFAULTS = {"normalize": False, "root": None, "n_train": None}
 
 
 def identity_view(data_cfg: Mapping) -> dict:
@@ -112,6 +113,9 @@ def check_data_config(data_cfg: Mapping, data_dir=None) -> None:
     if not isinstance(data_cfg.get("normalize", False), bool):
         raise DataError(f"data.normalize must be true or false, got {data_cfg.get('normalize')!r}")
     check_classes(data_cfg.get("classes"), dataset, KNOWN[dataset].classes if dataset in KNOWN else None)
+    n_train = data_cfg.get("n_train")
+    if n_train is not None and (isinstance(n_train, bool) or not isinstance(n_train, int) or n_train < 1):
+        raise DataError(f"data.n_train must be a positive integer or null, got {n_train!r}")
     if dataset == "image_folder":
         resolve_root(data_cfg.get("root"), data_dir)
 
@@ -279,8 +283,9 @@ def _normalize(train_x: torch.Tensor, test_x: torch.Tensor) -> None:
 
 def load_dataset(name: str, dataset: str, classes=None, data_dir=None, cache_dir=None,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, *, root=None,
-                 normalize: bool = False) -> Dataset:
-    """Load a dataset onto ``device``, keeping only ``classes`` (relabelled 0..k-1) when given."""
+                 normalize: bool = False, n_train: int | None = None) -> Dataset:
+    """Load a dataset onto ``device``, keeping only ``classes`` (relabelled 0..k-1) when given and only
+    the first ``n_train`` training images (after the class subset) when given."""
     (trx, try_, tex, tey), source = load_arrays(dataset, data_dir, cache_dir, root)
     num_classes = KNOWN[dataset].classes if dataset in KNOWN else int(max(try_.max(), tey.max()) + 1)
     classes = check_classes(classes, dataset, num_classes)
@@ -290,6 +295,8 @@ def load_dataset(name: str, dataset: str, classes=None, data_dir=None, cache_dir
         keep_tr, keep_te = np.isin(try_, classes), np.isin(tey, classes)
         trx, try_, tex, tey = trx[keep_tr], remap[try_[keep_tr]], tex[keep_te], remap[tey[keep_te]]
         num_classes = len(classes)
+    if n_train is not None:
+        trx, try_ = trx[: int(n_train)], try_[: int(n_train)]
 
     def to_x(a):
         return torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=dtype).div_(255.0)
@@ -308,4 +315,4 @@ def load_from_config(data_cfg: Mapping, data_dir=None, cache_dir=None, device: t
     check_data_config(data_cfg, data_dir)
     return load_dataset(data_cfg["name"], data_cfg.get("dataset", data_cfg["name"]), data_cfg.get("classes"),
                         data_dir, cache_dir, device=device, root=data_cfg.get("root"),
-                        normalize=bool(data_cfg.get("normalize", False)))
+                        normalize=bool(data_cfg.get("normalize", False)), n_train=data_cfg.get("n_train"))

@@ -92,6 +92,7 @@ def checkpoint_rows(model: nn.Module, s: Settings, data: Dataset, sets: Mapping[
             from sharpcomp.measures.flatness import extra_metrics
 
             g = torch.Generator().manual_seed(s.seed * 1_000_003 + iteration)
-            row.update(extra_metrics(model, loss_fn, data.train_x, data.train_y, s.metrics.flatness, g))
+            row.update(extra_metrics(model, loss_fn, data.train_x, data.train_y, s.metrics.flatness, g,
+                                     batch_size=s.batch))
         rows.append(row)
     return rows

@@ -19,6 +19,10 @@ sweep       with ``--by KEY``, any run with the train sample set: the six standa
             config key that differs (named ``sweep-KEY-<key>-<value>``): KEY never splits a figure.
             ``sweep_correlation``: >= 3 such runs, figD5's scatter matrix with the points
             coloured by KEY (lr and batch pooled as in figD5; any other differing key splits)
+stability   runs with hessian_max / batch_sharpness / nonuniformity: per lr, lambda_max and batch
+            sharpness against iteration with 2/eta, the non-uniformity with sqrt(B)/eta
+            (:mod:`sharpcomp.figures.stability`)
+spectrum    runs with hessian_density: the SLQ density over training as a heat map per run
 ==========  ===========================================================================
 """
 
@@ -54,6 +58,7 @@ from sharpcomp.figures.panels import (
     runs_trend,
     trend,
 )
+from sharpcomp.figures.stability import make_spectrum, make_stability
 from sharpcomp.figures.tables import (
     RUN,
     SQRT_S,
@@ -229,5 +234,5 @@ def _make_sweep_correlation(ctx: Context, fig_id: str) -> None:
 
 # Figures beyond the study's, drawn from whatever results exist (id -> maker).
 EXTRA_MAKERS = {"flatness": _make_flatness, "sam_vs_sgd": _make_sam, "runs": _make_runs, "sweep": _make_sweep,
-                 "sweep_correlation": _make_sweep_correlation}
+                 "sweep_correlation": _make_sweep_correlation, "stability": make_stability, "spectrum": make_spectrum}
 EXTRA_FIGURE_IDS = tuple(EXTRA_MAKERS)

@@ -13,7 +13,9 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+from sharpcomp.measures.curvature import CURVATURE_DEFAULTS, curvature_metrics
 from sharpcomp.measures.gradient_stats import fisher_trace, gradient_disagreement
+from sharpcomp.measures.hutchpp import hessian_traces
 from sharpcomp.measures.param_space import Batch, LossFn, preserved
 from sharpcomp.measures.precision import exact_float32
 from sharpcomp.measures.quotient_trace import hutchinson_traces, quotient_trace_gap
@@ -21,7 +23,9 @@ from sharpcomp.measures.worst_case import worst_case_sharpness
 
 FLATNESS_DEFAULTS: dict[str, dict] = {
     # Hutchinson Tr(PHP) on n training points (+ Tr(H) from the same probes, + the exact closed-form gap)
-    "quotient_trace": {"probes": 20, "n": 256, "full_trace": True, "gap": True, "chunk_size": None},
+    # (method: hutchinson, or hutchpp: Hutch++ with the same number of Hessian-vector products)
+    "quotient_trace": {"probes": 20, "n": 256, "full_trace": True, "gap": True, "chunk_size": None,
+                       "method": "hutchinson"},
     # l2 worst-case sharpness: `batches` disjoint minibatches, `steps` ascent steps in the rho-ball
     "worst_case": {"rho": 0.05, "steps": 5, "batches": 4, "batch_size": 128, "step_size": None},
     # adaptive (|w|-scaled) worst-case sharpness
@@ -32,6 +36,9 @@ FLATNESS_DEFAULTS: dict[str, dict] = {
     "disagreement": {"batches": 8, "batch_size": 20},
     # trace of the empirical Fisher on n training points
     "fisher": {"n": 256, "chunk_size": 32},
+    # the curvature spectrum: hessian_max (+ hessian_top), ggn_max, batch_sharpness, nonuniformity,
+    # hessian_density (sharpcomp.measures.curvature)
+    **CURVATURE_DEFAULTS,
 }
 
 
@@ -69,7 +76,10 @@ def _resolve(settings: Mapping | None) -> dict[str, dict]:
 # value checks of the measures' settings: key -> (kind, lowest value, strictly above it)
 _CHECKS = {"probes": (int, 0, True), "n": (int, 0, True), "steps": (int, 0, True), "batches": (int, 0, True),
            "batch_size": (int, 0, True), "chunk_size": (int, 0, True), "rho": (float, 0, False),
-           "step_size": (float, 0, True), "full_trace": (bool, None, None), "gap": (bool, None, None)}
+           "step_size": (float, 0, True), "full_trace": (bool, None, None), "gap": (bool, None, None),
+           "k": (int, 0, True), "tol": (float, 0, True), "max_iter": (int, 0, True), "method": (str, None, None)}
+# the choices of a string setting
+_CHOICES = {"method": ("hutchinson", "hutchpp")}
 
 
 def check_settings(settings: Mapping | None) -> dict[str, dict]:
@@ -88,6 +98,10 @@ def check_settings(settings: Mapping | None) -> dict[str, dict]:
             if kind is None or (v is None and FLATNESS_DEFAULTS[key].get(k) is None):
                 continue
             where = f"metrics.flatness.{key}.{k}"
+            if kind is str:
+                if v not in _CHOICES[k]:
+                    raise ValueError(f"{where} must be one of {', '.join(_CHOICES[k])}, got {v!r}")
+                continue
             if kind is bool:
                 if not isinstance(v, bool):
                     raise ValueError(f"{where} must be true or false, got {v!r}")
@@ -114,7 +128,8 @@ def _batches(x: Tensor, y: Tensor, count: int, size: int, generator: torch.Gener
 
 @exact_float32()
 def extra_metrics(model: nn.Module, loss_fn: LossFn, train_x: Tensor, train_y: Tensor,
-                  settings: Mapping | None, generator: torch.Generator | None) -> dict[str, float]:
+                  settings: Mapping | None, generator: torch.Generator | None,
+                  batch_size: int | None = None) -> dict[str, float]:
     """Every switched-on measure of ``metrics.flatness``, as flat parquet columns.
 
     ``train_x``/``train_y``: training points to draw from (``loss_fn(model(x), y)`` must work on any
@@ -122,7 +137,9 @@ def extra_metrics(model: nn.Module, loss_fn: LossFn, train_x: Tensor, train_y: T
     Columns: quotient_trace, quotient_trace_se [+ hessian_trace, hessian_trace_se with full_trace,
     + quotient_trace_gap with gap] | sharpness_worst, sharpness_worst_rel | sharpness_adaptive,
     sharpness_adaptive_rel | sharpness_worst_quotient, sharpness_worst_quotient_rel |
-    grad_disagreement | fisher_trace. The model is left exactly as it was.
+    grad_disagreement | fisher_trace | the curvature spectrum's columns
+    (:func:`sharpcomp.measures.curvature.curvature_metrics`; ``batch_size``: the run's). The model is
+    left exactly as it was.
     """
     cfg = _resolve(settings)
     out: dict[str, float] = {}
@@ -133,8 +150,8 @@ def extra_metrics(model: nn.Module, loss_fn: LossFn, train_x: Tensor, train_y: T
             c = cfg["quotient_trace"]
             idx = _subset(train_x.shape[0], c["n"], generator)
             x, y = train_x[idx], train_y[idx]
-            r = hutchinson_traces(model, loss_fn, x, y, int(c["probes"]), generator,
-                                  chunk_size=c["chunk_size"])
+            traces = hessian_traces if c["method"] == "hutchpp" else hutchinson_traces
+            r = traces(model, loss_fn, x, y, int(c["probes"]), generator, chunk_size=c["chunk_size"])
             out["quotient_trace"], out["quotient_trace_se"] = r["quotient"], r["quotient_se"]
             if c["full_trace"]:
                 out["hessian_trace"], out["hessian_trace_se"] = r["full"], r["full_se"]
@@ -161,4 +178,5 @@ def extra_metrics(model: nn.Module, loss_fn: LossFn, train_x: Tensor, train_y: T
             c = cfg["fisher"]
             idx = _subset(train_x.shape[0], c["n"], generator)
             out["fisher_trace"] = fisher_trace(model, loss_fn, train_x[idx], train_y[idx], c["chunk_size"])
+        out.update(curvature_metrics(model, loss_fn, train_x, train_y, cfg, generator, batch_size))
     return out

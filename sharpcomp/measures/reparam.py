@@ -14,7 +14,11 @@ units' incoming entries and B = the same over their outgoing entries,
 
 (the gradient w.r.t. an entry scaled by alpha scales by 1/alpha). The same holds for Tr H and the
 empirical Fisher; the l2 worst-case sharpness moves too, while the adaptive (|w|-scaled) worst-case
-sharpness is exactly invariant (its ascent iterates map onto each other).
+sharpness is exactly invariant (its ascent iterates map onto each other). The curvature spectrum moves
+as well: H becomes D^-1 H D^-1 (D = alpha on the incoming entries, 1/alpha on the outgoing ones), not a
+similarity transform, so lambda_max(H), lambda_max(G), the batch sharpness (a Rayleigh quotient along a
+gradient that also rescales), the non-uniformity and the spectral density (whose moments are Tr H / P
+and Tr H^2 / P) all change with alpha.
 
 ``sharpcomp reparam RUN_DIR [alpha=10] [layer=NAME] [units=0,3] [probes=50] [seed=0]`` loads a run's
 last checkpoint and prints the before/after table of :func:`reparam_table`.
@@ -120,7 +124,23 @@ def _metrics_row(model: nn.Module, x: Tensor, y: Tensor, loss_fn: Callable, prob
     k = max(2, min(5, x.shape[0]))
     chunks = [(x[i::k], y[i::k]) for i in range(k) if len(x[i::k])]
     out["grad_disagreement"] = gradient_stats.gradient_disagreement(model, loss_fn, chunks)
+    out.update(_curvature_row(model, loss_fn, x, y, chunks, seed))
     return out, f
+
+
+def _curvature_row(model: nn.Module, loss_fn: Callable, x: Tensor, y: Tensor, chunks, seed: int) -> dict:
+    """The curvature spectrum's scalars (tight Lanczos tolerance, so only a real change counts as moved)."""
+    from sharpcomp.measures import batch_sharpness, hessian_spectrum, nonuniformity
+
+    def kw():
+        return {"tol": 1e-9, "max_iter": 300, "generator": torch.Generator().manual_seed(seed)}
+
+    return {
+        "hessian_max": hessian_spectrum.hessian_top(model, loss_fn, x, y, **kw()).values[0],
+        "ggn_max": hessian_spectrum.ggn_top(model, loss_fn, x, y, **kw()).values[0],
+        "batch_sharpness": batch_sharpness.batch_sharpness(model, loss_fn, chunks)[0],
+        "nonuniformity": nonuniformity.nonuniformity(model, loss_fn, x, y, **kw()),
+    }
 
 
 def reparam_table(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn: Callable, layer: str,
@@ -134,7 +154,8 @@ def reparam_table(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn: Ca
     log_volume_rank), hessian_trace and quotient_trace (Hutchinson, the same ``probes`` probes before and
     after; skipped for probes < 2), quotient_trace_gap (closed form), sharpness_worst (l2, radius
     ``rho``) and sharpness_adaptive (radius ``adaptive_rho``), each on the whole sample as one batch,
-    fisher_trace and grad_disagreement (over up to 5 interleaved sub-batches). Columns: before, after,
+    fisher_trace and grad_disagreement (over up to 5 interleaved sub-batches), hessian_max and ggn_max
+    (Lanczos to 1e-9), batch_sharpness (over the same sub-batches) and nonuniformity. Columns: before, after,
     rel_change = (after - before) / |before|, moved = |after - before| > 1e-6 max(|before|, |after|)
     (NaN values never count as moved).
     """

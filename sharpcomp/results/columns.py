@@ -33,17 +33,28 @@ COLUMNS = IDENTITY_COLUMNS + CHECKPOINT_COLUMNS + SAMPLE_COLUMNS + METRIC_COLUMN
 # cadence (``metrics.flatness_every``). The measures themselves, in the order figures draw them:
 FLATNESS_MEASURES = (
     "hessian_trace", "quotient_trace", "sharpness_worst", "sharpness_adaptive", "sharpness_worst_quotient",
-    "grad_disagreement", "fisher_trace",
+    "grad_disagreement", "fisher_trace", "hessian_max", "ggn_max", "batch_sharpness", "nonuniformity",
 )
-# Hutchinson's standard error of a trace estimate (measure -> its column).
-FLATNESS_SE = {"hessian_trace": "hessian_trace_se", "quotient_trace": "quotient_trace_se"}
+# The standard error of a stochastic estimate (measure -> its column).
+FLATNESS_SE = {"hessian_trace": "hessian_trace_se", "quotient_trace": "quotient_trace_se",
+               "batch_sharpness": "batch_sharpness_se"}
 # The worst-case sharpness measures; each has a ``<name>_rel`` column, the value / (1 + L).
 WORST_CASE_MEASURES = ("sharpness_worst", "sharpness_adaptive", "sharpness_worst_quotient")
 # Tr H - Tr(PHP) in closed form.
 TRACE_GAP = "quotient_trace_gap"
+# The curvature spectrum (sharpcomp.measures.curvature): Lanczos eigenvalues with their largest relative
+# residual and iteration count, batch sharpness with its standard error, the non-uniformity, and two
+# list columns (LIST_COLUMNS): the top-k Hessian eigenvalues and the SLQ density's bin masses.
+CURVATURE_COLUMNS = (
+    "hessian_max", "hessian_max_residual", "hessian_max_iterations", "hessian_top", "ggn_max",
+    "ggn_max_residual", "ggn_max_iterations", "batch_sharpness", "batch_sharpness_se", "nonuniformity",
+    "nonuniformity_iterations", "hessian_density",
+)
+LIST_COLUMNS = ("hessian_top", "hessian_density")
 # Every flatness column a results file can have.
 FLATNESS_COLUMNS = (
     "hessian_trace", "hessian_trace_se", "quotient_trace", "quotient_trace_se", TRACE_GAP,
     "sharpness_worst", "sharpness_worst_rel", "sharpness_adaptive", "sharpness_adaptive_rel",
     "sharpness_worst_quotient", "sharpness_worst_quotient_rel", "grad_disagreement", "fisher_trace",
+    *CURVATURE_COLUMNS,
 )

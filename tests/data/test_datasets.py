@@ -367,3 +367,20 @@ def test_own_data_config_through_the_searchpath(tmp_path):
     assert cfg.steps == 10_000  # scale=quick reads the image_folder defaults
     ds = load_from_config(dict(cfg.data), None, tmp_path / "cache")
     assert ds.num_classes == 2 and ds.train_y.tolist() == [1, 1, 1, 0, 0, 0]
+
+
+def test_n_train_keeps_the_first_training_images(tmp_path):
+    root = tmp_path / "pets"
+    make_folder(root)
+    cfg = {"name": "pets", "dataset": "image_folder", "root": str(root)}
+    full = load_from_config(cfg, None, tmp_path / "cache")
+    few = load_from_config({**cfg, "n_train": 4}, None, tmp_path / "cache")
+    assert torch.equal(few.train_x, full.train_x[:4]) and few.train_y.tolist() == full.train_y[:4].tolist()
+    assert torch.equal(few.test_x, full.test_x)  # the test set is whole
+    sub = load_from_config({**cfg, "classes": [2, 0], "n_train": 4}, None, tmp_path / "cache")
+    assert sub.train_y.tolist() == [1, 1, 1, 0]  # after the class subset
+    for bad in (0, -3, 2.5, True, "10"):
+        with pytest.raises(DataError, match="data.n_train must be a positive integer or null"):
+            check_data_config({**cfg, "n_train": bad})
+    assert data_mod.identity_view({**cfg, "n_train": None}) == cfg  # null changes no run id
+    assert data_mod.identity_view({**cfg, "n_train": 4})["n_train"] == 4

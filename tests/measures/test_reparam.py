@@ -137,7 +137,8 @@ def test_reparam_table_marks_what_moved():
     df = reparam_table(model, x.float(), y, mse, "conv2", 10.0, probes=4)
     assert list(df.columns) == ["before", "after", "rel_change", "moved"]
     invariant = ["output_change", "loss", "G", "log_volume", "mls", "local_dim", "sharpness_adaptive"]
-    moving = ["sharpness", "hessian_trace", "quotient_trace", "sharpness_worst", "fisher_trace", "grad_disagreement"]
+    moving = ["sharpness", "hessian_trace", "quotient_trace", "sharpness_worst", "fisher_trace", "grad_disagreement",
+              "hessian_max", "ggn_max", "batch_sharpness", "nonuniformity"]
     assert not df.loc[invariant, "moved"].any(), df
     assert df.loc[moving, "moved"].all(), df
     assert df.loc["sharpness", "rel_change"] == pytest.approx(

@@ -1,0 +1,179 @@
+"""The edge-of-stability figures, drawn from the curvature-spectrum columns of the train rows.
+
+stability   one column of panels per learning rate: lambda_max(H) (``hessian_max``, solid) and batch
+            sharpness (``batch_sharpness``, dashed) against iteration, one colour per batch size,
+            with the 2/eta line (Cohen et al. 2021; Andreyev & Beneventano 2024); below, the
+            non-uniformity against iteration with each batch size's sqrt(B)/eta line (Ma & Ying 2021)
+spectrum    one heat map per run: the SLQ Hessian density (``hessian_density``) over training,
+            iteration x eigenvalue bin (symmetric log grid), log colour, with the 2/eta line
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+
+import numpy as np
+import pandas as pd
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+
+from sharpcomp.figures.context import Context, dedupe, pair_text, say_written, split_runs, train_runs
+from sharpcomp.figures.tables import RUN, VARIANT_COLUMNS, fmt
+from sharpcomp.measures.spectral_density import DENSITY_EDGES, density_centres
+
+STABILITY_COLUMNS = ("hessian_max", "batch_sharpness", "nonuniformity")
+# one figure per value of these (lr and batch are drawn within a figure, seeds as separate lines)
+SPLIT_FIELDS = ("data", "model", *(c for c in VARIANT_COLUMNS if c not in ("data", "model", "lr", "batch", "seed")))
+_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
+
+
+def _with_run(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows as read by read_metrics (run_id) or as the figures command prepares them (its run column)."""
+    return frame if RUN in frame.columns else frame.assign(**{RUN: frame["run_id"]})
+
+
+def _train_rows(frame: pd.DataFrame, col: str) -> pd.DataFrame:
+    rows = frame[(frame["sample_set"] == "train")]
+    if col not in rows.columns:
+        return rows.iloc[0:0]
+    return rows[rows[col].notna()].sort_values("iteration")
+
+
+def stability_figure(frame: pd.DataFrame, title: str | None = None) -> tuple[Figure, pd.DataFrame]:
+    """The stability figure of the runs in ``frame`` (rows of metrics.parquet) and its lines as a table
+    (run, lr, batch, iteration, column, value)."""
+    frame = _with_run(frame)
+    lrs = sorted({float(v) for v in frame["lr"]})
+    batches = sorted({int(v) for v in frame["batch"]})
+    colour = {b: _COLOURS[i % len(_COLOURS)] for i, b in enumerate(batches)}
+    fig = Figure(figsize=(4.2 * len(lrs), 6.4), layout="constrained")
+    axes = fig.subplots(2, len(lrs), squeeze=False)
+    table = []
+    for j, lr in enumerate(lrs):
+        top, bottom = axes[0, j], axes[1, j]
+        top.axhline(2 / lr, color="k", ls=":", lw=1.2, label="2/eta")
+        for run, rows in frame[frame["lr"].astype(float) == lr].groupby(RUN, sort=True):
+            b = int(rows["batch"].iloc[0])
+            for col, ax, ls in (("hessian_max", top, "-"), ("batch_sharpness", top, "--"),
+                                ("nonuniformity", bottom, "-")):
+                r = _train_rows(rows, col)
+                if r.empty:
+                    continue
+                name = {"hessian_max": "lambda_max", "batch_sharpness": "batch sharpness"}.get(col, col)
+                ax.plot(r["iteration"], r[col].astype(float), ls=ls, color=colour[b], marker=".", ms=3,
+                        label=f"{name}, batch {b}")
+                table.append(pd.DataFrame({"run": run, "lr": lr, "batch": b, "iteration": r["iteration"].values,
+                                           "column": col, "value": r[col].astype(float).values}))
+            bottom.axhline(math.sqrt(b) / lr, color=colour[b], ls=":", lw=1.2, label=f"sqrt(B)/eta, batch {b}")
+        top.set_title(f"lr {fmt(lr)}  (2/eta = {fmt(2 / lr)})", fontsize=9)
+        top.set_ylabel("top curvature")
+        bottom.set_ylabel("non-uniformity")
+        for ax in (top, bottom):
+            ax.set_xlabel("iteration")
+            ax.grid(alpha=0.3)
+            handles, labels = ax.get_legend_handles_labels()
+            if handles:
+                uniq = dict(zip(labels, handles))
+                ax.legend(uniq.values(), uniq.keys(), fontsize=7)
+    if title:
+        fig.suptitle(textwrap.fill(title, 45 * len(lrs)), fontsize=9)
+    lines = pd.concat(table, ignore_index=True) if table else pd.DataFrame(
+        columns=["run", "lr", "batch", "iteration", "column", "value"])
+    return fig, lines
+
+
+def _density_matrix(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    its = rows["iteration"].to_numpy()
+    mat = np.stack([np.asarray(v, dtype=float) for v in rows["hessian_density"]])
+    return its, mat
+
+
+def spectrum_figure(frame: pd.DataFrame, title: str | None = None) -> tuple[Figure, pd.DataFrame]:
+    """One heat map per run of the SLQ density over training (iteration x eigenvalue bin, log colour)
+    and the densities as a long table (run, iteration, bin_low, bin_high, mass)."""
+    frame = _with_run(frame)
+    runs = [(run, _train_rows(rows, "hessian_density")) for run, rows in frame.groupby(RUN, sort=True)]
+    runs = [(run, rows) for run, rows in runs if len(rows)]
+    cols = min(3, max(1, len(runs)))
+    nrows = max(1, math.ceil(len(runs) / cols))
+    fig = Figure(figsize=(4.6 * cols, 3.6 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, cols, squeeze=False).ravel()
+    centres = density_centres()
+    nbins = len(centres)
+    ticks = [i for i, c in enumerate(centres) if c == 0 or (1e-3 < abs(c) < 1e5 and math.isclose(
+        math.log10(abs(c)) % 2, 1 / 16, abs_tol=1e-9))]
+    filled = np.flatnonzero(np.any([np.any(np.stack(list(r["hessian_density"])) > 0, axis=0) for _, r in runs],
+                                   axis=0)) if runs else np.array([0, nbins - 1])
+    span = (max(filled.min() - 2, 0) - 0.5, min(filled.max() + 2, nbins - 1) + 0.5)
+    table = []
+    for ax, (run, rows) in zip(axes, runs):
+        its, mat = _density_matrix(rows)
+        positive = mat[mat > 0]
+        if positive.size == 0:
+            ax.set_axis_off()
+            continue
+        norm = LogNorm(vmin=max(positive.min(), 1e-6), vmax=positive.max())
+        edges_it = np.concatenate([its, [its[-1] + (its[-1] - its[-2] if len(its) > 1 else 1)]])
+        im = ax.pcolormesh(edges_it, np.arange(nbins + 1) - 0.5, np.where(mat > 0, mat, np.nan).T,
+                           norm=norm, cmap="viridis", shading="flat")
+        lr = float(rows["lr"].iloc[0])
+        ax.axhline(np.searchsorted(DENSITY_EDGES, 2 / lr) - 1, color="w", ls=":", lw=1.2)
+        ax.set_yticks(ticks, [fmt(centres[i]) if centres[i] == 0 else f"{'-' if centres[i] < 0 else ''}1e"
+                              f"{round(math.log10(abs(centres[i])))}" for i in ticks], fontsize=7)
+        ax.set_ylim(*span)
+        ax.set_title(f"lr {fmt(lr)}, batch {fmt(rows['batch'].iloc[0])} (dotted: 2/eta)", fontsize=8)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("Hessian eigenvalue")
+        fig.colorbar(im, ax=ax, label="density mass")
+        for it, m in zip(its, mat):
+            table.append(pd.DataFrame({"run": run, "iteration": it, "bin_low": DENSITY_EDGES[:-1],
+                                       "bin_high": DENSITY_EDGES[1:], "mass": m}))
+    for ax in axes[len(runs):]:
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(textwrap.fill(title, 50 * cols), fontsize=9)
+    out = pd.concat(table, ignore_index=True) if table else pd.DataFrame(
+        columns=["run", "iteration", "bin_low", "bin_high", "mass"])
+    return fig, out
+
+
+def _runs_with(ctx: Context, fig_id: str, cols, need: str) -> pd.DataFrame:
+    sel = train_runs(ctx)
+    train = ctx.frame[ctx.frame["sample_set"] == "train"]
+    cols = [c for c in cols if c in train.columns]
+    if not cols or sel.empty:
+        ctx.say(fig_id, need)
+        return sel.iloc[0:0]
+    has = train[cols].notna().any(axis=1).groupby(train[RUN]).any()
+    sel = sel[sel[RUN].map(has).fillna(False).astype(bool)]
+    if sel.empty:
+        ctx.say(fig_id, need)
+    return sel
+
+
+def make_stability(ctx: Context, fig_id: str) -> None:
+    sel = _runs_with(ctx, fig_id, STABILITY_COLUMNS, "skipped, needs runs with metrics.flatness.hessian_max, "
+                     "batch_sharpness or nonuniformity")
+    if sel.empty:
+        return
+    sel = dedupe(ctx, fig_id, sel)
+    for name, runs in split_runs(sel, fig_id, SPLIT_FIELDS):
+        frame = ctx.frame[ctx.frame[RUN].isin(runs[RUN])]
+        title = f"{name}: {pair_text(runs)}; lambda_max, batch sharpness and non-uniformity against their thresholds"
+        fig, lines = stability_figure(frame, title)
+        files = ctx.save(name, fig, {"": lines})
+        say_written(ctx, name, files, f"{len(runs)} runs; lr {', '.join(sorted({fmt(v) for v in runs['lr']}))}")
+
+
+def make_spectrum(ctx: Context, fig_id: str) -> None:
+    sel = _runs_with(ctx, fig_id, ("hessian_density",), "skipped, needs runs with metrics.flatness.hessian_density")
+    if sel.empty:
+        return
+    sel = dedupe(ctx, fig_id, sel)
+    for name, runs in split_runs(sel, fig_id, SPLIT_FIELDS):
+        frame = ctx.frame[ctx.frame[RUN].isin(runs[RUN])]
+        title = f"{name}: {pair_text(runs)}; Hessian spectral density (SLQ) over training"
+        fig, table = spectrum_figure(frame, title)
+        files = ctx.save(name, fig, {"": table})
+        say_written(ctx, name, files, f"{len(runs)} runs")
