@@ -29,6 +29,8 @@ BUILTIN_MODELS = ("vgg10", "mlp4")
 # keys that joined the config after runs were recorded, with the value under which old runs were made
 # (model and data keys: ``models.identity_view``, ``data.identity_view``)
 NEW_KEYS = {"allow_tf32": None}
+# metrics keys that add or split work but never change a run's trajectory or existing columns
+IDENTITY_FREE_METRIC_KEYS = ("chunk_size", "network_wide")
 
 
 class ConfigError(ValueError):
@@ -136,6 +138,7 @@ class MetricSettings:
     dtype: torch.dtype
     flatness_every: int
     flatness: dict = field(hash=False)
+    network_wide: bool = True
 
     @property
     def flatness_on(self) -> bool:
@@ -171,7 +174,8 @@ def _metric_settings(m: Mapping) -> MetricSettings:
         chunk_size=_number("metrics.chunk_size", m["chunk_size"], int, 0, allow_none=True),
         dtype={"float32": torch.float32, "float64": torch.float64}[_choice("metrics.dtype", m["dtype"],
                                                                          ("float32", "float64"))],
-        flatness_every=_number("metrics.flatness_every", m["flatness_every"], int, 0), flatness=dict(flatness))
+        flatness_every=_number("metrics.flatness_every", m["flatness_every"], int, 0), flatness=dict(flatness),
+        network_wide=_flag("metrics.network_wide", m.get("network_wide", True)))
 
 
 @dataclass(frozen=True)
@@ -318,7 +322,7 @@ def run_identity(cfg) -> dict:
     keys = {
         "data": c["data"], "model": c["model"], "lr": c["lr"], "batch": c["batch"], "seed": c["seed"],
         "loss": c["loss"], "optim": c["optim"], "log_every": c["log_every"], "eval_every": c["eval_every"],
-        "metrics": {k: v for k, v in c["metrics"].items() if k != "chunk_size"},
+        "metrics": {k: v for k, v in c["metrics"].items() if k not in IDENTITY_FREE_METRIC_KEYS},
         "allow_tf32": c.get("allow_tf32"),
     }
     keys = _drop_new_keys(keys)

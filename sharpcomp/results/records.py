@@ -45,6 +45,7 @@ from sharpcomp.results.columns import CHECKPOINT_COLUMNS as CHECKPOINT_COLUMNS
 from sharpcomp.results.columns import COLUMNS as COLUMNS
 from sharpcomp.results.columns import IDENTITY_COLUMNS as IDENTITY_COLUMNS
 from sharpcomp.results.columns import METRIC_COLUMNS as METRIC_COLUMNS
+from sharpcomp.results.columns import NETWORK_WIDE_COLUMNS as NETWORK_WIDE_COLUMNS
 from sharpcomp.results.columns import REASON_COLUMNS as REASON_COLUMNS
 from sharpcomp.results.columns import SAMPLE_COLUMNS as SAMPLE_COLUMNS
 
@@ -85,7 +86,7 @@ PART_PREFIX = "part-"
 STATUS_FILE = "_status"
 ENDED = ("finished", "diverged", "failed")
 _SWAP = f".{METRICS_FILE}.swap-"
-_NUMERIC = METRIC_COLUMNS + CHECKPOINT_COLUMNS[2:] + ("sample_loss",)
+_NUMERIC = METRIC_COLUMNS + CHECKPOINT_COLUMNS[2:] + ("sample_loss",) + NETWORK_WIDE_COLUMNS
 _READ_PATIENCE_S = 5.0  # how long a reader waits out a writer's swap or deletion before giving up
 
 
