@@ -5,18 +5,18 @@ A convolution without its bias is a linear map ``C_W: R^{C_in x H x W} -> R^{C_o
 depends on the weight W *and* on the input shape, the stride, the padding (zeros, reflect, replicate or
 circular: all linear in the input), the dilation and the groups. Its operator norm
 ``||C_W||_2 = max_{||u|| = 1} ||C_W u||`` is the square root of the largest eigenvalue of
-``C_W^T C_W`` (symmetric, positive semi-definite), found by Lanczos iteration (a Krylov refinement of power iteration on ``C_W^T C_W``; ARPACK through
-scipy), where ``C_W^T`` (the transposed convolution with the same stride and padding) is obtained exactly
-as the vector-Jacobian product of ``C_W`` (``torch.func.vjp``, so the padding mode and the stride are
-those of the module). Every Ritz value is a lower bound of ``||C_W||_2^2`` (a Rayleigh quotient) and
-converges to it; ARPACK stops at relative residual ``tol``, so the value is exact to ~``tol``, checked
-against the singular values of the dense matrix of the convolution in the tests. Float64 throughout.
+``C_W^T C_W`` (symmetric, positive semi-definite), found by Lanczos iteration (a Krylov refinement
+of power iteration; ARPACK through scipy). ``C_W^T`` is the transposed convolution with the same
+stride, padding, dilation and groups (zero padding), or else the vector-Jacobian product of ``C_W``
+(``torch.func.vjp``: any padding mode). Every Ritz value is a Rayleigh quotient, a lower bound of
+``||C_W||_2^2`` converging to it; ARPACK stops at relative residual ``tol``; the tests check the value
+against the largest singular value of the dense matrix of the convolution. Float64 throughout.
 
-Relations used by the bounds (``sharpcomp.measures.network_wide``): for a convolution with kernel
-entries ``W[o, c, s]``, each output position p reads one patch, so
-``||C_W||_2 <= ||C_W||_F = ||W||_F sqrt(P_full)`` (``P_full`` <= P output positions see the whole
-kernel): the authors' stand-in ``||W||_F sqrt(P)`` is an upper bound of the exact norm, usually far
-from tight. A Linear layer applied to a sequence of T tokens is ``I_T (x) W``, of norm ``||W||_2``.
+Relations used by the bounds (``sharpcomp.measures.network_wide``): each output position p of a
+convolution reads one patch through the kernel W, so ``||C_W||_2 <= ||C_W||_F <= ||W||_F sqrt(P)``
+(P output positions; equality in the second step when no patch reaches the padding): the authors'
+stand-in ``||W||_F sqrt(P)`` is an upper bound of the exact norm, usually far from tight. A Linear
+layer applied to a sequence of T tokens is ``I_T (x) W``, of norm ``||W||_2``.
 """
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ def _chunk(model: nn.Module, x: Tensor) -> dict:
         cot[:, k] = 1
         grads = torch.autograd.grad(f, targets, cot, retain_graph=k < num_out - 1, allow_unused=True)
         by_module: dict[str, list] = {name: [] for name in modules}
-        for c, (name, _, a, z) in enumerate(used):
+        for c, (name, _, _a, z) in enumerate(used):
             ga, gz = grads[c], grads[len(used) + c]
             gz = torch.zeros_like(z) if gz is None else gz
             if ga is not None:
