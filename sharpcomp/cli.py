@@ -98,6 +98,8 @@ commands:
   train     train one run; with -m, a Hydra multirun sweep (lr=0.05,0.1,0.2 seed=0,1,2)
   figures   draw the study's figures from result folders (sharpcomp figures --help)
   reparam   rescale one layer of a trained run and compare every metric (sharpcomp reparam --help)
+  measure   every measure on trained networks (run folders, timm/torchvision/own models + weights),
+            without training (sharpcomp measure --help)
 
 examples:
   sharpcomp train lr=0.1 batch=20
@@ -322,7 +324,12 @@ def main(argv: list[str] | None = None) -> int:
             from sharpcomp.measures.reparam import main as reparam_main
 
             return reparam_main(rest)
-        raise UsageError(f"unknown command '{command}' (choose from train, figures, reparam; see `sharpcomp --help`)")
+        if command == "measure":
+            from sharpcomp.engine.measure import main as measure_main
+
+            return measure_main(rest)
+        raise UsageError(f"unknown command '{command}' (choose from train, figures, reparam, measure; "
+                         "see `sharpcomp --help`)")
     except UsageError as exc:
         return _err(str(exc))
     except KeyboardInterrupt:
