@@ -125,12 +125,12 @@ def reference_network_wide(model: nn.Module, inputs: torch.Tensor) -> dict:
     model = copy.deepcopy(model).double()
     layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
     sharp = reference_metrics(model, inputs)["sharpness"]
-    per = {"nmls": [], "nvr": [], "b": [], "w": [], "h": [], "h_a": []}
+    per = {"nmls": [], "nvr": [], "b": [], "w": [], "h": [], "h_a": [], "inv": [], "h0": []}
     ops, ops_a = {}, {}
     for i in range(inputs.shape[0]):
         xi = inputs[i:i + 1].detach().double()
         n_out = model(xi).numel()
-        nmls = nvr = b = w = h = h_a = 0.0
+        nmls = nvr = b = w = h = h_a = inv = h0 = 0.0
         for m in layers:
             ja, jz, w_sq, a = _layer_jacobians(model, xi, m, n_out)
             if id(m) not in ops:
@@ -149,9 +149,13 @@ def reference_network_wide(model: nn.Module, inputs: torch.Tensor) -> dict:
             w += ops[id(m)] * np.sqrt(w_sq) / a_norm
             h += ops[id(m)] ** 2 / a_norm ** 2
             h_a += ops_a[id(m)] ** 2 / a_norm ** 2
-        for k, v in zip(per, (nmls, nvr, b, w, h, h_a)):
+            inv += float(m.weight.detach().square().sum()) * w_sq
+            h0 += 1 / a_norm ** 2
+        for k, v in zip(per, (nmls, nvr, b, w, h, h_a, inv, h0)):
             per[k].append(v)
     per = {k: np.asarray(v) for k, v in per.items()}
     return {"nmls": per["nmls"].mean(), "nvr": per["nvr"].mean(), "nmls_bound_b": per["b"].mean(),
             "nmls_bound_w": per["w"].mean(), "nmls_bound": np.sqrt(per["h"].mean() * sharp),
-            "nmls_bound_authors": np.sqrt(per["h_a"].mean() * sharp), "sharpness": sharp, "per_sample": per}
+            "nmls_bound_authors": np.sqrt(per["h_a"].mean() * sharp), "sharpness": sharp,
+            "sharpness_inv": per["inv"].mean(), "nmls_bound_inv": np.sqrt(per["h0"].mean() * per["inv"].mean()),
+            "per_sample": per}

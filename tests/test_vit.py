@@ -41,7 +41,7 @@ def test_tiny_vit_metrics_match_brute_force():
     for key in ("sharpness", "G", "log_volume", "mls", "local_dim"):
         assert res[key] == pytest.approx(ref[key], rel=1e-8), key
     ref_nw = reference_network_wide(model, x)
-    for key in ("nmls", "nvr", "nmls_bound_b", "nmls_bound_w", "nmls_bound", "nmls_bound_authors"):
+    for key in ("nmls", "nvr", "nmls_bound_b", "nmls_bound_w", "nmls_bound", "nmls_bound_authors", "sharpness_inv"):
         assert res[key] == pytest.approx(ref_nw[key], rel=1e-7), key
     assert res["nmls"] <= res["nmls_bound_b"] * (1 + 1e-9)
     assert "weight sharing" in res["network_wide_reason"]
@@ -91,7 +91,7 @@ def test_vit_trains_and_logs_every_column(tmp_path):
     assert res.status == "finished"
     df = read_metrics(tmp_path / "run")
     assert len(df) == 3 and (df.model == "vit").all()
-    for col in METRIC_COLUMNS[:5] + NETWORK_WIDE_COLUMNS[:6] + ("bound_b_conv", "bound_c_conv"):
+    for col in METRIC_COLUMNS[:5] + NETWORK_WIDE_COLUMNS:
         assert df[col].map(lambda v: not math.isnan(v)).all(), col
     assert (df.nmls <= df.nmls_bound_b * (1 + 1e-5)).all()
     assert (df.mls <= df.bound_b_conv * (1 + 1e-5)).all()

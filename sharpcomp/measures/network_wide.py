@@ -33,7 +33,17 @@ Columns (means over i; ``NETWORK_WIDE_COLUMNS``): ``nmls``, ``nvr``, and the bou
   over samples ``mean_i sqrt(H_i S_i) <= sqrt(mean H) sqrt(mean S)``. Proven (``nmls <= nmls_bound_b
   = nmls_bound_w <= nmls_bound``) when every layer is a Linear map on a flat input; with weight sharing
   it is the authors' inequality, which holds empirically but not as a theorem;
-* ``nmls_bound_authors``: the same with ``H^A`` (the authors' stand-in norms, >= the exact ones).
+* ``nmls_bound_authors``: the same with ``H^A`` (the authors' stand-in norms, >= the exact ones);
+* ``sharpness_inv = sum_l ||W_l||_F^2 mean_i ||dW_il||_F^2`` (per-layer weight norm times the layer's
+  share of S; over the weight matrices of the layers above): v5's reparametrisation-invariant
+  sharpness. Rescaling a layer's units by alpha against the next layer (ReLU symmetry, all units of the
+  layer) scales W_l by alpha and dW_l by 1/alpha (and W_{l+1} by 1/alpha, dW_{l+1} by alpha), so every
+  product is unchanged while S moves (``sharpcomp reparam``);
+* ``nmls_bound_inv = sqrt(mean_i sum_l ||a_il||^-2) sqrt(sharpness_inv)``: from
+  ``op_l <= ||W_l||_F`` and Cauchy-Schwarz over layers and samples, ``sum_l op_l ||dW_il|| / ||a_il||
+  <= sqrt(sum_l ||a_il||^-2) sqrt(sum_l ||W_l||_F^2 ||dW_il||^2)``, so ``nmls_bound_w <= nmls_bound_inv``
+  (proven for Linear layers on flat inputs, like ``nmls_bound``). NMLS itself is *not* invariant: the
+  input of the layer after a rescaled one scales by alpha, its Jacobian by 1/alpha.
 
 ``network_wide_reason`` says why a column is NaN, or which chain is proven. The first-layer bounds of
 Eq. 28 for a convolutional first layer (columns ``bound_b_conv``, ``bound_c_conv``; NaN otherwise):
@@ -156,7 +166,7 @@ def network_wide(model: nn.Module, inputs: Tensor, *, sharpness: float | None = 
     calls = parts[0]["calls"]
     if not calls or any(p["calls"] != calls for p in parts):
         nan = float("nan")
-        return {**{c: nan for c in NETWORK_WIDE_COLUMNS[:6]}, "first_layer": None,
+        return {**{c: nan for c in NETWORK_WIDE_COLUMNS if not c.endswith("_conv")}, "first_layer": None,
                 "network_wide_reason": "the output depends on no Linear or convolution layer"}
     per = {k: np.concatenate([p[k] for p in parts]) for k in ("mls", "logvol", "d_norm", "a_norm")}
     w_sq = {name: np.concatenate([p["w_sq"][name] for p in parts]) for name in parts[0]["w_sq"]}
@@ -187,11 +197,15 @@ def _columns(calls, per, w_sq, x, sharpness, per_sample) -> dict:
         "nmls": float(nmls_i.mean()),
         "nvr": float(per["logvol"].sum(1).mean()),
         "nmls_bound_b": float((per["d_norm"] @ ops).mean()),
-        "nmls_bound_w": float((w_norm * np.sqrt(inv_a_sq) @ ops).mean()),
+        # a layer with a zero input makes the w and S forms vacuous (+inf)
+        "nmls_bound_w": float((np.where(np.isinf(inv_a_sq), np.inf, w_norm * np.sqrt(inv_a_sq)) @ ops).mean()),
     }
     s = math.nan if sharpness is None else float(sharpness)
     res["nmls_bound"] = math.sqrt(float(harmonic.mean()) * s)
     res["nmls_bound_authors"] = math.sqrt(float(harmonic_a.mean()) * s)
+    weight_sq = {name: float(module.weight.detach().double().square().sum()) for name, module, *_ in calls}
+    res["sharpness_inv"] = float(sum(weight_sq[name] * w_sq[name].mean() for name in weight_sq))
+    res["nmls_bound_inv"] = math.sqrt(float(inv_a_sq.sum(1).mean()) * res["sharpness_inv"])
     shared = [name for name, module, a_shape, _ in calls
               if isinstance(module, nn.modules.conv._ConvNd) or len(a_shape) > 1 or counts[name] > 1]
     res["network_wide_reason"] = (

@@ -31,7 +31,7 @@ REASON_COLUMNS = ("bounds_reason",)
 # with the metric columns. Results written before they existed read them as missing values.
 NETWORK_WIDE_COLUMNS = (
     "nmls", "nvr", "nmls_bound", "nmls_bound_b", "nmls_bound_w", "nmls_bound_authors",
-    "bound_b_conv", "bound_c_conv",
+    "bound_b_conv", "bound_c_conv", "sharpness_inv", "nmls_bound_inv",
 )
 # Which network-wide bounds are proven for the network (weight sharing), or why they are missing.
 NETWORK_WIDE_REASON = "network_wide_reason"

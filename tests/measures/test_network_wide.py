@@ -59,7 +59,8 @@ def test_network_wide_matches_brute_force(build, shape):
     res = compute_metrics(model, x, dtype=torch.float64)
     assert res["sharpness"] == pytest.approx(ref["sharpness"], rel=1e-10)
     add_network_wide(res, model, x, dtype=torch.float64)
-    for key in ("nmls", "nvr", "nmls_bound_b", "nmls_bound_w", "nmls_bound", "nmls_bound_authors"):
+    for key in ("nmls", "nvr", "nmls_bound_b", "nmls_bound_w", "nmls_bound", "nmls_bound_authors",
+                "sharpness_inv", "nmls_bound_inv"):
         assert res[key] == pytest.approx(ref[key], rel=1e-7), key
     assert set(NETWORK_WIDE_COLUMNS) <= set(res)
 
@@ -81,6 +82,7 @@ def chain_holds(res: dict, proven_s_form: bool) -> None:
     if proven_s_form:
         assert res["nmls_bound_b"] == pytest.approx(res["nmls_bound_w"], rel=1e-5)
         assert res["nmls_bound_w"] <= res["nmls_bound"] * tol
+        assert res["nmls_bound_w"] <= res["nmls_bound_inv"] * tol
         assert res["network_wide_reason"] is None
     else:
         assert "weight sharing" in res["network_wide_reason"]
