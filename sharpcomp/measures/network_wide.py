@@ -186,19 +186,20 @@ def _columns(calls, per, w_sq, x, sharpness, per_sample) -> dict:
     ops, ops_a = np.array(ops), np.array(ops_a)
     with np.errstate(divide="ignore"):
         inv_a_sq = 1.0 / per["a_norm"] ** 2  # (n, L)
+    with np.errstate(invalid="ignore"):  # 0 * inf where a layer's input is zero: replaced by inf below
+        w_term = np.where(np.isinf(inv_a_sq), np.inf, w_norm_of(calls, w_sq) * np.sqrt(inv_a_sq))
     harmonic, harmonic_a = inv_a_sq @ ops ** 2, inv_a_sq @ ops_a ** 2
-    # ||dW_il||: of the module's weight (a module called several times: summed over its calls)
     counts: dict[str, int] = {}
     for name, *_ in calls:
         counts[name] = counts.get(name, 0) + 1
-    w_norm = np.stack([np.sqrt(w_sq[name]) for name, *_ in calls], 1)
+    w_norm = w_norm_of(calls, w_sq)
     nmls_i = per["mls"].sum(1)
     res = {
         "nmls": float(nmls_i.mean()),
         "nvr": float(per["logvol"].sum(1).mean()),
         "nmls_bound_b": float((per["d_norm"] @ ops).mean()),
         # a layer with a zero input makes the w and S forms vacuous (+inf)
-        "nmls_bound_w": float((np.where(np.isinf(inv_a_sq), np.inf, w_norm * np.sqrt(inv_a_sq)) @ ops).mean()),
+        "nmls_bound_w": float((w_term @ ops).mean()),
     }
     s = math.nan if sharpness is None else float(sharpness)
     res["nmls_bound"] = math.sqrt(float(harmonic.mean()) * s)
@@ -218,6 +219,11 @@ def _columns(calls, per, w_sq, x, sharpness, per_sample) -> dict:
                              "layer_mls": per["mls"], "d_norm": per["d_norm"], "a_norm": per["a_norm"],
                              "w_norm": w_norm, "op": ops, "op_authors": ops_a}
     return res
+
+
+def w_norm_of(calls, w_sq: dict) -> np.ndarray:
+    """``||dW_il||`` (n, L): of the module's weight (a module called several times: over all its calls)."""
+    return np.stack([np.sqrt(w_sq[name]) for name, *_ in calls], 1)
 
 
 def _first_layer(calls, ops, per, x) -> dict | None:

@@ -153,3 +153,33 @@ def test_middle_layer_representation_and_no_layers():
 def test_linear_operator_norm():
     w = torch.randn(5, 3, generator=torch.Generator().manual_seed(7))
     assert spectral_norm(w) == pytest.approx(float(np.linalg.norm(w.numpy().astype(np.float64), 2)), rel=1e-6)
+
+
+@pytest.mark.parametrize("model_args,shape", [
+    (["model=mlp4", "model.width=0.05"], (1, 28, 28)),
+    (["model=vgg10", "model.width=0.25"], (3, 32, 32)),
+])
+def test_training_rows_carry_the_network_wide_columns_and_the_chain_holds(model_args, shape, tmp_path):
+    from sharpcomp.data.datasets import Dataset
+    from sharpcomp.engine.train import train
+    from sharpcomp.results.records import read_metrics
+    from tests.conftest import compose_train
+
+    gen = torch.Generator().manual_seed(8)
+    ys = torch.arange(48) % 2
+    xs = torch.randn(48, *shape, generator=gen) + ys.view(-1, 1, 1, 1).float()
+    data = Dataset("synthetic", xs[:32], ys[:32], xs[32:], ys[32:], 2, "synthetic")
+    cfg = compose_train([*model_args, "steps=4", "log_every=2", "metrics.n=4", "progress=false", "batch=8",
+                         "lr=0.05", "metrics.sample_sets=[train,test]"])
+    train(cfg, tmp_path / "run", data=data)
+    df = read_metrics(tmp_path / "run")
+    assert len(df) == 6
+    for col in ("nmls", "nvr", "nmls_bound", "nmls_bound_b", "nmls_bound_authors", "sharpness_inv"):
+        assert df[col].notna().all(), col
+    assert (df.nmls <= df.nmls_bound_b * (1 + 1e-5)).all()
+    assert (df.nmls <= df.nmls_bound * (1 + 1e-5)).all()
+    if model_args[0] == "model=mlp4":
+        assert (df.nmls_bound_w <= df.nmls_bound * (1 + 1e-5)).all() and df.network_wide_reason.isna().all()
+        assert df.bound_b_conv.isna().all()
+    else:
+        assert (df.mls <= df.bound_b_conv * (1 + 1e-5)).all() and (df.bound_b_conv <= df.bound_c_conv * 1.00001).all()
