@@ -60,6 +60,7 @@ bench: $(STAMP)
 	$(PY) scripts/bench_train.py
 	$(PY) scripts/bench_ensemble.py
 	$(PY) scripts/bench_records.py
+	$(PY) scripts/bench_network_wide.py
 
 figures: $(STAMP)
 	$(VENV)/bin/sharpcomp figures outputs

@@ -127,7 +127,7 @@ def _chunk(model: nn.Module, x: Tensor) -> dict:
             gz = torch.zeros_like(z) if gz is None else gz
             if ga is not None:
                 jac[c][:, k] = ga.reshape(n, -1)
-            d_sq[c] += gz.reshape(n, -1).double().square().sum(1)
+            d_sq[c] += torch.linalg.vector_norm(gz.reshape(n, -1), dim=1).double().square()
             by_module[name].append(gz.unsqueeze(0))
         for name, gs in by_module.items():
             w_sq[name] += rules[name].sq_norms(gs)["weight"][0].double()
