@@ -34,9 +34,12 @@ def authors_nmls(model: nn.Module, x: torch.Tensor) -> np.ndarray:
     """Per-sample NMLS the way the reference code computes it (batch 1, one backward per output and layer)."""
     out = []
     for i in range(len(x)):
-        acts = []
-        handles = [m.register_forward_hook(lambda mod, args, o: acts.append(args[0]))
-                   for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+        acts: list[torch.Tensor] = []
+
+        def keep(mod, args, output, acts=acts):
+            acts.append(args[0])
+
+        handles = [m.register_forward_hook(keep) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
         xi = x[i:i + 1].clone().requires_grad_()
         logits = model(xi).reshape(1, -1)
         for h in handles:
@@ -51,9 +54,9 @@ def authors_nmls(model: nn.Module, x: torch.Tensor) -> np.ndarray:
     return np.array(out)
 
 
-def timed(fn):
+def timed(fn, *args, **kwargs):
     t = time.perf_counter()
-    value = fn()
+    value = fn(*args, **kwargs)
     return value, time.perf_counter() - t
 
 
@@ -69,13 +72,13 @@ def main() -> None:
         model = build_model(name, 10, input_shape=SHAPES[name], seed=0).eval()
         x = torch.randn(args.n, *SHAPES[name], generator=torch.Generator().manual_seed(0))
         compute_metrics(model, x[:2])  # warm-up
-        m, t_metrics = timed(lambda: compute_metrics(model, x))
-        _, t_nw = timed(lambda: network_wide(model, x, sharpness=m["sharpness"]))
+        m, t_metrics = timed(compute_metrics, model, x)
+        _, t_nw = timed(network_wide, model, x, sharpness=m["sharpness"])
         print(f"{name} n={args.n}: checkpoint metrics {t_metrics:.2f} s; + network-wide columns {t_nw:.2f} s; "
               f"total / metrics alone = {(t_metrics + t_nw) / t_metrics:.2f}x (goal <= 1.5x)")
         xa = x[:args.n_authors]
-        ref, t_auth = timed(lambda: authors_nmls(model, xa))
-        ours, t_ours = timed(lambda: network_wide(model, xa, sharpness=1.0, per_sample=True))
+        ref, t_auth = timed(authors_nmls, model, xa)
+        ours, t_ours = timed(network_wide, model, xa, sharpness=1.0, per_sample=True)
         diff = float(np.max(np.abs(ours["per_sample"]["nmls"] - ref) / np.abs(ref)))
         print(f"{name} n={len(xa)}: authors' NMLS loop {1e3 * t_auth / len(xa):.1f} ms/sample; network_wide "
               f"{1e3 * t_ours / len(xa):.1f} ms/sample (also every bound); speed-up {t_auth / t_ours:.1f}x; "
