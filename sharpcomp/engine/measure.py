@@ -17,7 +17,9 @@ Common options: ``n`` (samples per set, default 100), ``sample_sets`` (comma lis
 misclassified; default train), ``seed`` (picks the train samples; default 0), ``outputs`` (N, default:
 the data's class count for ``model``), ``dtype`` (float32|float64), ``out`` (folder; default
 ``outputs/measure``), ``figure`` (a PNG path: the across-model correlation of sharpness with MLS and
-NMLS, over every row in ``out``).
+NMLS, over every row in ``out``), ``estimate`` (auto: the matrix-free estimators with standard errors,
+``sharpcomp.measures.estimators``, when a sample's Jacobian has over 2e7 entries; exact; always),
+``probes`` (estimator probes, default 32).
 
 One row per (model, sample set) is appended to ``out/metrics.parquet`` in the results schema
 (``sharpcomp.results.columns``; ``run_id`` is the run's id or ``measure-<label>``; a row measured again
@@ -39,6 +41,7 @@ from sharpcomp.data.order import train_sample_indices
 
 USAGE = __doc__.split("\n\n", 1)[1].split("\n\nOne row")[0]
 COMMON = {"n": 100, "sample_sets": "train", "seed": 0, "outputs": None, "dtype": "float32",
+          "estimate": "auto", "probes": 32,
           "out": "outputs/measure", "figure": None, "data": None, "model": None, "weights": None, "run": None}
 FIGURE_COLUMNS = ("sharpness", "mls", "nmls", "G", "local_dim")
 
@@ -66,13 +69,17 @@ def parse(argv: Sequence[str]) -> tuple[dict, dict]:
         raise MeasureError("give either run=FOLDER[,...] or model=MODEL data=DATA")
     if opts["model"] is not None and opts["data"] is None:
         raise MeasureError("model= needs data= (a conf/data name, e.g. cifar10_2class)")
-    for key in ("n", "seed"):
+    if opts["estimate"] not in ("auto", "exact", "always"):
+        raise MeasureError(f"estimate must be auto, exact or always, got {opts['estimate']!r}")
+    for key in ("n", "seed", "probes"):
         try:
             opts[key] = int(opts[key])
         except ValueError:
             raise MeasureError(f"{key} must be an integer, got {opts[key]!r}") from None
     if opts["n"] < 1:
         raise MeasureError(f"n must be >= 1, got {opts['n']}")
+    if opts["probes"] < 2:
+        raise MeasureError(f"probes must be >= 2, got {opts['probes']}")
     opts["sample_sets"] = tuple(s for s in str(opts["sample_sets"]).split(",") if s)
     for s in opts["sample_sets"]:
         if s not in ("train", "test", "misclassified"):
@@ -172,8 +179,6 @@ def measure_rows(opts: dict, args: dict) -> list[dict]:
     from sharpcomp.engine.evaluation import evaluate, sample_set
     from sharpcomp.engine.train import load_data
     from sharpcomp.losses import per_sample_loss
-    from sharpcomp.measures.metrics import compute_metrics
-    from sharpcomp.measures.network_wide import add_network_wide
     from sharpcomp.settings import run_identity
 
     dtype = {"float32": torch.float32, "float64": torch.float64}[opts["dtype"]]
@@ -196,11 +201,24 @@ def measure_rows(opts: dict, args: dict) -> list[dict]:
             if len(x):
                 with torch.no_grad():
                     row["sample_loss"] = float(per_sample_loss(s.loss, model(x), y).mean())
-                res = compute_metrics(model, x, dtype=dtype)
-                add_network_wide(res, model, x, dtype=dtype)
-                row.update(res)
+                row.update(_metrics(model, x, dtype, opts))
             rows.append(row)
     return rows
+
+
+def _metrics(model: nn.Module, x: torch.Tensor, dtype: torch.dtype, opts: dict) -> dict:
+    """The exact engine and the network-wide columns, or (``estimate=always``, or ``auto`` above the
+    cost threshold) the matrix-free estimators with standard errors."""
+    from sharpcomp.measures.estimators import choose, estimate_metrics
+    from sharpcomp.measures.metrics import compute_metrics
+    from sharpcomp.measures.network_wide import add_network_wide
+
+    how = opts["estimate"] if opts["estimate"] != "auto" else choose(model, x)
+    if how in ("always", "estimate"):
+        gen = torch.Generator().manual_seed(opts["seed"])
+        return estimate_metrics(model.to(dtype), x.to(dtype), probes=opts["probes"], generator=gen)
+    res = compute_metrics(model, x, dtype=dtype)
+    return add_network_wide(res, model, x, dtype=dtype)
 
 
 def write_rows(rows: list[dict], out: Path) -> Path:

@@ -35,6 +35,9 @@ NETWORK_WIDE_COLUMNS = (
 )
 # Which network-wide bounds are proven for the network (weight sharing), or why they are missing.
 NETWORK_WIDE_REASON = "network_wide_reason"
+# Standard errors of the matrix-free estimators (sharpcomp.measures.estimators; `sharpcomp measure`
+# on large networks): extra columns, only in rows computed by them.
+ESTIMATE_COLUMNS = ("sharpness_se", "G_se", "local_dim_se", "mls_err", "probes")
 # Every column a results file has, in order (optional flatness columns come after them).
 COLUMNS = (IDENTITY_COLUMNS + CHECKPOINT_COLUMNS + SAMPLE_COLUMNS + METRIC_COLUMNS + REASON_COLUMNS
            + NETWORK_WIDE_COLUMNS + (NETWORK_WIDE_REASON,))

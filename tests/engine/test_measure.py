@@ -96,3 +96,15 @@ def test_weights_that_do_not_fit(tmp_path, fmnist_small, monkeypatch, capsys):
     assert main(["measure", "model=mlp4", "data=fashion_mnist", f"weights={tmp_path / 'bad.pt'}", "n=2",
                  f"out={tmp_path}"]) == 2
     assert "do not fit" in capsys.readouterr().err
+
+
+def test_measure_with_estimators(tmp_path, fmnist_small, monkeypatch, capsys):
+    from sharpcomp.engine import measure
+
+    monkeypatch.setattr(measure, "_data", lambda opts: fmnist_small, raising=False)
+    out = tmp_path / "m"
+    assert main(["measure", "model=mlp4", "arg.width=0.05", "data=fashion_mnist", "n=3", "estimate=always",
+                 "probes=8", f"out={out}"]) == 0, capsys.readouterr().err
+    row = pd.read_parquet(out / "metrics.parquet").iloc[0]
+    assert row.probes == 8 and row.G_se > 0 and row.sharpness_se > 0 and row.mls > 0
+    assert main(["measure", "model=mlp4", "data=fashion_mnist", "estimate=maybe"]) == 2
