@@ -11,6 +11,10 @@ and on the same inputs:
    an SVD per layer) on ``--n-authors`` samples, against ``network_wide`` on the same samples; prints
    the time per sample of each, their ratio, and the largest relative difference of the per-sample NMLS.
 
+3. the matrix-free estimators (``sharpcomp.measures.estimators``) on mlp4 with N = 100 outputs
+   (n = ``--n-authors``): the exact engine's time, then for 4, 16, 64 probes the estimators' time and,
+   per metric, |estimate - exact| / exact next to the reported standard error / exact.
+
 Usage: python scripts/bench_network_wide.py [--n 100] [--n-authors 20] [--threads 1] [--models vgg10,mlp4]
 """
 
@@ -83,6 +87,25 @@ def main() -> None:
         print(f"{name} n={len(xa)}: authors' NMLS loop {1e3 * t_auth / len(xa):.1f} ms/sample; network_wide "
               f"{1e3 * t_ours / len(xa):.1f} ms/sample (also every bound); speed-up {t_auth / t_ours:.1f}x; "
               f"max relative difference of per-sample NMLS {diff:.1e}")
+    estimators_bench(args.n_authors)
+
+
+def estimators_bench(n: int) -> None:
+    from sharpcomp.measures.estimators import estimate_metrics
+
+    model = build_model("mlp4", 100, input_shape=SHAPES["mlp4"], seed=0).eval()
+    x = torch.randn(n, *SHAPES["mlp4"], generator=torch.Generator().manual_seed(1))
+    exact, t_exact = timed(compute_metrics, model, x)
+    print(f"estimators, mlp4 N=100 n={n}: exact engine {t_exact:.2f} s")
+    for probes in (4, 16, 64):
+        est, t = timed(estimate_metrics, model, x, probes=probes, power_iters=20,
+                       generator=torch.Generator().manual_seed(probes))
+        parts = []
+        for k in ("sharpness", "G", "local_dim"):
+            scale = abs(exact[k])
+            parts.append(f"{k} err {abs(est[k] - exact[k]) / scale:.3f} (se {est[k + '_se'] / scale:.3f})")
+        parts.append(f"mls err {abs(est['mls'] - exact['mls']) / exact['mls']:.1e}")
+        print(f"  probes {probes:3d}: {t:.2f} s ({t / t_exact:.2f}x exact); " + "; ".join(parts))
 
 
 if __name__ == "__main__":

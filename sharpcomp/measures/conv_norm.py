@@ -37,11 +37,21 @@ MAX_ITER = 2000
 _STARTS: dict = {}
 
 
-def spectral_norm(w: Tensor) -> float:
-    """``||W||_2`` of a matrix, in float64."""
-    w = w.detach().double()
-    gram = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
-    return math.sqrt(max(float(torch.linalg.eigvalsh(gram)[-1]), 0.0))
+def spectral_norm(w: Tensor, *, tol: float = 1e-10) -> float:
+    """``||W||_2`` of a matrix, in float64: the top eigenvalue of the smaller Gram matrix (small W) or
+    Lanczos on ``W^T W`` by matrix-vector products (both sides over 64; several times faster)."""
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    w = w.detach().double().cpu()
+    if min(w.shape) <= 64:
+        gram = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
+        return math.sqrt(max(float(torch.linalg.eigvalsh(gram)[-1]), 0.0))
+    a = w.numpy()
+    size = a.shape[1]
+    op = LinearOperator((size, size), matvec=lambda v: a.T @ (a @ v), dtype=np.float64)
+    start = np.random.default_rng(0).standard_normal(size)
+    top = eigsh(op, k=1, which="LA", tol=tol, maxiter=MAX_ITER, v0=start, return_eigenvectors=False)[0]
+    return math.sqrt(max(float(top), 0.0))
 
 
 def conv_operator_norm(conv: nn.modules.conv._ConvNd, input_shape: tuple[int, ...], *, tol: float = TOL,

@@ -183,3 +183,9 @@ def test_training_rows_carry_the_network_wide_columns_and_the_chain_holds(model_
         assert df.bound_b_conv.isna().all()
     else:
         assert (df.mls <= df.bound_b_conv * (1 + 1e-5)).all() and (df.bound_b_conv <= df.bound_c_conv * 1.00001).all()
+
+
+@pytest.mark.parametrize("shape", [(5, 3), (80, 120), (300, 90)])
+def test_spectral_norm_small_and_large(shape):
+    w = torch.randn(*shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    assert spectral_norm(w) == pytest.approx(float(np.linalg.norm(w.numpy(), 2)), rel=1e-9)
