@@ -61,6 +61,7 @@ bench: $(STAMP)
 	$(PY) scripts/bench_ensemble.py
 	$(PY) scripts/bench_records.py
 	$(PY) scripts/bench_curvature.py
+	$(PY) scripts/bench_network_wide.py
 
 figures: $(STAMP)
 	$(VENV)/bin/sharpcomp figures outputs

@@ -7,6 +7,7 @@ before Hydra starts, so a typo gets one clear line and a non-zero exit instead o
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import os
 import re
@@ -21,7 +22,7 @@ from sharpcomp.usage import EXIT_USAGE, UsageError, report
 
 CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
 GROUPS = ("data", "model", "scale", "optim", "experiment")
-COMMANDS = ("train", "figures", "reparam")
+COMMANDS = ("train", "figures", "reparam", "measure")
 # Hydra's flags for looking at the composed config (e.g. `sharpcomp train --cfg job`)
 HYDRA_VIEW_FLAGS = ("--cfg", "-c", "--package", "-p", "--info", "-i", "--resolve")
 
@@ -42,6 +43,8 @@ commands:
   train     train one run; with -m, a Hydra multirun sweep (lr=0.05,0.1,0.2 seed=0,1,2)
   figures   draw the study's figures from result folders (sharpcomp figures --help)
   reparam   rescale one layer of a trained run and compare every metric (sharpcomp reparam --help)
+  measure   every measure on trained networks (run folders, timm/torchvision/own models + weights),
+            without training (sharpcomp measure --help)
 
 examples:
   sharpcomp train lr=0.1 batch=20
@@ -278,16 +281,18 @@ def _resolved_view(args: list[str]) -> list[str]:
     return args
 
 
+# subcommands other than train: name -> the module whose ``main(argv)`` runs it
+SUBCOMMANDS = {
+    "figures": "sharpcomp.figures.command",
+    "reparam": "sharpcomp.measures.reparam",
+    "measure": "sharpcomp.engine.measure",
+}
+
+
 def _subcommand(command: str, rest: list[str]) -> int:
-    if command == "figures":
-        from sharpcomp.figures.command import main as figures_main
-
-        return figures_main(rest)
-    if command == "reparam":
-        from sharpcomp.measures.reparam import main as reparam_main
-
-        return reparam_main(rest)
-    raise UsageError(f"unknown command '{command}' (choose from {', '.join(COMMANDS)}; see `sharpcomp --help`)")
+    if command not in SUBCOMMANDS:
+        raise UsageError(f"unknown command '{command}' (choose from {', '.join(COMMANDS)}; see `sharpcomp --help`)")
+    return importlib.import_module(SUBCOMMANDS[command]).main(rest)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,6 +36,8 @@ NEW_KEYS = {"allow_tf32": None}
 # The metrics.flatness measures that existed when results were first recorded: their null (off) entries
 # take part in run ids as they always did; a measure added since takes part only when switched on.
 FLATNESS_KEYS_IN_IDS = ("quotient_trace", "worst_case", "adaptive", "quotient_worst", "disagreement", "fisher")
+# metrics keys that add or split work but never change a run's trajectory or existing columns
+IDENTITY_FREE_METRIC_KEYS = ("chunk_size", "network_wide")
 
 
 class ConfigError(ValueError):
@@ -192,6 +194,7 @@ class MetricSettings:
     dtype: torch.dtype
     flatness_every: int
     flatness: dict = field(hash=False)
+    network_wide: bool = True
 
     @property
     def flatness_on(self) -> bool:
@@ -230,7 +233,8 @@ def _metric_settings(m: Mapping) -> MetricSettings:
         chunk_size=_number("metrics.chunk_size", m["chunk_size"], int, 0, allow_none=True),
         dtype={"float32": torch.float32, "float64": torch.float64}[_choice("metrics.dtype", m["dtype"],
                                                                          ("float32", "float64"))],
-        flatness_every=_number("metrics.flatness_every", m["flatness_every"], int, 0), flatness=dict(flatness))
+        flatness_every=_number("metrics.flatness_every", m["flatness_every"], int, 0), flatness=dict(flatness),
+        network_wide=_flag("metrics.network_wide", m.get("network_wide", True)))
 
 
 @dataclass(frozen=True)
@@ -391,7 +395,7 @@ def run_identity(cfg) -> dict:
     keys = {
         "data": c["data"], "model": c["model"], "lr": c["lr"], "batch": c["batch"], "seed": c["seed"],
         "loss": c["loss"], "optim": c["optim"], "log_every": c["log_every"], "eval_every": c["eval_every"],
-        "metrics": {k: v for k, v in c["metrics"].items() if k != "chunk_size"},
+        "metrics": {k: v for k, v in c["metrics"].items() if k not in IDENTITY_FREE_METRIC_KEYS},
         "allow_tf32": c.get("allow_tf32"),
     }
     keys = _drop_new_keys(keys)

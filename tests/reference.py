@@ -80,3 +80,82 @@ def dense_hessian_trace(model: nn.Module, loss_fn, inputs: torch.Tensor, targets
     diag = [torch.cat([h.reshape(-1) for h in torch.autograd.grad(flat[j], params, retain_graph=True)])[j]
             for j in range(flat.numel())]
     return float(sum(diag))
+
+
+def dense_linear_map(fn, input_shape: tuple[int, ...]) -> np.ndarray:
+    """The matrix of a linear map of one sample (float64), column by column on the standard basis."""
+    size = int(np.prod(input_shape))
+    cols = [fn(torch.eye(size, dtype=torch.float64)[j].reshape(1, *input_shape)).reshape(-1) for j in range(size)]
+    return torch.stack(cols, 1).detach().numpy()
+
+
+def _layer_jacobians(model: nn.Module, xi: torch.Tensor, module: nn.Module, n_out: int):
+    """(d f / d a, d f / d z, d f / d W) of one sample for one layer, by substituting leaves for its
+    input a and output z (two separate forward passes) and one autograd.grad call per output."""
+    def jac(wrt_input: bool):
+        leaf = []
+
+        def pre(m, args):
+            leaf.append(args[0].detach().requires_grad_())
+            return (leaf[0],)
+
+        def post(m, args, out):
+            leaf.append(out.detach().requires_grad_())
+            return leaf[0]
+
+        h = module.register_forward_pre_hook(pre) if wrt_input else module.register_forward_hook(post)
+        try:
+            f = model(xi).reshape(-1)
+        finally:
+            h.remove()
+        rows = [torch.autograd.grad(f[k], leaf[0], retain_graph=True, allow_unused=True)[0] for k in range(n_out)]
+        return np.stack([np.zeros(leaf[0].numel()) if r is None else r.reshape(-1).numpy() for r in rows]), leaf[0]
+
+    ja, a = jac(True)
+    jz, _ = jac(False)
+    f = model(xi).reshape(-1)
+    gw = [torch.autograd.grad(f[k], module.weight, retain_graph=True)[0] for k in range(n_out)]
+    return ja, jz, float(sum((g ** 2).sum() for g in gw)), a.detach()
+
+
+def reference_network_wide(model: nn.Module, inputs: torch.Tensor) -> dict:
+    """NMLS, NVR and their bounds (sharpcomp.measures.network_wide's docstring) by loops over samples,
+    layers and outputs, float64, numpy SVDs; operator norms from dense matrices. Layers: every Linear
+    and convolution module, each called once."""
+    model = copy.deepcopy(model).double()
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
+    sharp = reference_metrics(model, inputs)["sharpness"]
+    per = {"nmls": [], "nvr": [], "b": [], "w": [], "h": [], "h_a": [], "inv": [], "h0": []}
+    ops, ops_a = {}, {}
+    for i in range(inputs.shape[0]):
+        xi = inputs[i:i + 1].detach().double()
+        n_out = model(xi).numel()
+        nmls = nvr = b = w = h = h_a = inv = h0 = 0.0
+        for m in layers:
+            ja, jz, w_sq, a = _layer_jacobians(model, xi, m, n_out)
+            if id(m) not in ops:
+                if isinstance(m, nn.Linear):
+                    ops[id(m)] = ops_a[id(m)] = float(np.linalg.norm(m.weight.detach().numpy(), 2))
+                else:
+                    dense = dense_linear_map(lambda u, m=m: m._conv_forward(u, m.weight, None), tuple(a.shape[1:]))
+                    ops[id(m)] = float(np.linalg.norm(dense, 2))
+                    positions = int(np.prod(m(a).shape[2:]))
+                    ops_a[id(m)] = float(m.weight.detach().norm()) * np.sqrt(positions)
+            sv = np.linalg.svd(ja, compute_uv=False)
+            a_norm = float(a.norm())
+            nmls += sv[0]
+            nvr += float(np.log(sv[:n_out] ** 2).sum()) / 2
+            b += ops[id(m)] * np.linalg.norm(jz)
+            w += ops[id(m)] * np.sqrt(w_sq) / a_norm
+            h += ops[id(m)] ** 2 / a_norm ** 2
+            h_a += ops_a[id(m)] ** 2 / a_norm ** 2
+            inv += float(m.weight.detach().square().sum()) * w_sq
+            h0 += 1 / a_norm ** 2
+        for k, v in zip(per, (nmls, nvr, b, w, h, h_a, inv, h0)):
+            per[k].append(v)
+    per = {k: np.asarray(v) for k, v in per.items()}
+    return {"nmls": per["nmls"].mean(), "nvr": per["nvr"].mean(), "nmls_bound_b": per["b"].mean(),
+            "nmls_bound_w": per["w"].mean(), "nmls_bound": np.sqrt(per["h"].mean() * sharp),
+            "nmls_bound_authors": np.sqrt(per["h_a"].mean() * sharp), "sharpness": sharp,
+            "sharpness_inv": per["inv"].mean(), "nmls_bound_inv": np.sqrt(per["h0"].mean() * per["inv"].mean()),
+            "per_sample": per}

@@ -297,7 +297,9 @@ def stacked_sample_metrics(models: Sequence[nn.Module], inputs: Sequence[Mapping
                                               **s.metrics.options())
             for j, res in zip(have, results):
                 out[j][name] = res
-    return out
+    from sharpcomp.engine.evaluation import with_network_wide
+
+    return with_network_wide(models, inputs, out, s)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -74,7 +74,23 @@ def compute_sample_metrics(model: nn.Module, inputs: Mapping[str, tuple], s: Set
     """``compute_metrics`` of one network on each non-empty sample set, by name."""
     from sharpcomp.measures.metrics import compute_metrics
 
-    return {name: compute_metrics(model, x, **s.metrics.options()) for name, (x, _) in inputs.items() if len(x)}
+    out = {name: compute_metrics(model, x, **s.metrics.options()) for name, (x, _) in inputs.items() if len(x)}
+    return with_network_wide([model], [inputs], [out], s)[0]
+
+
+def with_network_wide(models, inputs, results: list[dict[str, dict]], s: Settings) -> list[dict[str, dict]]:
+    """Each network's results with the network-wide columns added (``metrics.network_wide``), one
+    network at a time (also after the stacked ensemble engine)."""
+    if not s.metrics.network_wide:
+        return results
+    from sharpcomp.measures.network_wide import add_network_wide
+
+    opts = s.metrics.options()
+    for model, sets, res in zip(models, inputs, results):
+        for name, r in res.items():
+            add_network_wide(r, model, sets[name][0], layer=opts["layer"], dtype=opts["dtype"],
+                             chunk_size=opts["chunk_size"])
+    return results
 
 
 def checkpoint_rows(model: nn.Module, s: Settings, data: Dataset, sets: Mapping[str, tuple], loss_fn: Callable,

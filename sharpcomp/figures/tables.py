@@ -21,6 +21,8 @@ from sharpcomp.results.columns import (
     FLATNESS_COLUMNS,
     IDENTITY_COLUMNS,
     METRIC_COLUMNS,
+    NETWORK_WIDE_COLUMNS,
+    NETWORK_WIDE_REASON,
     SAMPLE_COLUMNS,
 )
 from sharpcomp.results.records import METRICS_FILE, RecordError, read_metrics
@@ -40,7 +42,8 @@ VARIANT_COLUMNS = tuple(
     c for c in IDENTITY_COLUMNS if c not in SETTING_COLUMNS + ("run_id", "device", "versions", "settings", "status")
 )
 # Columns that are per run or per row bookkeeping, never a quantity to average.
-NOT_QUANTITIES = set(IDENTITY_COLUMNS) | {RUN, "iteration", "sample_set", "bounds_reason", "n_samples"}
+NOT_QUANTITIES = set(IDENTITY_COLUMNS) | {RUN, "iteration", "sample_set", "bounds_reason", "n_samples",
+                                          NETWORK_WIDE_REASON}
 
 
 def find_result_files(dirs: Sequence[Path]) -> list[Path]:
@@ -147,7 +150,8 @@ def prepare(frame: pd.DataFrame) -> pd.DataFrame:
     for col in IDENTITY_COLUMNS + ("sample_set",):
         if col not in frame.columns:
             frame[col] = np.nan
-    for col in CHECKPOINT_COLUMNS + SAMPLE_COLUMNS[1:] + METRIC_COLUMNS + ("lr", "batch", "seed", "width"):
+    for col in (CHECKPOINT_COLUMNS + SAMPLE_COLUMNS[1:] + METRIC_COLUMNS + NETWORK_WIDE_COLUMNS
+                + ("lr", "batch", "seed", "width")):
         if col in frame.columns:
             frame[col] = pd.to_numeric(frame[col], errors="coerce")
         else:

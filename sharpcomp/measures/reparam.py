@@ -109,6 +109,12 @@ def _metrics_row(model: nn.Module, x: Tensor, y: Tensor, loss_fn: Callable, prob
     m = compute_metrics(model, x, dtype=torch.float64, **metrics_kwargs)
     for k in METRIC_COLUMNS:
         out[k] = float(m[k])
+    if not metrics_kwargs.get("layer"):  # network-wide measures: NMLS moves, sharpness_inv does not
+        from sharpcomp.measures.network_wide import network_wide
+
+        nw = network_wide(model, x, sharpness=m["sharpness"], dtype=torch.float64)
+        for k in ("nmls", "nvr", "nmls_bound", "sharpness_inv", "nmls_bound_inv"):
+            out[k] = float(nw[k])
     if probes >= 2:
         out["hessian_trace"], _ = hessian_trace(model, loss_fn, x, y, probes,
                                                 torch.Generator().manual_seed(seed))

@@ -26,8 +26,21 @@ METRIC_COLUMNS = (
 )
 # Why bound columns are missing (e.g. a convolutional first layer); empty when they are present.
 REASON_COLUMNS = ("bounds_reason",)
+# Network-wide compression (NMLS, NVR) and its bounds (sharpcomp.measures.network_wide); on every row
+# (and the proven analogues of bound_b, bound_c for a convolutional first layer, NaN otherwise)
+# with the metric columns. Results written before they existed read them as missing values.
+NETWORK_WIDE_COLUMNS = (
+    "nmls", "nvr", "nmls_bound", "nmls_bound_b", "nmls_bound_w", "nmls_bound_authors",
+    "bound_b_conv", "bound_c_conv", "sharpness_inv", "nmls_bound_inv",
+)
+# Which network-wide bounds are proven for the network (weight sharing), or why they are missing.
+NETWORK_WIDE_REASON = "network_wide_reason"
+# Standard errors of the matrix-free estimators (sharpcomp.measures.estimators; `sharpcomp measure`
+# on large networks): extra columns, only in rows computed by them.
+ESTIMATE_COLUMNS = ("sharpness_se", "G_se", "local_dim_se", "mls_err", "probes")
 # Every column a results file has, in order (optional flatness columns come after them).
-COLUMNS = IDENTITY_COLUMNS + CHECKPOINT_COLUMNS + SAMPLE_COLUMNS + METRIC_COLUMNS + REASON_COLUMNS
+COLUMNS = (IDENTITY_COLUMNS + CHECKPOINT_COLUMNS + SAMPLE_COLUMNS + METRIC_COLUMNS + REASON_COLUMNS
+           + NETWORK_WIDE_COLUMNS + (NETWORK_WIDE_REASON,))
 
 # Optional flatness measures (``metrics.flatness``), on the ``train`` rows at their own
 # cadence (``metrics.flatness_every``). The measures themselves, in the order figures draw them:

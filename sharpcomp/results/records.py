@@ -41,11 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 # The column names are sharpcomp.results.columns' (one schema for every module); records re-exports them.
-from sharpcomp.results.columns import (
-    CHECKPOINT_COLUMNS,
-    COLUMNS,
-    METRIC_COLUMNS,
-)
+from sharpcomp.results.columns import CHECKPOINT_COLUMNS, COLUMNS, METRIC_COLUMNS, NETWORK_WIDE_COLUMNS
 
 METRICS_FILE = "metrics.parquet"
 
@@ -86,7 +82,7 @@ PART_PREFIX = "part-"
 STATUS_FILE = "_status"
 ENDED = ("finished", "diverged", "failed")
 _SWAP = f".{METRICS_FILE}.swap-"
-_NUMERIC = METRIC_COLUMNS + CHECKPOINT_COLUMNS[2:] + ("sample_loss",)
+_NUMERIC = METRIC_COLUMNS + CHECKPOINT_COLUMNS[2:] + ("sample_loss",) + NETWORK_WIDE_COLUMNS
 _READ_PATIENCE_S = 5.0  # how long a reader waits out a writer's swap or deletion before giving up
 
 

@@ -220,7 +220,7 @@ def test_column_names_come_from_one_schema():
     assert "settings" in columns.IDENTITY_COLUMNS
     model, x, y = tiny_mlp()
     df = reparam_table(model, x, y, mse, "fc1", 2.0, probes=2)
-    named = set(columns.METRIC_COLUMNS) | set(columns.FLATNESS_COLUMNS)
+    named = set(columns.METRIC_COLUMNS) | set(columns.FLATNESS_COLUMNS) | set(columns.NETWORK_WIDE_COLUMNS)
     assert set(df.index) - {"output_change", "loss"} <= named
     assert set(columns.METRIC_COLUMNS) <= set(df.index)
     every = {key: {} for key in flatness.FLATNESS_DEFAULTS}  # every measure on, default settings
@@ -228,3 +228,16 @@ def test_column_names_come_from_one_schema():
     assert set(out) == set(columns.FLATNESS_COLUMNS)
     assert set(columns.FLATNESS_MEASURES) | set(columns.FLATNESS_SE.values()) <= set(out)
     assert {f"{m}_rel" for m in columns.WORST_CASE_MEASURES} <= set(out)
+
+
+@pytest.mark.parametrize("units", [None, [0, 2]])
+def test_invariant_sharpness_does_not_move_while_s_and_nmls_do(units):
+    """Rescaling every unit of a layer: S and NMLS move, sharpness_inv (sum_l ||W_l||^2 S_l) does not;
+    rescaling some units only moves it too (it is invariant to layer-wise rescaling only)."""
+    model, x, y = tiny_mlp()
+    df = reparam_table(model, x, y, mse, "fc1", 3.0, units=units, probes=2)
+    assert not df.loc["output_change", "moved"] and not df.loc["mls", "moved"]
+    assert df.loc["sharpness", "moved"] and df.loc["nmls", "moved"]
+    assert df.loc["sharpness_inv", "moved"] == (units is not None)
+    if units is None:
+        assert df.loc["sharpness_inv", "after"] == pytest.approx(df.loc["sharpness_inv", "before"], rel=1e-10)

@@ -46,7 +46,8 @@ def _legacy_write(run_dir, batches: list[list[dict]], statuses: list[str]) -> pd
                 frame[col] = None
                 ordered.append(col)
         frame = frame[ordered]
-        for col in records.METRIC_COLUMNS + records.CHECKPOINT_COLUMNS[2:] + ("sample_loss",):
+        numeric = records.METRIC_COLUMNS + records.CHECKPOINT_COLUMNS[2:] + ("sample_loss",)
+        for col in numeric + records.NETWORK_WIDE_COLUMNS:  # columns added since: numeric, missing = NaN
             frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
         run_dir.mkdir(parents=True, exist_ok=True)
         records.atomic_write_parquet(run_dir / METRICS_FILE, frame)
@@ -321,3 +322,20 @@ def test_a_damaged_part_is_one_record_error_and_figures_skip_the_run(tmp_path):
     assert set(frame.run_id) == {"good"} and len(notes) == 1 and "bad" in notes[0]
     with pytest.raises(records.RecordError, match="no results file"):
         read_metrics(tmp_path / "missing")
+
+
+def test_results_written_before_the_network_wide_columns_read_them_as_missing(tmp_path):
+    from sharpcomp.figures.tables import prepare
+
+    old_columns = [c for c in COLUMNS if c not in records.NETWORK_WIDE_COLUMNS and c != "network_wide_reason"]
+    frame = records.tidy(pd.DataFrame([{**IDENT, **row} for row in _rows(0) + _rows(10)]))[old_columns]
+    (tmp_path / "run" / METRICS_FILE).mkdir(parents=True)  # a run folder of parts
+    frame.to_parquet(tmp_path / "run" / METRICS_FILE / records.part_name(10))
+    got = read_metrics(tmp_path / "run")
+    assert set(COLUMNS) <= set(got.columns) and len(got) == len(frame)
+    assert got[list(records.NETWORK_WIDE_COLUMNS)].isna().all().all()
+    assert got.G.tolist() == frame.G.tolist()
+    (tmp_path / "single").mkdir()  # a single-file results file of older runs: the figures' tables add them
+    frame.to_parquet(tmp_path / "single" / METRICS_FILE)
+    for table in (prepare(got), prepare(read_metrics(tmp_path / "single"))):
+        assert table["nmls"].isna().all() and table["G"].notna().all()

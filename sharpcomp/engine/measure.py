@@ -1,0 +1,284 @@
+"""``sharpcomp measure``: every measure on networks trained elsewhere, without training.
+
+Usage (key=value arguments)::
+
+    sharpcomp measure run=RUN_FOLDER[,RUN_FOLDER...]            [common options]
+    sharpcomp measure model=MODEL [weights=FILE] data=DATA [arg.KEY=VALUE ...] [common options]
+
+``run``: sharpcomp run folders (their network, last weights, data and settings). ``model``: a built-in
+(``vgg10``, ``mlp4``, ``vit``), ``timm:NAME`` (``timm.create_model(NAME, num_classes=N)``),
+``torchvision:NAME`` (``torchvision.models.NAME(num_classes=N)``) or a dotted callable (as
+``model._target_``); ``arg.KEY=VALUE`` are its keyword arguments (YAML values); ``weights``: a state
+dict saved by ``torch.save`` (a dict with a ``model_state`` entry, as a sharpcomp checkpoint, also
+works); without it the network keeps its seeded initial weights. ``data``: a ``conf/data`` name.
+Several models: separate them by commas (``model=vgg10,mlp4``; then ``weights`` takes as many files).
+
+Common options: ``n`` (samples per set, default 100), ``sample_sets`` (comma list of train, test,
+misclassified; default train), ``seed`` (picks the train samples; default 0), ``outputs`` (N, default:
+the data's class count for ``model``), ``dtype`` (float32|float64), ``out`` (folder; default
+``outputs/measure``), ``figure`` (a PNG path: the across-model correlation of sharpness with MLS and
+NMLS, over every row in ``out``), ``estimate`` (auto: the matrix-free estimators with standard errors,
+``sharpcomp.measures.estimators``, when a sample's Jacobian has over 2e7 entries; exact; always),
+``probes`` (estimator probes, default 32).
+
+One row per (model, sample set) is appended to ``out/metrics.parquet`` in the results schema
+(``sharpcomp.results.columns``; ``run_id`` is the run's id or ``measure-<label>``; a row measured again
+replaces the old one), so ``sharpcomp figures`` and pandas read it like training results.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sharpcomp.data.order import train_sample_indices
+
+USAGE = __doc__.split("\n\n", 1)[1].split("\n\nOne row")[0]
+COMMON = {"n": 100, "sample_sets": "train", "seed": 0, "outputs": None, "dtype": "float32",
+          "estimate": "auto", "probes": 32,
+          "out": "outputs/measure", "figure": None, "data": None, "model": None, "weights": None, "run": None}
+FIGURE_COLUMNS = ("sharpness", "mls", "nmls", "G", "local_dim")
+
+
+class MeasureError(ValueError):
+    """A bad argument or an unusable model; one line for the user."""
+
+
+def parse(argv: Sequence[str]) -> tuple[dict, dict]:
+    """(options, model keyword arguments) from key=value arguments."""
+    import yaml
+
+    opts, args = dict(COMMON), {}
+    for a in argv:
+        if "=" not in a:
+            raise MeasureError(f"expected key=value, got '{a}'")
+        key, value = a.split("=", 1)
+        if key.startswith("arg."):
+            args[key[4:]] = yaml.safe_load(value)
+        elif key in COMMON:
+            opts[key] = value
+        else:
+            raise MeasureError(f"unknown option '{key}' (options: {', '.join(COMMON)}, arg.KEY)")
+    if (opts["run"] is None) == (opts["model"] is None):
+        raise MeasureError("give either run=FOLDER[,...] or model=MODEL data=DATA")
+    if opts["model"] is not None and opts["data"] is None:
+        raise MeasureError("model= needs data= (a conf/data name, e.g. cifar10_2class)")
+    if opts["estimate"] not in ("auto", "exact", "always"):
+        raise MeasureError(f"estimate must be auto, exact or always, got {opts['estimate']!r}")
+    for key in ("n", "seed", "probes"):
+        try:
+            opts[key] = int(opts[key])
+        except ValueError:
+            raise MeasureError(f"{key} must be an integer, got {opts[key]!r}") from None
+    if opts["n"] < 1:
+        raise MeasureError(f"n must be >= 1, got {opts['n']}")
+    if opts["probes"] < 2:
+        raise MeasureError(f"probes must be >= 2, got {opts['probes']}")
+    opts["sample_sets"] = tuple(s for s in str(opts["sample_sets"]).split(",") if s)
+    for s in opts["sample_sets"]:
+        if s not in ("train", "test", "misclassified"):
+            raise MeasureError(f"unknown sample set '{s}' (choose from train, test, misclassified)")
+    if opts["dtype"] not in ("float32", "float64"):
+        raise MeasureError(f"dtype must be float32 or float64, got {opts['dtype']!r}")
+    return opts, args
+
+
+def model_config(spec: str, args: dict, outputs: int) -> dict:
+    """A model config (as ``conf/model``) for a model name."""
+    from sharpcomp.models import BUILTIN
+
+    label = spec.replace(":", "-").replace("/", "-")
+    if spec.startswith("timm:"):
+        return {"name": label, "_target_": "timm.create_model", "model_name": spec[5:], "num_classes": outputs,
+                "pretrained": False, **args, "outputs": outputs}
+    if spec.startswith("torchvision:"):
+        return {"name": label, "_target_": f"torchvision.models.{spec[12:]}", "num_classes": outputs, **args,
+                "outputs": outputs}
+    if spec in BUILTIN or spec == "vit":
+        return {"name": spec, "_target_": f"sharpcomp.models.{spec}", **args, "outputs": outputs}
+    return {"name": label.rsplit(".", 1)[-1], "_target_": spec, **args, "outputs": outputs}
+
+
+def load_weights(model: nn.Module, path: str) -> None:
+    if not Path(path).is_file():
+        raise MeasureError(f"no weights file '{path}'")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a file that is not a torch state dict
+        raise MeasureError(f"cannot read weights '{path}': {type(exc).__name__}: {exc}") from None
+    if isinstance(state, dict) and "model_state" in state:
+        state = state["model_state"]
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError) as exc:
+        raise MeasureError(f"weights '{path}' do not fit the model: {str(exc).splitlines()[0]}") from None
+
+
+def _base(opts: dict):
+    """The default settings with the chosen data (they give the loss and the data settings)."""
+    from sharpcomp.settings import defaults, settings
+
+    try:
+        return settings(defaults(data=opts["data"]))
+    except Exception as exc:
+        raise MeasureError(f"unknown data '{opts['data']}': {str(exc).splitlines()[0]}") from None
+
+
+def _data(opts: dict):
+    from sharpcomp.engine.train import load_data
+
+    return load_data(_base(opts), torch.device("cpu"))
+
+
+def _targets(opts: dict, args: dict) -> list[dict]:
+    """One entry per network: model, its settings, data, sample inputs by set, identity columns."""
+    from sharpcomp.engine.train import build, restore_run
+    from sharpcomp.settings import ConfigError, settings
+
+    out = []
+    if opts["run"] is not None:
+        for folder in str(opts["run"]).split(","):
+            if not Path(folder).is_dir():
+                raise MeasureError(f"no run folder '{folder}'")
+            try:
+                model, raw, _, _, _ = restore_run(folder)
+            except FileNotFoundError as exc:
+                raise MeasureError(f"cannot load run '{folder}': {exc}") from None
+            s = settings(raw)
+            out.append({"model": model, "settings": s, "label": None, "source": folder})
+        return out
+    specs = str(opts["model"]).split(",")
+    weights = str(opts["weights"]).split(",") if opts["weights"] else [None] * len(specs)
+    if len(weights) != len(specs):
+        raise MeasureError(f"{len(specs)} models but {len(weights)} weights files")
+    base = _base(opts)
+    data = _data(opts)
+    n_out = int(opts["outputs"]) if opts["outputs"] else data.num_classes
+    for spec, w in zip(specs, weights):
+        raw = {**base.raw, "model": model_config(spec, args, n_out), "seed": opts["seed"]}
+        try:
+            s = settings(raw)
+            model = build(s, data, torch.device("cpu"))
+        except (ConfigError, ValueError) as exc:
+            raise MeasureError(str(exc).splitlines()[0]) from None
+        if w:
+            load_weights(model, w)
+        out.append({"model": model.eval(), "settings": s, "label": spec, "source": w or "initial weights",
+                    "data": data})
+    return out
+
+
+def measure_rows(opts: dict, args: dict) -> list[dict]:
+    """Every measure of every network on each sample set: the rows (results schema)."""
+    from sharpcomp.engine.evaluation import evaluate, sample_set
+    from sharpcomp.engine.train import load_data
+    from sharpcomp.losses import per_sample_loss
+    from sharpcomp.settings import run_identity
+
+    dtype = {"float32": torch.float32, "float64": torch.float64}[opts["dtype"]]
+    rows = []
+    for t in _targets(opts, args):
+        s, model = t["settings"], t["model"]
+        data = t.get("data") or load_data(s, torch.device("cpu"))
+        n_out = s.num_outputs(data.num_classes)
+        ident = run_identity(s)
+        run_id = ident["run_id"] if t["label"] is None else f"measure-{t['label']}-s{s.seed}"
+        idx = train_sample_indices(opts["seed"] if t["label"] else s.seed, len(data.train_x), opts["n"])
+        test_loss, test_acc, correct = evaluate(model, data.test_x, data.test_y, s.loss)
+        base = {"run_id": run_id, "data": s.data["name"], "model": s.model["name"], "seed": s.seed,
+                "loss": s.loss, "outputs": n_out, "lr": s.raw.get("lr"), "batch": s.raw.get("batch"),
+                "device": "cpu", "settings": json.dumps({"measured": t["source"], **ident["settings"]}, default=str),
+                "status": "measured", "test_loss": test_loss, "test_acc": test_acc}
+        for name in opts["sample_sets"]:
+            x, y = sample_set(name, data, idx, opts["n"], correct)
+            row = {**base, "sample_set": name, "n_samples": len(x)}
+            if len(x):
+                with torch.no_grad():
+                    row["sample_loss"] = float(per_sample_loss(s.loss, model(x), y).mean())
+                row.update(_metrics(model, x, dtype, opts))
+            rows.append(row)
+    return rows
+
+
+def _metrics(model: nn.Module, x: torch.Tensor, dtype: torch.dtype, opts: dict) -> dict:
+    """The exact engine and the network-wide columns, or (``estimate=always``, or ``auto`` above the
+    cost threshold) the matrix-free estimators with standard errors."""
+    from sharpcomp.measures.estimators import choose, estimate_metrics
+    from sharpcomp.measures.metrics import compute_metrics
+    from sharpcomp.measures.network_wide import add_network_wide
+
+    how = opts["estimate"] if opts["estimate"] != "auto" else choose(model, x)
+    if how in ("always", "estimate"):
+        gen = torch.Generator().manual_seed(opts["seed"])
+        return estimate_metrics(model.to(dtype), x.to(dtype), probes=opts["probes"], generator=gen)
+    res = compute_metrics(model, x, dtype=dtype)
+    return add_network_wide(res, model, x, dtype=dtype)
+
+
+def write_rows(rows: list[dict], out: Path) -> Path:
+    import pandas as pd
+
+    from sharpcomp.results.records import atomic_write_parquet, tidy
+
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "metrics.parquet"
+    frame = tidy(pd.DataFrame(rows))
+    if path.exists():
+        old = pd.read_parquet(path)
+        keys = set(zip(frame.run_id, frame.sample_set))
+        old = old[[k not in keys for k in zip(old.run_id, old.sample_set)]]
+        frame = tidy(pd.concat([old, frame], ignore_index=True))
+    atomic_write_parquet(path, frame)
+    return path
+
+
+def draw_figure(path: Path, target: Path) -> None:
+    """The across-model correlation of sharpness with MLS, NMLS, G and local dimensionality (one point
+    per (model, sample set) row of ``path``)."""
+    import pandas as pd
+
+    from sharpcomp.figures.draw import draw_correlation
+    from sharpcomp.figures.tables import correlation_table
+
+    frame = pd.read_parquet(path)
+    cols = [c for c in FIGURE_COLUMNS if c in frame and frame[c].notna().sum() >= 3]
+    if len(frame) < 3 or "sharpness" not in cols:
+        raise MeasureError(f"the correlation figure needs at least 3 measured rows, {path} has {len(frame)}")
+    summary = frame.assign(_run=frame.run_id + "/" + frame.sample_set).reset_index(drop=True)
+    fig = draw_correlation(summary, cols, correlation_table(summary, cols), color_by=("model", "sample_set"),
+                           title="across models: sharpness against compression")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(target, dpi=120)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print("sharpcomp measure: every measure on trained networks, without training.\n\n" + USAGE)
+        return 0
+    try:
+        opts, args = parse(argv)
+        rows = measure_rows(opts, args)
+        path = write_rows(rows, Path(opts["out"]))
+        for r in rows:
+            vals = ", ".join(f"{k}={r[k]:.4g}" for k in ("sharpness", "mls", "nmls", "nmls_bound")
+                             if isinstance(r.get(k), float) and math.isfinite(r[k]))
+            print(f"{r['run_id']} [{r['sample_set']}, n={r['n_samples']}]: {vals}")
+        print(f"{len(rows)} rows -> {path}")
+        if opts["figure"]:
+            draw_figure(path, Path(opts["figure"]))
+            print(f"figure -> {opts['figure']}")
+    except MeasureError as exc:
+        print(f"sharpcomp measure: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a broken checkpoint, missing data: one line, no traceback
+        print(f"sharpcomp measure: error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+              file=sys.stderr)
+        return 1
+    return 0
