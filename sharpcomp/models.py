@@ -33,7 +33,8 @@ from __future__ import annotations
 import inspect
 import math
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -191,22 +192,30 @@ def _construct(model_cfg: Mapping, num_outputs: int, input_shape: tuple[int, ...
         raise ModelError(f"model {target}({args}) failed: {type(cause).__name__}: {_first_line(cause)}") from None
 
 
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode (BatchNorm uses its running statistics and leaves them untouched, dropout
+    is off) for the duration; afterwards every module's own train/eval mode is restored."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
 def check_output_shape(model: nn.Module, num_outputs: int, input_shape: tuple[int, ...], name: str = "model") -> None:
     """One forward pass on one zero sample, in eval mode (no BatchNorm statistics change): the output
     must be (1, num_outputs), as the loss needs. Each module's train/eval mode is restored."""
-    modes = [(m, m.training) for m in model.modules()]
     param = next(model.parameters(), None)
     x = torch.zeros((1, *input_shape), device=param.device if param is not None else "cpu")
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             out = model(x)
     except Exception as exc:
         raise ModelError(f"model {name} fails on one input of shape {tuple(x.shape)}: "
                          f"{type(exc).__name__}: {_first_line(exc)}") from None
-    finally:
-        for m, training in modes:
-            m.training = training
     shape = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
     if shape != (1, num_outputs):
         raise ModelError(f"model {name} gives outputs of shape {shape} for one input of shape {tuple(x.shape)}; "
@@ -259,13 +268,14 @@ def samples_per_chunk(model: nn.Module, sample: torch.Tensor, members: int = 1,
                       device: torch.device | None = None) -> int:
     """Samples per forward pass so that ``members`` stacked copies of ``model`` keep their largest
     activation within ``ACTIVATION_BUDGET`` of ``device`` (default: the sample's); ``sample``: one
-    input (1, ...) on the model's device (``meta`` works)."""
+    input (1, ...) on the model's device (``meta`` works). The probing pass runs in eval mode (one sample
+    is no batch for BatchNorm, whose statistics stay untouched)."""
     sizes = [sample.numel()]
     leaves = [m for m in model.modules() if next(m.children(), None) is None]
     hooks = [m.register_forward_hook(lambda mod, a, out: sizes.append(out.numel() if torch.is_tensor(out) else 0))
              for m in leaves]
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(sample)
     finally:
         for h in hooks:

@@ -75,6 +75,7 @@ from torch import Tensor, nn
 from sharpcomp.measures.hutchinson import hutchinson
 from sharpcomp.measures.layer_rules import rule_for
 from sharpcomp.measures.precision import exact_float32
+from sharpcomp.models import eval_mode
 from sharpcomp.results.columns import METRIC_COLUMNS
 
 # The SPEC metric columns (sharpcomp.results.columns, the one schema of column names).
@@ -96,7 +97,8 @@ def compute_metrics(model: nn.Module, inputs: Tensor, *, layer: str | None = Non
     """The SPEC metric columns of ``model`` on the samples ``inputs`` (n, ...); see the module docstring.
 
     Args:
-        model: maps a batch of inputs to outputs; put it in eval mode first. Left untouched.
+        model: maps a batch of inputs to outputs; evaluated in eval mode (BatchNorm's running
+            statistics, no dropout), whatever its mode. Left untouched (modes restored).
         inputs: the sample set, one sample per row.
         layer: name (as in ``model.named_modules()``) of the module whose output is f; default: the
             model output.
@@ -119,7 +121,7 @@ def compute_metrics(model: nn.Module, inputs: Tensor, *, layer: str | None = Non
     step = x.shape[0] if chunk_size is None else int(chunk_size)
     if step < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    with torch.enable_grad():
+    with torch.enable_grad(), eval_mode(model):
         parts = [_chunk_metrics(model, x[s:s + step], layer, log_volume_rank)
                  for s in range(0, x.shape[0], step)]
     per = {k: np.concatenate([part.values[k] for part in parts]) for k in parts[0].values}
