@@ -208,6 +208,21 @@ def _check_writable(folder: str) -> None:
                 pass
 
 
+def implied_custom(overrides: list[str]) -> list[str]:
+    """``model._target_=X`` without a ``model=`` choice means one's own network: ``model=custom`` is
+    implied (its ``outputs: classes``, label ``custom``), so vgg10's keys do not reach X. A ``_target_``
+    naming a built-in's own callable keeps that built-in."""
+    from sharpcomp.models import BUILTIN
+
+    keys = [o.split("=", 1) for o in overrides if "=" in o]
+    targets = [v for k, v in keys if k.lstrip("+~") == "model._target_"]
+    chosen = any(k.lstrip("+~") == "model" for k, _ in keys) or any(
+        k.lstrip("+~") == "experiment" for k, _ in keys)
+    if not targets or chosen or all(t in (b[0] for b in BUILTIN.values()) for t in targets):
+        return overrides
+    return ["model=custom", *overrides]
+
+
 def check_overrides(overrides: list[str], multirun: bool = False) -> None:
     """Compose the train config for every sweep value and validate it; UsageError on the first problem."""
     from hydra import compose, initialize_config_module
@@ -310,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
             flags = [a for a in rest if a.startswith("-")]
             if flags:
                 raise UsageError(f"unknown flag '{flags[0]}' (options are key=value; see `sharpcomp --help`)")
+            rest = implied_custom(rest)
             check_overrides(rest, multirun)
             return _run_hydra_train(rest, multirun)
         if multirun:

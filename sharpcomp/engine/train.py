@@ -33,12 +33,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from sharpcomp.data.datasets import Dataset, load_from_config
+from sharpcomp.data.datasets import Dataset, known_shape, load_from_config
 from sharpcomp.data.order import epoch_permutation, steps_per_epoch, train_sample_indices
 from sharpcomp.engine.evaluation import checkpoint_rows, sample_losses, sample_sets
 from sharpcomp.engine.steppers import PlainStepper
 from sharpcomp.losses import make_loss, per_sample_loss  # noqa: F401  (re-exported)
-from sharpcomp.models import ModelError, build_from_config, build_model
+from sharpcomp.models import ModelError, build_from_config, build_model, check_buildable
 from sharpcomp.results.run_state import CHECKPOINT_FILE, RunResult, RunState, identity_columns, read_checkpoint
 from sharpcomp.settings import (  # noqa: F401  (re-exported)
     BUILTIN_MODELS,
@@ -81,12 +81,19 @@ def check_layer(s: Settings, model: nn.Module) -> None:
 
 
 def check_config(cfg) -> Settings:
-    """Every check that needs no data (one line each): the settings, and the representation layer of a
-    built-in network (built on the meta device, without data)."""
+    """Every check that needs no data (one line each): the settings, and the network built on the meta
+    device (without data, for a dataset of known shape): its arguments, output shape and representation layer."""
     s = settings(cfg)
-    if s.metrics.layer is not None and s.model["name"] in BUILTIN_MODELS:
+    shape, classes = known_shape(s.data)
+    try:
+        model = check_buildable(s.model, s.num_outputs(classes or 10), shape, classes)
+    except ModelError as exc:
+        raise ConfigError(str(exc)) from None
+    if s.metrics.layer is not None and model is None and s.model["name"] in BUILTIN_MODELS:
         with torch.device("meta"):
-            check_layer(s, build_model(s.model["name"], 10, s.model.get("width", 1.0)))
+            model = build_model(s.model["name"], 10, s.model.get("width", 1.0))
+    if s.metrics.layer is not None and model is not None:
+        check_layer(s, model)
     return s
 
 
