@@ -17,6 +17,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from sharpcomp.results import run_names
+from sharpcomp.results.run_names import NAME_MAX, literal_name  # noqa: F401  (NAME_MAX re-exported)
+
 CONFIG_MODULE = "sharpcomp.conf"
 CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
 GROUPS = ("data", "model", "scale", "optim", "experiment")
@@ -24,23 +27,13 @@ EXIT_USAGE = 2
 # Hydra's flags for looking at the composed config (e.g. `sharpcomp train --cfg job`)
 HYDRA_INSPECT_FLAGS = ("--cfg", "-c", "--package", "-p", "--info", "-i", "--resolve")
 
-NAME_MAX = 200  # bytes of a run folder's name (file systems allow 255); longer names get a digest
-
-
 def run_name(overrides: str) -> str:
-    """A run folder's name from Hydra's override_dirname ("default" without overrides); a name over
-    ``NAME_MAX`` bytes is cut and ends in a digest of the whole (the full overrides stay in .hydra/)."""
-    import hashlib
-
-    name = overrides.replace("/", "_") if overrides else "default"
-    raw = name.encode()
-    if len(raw) <= NAME_MAX:
-        return name
-    digest = hashlib.sha1(raw).hexdigest()[:12]
-    return raw[:NAME_MAX - 14].decode(errors="ignore") + "--" + digest
+    """A run folder's name as it was written before canonical names (Hydra's override_dirname; "default"
+    without overrides); see :mod:`sharpcomp.results.run_names` for the names given now."""
+    return literal_name(overrides)
 
 
-OmegaConf.register_new_resolver("sc_run_name", run_name, replace=True)
+OmegaConf.register_new_resolver("sc_run_name", run_names.resolve, replace=True)
 
 
 class UsageError(Exception):
