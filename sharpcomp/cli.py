@@ -91,6 +91,7 @@ commands:
   train     train one run; with -m, a Hydra multirun sweep (lr=0.05,0.1,0.2 seed=0,1,2)
   figures   draw the study's figures from result folders (sharpcomp figures --help)
   reparam   rescale one layer of a trained run and compare every metric (sharpcomp reparam --help)
+  runs      one row per run under a folder: differing settings, status, accuracy, metrics (sharpcomp runs DIR)
 
 examples:
   sharpcomp train lr=0.1 batch=20
@@ -327,11 +328,15 @@ def main(argv: list[str] | None = None) -> int:
             from sharpcomp.figures.command import main as figures_main
 
             return figures_main(rest)
+        if command == "runs":
+            from sharpcomp.results.sweep import main as runs_main
+
+            return runs_main(rest)
         if command == "reparam":
             from sharpcomp.measures.reparam import main as reparam_main
 
             return reparam_main(rest)
-        raise UsageError(f"unknown command '{command}' (choose from train, figures, reparam; see `sharpcomp --help`)")
+        raise UsageError(f"unknown command '{command}' (choose from train, figures, reparam, runs; see `sharpcomp --help`)")
     except UsageError as exc:
         return _err(str(exc))
     except KeyboardInterrupt:

@@ -145,6 +145,8 @@ def open_runs(cfgs: Sequence, run_dirs: Sequence[Path], data: Dataset | None) ->
     all_settings = [settings(c) for c in cfgs]
     for d in run_dirs:
         check_writable(Path(d))
+    if data is None and all(_ended(s, Path(d)) for s, d in zip(all_settings, run_dirs)):
+        return _open_ended(all_settings, run_dirs), None  # nothing to train: no data to load
     device, data = prepare_runtime(all_settings[0], data)
     if all_settings[0].metrics.layer is not None:  # any network: build one to look (on the CPU, not the meta device)
         check_layer(all_settings[0], build(all_settings[0], data, torch.device("cpu")))
@@ -161,7 +163,41 @@ def open_runs(cfgs: Sequence, run_dirs: Sequence[Path], data: Dataset | None) ->
         for m in members:
             m.run.close()
         raise
+    for m in members:
+        if m.run.result is None and not m.run.fresh:
+            print(f"sharpcomp: {m.run.run_dir}: resumed at iteration {m.run.start}", file=sys.stderr, flush=True)
     return members, data
+
+
+def _ended(s: Settings, run_dir: Path) -> bool:
+    """Whether the folder holds this run finished (or diverged): its saved state says so."""
+    path = run_dir / CHECKPOINT_FILE
+    if not path.exists():
+        return False
+    try:
+        state = read_checkpoint(path)
+    except Exception:
+        return False
+    return state.get("run_id") == run_identity(s)["run_id"] and (
+        state.get("status") == "diverged" or int(state.get("iteration", -1)) >= s.steps)
+
+
+def _open_ended(all_settings: Sequence[Settings], run_dirs: Sequence) -> list[Member]:
+    """Open runs that have ended, without their data: each says so in one line."""
+    members: list[Member] = []
+    try:
+        for s, d in zip(all_settings, run_dirs):
+            run_id = run_identity(s)["run_id"]
+            state = RunState(s, Path(d), {"run_id": run_id}).open(torch.device("cpu"))
+            members.append(Member(state, s, torch.empty(0, dtype=torch.long), make_loss(s.loss, 1)))
+            if state.result is not None:
+                print(f"sharpcomp: {d}: {state.result.status} at iteration {state.start}; nothing to train",
+                      file=sys.stderr, flush=True)
+    except BaseException:
+        for m in members:
+            m.run.close()
+        raise
+    return members
 
 
 def by_start(members: Sequence[Member]) -> list[list[Member]]:
