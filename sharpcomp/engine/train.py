@@ -148,6 +148,7 @@ def open_runs(cfgs: Sequence, run_dirs: Sequence[Path], data: Dataset | None) ->
     if data is None and all(_ended(s, Path(d)) for s, d in zip(all_settings, run_dirs)):
         return _open_ended(all_settings, run_dirs), None  # nothing to train: no data to load
     device, data = prepare_runtime(all_settings[0], data)
+    note_small_sets(all_settings[0], data)
     if all_settings[0].metrics.layer is not None:  # any network: build one to look (on the CPU, not the meta device)
         check_layer(all_settings[0], build(all_settings[0], data, torch.device("cpu")))
     members: list[Member] = []
@@ -198,6 +199,15 @@ def _open_ended(all_settings: Sequence[Settings], run_dirs: Sequence) -> list[Me
             m.run.close()
         raise
     return members
+
+
+def note_small_sets(s: Settings, data: Dataset) -> None:
+    """One line when ``metrics.n`` exceeds a set its sample sets are drawn from (the sets are cut)."""
+    sizes = {"train": len(data.train_x), "test": len(data.test_x)}
+    cut = [f"{name} {sizes[name]}" for name in s.metrics.sample_sets if s.metrics.n > sizes.get(name, s.metrics.n)]
+    if cut:
+        print(f"sharpcomp: metrics.n={s.metrics.n} is more than the data holds; sample sets cut to "
+              f"{', '.join(cut)} samples", file=sys.stderr, flush=True)
 
 
 def by_start(members: Sequence[Member]) -> list[list[Member]]:

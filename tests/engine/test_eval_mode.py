@@ -112,3 +112,12 @@ def test_chunk_sizing_of_a_library_resnet_in_training_mode():
     before = _stats(model)
     assert samples_per_chunk(model, torch.rand(1, 3, 32, 32)) >= 1
     assert model.training and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_metrics_n_over_the_data_is_said_once(toy, tmp_path, capsys):
+    train(_cfg("steps=2", "log_every=2", "metrics.n=500", "metrics.sample_sets=[train,test]"), tmp_path / "run", data=toy)
+    err = capsys.readouterr().err
+    line = "metrics.n=500 is more than the data holds; sample sets cut to train 96, test 40 samples"
+    assert err.count(line) == 1
+    train(_cfg("steps=2", "log_every=2", "metrics.n=4"), tmp_path / "fits", data=toy)
+    assert "more than the data holds" not in capsys.readouterr().err
