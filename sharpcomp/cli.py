@@ -336,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
             from sharpcomp.measures.reparam import main as reparam_main
 
             return reparam_main(rest)
-        raise UsageError(f"unknown command '{command}' (choose from train, figures, reparam, runs; see `sharpcomp --help`)")
+        raise UsageError(f"unknown command '{command}' (choose from train, figures, reparam, runs; "
+                         f"see `sharpcomp --help`)")
     except UsageError as exc:
         return _err(str(exc))
     except KeyboardInterrupt:

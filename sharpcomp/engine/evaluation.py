@@ -80,7 +80,9 @@ def compute_sample_metrics(model: nn.Module, inputs: Mapping[str, tuple], s: Set
     """``compute_metrics`` of one network on each non-empty sample set, by name."""
     from sharpcomp.measures.metrics import compute_metrics
 
-    return {name: compute_metrics(model, x, **s.metrics.options()) for name, (x, _) in inputs.items() if len(x)}
+    progress = None if s.progress else False  # a bar on long metric work, like training's
+    return {name: compute_metrics(model, x, progress=progress, **s.metrics.options())
+            for name, (x, _) in inputs.items() if len(x)}
 
 
 def checkpoint_rows(model: nn.Module, s: Settings, data: Dataset, sets: Mapping[str, tuple], loss_fn: Callable,

@@ -115,7 +115,8 @@ def test_chunk_sizing_of_a_library_resnet_in_training_mode():
 
 
 def test_metrics_n_over_the_data_is_said_once(toy, tmp_path, capsys):
-    train(_cfg("steps=2", "log_every=2", "metrics.n=500", "metrics.sample_sets=[train,test]"), tmp_path / "run", data=toy)
+    cfg = _cfg("steps=2", "log_every=2", "metrics.n=500", "metrics.sample_sets=[train,test]")
+    train(cfg, tmp_path / "run", data=toy)
     err = capsys.readouterr().err
     line = "metrics.n=500 is more than the data holds; sample sets cut to train 96, test 40 samples"
     assert err.count(line) == 1
