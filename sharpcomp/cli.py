@@ -22,7 +22,7 @@ from sharpcomp.results.run_names import NAME_MAX, literal_name  # noqa: F401  (N
 
 CONFIG_MODULE = "sharpcomp.conf"
 CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
-GROUPS = ("data", "model", "scale", "optim", "experiment")
+GROUPS = ("data", "model", "scale", "optim", "logger", "experiment")
 EXIT_USAGE = 2
 # Hydra's flags for looking at the composed config (e.g. `sharpcomp train --cfg job`)
 HYDRA_INSPECT_FLAGS = ("--cfg", "-c", "--package", "-p", "--info", "-i", "--resolve")

@@ -26,7 +26,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -39,6 +39,7 @@ from sharpcomp.engine.evaluation import checkpoint_rows, sample_losses, sample_s
 from sharpcomp.engine.steppers import PlainStepper
 from sharpcomp.losses import make_loss, per_sample_loss  # noqa: F401  (re-exported)
 from sharpcomp.models import ModelError, build_from_config, build_model, check_buildable
+from sharpcomp.results.loggers import Logger, make_logger
 from sharpcomp.results.run_state import CHECKPOINT_FILE, RunResult, RunState, identity_columns, read_checkpoint
 from sharpcomp.settings import (  # noqa: F401  (re-exported)
     BUILTIN_MODELS,
@@ -134,6 +135,7 @@ class Member:
     settings: Settings
     sample_idx: torch.Tensor
     loss_fn: Callable
+    logger: Logger = field(default_factory=Logger)
 
     @property
     def seed(self) -> int:
@@ -159,7 +161,9 @@ def open_runs(cfgs: Sequence, run_dirs: Sequence[Path], data: Dataset | None) ->
             run_id = run_identity(s)["run_id"]
             state = RunState(s, Path(d), identity_columns(s, run_id, n_out, data.source, device)).open(device)
             idx = train_sample_indices(s.seed, len(data.train_x), s.metrics.n).to(device)
-            members.append(Member(state, s, idx, make_loss(s.loss, n_out)))
+            logger = Logger() if state.result is not None else make_logger(
+                s.raw.get("logger"), Path(d), run_id, {**run_identity(s)["settings"], "steps": s.steps})
+            members.append(Member(state, s, idx, make_loss(s.loss, n_out), logger))
     except BaseException:
         for m in members:
             m.run.close()
@@ -365,6 +369,7 @@ class _Loop:
         w0 = time.perf_counter()
         status = "finished" if it == self.s.steps else "running"
         m.run.commit(it, rows, status, self.wall(m), *self.stepper.states(pos))
+        m.logger.log(it, rows)  # live monitoring mirrors the recorded rows; never stops the run
         self.timing["write"] += time.perf_counter() - w0
         return rows
 
@@ -416,6 +421,7 @@ def train_members(members: list[Member], data: Dataset, make_stepper, callback=N
 
 def close_all(members: Sequence[Member]) -> None:
     for m in members:
+        m.logger.close()
         m.run.close()
 
 
