@@ -95,7 +95,27 @@ def check_config(cfg) -> Settings:
             model = build_model(s.model["name"], 10, s.model.get("width", 1.0))
     if s.metrics.layer is not None and model is not None:
         check_layer(s, model)
+    if model is not None:
+        check_symmetry(s, model)
     return s
+
+
+def check_symmetry(s: Settings, model: nn.Module) -> None:
+    """For the measures on the quotient by the rescaling symmetry: ConfigError when the network cannot be
+    traced; one line naming the modules the analysis cannot see through (their units count as without
+    symmetry)."""
+    on = [k for k in ("quotient_trace", "quotient_worst") if s.metrics.flatness.get(k) is not None]
+    if not on:
+        return
+    from sharpcomp.measures.symmetry_graph import TraceError, analyse
+
+    try:
+        _, unknown = analyse(model)
+    except TraceError as exc:
+        raise ConfigError(f"metrics.flatness.{on[0]}: {exc}") from None
+    if unknown:
+        print(f"sharpcomp: metrics.flatness.{on[0]}: the rescaling symmetry analysis cannot see through "
+              f"{', '.join(unknown)}; their units count as without symmetry", file=sys.stderr, flush=True)
 
 
 def prepare_runtime(s: Settings, data: Dataset | None) -> tuple[torch.device, Dataset]:

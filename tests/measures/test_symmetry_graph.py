@@ -130,3 +130,26 @@ def test_untraceable_networks_are_one_line():
     assert "\n" not in str(err.value)
     groups, unknown = analyse(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.LayerNorm(3), nn.Linear(3, 1)))
     assert groups == [] and unknown == ["2 (LayerNorm)"]
+
+
+@pytest.mark.slow
+def test_quotient_trace_and_reparam_on_a_residual_network_run(in_tmp, monkeypatch, capsys):
+    import math
+
+    from sharpcomp.cli import main
+    from sharpcomp.results.records import read_metrics
+    from tests.conftest import REPO, TINY
+
+    monkeypatch.syspath_prepend(str(REPO))
+    data = [a for a in TINY if not a.startswith("model")]
+    args = ["train", *data, "model=custom", "model._target_=tests.nets.SmallResNet", "+model.width=2",
+            "metrics.flatness.quotient_trace={probes:2,n:8}"]
+    assert main(args) == 0, capsys.readouterr().err
+    (run,) = [p.parent for p in (in_tmp / "outputs").rglob("checkpoint.pt")]
+    rows = read_metrics(run)
+    train_rows = rows[rows.sample_set == "train"]
+    assert train_rows.quotient_trace.notna().all() and train_rows.quotient_trace_gap.map(math.isfinite).all()
+    capsys.readouterr()
+    assert main(["reparam", str(run), "alpha=3", "probes=2"]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "layer fc" not in out and "rescaled by alpha=3" in out and "unchanged:" in out
