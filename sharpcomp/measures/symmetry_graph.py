@@ -208,7 +208,7 @@ def _consume(spaces: _Spaces, space: int, layout: str, name: str, mod: nn.Module
 
 def _groups(spaces: _Spaces, modules: dict) -> list[Group]:
     out = []
-    for i, s in enumerate(spaces.items):
+    for s in spaces.items:
         if s.parent is not None or s.broken or not s.consumers:
             continue
         names = s.producers + [c for c, _ in s.consumers]
