@@ -8,7 +8,8 @@ Command line (``sharpcomp figures`` calls :func:`main`)::
 - ``RESULT_DIRS`` (default ``outputs``): searched recursively for ``metrics.parquet``, so single
   runs, multirun folders and copies from a cluster all work. A file that cannot be read is skipped
   with a line; when nothing can be read, one error line on stderr and exit status 1.
-- ``--out`` (default ``<first RESULT_DIR>-figures``, beside the results, never inside them): for each figure ``<id>.png``, ``<id>.pdf`` and
+- ``--out`` (default ``<first RESULT_DIR>-figures``, beside the results, never inside them): for each
+  figure ``<id>.png``, ``<id>.pdf`` and
   CSVs of the numbers drawn: trend figures ``<id>.csv`` (per group, column and iteration: mean over
   runs, std, min, max, number of runs; the flatness figure adds ``se``, the standard error of the
   lines drawn with error bars) and ``<id>_runs.csv`` (per-run summary: identity, progress, mean of

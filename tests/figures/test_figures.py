@@ -800,3 +800,26 @@ def test_by_model_name_draws_both_models_in_one_figure(tmp_path, capsys, fake_sa
     assert rc == 0 and err == []
     lines = pd.read_csv(figs(tmp_path) / "sweep-model.name.csv")
     assert set(lines["model.name"]) == {"mlp4", "vgg10"} and (lines["n_runs"] == 2).all()
+
+
+def test_own_network_sweep_grouped_without_by_titles_from_settings(tmp_path, capsys, saved):
+    """Without --by, a sweep of one's own networks is grouped by the key that differs; titles give the
+    steps run (not the scale's name) and the class subset of the data; figures go beside the results."""
+    res = tmp_path / "r"
+    for lr in (0.05, 0.1):
+        for s in (0, 1):
+            st = settings_of("cifar10", "custom", lr, 20, s)
+            st["data"]["classes"] = [0, 1]
+            make_run(res, "cifar10", "custom", lr, 20, s, n_ckpt=3, settings=st)
+    rc, out, err = run_cli(capsys, res, "--only", "sweep,sweep_correlation", "--formats", "png")
+    assert rc == 0 and err == []
+    assert "sweep: grouped by lr, the key that differs between the runs (--by KEY chooses another)" in out
+    assert not (res / "figures").exists() and (figs(res) / "sweep-lr.csv").exists()
+    fig = saved["sweep-lr.png"]
+    title = fig._suptitle.get_text()
+    assert "custom on cifar10 classes 0,1" in title and "300 steps" in title and "scale quick" not in title
+    # the study's networks keep needing --by
+    res2 = tmp_path / "s"
+    sweep(res2, grid=GRID[:2], seeds=(0,), n_ckpt=3)
+    rc, out, err = run_cli(capsys, res2, "--only", "sweep", "--formats", "png")
+    assert rc == 0 and any(line.startswith("sweep: skipped, needs --by KEY") for line in out)
