@@ -153,7 +153,9 @@ def title_for(spec: FigureSpec, runs: pd.DataFrame, extra: str = "") -> str:
     parts += [f"{k} {fmt(v)}" for k, v in spec.fixed.items()]
     if extra:
         parts.append(extra)
-    parts.append(f"scale {fmt(first['scale'])}, loss {fmt(first['loss'])}")
+    steps = {int(v) for v in runs["last_iteration"].dropna()} if "last_iteration" in runs else set()
+    scale = f"{steps.pop()} steps" if len(steps) == 1 else f"scale {fmt(first['scale'])}"
+    parts.append(f"{scale}, loss {fmt(first['loss'])}")
     return ", ".join(parts)
 
 

@@ -156,7 +156,7 @@ def draw_trend(
     panels = [Panel.of(p) for p in panels]
     ncols = max(1, min(ncols, len(panels)))
     nrows = int(np.ceil(len(panels) / ncols))
-    width = max(4.4 * ncols, 7.0)
+    width = max(4.4 * ncols, 9.0 if len(panels) == 1 else 7.0)  # one panel: room for its title on one line
     fig = Figure(figsize=(width, 3.3 * nrows + (0.5 if title else 0) + (1.2 if len(panels) == 1 else 0)),
                  layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
@@ -199,7 +199,7 @@ def draw_trend(
         if handles:
             fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize=7)
     if title:
-        fig.suptitle(textwrap.fill(title, int(width * 14)), fontsize=10)
+        fig.suptitle(textwrap.fill(title, int(width * 12)), fontsize=10)  # ~12 characters an inch at 10 pt
     return fig, empty
 
 
@@ -300,9 +300,10 @@ def draw_correlation(
     # the legend's column: wide enough for the longest label (about 0.085 inch a character at 9 pt)
     margin = max(1.5, 0.5 + 0.085 * max(len(text) for text in order)) if len(order) > 1 else 1.5
     width = size * k + 0.6 + margin
-    fig = Figure(figsize=(width, size * k + 0.9))
+    height = size * k + 1.3
+    fig = Figure(figsize=(width, height))
     fig.subplots_adjust(left=0.9 / width, right=(size * k + 0.6) / width,
-                        bottom=0.55 / (size * k + 0.9), top=1 - 0.45 / (size * k + 0.9),
+                        bottom=0.6 / height, top=1 - 0.75 / height,
                         wspace=0.08, hspace=0.08)
     grid = fig.add_gridspec(k, k)
     axes = [[None] * k for _ in range(k)]
@@ -333,7 +334,8 @@ def draw_correlation(
                     ax.plot(v, np.zeros_like(v), "|", color="0.15", ms=7, mew=0.9, clip_on=False)
                 ax.set_yticks([])
             else:
-                ax.scatter(summary[xcol], summary[ycol], s=12, c=point_colors, edgecolors="none", alpha=0.85)
+                ax.scatter(summary[xcol], summary[ycol], s=24, c=point_colors, edgecolors="white", linewidths=0.4,
+                           alpha=0.9)
                 text = f"r = {r:.2f}" if np.isfinite(r) else "r = n/a"
                 x0, y0, ha, va = _free_corner(summary[xcol].to_numpy(dtype=float), summary[ycol].to_numpy(dtype=float))
                 ax.text(x0, y0, text, transform=ax.transAxes, fontsize=8, ha=ha, va=va,
