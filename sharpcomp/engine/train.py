@@ -168,7 +168,10 @@ def open_runs(cfgs: Sequence, run_dirs: Sequence[Path], data: Dataset | None) ->
     for d in run_dirs:
         check_writable(Path(d))
     if data is None and all(_ended(s, Path(d)) for s, d in zip(all_settings, run_dirs)):
-        return _open_ended(all_settings, run_dirs), None  # nothing to train: no data to load
+        ended = _open_ended(all_settings, run_dirs)
+        if all(m.run.result is not None for m in ended):
+            return ended, None  # nothing to train: no data to load
+        close_all(ended)  # e.g. the rows were lost: the run restarts, with its data
     device, data = prepare_runtime(all_settings[0], data)
     note_small_sets(all_settings[0], data)
     if all_settings[0].metrics.layer is not None:  # any network: build one to look (on the CPU, not the meta device)
