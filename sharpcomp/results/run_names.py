@@ -98,11 +98,19 @@ def _defaults_json(choices: tuple[tuple[str, str], ...]) -> str:
     return json.dumps(defaults(**dict(choices)))
 
 
+def _packaged(group: str, option: str) -> bool:
+    from importlib import resources
+
+    return (resources.files("sharpcomp.conf") / group / f"{option}.yaml").is_file()
+
+
 def canonical_name(cfg: dict, choices: dict) -> str:
     """The folder name of the complete plain config ``cfg`` whose group choices are ``choices``
     (Hydra's ``hydra.runtime.choices``: data, model, scale, optim)."""
     picked = {g: str(choices[g]) for g in ("data", "model", *NAMED_GROUPS) if choices.get(g)}
-    base = json.loads(_defaults_json(tuple(sorted(picked.items()))))
+    # a group option of the user's own config folder (hydra.searchpath) is not composed here: its keys are
+    # compared with the packaged default's, so they are named (longer, still one name for equal settings)
+    base = json.loads(_defaults_json(tuple(sorted((g, v) for g, v in picked.items() if _packaged(g, v)))))
     parts = [f"{g}={picked[g]}" for g in NAMED_GROUPS if g in picked and picked[g] != DEFAULT_CHOICES[g]]
     parts += [f"{k}={v}" for k, v in differing(cfg, base).items()]
     return shorten(",".join(sorted(parts)))
