@@ -400,6 +400,8 @@ def train_ensemble(cfgs: Sequence, run_dirs: Sequence[str | Path], *, data: Data
     _check_runs(cfgs, run_dirs)
     members, data = open_runs(cfgs, run_dirs, data)
     try:
+        if data is None:  # every run had ended: nothing to train, no data loaded
+            return [m.run.outcome() for m in members]
         compile = members[0].settings.compile if compile is None else compile
         why = _stackable(members, data)
         if why is None:
