@@ -13,7 +13,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sharpcomp.engine.train import load_data, restore_run  # noqa: E402
+from sharpcomp.engine.train import load_data, load_run  # noqa: E402
 from sharpcomp.measures.hessian_spectrum import ggn_top, hessian_top  # noqa: E402
 from sharpcomp.settings import settings  # noqa: E402
 
@@ -23,7 +23,8 @@ def main(argv: list[str]) -> int:
         print(__doc__.strip().splitlines()[-1].strip(), file=sys.stderr)
         return 2
     for d in argv:
-        model, cfg, _, _, loss = restore_run(d)
+        loaded = load_run(d)
+        model, cfg, loss = loaded.model, loaded.config, loaded.loss_fn
         data = load_data(settings(cfg), torch.device("cpu"))
         x, y = data.train_x, data.train_y
         with torch.no_grad():

@@ -21,8 +21,8 @@ from sharpcomp.settings import CONFIG_MODULE, register_resolvers
 from sharpcomp.usage import EXIT_USAGE, UsageError, report
 
 CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
-GROUPS = ("data", "model", "scale", "optim", "experiment")
-COMMANDS = ("train", "figures", "reparam", "measure")
+GROUPS = ("data", "model", "scale", "optim", "logger", "experiment")
+COMMANDS = ("train", "figures", "reparam", "measure", "runs")
 # Hydra's flags for looking at the composed config (e.g. `sharpcomp train --cfg job`)
 HYDRA_VIEW_FLAGS = ("--cfg", "-c", "--package", "-p", "--info", "-i", "--resolve")
 
@@ -45,6 +45,7 @@ commands:
   reparam   rescale one layer of a trained run and compare every metric (sharpcomp reparam --help)
   measure   every measure on trained networks (run folders, timm/torchvision/own models + weights),
             without training (sharpcomp measure --help)
+  runs      one row per run under a folder: differing settings, status, accuracy, metrics (sharpcomp runs DIR)
 
 examples:
   sharpcomp train lr=0.1 batch=20
@@ -157,6 +158,21 @@ def _check_writable(folder: str) -> None:
                 pass
 
 
+def implied_custom(overrides: list[str]) -> list[str]:
+    """``model._target_=X`` without a ``model=`` choice means one's own network: ``model=custom`` is
+    implied (its ``outputs: classes``, label ``custom``), so vgg10's keys do not reach X. A ``_target_``
+    naming a built-in's own callable keeps that built-in."""
+    from sharpcomp.models import BUILTIN
+
+    keys = [o.split("=", 1) for o in overrides if "=" in o]
+    targets = [v for k, v in keys if k.lstrip("+~") == "model._target_"]
+    chosen = any(k.lstrip("+~") == "model" for k, _ in keys) or any(
+        k.lstrip("+~") == "experiment" for k, _ in keys)
+    if not targets or chosen or all(t in (b[0] for b in BUILTIN.values()) for t in targets):
+        return overrides
+    return ["model=custom", *overrides]
+
+
 def check_overrides(overrides: list[str], multirun: bool = False) -> None:
     """Compose the train config for every sweep value and validate it; UsageError on the first problem."""
     from hydra import compose, initialize_config_module
@@ -265,6 +281,7 @@ def _train(rest: list[str], multirun: bool) -> int:
     flags = [a for a in rest if a.startswith("-")]
     if flags:
         raise UsageError(f"unknown flag '{flags[0]}' (options are key=value; see `sharpcomp --help`)")
+    rest = implied_custom(rest)
     check_overrides(rest, multirun)
     return _run_hydra_train(rest, multirun)
 
@@ -286,6 +303,7 @@ SUBCOMMANDS = {
     "figures": "sharpcomp.figures.command",
     "reparam": "sharpcomp.measures.reparam",
     "measure": "sharpcomp.engine.measure",
+    "runs": "sharpcomp.results.sweep",
 }
 
 

@@ -36,7 +36,8 @@ from __future__ import annotations
 import inspect
 import math
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -47,6 +48,7 @@ MLP4_HIDDEN = (500, 500, 500)
 BUILTIN = {"vgg10": ("sharpcomp.models.vgg10", (3, 32, 32)), "mlp4": ("sharpcomp.models.mlp4", (1, 28, 28))}
 MODEL_NAMES = tuple(BUILTIN)
 OWN_KEYS = ("name", "outputs")  # sharpcomp's keys in a model config, not arguments of the callable
+BUILTIN_KEYS = ("width",)  # a built-in's own arguments: dropped when model._target_ names another callable
 DATA_ARGS = ("num_outputs", "input_shape")  # arguments that come from the data
 
 
@@ -188,13 +190,49 @@ def _accepts(fn, arg: str) -> bool:
         return False
 
 
+def foreign_keys(model_cfg: Mapping, fn=None) -> list[str]:
+    """The built-in network's own keys (``width``) left in a config whose ``_target_`` replaces it (e.g.
+    ``model._target_=torchvision.models.resnet18`` over the default vgg10) and that the new callable does
+    not name: they belong to the network replaced, not to the new one."""
+    builtin = BUILTIN.get(model_cfg.get("name"))
+    target = model_cfg.get("_target_")
+    if builtin is None or target in (None, builtin[0]):
+        return []
+    fn = fn if fn is not None else locate(target_of(model_cfg))
+    return [k for k in BUILTIN_KEYS if k in model_cfg and not _accepts(fn, k)]
+
+
+def check_buildable(model_cfg: Mapping, num_outputs: int, input_shape: tuple[int, ...] | None,
+                    num_classes: int | None = None) -> nn.Module | None:
+    """Build the network on the meta device (no memory, no data): ModelError (one line) when the callable
+    refuses its arguments or gives outputs of the wrong shape, before any data is loaded. A forward pass
+    that the meta device cannot run is left to the real check after loading. Returns the meta network
+    (None when ``input_shape`` is unknown before loading, e.g. an image folder)."""
+    check_model_config(model_cfg)
+    if input_shape is None:
+        return None
+    if num_classes is not None and num_outputs < num_classes:
+        raise ModelError(f"model.outputs={num_outputs} is fewer than the data's {num_classes} classes")
+    with torch.device("meta"):
+        model = _construct(model_cfg, num_outputs, input_shape)
+        if not isinstance(model, nn.Module):
+            raise ModelError(f"model._target_ '{target_of(model_cfg)}' returned a {type(model).__name__}, "
+                             f"not a torch.nn.Module")
+        try:
+            check_output_shape(model, num_outputs, input_shape, model_cfg["name"])
+        except ModelError as exc:
+            if "gives outputs of shape" in str(exc):
+                raise
+    return model
+
+
 def _construct(model_cfg: Mapping, num_outputs: int, input_shape: tuple[int, ...]):
     """Call the config's ``_target_`` with its keyword arguments and the data's, through Hydra."""
     from hydra.utils import instantiate
 
     target = target_of(model_cfg)
     fn = locate(target)
-    node = {k: v for k, v in model_cfg.items() if k not in OWN_KEYS}
+    node = {k: v for k, v in model_cfg.items() if k not in OWN_KEYS and k not in foreign_keys(model_cfg, fn)}
     node.update(_target_=target, _partial_=True)
     node.setdefault("_convert_", "all")
     from_data = {"num_outputs": int(num_outputs), "input_shape": tuple(int(s) for s in input_shape)}
@@ -209,22 +247,30 @@ def _construct(model_cfg: Mapping, num_outputs: int, input_shape: tuple[int, ...
         raise ModelError(f"model {target}({args}) failed: {type(cause).__name__}: {_first_line(cause)}") from None
 
 
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode (BatchNorm uses its running statistics and leaves them untouched, dropout
+    is off) for the duration; afterwards every module's own train/eval mode is restored."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
 def check_output_shape(model: nn.Module, num_outputs: int, input_shape: tuple[int, ...], name: str = "model") -> None:
     """One forward pass on one zero sample, in eval mode (no BatchNorm statistics change): the output
     must be (1, num_outputs), as the loss needs. Each module's train/eval mode is restored."""
-    modes = [(m, m.training) for m in model.modules()]
     param = next(model.parameters(), None)
     x = torch.zeros((1, *input_shape), device=param.device if param is not None else "cpu")
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             out = model(x)
     except Exception as exc:
         raise ModelError(f"model {name} fails on one input of shape {tuple(x.shape)}: "
                          f"{type(exc).__name__}: {_first_line(exc)}") from None
-    finally:
-        for m, training in modes:
-            m.training = training
     shape = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
     if shape != (1, num_outputs):
         raise ModelError(f"model {name} gives outputs of shape {shape} for one input of shape {tuple(x.shape)}; "
@@ -277,13 +323,14 @@ def samples_per_chunk(model: nn.Module, sample: torch.Tensor, members: int = 1,
                       device: torch.device | None = None) -> int:
     """Samples per forward pass so that ``members`` stacked copies of ``model`` keep their largest
     activation within ``ACTIVATION_BUDGET`` of ``device`` (default: the sample's); ``sample``: one
-    input (1, ...) on the model's device (``meta`` works)."""
+    input (1, ...) on the model's device (``meta`` works). The probing pass runs in eval mode (one sample
+    is no batch for BatchNorm, whose statistics stay untouched)."""
     sizes = [sample.numel()]
     leaves = [m for m in model.modules() if next(m.children(), None) is None]
     hooks = [m.register_forward_hook(lambda mod, a, out: sizes.append(out.numel() if torch.is_tensor(out) else 0))
              for m in leaves]
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(sample)
     finally:
         for h in hooks:

@@ -25,7 +25,6 @@ if TYPE_CHECKING:  # torch is imported where it is used: composing the config an
     import torch
 
 CONFIG_MODULE = "sharpcomp.conf"  # conf/, shipped as this package
-NAME_MAX = 200  # bytes of a run folder's name (file systems allow 255); longer names get a digest
 LOSSES = ("mse", "ce")
 OPTIMS = ("sgd", "sam")
 SAMPLE_SETS = ("train", "test", "misclassified")
@@ -53,29 +52,17 @@ def plain(cfg) -> dict:
     return json.loads(json.dumps(cfg, default=str))
 
 
-def run_name(overrides: str) -> str:
-    """A run folder's name from Hydra's override_dirname ("default" without overrides).
-
-    A name over ``NAME_MAX`` bytes is cut and ends in a digest of the whole (the full overrides stay in
-    .hydra/).
-    """
-    name = overrides.replace("/", "_") if overrides else "default"
-    raw = name.encode()
-    if len(raw) <= NAME_MAX:
-        return name
-    digest = hashlib.sha1(raw).hexdigest()[:12]
-    return raw[:NAME_MAX - 14].decode(errors="ignore") + "--" + digest
-
-
 def register_resolvers() -> None:
-    """Register the resolvers ``conf/train.yaml`` uses (``sc_run_name``: :func:`run_name`).
+    """Register the resolvers ``conf/train.yaml`` uses (``sc_run_name``: a run folder's name).
 
     Every function that composes the config calls it first.
     """
     from omegaconf import OmegaConf
 
+    from sharpcomp.results.run_names import resolve
+
     if not OmegaConf.has_resolver("sc_run_name"):
-        OmegaConf.register_new_resolver("sc_run_name", run_name)
+        OmegaConf.register_new_resolver("sc_run_name", resolve)
 
 
 def compose(overrides: Sequence[str] = (), *, hydra: bool = False):

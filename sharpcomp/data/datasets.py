@@ -120,6 +120,16 @@ def check_data_config(data_cfg: Mapping, data_dir=None) -> None:
         resolve_root(data_cfg.get("root"), data_dir)
 
 
+def known_shape(data_cfg: Mapping) -> tuple[tuple[int, ...] | None, int | None]:
+    """(one sample's shape, number of classes) of a data config, known before loading for the
+    torchvision datasets (after a class subset); (None, None) for an image folder."""
+    known = KNOWN.get(data_cfg.get("dataset", data_cfg.get("name")))
+    if known is None:
+        return None, None
+    classes = data_cfg.get("classes")
+    return tuple(known.shape), len(classes) if classes else known.classes
+
+
 def check_classes(classes, dataset: str, num_classes: int | None) -> list[int] | None:
     """The class subset as a list of ints; DataError for indices that are not distinct, in range, >= 2."""
     if classes is None:

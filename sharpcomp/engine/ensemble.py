@@ -55,7 +55,7 @@ from sharpcomp.engine.cuda_graphs import graphs_apply, try_capture
 from sharpcomp.engine.evaluation import eval_layout
 from sharpcomp.engine.train import Member, build, close_all, open_runs, plain_stepper, train_members
 from sharpcomp.losses import batch_loss, loss_target, per_sample_loss
-from sharpcomp.models import samples_per_chunk
+from sharpcomp.models import eval_mode, samples_per_chunk
 from sharpcomp.results.run_state import RunResult
 from sharpcomp.settings import ConfigError, Settings, run_identity, settings
 
@@ -237,8 +237,9 @@ class StackedSGD:
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Every member's output on the same inputs x: (k, len(x), outputs)."""
-        return self._forward(self.params, self.buffers, x)
+        """Every member's output on the same inputs x, in eval mode: (k, len(x), outputs)."""
+        with eval_mode(self.base):
+            return self._forward(self.params, self.buffers, x)
 
     def keep(self, members: Sequence[int]) -> None:
         """Keep only the members at these positions (the others diverged or ended)."""
@@ -422,6 +423,8 @@ def train_ensemble(cfgs: Sequence, run_dirs: Sequence[str | Path], *, data: Data
     _check_runs(cfgs, run_dirs)
     members, data = open_runs(cfgs, run_dirs, data)
     try:
+        if data is None:  # every run had ended: nothing to train, no data loaded
+            return [m.run.outcome() for m in members]
         compile = members[0].settings.compile if compile is None else compile
         why = _stackable(members, data)
         if why is None:

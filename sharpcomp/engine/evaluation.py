@@ -7,6 +7,7 @@ all members at once) on the sample set, and the optional flatness measures on th
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 
 import torch
@@ -14,7 +15,7 @@ from torch import nn
 
 from sharpcomp.data.datasets import Dataset
 from sharpcomp.losses import per_sample_loss
-from sharpcomp.models import samples_per_chunk
+from sharpcomp.models import eval_mode, samples_per_chunk
 from sharpcomp.settings import Settings
 
 
@@ -25,13 +26,15 @@ def eval_layout(x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str) -> tuple[float, float, torch.Tensor]:
-    """(mean loss, accuracy, per-sample correctness) over a whole set, in chunks."""
+    """(mean loss, accuracy, per-sample correctness) over a whole set, in chunks, in eval mode (the
+    running statistics of BatchNorm are used, not changed; no dropout); each module's mode is restored."""
     losses, correct = [], []
-    chunk = samples_per_chunk(model, x[:1])
-    for i in range(0, len(x), chunk):
-        out = model(eval_layout(x[i:i + chunk]))
-        losses.append(per_sample_loss(loss, out, y[i:i + chunk]))
-        correct.append(out.argmax(dim=1) == y[i:i + chunk])
+    with eval_mode(model):
+        chunk = samples_per_chunk(model, x[:1])
+        for i in range(0, len(x), chunk):
+            out = model(eval_layout(x[i:i + chunk]))
+            losses.append(per_sample_loss(loss, out, y[i:i + chunk]))
+            correct.append(out.argmax(dim=1) == y[i:i + chunk])
     losses, correct = torch.cat(losses), torch.cat(correct)
     return float(losses.mean()), float(correct.float().mean()), correct
 
@@ -62,8 +65,11 @@ def sample_losses(models: list[nn.Module], sets: list[dict[str, tuple[torch.Tens
     keys = [(j, name) for j, by_name in enumerate(sets) for name, (x, _) in by_name.items() if len(x)]
     if not keys:
         return [{} for _ in sets]
-    means = torch.stack([per_sample_loss(loss, models[j](sets[j][name][0]), sets[j][name][1]).mean()
-                         for j, name in keys]).tolist()
+    with contextlib.ExitStack() as modes:
+        for j in {j for j, _ in keys}:
+            modes.enter_context(eval_mode(models[j]))
+        means = torch.stack([per_sample_loss(loss, models[j](sets[j][name][0]), sets[j][name][1]).mean()
+                             for j, name in keys]).tolist()
     out: list[dict[str, float]] = [{} for _ in sets]
     for (j, name), v in zip(keys, means):
         out[j][name] = v
@@ -74,7 +80,9 @@ def compute_sample_metrics(model: nn.Module, inputs: Mapping[str, tuple], s: Set
     """``compute_metrics`` of one network on each non-empty sample set, by name."""
     from sharpcomp.measures.metrics import compute_metrics
 
-    out = {name: compute_metrics(model, x, **s.metrics.options()) for name, (x, _) in inputs.items() if len(x)}
+    progress = None if s.progress else False  # a bar on long metric work, like training's
+    out = {name: compute_metrics(model, x, progress=progress, **s.metrics.options())
+           for name, (x, _) in inputs.items() if len(x)}
     return with_network_wide([model], [inputs], [out], s)[0]
 
 

@@ -138,7 +138,7 @@ def _data(opts: dict):
 
 def _targets(opts: dict, args: dict) -> list[dict]:
     """One entry per network: model, its settings, data, sample inputs by set, identity columns."""
-    from sharpcomp.engine.train import build, restore_run
+    from sharpcomp.engine.train import build, load_run
     from sharpcomp.settings import ConfigError, settings
 
     out = []
@@ -147,7 +147,8 @@ def _targets(opts: dict, args: dict) -> list[dict]:
             if not Path(folder).is_dir():
                 raise MeasureError(f"no run folder '{folder}'")
             try:
-                model, raw, _, _, _ = restore_run(folder)
+                loaded = load_run(folder)
+                model, raw = loaded.model, loaded.config
             except FileNotFoundError as exc:
                 raise MeasureError(f"cannot load run '{folder}': {exc}") from None
             s = settings(raw)

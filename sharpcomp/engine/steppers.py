@@ -5,13 +5,14 @@ it has. A stepper holds the k runs' networks (position j <-> the loop's j-th act
 
 - ``step(idx)``: one iteration on minibatch indices ``idx`` (k, batch) into the training set;
   returns the (k,) minibatch losses, on the device (no host synchronisation);
-- ``evaluate(x, y)``: [(mean loss, accuracy, per-sample correctness)] of every network on a whole set;
+- ``evaluate(x, y)``: [(mean loss, accuracy, per-sample correctness)] of every network on a whole set,
+  in eval mode (BatchNorm's running statistics are read, never updated, by a checkpoint; no dropout);
 - ``models()``: the k networks as ``nn.Module`` s in eval mode, holding the current parameters;
 - ``sample_metrics(models, sets)``: the metrics of each network on its sample sets
   ([{set name: (inputs, labels)}] -> [{set name: ``compute_metrics`` result}]);
 - ``states(j)``: network j's (model state, optimizer state) for its checkpoint;
 - ``keep(members)``: keep only these positions (after some runs diverged); ``train()``: back to
-  training mode after a checkpoint.
+  each module's training-time mode after a checkpoint (so evaluation leaves no trace on training).
 
 :class:`PlainStepper` trains one network (k = 1) with its own optimizer (SGD or SAM);
 :class:`sharpcomp.engine.ensemble.EnsembleStepper` trains k networks of one architecture as one stacked
@@ -56,6 +57,7 @@ class PlainStepper:
         self.x = data.train_x
         self.targets = loss_target(s.loss, data.train_y, num_outputs, data.train_x.dtype)
         self.sam = s.optim_name == "sam"
+        self.modes = [(m, m.training) for m in model.modules()]  # the modes training runs in
         self.graphed = None
         reason = "SAM synchronises with the host inside its step" if self.sam else None
         self.try_graph = graphs_apply(self.x.device, s.cuda_graph, reason, "single run")
@@ -107,4 +109,5 @@ class PlainStepper:
         pass  # one network: a diverged run ends the loop
 
     def train(self) -> None:
-        self.model.train()
+        for m, training in self.modes:
+            m.training = training

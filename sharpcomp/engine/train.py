@@ -26,19 +26,20 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from sharpcomp.data.datasets import Dataset, load_from_config
+from sharpcomp.data.datasets import Dataset, known_shape, load_from_config
 from sharpcomp.data.order import epoch_permutation, steps_per_epoch, train_sample_indices
 from sharpcomp.engine.evaluation import checkpoint_rows, sample_losses, sample_sets
 from sharpcomp.engine.steppers import PlainStepper
 from sharpcomp.losses import make_loss
-from sharpcomp.models import ModelError, build_from_config, build_model
+from sharpcomp.models import ModelError, build_from_config, build_model, check_buildable
+from sharpcomp.results.loggers import Logger, make_logger
 from sharpcomp.results.run_state import CHECKPOINT_FILE, RunResult, RunState, identity_columns, read_checkpoint
 from sharpcomp.settings import BUILTIN_MODELS, ConfigError, Settings, run_identity, select_device, settings
 
@@ -78,14 +79,43 @@ def check_layer(s: Settings, model: nn.Module) -> None:
 def check_config(cfg) -> Settings:
     """Every check that needs no data (one line each).
 
-    The settings, and the representation layer of a built-in network (built on the meta device, without
-    data).
+    The settings, and the network built on the meta device (without data, for a dataset of known
+    shape): its arguments, output shape and representation layer.
     """
     s = settings(cfg)
-    if s.metrics.layer is not None and s.model["name"] in BUILTIN_MODELS:
+    shape, classes = known_shape(s.data)
+    try:
+        model = check_buildable(s.model, s.num_outputs(classes or 10), shape, classes)
+    except ModelError as exc:
+        raise ConfigError(str(exc)) from None
+    if s.metrics.layer is not None and model is None and s.model["name"] in BUILTIN_MODELS:
         with torch.device("meta"):
-            check_layer(s, build_model(s.model["name"], 10, s.model.get("width", 1.0)))
+            model = build_model(s.model["name"], 10, s.model.get("width", 1.0))
+    if s.metrics.layer is not None and model is not None:
+        check_layer(s, model)
+    if model is not None:
+        check_symmetry(s, model)
     return s
+
+
+def check_symmetry(s: Settings, model: nn.Module) -> None:
+    """Check the network for the measures on the quotient by the rescaling symmetry.
+
+    ConfigError when the network cannot be traced; one line naming the modules the analysis cannot see
+    through (their units count as without symmetry).
+    """
+    on = [k for k in ("quotient_trace", "quotient_worst") if s.metrics.flatness.get(k) is not None]
+    if not on:
+        return
+    from sharpcomp.measures.symmetry_graph import TraceError, analyse
+
+    try:
+        _, unknown = analyse(model)
+    except TraceError as exc:
+        raise ConfigError(f"metrics.flatness.{on[0]}: {exc}") from None
+    if unknown:
+        print(f"sharpcomp: metrics.flatness.{on[0]}: the rescaling symmetry analysis cannot see through "
+              f"{', '.join(unknown)}; their units count as without symmetry", file=sys.stderr, flush=True)
 
 
 def prepare_runtime(s: Settings, data: Dataset | None) -> tuple[torch.device, Dataset]:
@@ -130,6 +160,7 @@ class Member:
     settings: Settings
     sample_idx: torch.Tensor
     loss_fn: Callable
+    logger: Logger = field(default_factory=Logger)
 
     @property
     def seed(self) -> int:
@@ -142,7 +173,13 @@ def open_runs(cfgs: Sequence, run_dirs: Sequence[Path], data: Dataset | None) ->
     all_settings = [settings(c) for c in cfgs]
     for d in run_dirs:
         check_writable(Path(d))
+    if data is None and all(_ended(s, Path(d)) for s, d in zip(all_settings, run_dirs)):
+        ended = _open_ended(all_settings, run_dirs)
+        if all(m.run.result is not None for m in ended):
+            return ended, None  # nothing to train: no data to load
+        close_all(ended)  # e.g. the rows were lost: the run restarts, with its data
     device, data = prepare_runtime(all_settings[0], data)
+    note_small_sets(all_settings[0], data)
     if all_settings[0].metrics.layer is not None:  # any network: build one to look (on the CPU, not the meta device)
         check_layer(all_settings[0], build(all_settings[0], data, torch.device("cpu")))
     members: list[Member] = []
@@ -153,12 +190,57 @@ def open_runs(cfgs: Sequence, run_dirs: Sequence[Path], data: Dataset | None) ->
             run_id = run_identity(s)["run_id"]
             state = RunState(s, Path(d), identity_columns(s, run_id, n_out, data.source, device)).open(device)
             idx = train_sample_indices(s.seed, len(data.train_x), s.metrics.n).to(device)
-            members.append(Member(state, s, idx, make_loss(s.loss, n_out)))
+            logger = Logger() if state.result is not None else make_logger(
+                s.raw.get("logger"), Path(d), run_id, {**run_identity(s)["settings"], "steps": s.steps})
+            members.append(Member(state, s, idx, make_loss(s.loss, n_out), logger))
     except BaseException:
         for m in members:
             m.run.close()
         raise
+    for m in members:
+        if m.run.result is None and not m.run.fresh:
+            print(f"sharpcomp: {m.run.run_dir}: resumed at iteration {m.run.start}", file=sys.stderr, flush=True)
     return members, data
+
+
+def _ended(s: Settings, run_dir: Path) -> bool:
+    """Whether the folder holds this run finished (or diverged): its saved state says so."""
+    path = run_dir / CHECKPOINT_FILE
+    if not path.exists():
+        return False
+    try:
+        state = read_checkpoint(path)
+    except Exception:
+        return False
+    return state.get("run_id") == run_identity(s)["run_id"] and (
+        state.get("status") == "diverged" or int(state.get("iteration", -1)) >= s.steps)
+
+
+def _open_ended(all_settings: Sequence[Settings], run_dirs: Sequence) -> list[Member]:
+    """Open runs that have ended, without their data: each says so in one line."""
+    members: list[Member] = []
+    try:
+        for s, d in zip(all_settings, run_dirs):
+            run_id = run_identity(s)["run_id"]
+            state = RunState(s, Path(d), {"run_id": run_id}).open(torch.device("cpu"))
+            members.append(Member(state, s, torch.empty(0, dtype=torch.long), make_loss(s.loss, 1)))
+            if state.result is not None:
+                print(f"sharpcomp: {d}: {state.result.status} at iteration {state.start}; nothing to train",
+                      file=sys.stderr, flush=True)
+    except BaseException:
+        for m in members:
+            m.run.close()
+        raise
+    return members
+
+
+def note_small_sets(s: Settings, data: Dataset) -> None:
+    """One line when ``metrics.n`` exceeds a set its sample sets are drawn from (the sets are cut)."""
+    sizes = {"train": len(data.train_x), "test": len(data.test_x)}
+    cut = [f"{name} {sizes[name]}" for name in s.metrics.sample_sets if s.metrics.n > sizes.get(name, s.metrics.n)]
+    if cut:
+        print(f"sharpcomp: metrics.n={s.metrics.n} is more than the data holds; sample sets cut to "
+              f"{', '.join(cut)} samples", file=sys.stderr, flush=True)
 
 
 def by_start(members: Sequence[Member]) -> list[list[Member]]:
@@ -318,6 +400,7 @@ class _Loop:
         w0 = time.perf_counter()
         status = "finished" if it == self.s.steps else "running"
         m.run.commit(it, rows, status, self.wall(m), *self.stepper.states(pos))
+        m.logger.log(it, rows)  # live monitoring mirrors the recorded rows; never stops the run
         self.timing["write"] += time.perf_counter() - w0
         return rows
 
@@ -370,6 +453,7 @@ def train_members(members: list[Member], data: Dataset, make_stepper, callback=N
 def close_all(members: Sequence[Member]) -> None:
     """Close (unlock) every member's run folder."""
     for m in members:
+        m.logger.close()
         m.run.close()
 
 

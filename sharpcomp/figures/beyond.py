@@ -141,7 +141,7 @@ def _make_runs(ctx: Context, fig_id: str) -> None:
         ctx.say(fig_id, "skipped, needs runs with the train sample set")
         return
     sel = dedupe(ctx, fig_id, sel)
-    for name, runs in split_runs(sel, fig_id, ("data", "model")):
+    for name, runs in split_runs(sel, fig_id, ("data", "model", "scale")):  # a demo run never joins quick runs
         frame = ctx.frame[ctx.frame[RUN].isin(runs[RUN])]
         n = len(runs)
         shown = f"first {RUNS_CAP} of {n} runs" if n > RUNS_CAP else n_runs(n)

@@ -8,7 +8,8 @@ Command line (``sharpcomp figures`` calls :func:`main`)::
 - ``RESULT_DIRS`` (default ``outputs``): searched recursively for ``metrics.parquet``, so single
   runs, multirun folders and copies from a cluster all work. A file that cannot be read is skipped
   with a line; when nothing can be read, one error line on stderr and exit status 1.
-- ``--out`` (default ``<first RESULT_DIR>/figures``): for each figure ``<id>.png``, ``<id>.pdf`` and
+- ``--out`` (default ``<first RESULT_DIR>-figures``, beside the results, never inside them): for each
+  figure ``<id>.png``, ``<id>.pdf`` and
   CSVs of the numbers drawn: trend figures ``<id>.csv`` (per group, column and iteration: mean over
   runs, std, min, max, number of runs; the flatness figure adds ``se``, the standard error of the
   lines drawn with error bars) and ``<id>_runs.csv`` (per-run summary: identity, progress, mean of
@@ -21,7 +22,9 @@ Command line (``sharpcomp figures`` calls :func:`main`)::
   ``metrics.layer``, ``lr``; the flat identity names ``width``, ``optim`` ... work too). The ``sweep``
   and ``sweep_correlation`` figures then draw one line / colour per value of it. Read from each run's
   ``settings`` column, or for older files from the identity columns; a key no run has: one error
-  line, exit status 2.
+  line, exit status 2. Without ``--by``, a sweep of one's own networks (a model other than the study's
+  vgg10 and mlp4) is grouped by the key that differs between its runs (the first of lr, batch, then
+  the others by name, when several differ; a line says which).
 - One line per figure written and one per thing skipped or worth knowing (a figure the results do
   not allow, a diverged run, an empty panel, a duplicate run). Exit status 0 when the results were
   read, even when they allow no figure (every skip is printed).
@@ -60,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
                     "metrics.parquet under the given folders.",
     )
     p.add_argument("dirs", nargs="*", metavar="RESULT_DIR", help="folders to search (default: outputs)")
-    p.add_argument("--out", help="where figures go (default: <first RESULT_DIR>/figures)")
+    p.add_argument("--out", help="where figures go (default: <first RESULT_DIR>-figures, beside it)")
     p.add_argument("--last-fraction", type=float, default=0.2,
                    help="correlation points and per-run summaries: mean over this last fraction of "
                         "each run's checkpoints (default 0.2)")
@@ -93,6 +96,13 @@ def _check_options(args) -> tuple[list[str], tuple[str, ...]]:
         if bad:
             raise UsageError(f"unknown figure id {', '.join(bad)} (known: {', '.join(ALL_FIGURE_IDS)})")
     return formats, only
+
+
+def default_out(results: Path) -> Path:
+    """Where figures go without ``--out``: beside the first results folder, never inside it
+    (``outputs`` -> ``outputs-figures``, ``outputs/multirun`` -> ``outputs/multirun-figures``)."""
+    results = Path(results).absolute()
+    return results.parent / f"{results.name}-figures"
 
 
 def _check_out(out: Path) -> None:
@@ -130,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         return _error(str(exc), EXIT_USAGE)
     dirs = [Path(d) for d in (args.dirs or ["outputs"])]
-    out = Path(args.out) if args.out else dirs[0] / "figures"
+    out = Path(args.out) if args.out else default_out(dirs[0])
     try:
         frame, notes = load_results(dirs)
     except RecordError as exc:

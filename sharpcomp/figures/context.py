@@ -37,6 +37,23 @@ class FigureSpec:
     what: str = ""
 
 
+STUDY_MODELS = ("vgg10", "mlp4")
+NOT_SWEPT = ("seed", "data_source", "scale")  # keys that never group a sweep by themselves
+
+
+def auto_by(keys: pd.DataFrame, info: pd.DataFrame) -> str | None:
+    """The key a sweep of one's own networks differs in (the first of lr, batch, then by name), when the
+    runs hold a model other than the study's; None otherwise."""
+    if "model" not in info or set(map(str, info["model"].dropna())) <= set(STUDY_MODELS) or len(keys) < 2:
+        return None
+    differ = [c for c in keys.columns if c not in (RUN, *NOT_SWEPT)
+              and keys[c].astype(str).nunique(dropna=False) > 1]
+    for key in ("lr", "batch", *sorted(differ)):
+        if key in differ:
+            return key
+    return None
+
+
 class Context:
     def __init__(self, frame, info, out: Path, formats, last_fraction, band, by=None):
         self.frame, self.info, self.out = frame, info, out
@@ -44,6 +61,11 @@ class Context:
         self.written = 0
         self.keys = key_table(info)  # every run's config keys (``--by``)
         self.by = None if by is None else resolve(by, self.keys)  # KeyError: no run has it
+        if self.by is None:
+            self.by = auto_by(self.keys, info)
+            if self.by is not None:
+                self.say("sweep", f"grouped by {self.by}, the key that differs between the runs "
+                                  f"(--by KEY chooses another)")
 
     def say(self, fig_id: str, text: str) -> None:
         print(f"{fig_id}: {text}", flush=True)
@@ -131,7 +153,9 @@ def title_for(spec: FigureSpec, runs: pd.DataFrame, extra: str = "") -> str:
     parts += [f"{k} {fmt(v)}" for k, v in spec.fixed.items()]
     if extra:
         parts.append(extra)
-    parts.append(f"scale {fmt(first['scale'])}, loss {fmt(first['loss'])}")
+    steps = {int(v) for v in runs["last_iteration"].dropna()} if "last_iteration" in runs else set()
+    scale = f"{steps.pop()} steps" if len(steps) == 1 else f"scale {fmt(first['scale'])}"
+    parts.append(f"{scale}, loss {fmt(first['loss'])}")
     return ", ".join(parts)
 
 
@@ -188,11 +212,33 @@ def split_runs(sel: pd.DataFrame, fig_id: str, fields: Sequence[str],
 
 
 def common_text(runs: pd.DataFrame, fields=("scale", "loss")) -> str:
-    """The ``fields`` that all ``runs`` share, as text ("scale quick, loss mse")."""
-    return ", ".join(f"{f} {variant_value(f, runs[f].iloc[0])}" for f in fields
-                     if len({variant_value(f, v) for v in runs[f]}) == 1)
+    """The ``fields`` that all ``runs`` share, as text ("300 steps, loss mse"): the scale is written as the
+    steps the runs actually reached (a scale's name says nothing of ``steps=300`` written beside it)."""
+    parts = []
+    for f in fields:
+        if f == "scale" and "last_iteration" in runs:
+            steps = {int(v) for v in runs["last_iteration"].dropna()}
+            if len(steps) == 1:
+                parts.append(f"{steps.pop()} steps")
+            continue
+        if len({variant_value(f, v) for v in runs[f]}) == 1:
+            parts.append(f"{f} {variant_value(f, runs[f].iloc[0])}")
+    return ", ".join(parts)
+
+
+def _data_text(row) -> str:
+    """The data's name, with its class subset when the name does not say it (cifar10 classes 3,5)."""
+    import json
+
+    name = fmt(row["data"])
+    try:
+        classes = json.loads(row.get("settings") or "{}").get("data", {}).get("classes")
+    except (ValueError, AttributeError):
+        classes = None
+    return f"{name} classes {','.join(map(str, classes))}" if classes and "class" not in name else name
 
 
 def pair_text(runs: pd.DataFrame) -> str:
-    models, datas = sorted({fmt(v) for v in runs["model"]}), sorted({fmt(v) for v in runs["data"]})
+    models = sorted({fmt(v) for v in runs["model"]})
+    datas = sorted({_data_text(r) for r in runs.to_dict("records")})
     return f"{'/'.join(models)} on {'/'.join(datas)}"

@@ -3,6 +3,7 @@ without pyplot, so nothing depends on a display or a global backend."""
 
 from __future__ import annotations
 
+import re
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -155,18 +156,16 @@ def draw_trend(
     panels = [Panel.of(p) for p in panels]
     ncols = max(1, min(ncols, len(panels)))
     nrows = int(np.ceil(len(panels) / ncols))
-    width = max(4.4 * ncols, 7.0)
+    width = max(4.4 * ncols, 9.0 if len(panels) == 1 else 7.0)  # one panel: room for its title on one line
     fig = Figure(figsize=(width, 3.3 * nrows + (0.5 if title else 0) + (1.2 if len(panels) == 1 else 0)),
                  layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax in axes[len(panels):]:
         ax.set_visible(False)
     groups = list(dict.fromkeys(lines[by].tolist())) if len(lines) else []
-    colors = {g: f"C{i % 10}" for i, g in enumerate(g for g in groups if g != "all")}
+    styles = ["-", "--", "-.", ":", (0, (6, 2, 1, 2, 1, 2))]
+    colors, group_styles = _group_looks([g for g in groups if g != "all"], by, styles)
     colors["all"] = "black"
-    styles = ["-", "--", "-.", ":"]
-    # past ten groups the colours repeat: the next ten are dashed, and so on
-    group_styles = {g: styles[(i // 10) % len(styles)] for i, g in enumerate(g for g in groups if g != "all")}
     look = {"groups": groups, "colors": colors, "group_styles": group_styles, "styles": styles}
     empty = []
     legend_done = False
@@ -183,6 +182,8 @@ def draw_trend(
         want_log = panel.log if panel.log is not None else all(c in LOG_COLUMNS for c in panel.columns)
         if want_log and len(values) and (values > 0).all():
             ax.set_yscale("log")
+        if all(c in ("test_acc", "train_acc") for c in panel.columns):
+            _accuracy_limits(ax, drawn)
         ax.grid(alpha=0.3)
         n_groups = len({tuple(d[by].iloc[:1]) for d in drawn})
         if figure_legend and len(panel.columns) == 1:
@@ -198,8 +199,52 @@ def draw_trend(
         if handles:
             fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize=7)
     if title:
-        fig.suptitle(textwrap.fill(title, int(width * 14)), fontsize=10)
+        fig.suptitle(textwrap.fill(title, int(width * 12)), fontsize=10)  # ~12 characters an inch at 10 pt
     return fig, empty
+
+
+def _seedless(label) -> str:
+    """A run's label without its seed ("lr 0.1, batch 20, seed 3" -> "lr 0.1, batch 20")."""
+    return re.sub(r"(^|,\s*)seed [^,]+", "", str(label)).strip(", ")
+
+
+def _group_looks(groups: list, by: str, styles: list) -> tuple[dict, dict]:
+    """Colour and line style of each group. Runs labelled by their settings (``by`` = run/setting) that
+    differ only in the seed share a colour (one per setting, e.g. per learning rate) and are told apart
+    by the line style; otherwise one colour per group, and past ten groups the next ten are dashed."""
+    keys = [_seedless(g) for g in groups] if by in LABEL_GROUPS else list(groups)
+    distinct = list(dict.fromkeys(keys))
+    if by in LABEL_GROUPS and len(distinct) < len(groups) and len(distinct) <= 10:
+        seen: dict = {}
+        colors, looks = {}, {}
+        for g, k in zip(groups, keys):
+            colors[g] = f"C{distinct.index(k)}"
+            looks[g] = styles[seen.get(k, 0) % len(styles)]
+            seen[k] = seen.get(k, 0) + 1
+        return colors, looks
+    return ({g: f"C{i % 10}" for i, g in enumerate(groups)},
+            {g: styles[(i // 10) % len(styles)] for i, g in enumerate(groups)})
+
+
+def _accuracy_limits(ax, drawn: list) -> None:
+    """An accuracy axis spans the values after the first fifth of training (with a margin), so the late
+    differences (0.94 against 0.96) are not squashed by the first checkpoints (0.5); earlier points run
+    off the axis and a note says so."""
+    frame = pd.concat(drawn)
+    late = frame[frame["iteration"] >= 0.2 * frame["iteration"].max()]
+    cols = [c for c in ("mean", "lo", "hi", "min", "max") if c in late]
+    values = late[cols].to_numpy(dtype=float)
+    values = values[np.isfinite(values)]
+    everything = frame["mean"].to_numpy(dtype=float)
+    everything = everything[np.isfinite(everything)]
+    if not len(values) or not len(everything):
+        return
+    lo, hi = float(values.min()), float(values.max())
+    pad = max(0.05 * (hi - lo), 0.002)
+    if everything.min() < lo - pad:
+        ax.set_ylim(lo - pad, min(1.0, hi + pad) if hi <= 1 else hi + pad)
+        ax.text(0.98, 0.02, "first checkpoints below the axis", transform=ax.transAxes, ha="right",
+                va="bottom", fontsize=7, color="0.4")
 
 
 def _draw_panel_lines(ax, panel: Panel, lines: pd.DataFrame, by: str, look: dict, band: str,
@@ -250,14 +295,15 @@ def draw_correlation(
     """
     cols = list(columns)
     k = len(cols)
-    size = 1.75
+    size = 2.0
     order, point_colors, handles = _point_colors(summary, color_by)
-    # the legend's column: wide enough for the longest label (about 0.065 inch a character at 7 pt)
-    margin = max(1.3, 0.45 + 0.065 * max(len(text) for text in order)) if len(order) > 1 else 1.3
+    # the legend's column: wide enough for the longest label (about 0.085 inch a character at 9 pt)
+    margin = max(1.5, 0.5 + 0.085 * max(len(text) for text in order)) if len(order) > 1 else 1.5
     width = size * k + 0.6 + margin
-    fig = Figure(figsize=(width, size * k + 0.9))
+    height = size * k + 1.3
+    fig = Figure(figsize=(width, height))
     fig.subplots_adjust(left=0.9 / width, right=(size * k + 0.6) / width,
-                        bottom=0.55 / (size * k + 0.9), top=1 - 0.45 / (size * k + 0.9),
+                        bottom=0.6 / height, top=1 - 0.75 / height,
                         wspace=0.08, hspace=0.08)
     grid = fig.add_gridspec(k, k)
     axes = [[None] * k for _ in range(k)]
@@ -271,38 +317,42 @@ def draw_correlation(
                 box = grid[i, j].get_position(fig)
                 text = (f"r = {r:.2f}\np = {p:.2g}\nn = {int(n)}" if np.isfinite(r) else f"r = n/a\nn = {int(n)}")
                 fig.text((box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2, text, ha="center", va="center",
-                         fontsize=8, color=_r_color(r))
+                         fontsize=10, color=_r_color(r))
                 continue
             share_x = axes[i - 1][j] if i > j else None      # column j: the axis above (same x)
             share_y = axes[i][j - 1] if 0 < j < i else None  # row i: the scatter to the left
             ax = axes[i][j] = fig.add_subplot(grid[i, j], sharex=share_x, sharey=share_y)
-            ax.tick_params(labelsize=6, length=2, pad=1)
+            ax.tick_params(labelsize=8, length=2.5, pad=1.5)
             ax.xaxis.set_major_locator(MaxNLocator(3))
             ax.yaxis.set_major_locator(MaxNLocator(3))
             if i == j:
                 v = summary[xcol].to_numpy(dtype=float)
                 v = v[np.isfinite(v)]
-                if len(v):  # own y scale (counts): this axis shares no y
-                    ax.hist(v, bins=min(10, max(3, len(v) // 2)), color="0.7")
+                if len(v):  # own y scale (counts): this axis shares no y; bars with edges, and a rug
+                    bins = int(min(10, max(2, np.ceil(np.sqrt(len(v))) + 1)))
+                    ax.hist(v, bins=bins, color="0.88", edgecolor="0.3", linewidth=0.8)
+                    ax.plot(v, np.zeros_like(v), "|", color="0.15", ms=7, mew=0.9, clip_on=False)
                 ax.set_yticks([])
             else:
-                ax.scatter(summary[xcol], summary[ycol], s=12, c=point_colors, edgecolors="none", alpha=0.85)
+                ax.scatter(summary[xcol], summary[ycol], s=24, c=point_colors, edgecolors="white", linewidths=0.4,
+                           alpha=0.9)
                 text = f"r = {r:.2f}" if np.isfinite(r) else "r = n/a"
-                ax.text(0.04, 0.95, text, transform=ax.transAxes, fontsize=6.5, va="top",
-                        bbox={"facecolor": "white", "alpha": 0.7, "lw": 0, "pad": 1})
+                x0, y0, ha, va = _free_corner(summary[xcol].to_numpy(dtype=float), summary[ycol].to_numpy(dtype=float))
+                ax.text(x0, y0, text, transform=ax.transAxes, fontsize=8, ha=ha, va=va,
+                        bbox={"facecolor": "white", "alpha": 0.8, "lw": 0, "pad": 1})
             if i == k - 1:
-                ax.set_xlabel(short(xcol), fontsize=7)
+                ax.set_xlabel(short(xcol), fontsize=9)
             else:
                 ax.tick_params(labelbottom=False)
             if j == 0:
-                ax.set_ylabel(short(ycol), fontsize=7)
+                ax.set_ylabel(short(ycol), fontsize=9)
             elif i != j:
                 ax.tick_params(labelleft=False)
     fig.sharpcomp_axes = axes  # k x k, None above the diagonal (for tests and callers)
     if len(order) > 1 and handles:
-        fig.legend(handles, order, loc="center right", fontsize=7, frameon=False)
+        fig.legend(handles, order, loc="center right", fontsize=9, frameon=False)
     if title:
-        fig.suptitle(textwrap.fill(title, int(fig.get_figwidth() * 14)), fontsize=9)
+        fig.suptitle(textwrap.fill(title, int(fig.get_figwidth() * 11)), fontsize=11)
     return fig
 
 
@@ -319,6 +369,28 @@ def _point_colors(summary: pd.DataFrame, color_by: Sequence[str]) -> tuple[list[
     color_of = {key: f"C{i % 10}" for i, key in enumerate(order)}
     handles = [Line2D([], [], ls="none", marker="o", ms=4, color=color_of[key], label=key) for key in order]
     return order, [color_of[key] for key in keys], handles
+
+
+def _free_corner(x: np.ndarray, y: np.ndarray) -> tuple[float, float, str, str]:
+    """The corner of a scatter panel (axes coordinates, alignment) with the fewest points under a label
+    box of about a third of the width and a sixth of the height, so the label covers as few as can be."""
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if len(x):
+        span_x, span_y = np.ptp(x) or 1.0, np.ptp(y) or 1.0
+        u, v = 0.05 + 0.9 * (x - x.min()) / span_x, 0.05 + 0.9 * (y - y.min()) / span_y  # autoscale margins
+    else:
+        u = v = np.array([])
+    corners = [(0.04, 0.96, "left", "top"), (0.96, 0.96, "right", "top"), (0.04, 0.04, "left", "bottom"),
+               (0.96, 0.04, "right", "bottom")]
+
+    def covered(c):
+        cx, cy, ha, va = c
+        inx = (u <= cx + 0.36) if ha == "left" else (u >= cx - 0.36)
+        iny = (v >= cy - 0.2) if va == "top" else (v <= cy + 0.2)
+        return int((inx & iny).sum())
+
+    return min(corners, key=covered)
 
 
 def _r_color(r: float) -> str:

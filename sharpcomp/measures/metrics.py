@@ -66,8 +66,11 @@ the sharpness (of the loss 1/2 ||f - y||^2) only at an interpolation point.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -77,6 +80,7 @@ from torch import Tensor, nn
 from sharpcomp.measures.hutchinson import hutchinson
 from sharpcomp.measures.layer_rules import rule_for
 from sharpcomp.measures.precision import exact_float32
+from sharpcomp.models import eval_mode
 from sharpcomp.results.columns import METRIC_COLUMNS
 
 # The study's metric columns (sharpcomp.results.columns, the one schema of column names).
@@ -89,16 +93,22 @@ COTANGENT_CHUNK = 16
 # backward calls via is_grads_batched), "replicate" (forward of stacked copies of the chunk, one
 # backward call per COTANGENT_CHUNK outputs).
 BACKWARD_MODE = "loop"
+# Outputs N from which compute_metrics warns of its cost (N backward passes per chunk of samples).
+LARGE_OUTPUTS = 256
+# Seconds of metric work after which a progress bar appears.
+PROGRESS_AFTER = 3.0
 
 
 @exact_float32()
 def compute_metrics(model: nn.Module, inputs: Tensor, *, layer: str | None = None,
                     log_volume_rank: int | None = None, dtype: torch.dtype = torch.float32,
-                    chunk_size: int | None = None, per_sample: bool = False) -> dict:
+                    chunk_size: int | None = None, per_sample: bool = False,
+                    progress: bool | None = None) -> dict:
     """The study's metric columns of ``model`` on the samples ``inputs`` (n, ...); see the module docstring.
 
     Args:
-        model: maps a batch of inputs to outputs; put it in eval mode first. Left untouched.
+        model: maps a batch of inputs to outputs; evaluated in eval mode (BatchNorm's running
+            statistics, no dropout), whatever its mode. Left untouched (modes restored).
         inputs: the sample set, one sample per row.
         layer: name (as in ``model.named_modules()``) of the module whose output is f; default: the
             model output.
@@ -106,6 +116,12 @@ def compute_metrics(model: nn.Module, inputs: Tensor, *, layer: str | None = Non
         dtype: computation dtype; with float64 the work is done on a float64 deep copy of the model.
         chunk_size: at most this many samples per forward pass (memory); results do not depend on it.
         per_sample: also return ``"per_sample"``: numpy arrays of length n, keys ``PER_SAMPLE_NAMES``.
+        progress: a progress bar over the N backward passes per chunk, shown once the work has taken
+            ``PROGRESS_AFTER`` seconds (None: on a terminal only; False: never). With N over
+            ``LARGE_OUTPUTS`` a warning says the number of passes and their estimated time first.
+
+    A ``log_volume`` of -inf (a zero eigenvalue among the kept ones) comes with a RuntimeWarning saying
+    why: how many samples, the rank of ``K_i`` against the N kept, and the ``log_volume_rank`` that avoids it.
 
     Returns:
         dict with the 8 ``METRIC_NAMES`` as floats and ``"bounds_reason"`` (None when the bounds are
@@ -121,11 +137,16 @@ def compute_metrics(model: nn.Module, inputs: Tensor, *, layer: str | None = Non
     step = x.shape[0] if chunk_size is None else int(chunk_size)
     if step < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    with torch.enable_grad():
-        parts = [_chunk_metrics(model, x[s:s + step], layer, log_volume_rank)
-                 for s in range(0, x.shape[0], step)]
+    with torch.enable_grad(), eval_mode(model):
+        with _progress(model, x, step, layer, progress) as tick:
+            parts = [_chunk_metrics(model, x[s:s + step], layer, log_volume_rank, tick)
+                     for s in range(0, x.shape[0], step)]
     per = {k: np.concatenate([part.values[k] for part in parts]) for k in parts[0].values}
+    rank = per.pop("_rank")
     res = {name: float(np.mean(per[name])) for name in METRIC_NAMES[:5]}
+    if res["log_volume"] == -math.inf:
+        warnings.warn(log_volume_reason(per["log_volume"], rank, parts[0].num_out, x[0].numel(), log_volume_rank),
+                      RuntimeWarning, stacklevel=3)
     first = parts[0].first_layer
     res.update(bounds(parts[0].bounds_reason, None if first is None else first.module.weight, per,
                       per.pop("_D_norm"), res["sharpness"]))
@@ -185,6 +206,46 @@ class _ChunkResult:
     values: dict
     first_layer: _Record | None
     bounds_reason: str | None
+    num_out: int = 0
+
+
+@contextlib.contextmanager
+def _progress(model: nn.Module, x: Tensor, step: int, layer: str | None, show: bool | None):
+    """A ``tick(passes)`` callable over every backward pass of the computation.
+
+    A tqdm bar appears after ``PROGRESS_AFTER`` seconds, and, for N over ``LARGE_OUTPUTS``, one warning
+    gives the estimated time (a backward pass taken as twice the first chunk's forward pass).
+    """
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        num_out = _forward(model, x[:step], layer, clone=False)[0][0].numel()
+    forward = time.perf_counter() - t0
+    chunks = -(-x.shape[0] // step)
+    total = num_out * chunks
+    if num_out > LARGE_OUTPUTS:
+        warnings.warn(f"compute_metrics: N = {num_out} outputs of {layer or 'the network'}: {total} backward passes "
+                      f"over {x.shape[0]} samples, about {2 * forward * total:.0f} s (choose a smaller layer or fewer "
+                      f"samples to cut it)", RuntimeWarning, stacklevel=4)
+    bar = tqdm(total=total, desc="metrics", unit="pass", delay=PROGRESS_AFTER, leave=False,
+               disable=None if show is None else not show, dynamic_ncols=True, mininterval=0.5)
+    try:
+        yield bar.update
+    finally:
+        bar.close()
+
+
+def log_volume_reason(log_volume: np.ndarray, rank: np.ndarray, num_out: int, m: int, kept: int | None) -> str:
+    """Why the mean log_volume is -inf, in one line."""
+    bad = ~np.isfinite(log_volume)
+    r = num_out if kept is None else min(kept, num_out)
+    lo, hi = int(rank[bad].min()), int(rank[bad].max())
+    ranks = f"{lo}" if lo == hi else f"{lo}..{hi}"
+    why = f"N = {num_out} outputs > M = {m} inputs" if num_out > m else f"rank {ranks} < {r}"
+    fix = f"; log_volume_rank={int(rank.min())} keeps only non-zero eigenvalues" if rank.min() > 0 else ""
+    return (f"log_volume = -inf: {int(bad.sum())} of {len(bad)} samples have a zero eigenvalue among the {r} kept "
+            f"(K_i = J_i J_i^T of rank {ranks}; {why}){fix}")
 
 
 def _forward(model: nn.Module, x: Tensor, layer: str | None, clone: bool):
@@ -224,7 +285,7 @@ def _forward(model: nn.Module, x: Tensor, layer: str | None, clone: bool):
     return f, {name: records[name] for name in order}, order
 
 
-def _chunk_metrics(model: nn.Module, x: Tensor, layer: str | None, rank: int | None) -> _ChunkResult:
+def _chunk_metrics(model: nn.Module, x: Tensor, layer: str | None, rank: int | None, tick=None) -> _ChunkResult:
     n = x.shape[0]
     with torch.no_grad():
         num_out = _forward(model, x[:1], layer, clone=False)[0][0].numel()
@@ -238,6 +299,7 @@ def _chunk_metrics(model: nn.Module, x: Tensor, layer: str | None, rank: int | N
         ks = torch.arange(k0, min(k0 + per_pass, num_out))
         if state is None or BACKWARD_MODE == "replicate":
             state = _Pass(model, x, layer, len(ks) if BACKWARD_MODE == "replicate" else 1, num_out)
+        state.tick = tick
         j, sq, first_sq = state.backward(ks, last=BACKWARD_MODE == "replicate" or int(ks[-1]) == num_out - 1)
         jac[:, k0:k0 + len(ks)] = j.transpose(0, 1)
         sharp += sq
@@ -251,7 +313,7 @@ def _chunk_metrics(model: nn.Module, x: Tensor, layer: str | None, rank: int | N
     values["grad_W_norm"] = (first_out_sq.sqrt() * values["x_norm"] if reason is None
                              else torch.full_like(sharp, math.nan))
     values["_D_norm"] = first_out_sq.sqrt()
-    return _ChunkResult({k: v.detach().cpu().numpy() for k, v in values.items()}, state.first, reason)
+    return _ChunkResult({k: v.detach().cpu().numpy() for k, v in values.items()}, state.first, reason, num_out)
 
 
 class _Pass:
@@ -259,6 +321,7 @@ class _Pass:
 
     def __init__(self, model: nn.Module, x: Tensor, layer: str | None, copies: int, num_out: int):
         self.n, self.copies = x.shape[0], copies
+        self.tick = None  # called with the number of backward passes done (progress)
         self.x = (x.repeat(copies, *[1] * (x.dim() - 1)) if copies > 1 else x.detach()).requires_grad_()
         f, records, order = _forward(model, self.x, layer, clone=False)
         if any(o._version != v for r in records.values() for o, v in zip(r.outputs, r.versions)):
@@ -291,6 +354,8 @@ class _Pass:
         if not self.f.requires_grad:
             return jac, sharp, first_sq
         for sub, grads in self._grads(ks, last):
+            if self.tick is not None:
+                self.tick(len(sub))
             if grads[0] is not None:
                 jac[sub.start:sub.stop] = grads[0].reshape(len(sub), n, -1)
             pos = 1
@@ -349,7 +414,8 @@ def spectral_values(jac: Tensor, rank: int | None) -> dict[str, Tensor]:
     sum_sq = gram.square().sum((1, 2))  # sum_k lambda_k^2 = ||K_i||_F^2 = ||J_i^T J_i||_F^2
     local_dim = torch.where(sum_sq > 0, g.square() / sum_sq.clamp_min(torch.finfo(torch.float64).tiny),
                             torch.zeros_like(g))
-    return {"G": g, "log_volume": 0.5 * logs.sum(1), "mls": eig[:, 0].sqrt(), "local_dim": local_dim}
+    return {"G": g, "log_volume": 0.5 * logs.sum(1), "mls": eig[:, 0].sqrt(), "local_dim": local_dim,
+            "_rank": (eig > tol).sum(1)}
 
 
 def _bounds_reason(first: _Record | None, x: Tensor, layer: str | None, used: bool,

@@ -36,7 +36,8 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from sharpcomp.measures import gradient_stats, quotient_trace, symmetry, worst_case
+from sharpcomp.measures import gradient_stats, quotient_trace, worst_case
+from sharpcomp.measures.symmetry_graph import Group, TraceError, analyse
 from sharpcomp.results.columns import METRIC_COLUMNS
 from sharpcomp.usage import EXIT_USAGE, UsageError, report
 
@@ -45,16 +46,21 @@ __all__ = ["rescale_unit", "reparam_table", "main"]
 REL_TOL = 1e-6  # |after - before| above this fraction of max(|before|, |after|) counts as moved
 
 
-def _hidden(model: nn.Module) -> dict[str, symmetry.HiddenLayer]:
+def _hidden(model: nn.Module) -> dict[str, Group]:
+    """Each rescalable layer (a producer of a group of :func:`sharpcomp.measures.symmetry_graph.analyse`:
+    a Linear/Conv, or an eval-mode BatchNorm) and its group; in a residual network one group has several
+    producers (the units every residual addition couples), and naming any of them rescales the group."""
     try:
-        return symmetry.hidden_layers(model)
-    except TypeError as exc:
+        groups, _ = analyse(model)
+    except TraceError as exc:
         raise ValueError(str(exc)) from None
+    return {name: g for g in groups for name in g.producers}
 
 
 def rescale_unit(model: nn.Module, layer: str, alpha: float, units: Sequence[int] | None = None, *,
                  copy_model: bool = False) -> nn.Module:
-    """Rescale hidden layer ``layer``'s units (all, or ``units``) by ``alpha`` against the next layer.
+    """Rescale hidden layer ``layer``'s units (all, or ``units``) by ``alpha`` against the layers that read
+    them (and, in a residual network, together with every layer coupled to them by an addition).
 
     In place (returns ``model``), or on a deep copy with ``copy_model=True``. Raises ValueError for an
     unknown layer, a layer without the symmetry (e.g. the output layer), alpha <= 0 or a bad unit.
@@ -67,33 +73,33 @@ def rescale_unit(model: nn.Module, layer: str, alpha: float, units: Sequence[int
         raise ValueError(f"alpha must be a positive number, got {alpha}")
     hidden = _hidden(model)
     if layer not in hidden:
-        names = [n for n, _ in model.named_children()]
+        names = [n for n, _ in model.named_modules() if n]
         choices = ", ".join(hidden) or "none"
         if layer not in names:
             raise ValueError(f"unknown layer '{layer}' (rescalable layers: {choices})")
         raise ValueError(f"layer '{layer}' has no rescaling symmetry (the output layer, or not followed by "
                          f"ReLU/pooling and another layer); rescalable layers: {choices}")
-    hl = hidden[layer]
+    group = hidden[layer]
     if units is None:
-        idx = torch.arange(hl.units)
+        idx = torch.arange(group.units)
     else:
         idx = torch.as_tensor(list(units), dtype=torch.long)
-        bad = [int(u) for u in idx if not 0 <= int(u) < hl.units]
+        bad = [int(u) for u in idx if not 0 <= int(u) < group.units]
         if bad:
-            raise ValueError(f"unit {bad[0]} out of range for layer '{layer}' ({hl.units} units)")
+            raise ValueError(f"unit {bad[0]} out of range for layer '{layer}' ({group.units} units)")
         idx = torch.unique(idx)
     if copy_model:
         model = copy.deepcopy(model)
-    mods = dict(model.named_children())
-    mod, nxt = mods[hl.name], mods[hl.next_name]
+    mods = dict(model.named_modules())
     with torch.no_grad():
-        dev = mod.weight.device
-        i = idx.to(dev)
-        mod.weight[i] *= alpha
-        if mod.bias is not None:
-            mod.bias[i] *= alpha
-        w = nxt.weight.view(nxt.weight.shape[0], hl.units, -1)
-        w[:, i] = w[:, i] / alpha
+        for name in group.producers:
+            for p in mods[name].parameters(recurse=False):
+                p[idx.to(p.device)] *= alpha
+        for name, _block in group.consumers:
+            w = mods[name].weight
+            i = idx.to(w.device)
+            view = w.view(w.shape[0], group.units, -1)
+            view[:, i] = view[:, i] / alpha
     return model
 
 

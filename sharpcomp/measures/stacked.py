@@ -126,6 +126,7 @@ def compute_metrics_stacked(models: Sequence[nn.Module], inputs: Sequence[Tensor
         pj = {name: v[j, :nj] for name, v in per.items()}
         res = {name: float(np.mean(pj[name])) for name in METRIC_NAMES[:5]}
         d_norm = pj.pop("_D_norm")
+        pj.pop("_rank")
         res.update(bounds(reason, params[f"{first_name}.weight"][j], pj, d_norm, res["sharpness"]))
         if per_sample:
             res["per_sample"] = pj

@@ -129,28 +129,35 @@ def hidden_layers(model: nn.Module) -> dict[str, HiddenLayer]:
 class SymmetryTangents:
     """The matrix V = [v_1 .. v_r] of orbit tangents at the current theta, kept matrix-free.
 
-    The weights are copied at construction, so V stays the tangent space at that theta even if the
-    model's parameters move afterwards. Units are ordered layer by layer, unit by unit; ``slices``
-    gives each hidden layer's range of columns.
+    The units are those of the rescalable groups of :func:`sharpcomp.measures.symmetry_graph.analyse`
+    (any network: residual additions couple units across blocks; an eval-mode BatchNorm's (gamma, beta)
+    are a producer), group by group, unit by unit; for an ``nn.Sequential`` of the study's layers they are
+    the units of :func:`hidden_layers`, in the same order. v_j is +theta on the rows (and biases) of unit
+    j's producers and -theta on the input columns of its consumers. The weights are copied at
+    construction, so V stays the tangent space at that theta even if the parameters move afterwards.
     """
 
     def __init__(self, model: nn.Module):
+        from sharpcomp.measures.symmetry_graph import analyse
+
         self.params = trainable(model)
         self.theta = [p.detach().clone() for p in self.params]
         index = {id(p): i for i, p in enumerate(self.params)}
-        modules = dict(_children(model))
-        self.layers = list(hidden_layers(model).values())
+        modules = dict(model.named_modules())
+        self.groups, self.unsupported = analyse(model)
         self.slices: dict[str, slice] = {}
-        self._entries = []  # (w_in idx, b_in idx or None, w_out idx, units, column slice)
+        self._rows: dict[int, slice] = {}          # param index -> its rows' units (a producer's weight, bias)
+        self._cols: dict[int, tuple[slice, int]] = {}  # param index -> its input columns' units and block
         offset = 0
-        for hl in self.layers:
-            mod, nxt = modules[hl.name], modules[hl.next_name]
-            b = mod.bias if (mod.bias is not None and mod.bias.requires_grad) else None
-            sl = slice(offset, offset + hl.units)
-            self.slices[hl.name] = sl
-            self._entries.append((index[id(mod.weight)], None if b is None else index[id(b)],
-                                  index[id(nxt.weight)], hl.units, sl, hl.next_name))
-            offset += hl.units
+        for g in self.groups:
+            sl = slice(offset, offset + g.units)
+            for name in g.producers:
+                self.slices[name] = sl
+                for p in modules[name].parameters(recurse=False):
+                    self._rows[index[id(p)]] = sl
+            for name, _block in g.consumers:
+                self._cols[index[id(modules[name].weight)]] = (sl, g.units)
+            offset += g.units
         self.r = offset
 
     # views: incoming rows (units, -1) and outgoing columns (out, units, -1)
@@ -166,12 +173,10 @@ class SymmetryTangents:
         """V^T d, shape (r,)."""
         w = self.theta
         res = torch.zeros(self.r, dtype=w[0].dtype if w else torch.float32, device=w[0].device if w else None)
-        for wi, bi, wo, units, sl, _ in self._entries:
-            val = (self._in(w[wi], units) * self._in(d[wi], units)).sum(1)
-            if bi is not None:
-                val = val + w[bi] * d[bi]
-            val = val - (self._out(w[wo], units) * self._out(d[wo], units)).sum((0, 2))
-            res[sl] = val
+        for i, sl in self._rows.items():
+            res[sl] += (self._in(w[i], sl.stop - sl.start) * self._in(d[i], sl.stop - sl.start)).sum(1)
+        for i, (sl, units) in self._cols.items():
+            res[sl] -= (self._out(w[i], units) * self._out(d[i], units)).sum((0, 2))
         return res
 
     def matvec(self, c: Tensor) -> list[Tensor]:
@@ -179,39 +184,36 @@ class SymmetryTangents:
         w = self.theta
         out = [torch.zeros_like(t) for t in w]
         c = c.to(dtype=w[0].dtype, device=w[0].device) if w else c
-        for wi, bi, wo, units, sl, _ in self._entries:
-            cj = c[sl]
-            self._in(out[wi], units).add_(cj[:, None] * self._in(w[wi], units))
-            if bi is not None:
-                out[bi].add_(cj * w[bi])
-            self._out(out[wo], units).sub_(cj[None, :, None] * self._out(w[wo], units))
+        for i, sl in self._rows.items():
+            self._in(out[i], sl.stop - sl.start).add_(c[sl][:, None] * self._in(w[i], sl.stop - sl.start))
+        for i, (sl, units) in self._cols.items():
+            self._out(out[i], units).sub_(c[sl][None, :, None] * self._out(w[i], units))
         return out
 
     def gram_like(self, other: Sequence[Tensor] | None = None) -> Tensor:
-        """The r x r matrix with Gm's sparsity built from theta and ``other`` (float64).
-
-        ``other=None`` gives Gm = V^T V. ``other=g`` gives Mq with Mq_ij = v_i^T (D_j g):
-        diagonal <W_l[j], g_l[j]> + b_l[j] g_b[j] + <W_{l+1}[:, j], g_{l+1}[:, j]>, entry (k in l+1,
-        j in l) = -<W_{l+1}[k, j, ...], g_{l+1}[k, j, ...]>, symmetric.
-        """
+        """The r x r matrix sum over parameter entries of (coefficient of v_i) (coefficient of v_j) theta o,
+        with o = theta (``other=None``: Gm = V^T V) or o = g (Mq, Mq_ij = v_i^T (D_j g), D_j = +1 on unit
+        j's rows, -1 on its columns). Per parameter tensor with rows of units A and columns of units B
+        (block b): diag += row sums over A and column sums over B of theta * o, and (A, B), (B, A) -= the
+        (unit, unit) sums X, X^T; A = B (a layer inside a residual space) needs nothing else."""
         w = [t.double() for t in self.theta]
         o = w if other is None else [t.detach().double() for t in other]
         dev = w[0].device if w else None
         m = torch.zeros(self.r, self.r, dtype=torch.float64, device=dev)
-        starts = {hl.name: self.slices[hl.name] for hl in self.layers}
-        for wi, bi, wo, units, sl, next_name in self._entries:
-            diag = (self._in(w[wi], units) * self._in(o[wi], units)).sum(1)
-            if bi is not None:
-                diag = diag + w[bi] * o[bi]
-            prod = self._out(w[wo], units) * self._out(o[wo], units)  # (out, units, block)
-            diag = diag + prod.sum((0, 2))
-            idx = torch.arange(sl.start, sl.stop, device=dev)
-            m[idx, idx] = diag
-            if next_name in starts:  # the next layer's units are hidden too: coupling block
-                nsl = starts[next_name]
-                block = -prod.sum(2)  # (units_{l+1}, units_l)
-                m[nsl, sl] = block
-                m[sl, nsl] = block.T
+        for i in set(self._rows) | set(self._cols):
+            prod = w[i] * o[i]
+            rows, cols = self._rows.get(i), self._cols.get(i)
+            if rows is not None:
+                idx = torch.arange(rows.start, rows.stop, device=dev)
+                m[idx, idx] += self._in(prod, rows.stop - rows.start).sum(1)
+            if cols is not None:
+                sl, units = cols
+                idx = torch.arange(sl.start, sl.stop, device=dev)
+                m[idx, idx] += self._out(prod, units).sum((0, 2))
+                if rows is not None:
+                    x = self._out(prod, units).sum(2)  # (units of rows, units of columns)
+                    m[rows, sl] -= x
+                    m[sl, rows] -= x.T
         return m
 
     def gram(self) -> Tensor:

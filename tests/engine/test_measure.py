@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sharpcomp.cli import main
-from sharpcomp.engine.train import restore_run, train
+from sharpcomp.engine.train import load_run, train
 from sharpcomp.measures.metrics import compute_metrics
 from sharpcomp.measures.network_wide import add_network_wide
 from sharpcomp.results.columns import COLUMNS
@@ -37,7 +37,8 @@ def test_measure_saved_runs_and_draw_the_correlation(two_runs, tmp_path, capsys)
     df = pd.read_parquet(out / "metrics.parquet")
     assert len(df) == 4 and set(COLUMNS) <= set(df.columns) and (df.status == "measured").all()
     assert fig.is_file() and fig.stat().st_size > 10_000
-    model, _, x, _, _ = restore_run(two_runs[0])
+    loaded = load_run(two_runs[0])
+    model, x = loaded.model, loaded.sample_x
     direct = add_network_wide(compute_metrics(model, x), model, x)
     row = df[(df.sample_set == "train") & df.settings.str.contains("lr0.05")].iloc[0]
     for key in ("sharpness", "G", "mls", "bound_d", "nmls", "nmls_bound"):

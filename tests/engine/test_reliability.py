@@ -18,8 +18,9 @@ import pytest
 
 from sharpcomp.cli import main
 from sharpcomp.results.records import read_metrics
+from sharpcomp.results.run_names import NAME_MAX
+from sharpcomp.results.run_names import literal_name as run_name
 from sharpcomp.results.run_state import FolderLock
-from sharpcomp.settings import NAME_MAX, run_name
 
 T = ["data=fashion_mnist", "model=mlp4", "model.width=0.1", "steps=60", "log_every=20", "metrics.n=8",
      "progress=false"]

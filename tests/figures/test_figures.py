@@ -19,6 +19,11 @@ FMNIST = ("fashion_mnist", "mlp4")
 METRICS = ("sharpness", "G", "log_volume", "mls", "local_dim", "bound_b", "bound_c", "bound_d")
 
 
+
+def figs(results):
+    """Where figures go without --out: beside the results folder (``<folder>-figures``)."""
+    return results.parent / f"{results.name}-figures"
+
 def make_run(root, data, model, lr, batch, seed, *, n_ckpt=6, every=100, sets=("train",), status="finished",
              diverge_at=None, scale="quick", bounds=None, drop=(), extra=None, name=None,
              data_source="synthetic", optim="sgd", flat=(), flat_every=1, width=1.0, settings=None):
@@ -145,7 +150,7 @@ def test_cli_writes_every_figure_with_its_numbers(tmp_path, capsys, fake_save):
     rc, out, err = run_cli(capsys, res)
     assert rc == 0, err
     assert err == []
-    figdir = res / "figures"  # default: <first dir>/figures
+    figdir = figs(res)  # default: <first dir>-figures, beside it
     for fig_id in catalogue.FIGURE_IDS:
         assert any(line.startswith(f"{fig_id}: wrote") for line in out), (fig_id, out)
         for ext in ("png", "pdf", "csv"):
@@ -229,7 +234,7 @@ def test_unreadable_parquet_is_one_error_line(tmp_path, capsys):
     rc, out, err = run_cli(capsys, tmp_path)
     assert rc != 0
     assert len(err) == 1 and "no readable results" in err[0] and "Traceback" not in err[0]
-    assert not (tmp_path / "figures").exists()
+    assert not (figs(tmp_path)).exists()
 
 
 def test_unreadable_file_among_good_ones_is_skipped(tmp_path, capsys, fake_save):
@@ -239,7 +244,7 @@ def test_unreadable_file_among_good_ones_is_skipped(tmp_path, capsys, fake_save)
     rc, out, err = run_cli(capsys, tmp_path, "--only", "fig1", "--formats", "png")
     assert rc == 0 and err == []
     assert any(line.startswith("skipped ") and "broken" in line for line in out)
-    assert (tmp_path / "figures" / "fig1.png").stat().st_size > 0
+    assert (figs(tmp_path) / "fig1.png").stat().st_size > 0
 
 
 def test_partial_results_drawn_with_skip_lines(tmp_path, capsys, fake_save):
@@ -264,10 +269,10 @@ def test_partial_results_drawn_with_skip_lines(tmp_path, capsys, fake_save):
     assert "figD5: column local_dim skipped" in text
     assert "figD4: skipped, needs mlp4/fashion_mnist" in text
     assert "figE7: skipped" in text and "figE8: skipped" in text
-    assert text.splitlines()[-1].endswith("figures written to " + str(res / "figures"))
-    assert (res / "figures" / "figD5.png").exists()  # 4 runs: lr 0.05, 0.1 (x2), and seed 1 at 0.1/20
+    assert text.splitlines()[-1].endswith("figures written to " + str(figs(res)))
+    assert (figs(res) / "figD5.png").exists()  # 4 runs: lr 0.05, 0.1 (x2), and seed 1 at 0.1/20
     # the diverged run's finite part is in the trend numbers; its NaN row is not
-    lines = pd.read_csv(res / "figures" / "fig1.csv")
+    lines = pd.read_csv(figs(res) / "fig1.csv")
     assert lines[(lines.lr == 0.2) & (lines.column == "G")].iteration.max() == 300
 
 
@@ -285,10 +290,10 @@ def test_experiments_are_never_mixed_and_duplicates_used_once(tmp_path, capsys, 
     make_run(tmp_path, *CIFAR, 0.05, 20, 0, n_ckpt=2, name="again")  # same setting, less far
     rc, out, _ = run_cli(capsys, tmp_path, "--only", "fig1", "--formats", "png")
     assert rc == 0
-    names = sorted(p.name for p in (tmp_path / "figures").glob("*.png"))
+    names = sorted(p.name for p in (figs(tmp_path)).glob("*.png"))
     assert names == ["fig1-scale-paper.png", "fig1-scale-quick.png"]
     assert any("found twice" in line and "again" in line for line in out)
-    runs = pd.read_csv(tmp_path / "figures" / "fig1-scale-quick_runs.csv")
+    runs = pd.read_csv(figs(tmp_path) / "fig1-scale-quick_runs.csv")
     assert len(runs) == 3 and "again" not in set(runs.run_id)
 
 
@@ -298,7 +303,7 @@ def test_data_source_folder_does_not_split_a_figure(tmp_path, capsys, fake_save)
     make_run(tmp_path, *CIFAR, 0.2, 20, 0, n_ckpt=2, data_source="CIFAR-10 JPEG image folder (/data/x)")
     rc, out, _ = run_cli(capsys, tmp_path, "--only", "fig1", "--formats", "png")
     assert rc == 0
-    names = sorted(p.name for p in (tmp_path / "figures").glob("*.png"))
+    names = sorted(p.name for p in (figs(tmp_path)).glob("*.png"))
     assert names == ["fig1-data_source-torchvision_CIFAR10.png"]  # JPEG copy: one lr only, skipped
     assert any(line.startswith("fig1-data_source-CIFAR-10_JPEG_image_folder: skipped") for line in out)
 
@@ -516,7 +521,7 @@ def test_cli_flatness_sam_and_correlation_extra_columns(tmp_path, capsys, fake_s
     sweep(res, CIFAR, grid=GRID[:3], seeds=(0,), n_ckpt=4, flat=FLAT, flat_every=2)
     rc, out, err = run_cli(capsys, res, "--only", "figD5,flatness,sam_vs_sgd,runs", "--formats", "png")
     assert rc == 0 and err == []
-    figdir = res / "figures"
+    figdir = figs(res)
     pearson = pd.read_csv(figdir / "figD5_pearson.csv")
     extra = {"hessian_trace", "quotient_trace", "sharpness_worst", "grad_disagreement"}
     assert extra <= set(pearson.x) | set(pearson.y)
@@ -577,10 +582,10 @@ def test_cli_single_demo_run_gets_an_overview(tmp_path, capsys, monkeypatch):
     rc, out, err = run_cli(capsys, demo)
     assert rc == 0 and err == []
     for ext in ("png", "pdf", "csv"):
-        assert (demo / "figures" / f"runs.{ext}").stat().st_size > 0
-    assert (demo / "figures" / "runs.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (figs(demo) / f"runs.{ext}").stat().st_size > 0
+    assert (figs(demo) / "runs.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert any(line.startswith("runs: wrote") for line in out)
-    assert out[-1] == f"1 figure written to {demo / 'figures'}"
+    assert out[-1] == f"1 figure written to {figs(demo)}"
     assert not any("could not be drawn" in line for line in out), out  # every other figure: a skip line
     # more runs than the cap: said so, and all are in the per-run CSV
     for s in (1, 2):
@@ -588,8 +593,8 @@ def test_cli_single_demo_run_gets_an_overview(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(beyond, "RUNS_CAP", 2)
     rc, out, _ = run_cli(capsys, demo, "--only", "runs", "--formats", "png")
     assert any(line.startswith("runs: capped at 2 lines: drew the first 2 of 3 runs") for line in out)
-    assert len(pd.read_csv(demo / "figures" / "runs_runs.csv")) == 3
-    assert len(set(pd.read_csv(demo / "figures" / "runs.csv")["run"])) == 2
+    assert len(pd.read_csv(figs(demo) / "runs_runs.csv")) == 3
+    assert len(set(pd.read_csv(figs(demo) / "runs.csv")["run"])) == 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -603,7 +608,7 @@ def test_run_column_is_relative_to_the_results_folder(tmp_path, capsys, fake_sav
     rc, out, err = run_cli(capsys, res, "--only", "figE8,figD6", "--formats", "png")
     assert rc == 0 and err == []
     for csv in ("figE8_runs.csv", "figD6.csv"):
-        runs = pd.read_csv(res / "figures" / csv)["_run"]
+        runs = pd.read_csv(figs(res) / csv)["_run"]
         assert sorted(runs) == sorted(f"multirun/a/fashion_mnist-mlp4-lr{lr}-b{b}-s0-quick-train-sgd"
                                       for lr, b in GRID[:3])
         assert not any(str(tmp_path) in r or r.startswith("/") for r in runs)
@@ -666,7 +671,7 @@ def test_by_width_one_line_per_value_in_one_figure(tmp_path, capsys, saved):
     frame = width_sweep(res)
     rc, out, err = run_cli(capsys, res, "--by", "model.width", "--only", "sweep,figE8", "--formats", "png")
     assert rc == 0 and err == []
-    figdir = res / "figures"
+    figdir = figs(res)
     assert sorted(p.name for p in figdir.glob("sweep*.csv")) == ["sweep-model.width.csv",
                                                                  "sweep-model.width_runs.csv"]
     text = "\n".join(out)
@@ -691,7 +696,7 @@ def test_by_key_splits_by_the_other_keys_and_colours_correlations(tmp_path, caps
     width_sweep(res, widths=(0.5, 2.0), lrs=(0.05, 0.1))
     rc, out, err = run_cli(capsys, res, "--by", "width", "--only", "sweep,sweep_correlation", "--formats", "png")
     assert rc == 0 and err == []
-    figdir = res / "figures"
+    figdir = figs(res)
     for lr in (0.05, 0.1):  # lr differs: one trend figure per lr, one line per width in each
         lines = pd.read_csv(figdir / f"sweep-model.width-lr-{lr:g}.csv")
         assert sorted(set(lines["model.width"])) == [0.5, 2.0] and (lines["n_runs"] == 2).all()
@@ -713,7 +718,7 @@ def test_by_nested_key_only_in_settings_and_missing_values(tmp_path, capsys, sav
                  settings=settings_of(*FMNIST, 0.1, 20, 0, depth=depth))
     rc, out, err = run_cli(capsys, res, "--by", "model.depth", "--only", "sweep", "--formats", "png")
     assert rc == 0 and err == [] and not any("found twice" in line for line in out)
-    lines = pd.read_csv(res / "figures" / "sweep-model.depth.csv")
+    lines = pd.read_csv(figs(res) / "sweep-model.depth.csv")
     assert sorted(set(lines["model.depth"])) == [2, 4, 8] and (lines["n_runs"] == 1).all()
     res2 = tmp_path / "r2"
     for rho in (None, 0.05, 0.1):
@@ -723,7 +728,7 @@ def test_by_nested_key_only_in_settings_and_missing_values(tmp_path, capsys, sav
     rc, out, err = run_cli(capsys, res2, "--by", "optim.rho", "--only", "sweep", "--formats", "png")
     assert rc == 0 and err == []
     # optim.name differs with rho here (sgd has none): it splits, so the SAM runs are one figure
-    lines = pd.read_csv(res2 / "figures" / "sweep-optim.rho-optim.name-sam.csv")
+    lines = pd.read_csv(figs(res2) / "sweep-optim.rho-optim.name-sam.csv")
     assert sorted(set(lines["optim.rho"])) == [0.05, 0.1]
     assert any(line.startswith("sweep-optim.rho-optim.name-sgd: skipped, needs >= 2 values of optim.rho "
                                "(found optim.rho none only)") for line in out)
@@ -736,7 +741,7 @@ def test_by_key_falls_back_to_identity_columns_of_older_files(tmp_path, capsys, 
             make_run(res, *CIFAR, 0.1, 20, s, width=w, n_ckpt=3)  # no settings column
     rc, out, err = run_cli(capsys, res, "--by", "model.width", "--only", "sweep", "--formats", "png")
     assert rc == 0 and err == []
-    lines = pd.read_csv(res / "figures" / "sweep-model.width.csv")
+    lines = pd.read_csv(figs(res) / "sweep-model.width.csv")
     assert sorted(set(lines["model.width"])) == [0.5, 1.0] and (lines["n_runs"] == 2).all()
 
 
@@ -793,5 +798,28 @@ def test_by_model_name_draws_both_models_in_one_figure(tmp_path, capsys, fake_sa
         make_run(tmp_path, "cifar10_2class", "mlp4", 0.1, 20, s, n_ckpt=3)
     rc, out, err = run_cli(capsys, tmp_path, "--by", "model", "--only", "sweep", "--formats", "png")
     assert rc == 0 and err == []
-    lines = pd.read_csv(tmp_path / "figures" / "sweep-model.name.csv")
+    lines = pd.read_csv(figs(tmp_path) / "sweep-model.name.csv")
     assert set(lines["model.name"]) == {"mlp4", "vgg10"} and (lines["n_runs"] == 2).all()
+
+
+def test_own_network_sweep_grouped_without_by_titles_from_settings(tmp_path, capsys, saved):
+    """Without --by, a sweep of one's own networks is grouped by the key that differs; titles give the
+    steps run (not the scale's name) and the class subset of the data; figures go beside the results."""
+    res = tmp_path / "r"
+    for lr in (0.05, 0.1):
+        for s in (0, 1):
+            st = settings_of("cifar10", "custom", lr, 20, s)
+            st["data"]["classes"] = [0, 1]
+            make_run(res, "cifar10", "custom", lr, 20, s, n_ckpt=3, settings=st)
+    rc, out, err = run_cli(capsys, res, "--only", "sweep,sweep_correlation", "--formats", "png")
+    assert rc == 0 and err == []
+    assert "sweep: grouped by lr, the key that differs between the runs (--by KEY chooses another)" in out
+    assert not (res / "figures").exists() and (figs(res) / "sweep-lr.csv").exists()
+    fig = saved["sweep-lr.png"]
+    title = fig._suptitle.get_text()
+    assert "custom on cifar10 classes 0,1" in title and "300 steps" in title and "scale quick" not in title
+    # the study's networks keep needing --by
+    res2 = tmp_path / "s"
+    sweep(res2, grid=GRID[:2], seeds=(0,), n_ckpt=3)
+    rc, out, err = run_cli(capsys, res2, "--only", "sweep", "--formats", "png")
+    assert rc == 0 and any(line.startswith("sweep: skipped, needs --by KEY") for line in out)

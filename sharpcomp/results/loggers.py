@@ -1,0 +1,207 @@
+"""Live monitoring: every checkpoint's rows, as they are recorded, also sent to TensorBoard, MLflow or a
+CSV file (the ``logger`` config group: ``none`` by default, ``tensorboard``, ``mlflow``, ``csv``).
+
+``metrics.parquet`` stays the record of truth; a logger only mirrors it. Each value goes out under the
+tag ``<sample set>/<column>`` (``train/G``, ``test/sharpness``, ``train/hessian_trace``) for the columns of
+a sample set's row, and ``<column>`` (``train_acc``, ``test_loss``, ``train_loss_running``) for the
+whole-set columns, at step = the iteration; missing values are left out. The run's settings (its
+identity settings, flattened to dotted keys, and ``steps``) are its hyperparameters. A logger that fails
+(missing package, unwritable folder, a server away) prints one line and is dropped: the run goes on.
+
+- ``tensorboard``: event files through ``torch.utils.tensorboard.SummaryWriter`` in ``logger.dir``
+  (default ``<run folder>/tensorboard``); settings as TensorBoard hparams. ``tensorboard --logdir outputs``.
+- ``mlflow``: an MLflow run (experiment ``logger.experiment``) in ``logger.tracking_uri`` (default: the
+  local file store ``<run folder>/../mlruns``, shared by the runs beside it; MLflow 3 keeps that store in
+  maintenance mode, so ``MLFLOW_ALLOW_FILE_STORE`` is set for it); a resumed run continues its MLflow run
+  (its id kept in ``<run folder>/mlflow_run_id``). ``mlflow ui --backend-store-uri <that folder>``.
+- ``csv``: ``<run folder>/metrics.csv``, one line per row, columns as in the parquet file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+LOGGERS = ("none", "tensorboard", "mlflow", "csv")
+# whole-set columns (the same on every row of a checkpoint): logged once, untagged
+WHOLE_SET = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "train_loss_running")
+SKIP = ("iteration", "sample_set", "wall_time")
+
+
+def _number(v) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def scalars(rows: Sequence[Mapping]) -> dict[str, float]:
+    """``{tag: value}`` of one checkpoint's rows (see the module docstring)."""
+    out: dict[str, float] = {}
+    for row in rows:
+        for key, value in row.items():
+            v = _number(value)
+            if v is None or key in SKIP:
+                continue
+            tag = key if key in WHOLE_SET else f"{row.get('sample_set', 'train')}/{key}"
+            out.setdefault(tag, v)
+    return out
+
+
+def hyperparameters(settings: Mapping, prefix: str = "") -> dict[str, object]:
+    """Nested settings flattened to dotted keys, values as numbers, booleans or text."""
+    out: dict[str, object] = {}
+    for k, v in settings.items():
+        if isinstance(v, Mapping) and v:
+            out.update(hyperparameters(v, f"{prefix}{k}."))
+        elif isinstance(v, (bool, int, float, str)):
+            out[f"{prefix}{k}"] = v
+        else:
+            out[f"{prefix}{k}"] = json.dumps(v, sort_keys=True)
+    return out
+
+
+class Logger:
+    """The interface: ``log(iteration, rows)`` after a checkpoint is recorded, ``close()`` at the end."""
+
+    name = "none"
+
+    def log(self, iteration: int, rows: Sequence[Mapping]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class TensorBoardLogger(Logger):
+    name = "tensorboard"
+
+    def __init__(self, folder: Path, hparams: dict):
+        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard.summary import hparams as hparam_summaries
+
+        self.writer = SummaryWriter(log_dir=str(folder))
+        for summary in hparam_summaries(hparams, {}):  # the settings, shown in TensorBoard's HPARAMS tab
+            self.writer.file_writer.add_summary(summary)
+
+    def log(self, iteration, rows):
+        for tag, value in scalars(rows).items():
+            self.writer.add_scalar(tag, value, global_step=int(iteration))
+        self.writer.flush()
+
+    def close(self):
+        self.writer.close()
+
+
+class MLflowLogger(Logger):
+    name = "mlflow"
+
+    def __init__(self, run_dir: Path, uri: str, experiment: str, run_name: str, hparams: dict):
+        if uri.startswith("file:") or "://" not in uri:
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=uri)
+        found = self.client.get_experiment_by_name(experiment)
+        exp_id = found.experiment_id if found is not None else self.client.create_experiment(experiment)
+        id_file = run_dir / "mlflow_run_id"
+        run_id = id_file.read_text().strip() if id_file.exists() else None
+        if run_id is None or self._missing(run_id):
+            run_id = self.client.create_run(exp_id, run_name=run_name).info.run_id
+            id_file.write_text(run_id + "\n")
+            from mlflow.entities import Param
+
+            params = [Param(k[:250], str(v)[:6000]) for k, v in sorted(hparams.items())]
+            for i in range(0, len(params), 100):
+                self.client.log_batch(run_id, params=params[i:i + 100])
+        else:
+            self.client.update_run(run_id, status="RUNNING")
+        self.run_id = run_id
+
+    def _missing(self, run_id: str) -> bool:
+        try:
+            self.client.get_run(run_id)
+            return False
+        except Exception:
+            return True
+
+    def log(self, iteration, rows):
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(tag, value, now, int(iteration)) for tag, value in scalars(rows).items()]
+        for i in range(0, len(metrics), 500):
+            self.client.log_batch(self.run_id, metrics=metrics[i:i + 500])
+
+    def close(self):
+        self.client.set_terminated(self.run_id)
+
+
+class CSVLogger(Logger):
+    name = "csv"
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def log(self, iteration, rows):
+        import pandas as pd
+
+        frame = pd.DataFrame(list(rows))
+        frame.to_csv(self.path, mode="a", header=not self.path.exists(), index=False)
+
+
+def make_logger(cfg: Mapping | None, run_dir: Path, run_id: str, settings: Mapping) -> Logger:
+    """The logger ``cfg`` (the ``logger`` config node) describes for the run in ``run_dir``; a plain
+    :class:`Logger` (does nothing) for ``none``, or when it cannot start (one line says why)."""
+    cfg = dict(cfg or {})
+    name = cfg.get("name", "none")
+    if name == "none":
+        return Logger()
+    run_dir = Path(run_dir)
+    hparams = hyperparameters(settings)
+    try:
+        if name == "tensorboard":
+            return Guarded(TensorBoardLogger(Path(cfg.get("dir") or run_dir / "tensorboard"), hparams))
+        if name == "mlflow":
+            uri = cfg.get("tracking_uri") or (run_dir.parent / "mlruns").absolute().as_uri()
+            return Guarded(MLflowLogger(run_dir, uri, cfg.get("experiment") or "sharpcomp", run_dir.name, hparams))
+        if name == "csv":
+            return Guarded(CSVLogger(run_dir / "metrics.csv"))
+        raise ValueError(f"unknown logger '{name}' (choose from {', '.join(LOGGERS)})")
+    except Exception as exc:
+        _say(name, "could not start", exc)
+        return Logger()
+
+
+def _say(name: str, what: str, exc: BaseException) -> None:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    print(f"sharpcomp: logger {name} {what} ({type(exc).__name__}: {text[:200]}); the run goes on without it "
+          f"(metrics.parquet has every row)", file=sys.stderr, flush=True)
+
+
+class Guarded(Logger):
+    """A logger whose failures are one line, after which it is dropped."""
+
+    def __init__(self, inner: Logger):
+        self.inner, self.name, self.alive = inner, inner.name, True
+
+    def _call(self, what: str, *args) -> None:
+        if not self.alive:
+            return
+        try:
+            getattr(self.inner, what)(*args)
+        except Exception as exc:
+            self.alive = False
+            _say(self.name, "failed", exc)
+
+    def log(self, iteration, rows):
+        self._call("log", iteration, rows)
+
+    def close(self):
+        self._call("close")

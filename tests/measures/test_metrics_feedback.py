@@ -1,0 +1,66 @@
+"""Long metric work is not silent: a warning with the number of backward passes and their estimated
+time for a large N, a progress bar over the passes, and a line saying why log_volume is -inf."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from sharpcomp.measures import metrics
+from sharpcomp.measures.metrics import compute_metrics
+
+
+def _net(n_out: int, d_in: int = 6) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(d_in, 8), nn.ReLU(), nn.Linear(8, n_out))
+
+
+def test_large_n_warns_with_the_cost(monkeypatch):
+    monkeypatch.setattr(metrics, "LARGE_OUTPUTS", 4)
+    with pytest.warns(RuntimeWarning, match=r"N = 5 outputs of the network: 15 backward passes over 3 samples, "
+                                             r"about \d+ s"):
+        compute_metrics(_net(5), torch.rand(3, 6), chunk_size=1, log_volume_rank=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compute_metrics(_net(4), torch.rand(3, 6), log_volume_rank=2)  # N at the threshold: no warning
+
+
+def test_progress_counts_every_backward_pass(monkeypatch):
+    seen = []
+
+    class Bar:
+        def __init__(self, total, **kw):
+            seen.append(["total", total, kw["delay"]])
+
+        def update(self, k):
+            seen.append(k)
+
+        def close(self):
+            seen.append("closed")
+
+    import tqdm.auto
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    compute_metrics(_net(3), torch.rand(5, 6), chunk_size=2)
+    assert seen[0] == ["total", 9, metrics.PROGRESS_AFTER] and sum(seen[1:-1]) == 9 and seen[-1] == "closed"
+
+
+def test_minus_infinite_log_volume_says_why():
+    x = torch.rand(4, 6, dtype=torch.float64)
+    net = _net(8).double()
+    ranks = [int(torch.linalg.matrix_rank(torch.autograd.functional.jacobian(lambda v: net(v[None])[0], xi)))
+             for xi in x]  # brute force: rank of J_i (8 x 6): at most M = 6, and the active hidden units
+    text = f"{min(ranks)}" if min(ranks) == max(ranks) else f"{min(ranks)}..{max(ranks)}"
+    with pytest.warns(RuntimeWarning) as caught:
+        res = compute_metrics(net, x, dtype=torch.float64)
+    assert res["log_volume"] == -math.inf
+    assert str(caught[0].message) == (
+        f"log_volume = -inf: 4 of 4 samples have a zero eigenvalue among the 8 kept (K_i = J_i J_i^T of rank "
+        f"{text}; N = 8 outputs > M = 6 inputs); log_volume_rank={min(ranks)} keeps only non-zero eigenvalues")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the rank it suggests: finite, no warning
+        assert math.isfinite(compute_metrics(net, x, dtype=torch.float64, log_volume_rank=min(ranks))["log_volume"])
