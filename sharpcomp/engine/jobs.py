@@ -41,6 +41,19 @@ def _record(status: str, run_dir: Path, message: str = "") -> None:
         pass
 
 
+def _write_log(path: Path, text: str) -> str:
+    """Write a traceback to ``path`` (never through a link: a link is left alone); where it went."""
+    from sharpcomp.results.records import atomic_write_bytes
+
+    if path.is_symlink():
+        return f"; no traceback written ({path} is a symbolic link)"
+    try:
+        atomic_write_bytes(path, text.encode())
+    except OSError:
+        return ""
+    return f"; traceback in {path}"
+
+
 def run_job(train_fn: Callable[[], list], run_dirs: Sequence[Path], multirun: bool) -> list[str]:
     """Run ``train_fn() -> [RunResult]`` for the runs in ``run_dirs``; report every outcome; return the
     statuses. Outside a sweep, a failure raises :class:`JobExit` (2: bad input; 1: anything else)."""
@@ -62,11 +75,7 @@ def run_job(train_fn: Callable[[], list], run_dirs: Sequence[Path], multirun: bo
         first = str(exc).splitlines()[0] if str(exc) else ""
         lines = []
         for d in run_dirs:
-            try:
-                (Path(d) / "error.log").write_text(text)
-                where = f"; traceback in {Path(d) / 'error.log'}"
-            except OSError:
-                where = ""
+            where = _write_log(Path(d) / "error.log", text)
             lines.append(f"run {d} failed: {type(exc).__name__}: {first}{where}")
         return _report_all(run_dirs, "failed", lines, multirun, 1)
     for r in results:

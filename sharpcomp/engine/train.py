@@ -387,14 +387,40 @@ def train(cfg, run_dir: str | Path, *, callback: Callable[[int, list[dict]], Non
     return res
 
 
-def restore_run(run_dir: str | Path):
+def stored_settings(cfg, target: str | None = None) -> Settings:
+    """The settings of a config read from a run folder (a checkpoint's), made safe: nothing in it
+    chooses code (:func:`sharpcomp.models.stored_model_config`; ``target``: the user's own model
+    ``_target_``, named on the command line), and the data and cache folders are this machine's
+    (the environment's), never the stored ones. ConfigError (one line) otherwise."""
+    from sharpcomp.models import code_keys, stored_model_config
+    from sharpcomp.settings import defaults
+
+    if not isinstance(cfg, dict):
+        raise ConfigError("the stored config is not a mapping")
+    bad = code_keys({k: v for k, v in cfg.items() if k != "model"}, "config")
+    if bad:
+        raise ConfigError(f"refusing the stored config: {bad} would choose code; a stored config never does")
+    try:
+        model = stored_model_config(cfg.get("model"), target)
+    except ModelError as exc:
+        raise ConfigError(str(exc)) from None
+    here = defaults()
+    return settings({**cfg, "model": model, "data_dir": here["data_dir"], "cache_dir": here["cache_dir"]})
+
+
+def restore_run(run_dir: str | Path, target: str | None = None):
     """Load a run's last checkpoint: (model in eval mode, config dict, train sample inputs and
-    targets, loss function). For analyses of finished or running runs (e.g. ``sharpcomp reparam``)."""
+    targets, loss function). For analyses of finished or running runs (e.g. ``sharpcomp reparam``).
+    The stored config never chooses code (:func:`stored_settings`); ``target``: the user's model
+    ``_target_`` for a network that is not built in."""
+    from sharpcomp.results.run_state import check_members
+
+    check_members(Path(run_dir))
     path = Path(run_dir) / CHECKPOINT_FILE
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
     state = read_checkpoint(path)
-    s = settings(state["config"])
+    s = stored_settings(state.get("config", {}), target)
     data = load_data(s, torch.device("cpu"))
     model = build(s, data, torch.device("cpu"))
     model.load_state_dict(state["model_state"])
