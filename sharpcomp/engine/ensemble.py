@@ -397,7 +397,14 @@ def train_ensemble(cfgs: Sequence, run_dirs: Sequence[str | Path], *, data: Data
     """
     run_dirs = [Path(d) for d in run_dirs]
     _check_runs(cfgs, run_dirs)
-    members, data = open_runs(cfgs, run_dirs, data)
+    blocked: list = []
+    members, data = open_runs(cfgs, run_dirs, data, blocked)
+    skipped = {d: RunResult(d, "skipped", 0, 0, message=str(exc)) for d, exc in blocked}
+    if blocked:
+        print(f"sharpcomp: {len(blocked)} run(s) of the ensemble skipped; training the other {len(members)}",
+              file=sys.stderr)
+    if not members:
+        return [skipped[d] for d in run_dirs]
     try:
         compile = members[0].settings.compile if compile is None else compile
         why = _stackable(members, data)
@@ -409,4 +416,5 @@ def train_ensemble(cfgs: Sequence, run_dirs: Sequence[str | Path], *, data: Data
                 train_members([m], data, lambda group: plain_stepper(group[0], data), callback)
     finally:
         close_all(members)
-    return [m.run.outcome() for m in members]
+    done = {m.run.run_dir: m.run.outcome() for m in members}
+    return [skipped.get(d) or done[d] for d in run_dirs]

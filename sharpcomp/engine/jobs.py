@@ -79,6 +79,10 @@ def run_job(train_fn: Callable[[], list], run_dirs: Sequence[Path], multirun: bo
             lines.append(f"run {d} failed: {type(exc).__name__}: {first}{where}")
         return _report_all(run_dirs, "failed", lines, multirun, 1)
     for r in results:
+        if r.status == "skipped":  # one run of an ensemble whose folder could not be opened
+            print(f"sharpcomp: {'job skipped' if multirun else 'error'}: {r.message}", file=sys.stderr)
+            _record(r.status, r.run_dir, r.message)
+            continue
         print(f"{r.status}: {r.rows} rows in {r.run_dir / 'metrics.parquet'}", flush=True)
         _record(r.status, r.run_dir)
     return [r.status for r in results]

@@ -39,6 +39,7 @@ from sharpcomp.engine.evaluation import checkpoint_rows, sample_losses, sample_s
 from sharpcomp.engine.steppers import PlainStepper
 from sharpcomp.losses import make_loss, per_sample_loss  # noqa: F401  (re-exported)
 from sharpcomp.models import ModelError, build_from_config, build_model
+from sharpcomp.results.records import RecordError
 from sharpcomp.results.run_state import CHECKPOINT_FILE, RunResult, RunState, identity_columns, read_checkpoint
 from sharpcomp.settings import (  # noqa: F401  (re-exported)
     BUILTIN_MODELS,
@@ -133,8 +134,11 @@ class Member:
         return self.settings.seed
 
 
-def open_runs(cfgs: Sequence, run_dirs: Sequence[Path], data: Dataset | None) -> tuple[list[Member], Dataset]:
-    """Check the settings, load the data once, open (lock) every run folder."""
+def open_runs(cfgs: Sequence, run_dirs: Sequence[Path], data: Dataset | None,
+              blocked: list | None = None) -> tuple[list[Member], Dataset]:
+    """Check the settings, load the data once, open (lock) every run folder. With ``blocked`` (a list),
+    a folder that cannot be opened (in use, another run's, unreadable) is appended to it as
+    ``(run_dir, exception)`` and left out, so the other runs still train."""
     all_settings = [settings(c) for c in cfgs]
     for d in run_dirs:
         check_writable(Path(d))
@@ -147,7 +151,13 @@ def open_runs(cfgs: Sequence, run_dirs: Sequence[Path], data: Dataset | None) ->
             settings(s.raw, n_train=len(data.train_x))
             n_out = s.num_outputs(data.num_classes)
             run_id = run_identity(s)["run_id"]
-            state = RunState(s, Path(d), identity_columns(s, run_id, n_out, data.source, device)).open(device)
+            try:
+                state = RunState(s, Path(d), identity_columns(s, run_id, n_out, data.source, device)).open(device)
+            except (ConfigError, RecordError) as exc:
+                if blocked is None:
+                    raise
+                blocked.append((Path(d), exc))
+                continue
             idx = train_sample_indices(s.seed, len(data.train_x), s.metrics.n).to(device)
             members.append(Member(state, s, idx, make_loss(s.loss, n_out)))
     except BaseException:

@@ -76,6 +76,7 @@ class RunResult:
     seconds: float = 0.0  # wall time of this call
     checkpoint_seconds: float = 0.0  # of which in checkpoints (evaluation, metrics, writing)
     checkpoints: int = 0  # checkpoints logged by this call
+    message: str = ""  # why a run was skipped (its folder in use or holding another run)
 
 
 # ---------------------------------------------------------------------------------------------
