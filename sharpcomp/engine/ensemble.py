@@ -310,7 +310,9 @@ class EnsembleStepper:
         for m in members:
             model = build(m.settings, data, device)
             if m.run.resume is not None:
-                model.load_state_dict(m.run.resume["model_state"])
+                from sharpcomp.results.run_state import load_resume
+
+                load_resume(model, None, m.run.resume)
             self.modules.append(model)
         self.settings, self.lrs = s, [m.settings.lr for m in members]
         self.net = StackedSGD(self.modules, self.lrs, s.loss, compile=compile, impl=impl)

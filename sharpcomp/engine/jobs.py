@@ -20,6 +20,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 OUTCOMES_ENV = "SHARPCOMP_OUTCOMES"
+# outcomes of the jobs run in this process (basic and ensemble launchers): the tally does not depend on
+# the outcome folder alone, which a cleaning command may delete mid-sweep
+RECORDED: dict[str, dict] = {}
 
 
 class JobExit(Exception):
@@ -34,9 +37,12 @@ def _record(status: str, run_dir: Path, message: str = "") -> None:
     folder = os.environ.get(OUTCOMES_ENV)
     if not folder:
         return
+    key = uuid.uuid4().hex
+    outcome = {"status": status, "run_dir": str(run_dir), "message": message, "key": key}
+    RECORDED[key] = outcome
     try:
-        path = Path(folder) / f"{uuid.uuid4().hex}.json"
-        path.write_text(json.dumps({"status": status, "run_dir": str(run_dir), "message": message}))
+        Path(folder).mkdir(parents=True, exist_ok=True)  # made again when deleted mid-sweep
+        (Path(folder) / f"{key}.json").write_text(json.dumps(outcome))
     except OSError:
         pass
 
@@ -107,12 +113,15 @@ def _report_all(run_dirs, status: str, message, multirun: bool, code: int) -> li
 def sweep_summary(folder: Path) -> int:
     """Print the sweep's tally (and the folders of jobs that did not finish); the exit status:
     0 when every job finished or diverged, 1 when one failed, 2 when one was skipped (folder in use)."""
-    outcomes = []
+    found = {}
     for p in sorted(Path(folder).glob("*.json")):
         try:
-            outcomes.append(json.loads(p.read_text()))
-        except (OSError, ValueError):
+            o = json.loads(p.read_text())
+            found[o.get("key", p.stem)] = o
+        except (OSError, ValueError, AttributeError):
             continue
+    outcomes = list({**found, **RECORDED}.values())
+    RECORDED.clear()
     if not outcomes:
         return 0
     counts: dict[str, list[str]] = {}

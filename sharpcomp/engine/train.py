@@ -193,6 +193,7 @@ class _Loop:
         self.t0 = time.perf_counter()
         self.timing = dict.fromkeys(("train", "checkpoint", "eval", "metrics", "write"), 0.0)
         self._reset_running()
+        self._carry_running()
         first = members[0].run
         total = len(members)
         desc = first.run_id[:40] if total == 1 else f"ensemble of {total}"
@@ -202,6 +203,21 @@ class _Loop:
     def _reset_running(self) -> None:
         self.running_sum = torch.zeros(len(self.members), device=self.device)
         self.running_count = 0
+
+    def _carry_running(self) -> None:
+        """Resuming from the end checkpoint of a shorter run (an iteration off the ``log_every``
+        schedule): the running loss goes on from the sum saved there, so the next checkpoint's
+        ``train_loss_running`` is exactly an uninterrupted run's (the same float32 sums, in order)."""
+        states = [m.run.resume for m in self.members]
+        if all(st is not None and "running_sum" in st for st in states):
+            self.running_sum = torch.stack([st["running_sum"].to(torch.float32) for st in states]).to(self.device)
+            self.running_count = int(states[0]["running_count"])
+
+    def _running_state(self, pos: int, it: int) -> dict | None:
+        """What an off-schedule end checkpoint saves of the running loss (see :meth:`_carry_running`)."""
+        if it % self.s.log_every == 0 or not self.running_count:
+            return None
+        return {"running_sum": self.running_sum[pos].detach().clone().cpu(), "running_count": self.running_count}
 
     def wall(self, m: Member) -> float:
         return time.perf_counter() - self.t0 + m.run.wall_offset
@@ -299,7 +315,8 @@ class _Loop:
             if whole:
                 (base["train_loss"], base["train_acc"], _), (base["test_loss"], base["test_acc"], _) = \
                     train_evals[j], test_evals[j]
-            new_rows[m.run.run_dir] = self._commit(pos, m, it, base, sets[pos], metrics[pos], losses[pos], models[pos])
+            new_rows[m.run.run_dir] = self._commit(pos, m, it, base, sets[pos], metrics[pos], losses[pos], models[pos],
+                                                   self._running_state(j, it))
         self.stepper.train()
         self._reset_running()
         self.timing["checkpoint"] += time.perf_counter() - c0
@@ -313,7 +330,7 @@ class _Loop:
             self.callback(it, new_rows)
 
     def _commit(self, pos: int, m: Member, it: int, base: dict, sets: dict, metrics: dict, losses: dict,
-                model: nn.Module) -> list:
+                model: nn.Module, running: dict | None = None) -> list:
         m0 = time.perf_counter()
         rows = checkpoint_rows(model, m.settings, self.data, sets, m.loss_fn, base, it, metrics, losses)
         self.timing["metrics"] += time.perf_counter() - m0
@@ -321,7 +338,7 @@ class _Loop:
             r["wall_time"] = self.wall(m)
         w0 = time.perf_counter()
         status = "finished" if it == self.s.steps else "running"
-        m.run.commit(it, rows, status, self.wall(m), *self.stepper.states(pos))
+        m.run.commit(it, rows, status, self.wall(m), *self.stepper.states(pos), running=running)
         self.timing["write"] += time.perf_counter() - w0
         return rows
 

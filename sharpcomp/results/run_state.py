@@ -171,7 +171,27 @@ def checkpoint_problem(state: dict) -> str | None:
         return "optimizer_state must be an optimizer's state dictionary"
     if not isinstance(state.get("config", {}), dict):
         return "config must be a mapping"
+    if "running_sum" in state or "running_count" in state:
+        total, count = state.get("running_sum"), state.get("running_count")
+        if not (torch.is_tensor(total) and total.dim() == 0 and total.is_floating_point()
+                and bool(torch.isfinite(total))):
+            return "running_sum must be a finite scalar tensor"
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 < count <= it:
+            return f"running_count must be an integer in [1, iteration], got {str(count)[:40]}"
     return None
+
+
+def load_resume(model, optimizer, state: dict) -> None:
+    """Load a saved state into ``model`` (and ``optimizer``); ConfigError (one line) when it does not fit
+    the run's network (wrong names or shapes: a checkpoint.pt that is not this run's)."""
+    try:
+        model.load_state_dict(state["model_state"])
+        if optimizer is not None:
+            optimizer.load_state_dict(state["optimizer_state"])
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ConfigError(f"the saved state in {CHECKPOINT_FILE} does not fit this run's network ({why}); "
+                          f"move it away to restart the run") from None
 
 
 def package_versions() -> str:
@@ -313,12 +333,12 @@ class RunState:
                 "model_state": model_state, "optimizer_state": optimizer_state, "config": self.settings.raw}
 
     def commit(self, it: int, rows: list[dict], status: str, wall: float, model_state: dict,
-               optimizer_state: dict) -> None:
+               optimizer_state: dict, running: dict | None = None) -> None:
         """Append one checkpoint's rows, then save the state they belong to: at once when
         ``resume_every`` seconds have passed since the last save (0: always) or the run has ended;
         otherwise kept in memory (a copy) and written by the next save or by :meth:`close`."""
         self.recorder.append(rows, status=status)
-        state = self._state(it, status, wall, model_state, optimizer_state)
+        state = {**self._state(it, status, wall, model_state, optimizer_state), **(running or {})}
         self.checkpoints += 1
         if status != "running" or time.monotonic() - self._saved_at >= self.settings.resume_every:
             save_checkpoint(self.run_dir, state)
