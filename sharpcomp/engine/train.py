@@ -420,7 +420,6 @@ def stored_settings(cfg, target: str | None = None) -> Settings:
     ``_target_``, named on the command line), and the data and cache folders are this machine's
     (the environment's), never the stored ones. ConfigError (one line) otherwise."""
     from sharpcomp.models import code_keys, stored_model_config
-    from sharpcomp.settings import defaults
 
     if not isinstance(cfg, dict):
         raise ConfigError("the stored config is not a mapping")
@@ -431,8 +430,8 @@ def stored_settings(cfg, target: str | None = None) -> Settings:
         model = stored_model_config(cfg.get("model"), target)
     except ModelError as exc:
         raise ConfigError(str(exc)) from None
-    here = defaults()
-    return settings({**cfg, "model": model, "data_dir": here["data_dir"], "cache_dir": here["cache_dir"]})
+    here = {k: os.environ.get(f"SHARPCOMP_{k.split('_')[0].upper()}") for k in ("data_dir", "cache_dir")}
+    return settings({**cfg, "model": model, **here})  # as conf/train.yaml reads them: the environment
 
 
 def restore_run(run_dir: str | Path, target: str | None = None):
