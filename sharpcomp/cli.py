@@ -358,6 +358,9 @@ def _run_hydra_train(args: list[str], multirun: bool) -> int:
     import hydra.core.utils
 
     hydra.core.utils._save_config = _save_config_safely
+    from sharpcomp.engine.joblib_sweep import install
+
+    install()  # a killed joblib worker does not take the sweep down
 
     @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
     def app(cfg):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import traceback
 import uuid
 from collections.abc import Callable, Sequence
@@ -38,7 +39,7 @@ def _record(status: str, run_dir: Path, message: str = "") -> None:
     if not folder:
         return
     key = uuid.uuid4().hex
-    outcome = {"status": status, "run_dir": str(run_dir), "message": message, "key": key}
+    outcome = {"status": status, "run_dir": str(run_dir), "message": message, "key": key, "t": time.time()}
     RECORDED[key] = outcome
     try:
         Path(folder).mkdir(parents=True, exist_ok=True)  # made again when deleted mid-sweep
@@ -120,7 +121,10 @@ def sweep_summary(folder: Path) -> int:
             found[o.get("key", p.stem)] = o
         except (OSError, ValueError, AttributeError):
             continue
-    outcomes = list({**found, **RECORDED}.values())
+    latest: dict[str, dict] = {}  # a job run twice (again after a killed worker): its last outcome
+    for o in sorted({**found, **RECORDED}.values(), key=lambda o: o.get("t", 0.0)):
+        latest[o["run_dir"]] = o
+    outcomes = list(latest.values())
     RECORDED.clear()
     if not outcomes:
         return 0

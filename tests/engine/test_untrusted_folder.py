@@ -436,3 +436,40 @@ def test_appended_keys_that_the_program_reads_stay_allowed():
 def test_reparam_with_an_extreme_alpha_gives_one_line(run, in_tmp, alpha):
     res = cli(["reparam", "R", f"alpha={alpha}", "layer=fc1", "probes=0"], in_tmp)
     assert res.returncode == 1 and "cannot be computed at alpha=" in one_line(res.stderr)
+
+
+# 8: a killed joblib worker takes only its own job ---------------------------------------------------
+
+KILLING = """
+import math
+import os
+import signal
+
+from torch import nn
+
+
+class KillsItsWorker(nn.Module):
+    \"\"\"Kills its own process when built with ``kill`` (as the kernel kills a job out of memory).\"\"\"
+
+    def __init__(self, num_outputs, input_shape, kill=False):
+        super().__init__()
+        if kill:
+            os.kill(os.getpid(), signal.SIGKILL)
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), num_outputs))
+
+    def forward(self, x):
+        return self.net(x)
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_joblib_worker_fails_only_its_job(in_tmp):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    (in_tmp / "killing.py").write_text(KILLING)
+    args = [a for a in TINY if not a.startswith("model")] + ["model=custom", "model._target_=killing.KillsItsWorker"]
+    res = cli(["-m", "train", *args, "+model.kill=false,true", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+               "hydra.sweep.dir=K", "hydra.sweep.subdir=k${model.kill}"], in_tmp)
+    assert res.returncode == 1 and "TerminatedWorkerError" not in res.stderr, res.stderr
+    assert "sweep of 2 jobs: 1 finished, 0 diverged, 1 failed" in res.stderr
+    assert f"failed: {in_tmp / 'K' / 'kTrue'}" in res.stderr
+    assert read_metrics(in_tmp / "K" / "kFalse").status.iloc[-1] == "finished"
