@@ -244,7 +244,7 @@ def test_rows_missing_before_the_saved_state_move_the_checkpoint_aside(run, in_t
 
 
 def _limit_memory():  # a check that enumerates the huge iteration dies here instead of taking the machine
-    resource.setrlimit(resource.RLIMIT_AS, (6 * 2**30, 6 * 2**30))
+    resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))
 
 
 def test_a_huge_saved_iteration_is_refused_with_one_line(run, in_tmp):
