@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -55,6 +56,18 @@ def _replacing(path: Path):
         raise
 
 
+@contextlib.contextmanager
+def _replacing_path(path: Path):
+    """A path of the same name in a new hidden folder beside ``path``; what is written there replaces
+    ``path`` when the block ends (renamed in: a link at ``path`` is replaced, never followed)."""
+    folder = Path(tempfile.mkdtemp(prefix=".figure-", dir=path.parent))
+    try:
+        yield folder / path.name
+        os.replace(folder / path.name, path)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 class Context:
     def __init__(self, frame, info, out: Path, formats, last_fraction, band, by=None):
         self.frame, self.info, self.out = frame, info, out
@@ -71,9 +84,9 @@ class Context:
         names = []
         for ext in self.formats:
             path = self.out / f"{name}.{ext}"
-            with warnings.catch_warnings(), _replacing(path) as fh:
+            with warnings.catch_warnings(), _replacing_path(path) as tmp:
                 warnings.simplefilter("ignore")
-                fig.savefig(fh, dpi=150, format=ext)
+                fig.savefig(tmp, dpi=150)
             # the layout is settled by the first format; the others reuse it (layout is costly)
             fig.set_layout_engine("none")
             names.append(path.name)

@@ -15,7 +15,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 
@@ -244,7 +243,7 @@ def test_rows_missing_before_the_saved_state_move_the_checkpoint_aside(run, in_t
 
 
 def _limit_memory():  # a check that enumerates the huge iteration dies here instead of taking the machine
-    resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))
+    resource.setrlimit(resource.RLIMIT_DATA, (4 * 2**30, 4 * 2**30))
 
 
 def test_a_huge_saved_iteration_is_refused_with_one_line(run, in_tmp):
@@ -256,19 +255,28 @@ def test_a_huge_saved_iteration_is_refused_with_one_line(run, in_tmp):
     assert (run / "checkpoint.pt").read_bytes() == before
 
 
-def test_the_coverage_check_counts_without_enumerating():
-    """A resume point far beyond the rows (within the allowed range): refused as not covered, at once."""
-    from sharpcomp.results.run_state import RunState
+COVERAGE = """
+import pandas as pd
+from sharpcomp.results.run_state import RunState
 
-    class S:
-        log_every = 2
+class S:
+    log_every = 2
 
-    st = RunState.__new__(RunState)
-    st.settings = S()
-    frame = pd.DataFrame({"iteration": [0, 2, 4]})
-    assert st._rows_cover(frame, {"iteration": 4}) and not st._rows_cover(frame, {"iteration": 6})
-    assert not st._rows_cover(frame, {"iteration": 10**12})
-    assert st._rows_cover(pd.DataFrame({"iteration": [0, 2, 3]}), {"iteration": 3})  # an end off the schedule
+st = RunState.__new__(RunState)
+st.settings = S()
+frame = pd.DataFrame({"iteration": [0, 2, 4]})
+assert st._rows_cover(frame, {"iteration": 4}) and not st._rows_cover(frame, {"iteration": 6})
+assert not st._rows_cover(frame, {"iteration": 10**12})
+assert st._rows_cover(pd.DataFrame({"iteration": [0, 2, 3]}), {"iteration": 3})  # an end off the schedule
+"""
+
+
+def test_the_coverage_check_counts_without_enumerating(tmp_path):
+    """A resume point far beyond the rows (within the allowed range): refused as not covered, at once and
+    in little memory (a process with a bounded address space)."""
+    res = subprocess.run([sys.executable, "-c", COVERAGE], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120, preexec_fn=_limit_memory)
+    assert res.returncode == 0, res.stderr[-2000:]
 
 
 BAD_FIELDS = [
