@@ -341,6 +341,7 @@ def test_figures_refuse_an_output_folder_inside_a_runs_results(run, in_tmp, out,
 # 7, 9: sweeps account for every job ---------------------------------------------------------------
 
 
+@pytest.mark.slow  # a sweep of real processes
 def test_an_ensemble_trains_the_members_whose_folders_are_free(in_tmp):
     (in_tmp / "S" / "s1").mkdir(parents=True)
     held = FolderLock(in_tmp / "S" / "s1")
@@ -382,6 +383,7 @@ class DeletesOutcomes(nn.Module):
 """
 
 
+@pytest.mark.slow  # a sweep of real processes
 def test_a_deleted_outcome_folder_does_not_hide_a_failed_job(in_tmp):
     (in_tmp / "deleting.py").write_text(DELETING)
     args = [a for a in TINY if not a.startswith("model")] + ["model=custom", "model._target_=deleting.DeletesOutcomes"]
