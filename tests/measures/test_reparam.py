@@ -155,7 +155,7 @@ def fake_run(tmp_path, monkeypatch):
     model, x, y = tiny_mlp()
     cfg = {"model": {"name": "tiny", "width": 1.0, "outputs": 3}, "metrics": {"n": 7, "log_volume_rank": None}}
 
-    def restore_run(run_dir):
+    def restore_run(run_dir, target=None):
         if not (run_dir / "checkpoint.pt").exists():
             raise FileNotFoundError(f"no checkpoint at {run_dir / 'checkpoint.pt'}")
         return model.float(), cfg, x.float(), y, mse
