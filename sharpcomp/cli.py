@@ -173,6 +173,52 @@ def implied_custom(overrides: list[str]) -> list[str]:
     return ["model=custom", *overrides]
 
 
+HYDRA_FILES = (".hydra", ".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml")
+
+
+def _check_links(job_dir: str) -> None:
+    """UsageError when a file the command would write in the job's folder is a symbolic link
+    (Hydra's ``.hydra`` files are written before any sharpcomp code runs)."""
+    from sharpcomp.results.run_state import MEMBERS
+
+    for name in dict.fromkeys((*HYDRA_FILES, *MEMBERS)):
+        p = Path(job_dir) / name
+        if p.is_symlink():
+            raise UsageError(f"refusing run folder {job_dir}: {name} is a symbolic link (to {os.readlink(p)}); "
+                             f"a run folder's files must be its own (move the link away)")
+
+
+def _job_dir(cfg, multirun: bool) -> str | None:
+    try:
+        if not multirun:
+            return str(cfg.hydra.run.dir)
+        return str(Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir))
+    except Exception:  # a folder name Hydra only knows once the job runs
+        return None
+
+
+def _check_appended(overrides: list[str]) -> None:
+    """UsageError for an appended key (``+key=value``) that no part of the program reads: anything
+    but a config group (``+experiment=fig1``), a model's own keyword argument (``+model.depth=3``,
+    read by the model's callable) or Hydra's own settings."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from sharpcomp.settings import _yaml_keys
+
+    top, metrics = _yaml_keys()
+    for ov in OverridesParser.create().parse_overrides(overrides):
+        if not ov.is_add():
+            continue
+        key = ov.get_key_element().lstrip("+")
+        head, _, rest = key.partition(".")
+        if key.startswith("hydra") or head == "model" or (not rest and key in GROUPS):
+            continue
+        known = (head in top and not rest) or (head == "metrics" and rest.split(".")[0] in metrics and
+                                                 rest.count(".") == 0)
+        hint = " (set it without the leading +)" if known else ""
+        raise UsageError(f"unknown option '+{key}': no part of sharpcomp reads it{hint}; see `sharpcomp --help`")
+
+
 def check_overrides(overrides: list[str], multirun: bool = False) -> None:
     """Compose the train config for every sweep value and validate it; UsageError on the first problem."""
     from hydra import compose, initialize_config_module
@@ -186,7 +232,9 @@ def check_overrides(overrides: list[str], multirun: bool = False) -> None:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-            for combo in _expand(overrides):
+            for n, combo in enumerate(_expand(overrides)):
+                if n == 0:
+                    _check_appended(combo)
                 try:
                     cfg = compose("train", overrides=combo, return_hydra_config=True)
                     plain = OmegaConf.to_container(cfg, resolve=False)
@@ -200,6 +248,9 @@ def check_overrides(overrides: list[str], multirun: bool = False) -> None:
                     raise UsageError(str(exc)) from None
                 HydraConfig.instance().set_config(cfg)
                 _check_writable(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir)
+                job_dir = _job_dir(cfg, multirun)
+                if job_dir is not None:
+                    _check_links(job_dir)
     finally:
         GlobalHydra.instance().clear()
 
@@ -221,6 +272,51 @@ def _train_job(cfg) -> str:
         return run_job(lambda: [train(cfg, run_dir)], [run_dir], hc.mode == RunMode.MULTIRUN)[0]
     except JobExit as exc:
         sys.exit(exc.code)
+
+
+class _Survivor:
+    """Standard output that never fails a run: once its reader has gone (``sharpcomp train | head -1``),
+    output is dropped (the descriptor then points at the null device, so exit flushes stay quiet)."""
+
+    def __init__(self, stream):
+        self._stream, self._gone = stream, False
+
+    def _lost(self) -> None:
+        self._gone = True
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+        except (OSError, ValueError):
+            pass
+
+    def write(self, text):
+        if not self._gone:
+            try:
+                return self._stream.write(text)
+            except (OSError, ValueError):
+                self._lost()
+        return len(text)
+
+    def flush(self):
+        if not self._gone:
+            try:
+                self._stream.flush()
+            except (OSError, ValueError):
+                self._lost()
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _save_config_safely(cfg, filename: str, output_dir: Path) -> None:
+    """Hydra's ``.hydra/*.yaml`` writer, made safe: never through a symbolic link (a linked file or
+    folder is left alone, and the run then refuses the folder with one line), written whole."""
+    from sharpcomp.results.records import atomic_write_bytes
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if output_dir.is_symlink() or (output_dir / filename).is_symlink():
+        return
+    atomic_write_bytes(output_dir / filename, OmegaConf.to_yaml(cfg).encode("utf-8"))
 
 
 class TrainTask:
@@ -245,6 +341,12 @@ def _run_hydra_train(args: list[str], multirun: bool) -> int:
     import tempfile
 
     import hydra
+    import hydra.core.utils
+
+    from sharpcomp.engine.joblib_sweep import install
+
+    hydra.core.utils._save_config = _save_config_safely  # Hydra's .hydra/ files: never through a link
+    install()  # a killed joblib worker does not take the sweep down
 
     from sharpcomp.engine.jobs import OUTCOMES_ENV, sweep_summary
 
@@ -255,10 +357,13 @@ def _run_hydra_train(args: list[str], multirun: bool) -> int:
         else tempfile.mkdtemp(prefix="sharpcomp-sweep-") if multirun else None
     if outcomes:
         os.environ[OUTCOMES_ENV] = os.path.abspath(outcomes)
+    stdout = sys.stdout
+    sys.stdout = _Survivor(stdout)
     try:
         app()
         return sweep_summary(Path(outcomes)) if outcomes else 0
     finally:
+        sys.stdout = stdout
         sys.argv = [argv0]
         if outcomes:
             os.environ.pop(OUTCOMES_ENV, None)

@@ -172,6 +172,48 @@ def check_model_config(model_cfg: Mapping) -> None:
         raise ModelError(f"model._target_ '{target_of(model_cfg)}' is not callable")
 
 
+def code_keys(node, where: str) -> str | None:
+    """The first place in ``node`` that would choose code when instantiated or resolved: a
+    ``_target_``-like key (any key starting with ``_``) or an interpolation ``${...}``."""
+    if isinstance(node, Mapping):
+        for k, v in node.items():
+            if str(k).startswith("_"):
+                return f"{where}.{k}"
+            found = code_keys(v, f"{where}.{k}")
+            if found:
+                return found
+    elif isinstance(node, (list, tuple)):
+        for i, v in enumerate(node):
+            found = code_keys(v, f"{where}[{i}]")
+            if found:
+                return found
+    elif isinstance(node, str) and "${" in node:
+        return where
+    return None
+
+
+def stored_model_config(model_cfg, target: str | None = None) -> dict:
+    """A model config read from a file the user did not write (a checkpoint's stored config), made safe
+    to build: a stored config never chooses what is imported. A built-in network is built by its name
+    alone; any other network only from ``target``, a dotted path the user names on the command line.
+    Keys that Hydra would act on (``_target_``, ``_args_``, ``_partial_``, nested ``_target_`` nodes) and
+    interpolations are refused. ModelError (one line) otherwise."""
+    if not isinstance(model_cfg, Mapping) or not isinstance(model_cfg.get("name"), str):
+        raise ModelError("the stored config has no model name")
+    name, stored = model_cfg["name"], model_cfg.get("_target_")
+    rest = {k: v for k, v in model_cfg.items() if k != "_target_"}
+    bad = code_keys(rest, "model")
+    if bad:
+        raise ModelError(f"refusing the stored config: {bad} would choose code; a stored config never does")
+    if target is not None:
+        return {**rest, "_target_": target}
+    if name in BUILTIN and stored in (None, BUILTIN[name][0]):
+        return {**rest, "_target_": BUILTIN[name][0]}
+    shown = str(stored)[:120]
+    raise ModelError(f"the stored config names model._target_ '{shown}' for model '{name[:40]}'; a stored config "
+                     f"never chooses code: if you trust it, name it yourself with model._target_={shown}")
+
+
 def identity_view(model_cfg: Mapping) -> dict:
     """The model config less keys at their built-in defaults (a built-in's own ``_target_``), so a run's
     identity hash is the one it had before ``_target_`` was written into ``conf/model/*.yaml``."""

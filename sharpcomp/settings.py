@@ -274,14 +274,14 @@ class Settings:
 
 
 def _device(name) -> str:
+    import re
+
     import torch
 
     name = str(name)
     if name != "auto":
-        try:
-            torch.device(name)
-        except RuntimeError:
-            raise ConfigError(f"unknown device '{name}' (auto, cpu, cuda, cuda:N)") from None
+        if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", name):  # mps, meta, xla ...: not devices sharpcomp trains on
+            raise ConfigError(f"unknown device '{name}' (auto, cpu, cuda, cuda:N)")
         if name.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"device '{name}' requested but CUDA is not available here")
     return name
@@ -317,6 +317,17 @@ def _data(d: Mapping, data_dir) -> dict:
     return dict(d)
 
 
+SEED_MAX = 2**62  # seeds reach torch generators (64-bit) with offsets added
+
+
+def _train_size(data_cfg) -> int | None:
+    """The size of a known dataset's whole training set (a class subset is smaller), before loading."""
+    from sharpcomp.data.sources import KNOWN
+
+    known = KNOWN.get(data_cfg.get("dataset", data_cfg.get("name"))) if isinstance(data_cfg, Mapping) else None
+    return None if known is None else known.sizes[0]
+
+
 def settings(cfg, n_train: int | None = None) -> Settings:
     """Check ``cfg`` (a ``train`` config, DictConfig or mapping) and return its :class:`Settings`.
 
@@ -329,14 +340,19 @@ def settings(cfg, n_train: int | None = None) -> Settings:
     batch = _number("batch", c["batch"], int)
     if batch <= 0:
         raise ConfigError(f"batch size must be > 0, got batch={batch}")
+    if n_train is None:
+        n_train = _train_size(c["data"])
     if n_train is not None and batch > n_train:
         raise ConfigError(f"batch size {batch} is larger than the training set ({n_train} samples)")
+    seed = _number("seed", c["seed"], int)
+    if abs(seed) > SEED_MAX:
+        raise ConfigError(f"seed must be an integer between -2**62 and 2**62, got seed={seed}")
     threads = c["threads"]
     if threads is not None:
         threads = _number("threads", threads, int, 0)
     tf32 = _flag("allow_tf32", c["allow_tf32"], allow_none=True)
     return Settings(
-        raw=c, lr=float(lr), batch=batch, seed=_number("seed", c["seed"], int),
+        raw=c, lr=float(lr), batch=batch, seed=seed,
         steps=_number("steps", c["steps"], int, 0), log_every=_number("log_every", c["log_every"], int, 0),
         eval_every=_number("eval_every", c["eval_every"], int, 0), loss=_choice("loss", c["loss"], LOSSES),
         optim=_optim(c["optim"]), device=_device(c["device"]), threads=threads,

@@ -322,7 +322,9 @@ class EnsembleStepper:
         for m in members:
             model = build(m.settings, data, device)
             if m.run.resume is not None:
-                model.load_state_dict(m.run.resume["model_state"])
+                from sharpcomp.results.run_state import load_resume
+
+                load_resume(model, None, m.run.resume)
             self.modules.append(model)
         self.settings, self.lrs = s, [m.settings.lr for m in members]
         self.net = StackedSGD(self.modules, self.lrs, s.loss, compile=compile, impl=impl)
@@ -421,7 +423,14 @@ def train_ensemble(cfgs: Sequence, run_dirs: Sequence[str | Path], *, data: Data
     """
     run_dirs = [Path(d) for d in run_dirs]
     _check_runs(cfgs, run_dirs)
-    members, data = open_runs(cfgs, run_dirs, data)
+    blocked: list = []
+    members, data = open_runs(cfgs, run_dirs, data, blocked)
+    skipped = {d: RunResult(d, "skipped", 0, 0, message=str(exc)) for d, exc in blocked}
+    if blocked:
+        print(f"sharpcomp: {len(blocked)} run(s) of the ensemble skipped; training the other {len(members)}",
+              file=sys.stderr)
+    if not members:
+        return [skipped[d] for d in run_dirs]
     try:
         if data is None:  # every run had ended: nothing to train, no data loaded
             return [m.run.outcome() for m in members]
@@ -435,4 +444,5 @@ def train_ensemble(cfgs: Sequence, run_dirs: Sequence[str | Path], *, data: Data
                 train_members([m], data, lambda group: plain_stepper(group[0], data), callback)
     finally:
         close_all(members)
-    return [m.run.outcome() for m in members]
+    done = {m.run.run_dir: m.run.outcome() for m in members}
+    return [skipped.get(d) or done[d] for d in run_dirs]

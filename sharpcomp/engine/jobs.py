@@ -14,12 +14,16 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import traceback
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 OUTCOMES_ENV = "SHARPCOMP_OUTCOMES"
+# outcomes of the jobs run in this process (basic and ensemble launchers): the tally does not depend on
+# the outcome folder alone, which a cleaning command may delete mid-sweep
+RECORDED: dict[str, dict] = {}
 
 
 class JobExit(Exception):
@@ -34,11 +38,27 @@ def _record(status: str, run_dir: Path, message: str = "") -> None:
     folder = os.environ.get(OUTCOMES_ENV)
     if not folder:
         return
+    key = uuid.uuid4().hex
+    outcome = {"status": status, "run_dir": str(run_dir), "message": message, "key": key, "t": time.time()}
+    RECORDED[key] = outcome
     try:
-        path = Path(folder) / f"{uuid.uuid4().hex}.json"
-        path.write_text(json.dumps({"status": status, "run_dir": str(run_dir), "message": message}))
+        Path(folder).mkdir(parents=True, exist_ok=True)  # made again when deleted mid-sweep
+        (Path(folder) / f"{key}.json").write_text(json.dumps(outcome))
     except OSError:
         pass
+
+
+def _write_log(path: Path, text: str) -> str:
+    """Write a traceback to ``path`` (never through a link: a link is left alone); where it went."""
+    from sharpcomp.results.records import atomic_write_bytes
+
+    if path.is_symlink():
+        return f"; no traceback written ({path} is a symbolic link)"
+    try:
+        atomic_write_bytes(path, text.encode())
+    except OSError:
+        return ""
+    return f"; traceback in {path}"
 
 
 def run_job(train_fn: Callable[[], list], run_dirs: Sequence[Path], multirun: bool) -> list[str]:
@@ -62,14 +82,14 @@ def run_job(train_fn: Callable[[], list], run_dirs: Sequence[Path], multirun: bo
         first = str(exc).splitlines()[0] if str(exc) else ""
         lines = []
         for d in run_dirs:
-            try:
-                (Path(d) / "error.log").write_text(text)
-                where = f"; traceback in {Path(d) / 'error.log'}"
-            except OSError:
-                where = ""
+            where = _write_log(Path(d) / "error.log", text)
             lines.append(f"run {d} failed: {type(exc).__name__}: {first}{where}")
         return _report_all(run_dirs, "failed", lines, multirun, 1)
     for r in results:
+        if r.status == "skipped":  # one run of an ensemble whose folder could not be opened
+            print(f"sharpcomp: {'job skipped' if multirun else 'error'}: {r.message}", file=sys.stderr)
+            _record(r.status, r.run_dir, r.message)
+            continue
         print(f"{r.status}: {r.rows} rows in {r.run_dir / 'metrics.parquet'}", flush=True)
         _record(r.status, r.run_dir)
     return [r.status for r in results]
@@ -94,12 +114,18 @@ def _report_all(run_dirs, status: str, message, multirun: bool, code: int) -> li
 def sweep_summary(folder: Path) -> int:
     """Print the sweep's tally (and the folders of jobs that did not finish); the exit status:
     0 when every job finished or diverged, 1 when one failed, 2 when one was skipped (folder in use)."""
-    outcomes = []
+    found = {}
     for p in sorted(Path(folder).glob("*.json")):
         try:
-            outcomes.append(json.loads(p.read_text()))
-        except (OSError, ValueError):
+            o = json.loads(p.read_text())
+            found[o.get("key", p.stem)] = o
+        except (OSError, ValueError, AttributeError):
             continue
+    latest: dict[str, dict] = {}  # a job run twice (again after a killed worker): its last outcome
+    for o in sorted({**found, **RECORDED}.values(), key=lambda o: o.get("t", 0.0)):
+        latest[o["run_dir"]] = o
+    outcomes = list(latest.values())
+    RECORDED.clear()
     if not outcomes:
         return 0
     counts: dict[str, list[str]] = {}

@@ -84,7 +84,10 @@ class EnsembleLauncher(Launcher):
             prepared.append((i, ret, Path(ret.hydra_cfg.hydra.runtime.output_dir)))
         outcome = run_group([jobs[i][3] for i in group], [p[2] for p in prepared], self.compile, self.impl)
         for (i, ret, _), status in zip(prepared, outcome):
-            ret.status = JobStatus.FAILED if status in ("failed", "skipped") else JobStatus.COMPLETED
+            # COMPLETED with the status as its value, as a job of the basic launcher returns it (a FAILED
+            # job's value must be an exception, which Hydra raises and so ends the whole sweep); the
+            # sweep's tally reports every job that did not finish
+            ret.status = JobStatus.COMPLETED
             ret.return_value = status
             results[i] = ret
 

@@ -52,8 +52,9 @@ class PlainStepper:
         self.model, self.settings = model, s
         self.optimizer = make_optimizer(s, model)
         if resume is not None:
-            model.load_state_dict(resume["model_state"])
-            self.optimizer.load_state_dict(resume["optimizer_state"])
+            from sharpcomp.results.run_state import load_resume
+
+            load_resume(model, self.optimizer, resume)
         self.x = data.train_x
         self.targets = loss_target(s.loss, data.train_y, num_outputs, data.train_x.dtype)
         self.sam = s.optim_name == "sam"

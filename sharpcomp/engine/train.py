@@ -40,6 +40,7 @@ from sharpcomp.engine.steppers import PlainStepper
 from sharpcomp.losses import make_loss
 from sharpcomp.models import ModelError, build_from_config, build_model, check_buildable
 from sharpcomp.results.loggers import Logger, make_logger
+from sharpcomp.results.records import RecordError
 from sharpcomp.results.run_state import CHECKPOINT_FILE, RunResult, RunState, identity_columns, read_checkpoint
 from sharpcomp.settings import BUILTIN_MODELS, ConfigError, Settings, run_identity, select_device, settings
 
@@ -168,8 +169,13 @@ class Member:
         return self.settings.seed
 
 
-def open_runs(cfgs: Sequence, run_dirs: Sequence[Path], data: Dataset | None) -> tuple[list[Member], Dataset]:
-    """Check the settings, load the data once, open (lock) every run folder."""
+def open_runs(cfgs: Sequence, run_dirs: Sequence[Path], data: Dataset | None,
+              blocked: list | None = None) -> tuple[list[Member], Dataset]:
+    """Check the settings, load the data once, open (lock) every run folder.
+
+    With ``blocked`` (a list), a folder that cannot be opened (in use, another run's, unreadable) is appended to it as
+    ``(run_dir, exception)`` and left out, so the other runs still train.
+    """
     all_settings = [settings(c) for c in cfgs]
     for d in run_dirs:
         check_writable(Path(d))
@@ -188,7 +194,13 @@ def open_runs(cfgs: Sequence, run_dirs: Sequence[Path], data: Dataset | None) ->
             settings(s.raw, n_train=len(data.train_x))
             n_out = s.num_outputs(data.num_classes)
             run_id = run_identity(s)["run_id"]
-            state = RunState(s, Path(d), identity_columns(s, run_id, n_out, data.source, device)).open(device)
+            try:
+                state = RunState(s, Path(d), identity_columns(s, run_id, n_out, data.source, device)).open(device)
+            except (ConfigError, RecordError) as exc:
+                if blocked is None:
+                    raise
+                blocked.append((Path(d), exc))
+                continue
             idx = train_sample_indices(s.seed, len(data.train_x), s.metrics.n).to(device)
             logger = Logger() if state.result is not None else make_logger(
                 s.raw.get("logger"), Path(d), run_id, {**run_identity(s)["settings"], "steps": s.steps})
@@ -271,6 +283,7 @@ class _Loop:
         self.t0 = time.perf_counter()
         self.timing = dict.fromkeys(("train", "checkpoint", "eval", "metrics", "write"), 0.0)
         self._reset_running()
+        self._carry_running()
         first = members[0].run
         total = len(members)
         desc = first.run_id[:40] if total == 1 else f"ensemble of {total}"
@@ -280,6 +293,23 @@ class _Loop:
     def _reset_running(self) -> None:
         self.running_sum = torch.zeros(len(self.members), device=self.device)
         self.running_count = 0
+
+    def _carry_running(self) -> None:
+        """Resume from the end checkpoint of a shorter run (an iteration off the ``log_every`` schedule).
+
+        The running loss goes on from the sum saved there, so the next checkpoint's
+        ``train_loss_running`` is exactly an uninterrupted run's (the same float32 sums, in order).
+        """
+        states = [m.run.resume for m in self.members]
+        if all(st is not None and "running_sum" in st for st in states):
+            self.running_sum = torch.stack([st["running_sum"].to(torch.float32) for st in states]).to(self.device)
+            self.running_count = int(states[0]["running_count"])
+
+    def _running_state(self, pos: int, it: int) -> dict | None:
+        """What an off-schedule end checkpoint saves of the running loss (see :meth:`_carry_running`)."""
+        if it % self.s.log_every == 0 or not self.running_count:
+            return None
+        return {"running_sum": self.running_sum[pos].detach().clone().cpu(), "running_count": self.running_count}
 
     def wall(self, m: Member) -> float:
         return time.perf_counter() - self.t0 + m.run.wall_offset
@@ -377,7 +407,8 @@ class _Loop:
             if whole:
                 (base["train_loss"], base["train_acc"], _), (base["test_loss"], base["test_acc"], _) = \
                     train_evals[j], test_evals[j]
-            new_rows[m.run.run_dir] = self._commit(pos, m, it, base, sets[pos], metrics[pos], losses[pos], models[pos])
+            new_rows[m.run.run_dir] = self._commit(pos, m, it, base, sets[pos], metrics[pos], losses[pos], models[pos],
+                                                   self._running_state(j, it))
         self.stepper.train()
         self._reset_running()
         self.timing["checkpoint"] += time.perf_counter() - c0
@@ -391,7 +422,7 @@ class _Loop:
             self.callback(it, new_rows)
 
     def _commit(self, pos: int, m: Member, it: int, base: dict, sets: dict, metrics: dict, losses: dict,
-                model: nn.Module) -> list:
+                model: nn.Module, running: dict | None = None) -> list:
         m0 = time.perf_counter()
         rows = checkpoint_rows(model, m.settings, self.data, sets, m.loss_fn, base, it, metrics, losses)
         self.timing["metrics"] += time.perf_counter() - m0
@@ -399,7 +430,7 @@ class _Loop:
             r["wall_time"] = self.wall(m)
         w0 = time.perf_counter()
         status = "finished" if it == self.s.steps else "running"
-        m.run.commit(it, rows, status, self.wall(m), *self.stepper.states(pos))
+        m.run.commit(it, rows, status, self.wall(m), *self.stepper.states(pos), running=running)
         m.logger.log(it, rows)  # live monitoring mirrors the recorded rows; never stops the run
         self.timing["write"] += time.perf_counter() - w0
         return rows
@@ -478,6 +509,28 @@ def train(cfg, run_dir: str | Path, *, callback: Callable[[int, list[dict]], Non
     return res
 
 
+def stored_settings(cfg, target: str | None = None) -> Settings:
+    """The settings of a config read from a run folder (a checkpoint's), made safe.
+
+    Nothing in it chooses code (:func:`sharpcomp.models.stored_model_config`; ``target``: the user's own model
+    ``_target_``, named on the command line), and the data and cache folders are this machine's
+    (the environment's), never the stored ones. ConfigError (one line) otherwise.
+    """
+    from sharpcomp.models import code_keys, stored_model_config
+
+    if not isinstance(cfg, dict):
+        raise ConfigError("the stored config is not a mapping")
+    bad = code_keys({k: v for k, v in cfg.items() if k != "model"}, "config")
+    if bad:
+        raise ConfigError(f"refusing the stored config: {bad} would choose code; a stored config never does")
+    try:
+        model = stored_model_config(cfg.get("model"), target)
+    except ModelError as exc:
+        raise ConfigError(str(exc)) from None
+    here = {k: os.environ.get(f"SHARPCOMP_{k.split('_')[0].upper()}") for k in ("data_dir", "cache_dir")}
+    return settings({**cfg, "model": model, **here})  # as conf/train.yaml reads them: the environment
+
+
 @dataclass
 class LoadedRun:
     """A run folder's trained network and what it was trained with (:func:`load_run`)."""
@@ -496,19 +549,24 @@ class LoadedRun:
         return self.settings.raw
 
 
-def load_run(run_dir: str | Path, *, data: Dataset | None = None) -> LoadedRun:
+def load_run(run_dir: str | Path, *, data: Dataset | None = None, target: str | None = None) -> LoadedRun:
     """Load the network a run folder holds, with its settings, dataset, train sample set and loss.
 
     The network is the run's last saved state (its ``checkpoint.pt``).
 
     ``data`` skips loading the dataset (it must be the one the run was trained on). FileNotFoundError
-    when the folder has no checkpoint; ConfigError for a file that is not a sharpcomp checkpoint.
+    when the folder has no checkpoint; ConfigError for a file that is not a sharpcomp checkpoint, or a
+    stored config that would choose code (:func:`stored_settings`; ``target``: the user's own model
+    ``_target_``, named on the command line, for a network that is not built in).
     """
+    from sharpcomp.results.run_state import check_members
+
+    check_members(Path(run_dir))
     path = Path(run_dir) / CHECKPOINT_FILE
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
     state = read_checkpoint(path)
-    s = settings(state["config"])
+    s = stored_settings(state.get("config", {}), target)
     cpu = torch.device("cpu")
     data = load_data(s, cpu) if data is None else prepare_runtime_data(data, cpu)
     model = build(s, data, cpu)

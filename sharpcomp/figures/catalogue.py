@@ -157,6 +157,9 @@ def _make_bounds(ctx: Context, spec: FigureSpec) -> None:
         return
     for name, runs in variants(sel, spec.id):
         settings = runs.groupby(["lr", "batch"])[RUN].nunique()
+        if settings.empty:
+            ctx.say(name, f"skipped, {need} (no run has both lr and batch values)")
+            continue
         pick = next(((lr, b) for (lr, b) in settings.index if same(lr, 0.1) and same(b, 20)), None)
         if pick is None:
             pick = settings.sort_values(ascending=False, kind="stable").index[0]

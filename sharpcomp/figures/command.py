@@ -33,6 +33,7 @@ Command line (``sharpcomp figures`` calls :func:`main`)::
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -118,6 +119,22 @@ def _check_out(out: Path) -> None:
         raise UsageError(f"cannot write figures to {out}: {reason} (choose a folder with --out)") from None
 
 
+def _check_out_place(out: Path, default: bool) -> None:
+    """``UsageError`` for an output folder inside a run's results (``metrics.parquet``, ``.hydra``,
+    ``set-aside``: readers and compaction own those) or, for the default ``<RESULT_DIR>/figures``, a
+    symbolic link (a results folder's member must not send writes elsewhere)."""
+    from sharpcomp.results.records import METRICS_FILE, SET_ASIDE
+
+    parts = Path(os.path.abspath(out)).parts
+    inside = next((p for p in parts if p in (METRICS_FILE, ".hydra", SET_ASIDE)), None)
+    if inside:
+        raise UsageError(f"--out {out} is inside a run's {inside} folder, which only sharpcomp writes "
+                          f"(choose a folder with --out)")
+    if default and out.is_symlink():
+        raise UsageError(f"{out} is a symbolic link (to {os.readlink(out)}); figures are not written through "
+                          f"a results folder's link (move it away, or choose a folder with --out)")
+
+
 def _draw(ctx: Context, only: Sequence[str]) -> None:
     """Every figure asked for; one figure's failure does not stop the others."""
     jobs = [(s.id, STUDY_MAKERS[s.kind], s) for s in FIGURES]
@@ -141,6 +158,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _error(str(exc), EXIT_USAGE)
     dirs = [Path(d) for d in (args.dirs or ["outputs"])]
     out = Path(args.out) if args.out else default_out(dirs[0])
+    try:
+        _check_out_place(out, default=not args.out)
+    except UsageError as exc:
+        return _error(str(exc), EXIT_USAGE)
     try:
         frame, notes = load_results(dirs)
     except RecordError as exc:

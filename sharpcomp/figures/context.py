@@ -3,7 +3,11 @@ folder, formats) and the helpers that select, split and describe runs."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import shutil
+import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -54,6 +58,33 @@ def auto_by(keys: pd.DataFrame, info: pd.DataFrame) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def _replacing(path: Path):
+    """A binary file handle whose content replaces ``path`` when the block ends: written beside it and
+    renamed, so a symbolic link at ``path`` is replaced, never followed out of the folder."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def _replacing_path(path: Path):
+    """A path of the same name in a new hidden folder beside ``path``; what is written there replaces
+    ``path`` when the block ends (renamed in: a link at ``path`` is replaced, never followed)."""
+    folder = Path(tempfile.mkdtemp(prefix=".figure-", dir=path.parent))
+    try:
+        yield folder / path.name
+        os.replace(folder / path.name, path)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 class Context:
     def __init__(self, frame, info, out: Path, formats, last_fraction, band, by=None):
         self.frame, self.info, self.out = frame, info, out
@@ -75,15 +106,16 @@ class Context:
         names = []
         for ext in self.formats:
             path = self.out / f"{name}.{ext}"
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _replacing_path(path) as tmp:
                 warnings.simplefilter("ignore")
-                fig.savefig(path, dpi=150)
+                fig.savefig(tmp, dpi=150)
             # the layout is settled by the first format; the others reuse it (layout is costly)
             fig.set_layout_engine("none")
             names.append(path.name)
         for suffix, table in tables.items():
             path = self.out / f"{name}{suffix}.csv"
-            table.drop(columns=[c for c in ("versions",) if c in table.columns]).to_csv(path, index=False)
+            with _replacing(path) as fh:
+                table.drop(columns=[c for c in ("versions",) if c in table.columns]).to_csv(fh, index=False)
             names.append(path.name)
         self.written += 1
         return names

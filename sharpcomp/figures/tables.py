@@ -120,6 +120,12 @@ def load_results(dirs: Sequence[Path]) -> tuple[pd.DataFrame, list[str]]:
     frames, notes = [], []
     for path, name in files.items():
         try:
+            str(path).encode("utf-8")
+        except UnicodeEncodeError:  # a folder name that is not text: it cannot be named in a figure's CSV
+            shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+            notes.append(f"skipped {shown}: its folder name is not valid UTF-8 (rename the folder)")
+            continue
+        try:
             frame = read_metrics(path)
         except RecordError as exc:
             notes.append(f"skipped {path}: {exc}")

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from sharpcomp.measures import gradient_stats, quotient_trace, worst_case
 from sharpcomp.measures.symmetry_graph import Group, TraceError, analyse
 from sharpcomp.results.columns import METRIC_COLUMNS
+from sharpcomp.settings import ConfigError
 from sharpcomp.usage import EXIT_USAGE, UsageError, report
 
 __all__ = ["rescale_unit", "reparam_table", "main"]
@@ -222,7 +223,9 @@ change), and print every metric before and after on the run's train sample set, 
   layer   a hidden layer (default: the last one before the output layer)
   units   comma-separated unit/channel indices (default: all units of the layer)
   probes  Hutchinson probes for hessian_trace and quotient_trace (default 50; < 2 skips them)
-  seed    seed of the probes (default 0)"""
+  seed    seed of the probes (default 0)
+  model._target_  a network that is not built in: the dotted path of its callable, named by you
+          (the config stored in the checkpoint never chooses code)"""
 
 
 def _parse(argv: Sequence[str]) -> tuple[str, dict]:
@@ -230,7 +233,7 @@ def _parse(argv: Sequence[str]) -> tuple[str, dict]:
     if args and args[0] == "reparam":
         args = args[1:]
     run_dir, opts = None, {}
-    known = ("alpha", "layer", "units", "probes", "seed")
+    known = ("alpha", "layer", "units", "probes", "seed", "model._target_")
     for a in args:
         if run_dir is None and "=" in a and Path(a).is_dir():
             run_dir = a  # Hydra run folders carry '=' in their names (outputs/runs/.../lr=0.1,seed=0)
@@ -247,7 +250,7 @@ def _parse(argv: Sequence[str]) -> tuple[str, dict]:
             raise UsageError(f"unexpected argument '{a}' (one RUN_DIR, then key=value options)")
     if run_dir is None:
         raise UsageError("missing RUN_DIR (see `sharpcomp reparam --help`)")
-    out: dict = {"layer": opts.get("layer")}
+    out: dict = {"layer": opts.get("layer"), "target": opts.get("model._target_") or None}
     try:
         out["alpha"] = float(opts.get("alpha", "10"))
     except ValueError:
@@ -291,9 +294,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from sharpcomp.engine.train import load_run
 
-        run = load_run(path)
+        run = load_run(path, target=opts["target"])
         model, cfg, x, y, loss_fn = run.model, run.config, run.sample_x, run.sample_y, run.loss_fn
     except FileNotFoundError as exc:
+        return err(f"cannot load run '{run_dir}': {exc}", 1)
+    except ConfigError as exc:  # a refused checkpoint or stored config
         return err(f"cannot load run '{run_dir}': {exc}", 1)
     except Exception as exc:  # a broken checkpoint or missing data: one line, no traceback
         return err(f"cannot load run '{run_dir}': {type(exc).__name__}: {exc}", 1)
@@ -307,8 +312,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return err(str(exc))
     mcfg = cfg.get("metrics", {}) if isinstance(cfg, dict) else {}
     kwargs = {k: mcfg[k] for k in ("layer", "log_volume_rank") if mcfg.get(k) is not None}
-    table = reparam_table(model, x, y, loss_fn, layer, opts["alpha"], units=opts["units"],
-                          probes=opts["probes"], seed=opts["seed"], metrics_kwargs=kwargs)
+    try:
+        table = reparam_table(model, x, y, loss_fn, layer, opts["alpha"], units=opts["units"],
+                              probes=opts["probes"], seed=opts["seed"], metrics_kwargs=kwargs)
+    except Exception as exc:  # e.g. alpha so extreme that float64 overflows and a factorisation fails
+        why = (str(exc).strip().splitlines() or [""])[0][:200]
+        return err(f"the metrics cannot be computed at alpha={opts['alpha']:g} (float64 range exceeded?): "
+                   f"{type(exc).__name__}: {why}", 1)
     model_cfg = cfg.get("model", {}) if isinstance(cfg, dict) else {}
     which = "all units" if opts["units"] is None else f"units {','.join(map(str, opts['units']))}"
     print(f"run {run_dir} ({model_cfg.get('name', '?')}), {len(x)} train sample points, float64: "

@@ -29,6 +29,8 @@ import errno
 import io
 import os
 import shutil
+import stat
+import sys
 import tempfile
 import time
 import uuid
@@ -54,8 +56,22 @@ class RecordError(RuntimeError):
     """A results file that cannot be read or does not look like sharpcomp output."""
 
 
+def refuse_link(path: Path) -> None:
+    """Raise RecordError (one line) when ``path`` is a symbolic link.
+
+    A run folder's files are its own, and the program never writes through a link (it could point anywhere).
+    """
+    path = Path(path)
+    if path.is_symlink():
+        raise RecordError(f"refusing {path}: it is a symbolic link (to {os.readlink(path)}); "
+                          f"a run folder's files must be its own (move the link away)")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a synced temporary file renamed over it: whole or not at all."""
+    """Write ``path`` whole: a temporary file in the same folder, fsync, rename.
+
+    The rename replaces the name itself, so nothing outside the folder is ever written through a link.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -124,9 +140,24 @@ def _read_file(path: Path) -> pd.DataFrame:
     return _read_table(path).to_pandas()
 
 
+def _regular(path: Path) -> bool:
+    """Whether ``path`` is a plain file (not a folder, a link or a device); FileNotFoundError if absent."""
+    return stat.S_ISREG(os.lstat(path).st_mode)
+
+
 def _read_status(folder: Path) -> str | None:
+    """The sidecar's status.
+
+    None when it is absent or its content is not a status (garbage: the status then comes from the
+    parts' rows, and the next write rebuilds the sidecar).
+    """
+    path = folder / STATUS_FILE
     try:
-        status = (folder / STATUS_FILE).read_text().strip()
+        if not _regular(path):
+            raise RecordError(f"{path} is not a file (a folder or link where the run's status belongs); "
+                              f"move it away and rerun")
+        with open(path, "rb") as fh:
+            status = fh.read(64).decode("ascii", errors="replace").strip()
     except FileNotFoundError:
         return None
     return status if status in STATUSES else None
@@ -158,7 +189,12 @@ def _read_folder(folder: Path) -> pd.DataFrame:
     Parts are opened in checkpoint order; one that vanishes (a writer swapped the folder or dropped rows)
     raises FileNotFoundError and the caller starts over.
     """
-    tables = [_read_table(folder / name) for name in part_names(folder)]
+    names = part_names(folder)
+    for name in names:
+        if not _regular(folder / name):
+            raise RecordError(f"{folder / name} is not a results part (a folder or link among the parts); "
+                              f"move it away and rerun")
+    tables = [_read_table(folder / name) for name in names]
     status = _read_status(folder)
     if not tables:
         return tidy(pd.DataFrame({c: [] for c in COLUMNS}), status)
@@ -192,6 +228,8 @@ def read_metrics(path: Path) -> pd.DataFrame:
         try:
             frame = _read_folder(target) if target.is_dir() else _read_file(target)
             break
+        except RecordError:
+            raise
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             if time.monotonic() > deadline or not _in_flux(target):
                 raise RecordError(f"no results file at {target}") from None
@@ -273,6 +311,38 @@ def recover_swap(target: Path) -> None:
             _remove(p)
 
 
+def _ours(name: str) -> bool:
+    """Whether a name inside ``metrics.parquet`` is one the program writes.
+
+    Parts, the status sidecar and their temporary files.
+    """
+    if name == STATUS_FILE or (name.startswith(PART_PREFIX) and name.endswith(".parquet")):
+        return True
+    return name.endswith(".tmp") and name.startswith((f".{PART_PREFIX}", f".{STATUS_FILE}."))
+
+
+SET_ASIDE = "set-aside"  # where files the program did not write are moved from inside a run folder
+
+
+def set_aside(path: Path, run_dir: Path) -> Path:
+    """Move ``path`` into ``<run_dir>/set-aside/`` under a name not yet taken, with one line on stderr.
+
+    For a file or folder the program did not write, or a resume point it no longer uses: never deleted.
+    """
+    dest_dir = Path(run_dir) / SET_ASIDE
+    dest_dir.mkdir(exist_ok=True)
+    refuse_link(dest_dir)
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    dest = dest_dir / f"{path.name}.{stamp}"
+    n = 1
+    while dest.exists() or dest.is_symlink():
+        n += 1
+        dest = dest_dir / f"{path.name}.{stamp}.{n}"
+    os.rename(path, dest)
+    print(f"sharpcomp: moved {path} aside to {dest}", file=sys.stderr, flush=True)
+    return dest
+
+
 def _write_folder(folder: Path, frame: pd.DataFrame, status: str) -> None:
     """A new ``metrics.parquet`` folder holding ``frame`` as one part (none when it is empty)."""
     folder.mkdir()
@@ -317,7 +387,8 @@ class RunRecorder:
 
     def _scan(self) -> None:
         for stale in self.path.glob(".*.tmp"):  # temporary files of a killed atomic write
-            _remove(stale)
+            if _ours(stale.name) and not stale.is_symlink():
+                _remove(stale)
         frame = read_metrics(self.path)
         self.rows = len(frame)
         self._last = int(frame["iteration"].max()) if len(frame) else None
@@ -405,6 +476,9 @@ class RunRecorder:
             if "status" in only.columns and (only["status"] == self.status).all():
                 return
         frame = read_metrics(self.path)
+        for name in sorted(os.listdir(self.path)):  # the old folder is deleted: keep what is not ours
+            if not _ours(name):
+                set_aside(self.path / name, self.run_dir)
         frame["status"] = self.status
         new = self.path.with_name(f"{_SWAP}{uuid.uuid4().hex}")
         _write_folder(new, frame, self.status)

@@ -40,11 +40,27 @@ from sharpcomp.results.records import (
     atomic_write_bytes,
     read_metrics,
     recover_swap,
+    refuse_link,
+    set_aside,
 )
 from sharpcomp.settings import ConfigError, Settings, run_identity
 
 CHECKPOINT_FILE = "checkpoint.pt"
 LOCK_FILE = ".sharpcomp.lock"
+ERROR_LOG = "error.log"
+# a run folder's members the program reads or writes: none may be a symbolic link
+MEMBERS = (CHECKPOINT_FILE, METRICS_FILE, LOCK_FILE, ERROR_LOG, ".hydra")
+STATES = ("running", "finished", "diverged", "failed")
+MAX_ITERATION = 10**12  # far beyond any run; a larger saved iteration is not a real resume point
+
+
+def check_members(run_dir: Path) -> None:
+    """ConfigError (one line) when a member of the run folder is a symbolic link."""
+    for name in MEMBERS:
+        try:
+            refuse_link(Path(run_dir) / name)
+        except RecordError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 class RunInUse(ConfigError):
@@ -60,6 +76,7 @@ class RunResult:
     seconds: float = 0.0  # wall time of this call
     checkpoint_seconds: float = 0.0  # of which in checkpoints (evaluation, metrics, writing)
     checkpoints: int = 0  # checkpoints logged by this call
+    message: str = ""  # why a run was skipped (its folder in use or holding another run)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -75,7 +92,13 @@ class FolderLock:
         self.fd: int | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # never through a link: the pid would be written wherever it points
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as exc:
+            if self.path.is_symlink():
+                raise ConfigError(f"refusing run folder {self.path.parent}: {LOCK_FILE} is a symbolic link "
+                                  f"(to {os.readlink(self.path)}); move the link away") from None
+            raise ConfigError(f"cannot lock run folder {self.path.parent}: {exc.strerror or exc}") from None
         try:
             import fcntl
 
@@ -118,7 +141,57 @@ def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
                           f"nothing in it was run") from None
     if not isinstance(state, dict) or not {"run_id", "iteration", "model_state"} <= set(state):
         raise ConfigError(f"refusing to load {path}: not a sharpcomp checkpoint")
+    why = checkpoint_problem(state)
+    if why:
+        raise ConfigError(f"refusing to load {path}: {why}; nothing was changed (move it away to restart the run)")
     return state
+
+
+def _tensors(d) -> bool:
+    return isinstance(d, dict) and all(isinstance(k, str) and torch.is_tensor(v) for k, v in d.items())
+
+
+def checkpoint_problem(state: dict) -> str | None:
+    """Why a loaded checkpoint's fields are unusable (types and ranges), or None."""
+    it = state["iteration"]
+    if isinstance(it, bool) or not isinstance(it, int) or not 0 <= it <= MAX_ITERATION:
+        return f"iteration must be an integer in [0, {MAX_ITERATION}], got {str(it)[:40]}"
+    if not isinstance(state["run_id"], str) or not 0 < len(state["run_id"]) <= 400:
+        return "run_id must be a non-empty string"
+    wall = state.get("wall_time", 0.0)
+    if isinstance(wall, bool) or not isinstance(wall, (int, float)) or not (math.isfinite(wall) and wall >= 0):
+        return f"wall_time must be a finite number >= 0, got {str(wall)[:40]}"
+    if state.get("status", "running") not in STATES:
+        return f"unknown status {str(state.get('status'))[:40]!r}"
+    if not _tensors(state["model_state"]) or not state["model_state"]:
+        return "model_state must map parameter names to tensors"
+    opt = state.get("optimizer_state", {})
+    if not isinstance(opt, dict) or not isinstance(opt.get("state", {}), dict) \
+            or not isinstance(opt.get("param_groups", []), list):
+        return "optimizer_state must be an optimizer's state dictionary"
+    if not isinstance(state.get("config", {}), dict):
+        return "config must be a mapping"
+    if "running_sum" in state or "running_count" in state:
+        total, count = state.get("running_sum"), state.get("running_count")
+        if not (torch.is_tensor(total) and total.dim() == 0 and total.is_floating_point()
+                and bool(torch.isfinite(total))):
+            return "running_sum must be a finite scalar tensor"
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 < count <= it:
+            return f"running_count must be an integer in [1, iteration], got {str(count)[:40]}"
+    return None
+
+
+def load_resume(model, optimizer, state: dict) -> None:
+    """Load a saved state into ``model`` (and ``optimizer``); ConfigError (one line) when it does not fit
+    the run's network (wrong names or shapes: a checkpoint.pt that is not this run's)."""
+    try:
+        model.load_state_dict(state["model_state"])
+        if optimizer is not None:
+            optimizer.load_state_dict(state["optimizer_state"])
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ConfigError(f"the saved state in {CHECKPOINT_FILE} does not fit this run's network ({why}); "
+                          f"move it away to restart the run") from None
 
 
 def package_versions() -> str:
@@ -188,6 +261,7 @@ class RunState:
 
     def open(self, device: torch.device) -> RunState:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        check_members(self.run_dir)
         self.lock.acquire()
         try:
             self._open(device)
@@ -208,7 +282,7 @@ class RunState:
             print(f"sharpcomp: {self.run_dir}: the results lack checkpoints before the saved state at iteration "
                   f"{state['iteration']}; restarting the run from iteration 0", file=sys.stderr)
             state = None
-            (self.run_dir / CHECKPOINT_FILE).unlink()
+            set_aside(self.run_dir / CHECKPOINT_FILE, self.run_dir)  # a resume point is never deleted
         self.recorder = RunRecorder(self.run_dir, self.identity)
         if state is None:
             self.recorder.truncate_after(None)  # rows without a saved model state cannot be resumed
@@ -225,12 +299,17 @@ class RunState:
             self.result = RunResult(self.run_dir, "finished", self.start, self.rows)
 
     def _existing_rows(self, state: dict | None):
-        """The rows already in the folder (None when there are none); refuses rows of another run."""
+        """The rows already in the folder (None when there are none); refuses rows of another run.
+        Only a results file that is not there at all counts as no rows: one that cannot be read
+        stops the run with a line (the resume point is kept)."""
+        target = self.run_dir / METRICS_FILE
+        if not target.exists() and not target.is_symlink():
+            return None
         try:
             frame = read_metrics(self.run_dir)
         except RecordError as exc:
-            if "no results file" in str(exc):
-                return None
+            if str(exc).endswith("and rerun"):
+                raise
             raise RecordError(f"{exc}; move it away and rerun to restart the run from iteration 0") from None
         others = sorted(set(frame["run_id"]) - {self.run_id})
         if others:
@@ -241,10 +320,10 @@ class RunState:
     def _rows_cover(self, frame, state: dict) -> bool:
         """Whether the rows hold every checkpoint before the saved state (the state's own included,
         except for a diverged state, whose NaN row is written first)."""
-        it = int(state["iteration"])
-        need = set(range(0, it, self.settings.log_every)) | {it}
+        it, every = int(state["iteration"]), self.settings.log_every
         have = set() if frame is None else {int(i) for i in frame["iteration"]}
-        return need <= have
+        below = {i for i in have if i < it and i % every == 0}  # counted, never enumerated: no memory
+        return it in have and len(below) == -(-it // every)  # for a huge saved iteration
 
     # -----------------------------------------------------------------------------------------
 
@@ -254,12 +333,12 @@ class RunState:
                 "model_state": model_state, "optimizer_state": optimizer_state, "config": self.settings.raw}
 
     def commit(self, it: int, rows: list[dict], status: str, wall: float, model_state: dict,
-               optimizer_state: dict) -> None:
+               optimizer_state: dict, running: dict | None = None) -> None:
         """Append one checkpoint's rows, then save the state they belong to: at once when
         ``resume_every`` seconds have passed since the last save (0: always) or the run has ended;
         otherwise kept in memory (a copy) and written by the next save or by :meth:`close`."""
         self.recorder.append(rows, status=status)
-        state = self._state(it, status, wall, model_state, optimizer_state)
+        state = {**self._state(it, status, wall, model_state, optimizer_state), **(running or {})}
         self.checkpoints += 1
         if status != "running" or time.monotonic() - self._saved_at >= self.settings.resume_every:
             save_checkpoint(self.run_dir, state)
