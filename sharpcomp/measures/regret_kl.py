@@ -33,7 +33,7 @@ from sharpcomp.measures.precision import exact_float32
 
 def fisher_operator(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor) -> Callable[[Tensor], Tensor]:
     """v (flat) -> F v = J^T H_out J v (flat) for the mean loss on (x, y)."""
-    from torch.func import functional_call, grad, jvp, linearize, vjp
+    from torch.func import functional_call, grad, jvp, vjp
 
     names = [k for k, p in model.named_parameters() if p.requires_grad]
     params = {k: p.detach() for k, p in model.named_parameters() if p.requires_grad}
@@ -43,8 +43,7 @@ def fisher_operator(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor) -> 
     def f(p: dict) -> Tensor:
         return functional_call(model, ({**p, **frozen}, buffers), (x,))
 
-    out, jvp_fn = linearize(f, params)
-    _, vjp_fn = vjp(f, params)
+    out, vjp_fn = vjp(f, params)
     loss_grad = grad(lambda o: loss_fn(o, y))
     shapes = [params[k].shape for k in names]
 
@@ -54,8 +53,8 @@ def fisher_operator(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor) -> 
             n = params[k].numel()
             parts[k] = v[i:i + n].view(s).to(params[k].dtype)
             i += n
-        jv = jvp_fn(parts)
-        hjv = jvp(loss_grad, (out,), (jv,))[1]
+        jv = jvp(f, (params,), (parts,))[1]
+        hjv = vjp(loss_grad, out)[1](jv)[0]  # H_out is symmetric: the vjp is H_out J v
         back = vjp_fn(hjv)[0]
         return torch.cat([back[k].reshape(-1) for k in names]).to(v.dtype)
 
