@@ -29,6 +29,8 @@ BUILTIN_MODELS = ("vgg10", "mlp4")
 # keys that joined the config after runs were recorded, with the value under which old runs were made
 # (model and data keys: ``models.identity_view``, ``data.identity_view``)
 NEW_KEYS = {"allow_tf32": None}
+# measures that joined metrics.flatness after runs were recorded: in the run id only when switched on
+NEW_FLATNESS_KEYS = ("average", "keskar", "pacbayes", "contrastive", "regret_kl")
 
 
 class ConfigError(ValueError):
@@ -309,6 +311,11 @@ def _drop_new_keys(keys: dict) -> dict:
     for key, old in NEW_KEYS.items():
         if keys.get(key, object()) == old:
             del keys[key]
+    flat = keys.get("metrics", {}).get("flatness")
+    if isinstance(flat, dict):
+        for key in NEW_FLATNESS_KEYS:
+            if key in flat and flat[key] is None:
+                del flat[key]
     return keys
 
 
