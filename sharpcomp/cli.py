@@ -98,6 +98,7 @@ commands:
   train     train one run; with -m, a Hydra multirun sweep (lr=0.05,0.1,0.2 seed=0,1,2)
   figures   draw the study's figures from result folders (sharpcomp figures --help)
   reparam   rescale one layer of a trained run and compare every metric (sharpcomp reparam --help)
+  landscape loss landscape of a run, or the interpolation between two (sharpcomp landscape --help)
 
 examples:
   sharpcomp train lr=0.1 batch=20
@@ -322,7 +323,12 @@ def main(argv: list[str] | None = None) -> int:
             from sharpcomp.measures.reparam import main as reparam_main
 
             return reparam_main(rest)
-        raise UsageError(f"unknown command '{command}' (choose from train, figures, reparam; see `sharpcomp --help`)")
+        if command == "landscape":
+            from sharpcomp.figures.landscape_command import main as landscape_main
+
+            return landscape_main(rest)
+        raise UsageError(f"unknown command '{command}' (choose from train, figures, reparam, landscape; "
+                         "see `sharpcomp --help`)")
     except UsageError as exc:
         return _err(str(exc))
     except KeyboardInterrupt:

@@ -19,7 +19,7 @@ loss that is a mean over samples), the accuracy the fraction of argmax(outputs) 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -47,14 +47,15 @@ def filter_normalized_direction(params: dict[str, Tensor], generator: torch.Gene
     return out
 
 
-def _points_fn(model: nn.Module, loss_fn: LossFn, buffers: dict[str, Tensor]) -> Callable:
-    from torch.func import functional_call, vmap
-
-    def one(p: dict, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        out = functional_call(model, (p, buffers), (x,))
-        return loss_fn(out, y), (out.argmax(-1) == y).to(out.dtype).mean()
-
-    return vmap(one, in_dims=(0, None, None))
+def _stack(base: dict[str, Tensor], directions: Sequence[dict[str, Tensor]], c: Tensor) -> dict[str, Tensor]:
+    """base + sum_j c[k, j] directions[j] for every row k, stacked along a new first dimension."""
+    out = {}
+    for name, b in base.items():
+        val = b.unsqueeze(0).expand(c.shape[0], *b.shape).clone()
+        for j, d in enumerate(directions):
+            val = val + c[:, j].to(device=b.device, dtype=b.dtype).view(-1, *([1] * b.dim())) * d[name].unsqueeze(0)
+        out[name] = val
+    return out
 
 
 @exact_float32()
@@ -63,51 +64,39 @@ def evaluate_points(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, bas
                     batch_size: int = 500, buffers: Sequence[dict[str, Tensor]] | None = None) -> tuple[Tensor, Tensor]:
     """Loss and accuracy at base + sum_j c[k, j] directions[j] for each row c[k] of ``coefficients`` (K x J).
 
-    ``buffers``: per-point buffers as (base, direction) for interpolation (buffer = base + c[k, 0] dir),
-    else the model's own. Returns two float64 tensors of length K. The model is not modified.
+    ``buffers``: (base, direction) for interpolation (a floating buffer is base + c[k, 0] direction), else
+    the model's own buffers. Returns two float64 tensors of length K. The model is not modified.
     """
+    from torch.func import functional_call, vmap
+
+    def one(p: dict, bf: dict, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
+        out = functional_call(model, (p, bf), (xb,))
+        return loss_fn(out, yb), (out.argmax(-1) == yb).to(out.dtype).mean()
+
     was = model.training
     model.eval()
     coefficients = coefficients.to(torch.float64)
-    k_all = coefficients.shape[0]
-    loss = torch.zeros(k_all, dtype=torch.float64)
-    acc = torch.zeros(k_all, dtype=torch.float64)
-    n = x.shape[0]
-    own_buffers = dict(model.named_buffers())
+    loss = torch.zeros(coefficients.shape[0], dtype=torch.float64)
+    acc = torch.zeros_like(loss)
+    n, step = x.shape[0], max(1, int(chunk))
     try:
         with torch.no_grad():
-            for start in range(0, k_all, max(1, int(chunk))):
-                c = coefficients[start:start + chunk]
-                stacked = {}
-                for name, b in base.items():
-                    val = b.unsqueeze(0).expand(c.shape[0], *b.shape).clone()
-                    for j, d in enumerate(directions):
-                        cj = c[:, j].to(device=b.device, dtype=b.dtype).view(-1, *([1] * b.dim()))
-                        val = val + cj * d[name].unsqueeze(0)
-                    stacked[name] = val
+            for start in range(0, coefficients.shape[0], step):
+                c = coefficients[start:start + step]
+                stacked = _stack(base, directions, c)
                 if buffers is None:
-                    bufs = own_buffers
-                    fn = _points_fn(model, loss_fn, bufs)
-                    call = lambda xb, yb: fn(stacked, xb, yb)  # noqa: E731
+                    bufs, dims = dict(model.named_buffers()), None
                 else:
                     b0, bd = buffers
-                    bufs = {k: (b0[k].unsqueeze(0) + c[:, 0].to(b0[k].dtype).view(-1, *([1] * b0[k].dim())) * bd[k]
-                                if b0[k].is_floating_point() else b0[k].unsqueeze(0).expand(c.shape[0], *b0[k].shape))
-                            for k in b0}
-                    from torch.func import functional_call, vmap
-
-                    def one(p: dict, bf: dict, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
-                        out = functional_call(model, (p, bf), (xb,))
-                        return loss_fn(out, yb), (out.argmax(-1) == yb).to(out.dtype).mean()
-
-                    vf = vmap(one, in_dims=(0, 0, None, None))
-                    call = lambda xb, yb: vf(stacked, bufs, xb, yb)  # noqa: E731
+                    bufs = {k: (_stack({k: v}, [{k: bd[k]}], c)[k] if v.is_floating_point()
+                                else v.unsqueeze(0).expand(c.shape[0], *v.shape)) for k, v in b0.items()}
+                    dims = 0
+                fn = vmap(one, in_dims=(0, dims, None, None))
                 for s in range(0, n, int(batch_size)):
                     xb, yb = x[s:s + batch_size], y[s:s + batch_size]
-                    lb, ab = call(xb, yb)
-                    w = xb.shape[0] / n
-                    loss[start:start + c.shape[0]] += w * lb.double().cpu()
-                    acc[start:start + c.shape[0]] += w * ab.double().cpu()
+                    lb, ab = fn(stacked, bufs, xb, yb)
+                    loss[start:start + c.shape[0]] += (xb.shape[0] / n) * lb.double().cpu()
+                    acc[start:start + c.shape[0]] += (xb.shape[0] / n) * ab.double().cpu()
     finally:
         model.train(was)
     return loss, acc

@@ -154,8 +154,9 @@ def reparam_table(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn: Ca
     after; skipped for probes < 2), quotient_trace_gap (closed form), sharpness_worst (l2, radius
     ``rho``) and sharpness_adaptive (radius ``adaptive_rho``), each on the whole sample as one batch,
     fisher_trace and grad_disagreement (over up to 5 interleaved sub-batches), and the rows of
-    :func:`_debate_rows` (average, average_adaptive, keskar, pacbayes sigmas, contrastive, regret_kl). Columns: before, after,
-    rel_change = (after - before) / |before|, moved = |after - before| > 1e-6 max(|before|, |after|)
+    :func:`_debate_rows` (average, average_adaptive, keskar, pacbayes sigmas, contrastive, regret_kl).
+    Columns: before, after, rel_change = (after - before) / |before|,
+    moved = |after - before| > 1e-6 max(|before|, |after|)
     (NaN values never count as moved).
     """
     base = copy.deepcopy(model).to(torch.float64).eval()
