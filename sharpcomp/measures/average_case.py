@@ -30,6 +30,20 @@ def gaussian(theta: list[Tensor], generator: torch.Generator | None) -> list[Ten
     return [torch.randn(t.shape, generator=generator, device=dev, dtype=t.dtype).to(t.device) for t in theta]
 
 
+def _perturb(params: list[Tensor], theta: list[Tensor], bufs: list[Tensor], sigma: float,
+             scale: list[Tensor] | None, generator: torch.Generator | None) -> None:
+    """params <- theta + noise, in place (preallocated buffers: no allocation per draw)."""
+    for i, (p, t, b) in enumerate(zip(params, theta, bufs)):
+        if generator is None or generator.device == b.device:
+            torch.randn(b.shape, generator=generator, out=b)
+        else:
+            b.copy_(torch.randn(b.shape, generator=generator, device=generator.device, dtype=b.dtype))
+        if scale is None:
+            p.copy_(t).add_(b, alpha=sigma)
+        else:
+            p.copy_(t).addcmul_(b, scale[i])
+
+
 def loss_and_error(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor) -> tuple[float, float]:
     out = model(x)
     loss = float(loss_fn(out, y))
@@ -51,6 +65,7 @@ def average_sharpness(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch
         params = trainable(model)
         theta = [p.detach().clone() for p in params]
         scale = [t.abs() * sigma for t in theta] if adaptive else None
+        bufs = [torch.empty_like(t) for t in theta]
         for x, y in batches:
             x, y = to_device(model, x), to_device(model, y)
             for p, t in zip(params, theta):
@@ -59,9 +74,7 @@ def average_sharpness(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch
             inc = torch.empty(draws, dtype=torch.float64)
             err = torch.empty(draws, dtype=torch.float64)
             for k in range(draws):
-                z = gaussian(theta, generator)
-                for i, (p, t) in enumerate(zip(params, theta)):
-                    p.copy_(t + (z[i] * sigma if scale is None else z[i] * scale[i]))
+                _perturb(params, theta, bufs, sigma, scale, generator)
                 lk, ek = loss_and_error(model, loss_fn, x, y)
                 inc[k], err[k] = lk - l0, ek - e0
             means.append(float(inc.mean()))
