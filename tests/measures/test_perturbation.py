@@ -174,3 +174,40 @@ def test_keskar_box_scales_with_the_weights():
     g = dense_grad(model, x, y)
     first_order = float((eps * (th.detach().abs() + 1) * g.abs()).sum())
     assert 0.9 * first_order <= r["increase"] <= 1.1 * first_order
+
+
+# ---- settings and the trainer's entry point -------------------------------------------------------------
+
+def test_settings_of_the_new_measures_are_checked():
+    from sharpcomp.measures import flatness
+
+    ok = flatness.check_settings({"worst_case": {"algorithm": "apgd", "norm": "linf", "m": 4}, "average": {
+        "sigma": None}, "keskar": {}, "pacbayes": {}, "contrastive": {"kind": "trace"}, "regret_kl": {}})
+    assert ok["worst_case"]["restarts"] == 1 and ok["average"]["sigma"] is None
+    assert flatness.FLATNESS_DEFAULTS["worst_case"]["algorithm"] == "ascent"  # old results keep their meaning
+    bad = [({"worst_case": {"norm": "linf"}}, "needs algorithm apgd"),
+           ({"adaptive": {"algorithm": "pgd"}}, "must be one of ascent, apgd"),
+           ({"contrastive": {"kind": "frobenius"}}, "must be one of"),
+           ({"average": {"draws": 1}}, "must be > 1"), ({"keskar": {"eps": 0}}, "must be > 0"),
+           ({"regret_kl": {"damping": -1}}, "must be >= 0"), ({"worst_case": {"m": 0}}, "must be > 0")]
+    for settings, msg in bad:
+        with pytest.raises(ValueError, match=msg):
+            flatness.check_settings(settings)
+
+
+def test_extra_metrics_new_columns_and_m_sharpness():
+    from sharpcomp.measures import flatness
+
+    model, _, _ = tiny_cnn()
+    torch.manual_seed(0)
+    x, y = torch.randn(24, 1, 8, 8, dtype=DT), torch.randint(0, 2, (24,))
+    settings = {"average": {"draws": 5, "batch_size": 12}, "keskar": {"steps": 3}, "pacbayes": {"iterations": 4},
+                "contrastive": {"batches": 2, "batch_size": 6}, "regret_kl": {"batches": 3, "batch_size": 4},
+                "worst_case": {"algorithm": "apgd", "steps": 4, "batches": 2, "batch_size": 8, "m": 4}}
+    out = flatness.extra_metrics(model, mse, x, y, settings, torch.Generator().manual_seed(0))
+    assert {"average", "average_se", "average_adaptive", "keskar", "pacbayes_sigma", "pacbayes_mag_orig",
+            "contrastive", "regret_kl", "regret_kl_damping", "sharpness_worst"} <= set(out)
+    assert out == flatness.extra_metrics(model, mse, x, y, settings, torch.Generator().manual_seed(0))
+    # m-sharpness: the mean over groups of m samples of each group's own maximum
+    groups = flatness._groups([(x[:8], y[:8]), (x[8:16], y[8:16])], 4)
+    assert [len(g[0]) for g in groups] == [4, 4, 4, 4] and torch.equal(groups[1][0], x[4:8])
