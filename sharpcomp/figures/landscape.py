@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 
 def _save(fig: Figure, path: Path, formats: tuple[str, ...]) -> list[Path]:
@@ -71,9 +72,11 @@ def surface_figure(a: np.ndarray, b: np.ndarray, loss: np.ndarray, title: str) -
     ax = fig.add_subplot(projection="3d")
     ga, gb = np.meshgrid(a, b, indexing="ij")
     ax.plot_surface(ga, gb, loss, cmap="viridis", linewidth=0, antialiased=True, rcount=len(a), ccount=len(b))
+    for axis in (ax.xaxis, ax.yaxis, ax.zaxis):
+        axis.set_major_locator(MaxNLocator(5))
     ax.set_xlabel(r"$\alpha$")
     ax.set_ylabel(r"$\beta$")
-    ax.set_zlabel("loss")
+    ax.set_zlabel("loss", labelpad=8)
     ax.view_init(elev=35, azim=-60)
     ax.set_title(title, fontsize=10)
     return fig
