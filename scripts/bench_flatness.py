@@ -11,6 +11,7 @@
 
     python scripts/bench_flatness.py            # the sizes above
     python scripts/bench_flatness.py --quick    # smoke run (11 x 11 grid, 300 images, 20 draws)
+    python scripts/bench_flatness.py --sample 10 --repeats 1   # time fewer grid points (slow CPUs)
 """
 
 from __future__ import annotations
@@ -82,14 +83,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: small grid, few images and draws")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--sample", type=int, default=None, help="grid points timed (default: one row)")
+    ap.add_argument("--repeats", type=int, default=None, help="timings per method (the best is kept)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     points, n, sample, draws, n_avg = (11, 300, 11, 20, 300) if args.quick else (41, 2000, 41, 100, 1000)
+    sample = args.sample or sample
+    repeats = args.repeats or (1 if args.quick else 2)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
     for name, shape, chunk, batch in (("mlp4", (1, 28, 28), 41, 500), ("vgg10", (3, 32, 32), 41, 100)):
-        bench_landscape(name, shape, points, n, sample, chunk, batch, 1 if args.quick else 2)
-        bench_average(name, shape, n_avg, draws, 1 if args.quick else 2)
+        bench_landscape(name, shape, points, n, sample, chunk, batch, repeats)
+        bench_average(name, shape, n_avg, draws, repeats)
 
 
 if __name__ == "__main__":
