@@ -58,6 +58,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) scripts/bench_metrics.py
 	$(PY) scripts/bench_train.py
+	$(PY) scripts/bench_flatness.py
 	$(PY) scripts/bench_ensemble.py
 	$(PY) scripts/bench_records.py
 	$(PY) scripts/bench_curvature.py

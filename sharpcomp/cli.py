@@ -22,7 +22,7 @@ from sharpcomp.usage import EXIT_USAGE, UsageError, report
 
 CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
 GROUPS = ("data", "model", "scale", "optim", "logger", "experiment")
-COMMANDS = ("train", "figures", "reparam", "measure", "runs")
+COMMANDS = ("train", "figures", "reparam", "measure", "runs", "landscape")
 # Hydra's flags for looking at the composed config (e.g. `sharpcomp train --cfg job`)
 HYDRA_VIEW_FLAGS = ("--cfg", "-c", "--package", "-p", "--info", "-i", "--resolve")
 
@@ -46,6 +46,7 @@ commands:
   measure   every measure on trained networks (run folders, timm/torchvision/own models + weights),
             without training (sharpcomp measure --help)
   runs      one row per run under a folder: differing settings, status, accuracy, metrics (sharpcomp runs DIR)
+  landscape loss landscape of a run, or the interpolation between two (sharpcomp landscape --help)
 
 examples:
   sharpcomp train lr=0.1 batch=20
@@ -409,6 +410,7 @@ SUBCOMMANDS = {
     "reparam": "sharpcomp.measures.reparam",
     "measure": "sharpcomp.engine.measure",
     "runs": "sharpcomp.results.sweep",
+    "landscape": "sharpcomp.figures.landscape_command",
 }
 
 

@@ -138,6 +138,7 @@ def _metrics_row(model: nn.Module, x: Tensor, y: Tensor, loss_fn: Callable, prob
     chunks = [(x[i::k], y[i::k]) for i in range(k) if len(x[i::k])]
     out["grad_disagreement"] = gradient_stats.gradient_disagreement(model, loss_fn, chunks)
     out.update(_curvature_row(model, loss_fn, x, y, chunks, seed))
+    out.update(_debate_rows(model, loss_fn, x, y, seed, chunks))
     return out, f
 
 
@@ -156,6 +157,25 @@ def _curvature_row(model: nn.Module, loss_fn: Callable, x: Tensor, y: Tensor, ch
     }
 
 
+def _debate_rows(model: nn.Module, loss_fn: Callable, x: Tensor, y: Tensor, seed: int,
+                 chunks: list) -> dict[str, float]:
+    """average, average_adaptive, keskar, the PAC-Bayes sigmas, contrastive and regret_kl (small damping:
+    its invariance holds as the damping goes to 0); the same random draws before and after."""
+    from sharpcomp.measures import average_case, contrastive, keskar, pacbayes, regret_kl
+
+    gen = lambda: torch.Generator().manual_seed(seed)  # noqa: E731
+    out = {"average": average_case.average_sharpness(model, loss_fn, [(x, y)], 0.01, 50, False, gen())["value"],
+           "average_adaptive": average_case.average_sharpness(model, loss_fn, [(x, y)], 0.1, 50, True,
+                                                              gen())["value"],
+           "keskar": keskar.keskar_sharpness(model, loss_fn, x, y, 1e-3, 20)["value"]}
+    if not y.is_floating_point():
+        for col, mag in (("pacbayes_sigma", False), ("pacbayes_mag_sigma", True)):
+            out[col] = pacbayes.pacbayes_sigma(model, x, y, 0.1, 10, 15, magnitude=mag, generator=gen())["sigma"]
+    out["contrastive"] = contrastive.contrastive_flatness(model, loss_fn, chunks)["value"]
+    out["regret_kl"] = regret_kl.regret_kl(model, loss_fn, chunks, damping=1e-10, cg_iterations=500)["value"]
+    return out
+
+
 def reparam_table(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn: Callable, layer: str,
                   alpha: float, *, units: Sequence[int] | None = None, probes: int = 50, seed: int = 0,
                   metrics_kwargs: dict | None = None, rho: float = 0.05, adaptive_rho: float = 0.5,
@@ -168,8 +188,10 @@ def reparam_table(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn: Ca
     after; skipped for probes < 2), quotient_trace_gap (closed form), sharpness_worst (l2, radius
     ``rho``) and sharpness_adaptive (radius ``adaptive_rho``), each on the whole sample as one batch,
     fisher_trace and grad_disagreement (over up to 5 interleaved sub-batches), hessian_max and ggn_max
-    (Lanczos to 1e-9), batch_sharpness (over the same sub-batches) and nonuniformity. Columns: before, after,
-    rel_change = (after - before) / |before|, moved = |after - before| > 1e-6 max(|before|, |after|)
+    (Lanczos to 1e-9), batch_sharpness (over the same sub-batches), nonuniformity, and the rows of
+    :func:`_debate_rows` (average, average_adaptive, keskar, pacbayes sigmas, contrastive, regret_kl).
+    Columns: before, after, rel_change = (after - before) / |before|,
+    moved = |after - before| > 1e-6 max(|before|, |after|)
     (NaN values never count as moved).
     """
     base = copy.deepcopy(model).to(torch.float64).eval()

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
+from sharpcomp.measures.apgd import apgd_increase
 from sharpcomp.measures.param_space import Batch, LossFn, loss_and_grad, norm, preserved, to_device, trainable
 from sharpcomp.measures.precision import exact_float32
 from sharpcomp.measures.symmetry import QuotientProjector, quotient_projector
@@ -68,7 +69,8 @@ def _ascent(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, rho: float,
 @exact_float32()
 def worst_case_sharpness(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch], rho: float,
                          steps: int = 5, adaptive: bool = False, quotient: bool = False,
-                         step_size: float | None = None, ridge: float = 1e-10) -> dict:
+                         step_size: float | None = None, ridge: float = 1e-10, algorithm: str = "ascent",
+                         norm: str = "l2", restarts: int = 1, generator: torch.Generator | None = None) -> dict:
     """Worst-case sharpness max_{||delta|| <= rho} L_B(theta + delta) - L_B(theta), averaged over batches.
 
     Estimated per batch by ``steps`` steps of normalised projected gradient ascent from delta = 0 (step
@@ -82,6 +84,10 @@ def worst_case_sharpness(model: nn.Module, loss_fn: LossFn, batches: Iterable[Ba
       theta: u = P grad L_B(theta + delta_k), delta_{k+1} = P(delta_k + step u / ||u||), rescaled into
       the ball. Not combined with ``adaptive``.
 
+    - ``algorithm="apgd"``: Auto-PGD (:mod:`sharpcomp.measures.apgd`) in the l2 or l-inf (``norm``) ball,
+      best of ``restarts`` runs (random starts from ``generator`` after the first); ``steps`` iterations.
+      ``algorithm="ascent"`` (the default) is the normalised ascent above, l2 only.
+
     Returns {"value": mean_B increase, "rel": mean_B increase / (1 + L_B(theta)), "loss": mean_B
     L_B(theta), "per_batch": [increase per batch]}. Leaves the model as it was.
     """
@@ -91,6 +97,12 @@ def worst_case_sharpness(model: nn.Module, loss_fn: LossFn, batches: Iterable[Ba
         raise ValueError(f"steps must be >= 1, got {steps}")
     if adaptive and quotient:
         raise ValueError("adaptive and quotient worst-case sharpness are not combined")
+    if algorithm not in ("ascent", "apgd"):
+        raise ValueError(f"algorithm must be 'ascent' or 'apgd', got {algorithm!r}")
+    if algorithm == "ascent" and norm != "l2":
+        raise ValueError("the normalised ascent is l2 only; use algorithm='apgd' for norm='linf'")
+    if quotient and algorithm != "ascent":
+        raise ValueError("quotient worst-case sharpness uses the normalised ascent")
     step = float(rho if step_size is None else step_size)
     values, rels, losses = [], [], []
     with preserved(model):
@@ -100,8 +112,12 @@ def worst_case_sharpness(model: nn.Module, loss_fn: LossFn, batches: Iterable[Ba
         proj = quotient_projector(model, ridge) if quotient else None
         for x, y in batches:
             x, y = to_device(model, x), to_device(model, y)
-            l0, inc, _ = _ascent(model, loss_fn, x, y, float(rho), int(steps), step, scale, proj, params,
-                                 theta)
+            if algorithm == "apgd":
+                l0, inc, _ = apgd_increase(model, loss_fn, x, y, params, theta, scale, float(rho), int(steps),
+                                           norm, int(restarts), generator)
+            else:
+                l0, inc, _ = _ascent(model, loss_fn, x, y, float(rho), int(steps), step, scale, proj, params,
+                                     theta)
             values.append(inc)
             rels.append(inc / (1.0 + l0))
             losses.append(l0)

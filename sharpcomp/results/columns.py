@@ -47,10 +47,13 @@ COLUMNS = (IDENTITY_COLUMNS + CHECKPOINT_COLUMNS + SAMPLE_COLUMNS + METRIC_COLUM
 FLATNESS_MEASURES = (
     "hessian_trace", "quotient_trace", "sharpness_worst", "sharpness_adaptive", "sharpness_worst_quotient",
     "grad_disagreement", "fisher_trace", "hessian_max", "ggn_max", "batch_sharpness", "nonuniformity",
+    "average", "average_adaptive", "keskar", "pacbayes_flatness", "pacbayes_mag_flatness", "contrastive",
+    "regret_kl",
 )
 # The standard error of a stochastic estimate (measure -> its column).
 FLATNESS_SE = {"hessian_trace": "hessian_trace_se", "quotient_trace": "quotient_trace_se",
                "batch_sharpness": "batch_sharpness_se"}
+FLATNESS_SE.update({"average": "average_se", "average_adaptive": "average_adaptive_se"})  # Monte-Carlo
 # The worst-case sharpness measures; each has a ``<name>_rel`` column, the value / (1 + L).
 WORST_CASE_MEASURES = ("sharpness_worst", "sharpness_adaptive", "sharpness_worst_quotient")
 # Tr H - Tr(PHP) in closed form.
@@ -70,4 +73,8 @@ FLATNESS_COLUMNS = (
     "sharpness_worst", "sharpness_worst_rel", "sharpness_adaptive", "sharpness_adaptive_rel",
     "sharpness_worst_quotient", "sharpness_worst_quotient_rel", "grad_disagreement", "fisher_trace",
     *CURVATURE_COLUMNS,
+    "average", "average_se", "average_err", "average_adaptive", "average_adaptive_se", "average_adaptive_err",
+    "keskar", "pacbayes_sigma", "pacbayes_mag_sigma", "pacbayes_flatness", "pacbayes_orig",
+    "pacbayes_mag_flatness", "pacbayes_mag_orig", "contrastive", "contrastive_full", "regret_kl",
+    "regret_kl_damping",
 )

@@ -141,6 +141,9 @@ def test_reparam_table_marks_what_moved():
               "hessian_max", "ggn_max", "batch_sharpness", "nonuniformity"]
     assert not df.loc[invariant, "moved"].any(), df
     assert df.loc[moving, "moved"].all(), df
+    # the debate's measures: the adaptive average and the Fisher-ball regret stay, the rest move
+    assert not df.loc[["average_adaptive", "regret_kl"], "moved"].any(), df
+    assert df.loc[["average", "keskar", "contrastive"], "moved"].all(), df
     assert df.loc["sharpness", "rel_change"] == pytest.approx(
         (df.loc["sharpness", "after"] - df.loc["sharpness", "before"]) / df.loc["sharpness", "before"])
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())

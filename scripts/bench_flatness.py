@@ -1,0 +1,101 @@
+"""Flatness benchmarks: batched loss-landscape grids and average-case sharpness.
+
+1. A 2D landscape of points x points (41 x 41) on n images (2,000), for mlp4 and vgg10 (width 1, random
+   weights and inputs of the right shape: the cost does not depend on the values): the batched
+   evaluation (``sharpcomp.measures.landscape.evaluate_points``: torch.func ``vmap`` over chunks of weight
+   points) against one plain forward pass per point (``landscape.loop_reference``). Both are timed on the
+   same ``--sample`` grid points (default: one row of the grid, 41 points) and extrapolated to the whole
+   grid; the ratio is loop time / batched time per point (goal >= 3).
+2. Average-case sharpness with 100 noise draws on 1,000 images (``average_case.average_sharpness``) against
+   100 plain forward passes of the same model on the same images (goal: ratio <= 1.2).
+
+    python scripts/bench_flatness.py            # the sizes above
+    python scripts/bench_flatness.py --quick    # smoke run (11 x 11 grid, 300 images, 20 draws)
+    python scripts/bench_flatness.py --sample 10 --repeats 1   # time fewer grid points (slow CPUs)
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from sharpcomp.measures import average_case, landscape
+from sharpcomp.models import build_model
+
+
+def mse(out, y):
+    return torch.nn.functional.mse_loss(out, torch.nn.functional.one_hot(y, out.shape[1]).to(out.dtype))
+
+
+def timed(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def bench_landscape(name: str, shape: tuple, points: int, n: int, sample: int, chunk: int, batch: int,
+                    repeats: int) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, width=1.0, seed=0, input_shape=shape, num_outputs=10).eval()
+    x, y = torch.rand(n, *shape), torch.randint(0, 10, (n,))
+    base = landscape.parameters(model)
+    gen = torch.Generator().manual_seed(0)
+    dirs = [landscape.filter_normalized_direction(base, gen) for _ in range(2)]
+    a = torch.linspace(-1, 1, points, dtype=torch.float64)
+    ga, gb = torch.meshgrid(a, a, indexing="ij")
+    coef = torch.stack([ga.reshape(-1), gb.reshape(-1)], 1)[:sample]
+    t_batched = timed(lambda: landscape.evaluate_points(model, mse, x, y, base, dirs, coef, chunk, batch), repeats)
+    t_loop = timed(lambda: landscape.loop_reference(model, mse, x, y, base, dirs, coef), repeats)
+    lb, _ = landscape.evaluate_points(model, mse, x, y, base, dirs, coef[:2], chunk, batch)
+    ll, _ = landscape.loop_reference(model, mse, x, y, base, dirs, coef[:2])
+    assert torch.allclose(lb, ll, rtol=1e-4), (lb, ll)  # the same numbers (float32)
+    total = points * points
+    print(f"landscape {name}: {points}x{points} grid on {n} images, timed on {len(coef)} points: "
+          f"batched {t_batched / len(coef) * 1e3:.1f} ms/point (grid {t_batched / len(coef) * total:.0f} s), "
+          f"loop {t_loop / len(coef) * 1e3:.1f} ms/point (grid {t_loop / len(coef) * total:.0f} s), "
+          f"speed-up {t_loop / t_batched:.2f}x (goal >= 3x)")
+
+
+def bench_average(name: str, shape: tuple, n: int, draws: int, repeats: int) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, width=1.0, seed=0, input_shape=shape, num_outputs=10).eval()
+    x, y = torch.rand(n, *shape), torch.randint(0, 10, (n,))
+
+    def plain():
+        with torch.no_grad():
+            for _ in range(draws):
+                float(mse(model(x), y))
+
+    def average():
+        average_case.average_sharpness(model, mse, [(x, y)], 0.01, draws, False, torch.Generator().manual_seed(0))
+
+    t_plain, t_avg = timed(plain, repeats), timed(average, repeats)
+    print(f"average-case {name}: {draws} draws on {n} images {t_avg:.2f} s, {draws} plain forward passes "
+          f"{t_plain:.2f} s, ratio {t_avg / t_plain:.2f} (goal <= 1.2)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smoke run: small grid, few images and draws")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--sample", type=int, default=None, help="grid points timed (default: one row)")
+    ap.add_argument("--repeats", type=int, default=None, help="timings per method (the best is kept)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    points, n, sample, draws, n_avg = (11, 300, 11, 20, 300) if args.quick else (41, 2000, 41, 100, 1000)
+    sample = args.sample or sample
+    repeats = args.repeats or (1 if args.quick else 2)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
+    for name, shape, chunk, batch in (("mlp4", (1, 28, 28), 41, 500), ("vgg10", (3, 32, 32), 41, 100)):
+        bench_landscape(name, shape, points, n, sample, chunk, batch, repeats)
+        bench_average(name, shape, n_avg, draws, repeats)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Drawing loss landscapes (the numbers come from :mod:`sharpcomp.measures.landscape`): a 1D profile of
+loss and accuracy, a 2D contour plot, a 3D surface, and the interpolation between two networks; each
+grid also as a CSV. matplotlib ``Figure`` objects without pyplot (no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+
+def _save(fig: Figure, path: Path, formats: tuple[str, ...]) -> list[Path]:
+    out = []
+    for ext in formats:
+        p = path.with_suffix(f".{ext}")
+        fig.savefig(p, dpi=150, bbox_inches="tight")
+        out.append(p)
+    return out
+
+
+def profile_figure(x: np.ndarray, curves: dict[str, tuple[np.ndarray, np.ndarray]], xlabel: str, title: str,
+                   marks: dict[str, float] | None = None) -> Figure:
+    """Loss (left axis, log scale) and accuracy (right axis) along a line; ``curves``: label -> (loss, acc)."""
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.add_subplot()
+    ax2 = ax.twinx()
+    colours = ("tab:blue", "tab:orange", "tab:green", "tab:red")
+    for (label, (loss, acc)), c in zip(curves.items(), colours):
+        ax.plot(x, loss, color=c, lw=1.8, label=f"{label} loss")
+        ax2.plot(x, 100 * np.asarray(acc), color=c, lw=1.2, ls="--", label=f"{label} accuracy")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("loss (solid, log scale)")
+    ax2.set_ylabel("accuracy, % (dashed)")
+    ax2.set_ylim(0, 100)
+    for name, pos in (marks or {}).items():
+        ax.axvline(pos, color="0.6", lw=0.8, zorder=0)
+        ax.annotate(name, (pos, 1.0), xycoords=("data", "axes fraction"), ha="center", va="bottom", fontsize=9)
+    lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    labels = ax.get_legend_handles_labels()[1] + ax2.get_legend_handles_labels()[1]
+    ax.legend(lines, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=len(curves),
+              frameon=False)
+    ax.set_title(title, fontsize=10, pad=14)
+    fig.tight_layout()
+    return fig
+
+
+def contour_figure(a: np.ndarray, b: np.ndarray, loss: np.ndarray, title: str) -> Figure:
+    """Filled contours of log10 loss over (a, b), the trained weights marked at the origin."""
+    fig = Figure(figsize=(5.6, 4.8))
+    ax = fig.add_subplot()
+    z = np.log10(np.maximum(loss, 1e-12))
+    cs = ax.contourf(a, b, z.T, levels=30, cmap="viridis")
+    ax.contour(a, b, z.T, levels=15, colors="k", linewidths=0.4, alpha=0.6)
+    fig.colorbar(cs, ax=ax, label=r"$\log_{10}$ loss")
+    ax.plot([0], [0], marker="*", color="red", ms=12, label="trained weights")
+    ax.set_xlabel(r"$\alpha$ (direction 1, filter-normalised)")
+    ax.set_ylabel(r"$\beta$ (direction 2, filter-normalised)")
+    ax.set_aspect("equal")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def surface_figure(a: np.ndarray, b: np.ndarray, loss: np.ndarray, title: str) -> Figure:
+    """A 3D surface of the loss over (a, b)."""
+    fig = Figure(figsize=(6.0, 5.0))
+    ax = fig.add_subplot(projection="3d")
+    ga, gb = np.meshgrid(a, b, indexing="ij")
+    ax.plot_surface(ga, gb, loss, cmap="viridis", linewidth=0, antialiased=True, rcount=len(a), ccount=len(b))
+    for axis in (ax.xaxis, ax.yaxis, ax.zaxis):
+        axis.set_major_locator(MaxNLocator(5))
+    ax.set_xlabel(r"$\alpha$")
+    ax.set_ylabel(r"$\beta$")
+    ax.set_zlabel("loss", labelpad=8)
+    ax.view_init(elev=35, azim=-60)
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
+def grid_frame(a: np.ndarray, b: np.ndarray, loss: np.ndarray, acc: np.ndarray) -> pd.DataFrame:
+    ga, gb = np.meshgrid(a, b, indexing="ij")
+    return pd.DataFrame({"alpha": ga.ravel(), "beta": gb.ravel(), "loss": loss.ravel(), "acc": acc.ravel()})
+
+
+def write_surface(out: Path, name: str, grid: dict, line: dict, title: str,
+                  formats: tuple[str, ...] = ("png",)) -> list[Path]:
+    """``<name>_2d.csv``, ``<name>_1d.csv``, ``<name>_contour``, ``<name>_surface`` and ``<name>_1d`` figures."""
+    out.mkdir(parents=True, exist_ok=True)
+    a, b = grid["a"].numpy(), grid["b"].numpy()
+    loss, acc = grid["loss"].numpy(), grid["acc"].numpy()
+    written = [out / f"{name}_2d.csv", out / f"{name}_1d.csv"]
+    grid_frame(a, b, loss, acc).to_csv(written[0], index=False)
+    pd.DataFrame({"alpha": line["a"].numpy(), **{f"{k}_{q}": v[q].numpy() for k, v in line["curves"].items()
+                                                   for q in ("loss", "acc")}}).to_csv(written[1], index=False)
+    written += _save(contour_figure(a, b, loss, title), out / f"{name}_contour", formats)
+    written += _save(surface_figure(a, b, loss, title), out / f"{name}_surface", formats)
+    curves = {k: (v["loss"].numpy(), v["acc"].numpy()) for k, v in line["curves"].items()}
+    written += _save(profile_figure(line["a"].numpy(), curves, r"$\alpha$ (one filter-normalised direction)",
+                                    title), out / f"{name}_1d", formats)
+    return written
+
+
+def write_interpolation(out: Path, name: str, result: dict, labels: tuple[str, str], title: str,
+                        formats: tuple[str, ...] = ("png",)) -> list[Path]:
+    """``<name>.csv`` and the ``<name>`` figure: loss and accuracy along (1 - t) A + t B."""
+    out.mkdir(parents=True, exist_ok=True)
+    t = result["t"].numpy()
+    path = out / f"{name}.csv"
+    pd.DataFrame({"t": t, **{f"{k}_{q}": v[q].numpy() for k, v in result["curves"].items()
+                             for q in ("loss", "acc")}}).to_csv(path, index=False)
+    curves = {k: (v["loss"].numpy(), v["acc"].numpy()) for k, v in result["curves"].items()}
+    fig = profile_figure(t, curves, r"$t$ in $(1-t)\,\theta_A + t\,\theta_B$", title,
+                         marks={labels[0]: 0.0, labels[1]: 1.0})
+    return [path, *_save(fig, out / name, formats)]
