@@ -188,8 +188,9 @@ def plan(names: Sequence[str], scale: str = "paper", conf: Path | None = None,
 
 
 def all_experiments(conf: Path | None = None) -> list[str]:
-    names = sorted(p.stem for p in (conf or conf_dir()).joinpath("experiment").glob("*.yaml"))
-    return [n for n in ORDER if n in names] + [n for n in names if n not in ORDER]
+    """The study's experiments found in ``conf/experiment`` (others there, such as eos, are not the study's)."""
+    names = {p.stem for p in (conf or conf_dir()).joinpath("experiment").glob("*.yaml")}
+    return [n for n in ORDER if n in names]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,7 +273,7 @@ def compose_yaml(model: str, data: str, conf: Path | None = None) -> dict:
     base = OmegaConf.load(conf / "train.yaml")
     for key in ("defaults", "hydra"):
         base.pop(key, None)
-    for group, name in (("data", data), ("model", model), ("optim", "sgd")):
+    for group, name in (("data", data), ("model", model), ("optim", "sgd"), ("logger", "none")):
         base[group] = OmegaConf.load(conf / group / f"{name}.yaml")
     base = OmegaConf.merge(base, OmegaConf.load(conf / "scale" / "quick.yaml"))
     return OmegaConf.to_container(base, resolve=True)
@@ -290,8 +291,8 @@ def make_stepper(model: str, data_name: str, data, k: int, batch: int, device, c
     """A stepper of k runs (lr 0.05 / 0.1 / 0.2 x seeds 0.., as fig1) and their settings: a
     ``PlainStepper`` for k = 1, else an ``EnsembleStepper``."""
     from sharpcomp.engine.ensemble import EnsembleStepper
+    from sharpcomp.engine.setup import build, prepare_runtime
     from sharpcomp.engine.steppers import PlainStepper
-    from sharpcomp.engine.train import build, prepare_runtime
     from sharpcomp.settings import settings
 
     cfgs = [compose(model, data_name, lr=(0.05, 0.1, 0.2)[j % 3], seed=j // 3, batch=batch, device=str(device),

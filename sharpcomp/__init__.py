@@ -32,14 +32,14 @@ from typing import TYPE_CHECKING
 # line's --help and --version) stays quick and imports neither torch nor matplotlib by itself
 _HOMES = {
     "ConfigError": "sharpcomp.settings",
-    "LoadedRun": "sharpcomp.engine.train",
+    "LoadedRun": "sharpcomp.engine.loading",
     "compute_metrics": "sharpcomp.measures.metrics",
     "extra_metrics": "sharpcomp.measures.flatness",
     "fisher_trace": "sharpcomp.measures.gradient_stats",
     "gradient_disagreement": "sharpcomp.measures.gradient_stats",
     "hessian_trace": "sharpcomp.measures.metrics",
     "hutchinson_traces": "sharpcomp.measures.quotient_trace",
-    "load_run": "sharpcomp.engine.train",
+    "load_run": "sharpcomp.engine.loading",
     "quotient_hessian_trace": "sharpcomp.measures.quotient_trace",
     "quotient_trace_gap": "sharpcomp.measures.quotient_trace",
     "read_metrics": "sharpcomp.results.records",
@@ -55,7 +55,8 @@ __all__ = [  # written out, for readers and linters; the same names as _HOMES
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and editors
     from sharpcomp.engine.ensemble import train_ensemble
-    from sharpcomp.engine.train import LoadedRun, load_run, train
+    from sharpcomp.engine.loading import LoadedRun, load_run
+    from sharpcomp.engine.train import train
     from sharpcomp.measures.flatness import extra_metrics
     from sharpcomp.measures.gradient_stats import fisher_trace, gradient_disagreement
     from sharpcomp.measures.metrics import compute_metrics, hessian_trace

@@ -226,7 +226,7 @@ def check_overrides(overrides: list[str], multirun: bool = False) -> None:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
 
-    from sharpcomp.engine.train import check_config
+    from sharpcomp.engine.setup import check_config
     from sharpcomp.settings import ConfigError
 
     register_resolvers()
@@ -407,7 +407,7 @@ def _resolved_view(args: list[str]) -> list[str]:
 # subcommands other than train: name -> the module whose ``main(argv)`` runs it
 SUBCOMMANDS = {
     "figures": "sharpcomp.figures.command",
-    "reparam": "sharpcomp.measures.reparam",
+    "reparam": "sharpcomp.engine.reparam_command",
     "measure": "sharpcomp.engine.measure",
     "runs": "sharpcomp.results.sweep",
     "landscape": "sharpcomp.figures.landscape_command",

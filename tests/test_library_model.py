@@ -59,7 +59,7 @@ def test_cli_unbuildable_model_refused_before_data_loads_no_folder(in_tmp, monke
     def no_loading(*args, **kwargs):
         raise AssertionError("data loaded")
 
-    monkeypatch.setattr("sharpcomp.engine.train.load_from_config", no_loading)
+    monkeypatch.setattr("sharpcomp.engine.setup.load_from_config", no_loading)
     rc = main(["train", *DATA, "model._target_=tests.nets.SmallResNet", "+model.depht=2"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "unexpected keyword argument 'depht'" in err and len(err.splitlines()) == 1

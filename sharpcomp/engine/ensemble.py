@@ -53,7 +53,8 @@ from torch import nn
 from sharpcomp.data.datasets import Dataset
 from sharpcomp.engine.cuda_graphs import graphs_apply, try_capture
 from sharpcomp.engine.evaluation import eval_layout
-from sharpcomp.engine.train import Member, build, close_all, open_runs, plain_stepper, train_members
+from sharpcomp.engine.setup import build
+from sharpcomp.engine.train import Member, close_all, open_runs, plain_stepper, train_members
 from sharpcomp.losses import batch_loss, loss_target, per_sample_loss
 from sharpcomp.models import eval_mode, samples_per_chunk
 from sharpcomp.results.run_state import RunResult

@@ -131,14 +131,15 @@ def _base(opts: dict):
 
 
 def _data(opts: dict):
-    from sharpcomp.engine.train import load_data
+    from sharpcomp.engine.setup import load_data
 
     return load_data(_base(opts), torch.device("cpu"))
 
 
 def _targets(opts: dict, args: dict) -> list[dict]:
     """One entry per network: model, its settings, data, sample inputs by set, identity columns."""
-    from sharpcomp.engine.train import build, load_run
+    from sharpcomp.engine.loading import load_run
+    from sharpcomp.engine.setup import build
     from sharpcomp.settings import ConfigError, settings
 
     out = []
@@ -178,7 +179,7 @@ def _targets(opts: dict, args: dict) -> list[dict]:
 def measure_rows(opts: dict, args: dict) -> list[dict]:
     """Every measure of every network on each sample set: the rows (results schema)."""
     from sharpcomp.engine.evaluation import evaluate, sample_set
-    from sharpcomp.engine.train import load_data
+    from sharpcomp.engine.setup import load_data
     from sharpcomp.losses import per_sample_loss
     from sharpcomp.settings import run_identity
 

@@ -22,7 +22,6 @@ runs ``failed``; Ctrl-C leaves them ``running``, resumable.
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -33,124 +32,19 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from sharpcomp.data.datasets import Dataset, known_shape, load_from_config
+from sharpcomp.data.datasets import Dataset
 from sharpcomp.data.order import epoch_permutation, steps_per_epoch, train_sample_indices
 from sharpcomp.engine.evaluation import checkpoint_rows, sample_losses, sample_sets
+from sharpcomp.engine.setup import build, check_layer, check_writable, prepare_runtime
 from sharpcomp.engine.steppers import PlainStepper
 from sharpcomp.losses import make_loss
-from sharpcomp.models import ModelError, build_from_config, build_model, check_buildable
 from sharpcomp.results.loggers import Logger, make_logger
 from sharpcomp.results.records import RecordError
 from sharpcomp.results.run_state import CHECKPOINT_FILE, RunResult, RunState, identity_columns, read_checkpoint
-from sharpcomp.settings import BUILTIN_MODELS, ConfigError, Settings, run_identity, select_device, settings
+from sharpcomp.settings import ConfigError, Settings, run_identity, settings
 
 # Timings of the last loop (seconds), for benchmarks: train, checkpoint, eval, metrics, write.
 LAST_TIMINGS: dict[str, float] = {}
-
-
-# ---------------------------------------------------------------------------------------------
-# runtime, data, networks
-
-
-def load_data(s: Settings, device: torch.device) -> Dataset:
-    """The run's dataset, loaded (or read from the cache) onto ``device``."""
-    return load_from_config(s.data, s.raw["data_dir"], s.raw["cache_dir"], device=device)
-
-
-def build(s: Settings, data: Dataset, device: torch.device) -> nn.Module:
-    """The run's network (seeded initial weights) on ``device``.
-
-    ConfigError (one line) when the model config cannot give one that fits the data and the loss.
-    """
-    try:
-        return build_from_config(s.model, s.num_outputs(data.num_classes), data.input_shape, seed=s.seed,
-                                 device=device, num_classes=data.num_classes)
-    except ModelError as exc:
-        raise ConfigError(str(exc)) from None
-
-
-def check_layer(s: Settings, model: nn.Module) -> None:
-    """ConfigError unless ``metrics.layer`` names a submodule of ``model``."""
-    names = [n for n, _ in model.named_modules() if n]
-    if s.metrics.layer is not None and s.metrics.layer not in names:
-        raise ConfigError(f"metrics.layer '{s.metrics.layer}' is not a layer of {s.model['name']} "
-                          f"(choose from {', '.join(names)})")
-
-
-def check_config(cfg) -> Settings:
-    """Every check that needs no data (one line each).
-
-    The settings, and the network built on the meta device (without data, for a dataset of known
-    shape): its arguments, output shape and representation layer.
-    """
-    s = settings(cfg)
-    shape, classes = known_shape(s.data)
-    try:
-        model = check_buildable(s.model, s.num_outputs(classes or 10), shape, classes)
-    except ModelError as exc:
-        raise ConfigError(str(exc)) from None
-    if s.metrics.layer is not None and model is None and s.model["name"] in BUILTIN_MODELS:
-        with torch.device("meta"):
-            model = build_model(s.model["name"], 10, s.model.get("width", 1.0))
-    if s.metrics.layer is not None and model is not None:
-        check_layer(s, model)
-    if model is not None:
-        check_symmetry(s, model)
-    return s
-
-
-def check_symmetry(s: Settings, model: nn.Module) -> None:
-    """Check the network for the measures on the quotient by the rescaling symmetry.
-
-    ConfigError when the network cannot be traced; one line naming the modules the analysis cannot see
-    through (their units count as without symmetry).
-    """
-    on = [k for k in ("quotient_trace", "quotient_worst") if s.metrics.flatness.get(k) is not None]
-    if not on:
-        return
-    from sharpcomp.measures.symmetry_graph import TraceError, analyse
-
-    try:
-        _, unknown = analyse(model)
-    except TraceError as exc:
-        raise ConfigError(f"metrics.flatness.{on[0]}: {exc}") from None
-    if unknown:
-        print(f"sharpcomp: metrics.flatness.{on[0]}: the rescaling symmetry analysis cannot see through "
-              f"{', '.join(unknown)}; their units count as without symmetry", file=sys.stderr, flush=True)
-
-
-def prepare_runtime(s: Settings, data: Dataset | None) -> tuple[torch.device, Dataset]:
-    """Device, threads, determinism and training precision as the settings say.
-
-    Returns the device and the dataset loaded onto (or moved to) it.
-    """
-    device = select_device(s.device)
-    if s.threads:
-        torch.set_num_threads(s.threads)
-    if s.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    if device.type == "cuda" and s.allow_tf32 is not None:
-        torch.backends.cuda.matmul.allow_tf32 = s.allow_tf32
-        torch.backends.cudnn.allow_tf32 = s.allow_tf32
-    return device, load_data(s, device) if data is None else prepare_runtime_data(data, device)
-
-
-def prepare_runtime_data(data: Dataset, device: torch.device) -> Dataset:
-    """``data`` with its tensors on ``device``."""
-    moved = (t.to(device) for t in (data.train_x, data.train_y, data.test_x, data.test_y))
-    return Dataset(data.name, *moved, data.num_classes, data.source)
-
-
-def check_writable(run_dir: Path) -> None:
-    """Create ``run_dir`` and prove it writable, or raise ConfigError with one line."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"cannot write to output folder {run_dir}: {exc.strerror or exc}") from None
 
 
 @dataclass
@@ -209,9 +103,6 @@ def open_runs(cfgs: Sequence, run_dirs: Sequence[Path], data: Dataset | None,
         for m in members:
             m.run.close()
         raise
-    for m in members:
-        if m.run.result is None and not m.run.fresh:
-            print(f"sharpcomp: {m.run.run_dir}: resumed at iteration {m.run.start}", file=sys.stderr, flush=True)
     return members, data
 
 
@@ -284,6 +175,9 @@ class _Loop:
         self.timing = dict.fromkeys(("train", "checkpoint", "eval", "metrics", "write"), 0.0)
         self._reset_running()
         self._carry_running()
+        for m in self.members:  # said once the stepper holds the saved state (it fits the network)
+            if not m.run.fresh:
+                print(f"sharpcomp: {m.run.run_dir}: resumed at iteration {m.run.start}", file=sys.stderr, flush=True)
         first = members[0].run
         total = len(members)
         desc = first.run_id[:40] if total == 1 else f"ensemble of {total}"
@@ -507,71 +401,3 @@ def train(cfg, run_dir: str | Path, *, callback: Callable[[int, list[dict]], Non
     res = m.run.outcome()
     res.seconds = time.perf_counter() - t_call
     return res
-
-
-def stored_settings(cfg, target: str | None = None) -> Settings:
-    """The settings of a config read from a run folder (a checkpoint's), made safe.
-
-    Nothing in it chooses code (:func:`sharpcomp.models.stored_model_config`; ``target``: the user's own model
-    ``_target_``, named on the command line), and the data and cache folders are this machine's
-    (the environment's), never the stored ones. ConfigError (one line) otherwise.
-    """
-    from sharpcomp.models import code_keys, stored_model_config
-
-    if not isinstance(cfg, dict):
-        raise ConfigError("the stored config is not a mapping")
-    bad = code_keys({k: v for k, v in cfg.items() if k != "model"}, "config")
-    if bad:
-        raise ConfigError(f"refusing the stored config: {bad} would choose code; a stored config never does")
-    try:
-        model = stored_model_config(cfg.get("model"), target)
-    except ModelError as exc:
-        raise ConfigError(str(exc)) from None
-    here = {k: os.environ.get(f"SHARPCOMP_{k.split('_')[0].upper()}") for k in ("data_dir", "cache_dir")}
-    return settings({**cfg, "model": model, **here})  # as conf/train.yaml reads them: the environment
-
-
-@dataclass
-class LoadedRun:
-    """A run folder's trained network and what it was trained with (:func:`load_run`)."""
-
-    model: nn.Module  # the network at ``iteration``, in eval mode, on the CPU
-    settings: Settings  # the run's checked settings (``settings.raw``: its complete config)
-    iteration: int  # the iteration of the saved state
-    data: Dataset  # the run's dataset (train and test tensors, number of classes, source)
-    sample_x: torch.Tensor  # the train sample set the metrics are computed on (``metrics.n`` points)
-    sample_y: torch.Tensor
-    loss_fn: Callable  # the training loss, as a function of (outputs, labels)
-
-    @property
-    def config(self) -> dict:
-        """The run's complete config (a plain dict)."""
-        return self.settings.raw
-
-
-def load_run(run_dir: str | Path, *, data: Dataset | None = None, target: str | None = None) -> LoadedRun:
-    """Load the network a run folder holds, with its settings, dataset, train sample set and loss.
-
-    The network is the run's last saved state (its ``checkpoint.pt``).
-
-    ``data`` skips loading the dataset (it must be the one the run was trained on). FileNotFoundError
-    when the folder has no checkpoint; ConfigError for a file that is not a sharpcomp checkpoint, or a
-    stored config that would choose code (:func:`stored_settings`; ``target``: the user's own model
-    ``_target_``, named on the command line, for a network that is not built in).
-    """
-    from sharpcomp.results.run_state import check_members
-
-    check_members(Path(run_dir))
-    path = Path(run_dir) / CHECKPOINT_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    state = read_checkpoint(path)
-    s = stored_settings(state.get("config", {}), target)
-    cpu = torch.device("cpu")
-    data = load_data(s, cpu) if data is None else prepare_runtime_data(data, cpu)
-    model = build(s, data, cpu)
-    model.load_state_dict(state["model_state"])
-    model.eval()
-    idx = train_sample_indices(s.seed, len(data.train_x), s.metrics.n)
-    return LoadedRun(model, s, int(state["iteration"]), data, data.train_x[idx], data.train_y[idx],
-                     make_loss(s.loss, s.num_outputs(data.num_classes)))

@@ -263,8 +263,9 @@ def _data_text(row) -> str:
     import json
 
     name = fmt(row["data"])
+    text = row.get("settings")
     try:
-        classes = json.loads(row.get("settings") or "{}").get("data", {}).get("classes")
+        classes = json.loads(text if isinstance(text, str) and text else "{}").get("data", {}).get("classes")
     except (ValueError, AttributeError):
         classes = None
     return f"{name} classes {','.join(map(str, classes))}" if classes and "class" not in name else name

@@ -58,8 +58,10 @@ def _parse(argv: Sequence[str]) -> tuple[list[str], dict]:
 
 def load_run(run_dir: Path):
     """(model in eval mode on the CPU, loss function, data set, settings) of a run's last checkpoint."""
-    from sharpcomp.engine.train import build, load_data, make_loss, settings
+    from sharpcomp.engine.setup import build, load_data
+    from sharpcomp.losses import make_loss
     from sharpcomp.results.run_state import CHECKPOINT_FILE, read_checkpoint
+    from sharpcomp.settings import settings
 
     path = run_dir / CHECKPOINT_FILE
     if not path.exists():

@@ -221,8 +221,10 @@ def _groups(batches: list[Batch], m: int | None) -> list[Batch]:
 
 def debate_metrics(model: nn.Module, loss_fn: LossFn, train_x: Tensor, train_y: Tensor, cfg: dict,
                    generator: torch.Generator | None) -> dict[str, float]:
-    """The measures of the flatness debate (average, keskar, pacbayes, contrastive, regret_kl), from the
-    resolved settings ``cfg``; columns named after their measure."""
+    """The measures of the flatness debate (average, keskar, pacbayes, contrastive, regret_kl).
+
+    From the resolved settings ``cfg``; columns named after their measure.
+    """
     out: dict[str, float] = {}
     if "average" in cfg:
         c = cfg["average"]

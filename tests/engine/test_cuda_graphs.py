@@ -55,8 +55,8 @@ def test_graphed_step_replays_the_eager_step():
 def _steppers(k: int, graph: str):
     from sharpcomp.data.datasets import Dataset
     from sharpcomp.engine.ensemble import EnsembleStepper
+    from sharpcomp.engine.setup import build
     from sharpcomp.engine.steppers import PlainStepper
-    from sharpcomp.engine.train import build
     from sharpcomp.settings import defaults, settings
 
     dev = torch.device("cuda")

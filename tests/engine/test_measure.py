@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from sharpcomp.cli import main
-from sharpcomp.engine.train import load_run, train
+from sharpcomp.engine.loading import load_run
+from sharpcomp.engine.train import train
 from sharpcomp.measures.metrics import compute_metrics
 from sharpcomp.measures.network_wide import add_network_wide
 from sharpcomp.results.columns import COLUMNS

@@ -9,8 +9,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-import sharpcomp.engine.train as train_mod
 import sharpcomp.results.run_state as run_state_mod
+from sharpcomp.engine.loading import load_run
 from sharpcomp.engine.train import train
 from sharpcomp.losses import make_loss
 from sharpcomp.results.columns import COLUMNS, METRIC_COLUMNS
@@ -47,7 +47,7 @@ def test_end_to_end_rows_columns_and_values(cfg_small, fmnist_small, tmp_path):
     assert (train_rows.bound_c <= train_rows.bound_d * (1 + 1e-5)).all()
     # the training loss falls and whole-set numbers are consistent with a direct evaluation
     assert train_rows.train_loss.iloc[-1] < train_rows.train_loss.iloc[0]
-    run = train_mod.load_run(tmp_path / "run")
+    run = load_run(tmp_path / "run")
     assert len(run.sample_x) == 8 and run.config["lr"] == 0.1 and run.iteration == 12
     # misclassified rows: at most n points, all misclassified at that checkpoint, and their loss logged
     mis = df[df.sample_set == "misclassified"]

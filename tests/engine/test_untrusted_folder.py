@@ -108,7 +108,7 @@ def test_reparam_builds_a_network_the_user_names(run, in_tmp):
     ({"name": "custom", "_target_": "tests.nets.TinyMLP"}, "model._target_ 'tests.nets.TinyMLP'"),
 ])
 def test_stored_configs_that_would_choose_code_are_refused(model, where):
-    from sharpcomp.engine.train import stored_settings
+    from sharpcomp.engine.loading import stored_settings
     from sharpcomp.settings import ConfigError
 
     with pytest.raises(ConfigError, match="never") as exc:
@@ -117,7 +117,7 @@ def test_stored_configs_that_would_choose_code_are_refused(model, where):
 
 
 def test_stored_data_and_cache_folders_are_this_machines(monkeypatch, tmp_path):
-    from sharpcomp.engine.train import stored_settings
+    from sharpcomp.engine.loading import stored_settings
 
     monkeypatch.setenv("SHARPCOMP_DATA", str(tmp_path / "here"))
     monkeypatch.delenv("SHARPCOMP_CACHE", raising=False)
@@ -185,19 +185,20 @@ CUSTOM = [a for a in TINY if not a.startswith("model")] + ["model=custom", "mode
 
 
 def test_figures_replace_linked_outputs_and_never_follow_them(run, in_tmp):
-    (run / "figures").mkdir()
+    out = in_tmp / "R-figures"  # the default output folder of `sharpcomp figures R`
+    out.mkdir()
     png, csv = victim(in_tmp, "x.png"), victim(in_tmp, "x.csv")
-    (run / "figures" / "runs.png").symlink_to(png)
-    (run / "figures" / "runs.csv").symlink_to(csv)
+    (out / "runs.png").symlink_to(png)
+    (out / "runs.csv").symlink_to(csv)
     res = cli(["figures", "R", "--only", "runs", "--formats", "png"], in_tmp)
     assert res.returncode == 0, res.stderr
     assert png.read_text() == VICTIM_TEXT and csv.read_text() == VICTIM_TEXT
-    assert not (run / "figures" / "runs.png").is_symlink() and (run / "figures" / "runs.png").stat().st_size > 1000
+    assert not (out / "runs.png").is_symlink() and (out / "runs.png").stat().st_size > 1000
 
 
 def test_a_symlinked_default_figures_folder_is_refused(run, in_tmp):
     (in_tmp / "home").mkdir()
-    (run / "figures").symlink_to(in_tmp / "home")
+    (in_tmp / "R-figures").symlink_to(in_tmp / "home")
     assert main(["figures", "R", "--only", "runs"]) == 2
     assert list((in_tmp / "home").iterdir()) == []
 
@@ -429,7 +430,7 @@ def test_bad_settings_are_refused_at_composition(extra, message, capsys, in_tmp,
     monkeypatch.setenv("SHARPCOMP_CACHE", str(in_tmp / "no-cache-here"))
     assert main(["train", *TINY, *extra]) == 2
     err = capsys.readouterr().err
-    assert one_line(err).startswith("sharpcomp: error: ") and message in err
+    assert one_line(err).startswith("sharpcomp train: error: ") and message in err
     assert not (in_tmp / "outputs").exists()
 
 

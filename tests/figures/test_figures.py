@@ -602,7 +602,7 @@ def test_cli_single_demo_run_gets_an_overview(tmp_path, capsys, monkeypatch):
 
 
 def test_run_column_is_relative_to_the_results_folder(tmp_path, capsys, fake_save):
-    """Figure CSVs name runs relative to the folder given, never by an absolute local path (#13.12)."""
+    """Figure CSVs name runs relative to the folder given, never by an absolute local path."""
     res = tmp_path / "outputs"
     sweep(res / "multirun" / "a", FMNIST, grid=GRID[:3], seeds=(0,), n_ckpt=3)
     rc, out, err = run_cli(capsys, res, "--only", "figE8,figD6", "--formats", "png")
@@ -775,15 +775,15 @@ def test_settings_flattened_to_dotted_keys():
 
 
 def test_published_figure_csvs_hold_no_absolute_paths():
-    """The CSVs beside the committed figures name runs relative to the results folder (#13.12)."""
+    """The CSVs beside the committed figures name runs relative to the results folder."""
     from pathlib import Path
 
-    files = sorted((Path(__file__).resolve().parents[2] / "docs" / "figures").glob("*.csv"))
-    assert len(files) == 14
+    files = sorted((Path(__file__).resolve().parents[2] / "docs" / "figures").rglob("*.csv"))
+    assert len(files) >= 15
     runs = 0
     for path in files:
         frame = pd.read_csv(path)
-        for col in ("_run", "data_source"):
+        for col in ("_run", "run", "data_source"):
             values = frame[col].astype(str) if col in frame else pd.Series([], dtype=str)
             assert not values.str.contains(r"(?:^|\()/", regex=True).any(), (path.name, col)
         runs += len(frame["_run"]) if "_run" in frame else 0

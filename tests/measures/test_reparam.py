@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from sharpcomp.measures import reparam
+from sharpcomp.engine import reparam_command
 from sharpcomp.measures.metrics import compute_metrics
 from sharpcomp.measures.reparam import reparam_table, rescale_unit
 from tests.reference import mse
@@ -155,7 +155,7 @@ def test_reparam_table_marks_what_moved():
 
 @pytest.fixture
 def fake_run(tmp_path, monkeypatch):
-    import sharpcomp.engine.train as train
+    import sharpcomp.engine.reparam_command as train
 
     model, x, y = tiny_mlp()
     cfg = {"model": {"name": "tiny", "width": 1.0, "outputs": 3}, "metrics": {"n": 7, "log_volume_rank": None}}
@@ -171,14 +171,14 @@ def fake_run(tmp_path, monkeypatch):
 
 
 def test_main_prints_the_table(fake_run, capsys):
-    assert reparam.main([str(fake_run), "alpha=10", "layer=fc1", "probes=3"]) == 0
+    assert reparam_command.main([str(fake_run), "alpha=10", "layer=fc1", "probes=3"]) == 0
     out = capsys.readouterr().out
     assert "layer fc1 (all units) rescaled by alpha=10" in out
     assert "sharpness" in out and "moved:" in out and "unchanged:" in out
     unchanged = [line for line in out.splitlines() if line.startswith("unchanged:")][0]
     assert "G" in unchanged and "local_dim" in unchanged
     # default layer: the last hidden one; `reparam` as first word is accepted
-    assert reparam.main(["reparam", str(fake_run), "units=0,2", "probes=0"]) == 0
+    assert reparam_command.main(["reparam", str(fake_run), "units=0,2", "probes=0"]) == 0
     assert "layer fc2 (units 0,2)" in capsys.readouterr().out
 
 
@@ -194,14 +194,14 @@ def test_main_prints_the_table(fake_run, capsys):
     ([], "missing RUN_DIR"),
 ])
 def test_main_bad_input_is_one_line_without_traceback(fake_run, capsys, args, msg):
-    rc = reparam.main([a.format(run=fake_run) for a in args])
+    rc = reparam_command.main([a.format(run=fake_run) for a in args])
     err = capsys.readouterr().err
     assert rc != 0 and msg in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
 
 
 def test_main_without_checkpoint(tmp_path, capsys):
-    rc = reparam.main([str(tmp_path)])  # the real load_run: an empty folder has no checkpoint
+    rc = reparam_command.main([str(tmp_path)])  # the real load_run: an empty folder has no checkpoint
     err = capsys.readouterr().err
     assert rc != 0 and "cannot load run" in err and len(err.strip().splitlines()) == 1
 
@@ -210,7 +210,7 @@ def test_main_accepts_hydra_run_folders_with_equals_signs(fake_run, tmp_path, ca
     hydra_named = tmp_path / "lr=0.1,seed=0"
     hydra_named.mkdir()
     (hydra_named / "checkpoint.pt").write_bytes(b"")
-    assert reparam.main([str(hydra_named), "alpha=10", "layer=fc1", "probes=3"]) == 0
+    assert reparam_command.main([str(hydra_named), "alpha=10", "layer=fc1", "probes=3"]) == 0
     assert "unchanged" in capsys.readouterr().out
 
 

@@ -36,7 +36,7 @@ def test_read_runs_and_the_summary_of_a_sweep(sweep, capsys, monkeypatch):
     assert out[0].split()[:3] == ["run", "lr", "status"] and len(out) == 3 and "finished" in out[1]
     assert main(["runs", str(sweep / "nothing")]) == 2
     # rerun: finished, without loading any data
-    monkeypatch.setattr("sharpcomp.engine.train.load_from_config",
+    monkeypatch.setattr("sharpcomp.engine.setup.load_from_config",
                         lambda *a, **k: (_ for _ in ()).throw(AssertionError("data loaded")))
     assert main(["-m", "train", *TINY, "lr=0.05,0.2"]) == 0
     err = capsys.readouterr().err
