@@ -1,6 +1,6 @@
 """sharpcomp: loss flatness (sharpness) next to representation compression, along SGD training.
 
-The command line (``sharpcomp train``, ``sharpcomp figures``, ``sharpcomp reparam``) runs studies; this
+The command line (``sharpcomp train``, ``figures``, ``measure``, ``landscape``, ``reparam``) runs studies; this
 package's names below are what a notebook needs to do the same by hand or to look at the results:
 
 Train and load
@@ -15,6 +15,16 @@ Flatness measures beyond the study (``metrics.flatness``)
     the Hessian off the ReLU rescaling orbits), :func:`worst_case_sharpness`,
     :func:`gradient_disagreement`, :func:`fisher_trace`, and :func:`extra_metrics`, which computes every
     measure a ``metrics.flatness`` mapping switches on.
+The curvature spectrum (``docs/curvature.md``)
+    :func:`hessian_max`, :func:`hessian_top`, :func:`ggn_max` (Lanczos), :func:`batch_sharpness`,
+    :func:`nonuniformity`, :func:`hessian_density` (stochastic Lanczos quadrature).
+Network-wide compression (``docs/science-network-wide.md``)
+    :func:`network_wide` (NMLS, NVR and their bounds), :func:`estimate_metrics` (matrix-free estimates
+    with standard errors, for large models).
+The flatness debate (``docs/flatness.md``)
+    :func:`average_sharpness`, :func:`keskar_sharpness`, :func:`pacbayes_sigma`,
+    :func:`contrastive_flatness`, :func:`regret_kl`; loss landscapes :func:`surface_2d`, :func:`line_1d`,
+    :func:`interpolation`. A sweep's rows: :func:`read_runs`.
 
 Example::
 
@@ -31,38 +41,71 @@ from typing import TYPE_CHECKING
 # public name -> the module it lives in; loaded on first use, so `import sharpcomp` (and the command
 # line's --help and --version) stays quick and imports neither torch nor matplotlib by itself
 _HOMES = {
-    "ConfigError": "sharpcomp.settings",
-    "LoadedRun": "sharpcomp.engine.loading",
+    "average_sharpness": "sharpcomp.measures.average_case",
+    "batch_sharpness": "sharpcomp.measures.batch_sharpness",
     "compute_metrics": "sharpcomp.measures.metrics",
+    "ConfigError": "sharpcomp.settings",
+    "contrastive_flatness": "sharpcomp.measures.contrastive",
+    "estimate_metrics": "sharpcomp.measures.estimators",
     "extra_metrics": "sharpcomp.measures.flatness",
     "fisher_trace": "sharpcomp.measures.gradient_stats",
+    "ggn_max": "sharpcomp.measures.hessian_spectrum",
     "gradient_disagreement": "sharpcomp.measures.gradient_stats",
+    "hessian_density": "sharpcomp.measures.spectral_density",
+    "hessian_max": "sharpcomp.measures.hessian_spectrum",
+    "hessian_top": "sharpcomp.measures.hessian_spectrum",
     "hessian_trace": "sharpcomp.measures.metrics",
     "hutchinson_traces": "sharpcomp.measures.quotient_trace",
+    "interpolation": "sharpcomp.measures.landscape",
+    "keskar_sharpness": "sharpcomp.measures.keskar",
+    "line_1d": "sharpcomp.measures.landscape",
     "load_run": "sharpcomp.engine.loading",
+    "LoadedRun": "sharpcomp.engine.loading",
+    "network_wide": "sharpcomp.measures.network_wide",
+    "nonuniformity": "sharpcomp.measures.nonuniformity",
+    "pacbayes_sigma": "sharpcomp.measures.pacbayes",
     "quotient_hessian_trace": "sharpcomp.measures.quotient_trace",
     "quotient_trace_gap": "sharpcomp.measures.quotient_trace",
     "read_metrics": "sharpcomp.results.records",
+    "read_runs": "sharpcomp.results.sweep",
+    "regret_kl": "sharpcomp.measures.regret_kl",
+    "surface_2d": "sharpcomp.measures.landscape",
     "train": "sharpcomp.engine.train",
     "train_ensemble": "sharpcomp.engine.ensemble",
     "worst_case_sharpness": "sharpcomp.measures.worst_case",
 }
 __all__ = [  # written out, for readers and linters; the same names as _HOMES
-    "ConfigError", "LoadedRun", "__version__", "compute_metrics", "extra_metrics", "fisher_trace",
-    "gradient_disagreement", "hessian_trace", "hutchinson_traces", "load_run", "quotient_hessian_trace",
-    "quotient_trace_gap", "read_metrics", "train", "train_ensemble", "worst_case_sharpness",
+    "__version__", "average_sharpness", "batch_sharpness", "compute_metrics", "ConfigError",
+    "contrastive_flatness", "estimate_metrics", "extra_metrics", "fisher_trace", "ggn_max",
+    "gradient_disagreement", "hessian_density", "hessian_max", "hessian_top", "hessian_trace",
+    "hutchinson_traces", "interpolation", "keskar_sharpness", "line_1d", "load_run", "LoadedRun",
+    "network_wide", "nonuniformity", "pacbayes_sigma", "quotient_hessian_trace", "quotient_trace_gap",
+    "read_metrics", "read_runs", "regret_kl", "surface_2d", "train", "train_ensemble", "worst_case_sharpness",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and editors
     from sharpcomp.engine.ensemble import train_ensemble
     from sharpcomp.engine.loading import LoadedRun, load_run
     from sharpcomp.engine.train import train
+    from sharpcomp.measures.average_case import average_sharpness
+    from sharpcomp.measures.batch_sharpness import batch_sharpness
+    from sharpcomp.measures.contrastive import contrastive_flatness
+    from sharpcomp.measures.estimators import estimate_metrics
     from sharpcomp.measures.flatness import extra_metrics
     from sharpcomp.measures.gradient_stats import fisher_trace, gradient_disagreement
+    from sharpcomp.measures.hessian_spectrum import ggn_max, hessian_max, hessian_top
+    from sharpcomp.measures.keskar import keskar_sharpness
+    from sharpcomp.measures.landscape import interpolation, line_1d, surface_2d
     from sharpcomp.measures.metrics import compute_metrics, hessian_trace
+    from sharpcomp.measures.network_wide import network_wide
+    from sharpcomp.measures.nonuniformity import nonuniformity
+    from sharpcomp.measures.pacbayes import pacbayes_sigma
     from sharpcomp.measures.quotient_trace import hutchinson_traces, quotient_hessian_trace, quotient_trace_gap
+    from sharpcomp.measures.regret_kl import regret_kl
+    from sharpcomp.measures.spectral_density import hessian_density
     from sharpcomp.measures.worst_case import worst_case_sharpness
     from sharpcomp.results.records import read_metrics
+    from sharpcomp.results.sweep import read_runs
     from sharpcomp.settings import ConfigError
 
 

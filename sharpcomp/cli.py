@@ -410,7 +410,7 @@ SUBCOMMANDS = {
     "reparam": "sharpcomp.engine.reparam_command",
     "measure": "sharpcomp.engine.measure",
     "runs": "sharpcomp.results.sweep",
-    "landscape": "sharpcomp.figures.landscape_command",
+    "landscape": "sharpcomp.engine.landscape_command",
 }
 
 

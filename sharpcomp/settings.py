@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -85,7 +86,8 @@ def compose(overrides: Sequence[str] = (), *, hydra: bool = False):
 
 
 @lru_cache(maxsize=8)
-def _default_json(overrides: tuple[str, ...]) -> str:
+def _default_json(overrides: tuple[str, ...], environment: tuple) -> str:
+    """The composed defaults as JSON; ``environment`` (the variables conf/ reads) is part of the cache key."""
     from hydra import compose as hydra_compose
     from hydra.core.global_hydra import GlobalHydra
 
@@ -99,7 +101,8 @@ def defaults(**groups: str) -> dict:
 
     For example ``defaults(model="mlp4", data="fashion_mnist")``.
     """
-    return json.loads(_default_json(tuple(f"{g}={v}" for g, v in sorted(groups.items()))))
+    environment = tuple(os.environ.get(k) for k in ("SHARPCOMP_DATA", "SHARPCOMP_CACHE"))
+    return json.loads(_default_json(tuple(f"{g}={v}" for g, v in sorted(groups.items())), environment))
 
 
 def complete(cfg: Mapping) -> dict:

@@ -59,7 +59,7 @@ def auto_by(keys: pd.DataFrame, info: pd.DataFrame) -> str | None:
 
 
 @contextlib.contextmanager
-def _replacing(path: Path):
+def replacing_file(path: Path):
     """A binary file handle whose content replaces ``path`` when the block ends: written beside it and
     renamed, so a symbolic link at ``path`` is replaced, never followed out of the folder."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -74,7 +74,7 @@ def _replacing(path: Path):
 
 
 @contextlib.contextmanager
-def _replacing_path(path: Path):
+def replacing_path(path: Path):
     """A path of the same name in a new hidden folder beside ``path``; what is written there replaces
     ``path`` when the block ends (renamed in: a link at ``path`` is replaced, never followed)."""
     folder = Path(tempfile.mkdtemp(prefix=".figure-", dir=path.parent))
@@ -106,7 +106,7 @@ class Context:
         names = []
         for ext in self.formats:
             path = self.out / f"{name}.{ext}"
-            with warnings.catch_warnings(), _replacing_path(path) as tmp:
+            with warnings.catch_warnings(), replacing_path(path) as tmp:
                 warnings.simplefilter("ignore")
                 fig.savefig(tmp, dpi=150)
             # the layout is settled by the first format; the others reuse it (layout is costly)
@@ -114,7 +114,7 @@ class Context:
             names.append(path.name)
         for suffix, table in tables.items():
             path = self.out / f"{name}{suffix}.csv"
-            with _replacing(path) as fh:
+            with replacing_file(path) as fh:
                 table.drop(columns=[c for c in ("versions",) if c in table.columns]).to_csv(fh, index=False)
             names.append(path.name)
         self.written += 1

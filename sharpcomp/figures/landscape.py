@@ -11,14 +11,22 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from sharpcomp.figures.context import replacing_file, replacing_path
+
 
 def _save(fig: Figure, path: Path, formats: tuple[str, ...]) -> list[Path]:
     out = []
     for ext in formats:
         p = path.with_suffix(f".{ext}")
-        fig.savefig(p, dpi=150, bbox_inches="tight")
+        with replacing_path(p) as tmp:  # a link at p is replaced, never followed
+            fig.savefig(tmp, dpi=150, bbox_inches="tight")
         out.append(p)
     return out
+
+
+def _save_csv(frame: pd.DataFrame, path: Path) -> None:
+    with replacing_file(path) as fh:
+        frame.to_csv(fh, index=False)
 
 
 def profile_figure(x: np.ndarray, curves: dict[str, tuple[np.ndarray, np.ndarray]], xlabel: str, title: str,
@@ -94,9 +102,10 @@ def write_surface(out: Path, name: str, grid: dict, line: dict, title: str,
     a, b = grid["a"].numpy(), grid["b"].numpy()
     loss, acc = grid["loss"].numpy(), grid["acc"].numpy()
     written = [out / f"{name}_2d.csv", out / f"{name}_1d.csv"]
-    grid_frame(a, b, loss, acc).to_csv(written[0], index=False)
-    pd.DataFrame({"alpha": line["a"].numpy(), **{f"{k}_{q}": v[q].numpy() for k, v in line["curves"].items()
-                                                   for q in ("loss", "acc")}}).to_csv(written[1], index=False)
+    _save_csv(grid_frame(a, b, loss, acc), written[0])
+    _save_csv(pd.DataFrame({"alpha": line["a"].numpy(), **{f"{k}_{q}": v[q].numpy()
+                                                           for k, v in line["curves"].items()
+                                                           for q in ("loss", "acc")}}), written[1])
     written += _save(contour_figure(a, b, loss, title), out / f"{name}_contour", formats)
     written += _save(surface_figure(a, b, loss, title), out / f"{name}_surface", formats)
     curves = {k: (v["loss"].numpy(), v["acc"].numpy()) for k, v in line["curves"].items()}
@@ -111,8 +120,8 @@ def write_interpolation(out: Path, name: str, result: dict, labels: tuple[str, s
     out.mkdir(parents=True, exist_ok=True)
     t = result["t"].numpy()
     path = out / f"{name}.csv"
-    pd.DataFrame({"t": t, **{f"{k}_{q}": v[q].numpy() for k, v in result["curves"].items()
-                             for q in ("loss", "acc")}}).to_csv(path, index=False)
+    _save_csv(pd.DataFrame({"t": t, **{f"{k}_{q}": v[q].numpy() for k, v in result["curves"].items()
+                                       for q in ("loss", "acc")}}), path)
     curves = {k: (v["loss"].numpy(), v["acc"].numpy()) for k, v in result["curves"].items()}
     fig = profile_figure(t, curves, r"$t$ in $(1-t)\,\theta_A + t\,\theta_B$", title,
                          marks={labels[0]: 0.0, labels[1]: 1.0})

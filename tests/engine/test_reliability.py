@@ -88,6 +88,7 @@ def test_rows_of_another_run_are_kept_and_the_run_refuses(in_tmp, reference):
 # 3, 4 ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_deleted_results_file_restarts_the_run_without_a_hole(in_tmp, reference):
     res = cli(["train", *T, "steps=40", "hydra.run.dir=C"], in_tmp)
     assert res.returncode == 0, res.stderr
@@ -98,6 +99,7 @@ def test_a_deleted_results_file_restarts_the_run_without_a_hole(in_tmp, referenc
     pd.testing.assert_frame_equal(rows(in_tmp / "C"), rows(reference))
 
 
+@pytest.mark.slow
 def test_a_copied_run_without_results_is_not_stuck(in_tmp, reference):
     shutil.copytree(reference, in_tmp / "D")
     shutil.rmtree(in_tmp / "D" / "metrics.parquet", ignore_errors=True)
@@ -131,6 +133,7 @@ def test_a_second_writer_gets_one_line_and_exit_2(in_tmp, reference):
     FolderLock(in_tmp / "L").acquire()
 
 
+@pytest.mark.slow
 def test_a_sweep_skips_a_folder_in_use_and_runs_the_others(in_tmp):
     sweep = ["-m", "train", *T, "seed=0,1", "hydra.sweep.dir=S", "hydra.sweep.subdir=s${seed}"]
     (in_tmp / "S" / "s1").mkdir(parents=True)
@@ -178,6 +181,7 @@ def test_settings_are_checked_before_any_work(extra, message, capsys, in_tmp, mo
     assert not (in_tmp / "outputs").exists()
 
 
+@pytest.mark.slow
 def test_long_folder_names_are_shortened_deterministically(in_tmp):
     long = "scale_name=" + "a" * 300
     name = run_name(long)

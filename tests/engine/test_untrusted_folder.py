@@ -89,6 +89,7 @@ def test_reparam_never_imports_what_a_checkpoint_names(run, in_tmp, attack):
     assert target.read_text() == VICTIM_TEXT
 
 
+@pytest.mark.slow
 def test_reparam_builds_a_network_the_user_names(run, in_tmp):
     """The same crafted checkpoint is usable when the user names the network on the command line; a built-in
     network's own stored config needs nothing."""
@@ -129,8 +130,8 @@ def test_stored_data_and_cache_folders_are_this_machines(monkeypatch, tmp_path):
 # 2: nothing is written through a symbolic link --------------------------------------------------
 
 
-@pytest.mark.parametrize("member", [".sharpcomp.lock", "error.log", "metrics.parquet", ".hydra/overrides.yaml",
-                                    "checkpoint.pt"])
+@pytest.mark.parametrize("member", [*(pytest.param(m, marks=pytest.mark.slow) for m in (  # one case in `make test`
+    ".sharpcomp.lock", "error.log", "metrics.parquet", ".hydra/overrides.yaml")), "checkpoint.pt"])
 def test_a_symlinked_run_folder_member_is_refused_and_its_target_untouched(run, in_tmp, member):
     target = victim(in_tmp)
     link = run / member
@@ -206,7 +207,7 @@ def test_a_symlinked_default_figures_folder_is_refused(run, in_tmp):
 # 3, 4: something the reader does not understand never costs the resume point ---------------------
 
 
-@pytest.mark.parametrize("stray", ["part-000000005.parquet", "_status"])
+@pytest.mark.parametrize("stray", [pytest.param("part-000000005.parquet", marks=pytest.mark.slow), "_status"])
 def test_a_stray_folder_among_the_parts_stops_the_run_and_keeps_the_resume_point(run, in_tmp, stray):
     before = (run / "checkpoint.pt").read_bytes()
     path = run / "metrics.parquet" / stray
@@ -398,6 +399,7 @@ def test_a_deleted_outcome_folder_does_not_hide_a_failed_job(in_tmp):
 # 10: output errors never fail training -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_closed_stdout_does_not_fail_the_run(in_tmp):
     proc = subprocess.Popen([sys.executable, "-m", "sharpcomp.cli", "train", *TINY, "hydra.run.dir=P"], cwd=in_tmp,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -443,7 +445,7 @@ def test_appended_keys_that_the_program_reads_stay_allowed():
 # 13: reparam with an extreme alpha ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("alpha", ["1e308", "1e-300"])
+@pytest.mark.parametrize("alpha", ["1e308", pytest.param("1e-300", marks=pytest.mark.slow)])
 def test_reparam_with_an_extreme_alpha_gives_one_line(run, in_tmp, alpha):
     res = cli(["reparam", "R", f"alpha={alpha}", "layer=fc1", "probes=0"], in_tmp)
     assert res.returncode == 1 and "cannot be computed at alpha=" in one_line(res.stderr)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sharpcomp.cli import main as cli_main
-from sharpcomp.figures import landscape_command
+from sharpcomp.engine import landscape_command
 from tests.measures.test_flatness import tiny_cnn
 from tests.reference import mse
 
@@ -23,13 +23,20 @@ class _Settings:
     raw = {"model": {"name": "tiny"}, "data": {"name": "synthetic"}}
 
 
+class _Run:
+    """What :func:`sharpcomp.engine.loading.load_run` gives, for a tiny network on random data."""
+
+    def __init__(self, model):
+        self.model, self.loss_fn, self.data, self.settings = model, mse, _Data(), _Settings()
+
+
 @pytest.fixture
 def runs(tmp_path, monkeypatch):
-    def load_run(path):
+    def load_run(path, data=None):
         if not (path / "checkpoint.pt").exists():
             raise FileNotFoundError(f"no checkpoint at {path / 'checkpoint.pt'}")
         model, _, _ = tiny_cnn(0 if path.name == "a" else 1)
-        return model.float().eval(), mse, _Data(), _Settings()
+        return _Run(model.float().eval())
 
     monkeypatch.setattr(landscape_command, "load_run", load_run)
     for name in ("a", "b"):

@@ -6,9 +6,10 @@
 One run: the loss and accuracy on a points x points grid of [-span, span]^2 along two filter-normalised
 random directions around the run's last checkpoint (on n training images), a 1D profile along the first
 direction (n training and n test images): ``landscape_2d.csv``, ``landscape_1d.csv``,
-``landscape_contour.png``, ``landscape_surface.png``, ``landscape_1d.png`` in DIR (default RUN/landscape).
-Two runs (the same network and data): the loss and accuracy along (1 - t) A + t B for t in [lo, hi], on n
-training and n test images: ``interpolation.csv`` and ``interpolation.png`` (default RUN_A/landscape).
+``landscape_contour.png``, ``landscape_surface.png``, ``landscape_1d.png`` in DIR (default RUN-landscape,
+beside the run folder). Two runs (the same network and data): the loss and accuracy along (1 - t) A + t B
+for t in [lo, hi], on n training and n test images: ``interpolation.csv`` and ``interpolation.png``
+(default RUN_A-landscape).
 The subsets are the first n images of a permutation drawn from ``seed``; the directions come from ``seed``.
 """
 
@@ -21,12 +22,12 @@ from pathlib import Path
 
 import torch
 
+from sharpcomp.engine.loading import load_run
+from sharpcomp.settings import ConfigError
+from sharpcomp.usage import EXIT_USAGE, UsageError, report
+
 USAGE = __doc__.split("\n\n")[1]
 _FLOATS, _INTS = ("span", "lo", "hi"), ("points", "n", "seed", "chunk", "batch")
-
-
-class _Usage(Exception):
-    pass
 
 
 def _parse(argv: Sequence[str]) -> tuple[list[str], dict]:
@@ -35,43 +36,25 @@ def _parse(argv: Sequence[str]) -> tuple[list[str], dict]:
         if "=" in a and not Path(a).is_dir() and not a.startswith("-"):
             k, v = a.split("=", 1)
             if k not in _FLOATS + _INTS + ("out",):
-                raise _Usage(f"unknown option '{k}' (options: {', '.join(_INTS + _FLOATS)}, out)")
+                raise UsageError(f"unknown option '{k}' (options: {', '.join(_INTS + _FLOATS)}, out)")
             try:
                 opts[k] = v if k == "out" else (float(v) if k in _FLOATS else int(v))
             except ValueError:
-                raise _Usage(f"{k} must be {'a number' if k in _FLOATS else 'an integer'}, got '{v}'") from None
+                raise UsageError(f"{k} must be {'a number' if k in _FLOATS else 'an integer'}, got '{v}'") from None
         elif a.startswith("-"):
-            raise _Usage(f"unknown flag '{a}' (see `sharpcomp landscape --help`)")
+            raise UsageError(f"unknown flag '{a}' (see `sharpcomp landscape --help`)")
         else:
             runs.append(a)
     if not 1 <= len(runs) <= 2:
-        raise _Usage("give one run folder (a landscape) or two (their interpolation)")
+        raise UsageError("give one run folder (a landscape) or two (their interpolation)")
     for k in ("points", "n", "chunk", "batch"):
         if k in opts and opts[k] < (2 if k == "points" else 1):
-            raise _Usage(f"{k} must be >= {2 if k == 'points' else 1}, got {opts[k]}")
+            raise UsageError(f"{k} must be >= {2 if k == 'points' else 1}, got {opts[k]}")
     if not (math.isfinite(opts.get("span", 1.0)) and opts.get("span", 1.0) > 0):
-        raise _Usage(f"span must be a positive number, got {opts.get('span')}")
+        raise UsageError(f"span must be a positive number, got {opts.get('span')}")
     if not opts.get("lo", -0.5) < opts.get("hi", 1.5):
-        raise _Usage("lo must be below hi")
+        raise UsageError("lo must be below hi")
     return runs, opts
-
-
-def load_run(run_dir: Path):
-    """(model in eval mode on the CPU, loss function, data set, settings) of a run's last checkpoint."""
-    from sharpcomp.engine.setup import build, load_data
-    from sharpcomp.losses import make_loss
-    from sharpcomp.results.run_state import CHECKPOINT_FILE, read_checkpoint
-    from sharpcomp.settings import settings
-
-    path = run_dir / CHECKPOINT_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    state = read_checkpoint(path)
-    s = settings(state["config"])
-    data = load_data(s, torch.device("cpu"))
-    model = build(s, data, torch.device("cpu"))
-    model.load_state_dict(state["model_state"])
-    return model.eval(), make_loss(s.loss, s.num_outputs(data.num_classes)), data, s
 
 
 def _subset(x: torch.Tensor, y: torch.Tensor, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,10 +68,13 @@ def _run(runs: list[Path], o: dict) -> list[Path]:
 
     n, seed, points = o.get("n", 2000), o.get("seed", 0), o.get("points", 41)
     kw = {"chunk": o.get("chunk", 41), "batch_size": o.get("batch", 500)}
-    model, loss_fn, data, s = load_run(runs[0])
+    run = load_run(runs[0])
+    model, loss_fn, data, s = run.model, run.loss_fn, run.data, run.settings
     train = _subset(data.train_x, data.train_y, n, seed)
     test = _subset(data.test_x, data.test_y, n, seed)
-    out = Path(o.get("out", runs[0] / "landscape"))
+    out = Path(o["out"]) if "out" in o else runs[0].with_name(f"{runs[0].name}-landscape")
+    if "out" not in o and out.is_symlink():  # the default folder is never followed elsewhere
+        raise UsageError(f"the output folder {out} is a symbolic link; name a folder with out=DIR")
     name = f"{s.raw['model']['name']} on {s.raw['data']['name']}"
     if len(runs) == 1:
         span = o.get("span", 1.0)
@@ -99,9 +85,10 @@ def _run(runs: list[Path], o: dict) -> list[Path]:
                                               torch.Generator().manual_seed(seed), **kw)
         line = {"a": curves["train"]["a"], "curves": curves}
         return draw.write_surface(out, "landscape", grid, line, f"{name}, {runs[0].name} ({n} train images)")
-    model_b, _, _, s_b = load_run(runs[1])
+    run_b = load_run(runs[1], data=data)
+    model_b, s_b = run_b.model, run_b.settings
     if s_b.raw["model"] != s.raw["model"] or s_b.raw["data"]["name"] != s.raw["data"]["name"]:
-        raise _Usage("the two runs need the same network and data set")
+        raise UsageError("the two runs need the same network and data set")
     lo, hi = o.get("lo", -0.5), o.get("hi", 1.5)
     curves = {label: landscape.interpolation(model, model_b, loss_fn, x, y, points, lo, hi, **kw)
               for label, (x, y) in (("train", train), ("test", test))}
@@ -111,18 +98,18 @@ def _run(runs: list[Path], o: dict) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``sharpcomp landscape RUN [RUN_B] [key=value ...]``: write the figures; 0 on success."""
     argv = list(sys.argv[1:] if argv is None else argv)
 
-    def err(msg: str, code: int = 2) -> int:
-        print(f"sharpcomp landscape: error: {msg}", file=sys.stderr)
-        return code
+    def err(msg: str, code: int = EXIT_USAGE) -> int:
+        return report("landscape", msg, code)
 
     if any(a in ("-h", "--help", "help") for a in argv):
         print(__doc__.split("\n\n", 1)[1])
         return 0
     try:
         runs, opts = _parse(argv)
-    except _Usage as exc:
+    except UsageError as exc:
         return err(str(exc))
     paths = [Path(r) for r in runs]
     for p in paths:
@@ -130,9 +117,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return err(f"no run directory '{p}'")
     try:
         written = _run(paths, opts)
-    except _Usage as exc:
+    except UsageError as exc:
         return err(str(exc))
     except FileNotFoundError as exc:
+        return err(f"cannot load run: {exc}", 1)
+    except ConfigError as exc:  # a refused checkpoint or stored config
         return err(f"cannot load run: {exc}", 1)
     except Exception as exc:  # a broken checkpoint, missing data: one line, no traceback
         return err(f"{type(exc).__name__}: {exc}", 1)
