@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import textwrap
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -152,28 +153,27 @@ def _runs_with(ctx: Context, fig_id: str, cols, need: str) -> pd.DataFrame:
     return sel
 
 
-def make_stability(ctx: Context, fig_id: str) -> None:
-    sel = _runs_with(ctx, fig_id, STABILITY_COLUMNS, "skipped, needs runs with metrics.flatness.hessian_max, "
-                     "batch_sharpness or nonuniformity")
+def _make(ctx: Context, fig_id: str, columns: Sequence[str], need: str, what: str, draw, detail) -> None:
+    """One figure per (data, model, ...) group of the runs that have ``columns``."""
+    sel = _runs_with(ctx, fig_id, columns, need)
     if sel.empty:
         return
     sel = dedupe(ctx, fig_id, sel)
     for name, runs in split_runs(sel, fig_id, SPLIT_FIELDS):
         frame = ctx.frame[ctx.frame[RUN].isin(runs[RUN])]
-        title = f"{name}: {pair_text(runs)}; lambda_max, batch sharpness and non-uniformity against their thresholds"
-        fig, lines = stability_figure(frame, title)
-        files = ctx.save(name, fig, {"": lines})
-        say_written(ctx, name, files, f"{len(runs)} runs; lr {', '.join(sorted({fmt(v) for v in runs['lr']}))}")
+        fig, table = draw(frame, f"{name}: {pair_text(runs)}; {what}")
+        say_written(ctx, name, ctx.save(name, fig, {"": table}), detail(runs))
+
+
+def make_stability(ctx: Context, fig_id: str) -> None:
+    """lambda_max, batch sharpness and non-uniformity against 2/lr, one figure per group of runs."""
+    _make(ctx, fig_id, STABILITY_COLUMNS,
+          "skipped, needs runs with metrics.flatness.hessian_max, batch_sharpness or nonuniformity",
+          "lambda_max, batch sharpness and non-uniformity against their thresholds", stability_figure,
+          lambda runs: f"{len(runs)} runs; lr {', '.join(sorted({fmt(v) for v in runs['lr']}))}")
 
 
 def make_spectrum(ctx: Context, fig_id: str) -> None:
-    sel = _runs_with(ctx, fig_id, ("hessian_density",), "skipped, needs runs with metrics.flatness.hessian_density")
-    if sel.empty:
-        return
-    sel = dedupe(ctx, fig_id, sel)
-    for name, runs in split_runs(sel, fig_id, SPLIT_FIELDS):
-        frame = ctx.frame[ctx.frame[RUN].isin(runs[RUN])]
-        title = f"{name}: {pair_text(runs)}; Hessian spectral density (SLQ) over training"
-        fig, table = spectrum_figure(frame, title)
-        files = ctx.save(name, fig, {"": table})
-        say_written(ctx, name, files, f"{len(runs)} runs")
+    """The Hessian's spectral density over training, one figure per group of runs."""
+    _make(ctx, fig_id, ("hessian_density",), "skipped, needs runs with metrics.flatness.hessian_density",
+          "Hessian spectral density (SLQ) over training", spectrum_figure, lambda runs: f"{len(runs)} runs")

@@ -31,7 +31,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from sharpcomp.measures.param_space import LossFn, loss_and_grad, norm
+from sharpcomp.measures.param_space import LossFn, loss_and_grad, loss_value_and_grad, norm
 
 NORMS = ("l2", "linf")
 
@@ -91,12 +91,7 @@ def apgd_run(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, params: li
     last_mark, last_step, last_best, updates = 0, step, -math.inf, 0
     for k in range(steps + 1):
         _set(params, theta, scale, eta)
-        if k == steps:
-            with torch.no_grad():
-                loss = float(loss_fn(model(x), y))
-        else:
-            loss_t, g = loss_and_grad(model, loss_fn, x, y, params)
-            loss = float(loss_t.detach())
+        loss, g = loss_value_and_grad(model, loss_fn, x, y, params, grad=k < steps)
         if loss > best:
             updates += best > -math.inf
             best, best_eta = loss, [e.clone() for e in eta]

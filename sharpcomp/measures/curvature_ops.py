@@ -61,26 +61,34 @@ def _hvp(grads: Sequence[Tensor], params: Sequence[Tensor], v: Tensor) -> Tensor
     return flatten(hv, params)
 
 
+def _mean_matvec(x: Tensor, y: Tensor, chunk_size: int | None, build, apply) -> MatVec:
+    """v -> the mean over samples of a per-chunk product: ``apply(build(x_c, y_c), v)`` weighted by the chunk's
+    share; one graph held for a single chunk, rebuilt chunk by chunk otherwise (memory of one chunk)."""
+    n = x.shape[0]
+    parts = _chunks(n, chunk_size)
+    if len(parts) == 1:
+        graph = build(x, y)
+        return lambda v: apply(graph, v)
+
+    def matvec(v: Tensor) -> Tensor:
+        out = torch.zeros_like(v)
+        for s in parts:
+            out += (s.stop - s.start) / n * apply(build(x[s], y[s]), v)
+        return out
+
+    return matvec
+
+
 def hessian_matvec(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets: Tensor,
                    chunk_size: int | None = None) -> MatVec:
     """v -> H v for the mean loss over ``inputs``; the model must stay untouched while it is used."""
     x, y = to_device(model, inputs), to_device(model, targets)
     params = trainable(model)
-    n = x.shape[0]
-    parts = _chunks(n, chunk_size)
-    if len(parts) == 1:
-        grads = torch.autograd.grad(loss_fn(model(x), y), params, create_graph=True)
-        return lambda v: _hvp(grads, params, v)
 
-    def matvec(v: Tensor) -> Tensor:
-        out = torch.zeros_like(v)
-        for s in parts:
-            grads = torch.autograd.grad(loss_fn(model(x[s]), y[s]), params, create_graph=True)
-            out += (s.stop - s.start) / n * _hvp(grads, params, v)
-            del grads
-        return out
+    def build(xc: Tensor, yc: Tensor):
+        return torch.autograd.grad(loss_fn(model(xc), yc), params, create_graph=True)
 
-    return matvec
+    return _mean_matvec(x, y, chunk_size, build, lambda grads, v: _hvp(grads, params, v))
 
 
 def _ggn_graph(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, params: Sequence[Tensor]):
@@ -105,19 +113,8 @@ def ggn_matvec(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets: Tenso
     """v -> G v, G = J^T (d^2 L / df^2) J, for the mean loss over ``inputs``."""
     x, y = to_device(model, inputs), to_device(model, targets)
     params = trainable(model)
-    n = x.shape[0]
-    parts = _chunks(n, chunk_size)
-    if len(parts) == 1:
-        graph = _ggn_graph(model, loss_fn, x, y, params)
-        return lambda v: _ggn_vp(graph, params, v)
-
-    def matvec(v: Tensor) -> Tensor:
-        acc = torch.zeros_like(v)
-        for s in parts:
-            acc += (s.stop - s.start) / n * _ggn_vp(_ggn_graph(model, loss_fn, x[s], y[s], params), params, v)
-        return acc
-
-    return matvec
+    return _mean_matvec(x, y, chunk_size, lambda xc, yc: _ggn_graph(model, loss_fn, xc, yc, params),
+                        lambda graph, v: _ggn_vp(graph, params, v))
 
 
 def per_sample_gradients(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets: Tensor) -> list:

@@ -71,3 +71,13 @@ def loss_and_grad(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, param
     loss = loss_fn(model(x), y)
     grads = torch.autograd.grad(loss, params, create_graph=create_graph)
     return loss, grads
+
+
+def loss_value_and_grad(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, params: Sequence[Tensor],
+                        grad: bool = True) -> tuple[float, tuple[Tensor, ...] | None]:
+    """The loss at the current parameters (a float) and, with ``grad``, its gradient (else None, no graph)."""
+    if not grad:
+        with torch.no_grad():
+            return float(loss_fn(model(x), y)), None
+    loss, g = loss_and_grad(model, loss_fn, x, y, params)
+    return float(loss.detach()), g

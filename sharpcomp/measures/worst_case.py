@@ -15,7 +15,15 @@ import torch
 from torch import Tensor, nn
 
 from sharpcomp.measures.apgd import apgd_increase
-from sharpcomp.measures.param_space import Batch, LossFn, loss_and_grad, norm, preserved, to_device, trainable
+from sharpcomp.measures.param_space import (
+    Batch,
+    LossFn,
+    loss_value_and_grad,
+    norm,
+    preserved,
+    to_device,
+    trainable,
+)
 from sharpcomp.measures.precision import exact_float32
 from sharpcomp.measures.symmetry import QuotientProjector, quotient_projector
 
@@ -36,12 +44,7 @@ def _ascent(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, rho: float,
         with torch.no_grad():
             for p, t, d in zip(params, theta, delta):
                 p.copy_(t + d)
-        if k == steps:
-            with torch.no_grad():
-                loss = float(loss_fn(model(x), y))
-        else:
-            loss_t, g = loss_and_grad(model, loss_fn, x, y, params)
-            loss = float(loss_t.detach())
+        loss, g = loss_value_and_grad(model, loss_fn, x, y, params, grad=k < steps)
         if loss0 is None:
             loss0 = loss
         elif loss - loss0 > best:
