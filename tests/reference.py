@@ -159,3 +159,17 @@ def reference_network_wide(model: nn.Module, inputs: torch.Tensor) -> dict:
             "nmls_bound_authors": np.sqrt(per["h_a"].mean() * sharp), "sharpness": sharp,
             "sharpness_inv": per["inv"].mean(), "nmls_bound_inv": np.sqrt(per["h0"].mean() * per["inv"].mean()),
             "per_sample": per}
+
+
+def flat_theta(model: nn.Module) -> torch.Tensor:
+    """The model's parameters as one detached vector (``named_parameters`` order)."""
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def as_dict(model: nn.Module, vec: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A parameter vector cut into the model's named parameters (for ``torch.func.functional_call``)."""
+    out, i = {}, 0
+    for name, p in model.named_parameters():
+        out[name] = vec[i:i + p.numel()].view_as(p)
+        i += p.numel()
+    return out

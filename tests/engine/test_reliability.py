@@ -168,6 +168,16 @@ EARLY = [
     (["metrics.flatness.fisher={n:abc}"], "metrics.flatness.fisher.n must be an integer"),
     (["metrics.flatness.worst_case={rho:-1}"], "metrics.flatness.worst_case.rho must be >= 0"),
     (["metrics.flatness.fisher={m:3}"], "unknown setting metrics.flatness.fisher.m"),
+    # out-of-range values and keys no part of the program reads
+    (["batch=1e9"], "batch size 1000000000 is larger than the training set (60000 samples)"),
+    (["seed=1180591620717411303424"], "seed must be an integer between -2**62 and 2**62"),
+    (["device=mps"], "unknown device 'mps'"),
+    (["device=meta"], "unknown device 'meta'"),
+    (["device=xla"], "unknown device 'xla'"),
+    (["+unknown=1"], "unknown option '+unknown': no part of sharpcomp reads it"),
+    (["+metric.n=5"], "unknown option '+metric.n': no part of sharpcomp reads it"),
+    (["+metrics.nn=5"], "unknown option '+metrics.nn'"),
+    (["+data.nosuch=1"], "unknown option '+data.nosuch'"),
 ]
 
 

@@ -413,29 +413,6 @@ def test_a_closed_stdout_does_not_fail_the_run(in_tmp):
 
 # 11, 12: checked at composition, one line ----------------------------------------------------------
 
-EARLY = [
-    (["batch=1e9"], "batch size 1000000000 is larger than the training set (60000 samples)"),
-    (["seed=1180591620717411303424"], "seed must be an integer between -2**62 and 2**62"),
-    (["device=mps"], "unknown device 'mps'"),
-    (["device=meta"], "unknown device 'meta'"),
-    (["device=xla"], "unknown device 'xla'"),
-    (["+unknown=1"], "unknown option '+unknown': no part of sharpcomp reads it"),
-    (["+metric.n=5"], "unknown option '+metric.n': no part of sharpcomp reads it"),
-    (["+metrics.nn=5"], "unknown option '+metrics.nn'"),
-    (["+data.nosuch=1"], "unknown option '+data.nosuch'"),
-]
-
-
-@pytest.mark.parametrize("extra,message", EARLY, ids=[e[0][-1] for e in EARLY])
-def test_bad_settings_are_refused_at_composition(extra, message, capsys, in_tmp, monkeypatch):
-    monkeypatch.setenv("SHARPCOMP_DATA", str(in_tmp / "no-data-here"))  # loading data would fail differently
-    monkeypatch.setenv("SHARPCOMP_CACHE", str(in_tmp / "no-cache-here"))
-    assert main(["train", *TINY, *extra]) == 2
-    err = capsys.readouterr().err
-    assert one_line(err).startswith("sharpcomp train: error: ") and message in err
-    assert not (in_tmp / "outputs").exists()
-
-
 def test_appended_keys_that_the_program_reads_stay_allowed():
     from sharpcomp.cli import _check_appended
 

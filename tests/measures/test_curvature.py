@@ -22,7 +22,7 @@ from sharpcomp.measures import (
     nonuniformity,
     spectral_density,
 )
-from tests.reference import mse
+from tests.reference import as_dict, flat_theta, mse
 
 DT = torch.float64
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -45,18 +45,6 @@ def cnn(seed=0):
 
 
 MODELS = [mlp, cnn]
-
-
-def flat_theta(model):
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-
-
-def as_dict(model, vec):
-    out, i = {}, 0
-    for name, p in model.named_parameters():
-        out[name] = vec[i:i + p.numel()].view_as(p)
-        i += p.numel()
-    return out
 
 
 def dense_hessian(model, x, y):

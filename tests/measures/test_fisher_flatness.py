@@ -11,8 +11,8 @@ from torch import nn
 
 from sharpcomp.measures import contrastive, gradient_stats, pacbayes, regret_kl
 from sharpcomp.measures.reparam import rescale_unit
-from tests.measures.test_flatness import as_dict, dense_hessian, flat_theta, tiny_cnn, tiny_mlp
-from tests.reference import mse
+from tests.measures.test_flatness import dense_hessian, tiny_cnn, tiny_mlp
+from tests.reference import as_dict, flat_theta, mse
 
 DT = torch.float64
 pytestmark = pytest.mark.usefixtures("one_thread")

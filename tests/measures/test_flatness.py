@@ -12,7 +12,7 @@ from torch.func import functional_call
 
 from sharpcomp.measures import flatness, gradient_stats, hutchinson, param_space, quotient_trace, symmetry, worst_case
 from sharpcomp.models import build_model
-from tests.reference import mse
+from tests.reference import as_dict, flat_theta, mse
 
 DT = torch.float64
 
@@ -45,18 +45,6 @@ MODELS = [tiny_mlp, tiny_cnn]
 
 
 # ---- dense references ------------------------------------------------------------------------------
-
-def flat_theta(model):
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-
-
-def as_dict(model, vec):
-    out, i = {}, 0
-    for name, p in model.named_parameters():
-        out[name] = vec[i:i + p.numel()].view_as(p)
-        i += p.numel()
-    return out
-
 
 def dense_loss_fn(model, x, y):
     return lambda th: mse(functional_call(model, as_dict(model, th), (x,)), y)

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from sharpcomp.measures import apgd, average_case, keskar, worst_case
-from tests.measures.test_flatness import dense_hessian, flat_theta, linear_model, tiny_cnn, tiny_mlp
-from tests.reference import mse
+from tests.measures.test_flatness import dense_hessian, linear_model, tiny_cnn, tiny_mlp
+from tests.reference import flat_theta, mse
 
 DT = torch.float64
 pytestmark = pytest.mark.usefixtures("one_thread")
