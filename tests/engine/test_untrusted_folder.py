@@ -75,15 +75,21 @@ def craft(run_dir: Path, **changes) -> None:
 # 1: a stored config never chooses code ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("attack", ["open", "copyfile"])
-def test_reparam_never_imports_what_a_checkpoint_names(run, in_tmp, attack):
+READERS = {"reparam": ["reparam", "R", "alpha=10", "layer=fc1"], "landscape": ["landscape", "R", "points=2", "n=4"],
+           "measure": ["measure", "run=R", "n=2"]}
+
+
+@pytest.mark.parametrize("attack,command", [
+    ("open", "reparam"), pytest.param("copyfile", "reparam", marks=pytest.mark.slow), ("open", "landscape"),
+    ("open", "measure")])
+def test_no_command_imports_what_a_checkpoint_names(run, in_tmp, attack, command):
     target = victim(in_tmp)
     model = {"open": {"name": "mlp4", "_target_": "builtins.open", "file": str(target), "mode": "w"},
              "copyfile": {"name": "mlp4", "_target_": "shutil.copyfile", "src": str(run / "checkpoint.pt"),
                           "dst": str(target)}}[attack]
     craft(run, config_model=model)
-    res = cli(["reparam", "R", "alpha=10", "layer=fc1"], in_tmp)
-    assert res.returncode == 1
+    res = cli(READERS[command], in_tmp)
+    assert res.returncode in (1, 2)
     line = one_line(res.stderr)
     assert "a stored config never chooses code" in line and model["_target_"] in line
     assert target.read_text() == VICTIM_TEXT
