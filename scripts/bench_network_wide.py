@@ -4,8 +4,10 @@ For vgg10 and mlp4 (seeded initial weights, N = 10, random inputs of the data's 
 and on the same inputs:
 
 1. today's checkpoint metrics alone (``compute_metrics``, n = ``--n``) against the same plus every
-   network-wide column (``network_wide``: NMLS, NVR, bounds, invariant sharpness, exact convolution
-   operator norms); prints both times and their ratio (goal <= 1.5x);
+   network-wide column (NMLS, NVR, bounds, invariant sharpness, exact convolution operator norms), both
+   in passes of their own (``network_wide``) and gathered in the metric engine's passes
+   (``compute_metrics(network_wide=True)``, what a training checkpoint runs); prints the times and the
+   ratios (goal <= 1.5x);
 2. the authors' NMLS loop, re-implemented minimally as they compute it (batch 1; per sample one
    forward pass with hooks; per layer and per output one ``autograd.grad`` w.r.t. that layer's input;
    an SVD per layer) on ``--n-authors`` samples, against ``network_wide`` on the same samples; prints
@@ -78,8 +80,10 @@ def main() -> None:
         compute_metrics(model, x[:2])  # warm-up
         m, t_metrics = timed(compute_metrics, model, x)
         _, t_nw = timed(network_wide, model, x, sharpness=m["sharpness"])
-        print(f"{name} n={args.n}: checkpoint metrics {t_metrics:.2f} s; + network-wide columns {t_nw:.2f} s; "
-              f"total / metrics alone = {(t_metrics + t_nw) / t_metrics:.2f}x (goal <= 1.5x)")
+        _, t_shared = timed(compute_metrics, model, x, network_wide=True)
+        print(f"{name} n={args.n}: checkpoint metrics {t_metrics:.2f} s; network-wide columns in passes of their "
+              f"own {t_nw:.2f} s ({(t_metrics + t_nw) / t_metrics:.2f}x together); in the metric engine's passes "
+              f"(as training runs them) {t_shared:.2f} s: {t_shared / t_metrics:.2f}x the metrics alone (goal <= 1.5x)")
         xa = x[:args.n_authors]
         ref, t_auth = timed(authors_nmls, model, xa)
         ours, t_ours = timed(network_wide, model, xa, sharpness=1.0, per_sample=True)

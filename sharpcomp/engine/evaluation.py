@@ -81,14 +81,15 @@ def compute_sample_metrics(model: nn.Module, inputs: Mapping[str, tuple], s: Set
     from sharpcomp.measures.metrics import compute_metrics
 
     progress = None if s.progress else False  # a bar on long metric work, like training's
-    out = {name: compute_metrics(model, x, progress=progress, **s.metrics.options())
-           for name, (x, _) in inputs.items() if len(x)}
-    return with_network_wide([model], [inputs], [out], s)[0]
+    # the network-wide columns come from the metric engine's own passes (metrics.network_wide)
+    return {name: compute_metrics(model, x, progress=progress, network_wide=s.metrics.network_wide,
+                                  **s.metrics.options())
+            for name, (x, _) in inputs.items() if len(x)}
 
 
 def with_network_wide(models, inputs, results: list[dict[str, dict]], s: Settings) -> list[dict[str, dict]]:
     """Each network's results with the network-wide columns added (``metrics.network_wide``), one
-    network at a time (also after the stacked ensemble engine)."""
+    network at a time, after the stacked ensemble engine."""
     if not s.metrics.network_wide:
         return results
     from sharpcomp.measures.network_wide import add_network_wide

@@ -103,7 +103,7 @@ PROGRESS_AFTER = 3.0
 def compute_metrics(model: nn.Module, inputs: Tensor, *, layer: str | None = None,
                     log_volume_rank: int | None = None, dtype: torch.dtype = torch.float32,
                     chunk_size: int | None = None, per_sample: bool = False,
-                    progress: bool | None = None) -> dict:
+                    progress: bool | None = None, network_wide: bool = False) -> dict:
     """The study's metric columns of ``model`` on the samples ``inputs`` (n, ...); see the module docstring.
 
     Args:
@@ -119,6 +119,8 @@ def compute_metrics(model: nn.Module, inputs: Tensor, *, layer: str | None = Non
         progress: a progress bar over the N backward passes per chunk, shown once the work has taken
             ``PROGRESS_AFTER`` seconds (None: on a terminal only; False: never). With N over
             ``LARGE_OUTPUTS`` a warning says the number of passes and their estimated time first.
+        network_wide: also the network-wide columns (:mod:`sharpcomp.measures.network_wide`: NMLS, NVR,
+            their bounds), gathered in the same forward and backward passes.
 
     A ``log_volume`` of -inf (a zero eigenvalue among the kept ones) comes with a RuntimeWarning saying
     why: how many samples, the rank of ``K_i`` against the N kept, and the ``log_volume_rank`` that avoids it.
@@ -139,7 +141,7 @@ def compute_metrics(model: nn.Module, inputs: Tensor, *, layer: str | None = Non
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     with torch.enable_grad(), eval_mode(model):
         with _progress(model, x, step, layer, progress) as tick:
-            parts = [_chunk_metrics(model, x[s:s + step], layer, log_volume_rank, tick)
+            parts = [_chunk_metrics(model, x[s:s + step], layer, log_volume_rank, tick, network_wide)
                      for s in range(0, x.shape[0], step)]
     per = {k: np.concatenate([part.values[k] for part in parts]) for k in parts[0].values}
     rank = per.pop("_rank")
@@ -150,6 +152,12 @@ def compute_metrics(model: nn.Module, inputs: Tensor, *, layer: str | None = Non
     first = parts[0].first_layer
     res.update(bounds(parts[0].bounds_reason, None if first is None else first.module.weight, per,
                       per.pop("_D_norm"), res["sharpness"]))
+    if network_wide:
+        from sharpcomp.measures.network_wide import add_network_wide
+
+        shared = [p.wide for p in parts] if all(p.wide is not None for p in parts) else None
+        with torch.enable_grad(), eval_mode(model):  # its own passes where the engine's cannot serve
+            add_network_wide(res, model, x, layer=layer, dtype=dtype, chunk_size=chunk_size, shared=shared)
     if per_sample:
         res["per_sample"] = per
     return res
@@ -207,6 +215,7 @@ class _ChunkResult:
     first_layer: _Record | None
     bounds_reason: str | None
     num_out: int = 0
+    wide: dict | None = None  # the network-wide values of the chunk (SharedPass), when gathered
 
 
 @contextlib.contextmanager
@@ -285,7 +294,8 @@ def _forward(model: nn.Module, x: Tensor, layer: str | None, clone: bool):
     return f, {name: records[name] for name in order}, order
 
 
-def _chunk_metrics(model: nn.Module, x: Tensor, layer: str | None, rank: int | None, tick=None) -> _ChunkResult:
+def _chunk_metrics(model: nn.Module, x: Tensor, layer: str | None, rank: int | None, tick=None,
+                   wide: bool = False) -> _ChunkResult:
     n = x.shape[0]
     with torch.no_grad():
         num_out = _forward(model, x[:1], layer, clone=False)[0][0].numel()
@@ -298,7 +308,8 @@ def _chunk_metrics(model: nn.Module, x: Tensor, layer: str | None, rank: int | N
     for k0 in range(0, num_out, per_pass):
         ks = torch.arange(k0, min(k0 + per_pass, num_out))
         if state is None or BACKWARD_MODE == "replicate":
-            state = _Pass(model, x, layer, len(ks) if BACKWARD_MODE == "replicate" else 1, num_out)
+            state = _Pass(model, x, layer, len(ks) if BACKWARD_MODE == "replicate" else 1, num_out,
+                          wide and BACKWARD_MODE != "replicate")
         state.tick = tick
         j, sq, first_sq = state.backward(ks, last=BACKWARD_MODE == "replicate" or int(ks[-1]) == num_out - 1)
         jac[:, k0:k0 + len(ks)] = j.transpose(0, 1)
@@ -313,13 +324,15 @@ def _chunk_metrics(model: nn.Module, x: Tensor, layer: str | None, rank: int | N
     values["grad_W_norm"] = (first_out_sq.sqrt() * values["x_norm"] if reason is None
                              else torch.full_like(sharp, math.nan))
     values["_D_norm"] = first_out_sq.sqrt()
-    return _ChunkResult({k: v.detach().cpu().numpy() for k, v in values.items()}, state.first, reason, num_out)
+    return _ChunkResult({k: v.detach().cpu().numpy() for k, v in values.items()}, state.first, reason, num_out,
+                        None if state.wide is None else state.wide.values())
 
 
 class _Pass:
     """One recorded forward pass of ``copies`` stacked copies of the chunk x, and its backward passes."""
 
-    def __init__(self, model: nn.Module, x: Tensor, layer: str | None, copies: int, num_out: int):
+    def __init__(self, model: nn.Module, x: Tensor, layer: str | None, copies: int, num_out: int,
+                 wide: bool = False):
         self.n, self.copies = x.shape[0], copies
         self.tick = None  # called with the number of backward passes done (progress)
         self.x = (x.repeat(copies, *[1] * (x.dim() - 1)) if copies > 1 else x.detach()).requires_grad_()
@@ -339,6 +352,12 @@ class _Pass:
                                        [None if a is None else a[:self.n] for a in r.inputs], num_out)
                       for r in self.wanted if self.trainable[r.name]}
         self.targets = [self.x] + [o for r in self.wanted for o in r.outputs]
+        self.wide = None  # network-wide quantities from these passes (network_wide.SharedPass)
+        if wide and layer in (None, ""):
+            from sharpcomp.measures.network_wide import SharedPass
+
+            self.wide = SharedPass.create(list(records.values()), self.trainable, self.wanted, self.n, num_out)
+            self.targets += [] if self.wide is None else self.wide.targets
 
     def backward(self, ks: Tensor, last: bool):
         """Backward passes of the cotangents e_k, k in ks.
@@ -367,12 +386,17 @@ class _Pass:
                 gs = [torch.zeros(len(sub), n, *o.shape[1:], dtype=o.dtype, device=o.device) if g is None else g
                       for g, o in zip(gs, r.outputs)]
                 if r.name in self.rules:
-                    for sq in self.rules[r.name].sq_norms(gs).values():
+                    sqs = self.rules[r.name].sq_norms(gs)
+                    for sq in sqs.values():
                         sharp += sq.sum(0)
+                    if self.wide is not None and r.name in self.wide.index:
+                        self.wide.add_outputs(r.name, gs, sqs)
                 if r is self.first:
                     first_sq = 0 if first_sq is None else first_sq
                     if isinstance(r.module, nn.Linear):
                         first_sq = first_sq + sum(g.reshape(len(sub), n, -1).square().sum((0, 2)) for g in gs)
+            if self.wide is not None:
+                self.wide.add_inputs(ks[sub.start:sub.stop], grads[pos:])
         return jac, sharp, first_sq
 
     def _grads(self, ks: Tensor, last: bool):

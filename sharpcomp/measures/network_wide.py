@@ -100,8 +100,6 @@ def _record(model: nn.Module, x: Tensor):
 
 def _chunk(model: nn.Module, x: Tensor) -> dict:
     """Per-sample, per-call quantities of one chunk: J norms, log-volumes, ||D||, ||dW||^2, ||a||."""
-    from sharpcomp.measures.metrics import spectral_values
-
     x = x.detach().requires_grad_()
     f, calls = _record(model, x)
     n, num_out = f.shape
@@ -131,16 +129,72 @@ def _chunk(model: nn.Module, x: Tensor) -> dict:
             by_module[name].append(gz.unsqueeze(0))
         for name, gs in by_module.items():
             w_sq[name] += rules[name].sq_norms(gs)["weight"][0].double()
+    return _chunk_values(used, jac, d_sq, w_sq, n)
+
+
+def _chunk_values(used: list, jac: list[Tensor], d_sq: list[Tensor], w_sq: dict[str, Tensor], n: int) -> dict:
+    """One chunk's per-sample, per-call arrays from the rows of J_il, ||D_il||^2 and ||dW_il||^2."""
+    from sharpcomp.measures.metrics import spectral_values
+
     spectra = [spectral_values(j, None) for j in jac]
     return {
         "calls": [(name, module, tuple(a.shape[1:]), tuple(z.shape[1:])) for name, module, a, z in used],
         "mls": torch.stack([s["mls"] for s in spectra], 1).cpu().numpy(),  # (n, L)
         "logvol": torch.stack([s["log_volume"] for s in spectra], 1).cpu().numpy(),
         "d_norm": torch.stack(d_sq, 1).sqrt().cpu().numpy(),
-        "a_norm": torch.stack([a.detach().reshape(n, -1).double().norm(dim=1) for _, _, a, _ in used], 1)
+        "a_norm": torch.stack([a[:n].detach().reshape(n, -1).double().norm(dim=1) for _, _, a, _ in used], 1)
         .cpu().numpy(),
         "w_sq": {name: v.cpu().numpy() for name, v in w_sq.items()},
     }
+
+
+class SharedPass:
+    """The network-wide quantities gathered inside the metric engine's own passes (no passes of their own).
+
+    ``compute_metrics(network_wide=True)`` differentiates f . e_k w.r.t. the input and every parametrised
+    module's outputs already (for S and J); this adds every Linear/convolution call's input a_l to those
+    targets and keeps, per call, the rows of J_il and ||D_il||^2, and per module the weight part
+    ||dW_il||^2 of the per-sample norms the engine sums into S. :meth:`create` gives None when the engine's
+    pass cannot serve (a layer with a frozen weight or a non-tensor input): then :func:`network_wide` runs
+    on its own.
+    """
+
+    def __init__(self, used: list, n: int, num_out: int):
+        self.used, self.n = used, n
+        self.targets = [a for _, _, a, _ in used]
+        self.index: dict[str, list[int]] = {}
+        for c, (name, *_) in enumerate(used):
+            self.index.setdefault(name, []).append(c)
+        dev = used[0][2].device
+        self.jac = [a.new_zeros(n, num_out, a[0].numel()) for _, _, a, _ in used]
+        self.d_sq = [torch.zeros(n, dtype=torch.float64, device=dev) for _ in used]
+        self.w_sq = {name: torch.zeros(n, dtype=torch.float64, device=dev) for name in self.index}
+
+    @classmethod
+    def create(cls, records: list, trainable: dict, wanted: list, n: int, num_out: int) -> SharedPass | None:
+        """From the engine's records (name, module, inputs, outputs per call) and its differentiated ones."""
+        layers = [r for r in records if isinstance(r.module, LAYER_TYPES)]
+        served = {id(r) for r in wanted}
+        if not layers or any(id(r) not in served or "weight" not in trainable[r.name] or
+                             any(a is None or not a.requires_grad for a in r.inputs) for r in layers):
+            return None
+        return cls([(r.name, r.module, a, z) for r in layers for a, z in zip(r.inputs, r.outputs)], n, num_out)
+
+    def add_outputs(self, name: str, gs: list[Tensor], sq: dict[str, Tensor]) -> None:
+        """Module ``name``'s output gradients (v, n, ...) per call, and its per-parameter norms (v, n)."""
+        for c, g in zip(self.index[name], gs):
+            self.d_sq[c] += g.detach().reshape(g.shape[0], self.n, -1).double().square().sum((0, 2))
+        self.w_sq[name] += sq["weight"].detach().sum(0).double()
+
+    def add_inputs(self, ks: Tensor, grads: list[Tensor | None]) -> None:
+        """The gradients (v, n, ...) of f . e_k, k in ``ks``, w.r.t. every call's input: rows ks of J_il."""
+        for c, g in enumerate(grads):
+            if g is not None:
+                self.jac[c][:, ks] = g.detach().reshape(len(ks), self.n, -1).transpose(0, 1)
+
+    def values(self) -> dict:
+        """This chunk's arrays, as :func:`combine` takes them."""
+        return _chunk_values(self.used, self.jac, self.d_sq, self.w_sq, self.n)
 
 
 @exact_float32()
@@ -163,6 +217,12 @@ def network_wide(model: nn.Module, inputs: Tensor, *, sharpness: float | None = 
     step = x.shape[0] if chunk_size is None else int(chunk_size)
     with torch.enable_grad():
         parts = [_chunk(model, x[s:s + step]) for s in range(0, x.shape[0], step)]
+    return combine(parts, x, sharpness, per_sample)
+
+
+def combine(parts: list[dict], x: Tensor, sharpness: float | None, per_sample: bool) -> dict:
+    """The columns from the per-chunk quantities (:func:`_chunk`, or :class:`SharedPass` inside the metric
+    engine)."""
     calls = parts[0]["calls"]
     if not calls or any(p["calls"] != calls for p in parts):
         nan = float("nan")
@@ -242,14 +302,22 @@ def _first_layer(calls, ops, per, x) -> dict | None:
 
 
 def add_network_wide(result: dict, model: nn.Module, x: Tensor, *, layer: str | None = None,
-                     dtype: torch.dtype = torch.float32, chunk_size: int | None = None) -> dict:
+                     dtype: torch.dtype = torch.float32, chunk_size: int | None = None,
+                     shared: list[dict] | None = None) -> dict:
     """``result`` (a ``compute_metrics`` dict) with the network-wide columns added, and the convolutional
-    first-layer bounds in place of missing Eq. 28 bounds. NaN with a reason for a middle-layer f."""
+    first-layer bounds in place of missing Eq. 28 bounds. NaN with a reason for a middle-layer f.
+
+    ``shared``: the per-chunk values gathered by :class:`SharedPass` in the metric engine's passes (then
+    no pass of its own is made).
+    """
     if layer not in (None, ""):
         result.update({c: float("nan") for c in NETWORK_WIDE_COLUMNS})
         result["network_wide_reason"] = "network-wide measures are defined for the network output only"
         return result
-    nw = network_wide(model, x, sharpness=result.get("sharpness"), dtype=dtype, chunk_size=chunk_size)
+    if shared is not None:
+        nw = combine(shared, x, result.get("sharpness"), False)
+    else:
+        nw = network_wide(model, x, sharpness=result.get("sharpness"), dtype=dtype, chunk_size=chunk_size)
     first = nw.pop("first_layer")
     result.update(nw)
     result.update(first or {"bound_b_conv": math.nan, "bound_c_conv": math.nan})

@@ -65,6 +65,44 @@ def test_network_wide_matches_brute_force(build, shape):
     assert set(NETWORK_WIDE_COLUMNS) <= set(res)
 
 
+def inplace_cnn() -> nn.Module:
+    torch.manual_seed(5)
+    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2), nn.Conv2d(3, 4, 3),
+                         nn.ReLU(), nn.Flatten(), nn.Linear(16, 3)).eval()
+
+
+@pytest.mark.parametrize("build,shape,chunk", [(mlp, (12,), None), (mlp, (12,), 2), (cnn, (2, 8, 8), None),
+                                               (inplace_cnn, (2, 8, 8), 3)])
+def test_the_metric_engines_passes_give_the_network_wide_columns(build, shape, chunk):
+    """compute_metrics(network_wide=True) gathers them in its own passes: equal to the brute force and to
+    network_wide's separate passes (chunked, and with an in-place ReLU after a convolution)."""
+    model = build()
+    x = torch.randn(5, *shape, generator=torch.Generator().manual_seed(3))
+    # the brute force cannot differentiate through an in-place ReLU; the separate passes can
+    ref = None if build is inplace_cnn else reference_network_wide(model, x)
+    shared = compute_metrics(model, x, dtype=torch.float64, chunk_size=chunk, network_wide=True)
+    apart = add_network_wide(compute_metrics(model, x, dtype=torch.float64), model, x, dtype=torch.float64)
+    for key in ("nmls", "nvr", "nmls_bound_b", "nmls_bound_w", "nmls_bound", "nmls_bound_authors",
+                "sharpness_inv", "nmls_bound_inv"):
+        assert ref is None or shared[key] == pytest.approx(ref[key], rel=1e-7), key
+        assert shared[key] == pytest.approx(apart[key], rel=1e-12), key
+    for key in ("bound_b_conv", "bound_c_conv", "network_wide_reason"):
+        assert shared[key] == pytest.approx(apart[key], rel=1e-12, nan_ok=True) if key != "network_wide_reason" \
+            else shared[key] == apart[key]
+
+
+def test_a_frozen_layer_or_a_middle_layer_falls_back():
+    model = mlp().double()
+    model[1].weight.requires_grad_(False)  # the engine's pass has no weight gradient there: separate passes
+    x = torch.randn(5, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    shared = compute_metrics(model, x, dtype=torch.float64, network_wide=True)
+    apart = network_wide(model, x, sharpness=shared["sharpness"], dtype=torch.float64)
+    for key in ("nmls", "nvr", "nmls_bound_b", "sharpness_inv"):
+        assert shared[key] == apart[key], key  # the very same computation
+    middle = compute_metrics(model, x, dtype=torch.float64, layer="3", network_wide=True)
+    assert math.isnan(middle["nmls"]) and "network output only" in middle["network_wide_reason"]
+
+
 def test_float32_agrees_with_float64():
     model, x = cnn(), torch.randn(6, 2, 8, 8, generator=torch.Generator().manual_seed(4))
     r32 = network_wide(model, x, sharpness=1.0)
