@@ -12,6 +12,7 @@
     python scripts/bench_flatness.py            # the sizes above
     python scripts/bench_flatness.py --quick    # smoke run (11 x 11 grid, 300 images, 20 draws)
     python scripts/bench_flatness.py --sample 10 --repeats 1   # time fewer grid points (slow CPUs)
+    python scripts/bench_flatness.py --models mlp4              # one network
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--sample", type=int, default=None, help="grid points timed (default: one row)")
     ap.add_argument("--repeats", type=int, default=None, help="timings per method (the best is kept)")
+    ap.add_argument("--models", default="mlp4,vgg10", help="comma list of mlp4, vgg10")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -93,6 +95,8 @@ def main() -> None:
     repeats = args.repeats or (1 if args.quick else 2)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
     for name, shape, chunk, batch in (("mlp4", (1, 28, 28), 41, 500), ("vgg10", (3, 32, 32), 41, 100)):
+        if name not in args.models.split(","):
+            continue
         bench_landscape(name, shape, points, n, sample, chunk, batch, repeats)
         bench_average(name, shape, n_avg, draws, repeats)
 
