@@ -75,6 +75,7 @@ def test_a_crafted_checkpoint_is_refused_and_runs_nothing(in_tmp):
 # 2 -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_rows_of_another_run_are_kept_and_the_run_refuses(in_tmp, reference):
     (in_tmp / "B").mkdir()
     shutil.copytree(reference / "metrics.parquet", in_tmp / "B" / "metrics.parquet") if (

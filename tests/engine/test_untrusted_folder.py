@@ -158,6 +158,7 @@ def test_a_symlinked_run_folder_member_is_refused_and_its_target_untouched(run, 
     assert link.is_symlink()
 
 
+@pytest.mark.slow
 def test_error_log_is_not_written_through_a_link_the_run_makes_during_training(in_tmp):
     """A link that appears while the run trains (after the start checks): the traceback goes nowhere."""
     target = victim(in_tmp)
@@ -227,6 +228,7 @@ def test_a_stray_folder_among_the_parts_stops_the_run_and_keeps_the_resume_point
     assert (run / "checkpoint.pt").read_bytes() == before and path.is_dir()
 
 
+@pytest.mark.slow
 def test_garbage_in_the_status_sidecar_is_rebuilt_from_the_parts(run, in_tmp, reference):
     (run / "metrics.parquet" / "_status").write_bytes(b"\xff\xfe\x00\x9c garbage \x00")
     assert read_metrics(run).status.iloc[-1] == "finished"  # the parts' own status
@@ -237,6 +239,7 @@ def test_garbage_in_the_status_sidecar_is_rebuilt_from_the_parts(run, in_tmp, re
     assert (run / "metrics.parquet" / "_status").read_text() == "finished\n"
 
 
+@pytest.mark.slow
 def test_rows_missing_before_the_saved_state_move_the_checkpoint_aside(run, in_tmp):
     before = (run / "checkpoint.pt").read_bytes()
     shutil.rmtree(run / "metrics.parquet")
@@ -428,7 +431,8 @@ def test_appended_keys_that_the_program_reads_stay_allowed():
 # 13: reparam with an extreme alpha ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("alpha", ["1e308", pytest.param("1e-300", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("alpha", ["1e308", "1e-300"])
 def test_reparam_with_an_extreme_alpha_gives_one_line(run, in_tmp, alpha):
     res = cli(["reparam", "R", f"alpha={alpha}", "layer=fc1", "probes=0"], in_tmp)
     assert res.returncode == 1 and "cannot be computed at alpha=" in one_line(res.stderr)
