@@ -150,6 +150,8 @@ def test_quotient_trace_and_reparam_on_a_residual_network_run(in_tmp, monkeypatc
     train_rows = rows[rows.sample_set == "train"]
     assert train_rows.quotient_trace.notna().all() and train_rows.quotient_trace_gap.map(math.isfinite).all()
     capsys.readouterr()
-    assert main(["reparam", str(run), "alpha=3", "probes=2"]) == 0, capsys.readouterr().err
+    # a stored config never chooses code: the user names their own network again
+    assert main(["reparam", str(run), "alpha=3", "probes=2", "model._target_=tests.nets.SmallResNet"]) == 0, \
+        capsys.readouterr().err
     out = capsys.readouterr().out
     assert "layer fc" not in out and "rescaled by alpha=3" in out and "unchanged:" in out
