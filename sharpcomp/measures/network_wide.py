@@ -183,7 +183,8 @@ class SharedPass:
     def add_outputs(self, name: str, gs: list[Tensor], sq: dict[str, Tensor]) -> None:
         """Module ``name``'s output gradients (v, n, ...) per call, and its per-parameter norms (v, n)."""
         for c, g in zip(self.index[name], gs):
-            self.d_sq[c] += g.detach().reshape(g.shape[0], self.n, -1).double().square().sum((0, 2))
+            norms = torch.linalg.vector_norm(g.detach().reshape(g.shape[0], self.n, -1), dim=2)  # as _chunk
+            self.d_sq[c] += norms.double().square().sum(0)
         self.w_sq[name] += sq["weight"].detach().sum(0).double()
 
     def add_inputs(self, ks: Tensor, grads: list[Tensor | None]) -> None:
