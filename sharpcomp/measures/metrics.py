@@ -215,7 +215,7 @@ class _ChunkResult:
     first_layer: _Record | None
     bounds_reason: str | None
     num_out: int = 0
-    wide: dict | None = None  # the network-wide values of the chunk (SharedPass), when gathered
+    wide: dict | None = None  # the network-wide values of the chunk (LayerGradients), when gathered
 
 
 @contextlib.contextmanager
@@ -352,11 +352,11 @@ class _Pass:
                                        [None if a is None else a[:self.n] for a in r.inputs], num_out)
                       for r in self.wanted if self.trainable[r.name]}
         self.targets = [self.x] + [o for r in self.wanted for o in r.outputs]
-        self.wide = None  # network-wide quantities from these passes (network_wide.SharedPass)
+        self.wide = None  # network-wide quantities from these passes (network_wide.LayerGradients)
         if wide and layer in (None, ""):
-            from sharpcomp.measures.network_wide import SharedPass
+            from sharpcomp.measures.network_wide import LayerGradients
 
-            self.wide = SharedPass.create(list(records.values()), self.trainable, self.wanted, self.n, num_out)
+            self.wide = LayerGradients.create(list(records.values()), self.trainable, self.wanted, self.n, num_out)
             self.targets += [] if self.wide is None else self.wide.targets
 
     def backward(self, ks: Tensor, last: bool):

@@ -106,30 +106,21 @@ def _chunk(model: nn.Module, x: Tensor) -> dict:
     used = [c for c in calls if c[2].requires_grad and c[3].requires_grad]
     if not used:
         return {"calls": []}
-    modules = {}
-    for name, module, a, _ in used:
-        modules.setdefault(name, (module, []))[1].append(a)
-    rules = {name: rule_for(m, {"weight": m.weight}, [a.detach() for a in inputs], num_out)
-             for name, (m, inputs) in modules.items()}
-    jac = [a.new_zeros(n, num_out, a[0].numel()) for _, _, a, _ in used]
-    d_sq = [torch.zeros(n, dtype=torch.float64, device=x.device) for _ in used]
-    w_sq = {name: torch.zeros(n, dtype=torch.float64, device=x.device) for name in modules}
-    targets = [c[2] for c in used] + [c[3] for c in used]
+    acc = LayerGradients(used, n, num_out)
+    rules = {name: rule_for(used[cs[0]][1], {"weight": used[cs[0]][1].weight}, [used[c][2].detach() for c in cs],
+                            num_out) for name, cs in acc.index.items()}
+    outputs = [z for *_, z in used]
     for k in range(num_out):
         cot = torch.zeros_like(f)
         cot[:, k] = 1
-        grads = torch.autograd.grad(f, targets, cot, retain_graph=k < num_out - 1, allow_unused=True)
-        by_module: dict[str, list] = {name: [] for name in modules}
-        for c, (name, _, _a, z) in enumerate(used):
-            ga, gz = grads[c], grads[len(used) + c]
-            gz = torch.zeros_like(z) if gz is None else gz
-            if ga is not None:
-                jac[c][:, k] = ga.reshape(n, -1)
-            d_sq[c] += torch.linalg.vector_norm(gz.reshape(n, -1), dim=1).double().square()
-            by_module[name].append(gz.unsqueeze(0))
-        for name, gs in by_module.items():
-            w_sq[name] += rules[name].sq_norms(gs)["weight"][0].double()
-    return _chunk_values(used, jac, d_sq, w_sq, n)
+        grads = torch.autograd.grad(f, acc.targets + outputs, cot, retain_graph=k < num_out - 1, allow_unused=True)
+        grads = [None if g is None else g.unsqueeze(0) for g in grads]  # one cotangent: (1, n, ...)
+        acc.add_inputs(torch.tensor([k]), grads[:len(used)])
+        for name, cs in acc.index.items():
+            gs = [torch.zeros_like(outputs[c]).unsqueeze(0) if grads[len(used) + c] is None else grads[len(used) + c]
+                  for c in cs]
+            acc.add_outputs(name, gs, rules[name].sq_norms(gs))
+    return acc.values()
 
 
 def _chunk_values(used: list, jac: list[Tensor], d_sq: list[Tensor], w_sq: dict[str, Tensor], n: int) -> dict:
@@ -148,15 +139,16 @@ def _chunk_values(used: list, jac: list[Tensor], d_sq: list[Tensor], w_sq: dict[
     }
 
 
-class SharedPass:
-    """The network-wide quantities gathered inside the metric engine's own passes (no passes of their own).
+class LayerGradients:
+    """The per-layer sums of one chunk, fed by backward passes of the cotangents e_k.
 
-    ``compute_metrics(network_wide=True)`` differentiates f . e_k w.r.t. the input and every parametrised
-    module's outputs already (for S and J); this adds every Linear/convolution call's input a_l to those
-    targets and keeps, per call, the rows of J_il and ||D_il||^2, and per module the weight part
-    ||dW_il||^2 of the per-sample norms the engine sums into S. :meth:`create` gives None when the engine's
-    pass cannot serve (a layer with a frozen weight or a non-tensor input): then :func:`network_wide` runs
-    on its own.
+    Per call, the rows of J_il (gradients w.r.t. the call's input a_l, :attr:`targets`) and ||D_il||^2 (its
+    output); per module, the weight part ||dW_il||^2 of the per-sample norms. Fed by the separate passes
+    of :func:`network_wide`, or inside the metric engine's own passes
+    (``compute_metrics(network_wide=True)``, :meth:`create`), which differentiate w.r.t. every parametrised
+    module's outputs already: then only the layer inputs join its targets. :meth:`create` gives None when
+    the engine's pass cannot serve (a layer with a frozen weight or a non-tensor input): then
+    :func:`network_wide` runs on its own.
     """
 
     def __init__(self, used: list, n: int, num_out: int):
@@ -171,7 +163,7 @@ class SharedPass:
         self.w_sq = {name: torch.zeros(n, dtype=torch.float64, device=dev) for name in self.index}
 
     @classmethod
-    def create(cls, records: list, trainable: dict, wanted: list, n: int, num_out: int) -> SharedPass | None:
+    def create(cls, records: list, trainable: dict, wanted: list, n: int, num_out: int) -> LayerGradients | None:
         """From the engine's records (name, module, inputs, outputs per call) and its differentiated ones."""
         layers = [r for r in records if isinstance(r.module, LAYER_TYPES)]
         served = {id(r) for r in wanted}
@@ -183,7 +175,7 @@ class SharedPass:
     def add_outputs(self, name: str, gs: list[Tensor], sq: dict[str, Tensor]) -> None:
         """Module ``name``'s output gradients (v, n, ...) per call, and its per-parameter norms (v, n)."""
         for c, g in zip(self.index[name], gs):
-            norms = torch.linalg.vector_norm(g.detach().reshape(g.shape[0], self.n, -1), dim=2)  # as _chunk
+            norms = torch.linalg.vector_norm(g.detach().reshape(g.shape[0], self.n, -1), dim=2)
             self.d_sq[c] += norms.double().square().sum(0)
         self.w_sq[name] += sq["weight"].detach().sum(0).double()
 
@@ -222,8 +214,8 @@ def network_wide(model: nn.Module, inputs: Tensor, *, sharpness: float | None = 
 
 
 def combine(parts: list[dict], x: Tensor, sharpness: float | None, per_sample: bool) -> dict:
-    """The columns from the per-chunk quantities (:func:`_chunk`, or :class:`SharedPass` inside the metric
-    engine)."""
+    """The columns from the per-chunk quantities (:class:`LayerGradients`, from separate passes or the metric
+    engine's)."""
     calls = parts[0]["calls"]
     if not calls or any(p["calls"] != calls for p in parts):
         nan = float("nan")
@@ -308,7 +300,7 @@ def add_network_wide(result: dict, model: nn.Module, x: Tensor, *, layer: str | 
     """``result`` (a ``compute_metrics`` dict) with the network-wide columns added, and the convolutional
     first-layer bounds in place of missing Eq. 28 bounds. NaN with a reason for a middle-layer f.
 
-    ``shared``: the per-chunk values gathered by :class:`SharedPass` in the metric engine's passes (then
+    ``shared``: the per-chunk values gathered by :class:`LayerGradients` in the metric engine's passes (then
     no pass of its own is made).
     """
     if layer not in (None, ""):
