@@ -140,8 +140,11 @@ def compute_metrics(model: nn.Module, inputs: Tensor, *, layer: str | None = Non
     if step < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     with torch.enable_grad(), eval_mode(model):
-        with _progress(model, x, step, layer, progress) as tick:
-            parts = [_chunk_metrics(model, x[s:s + step], layer, log_volume_rank, tick, network_wide)
+        t0 = time.perf_counter()
+        with torch.no_grad():  # N, the number of backward passes per chunk
+            num_out = _forward(model, x[:1], layer, clone=False)[0][0].numel()
+        with _progress(num_out, x.shape[0], step, layer, time.perf_counter() - t0, progress) as tick:
+            parts = [_chunk_metrics(model, x[s:s + step], layer, num_out, log_volume_rank, tick, network_wide)
                      for s in range(0, x.shape[0], step)]
     per = {k: np.concatenate([part.values[k] for part in parts]) for k in parts[0].values}
     rank = per.pop("_rank")
@@ -219,23 +222,21 @@ class _ChunkResult:
 
 
 @contextlib.contextmanager
-def _progress(model: nn.Module, x: Tensor, step: int, layer: str | None, show: bool | None):
-    """A ``tick(passes)`` callable over every backward pass of the computation.
+def _progress(num_out: int, n: int, step: int, layer: str | None, sample_forward: float, show: bool | None):
+    """A ``tick(passes)`` callable over every backward pass of the computation (N = ``num_out`` per chunk).
 
     A tqdm bar appears after ``PROGRESS_AFTER`` seconds, and, for N over ``LARGE_OUTPUTS``, one warning
-    gives the estimated time (a backward pass taken as twice the first chunk's forward pass).
+    gives the estimated time (a backward pass of a chunk taken as twice ``step`` times the forward pass of
+    one sample, ``sample_forward`` seconds).
     """
     from tqdm.auto import tqdm
 
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        num_out = _forward(model, x[:step], layer, clone=False)[0][0].numel()
-    forward = time.perf_counter() - t0
-    chunks = -(-x.shape[0] // step)
+    forward = sample_forward * min(step, n)
+    chunks = -(-n // step)
     total = num_out * chunks
     if num_out > LARGE_OUTPUTS:
         warnings.warn(f"compute_metrics: N = {num_out} outputs of {layer or 'the network'}: {total} backward passes "
-                      f"over {x.shape[0]} samples, about {2 * forward * total:.0f} s (choose a smaller layer or fewer "
+                      f"over {n} samples, about {2 * forward * total:.0f} s (choose a smaller layer or fewer "
                       f"samples to cut it)", RuntimeWarning, stacklevel=4)
     bar = tqdm(total=total, desc="metrics", unit="pass", delay=PROGRESS_AFTER, leave=False,
                disable=None if show is None else not show, dynamic_ncols=True, mininterval=0.5)
@@ -294,11 +295,9 @@ def _forward(model: nn.Module, x: Tensor, layer: str | None, clone: bool):
     return f, {name: records[name] for name in order}, order
 
 
-def _chunk_metrics(model: nn.Module, x: Tensor, layer: str | None, rank: int | None, tick=None,
+def _chunk_metrics(model: nn.Module, x: Tensor, layer: str | None, num_out: int, rank: int | None, tick=None,
                    wide: bool = False) -> _ChunkResult:
     n = x.shape[0]
-    with torch.no_grad():
-        num_out = _forward(model, x[:1], layer, clone=False)[0][0].numel()
     per_pass = num_out if BACKWARD_MODE == "loop" else min(COTANGENT_CHUNK, num_out)
     jac = x.new_zeros(n, num_out, x[0].numel())
     sharp = torch.zeros(n, dtype=torch.float64, device=x.device)
