@@ -44,6 +44,16 @@ def fmnist_small(fmnist) -> Dataset:
                    fmnist.test_x[:300].clone(), fmnist.test_y[:300].clone(), 10, fmnist.source)
 
 
+def random_images(n_train: int, n_test: int, side: int = 28, name: str = "fashion_mnist",
+                  device: torch.device | None = None) -> Dataset:
+    """Fashion-MNIST-shaped random images (1 x side x side) and labels of 10 classes, seed 0: a stand-in
+    dataset where the values do not matter."""
+    g, device = torch.Generator().manual_seed(0), device or torch.device("cpu")
+    xs = [torch.rand(n, 1, side, side, generator=g).to(device) for n in (n_train, n_test)]
+    ys = [torch.randint(0, 10, (n,), generator=g).to(device) for n in (n_train, n_test)]
+    return Dataset(name, xs[0], ys[0], xs[1], ys[1], 10, "random")
+
+
 def compose_train(overrides: list[str] | None = None):
     """The train config with ``overrides``, composed as the command line composes it."""
     return compose(overrides or [])

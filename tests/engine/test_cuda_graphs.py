@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from sharpcomp.engine.cuda_graphs import GraphedStep, graphs_apply
+from tests.conftest import random_images
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -53,17 +54,13 @@ def test_graphed_step_replays_the_eager_step():
 
 
 def _steppers(k: int, graph: str):
-    from sharpcomp.data.datasets import Dataset
     from sharpcomp.engine.ensemble import EnsembleStepper
     from sharpcomp.engine.setup import build
     from sharpcomp.engine.steppers import PlainStepper
     from sharpcomp.settings import defaults, settings
 
     dev = torch.device("cuda")
-    g = torch.Generator().manual_seed(0)
-    xs = [torch.rand(n, 1, 28, 28, generator=g).to(dev) for n in (200, 50)]
-    ys = [torch.randint(0, 10, (n,), generator=g).to(dev) for n in (200, 50)]
-    data = Dataset("toy", xs[0], ys[0], xs[1], ys[1], 10, "random")
+    data = random_images(200, 50, name="toy", device=dev)
     ss = []
     for j in range(k):
         cfg = defaults(model="mlp4", data="fashion_mnist")

@@ -18,7 +18,7 @@ from sharpcomp.engine.train import train
 from sharpcomp.measures.metrics import compute_metrics
 from sharpcomp.models import build_from_config, samples_per_chunk
 from sharpcomp.results.run_state import CHECKPOINT_FILE, read_checkpoint
-from tests.conftest import compose_train
+from tests.conftest import compose_train, random_images
 from tests.nets import SmallResNet
 
 RESNET = ["data=fashion_mnist", "model=custom", "model._target_=tests.nets.SmallResNet", "+model.width=3",
@@ -27,10 +27,7 @@ RESNET = ["data=fashion_mnist", "model=custom", "model._target_=tests.nets.Small
 
 @pytest.fixture(scope="module")
 def toy() -> Dataset:
-    g = torch.Generator().manual_seed(0)
-    xs = [torch.rand(n, 1, 12, 12, generator=g) for n in (96, 40)]
-    ys = [torch.randint(0, 10, (n,), generator=g) for n in (96, 40)]
-    return Dataset("fashion_mnist", xs[0], ys[0], xs[1], ys[1], 10, "random")
+    return random_images(96, 40, side=12)
 
 
 def _cfg(*extra):

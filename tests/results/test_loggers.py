@@ -7,24 +7,20 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 from omegaconf import OmegaConf
 
 from sharpcomp.data.datasets import Dataset
 from sharpcomp.engine.train import train
 from sharpcomp.results.records import read_metrics
 from sharpcomp.settings import run_identity
-from tests.conftest import SHRINK, compose_train
+from tests.conftest import SHRINK, compose_train, random_images
 
 COLUMNS = ("G", "sharpness", "log_volume", "mls", "local_dim", "sample_loss")
 
 
 @pytest.fixture(scope="module")
 def toy() -> Dataset:
-    g = torch.Generator().manual_seed(0)
-    xs = [torch.rand(n, 1, 28, 28, generator=g) for n in (64, 32)]
-    ys = [torch.randint(0, 10, (n,), generator=g) for n in (64, 32)]
-    return Dataset("fashion_mnist", xs[0], ys[0], xs[1], ys[1], 10, "random")
+    return random_images(64, 32)
 
 
 def _cfg(*extra):
