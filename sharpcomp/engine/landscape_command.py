@@ -26,7 +26,6 @@ from sharpcomp.engine.loading import load_run
 from sharpcomp.settings import ConfigError
 from sharpcomp.usage import EXIT_USAGE, UsageError, report
 
-USAGE = __doc__.split("\n\n")[1]
 _FLOATS, _INTS = ("span", "lo", "hi"), ("points", "n", "seed", "chunk", "batch")
 
 
