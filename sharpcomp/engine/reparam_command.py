@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +20,7 @@ from sharpcomp.measures.reparam import reparam_table, rescalable_layers, rescale
 from sharpcomp.settings import ConfigError
 from sharpcomp.usage import EXIT_USAGE, UsageError, report
 
-USAGE = """usage: sharpcomp reparam RUN_DIR [alpha=10] [layer=NAME] [units=I,J,...] [probes=50] [seed=0]
+USAGE = """usage: sharpcomp reparam RUN_DIR [alpha=10] [layer=NAME] [units=I,J,...] [probes=50] [seed=0] [n=N]
 
 Load the run's last checkpoint (RUN_DIR/checkpoint.pt), rescale hidden layer NAME's incoming weights
 and biases by alpha and the next layer's matching weights by 1/alpha (the network function does not
@@ -29,6 +30,8 @@ change), and print every metric before and after on the run's train sample set, 
   units   comma-separated unit/channel indices (default: all units of the layer)
   probes  Hutchinson probes for hessian_trace and quotient_trace (default 50; < 2 skips them)
   seed    seed of the probes (default 0)
+  n       use the first n points of the train sample set (default: all of them); each measure is
+          recomputed twice in float64, which takes minutes on a convolutional network
   model._target_  a network that is not built in: the dotted path of its callable, named by you
           (the config stored in the checkpoint never chooses code)"""
 
@@ -38,7 +41,7 @@ def _parse(argv: Sequence[str]) -> tuple[str, dict]:
     if args and args[0] == "reparam":
         args = args[1:]
     run_dir, opts = None, {}
-    known = ("alpha", "layer", "units", "probes", "seed", "model._target_")
+    known = ("alpha", "layer", "units", "probes", "seed", "n", "model._target_")
     for a in args:
         if run_dir is None and "=" in a and Path(a).is_dir():
             run_dir = a  # Hydra run folders carry '=' in their names (outputs/runs/.../lr=0.1,seed=0)
@@ -62,13 +65,15 @@ def _parse(argv: Sequence[str]) -> tuple[str, dict]:
         raise UsageError(f"alpha must be a positive number, got '{opts['alpha']}'") from None
     if not (math.isfinite(out["alpha"]) and out["alpha"] > 0):
         raise UsageError(f"alpha must be a positive number, got {opts.get('alpha')}")
-    for k, default in (("probes", 50), ("seed", 0)):
+    for k, default in (("probes", 50), ("seed", 0), ("n", 0)):
         try:
             out[k] = int(opts.get(k, default))
         except ValueError:
             raise UsageError(f"{k} must be an integer, got '{opts[k]}'") from None
     if out["probes"] < 0:
         raise UsageError(f"probes must be >= 0, got {out['probes']}")
+    if "n" in opts and out["n"] < 1:
+        raise UsageError(f"n must be >= 1, got {out['n']}")
     if "units" in opts:
         try:
             out["units"] = [int(u) for u in opts["units"].split(",") if u.strip()]
@@ -115,11 +120,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return err(str(exc))
     mcfg = cfg.get("metrics", {}) if isinstance(cfg, dict) else {}
     kwargs = {k: mcfg[k] for k in ("layer", "log_volume_rank") if mcfg.get(k) is not None}
+    if opts["n"]:
+        x, y = x[: opts["n"]], y[: opts["n"]]
+    start = time.monotonic()
+
+    def progress(stage: str) -> None:
+        print(f"sharpcomp reparam: [{time.monotonic() - start:6.0f} s] {stage}", file=sys.stderr, flush=True)
+
     try:
         with warnings.catch_warnings(record=True) as caught:  # said only when the table can be computed
             warnings.simplefilter("always")
             table = reparam_table(model, x, y, loss_fn, layer, opts["alpha"], units=opts["units"],
-                                  probes=opts["probes"], seed=opts["seed"], metrics_kwargs=kwargs)
+                                  probes=opts["probes"], seed=opts["seed"], metrics_kwargs=kwargs,
+                                  progress=progress)
     except Exception as exc:  # e.g. alpha so extreme that float64 overflows and a factorisation fails
         why = (str(exc).strip().splitlines() or [""])[0][:200]
         return err(f"the metrics cannot be computed at alpha={opts['alpha']:g} (float64 range exceeded?): "

@@ -35,6 +35,18 @@ MAX_ITER = 2000
 # Lanczos start vectors by (layer, input shape): the previous top singular vector (weights move little
 # between checkpoints, so the next solve converges in fewer steps; the result does not depend on it)
 _STARTS: dict = {}
+# The last ||W||_2 results: (a float64 copy of W, tol, value, top right singular vector or None). A weight
+# whose values equal a stored copy exactly (torch.equal) gets the stored value: the Eq. 28 bounds and the
+# network-wide bounds of one checkpoint need the first layer's norm once. A changed weight of the same
+# shape starts Lanczos from the stored vector.
+_NORMS: list = []
+NORMS_KEPT = 16
+
+
+def clear_caches() -> None:
+    """Forget stored norms and start vectors (benchmarks time cold solves with it)."""
+    _STARTS.clear()
+    _NORMS.clear()
 
 
 def spectral_norm(w: Tensor, *, tol: float = 1e-10) -> float:
@@ -42,16 +54,27 @@ def spectral_norm(w: Tensor, *, tol: float = 1e-10) -> float:
     Lanczos on ``W^T W`` by matrix-vector products (both sides over 64; several times faster)."""
     from scipy.sparse.linalg import LinearOperator, eigsh
 
-    w = w.detach().double().cpu()
+    w = w.detach().to(device="cpu", dtype=torch.float64, copy=True)  # a copy: never an alias of W
+    for kept, kept_tol, value, _ in _NORMS:
+        if kept_tol == tol and kept.shape == w.shape and torch.equal(kept, w):
+            return value
+    vec = None
     if min(w.shape) <= 64:
         gram = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
-        return math.sqrt(max(float(torch.linalg.eigvalsh(gram)[-1]), 0.0))
-    a = w.numpy()
-    size = a.shape[1]
-    op = LinearOperator((size, size), matvec=lambda v: a.T @ (a @ v), dtype=np.float64)
-    start = np.random.default_rng(0).standard_normal(size)
-    top = eigsh(op, k=1, which="LA", tol=tol, maxiter=MAX_ITER, v0=start, return_eigenvectors=False)[0]
-    return math.sqrt(max(float(top), 0.0))
+        top = float(torch.linalg.eigvalsh(gram)[-1])
+    else:
+        a = w.numpy()
+        size = a.shape[1]
+        op = LinearOperator((size, size), matvec=lambda v: a.T @ (a @ v), dtype=np.float64)
+        start = next((v for kept, _, _, v in reversed(_NORMS) if kept.shape == w.shape and v is not None), None)
+        if start is None:
+            start = np.random.default_rng(0).standard_normal(size)
+        vals, vecs = eigsh(op, k=1, which="LA", tol=tol, maxiter=MAX_ITER, v0=start)
+        top, vec = float(vals[0]), vecs[:, 0]
+    value = math.sqrt(max(top, 0.0))
+    _NORMS.append((w, tol, value, vec))
+    del _NORMS[:-NORMS_KEPT]
+    return value
 
 
 def conv_operator_norm(conv: nn.modules.conv._ConvNd, input_shape: tuple[int, ...], *, tol: float = TOL,

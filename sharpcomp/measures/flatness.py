@@ -136,6 +136,9 @@ def check_settings(settings: Mapping | None) -> dict[str, dict]:
                 raise ValueError(f"{where} must be {'an integer' if kind is int else 'a number'}, got {v!r}")
             if not (v > low if strict else v >= low):
                 raise ValueError(f"{where} must be {'>' if strict else '>='} {low}, got {v!r}")
+    if "average" in resolved and resolved["average"]["draws"] < 4:
+        raise ValueError("metrics.flatness.average.draws must be >= 4 (two antithetic pairs), "
+                         f"got {resolved['average']['draws']!r}")
     return resolved
 
 

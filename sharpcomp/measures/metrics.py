@@ -77,6 +77,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from sharpcomp.measures.conv_norm import spectral_norm
 from sharpcomp.measures.hutchinson import hutchinson
 from sharpcomp.measures.layer_rules import rule_for
 from sharpcomp.measures.precision import exact_float32
@@ -476,19 +477,10 @@ def bounds(reason: str | None, weight: Tensor | None, per: dict, d_norm: np.ndar
     nan = float("nan")
     if reason is not None:
         return {"bound_b": nan, "bound_c": nan, "bound_d": nan, "bounds_reason": reason}
-    w_norm = _spectral_norm(weight.detach())
+    w_norm = spectral_norm(weight)
     with np.errstate(divide="ignore"):
         inv_x = math.sqrt(float(np.mean(1.0 / per["x_norm"] ** 2)))
     return {"bound_b": w_norm * float(np.mean(d_norm)),
             "bound_c": w_norm * inv_x * math.sqrt(float(np.mean(per["grad_W_norm"] ** 2))),
             "bound_d": w_norm * inv_x * math.sqrt(sharpness),
             "bounds_reason": None}
-
-
-def _spectral_norm(w: Tensor) -> float:
-    """||W||_2 = sqrt(largest eigenvalue of the smaller Gram matrix), in W's dtype.
-
-    A few times faster than an SVD of W.
-    """
-    gram = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
-    return math.sqrt(max(float(torch.linalg.eigvalsh(gram)[-1]), 0.0))

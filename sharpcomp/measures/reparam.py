@@ -101,11 +101,13 @@ def rescale_unit(model: nn.Module, layer: str, alpha: float, units: Sequence[int
 
 
 def _metrics_row(model: nn.Module, x: Tensor, y: Tensor, loss_fn: Callable, probes: int, seed: int,
-                 metrics_kwargs: dict, worst: dict) -> tuple[dict[str, float], Tensor]:
+                 metrics_kwargs: dict, worst: dict,
+                 say: Callable[[str], None]) -> tuple[dict[str, float], Tensor]:
     """Every metric of ``model`` (float64, eval mode) on (x, y); fixed seeds so before/after share probes."""
     from sharpcomp.measures.metrics import compute_metrics, hessian_trace
 
     out: dict[str, float] = {}
+    say("the study's metrics")
     with torch.no_grad():
         f = model(x)
     out["loss"] = float(loss_fn(f, y))
@@ -118,6 +120,7 @@ def _metrics_row(model: nn.Module, x: Tensor, y: Tensor, loss_fn: Callable, prob
         nw = network_wide(model, x, sharpness=m["sharpness"], dtype=torch.float64)
         for k in ("nmls", "nvr", "nmls_bound", "sharpness_inv", "nmls_bound_inv"):
             out[k] = float(nw[k])
+    say("traces and worst cases")
     if probes >= 2:
         out["hessian_trace"], _ = hessian_trace(model, loss_fn, x, y, probes,
                                                 torch.Generator().manual_seed(seed))
@@ -133,7 +136,9 @@ def _metrics_row(model: nn.Module, x: Tensor, y: Tensor, loss_fn: Callable, prob
     k = max(2, min(5, x.shape[0]))
     chunks = [(x[i::k], y[i::k]) for i in range(k) if len(x[i::k])]
     out["grad_disagreement"] = gradient_stats.gradient_disagreement(model, loss_fn, chunks)
+    say("curvature spectrum")
     out.update(_curvature_row(model, loss_fn, x, y, chunks, seed))
+    say("average-case, Keskar, PAC-Bayes, contrastive, regret_kl")
     out.update(_debate_rows(model, loss_fn, x, y, seed, chunks))
     return out, f
 
@@ -175,7 +180,7 @@ def _debate_rows(model: nn.Module, loss_fn: Callable, x: Tensor, y: Tensor, seed
 def reparam_table(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn: Callable, layer: str,
                   alpha: float, *, units: Sequence[int] | None = None, probes: int = 50, seed: int = 0,
                   metrics_kwargs: dict | None = None, rho: float = 0.05, adaptive_rho: float = 0.5,
-                  steps: int = 5) -> pd.DataFrame:
+                  steps: int = 5, progress: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Every metric before and after :func:`rescale_unit` (on a float64 copy; ``model`` is untouched).
 
     Rows (index ``metric``): ``output_change`` (before 0, after max_i |f_after(x_i) - f_before(x_i)|),
@@ -188,7 +193,8 @@ def reparam_table(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn: Ca
     :func:`_debate_rows` (average, average_adaptive, keskar, pacbayes sigmas, contrastive, regret_kl).
     Columns: before, after, rel_change = (after - before) / |before|,
     moved = |after - before| > 1e-6 max(|before|, |after|)
-    (NaN values never count as moved).
+    (NaN values never count as moved). ``progress`` (optional) is called with a short description of each
+    stage as it starts ("before: curvature spectrum", ...).
     """
     base = copy.deepcopy(model).to(torch.float64).eval()
     moved_model = rescale_unit(base, layer, alpha, units, copy_model=True)
@@ -199,8 +205,9 @@ def reparam_table(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn: Ca
         y = y.to(torch.float64)
     worst = {"rho": rho, "adaptive_rho": adaptive_rho, "steps": steps}
     kw = dict(metrics_kwargs or {})
-    before, f0 = _metrics_row(base, x, y, loss_fn, probes, seed, kw, worst)
-    after, f1 = _metrics_row(moved_model, x, y, loss_fn, probes, seed, kw, worst)
+    tell = progress or (lambda _: None)
+    before, f0 = _metrics_row(base, x, y, loss_fn, probes, seed, kw, worst, lambda s: tell(f"before: {s}"))
+    after, f1 = _metrics_row(moved_model, x, y, loss_fn, probes, seed, kw, worst, lambda s: tell(f"after: {s}"))
     rows = [{"metric": "output_change", "before": 0.0, "after": float((f1 - f0).abs().max())}]
     rows += [{"metric": k, "before": before[k], "after": after[k]} for k in before]
     df = pd.DataFrame(rows).set_index("metric")

@@ -227,3 +227,26 @@ def test_training_rows_carry_the_network_wide_columns_and_the_chain_holds(model_
 def test_spectral_norm_small_and_large(shape):
     w = torch.randn(*shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
     assert spectral_norm(w) == pytest.approx(float(np.linalg.norm(w.numpy(), 2)), rel=1e-9)
+
+
+def test_spectral_norm_reuses_a_result_only_for_equal_values():
+    """A repeated ||W||_2 of the same values comes from the store; any change of W, in place (also through
+    ``.data``, which autograd's version counter does not see) or by a new tensor, is solved again, and
+    never from a stored copy that aliases W."""
+    from sharpcomp.measures import conv_norm
+
+    conv_norm.clear_caches()
+    w = nn.Parameter(torch.randn(90, 120, generator=torch.Generator().manual_seed(3), dtype=torch.float64))
+    first = spectral_norm(w)
+    assert first == pytest.approx(float(np.linalg.norm(w.detach().numpy(), 2)), rel=1e-9)
+    assert spectral_norm(w) == first and len(conv_norm._NORMS) == 1  # from the store
+    with torch.no_grad():
+        w.data[0].mul_(3.0)  # no version bump
+    moved = float(np.linalg.norm(w.detach().numpy(), 2))
+    assert spectral_norm(w) == pytest.approx(moved, rel=1e-9) and moved > 1.05 * first
+    with torch.no_grad():
+        w.mul_(0.5)
+    assert spectral_norm(w) == pytest.approx(moved / 2, rel=1e-9)
+    assert spectral_norm(w.detach().float()) == pytest.approx(moved / 2, rel=1e-6)  # another dtype: a new entry
+    for kept, *_ in conv_norm._NORMS:
+        assert kept.data_ptr() != w.data_ptr()

@@ -66,6 +66,22 @@ def test_average_case_matches_a_plain_monte_carlo_loop():
     assert math.isfinite(r["err"])
 
 
+def test_average_case_pairs_cancel_the_gradient_term():
+    """On a loss linear in theta every antithetic pair's increase is 0 exactly (up to round-off), so the
+    estimate and its error bar are 0, where independent draws would scatter by sigma ||g||; the per-draw
+    increases come in +/- pairs of that size."""
+    model = nn.Sequential(nn.Linear(4, 3)).to(DT)
+    x = torch.randn(7, 4, dtype=DT, generator=torch.Generator().manual_seed(1))
+    linear_loss = lambda out, y: out.sum() / len(out)  # noqa: E731  (L is affine in the weights)
+    r = average_case.average_sharpness(model, linear_loss, [(x, torch.zeros(7))], 0.5, draws=9,
+                                       generator=torch.Generator().manual_seed(0))
+    assert r["pairs"] == 5 and r["per_draw"].shape == (10,)
+    scale = float(r["per_draw"].abs().max())
+    assert scale > 0.1  # each draw moves the loss by about sigma ||g||
+    assert abs(r["value"]) < 1e-14 * scale and r["se"] < 1e-14 * scale
+    assert torch.allclose(r["per_draw"][0::2], -r["per_draw"][1::2], rtol=0, atol=1e-14 * scale)
+
+
 # ---- Auto-PGD -----------------------------------------------------------------------------------------
 
 def two_param_model():
@@ -188,7 +204,8 @@ def test_settings_of_the_new_measures_are_checked():
     bad = [({"worst_case": {"norm": "linf"}}, "needs algorithm apgd"),
            ({"adaptive": {"algorithm": "pgd"}}, "must be one of ascent, apgd"),
            ({"contrastive": {"kind": "frobenius"}}, "must be one of"),
-           ({"average": {"draws": 1}}, "must be > 1"), ({"keskar": {"eps": 0}}, "must be > 0"),
+           ({"average": {"draws": 1}}, "must be > 1"), ({"average": {"draws": 3}}, "two antithetic pairs"),
+           ({"keskar": {"eps": 0}}, "must be > 0"),
            ({"regret_kl": {"damping": -1}}, "must be >= 0"), ({"worst_case": {"m": 0}}, "must be > 0")]
     for settings, msg in bad:
         with pytest.raises(ValueError, match=msg):
