@@ -1,7 +1,8 @@
 """lambda_max of the Hessian and of the Gauss-Newton matrix at the last checkpoint of finished runs,
-on each run's whole training set (H = G + R; R vanishes where the residuals vanish).
+on each run's training set (H = G + R; R vanishes where the residuals vanish): the whole set, or its
+first N images with ``--n N``.
 
-    python scripts/h_vs_ggn.py RUN_DIR [RUN_DIR ...]
+    python scripts/h_vs_ggn.py [--n N] RUN_DIR [RUN_DIR ...]
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from sharpcomp.settings import settings  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
+    n = None
+    if len(argv) >= 2 and argv[0] == "--n":
+        n, argv = int(argv[1]), argv[2:]
     if not argv:
         print(__doc__.strip().splitlines()[-1].strip(), file=sys.stderr)
         return 2
@@ -27,7 +31,7 @@ def main(argv: list[str]) -> int:
         loaded = load_run(d)
         model, cfg, loss = loaded.model, loaded.config, loaded.loss_fn
         data = load_data(settings(cfg), torch.device("cpu"))
-        x, y = data.train_x, data.train_y
+        x, y = data.train_x[:n], data.train_y[:n]
         with torch.no_grad():
             out = model(x)
         h = hessian_top(model, loss, x, y, k=1, tol=1e-5, max_iter=200).values[0]

@@ -120,6 +120,8 @@ def _metrics_row(model: nn.Module, x: Tensor, y: Tensor, loss_fn: Callable, prob
         nw = network_wide(model, x, sharpness=m["sharpness"], dtype=torch.float64)
         for k in ("nmls", "nvr", "nmls_bound", "sharpness_inv", "nmls_bound_inv"):
             out[k] = float(nw[k])
+        if nw.get("first_layer"):  # a convolutional first layer: its Eq. 28 analogues
+            out.update({k: float(v) for k, v in nw["first_layer"].items()})
     say("traces and worst cases")
     if probes >= 2:
         out["hessian_trace"], _ = hessian_trace(model, loss_fn, x, y, probes,

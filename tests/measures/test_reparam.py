@@ -144,6 +144,9 @@ def test_reparam_table_marks_what_moved():
     # the debate's measures: the adaptive average and the Fisher-ball regret stay, the rest move
     assert not df.loc[["average_adaptive", "regret_kl"], "moved"].any(), df
     assert df.loc[["average", "keskar", "contrastive"], "moved"].all(), df
+    # conv1 acts on the raw input: its Eq. 28 analogues are rows, finite, and a deeper rescaling leaves them
+    assert df.loc[["bound_b_conv", "bound_c_conv"], "before"].notna().all(), df
+    assert not df.loc[["bound_b_conv", "bound_c_conv"], "moved"].any(), df
     assert df.loc["sharpness", "rel_change"] == pytest.approx(
         (df.loc["sharpness", "after"] - df.loc["sharpness", "before"]) / df.loc["sharpness", "before"])
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
@@ -182,6 +185,15 @@ def test_main_prints_the_table(fake_run, capsys):
     assert "layer fc2 (units 0,2)" in capsys.readouterr().out
 
 
+def test_main_n_takes_the_first_sample_points_and_shows_progress(fake_run, capsys):
+    assert reparam_command.main([str(fake_run), "layer=fc1", "probes=0", "n=3"]) == 0
+    captured = capsys.readouterr()
+    assert ", 3 train sample points, float64" in captured.out
+    stages = [line for line in captured.err.splitlines() if line.startswith("sharpcomp reparam: [")]
+    assert any(line.endswith("before: the study's metrics") for line in stages)
+    assert any(line.endswith("after: curvature spectrum") for line in stages)
+
+
 @pytest.mark.parametrize("args,msg", [
     (["{run}/missing"], "no run directory"),
     (["{run}", "layer=fc9"], "unknown layer 'fc9'"),
@@ -190,6 +202,8 @@ def test_main_prints_the_table(fake_run, capsys):
     (["{run}", "alpha=-2"], "alpha must be a positive number"),
     (["{run}", "alpha=ten"], "alpha must be a positive number"),
     (["{run}", "beta=1"], "unknown option 'beta'"),
+    (["{run}", "n=0"], "n must be >= 1"),
+    (["{run}", "n=all"], "n must be an integer"),
     (["{run}", "units=0,9", "layer=fc1"], "unit 9 out of range"),
     ([], "missing RUN_DIR"),
 ])
