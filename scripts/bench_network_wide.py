@@ -7,10 +7,9 @@ and on the same inputs:
    network-wide column (NMLS, NVR, bounds, invariant sharpness, exact convolution operator norms), both
    in passes of their own (``network_wide``) and gathered in the metric engine's passes
    (``compute_metrics(network_wide=True)``, what a training checkpoint runs); prints the times and the
-   ratios (goal <= 1.5x). Every timed call starts cold (``conv_norm.clear_caches()``: no stored operator
-   norm or Lanczos start vector), as at a run's first checkpoint; then the weights take a small step
-   (relative 1e-3, as between two checkpoints of SGD) and the shared pass is timed again, warm: the
-   operator norms start from the previous checkpoint's singular vectors, as they do in training;
+   ratios (goal <= 1.5x). Every timed call starts with no stored operator norm
+   (``conv_norm.clear_caches()``); then the weights take a small step (relative 1e-3, as between two
+   checkpoints of SGD) and the shared pass is timed again, as at a later checkpoint;
 2. the authors' NMLS loop, re-implemented minimally as they compute it (batch 1; per sample one
    forward pass with hooks; per layer and per output one ``autograd.grad`` w.r.t. that layer's input;
    an SVD per layer) on ``--n-authors`` samples, against ``network_wide`` on the same samples; prints
@@ -65,7 +64,7 @@ def authors_nmls(model: nn.Module, x: torch.Tensor) -> np.ndarray:
 
 
 def cold(fn):
-    """``fn`` with the operator-norm stores emptied first (a run's first checkpoint)."""
+    """``fn`` with the stored operator norms forgotten first."""
     def run(*args, **kwargs):
         conv_norm.clear_caches()
         return fn(*args, **kwargs)
@@ -107,7 +106,7 @@ def main() -> None:
         step(model)
         _, t_later = timed(compute_metrics, model, x)
         _, t_later_shared = timed(compute_metrics, model, x, network_wide=True)
-        print(f"{name} n={args.n}, next checkpoint (weights moved by 1e-3, warm Lanczos starts): metrics "
+        print(f"{name} n={args.n}, next checkpoint (weights moved by 1e-3): metrics "
               f"{t_later:.2f} s, with the network-wide columns {t_later_shared:.2f} s: "
               f"{t_later_shared / t_later:.2f}x (goal <= 1.5x)")
         xa = x[:args.n_authors]
