@@ -45,11 +45,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sharpcomp.data.datasets import default_data_dir, load_dataset  # noqa: E402
 from sharpcomp.losses import make_loss  # noqa: E402
-from sharpcomp.measures.curvature import CURVATURE_DEFAULTS, curvature_metrics  # noqa: E402
-from sharpcomp.measures.curvature_ops import dimension, hessian_matvec  # noqa: E402
-from sharpcomp.measures.hessian_spectrum import hessian_top  # noqa: E402
-from sharpcomp.measures.hutchpp import hutchpp  # noqa: E402
-from sharpcomp.measures.param_space import trainable  # noqa: E402
+from sharpcomp.measures.curvature._columns import CURVATURE_DEFAULTS, curvature_metrics  # noqa: E402
+from sharpcomp.measures.curvature.hessian_spectrum import hessian_top  # noqa: E402
+from sharpcomp.measures.linalg.hutchpp import hutchpp  # noqa: E402
+from sharpcomp.measures.linalg.matvec import dimension, hessian_matvec  # noqa: E402
+from sharpcomp.measures.linalg.param_space import trainable  # noqa: E402
 from sharpcomp.models import build_model  # noqa: E402
 
 CASES = {"vgg10": ("cifar10", [0, 1], (3, 32, 32)), "mlp4": ("fashion_mnist", None, (1, 28, 28))}
@@ -241,7 +241,7 @@ def hutchpp_small(reps: int = 300) -> None:
 
 
 def checkpoint_cost(model, loss, x, y, test_x, batch):
-    from sharpcomp.measures.metrics import compute_metrics
+    from sharpcomp.measures.study.metrics import compute_metrics
 
     print(f"  per-checkpoint cost on vgg10 at the defaults ({len(x)} training images available, batch {batch}):")
     total = 0.0

@@ -41,8 +41,8 @@ from sharpcomp.data.order import epoch_permutation, steps_per_epoch
 from sharpcomp.engine.ensemble import StackedSGD, evaluate_stacked
 from sharpcomp.engine.evaluation import evaluate
 from sharpcomp.losses import make_loss
-from sharpcomp.measures.metrics import compute_metrics
-from sharpcomp.measures.stacked import compute_metrics_stacked
+from sharpcomp.measures.study.metrics import compute_metrics
+from sharpcomp.measures.study.stacked import compute_metrics_stacked
 from sharpcomp.models import build_model  # noqa: E402
 
 LRS = (0.05, 0.1, 0.2)

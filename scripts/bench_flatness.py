@@ -2,7 +2,7 @@
 
 1. A 2D landscape of points x points (41 x 41) on n images (2,000), for mlp4 and vgg10 (width 1, random
    weights and inputs of the right shape: the cost does not depend on the values): the batched
-   evaluation (``sharpcomp.measures.landscape.evaluate_points``: torch.func ``vmap`` over chunks of weight
+   evaluation (``sharpcomp.measures.landscape.slices.evaluate_points``: torch.func ``vmap`` over chunks of weight
    points) against one plain forward pass per point (``landscape.loop_reference``). Both are timed on the
    same ``--sample`` grid points (default: one row of the grid, 41 points) and extrapolated to the whole
    grid; the ratio is loop time / batched time per point (goal >= 3).
@@ -25,7 +25,8 @@ import time
 
 import torch
 
-from sharpcomp.measures import average_case, landscape
+from sharpcomp.measures.landscape import slices as landscape
+from sharpcomp.measures.perturbation import average as average_case
 from sharpcomp.models import build_model
 
 

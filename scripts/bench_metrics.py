@@ -1,7 +1,7 @@
 """Benchmark of the metric engine (``make bench``): vgg10 and mlp4, 10 outputs, n = 20 and 100, CPU.
 
 Rows, all in one process on the same weights and inputs:
-  (a) engine   sharpcomp.measures.metrics.compute_metrics, all metrics (S, J_i and their spectra, bounds);
+  (a) engine   sharpcomp.measures.study.metrics.compute_metrics, all metrics (S, J_i and their spectra, bounds);
   (b) loop     the obvious implementation: per sample one forward, per output one autograd.grad
                w.r.t. parameters and input, then the same spectra;
   (c) backpack BackPACK's BatchL2Grad, S only: one backward per output (skipped if not installed);
@@ -22,7 +22,7 @@ from functools import partial
 import numpy as np
 import torch
 
-from sharpcomp.measures.metrics import compute_metrics
+from sharpcomp.measures.study.metrics import compute_metrics
 from sharpcomp.models import build_model
 
 warnings.filterwarnings("ignore", message="Full backward hook is firing")  # BackPACK with inputs not needing grad

@@ -15,7 +15,7 @@ and on the same inputs:
    an SVD per layer) on ``--n-authors`` samples, against ``network_wide`` on the same samples; prints
    the time per sample of each, their ratio, and the largest relative difference of the per-sample NMLS.
 
-3. the matrix-free estimators (``sharpcomp.measures.estimators``) on mlp4 with N = 100 outputs
+3. the matrix-free estimators (``sharpcomp.measures.study.estimators``) on mlp4 with N = 100 outputs
    (n = ``--n-authors``): the exact engine's time, then for 4, 16, 64 probes the estimators' time and,
    per metric, |estimate - exact| / exact next to the reported standard error / exact.
 
@@ -31,9 +31,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from sharpcomp.measures import conv_norm
-from sharpcomp.measures.metrics import compute_metrics
-from sharpcomp.measures.network_wide import network_wide
+from sharpcomp.measures.linalg import operator_norms as conv_norm
+from sharpcomp.measures.study.metrics import compute_metrics
+from sharpcomp.measures.study.network_wide import network_wide
 from sharpcomp.models import build_model
 
 SHAPES = {"vgg10": (3, 32, 32), "mlp4": (1, 28, 28)}
@@ -120,7 +120,7 @@ def main() -> None:
 
 
 def estimators_bench(n: int) -> None:
-    from sharpcomp.measures.estimators import estimate_metrics
+    from sharpcomp.measures.study.estimators import estimate_metrics
 
     model = build_model("mlp4", 100, input_shape=SHAPES["mlp4"], seed=0).eval()
     x = torch.randn(n, *SHAPES["mlp4"], generator=torch.Generator().manual_seed(1))

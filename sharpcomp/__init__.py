@@ -41,38 +41,38 @@ from typing import TYPE_CHECKING
 # public name -> the module it lives in; loaded on first use, so `import sharpcomp` (and the command
 # line's --help and --version) stays quick and imports neither torch nor matplotlib by itself
 _HOMES = {
-    "average_sharpness": "sharpcomp.measures.average_case",
-    "batch_sharpness": "sharpcomp.measures.batch_sharpness",
-    "compute_metrics": "sharpcomp.measures.metrics",
+    "average_sharpness": "sharpcomp.measures.perturbation.average",
+    "batch_sharpness": "sharpcomp.measures.curvature.batch_sharpness",
+    "compute_metrics": "sharpcomp.measures.study.metrics",
     "ConfigError": "sharpcomp.settings",
-    "contrastive_flatness": "sharpcomp.measures.contrastive",
-    "estimate_metrics": "sharpcomp.measures.estimators",
+    "contrastive_flatness": "sharpcomp.measures.curvature.contrastive",
+    "estimate_metrics": "sharpcomp.measures.study.estimators",
     "extra_metrics": "sharpcomp.measures.flatness",
-    "fisher_trace": "sharpcomp.measures.gradient_stats",
-    "ggn_max": "sharpcomp.measures.hessian_spectrum",
-    "gradient_disagreement": "sharpcomp.measures.gradient_stats",
-    "hessian_density": "sharpcomp.measures.spectral_density",
-    "hessian_max": "sharpcomp.measures.hessian_spectrum",
-    "hessian_top": "sharpcomp.measures.hessian_spectrum",
-    "hessian_trace": "sharpcomp.measures.metrics",
-    "hutchinson_traces": "sharpcomp.measures.quotient_trace",
-    "interpolation": "sharpcomp.measures.landscape",
-    "keskar_sharpness": "sharpcomp.measures.keskar",
-    "line_1d": "sharpcomp.measures.landscape",
+    "fisher_trace": "sharpcomp.measures.curvature.gradient_stats",
+    "ggn_max": "sharpcomp.measures.curvature.hessian_spectrum",
+    "gradient_disagreement": "sharpcomp.measures.curvature.gradient_stats",
+    "hessian_density": "sharpcomp.measures.curvature.hessian_density",
+    "hessian_max": "sharpcomp.measures.curvature.hessian_spectrum",
+    "hessian_top": "sharpcomp.measures.curvature.hessian_spectrum",
+    "hessian_trace": "sharpcomp.measures.study.metrics",
+    "hutchinson_traces": "sharpcomp.measures.curvature.quotient_trace",
+    "interpolation": "sharpcomp.measures.landscape.slices",
+    "keskar_sharpness": "sharpcomp.measures.perturbation.keskar",
+    "line_1d": "sharpcomp.measures.landscape.slices",
     "load_run": "sharpcomp.engine.loading",
     "LoadedRun": "sharpcomp.engine.loading",
-    "network_wide": "sharpcomp.measures.network_wide",
-    "nonuniformity": "sharpcomp.measures.nonuniformity",
-    "pacbayes_sigma": "sharpcomp.measures.pacbayes",
-    "quotient_hessian_trace": "sharpcomp.measures.quotient_trace",
-    "quotient_trace_gap": "sharpcomp.measures.quotient_trace",
+    "network_wide": "sharpcomp.measures.study.network_wide",
+    "nonuniformity": "sharpcomp.measures.curvature.nonuniformity",
+    "pacbayes_sigma": "sharpcomp.measures.perturbation.pacbayes",
+    "quotient_hessian_trace": "sharpcomp.measures.curvature.quotient_trace",
+    "quotient_trace_gap": "sharpcomp.measures.curvature.quotient_trace",
     "read_metrics": "sharpcomp.results.records",
     "read_runs": "sharpcomp.results.sweep",
-    "regret_kl": "sharpcomp.measures.regret_kl",
-    "surface_2d": "sharpcomp.measures.landscape",
+    "regret_kl": "sharpcomp.measures.perturbation.regret_kl",
+    "surface_2d": "sharpcomp.measures.landscape.slices",
     "train": "sharpcomp.engine.train",
     "train_ensemble": "sharpcomp.engine.ensemble",
-    "worst_case_sharpness": "sharpcomp.measures.worst_case",
+    "worst_case_sharpness": "sharpcomp.measures.perturbation.worst_case",
 }
 __all__ = [  # written out, for readers and linters; the same names as _HOMES
     "__version__", "average_sharpness", "batch_sharpness", "compute_metrics", "ConfigError",
@@ -87,23 +87,27 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and editors
     from sharpcomp.engine.ensemble import train_ensemble
     from sharpcomp.engine.loading import LoadedRun, load_run
     from sharpcomp.engine.train import train
-    from sharpcomp.measures.average_case import average_sharpness
-    from sharpcomp.measures.batch_sharpness import batch_sharpness
-    from sharpcomp.measures.contrastive import contrastive_flatness
-    from sharpcomp.measures.estimators import estimate_metrics
+    from sharpcomp.measures.curvature.batch_sharpness import batch_sharpness
+    from sharpcomp.measures.curvature.contrastive import contrastive_flatness
+    from sharpcomp.measures.curvature.gradient_stats import fisher_trace, gradient_disagreement
+    from sharpcomp.measures.curvature.hessian_density import hessian_density
+    from sharpcomp.measures.curvature.hessian_spectrum import ggn_max, hessian_max, hessian_top
+    from sharpcomp.measures.curvature.nonuniformity import nonuniformity
+    from sharpcomp.measures.curvature.quotient_trace import (
+        hutchinson_traces,
+        quotient_hessian_trace,
+        quotient_trace_gap,
+    )
     from sharpcomp.measures.flatness import extra_metrics
-    from sharpcomp.measures.gradient_stats import fisher_trace, gradient_disagreement
-    from sharpcomp.measures.hessian_spectrum import ggn_max, hessian_max, hessian_top
-    from sharpcomp.measures.keskar import keskar_sharpness
-    from sharpcomp.measures.landscape import interpolation, line_1d, surface_2d
-    from sharpcomp.measures.metrics import compute_metrics, hessian_trace
-    from sharpcomp.measures.network_wide import network_wide
-    from sharpcomp.measures.nonuniformity import nonuniformity
-    from sharpcomp.measures.pacbayes import pacbayes_sigma
-    from sharpcomp.measures.quotient_trace import hutchinson_traces, quotient_hessian_trace, quotient_trace_gap
-    from sharpcomp.measures.regret_kl import regret_kl
-    from sharpcomp.measures.spectral_density import hessian_density
-    from sharpcomp.measures.worst_case import worst_case_sharpness
+    from sharpcomp.measures.landscape.slices import interpolation, line_1d, surface_2d
+    from sharpcomp.measures.perturbation.average import average_sharpness
+    from sharpcomp.measures.perturbation.keskar import keskar_sharpness
+    from sharpcomp.measures.perturbation.pacbayes import pacbayes_sigma
+    from sharpcomp.measures.perturbation.regret_kl import regret_kl
+    from sharpcomp.measures.perturbation.worst_case import worst_case_sharpness
+    from sharpcomp.measures.study.estimators import estimate_metrics
+    from sharpcomp.measures.study.metrics import compute_metrics, hessian_trace
+    from sharpcomp.measures.study.network_wide import network_wide
     from sharpcomp.results.records import read_metrics
     from sharpcomp.results.sweep import read_runs
     from sharpcomp.settings import ConfigError

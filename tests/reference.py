@@ -1,6 +1,6 @@
 """Brute-force float64 references for the metric engine: loops over samples and outputs, plain
 ``torch.autograd.grad``, dense Jacobians and Hessians, numpy eigensolvers. Slow and obvious on purpose;
-shares no code with ``sharpcomp.measures.metrics``.
+shares no code with ``sharpcomp.measures.study.metrics``.
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def _layer_jacobians(model: nn.Module, xi: torch.Tensor, module: nn.Module, n_ou
 
 
 def reference_network_wide(model: nn.Module, inputs: torch.Tensor) -> dict:
-    """NMLS, NVR and their bounds (sharpcomp.measures.network_wide's docstring) by loops over samples,
+    """NMLS, NVR and their bounds (sharpcomp.measures.study.network_wide's docstring) by loops over samples,
     layers and outputs, float64, numpy SVDs; operator norms from dense matrices. Layers: every Linear
     and convolution module, each called once."""
     model = copy.deepcopy(model).double()

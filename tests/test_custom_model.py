@@ -15,7 +15,7 @@ from torch import nn
 
 from sharpcomp.cli import main
 from sharpcomp.engine.train import train
-from sharpcomp.measures.metrics import compute_metrics
+from sharpcomp.measures.study.metrics import compute_metrics
 from sharpcomp.models import ModelError, build_from_config, build_model, count_parameters, mlp4, vgg10
 from sharpcomp.results.records import read_metrics
 from tests.conftest import REPO, SHRINK, TINY, compose_train

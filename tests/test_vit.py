@@ -12,8 +12,8 @@ from omegaconf import OmegaConf
 
 from sharpcomp.data.datasets import Dataset
 from sharpcomp.engine.train import train
-from sharpcomp.measures.metrics import compute_metrics
-from sharpcomp.measures.network_wide import add_network_wide
+from sharpcomp.measures.study.metrics import compute_metrics
+from sharpcomp.measures.study.network_wide import add_network_wide
 from sharpcomp.models import ModelError, build_from_config, vit
 from sharpcomp.results.columns import METRIC_COLUMNS, NETWORK_WIDE_COLUMNS
 from sharpcomp.results.records import read_metrics

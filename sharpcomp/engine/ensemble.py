@@ -23,7 +23,7 @@ and the difference grows with training; the tests pin the tolerance):
   the ensemble's elapsed time (plus the member's time before a resume).
 
 This module holds only what is specific to stacking k networks: the stacked networks
-(:class:`StackedSGD`), their whole-set evaluation and sample-set metrics (:mod:`sharpcomp.measures.stacked`:
+(:class:`StackedSGD`), their whole-set evaluation and sample-set metrics (:mod:`sharpcomp.measures.study.stacked`:
 one forward and N backward passes of the stacked network for all members; the results equal
 ``metrics.compute_metrics`` member by member), and :class:`EnsembleStepper`, the stepper that the one
 training loop (:mod:`sharpcomp.engine.train`) drives. The loop does the rest as for any run: checkpoints,
@@ -144,7 +144,7 @@ class StackedSGD:
     the (k,) minibatch losses (on the device, no host synchronisation).
 
     ``impl``: ``"vmap"`` (``torch.func``: ``vmap(grad_and_value(...))`` over ``functional_call``, any
-    architecture), ``"grouped"`` (:mod:`sharpcomp.measures.stacked_ops`: the members' layers as grouped
+    architecture), ``"grouped"`` (:mod:`sharpcomp.measures.study._stacked_ops`: the members' layers as grouped
     convolutions and batched matrix products, autograd for the gradients; ``nn.Sequential`` of
     Conv2d / Linear / ReLU / MaxPool2d / Flatten only, several times faster per step on a CPU), or
     ``"auto"`` (grouped where supported). ``compile``: ``torch.compile`` the step (vmap) or the
@@ -155,7 +155,7 @@ class StackedSGD:
                  impl: str = "auto"):
         from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
-        from sharpcomp.measures.stacked_ops import make_plan, stacked_forward
+        from sharpcomp.measures.study._stacked_ops import make_plan, stacked_forward
 
         if impl not in ("auto", "grouped", "vmap"):
             raise ValueError(f"unknown ensemble implementation {impl!r} (auto, grouped, vmap)")
@@ -289,7 +289,7 @@ def stacked_sample_metrics(models: Sequence[nn.Module], inputs: Sequence[Mapping
     One :func:`metrics_stacked.compute_metrics_stacked` call per sample set for all members (members
     with an empty set are left out of it).
     """
-    from sharpcomp.measures.stacked import compute_metrics_stacked
+    from sharpcomp.measures.study.stacked import compute_metrics_stacked
 
     out: list[dict[str, dict]] = [{} for _ in models]
     for name in s.metrics.sample_sets:

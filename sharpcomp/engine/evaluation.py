@@ -1,7 +1,7 @@
 """What a checkpoint computes for one network: whole-set evaluation, the sample sets, and its rows.
 
 Rows (one per sample set, ``records``): the whole-set columns (``base``), the loss and the metrics
-(:func:`sharpcomp.measures.metrics.compute_metrics`, passed in precomputed, since an ensemble computes them for
+(:func:`sharpcomp.measures.study.metrics.compute_metrics`, passed in precomputed, since an ensemble computes them for
 all members at once) on the sample set, and the optional flatness measures on the train row.
 """
 
@@ -78,7 +78,7 @@ def sample_losses(models: list[nn.Module], sets: list[dict[str, tuple[torch.Tens
 
 def compute_sample_metrics(model: nn.Module, inputs: Mapping[str, tuple], s: Settings) -> dict[str, dict]:
     """``compute_metrics`` of one network on each non-empty sample set, by name."""
-    from sharpcomp.measures.metrics import compute_metrics
+    from sharpcomp.measures.study.metrics import compute_metrics
 
     progress = None if s.progress else False  # a bar on long metric work, like training's
     # the network-wide columns come from the metric engine's own passes (metrics.network_wide)
@@ -92,7 +92,7 @@ def with_network_wide(models, inputs, results: list[dict[str, dict]], s: Setting
     network at a time, after the stacked ensemble engine."""
     if not s.metrics.network_wide:
         return results
-    from sharpcomp.measures.network_wide import add_network_wide
+    from sharpcomp.measures.study.network_wide import add_network_wide
 
     opts = s.metrics.options()
     for model, sets, res in zip(models, inputs, results):

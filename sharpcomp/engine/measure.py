@@ -18,7 +18,7 @@ misclassified; default train), ``seed`` (picks the train samples; default 0), ``
 the data's class count for ``model``), ``dtype`` (float32|float64), ``out`` (folder; default
 ``outputs/measure``), ``figure`` (a PNG path: the across-model correlation of sharpness with MLS and
 NMLS, over every row in ``out``), ``estimate`` (auto: the matrix-free estimators with standard errors,
-``sharpcomp.measures.estimators``, when a sample's Jacobian has over 2e7 entries; exact; always),
+``sharpcomp.measures.study.estimators``, when a sample's Jacobian has over 2e7 entries; exact; always),
 ``probes`` (estimator probes, default 32).
 
 One row per (model, sample set) is appended to ``out/metrics.parquet`` in the results schema
@@ -211,9 +211,9 @@ def measure_rows(opts: dict, args: dict) -> list[dict]:
 def _metrics(model: nn.Module, x: torch.Tensor, dtype: torch.dtype, opts: dict) -> dict:
     """The exact engine and the network-wide columns, or (``estimate=always``, or ``auto`` above the
     cost threshold) the matrix-free estimators with standard errors."""
-    from sharpcomp.measures.estimators import choose, estimate_metrics
-    from sharpcomp.measures.metrics import compute_metrics
-    from sharpcomp.measures.network_wide import add_network_wide
+    from sharpcomp.measures.study.estimators import choose, estimate_metrics
+    from sharpcomp.measures.study.metrics import compute_metrics
+    from sharpcomp.measures.study.network_wide import add_network_wide
 
     how = opts["estimate"] if opts["estimate"] != "auto" else choose(model, x)
     if how in ("always", "estimate"):

@@ -1,6 +1,6 @@
 """``sharpcomp reparam RUN_DIR alpha=10 layer=fc1``: rescale one layer of a trained run, print every measure.
 
-The table comes from :func:`sharpcomp.measures.reparam.reparam_table` on the run's train sample set, in
+The table comes from :func:`sharpcomp.measures.symmetry.reparam.reparam_table` on the run's train sample set, in
 float64; this module reads the run folder and the options and prints it.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from sharpcomp.engine.loading import load_run
-from sharpcomp.measures.reparam import reparam_table, rescalable_layers, rescale_unit
+from sharpcomp.measures.symmetry.reparam import reparam_table, rescalable_layers, rescale_unit
 from sharpcomp.settings import ConfigError
 from sharpcomp.usage import EXIT_USAGE, UsageError, report
 

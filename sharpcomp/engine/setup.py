@@ -73,7 +73,7 @@ def check_symmetry(s: Settings, model: nn.Module) -> None:
     on = [k for k in ("quotient_trace", "quotient_worst") if s.metrics.flatness.get(k) is not None]
     if not on:
         return
-    from sharpcomp.measures.symmetry_graph import TraceError, analyse
+    from sharpcomp.measures.symmetry.graph import TraceError, analyse
 
     try:
         _, unknown = analyse(model)

@@ -1,4 +1,4 @@
-"""Drawing loss landscapes (the numbers come from :mod:`sharpcomp.measures.landscape`): a 1D profile of
+"""Drawing loss landscapes (the numbers come from :mod:`sharpcomp.measures.landscape.slices`): a 1D profile of
 loss and accuracy, a 2D contour plot, a 3D surface, and the interpolation between two networks; each
 grid also as a CSV. matplotlib ``Figure`` objects without pyplot (no display needed)."""
 

@@ -14,18 +14,18 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from sharpcomp.measures.average_case import average_sharpness
-from sharpcomp.measures.contrastive import contrastive_flatness
-from sharpcomp.measures.curvature import CURVATURE_DEFAULTS, curvature_metrics
-from sharpcomp.measures.gradient_stats import fisher_trace, gradient_disagreement
-from sharpcomp.measures.hutchpp import hessian_traces
-from sharpcomp.measures.keskar import keskar_sharpness
-from sharpcomp.measures.pacbayes import pacbayes_bounds, pacbayes_sigma
-from sharpcomp.measures.param_space import Batch, LossFn, preserved, trainable
-from sharpcomp.measures.precision import exact_float32
-from sharpcomp.measures.quotient_trace import hutchinson_traces, quotient_trace_gap
-from sharpcomp.measures.regret_kl import regret_kl
-from sharpcomp.measures.worst_case import worst_case_sharpness
+from sharpcomp.measures.curvature._columns import CURVATURE_DEFAULTS, curvature_metrics
+from sharpcomp.measures.curvature.contrastive import contrastive_flatness
+from sharpcomp.measures.curvature.gradient_stats import fisher_trace, gradient_disagreement
+from sharpcomp.measures.curvature.quotient_trace import hutchinson_traces, quotient_trace_gap
+from sharpcomp.measures.linalg.hutchpp import hessian_traces
+from sharpcomp.measures.linalg.param_space import Batch, LossFn, preserved, trainable
+from sharpcomp.measures.linalg.precision import exact_float32
+from sharpcomp.measures.perturbation.average import average_sharpness
+from sharpcomp.measures.perturbation.keskar import keskar_sharpness
+from sharpcomp.measures.perturbation.pacbayes import pacbayes_bounds, pacbayes_sigma
+from sharpcomp.measures.perturbation.regret_kl import regret_kl
+from sharpcomp.measures.perturbation.worst_case import worst_case_sharpness
 
 FLATNESS_DEFAULTS: dict[str, dict] = {
     # Hutchinson Tr(PHP) on n training points (+ Tr(H) from the same probes, + the exact closed-form gap)
@@ -46,7 +46,7 @@ FLATNESS_DEFAULTS: dict[str, dict] = {
     # trace of the empirical Fisher on n training points
     "fisher": {"n": 256, "chunk_size": 32},
     # the curvature spectrum: hessian_max (+ hessian_top), ggn_max, batch_sharpness, nonuniformity,
-    # hessian_density (sharpcomp.measures.curvature)
+    # hessian_density (sharpcomp.measures.curvature._columns)
     **CURVATURE_DEFAULTS,
     # average-case sharpness under Gaussian weight noise (sigma: plain, adaptive_sigma: |w|-scaled; null = off)
     "average": {"sigma": 0.01, "adaptive_sigma": 0.1, "draws": 100, "batches": 1, "batch_size": 1000},
@@ -168,7 +168,7 @@ def extra_metrics(model: nn.Module, loss_fn: LossFn, train_x: Tensor, train_y: T
     + quotient_trace_gap with gap] | sharpness_worst, sharpness_worst_rel | sharpness_adaptive,
     sharpness_adaptive_rel | sharpness_worst_quotient, sharpness_worst_quotient_rel |
     grad_disagreement | fisher_trace | the curvature spectrum's columns
-    (:func:`sharpcomp.measures.curvature.curvature_metrics`; ``batch_size``: the run's) | the columns of
+    (:func:`sharpcomp.measures.curvature._columns.curvature_metrics`; ``batch_size``: the run's) | the columns of
     :func:`debate_metrics`. The model is left exactly as it was.
     """
     cfg = _resolve(settings)

@@ -26,7 +26,7 @@ METRIC_COLUMNS = (
 )
 # Why bound columns are missing (e.g. a convolutional first layer); empty when they are present.
 REASON_COLUMNS = ("bounds_reason",)
-# Network-wide compression (NMLS, NVR) and its bounds (sharpcomp.measures.network_wide); on every row
+# Network-wide compression (NMLS, NVR) and its bounds (sharpcomp.measures.study.network_wide); on every row
 # (and the proven analogues of bound_b, bound_c for a convolutional first layer, NaN otherwise)
 # with the metric columns. Results written before they existed read them as missing values.
 NETWORK_WIDE_COLUMNS = (
@@ -35,7 +35,7 @@ NETWORK_WIDE_COLUMNS = (
 )
 # Which network-wide bounds are proven for the network (weight sharing), or why they are missing.
 NETWORK_WIDE_REASON = "network_wide_reason"
-# Standard errors of the matrix-free estimators (sharpcomp.measures.estimators; `sharpcomp measure`
+# Standard errors of the matrix-free estimators (sharpcomp.measures.study.estimators; `sharpcomp measure`
 # on large networks): extra columns, only in rows computed by them.
 ESTIMATE_COLUMNS = ("sharpness_se", "G_se", "local_dim_se", "mls_err", "probes")
 # Every column a results file has, in order (optional flatness columns come after them).
@@ -58,7 +58,7 @@ FLATNESS_SE.update({"average": "average_se", "average_adaptive": "average_adapti
 WORST_CASE_MEASURES = ("sharpness_worst", "sharpness_adaptive", "sharpness_worst_quotient")
 # Tr H - Tr(PHP) in closed form.
 TRACE_GAP = "quotient_trace_gap"
-# The curvature spectrum (sharpcomp.measures.curvature): Lanczos eigenvalues with their largest relative
+# The curvature spectrum (sharpcomp.measures.curvature._columns): Lanczos eigenvalues with their largest relative
 # residual and iteration count, batch sharpness with its standard error, the non-uniformity, and two
 # list columns (LIST_COLUMNS): the top-k Hessian eigenvalues and the SLQ density's bin masses.
 CURVATURE_COLUMNS = (

@@ -74,7 +74,7 @@ def test_sparse_evaluation_and_stacked_metrics_match_separate_runs(data_dir, cac
                                                                    monkeypatch):
     """eval_every=2: the misclassified set of a checkpoint without whole-set evaluation comes from a
     stacked test-set evaluation. The checkpoint metrics are the stacked ones (never member by member)."""
-    import sharpcomp.measures.stacked as stacked
+    import sharpcomp.measures.study.stacked as stacked
 
     cfgs = [_cfg(data_dir, cache_dir, lr, seed, ["eval_every=2"]) for lr, seed in MEMBERS]
     for i, cfg in enumerate(cfgs):

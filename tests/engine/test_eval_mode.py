@@ -15,7 +15,7 @@ from sharpcomp.data.datasets import Dataset
 from sharpcomp.engine import evaluation
 from sharpcomp.engine.evaluation import evaluate
 from sharpcomp.engine.train import train
-from sharpcomp.measures.metrics import compute_metrics
+from sharpcomp.measures.study.metrics import compute_metrics
 from sharpcomp.models import build_from_config, samples_per_chunk
 from sharpcomp.results.run_state import CHECKPOINT_FILE, read_checkpoint
 from tests.conftest import compose_train, random_images

@@ -11,8 +11,8 @@ import torch
 from sharpcomp.cli import main
 from sharpcomp.engine.loading import load_run
 from sharpcomp.engine.train import train
-from sharpcomp.measures.metrics import compute_metrics
-from sharpcomp.measures.network_wide import add_network_wide
+from sharpcomp.measures.study.metrics import compute_metrics
+from sharpcomp.measures.study.network_wide import add_network_wide
 from sharpcomp.results.columns import COLUMNS
 
 VIT_ARGS = ["arg.img_size=28", "arg.patch_size=7", "arg.in_chans=1", "arg.depth=1", "arg.embed_dim=16",

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from sharpcomp.measures import estimators
-from sharpcomp.measures.estimators import choose, estimate_metrics
-from sharpcomp.measures.metrics import compute_metrics
+from sharpcomp.measures.study import estimators
+from sharpcomp.measures.study.estimators import choose, estimate_metrics
+from sharpcomp.measures.study.metrics import compute_metrics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

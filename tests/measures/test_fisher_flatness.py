@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from sharpcomp.measures import contrastive, gradient_stats, pacbayes, regret_kl
-from sharpcomp.measures.reparam import rescale_unit
+from sharpcomp.measures.curvature import contrastive, gradient_stats
+from sharpcomp.measures.perturbation import pacbayes, regret_kl
+from sharpcomp.measures.symmetry.reparam import rescale_unit
 from tests.measures.test_flatness import dense_hessian, tiny_cnn, tiny_mlp
 from tests.reference import as_dict, flat_theta, mse
 

@@ -10,7 +10,11 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from sharpcomp.measures import flatness, gradient_stats, hutchinson, param_space, quotient_trace, symmetry, worst_case
+from sharpcomp.measures import flatness
+from sharpcomp.measures.curvature import gradient_stats, quotient_trace
+from sharpcomp.measures.linalg import hutchinson, param_space
+from sharpcomp.measures.perturbation import worst_case
+from sharpcomp.measures.symmetry import orbits as symmetry
 from sharpcomp.models import build_model
 from tests.reference import as_dict, flat_theta, mse
 
@@ -215,7 +219,7 @@ PINNED_TRACES = {
 
 @pytest.mark.parametrize("name,make", [("mlp", tiny_mlp), ("cnn", tiny_cnn)])
 def test_one_hutchinson_estimator_keeps_the_values_of_both_former_ones(name, make):
-    from sharpcomp.measures.metrics import hessian_trace
+    from sharpcomp.measures.study.metrics import hessian_trace
 
     model, x, y = make()
     pinned_full, pinned_pair = PINNED_TRACES[name]

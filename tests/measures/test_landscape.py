@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from sharpcomp.measures import landscape
+from sharpcomp.measures.landscape import slices as landscape
 from tests.measures.test_flatness import tiny_cnn, tiny_mlp
 from tests.reference import mse
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-import sharpcomp.measures.layer_rules as layers
-import sharpcomp.measures.metrics as metrics
-from sharpcomp.measures.metrics import METRIC_NAMES, compute_metrics, hessian_trace
+import sharpcomp.measures.study._layer_rules as layers
+import sharpcomp.measures.study.metrics as metrics
+from sharpcomp.measures.study.metrics import METRIC_NAMES, compute_metrics, hessian_trace
 from tests.reference import dense_hessian_trace, reference_metrics
 
 GEOMETRY = ("G", "log_volume", "mls", "local_dim")

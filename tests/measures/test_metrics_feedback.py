@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from sharpcomp.measures import metrics
-from sharpcomp.measures.metrics import compute_metrics
+from sharpcomp.measures.study import metrics
+from sharpcomp.measures.study.metrics import compute_metrics
 
 
 def _net(n_out: int, d_in: int = 6) -> nn.Module:

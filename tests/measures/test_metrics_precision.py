@@ -13,10 +13,12 @@ import pytest
 import torch
 from torch import nn
 
-from sharpcomp.measures import flatness, gradient_stats, quotient_trace, worst_case
-from sharpcomp.measures.metrics import compute_metrics, hessian_trace
-from sharpcomp.measures.precision import exact_float32, tf32_settings
-from sharpcomp.measures.stacked import compute_metrics_stacked
+from sharpcomp.measures import flatness
+from sharpcomp.measures.curvature import gradient_stats, quotient_trace
+from sharpcomp.measures.linalg.precision import exact_float32, tf32_settings
+from sharpcomp.measures.perturbation import worst_case
+from sharpcomp.measures.study.metrics import compute_metrics, hessian_trace
+from sharpcomp.measures.study.stacked import compute_metrics_stacked
 from tests.reference import mse
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -81,7 +83,7 @@ def test_every_metric_runs_without_tf32_and_restores_the_settings(name, tf32_on)
 
 SCENARIOS = textwrap.dedent("""
     import json, sys, torch
-    from sharpcomp.measures.precision import exact_float32, tf32_settings
+    from sharpcomp.measures.linalg.precision import exact_float32, tf32_settings
     b = torch.backends
     setups = {
         "default": lambda: None,

@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from sharpcomp.measures.metrics import METRIC_NAMES, compute_metrics
-from sharpcomp.measures.stacked import compute_metrics_stacked, stacked_supported
+from sharpcomp.measures.study.metrics import METRIC_NAMES, compute_metrics
+from sharpcomp.measures.study.stacked import compute_metrics_stacked, stacked_supported
 from sharpcomp.models import ACTIVATION_BUDGET, build_model, samples_per_chunk
 from tests.reference import reference_metrics
 

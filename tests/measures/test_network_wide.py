@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from sharpcomp.measures.conv_norm import conv_operator_norm, frobenius_stand_in, spectral_norm
-from sharpcomp.measures.metrics import compute_metrics
-from sharpcomp.measures.network_wide import add_network_wide, network_wide
+from sharpcomp.measures.linalg.operator_norms import conv_operator_norm, frobenius_stand_in, spectral_norm
+from sharpcomp.measures.study.metrics import compute_metrics
+from sharpcomp.measures.study.network_wide import add_network_wide, network_wide
 from sharpcomp.models import vgg10
 from sharpcomp.results.columns import NETWORK_WIDE_COLUMNS
 from tests.reference import dense_linear_map, reference_network_wide
@@ -233,7 +233,7 @@ def test_spectral_norm_reuses_a_result_only_for_equal_values():
     """A repeated ||W||_2 of the same values comes from the store; any change of W, in place (also through
     ``.data``, which autograd's version counter does not see) or by a new tensor, is solved again, and
     never from a stored copy that aliases W."""
-    from sharpcomp.measures import conv_norm
+    from sharpcomp.measures.linalg import operator_norms as conv_norm
 
     conv_norm.clear_caches()
     w = nn.Parameter(torch.randn(90, 120, generator=torch.Generator().manual_seed(3), dtype=torch.float64))

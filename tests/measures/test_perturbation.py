@@ -10,7 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from sharpcomp.measures import apgd, average_case, keskar, worst_case
+from sharpcomp.measures.linalg import apgd
+from sharpcomp.measures.perturbation import average as average_case
+from sharpcomp.measures.perturbation import keskar, worst_case
 from tests.measures.test_flatness import dense_hessian, linear_model, tiny_cnn, tiny_mlp
 from tests.reference import flat_theta, mse
 

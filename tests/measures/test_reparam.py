@@ -1,5 +1,5 @@
-"""sharpcomp.measures.reparam: the rescaling, its invariances, the law S(alpha) = a/alpha^2 + alpha^2 b + c, the
-table and the ``sharpcomp reparam`` command."""
+"""sharpcomp.measures.symmetry.reparam: the rescaling, its invariances, the law S(alpha) = a/alpha^2 + alpha^2 b + c,
+the table and the ``sharpcomp reparam`` command."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from torch import nn
 from torch.func import functional_call
 
 from sharpcomp.engine import reparam_command
-from sharpcomp.measures.metrics import compute_metrics
-from sharpcomp.measures.reparam import reparam_table, rescale_unit
+from sharpcomp.measures.study.metrics import compute_metrics
+from sharpcomp.measures.symmetry.reparam import reparam_table, rescale_unit
 from tests.reference import mse
 
 DT = torch.float64
@@ -230,7 +230,8 @@ def test_main_accepts_hydra_run_folders_with_equals_signs(fake_run, tmp_path, ca
 
 def test_column_names_come_from_one_schema():
     """reparam's rows, the flatness measures' columns and the metric names are sharpcomp.results.columns' names."""
-    from sharpcomp.measures import flatness, metrics
+    from sharpcomp.measures import flatness
+    from sharpcomp.measures.study import metrics
     from sharpcomp.results import columns, records
 
     assert metrics.METRIC_NAMES == records.METRIC_COLUMNS == columns.METRIC_COLUMNS

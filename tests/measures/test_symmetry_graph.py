@@ -11,8 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from sharpcomp.measures import param_space, symmetry
-from sharpcomp.measures.symmetry_graph import Group, TraceError, analyse
+from sharpcomp.measures.linalg import param_space
+from sharpcomp.measures.symmetry import orbits as symmetry
+from sharpcomp.measures.symmetry.graph import Group, TraceError, analyse
 from sharpcomp.models import build_model
 from tests.nets import SmallResNet
 

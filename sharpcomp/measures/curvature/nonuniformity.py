@@ -1,0 +1,56 @@
+"""Gradient non-uniformity (Ma & Ying 2021): how much the per-sample Hessians differ from their mean,
+
+    nonuniformity = sqrt( lambda_max( (1/n) sum_i H_i^2 - H^2 ) ),   H = (1/n) sum_i H_i,
+
+with H_i the Hessian of sample i's loss. The matrix V = (1/n) sum_i H_i^2 - H^2 = (1/n) sum_i (H_i - H)^2
+is the covariance of the per-sample Hessians, positive semi-definite. Ma & Ying show that SGD with
+learning rate eta and batch size B is linearly stable at a minimum (in the mean-square sense) only if
+lambda_max(H) <= 2 / eta and, roughly, nonuniformity <= sqrt(B) / eta.
+
+Method: Lanczos (:func:`sharpcomp.measures.linalg.lanczos.top_eigenvalues`) on v -> V v, where
+V v = (1/n) sum_i H_i (H_i v) - H (H v), H w = (1/n) sum_i H_i w, from per-sample gradient graphs built
+once (:func:`sharpcomp.measures.linalg.matvec.per_sample_gradients`): 3n per-sample Hessian-vector products
+per Lanczos step. (The study's authors compute the same quantity by power iteration, ``eigen_variance``.)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from sharpcomp.measures.linalg.lanczos import TopEigen, top_eigenvalues
+from sharpcomp.measures.linalg.matvec import dimension, per_sample_gradients, sample_hvp
+from sharpcomp.measures.linalg.param_space import LossFn, preserved, trainable
+from sharpcomp.measures.linalg.precision import exact_float32
+
+
+def variance_matvec(model: nn.Module, grads: list):
+    """v -> V v = (1/n) sum_i H_i^2 v - H^2 v from per-sample gradient graphs."""
+    n = len(grads)
+
+    def matvec(v: Tensor) -> Tensor:
+        hv = [sample_hvp(g, model, v) for g in grads]
+        mean_hv = sum(hv) / n
+        second = sum(sample_hvp(g, model, h) for g, h in zip(grads, hv)) / n
+        return second - sum(sample_hvp(g, model, mean_hv) for g in grads) / n
+
+    return matvec
+
+
+@exact_float32()
+def nonuniformity_top(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets: Tensor, tol: float = 1e-3,
+                      max_iter: int = 50, generator: torch.Generator | None = None) -> TopEigen:
+    """lambda_max(V) by Lanczos (relative residual ``tol``, at most ``max_iter`` steps); the
+    non-uniformity is its square root (:func:`nonuniformity`). The model is left as it was."""
+    with preserved(model):
+        grads = per_sample_gradients(model, loss_fn, inputs, targets)
+        p = trainable(model)[0]
+        return top_eigenvalues(variance_matvec(model, grads), dimension(model), 1, tol, max_iter,
+                               dtype=p.dtype, device=p.device, generator=generator)
+
+
+def nonuniformity(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets: Tensor, **kwargs) -> float:
+    """sqrt(lambda_max((1/n) sum_i H_i^2 - H^2)) over the samples ``inputs`` (see :func:`nonuniformity_top`)."""
+    return math.sqrt(max(nonuniformity_top(model, loss_fn, inputs, targets, **kwargs).values[0], 0.0))
