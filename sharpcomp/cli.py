@@ -406,11 +406,11 @@ def _resolved_view(args: list[str]) -> list[str]:
 
 # subcommands other than train: name -> the module whose ``main(argv)`` runs it
 SUBCOMMANDS = {
-    "figures": "sharpcomp.figures.command",
-    "reparam": "sharpcomp.engine.reparam_command",
-    "measure": "sharpcomp.engine.measure",
-    "runs": "sharpcomp.results.sweep",
-    "landscape": "sharpcomp.engine.landscape_command",
+    "figures": "sharpcomp.commands.figures",
+    "reparam": "sharpcomp.commands.reparam",
+    "measure": "sharpcomp.commands.measure",
+    "runs": "sharpcomp.commands.runs",
+    "landscape": "sharpcomp.commands.landscape",
 }
 
 

@@ -6,14 +6,13 @@ or a single file; the parts themselves are not runs) and returns all their rows 
 ``run`` column naming each run's folder relative to ``folder``. Other files (``checkpoint.pt``,
 ``.hydra/``) are ignored. ``summarize(frame)`` gives one row per run: the settings that differ between
 the runs (dotted keys from each run's ``settings``), its status, last iteration, final train and test
-accuracy and the metrics of its last ``train`` row. ``sharpcomp runs DIR`` prints that summary.
+accuracy and the metrics of its last ``train`` row (``sharpcomp runs DIR`` prints it,
+:mod:`sharpcomp.commands.runs`).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -106,29 +105,3 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     keys = [c for c in table.columns if c not in (RUN, *fixed)]
     differ = [k for k in keys if table[k].astype(str).nunique(dropna=False) > 1]
     return table[[RUN, *differ, *fixed]]
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="sharpcomp runs", description="One row per run found under a folder: "
-                                     "the settings that differ, status, last iteration, final accuracy, metrics.")
-    parser.add_argument("folder", help="a folder of runs, e.g. outputs/multirun")
-    parser.add_argument("--csv", metavar="FILE", help="also write the summary as CSV")
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            table = summarize(read_runs(args.folder))
-    except RecordError as exc:
-        print(f"sharpcomp: error: {exc}", file=sys.stderr)
-        return 2
-    for w in caught:
-        print(f"sharpcomp: {w.message}", file=sys.stderr)
-    with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200,
-                           "display.float_format", "{:.4g}".format):
-        print(table.to_string(index=False))
-    if args.csv:
-        table.to_csv(args.csv, index=False)
-    return 0

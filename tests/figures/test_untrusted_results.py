@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sharpcomp.figures.command import main
+from sharpcomp.commands.figures import main
 
 BAD_NAME = os.fsdecode(b"run-\xff")  # not valid UTF-8: a surrogate escape in the str
 

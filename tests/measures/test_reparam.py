@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from sharpcomp.engine import reparam_command
+from sharpcomp.commands import reparam as reparam_command
 from sharpcomp.measures.study.metrics import compute_metrics
 from sharpcomp.measures.symmetry.reparam import reparam_table, rescale_unit
 from tests.reference import mse
@@ -158,8 +158,6 @@ def test_reparam_table_marks_what_moved():
 
 @pytest.fixture
 def fake_run(tmp_path, monkeypatch):
-    import sharpcomp.engine.reparam_command as train
-
     model, x, y = tiny_mlp()
     cfg = {"model": {"name": "tiny", "width": 1.0, "outputs": 3}, "metrics": {"n": 7, "log_volume_rank": None}}
 
@@ -168,7 +166,7 @@ def fake_run(tmp_path, monkeypatch):
             raise FileNotFoundError(f"no checkpoint at {run_dir / 'checkpoint.pt'}")
         return SimpleNamespace(model=model.float(), config=cfg, sample_x=x.float(), sample_y=y, loss_fn=mse)
 
-    monkeypatch.setattr(train, "load_run", load_run)
+    monkeypatch.setattr(reparam_command, "load_run", load_run)
     (tmp_path / "checkpoint.pt").write_bytes(b"")
     return tmp_path
 

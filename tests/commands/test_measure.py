@@ -52,7 +52,7 @@ def test_measure_saved_runs_and_draw_the_correlation(two_runs, tmp_path, capsys)
 def test_measure_a_timm_model_with_and_without_weights(tmp_path, fmnist_small, monkeypatch, capsys):
     import timm
 
-    from sharpcomp.engine import measure
+    from sharpcomp.commands import measure
 
     monkeypatch.setattr(measure, "_data", lambda opts: fmnist_small, raising=False)
     torch.manual_seed(0)
@@ -82,7 +82,7 @@ def test_measure_a_timm_model_with_and_without_weights(tmp_path, fmnist_small, m
     (["model=mlp4", "run=x"], "either run="),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message, capsys, fmnist_small, monkeypatch):
-    from sharpcomp.engine import measure
+    from sharpcomp.commands import measure
 
     monkeypatch.setattr(measure, "_data", lambda opts: fmnist_small, raising=False)
     assert main(["measure", *args]) == 2
@@ -91,7 +91,7 @@ def test_bad_input_is_one_line_and_exit_2(args, message, capsys, fmnist_small, m
 
 
 def test_weights_that_do_not_fit(tmp_path, fmnist_small, monkeypatch, capsys):
-    from sharpcomp.engine import measure
+    from sharpcomp.commands import measure
 
     monkeypatch.setattr(measure, "_data", lambda opts: fmnist_small, raising=False)
     torch.save({"fc1.weight": torch.zeros(3, 3)}, tmp_path / "bad.pt")
@@ -101,7 +101,7 @@ def test_weights_that_do_not_fit(tmp_path, fmnist_small, monkeypatch, capsys):
 
 
 def test_measure_with_estimators(tmp_path, fmnist_small, monkeypatch, capsys):
-    from sharpcomp.engine import measure
+    from sharpcomp.commands import measure
 
     monkeypatch.setattr(measure, "_data", lambda opts: fmnist_small, raising=False)
     out = tmp_path / "m"

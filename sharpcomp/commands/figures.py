@@ -43,11 +43,8 @@ from sharpcomp.figures.beyond import EXTRA_FIGURE_IDS, EXTRA_MAKERS
 from sharpcomp.figures.catalogue import FIGURE_IDS, FIGURES, STUDY_MAKERS
 from sharpcomp.figures.context import Context
 from sharpcomp.figures.draw import BANDS
-from sharpcomp.figures.tables import (
-    load_results,
-    run_info,
-)
-from sharpcomp.results.records import RecordError
+from sharpcomp.figures.tables import load_results, run_info
+from sharpcomp.results.records import METRICS_FILE, SET_ASIDE, RecordError
 from sharpcomp.usage import EXIT_USAGE, Parser, UsageError, report
 
 ALL_FIGURE_IDS = FIGURE_IDS + EXTRA_FIGURE_IDS
@@ -123,8 +120,6 @@ def _check_out_place(out: Path, default: bool) -> None:
     """``UsageError`` for an output folder inside a run's results (``metrics.parquet``, ``.hydra``,
     ``set-aside``: readers and compaction own those) or, for the default ``<RESULT_DIR>/figures``, a
     symbolic link (a results folder's member must not send writes elsewhere)."""
-    from sharpcomp.results.records import METRICS_FILE, SET_ASIDE
-
     parts = Path(os.path.abspath(out)).parts
     inside = next((p for p in parts if p in (METRICS_FILE, ".hydra", SET_ASIDE)), None)
     if inside:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sharpcomp.cli import main as cli_main
-from sharpcomp.engine import landscape_command
+from sharpcomp.commands import landscape as landscape_command
 from tests.measures.test_flatness import tiny_cnn
 from tests.reference import mse
 

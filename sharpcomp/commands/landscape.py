@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 
 from sharpcomp.engine.loading import load_run
+from sharpcomp.figures import landscape as draw
+from sharpcomp.measures.landscape import slices as landscape
 from sharpcomp.settings import ConfigError
 from sharpcomp.usage import EXIT_USAGE, UsageError, report
 
@@ -62,9 +64,6 @@ def _subset(x: torch.Tensor, y: torch.Tensor, n: int, seed: int) -> tuple[torch.
 
 
 def _run(runs: list[Path], o: dict) -> list[Path]:
-    from sharpcomp.figures import landscape as draw
-    from sharpcomp.measures.landscape import slices as landscape
-
     n, seed, points = o.get("n", 2000), o.get("seed", 0), o.get("points", 41)
     kw = {"chunk": o.get("chunk", 41), "batch_size": o.get("batch", 500)}
     run = load_run(runs[0])

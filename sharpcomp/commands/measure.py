@@ -34,10 +34,24 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import pandas as pd
 import torch
+import yaml
 from torch import nn
 
 from sharpcomp.data.order import train_sample_indices
+from sharpcomp.engine.evaluation import evaluate, sample_set
+from sharpcomp.engine.loading import load_run
+from sharpcomp.engine.setup import build, load_data
+from sharpcomp.figures.draw import draw_correlation
+from sharpcomp.figures.tables import correlation_table
+from sharpcomp.losses import per_sample_loss
+from sharpcomp.measures.study.estimators import choose, estimate_metrics
+from sharpcomp.measures.study.metrics import compute_metrics
+from sharpcomp.measures.study.network_wide import add_network_wide
+from sharpcomp.models import BUILTIN
+from sharpcomp.results.records import atomic_write_parquet, tidy
+from sharpcomp.settings import ConfigError, defaults, run_identity, settings
 
 USAGE = __doc__.split("\n\n", 1)[1].split("\n\nOne row")[0]
 COMMON = {"n": 100, "sample_sets": "train", "seed": 0, "outputs": None, "dtype": "float32",
@@ -52,8 +66,6 @@ class MeasureError(ValueError):
 
 def parse(argv: Sequence[str]) -> tuple[dict, dict]:
     """(options, model keyword arguments) from key=value arguments."""
-    import yaml
-
     opts, args = dict(COMMON), {}
     for a in argv:
         if "=" not in a:
@@ -91,8 +103,6 @@ def parse(argv: Sequence[str]) -> tuple[dict, dict]:
 
 def model_config(spec: str, args: dict, outputs: int) -> dict:
     """A model config (as ``conf/model``) for a model name."""
-    from sharpcomp.models import BUILTIN
-
     label = spec.replace(":", "-").replace("/", "-")
     if spec.startswith("timm:"):
         return {"name": label, "_target_": "timm.create_model", "model_name": spec[5:], "num_classes": outputs,
@@ -122,8 +132,6 @@ def load_weights(model: nn.Module, path: str) -> None:
 
 def _base(opts: dict):
     """The default settings with the chosen data (they give the loss and the data settings)."""
-    from sharpcomp.settings import defaults, settings
-
     try:
         return settings(defaults(data=opts["data"]))
     except Exception as exc:
@@ -131,17 +139,11 @@ def _base(opts: dict):
 
 
 def _data(opts: dict):
-    from sharpcomp.engine.setup import load_data
-
     return load_data(_base(opts), torch.device("cpu"))
 
 
 def _targets(opts: dict, args: dict) -> list[dict]:
     """One entry per network: model, its settings, data, sample inputs by set, identity columns."""
-    from sharpcomp.engine.loading import load_run
-    from sharpcomp.engine.setup import build
-    from sharpcomp.settings import ConfigError, settings
-
     out = []
     if opts["run"] is not None:
         for folder in str(opts["run"]).split(","):
@@ -178,11 +180,6 @@ def _targets(opts: dict, args: dict) -> list[dict]:
 
 def measure_rows(opts: dict, args: dict) -> list[dict]:
     """Every measure of every network on each sample set: the rows (results schema)."""
-    from sharpcomp.engine.evaluation import evaluate, sample_set
-    from sharpcomp.engine.setup import load_data
-    from sharpcomp.losses import per_sample_loss
-    from sharpcomp.settings import run_identity
-
     dtype = {"float32": torch.float32, "float64": torch.float64}[opts["dtype"]]
     rows = []
     for t in _targets(opts, args):
@@ -211,10 +208,6 @@ def measure_rows(opts: dict, args: dict) -> list[dict]:
 def _metrics(model: nn.Module, x: torch.Tensor, dtype: torch.dtype, opts: dict) -> dict:
     """The exact engine and the network-wide columns, or (``estimate=always``, or ``auto`` above the
     cost threshold) the matrix-free estimators with standard errors."""
-    from sharpcomp.measures.study.estimators import choose, estimate_metrics
-    from sharpcomp.measures.study.metrics import compute_metrics
-    from sharpcomp.measures.study.network_wide import add_network_wide
-
     how = opts["estimate"] if opts["estimate"] != "auto" else choose(model, x)
     if how in ("always", "estimate"):
         gen = torch.Generator().manual_seed(opts["seed"])
@@ -224,10 +217,6 @@ def _metrics(model: nn.Module, x: torch.Tensor, dtype: torch.dtype, opts: dict) 
 
 
 def write_rows(rows: list[dict], out: Path) -> Path:
-    import pandas as pd
-
-    from sharpcomp.results.records import atomic_write_parquet, tidy
-
     out.mkdir(parents=True, exist_ok=True)
     path = out / "metrics.parquet"
     frame = tidy(pd.DataFrame(rows))
@@ -243,11 +232,6 @@ def write_rows(rows: list[dict], out: Path) -> Path:
 def draw_figure(path: Path, target: Path) -> None:
     """The across-model correlation of sharpness with MLS, NMLS, G and local dimensionality (one point
     per (model, sample set) row of ``path``)."""
-    import pandas as pd
-
-    from sharpcomp.figures.draw import draw_correlation
-    from sharpcomp.figures.tables import correlation_table
-
     frame = pd.read_parquet(path)
     cols = [c for c in FIGURE_COLUMNS if c in frame and frame[c].notna().sum() >= 3]
     if len(frame) < 3 or "sharpness" not in cols:
