@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 
 from sharpcomp.figures.context import Context, dedupe, pair_text, say_written, split_runs, train_runs
 from sharpcomp.figures.tables import RUN, VARIANT_COLUMNS, fmt
-from sharpcomp.measures.curvature.hessian_density import DENSITY_EDGES, density_centres
+from sharpcomp.results.density_bins import DENSITY_EDGES, density_centres
 
 STABILITY_COLUMNS = ("hessian_max", "batch_sharpness", "nonuniformity")
 # one figure per value of these (lr and batch are drawn within a figure, seeds as separate lines)

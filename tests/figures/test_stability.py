@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from sharpcomp.figures import beyond, stability
-from sharpcomp.measures.curvature.hessian_density import DENSITY_EDGES, histogram
+from sharpcomp.measures.curvature.hessian_density import histogram
+from sharpcomp.results.density_bins import DENSITY_EDGES
 from sharpcomp.results.records import RunRecorder, read_metrics
 from tests.figures.test_figures import fake_save as fake_save  # the fixture (re-exported)
 from tests.figures.test_figures import lines_of, render, run_cli

@@ -17,6 +17,7 @@ from sharpcomp.measures.curvature import batch_sharpness, hessian_spectrum, nonu
 from sharpcomp.measures.curvature import hessian_density as spectral_density
 from sharpcomp.measures.linalg import hutchpp, lanczos
 from sharpcomp.measures.linalg import matvec as curvature_ops
+from sharpcomp.results import density_bins
 from tests.reference import as_dict, flat_theta, mse
 
 DT = torch.float64
@@ -168,11 +169,11 @@ def test_density_moments(make):
 
 
 def test_density_grid_is_symmetric_and_fixed():
-    e = spectral_density.DENSITY_EDGES
+    e = density_bins.DENSITY_EDGES
     np.testing.assert_allclose(e, -e[::-1])
     h = spectral_density.histogram(np.array([-2e4, -3.0, 0.0, 1e-5, 0.5, 2e4]), np.ones(6) / 6)
     assert h.sum() == pytest.approx(1.0) and h[0] == h[-1] == pytest.approx(1 / 6)
-    c = spectral_density.density_centres()
+    c = density_bins.density_centres()
     assert c[len(c) // 2] == 0.0 and np.all(np.diff(c) > 0)
 
 
@@ -228,7 +229,7 @@ def test_extra_metrics_columns_equal_the_functions():
     assert out["hessian_max"] == out["hessian_top"][0] and out["hessian_max_iterations"] >= 2
     gev = torch.linalg.eigvalsh(dense_ggn(model, x[idx], y[idx]))[-1]
     assert math.isclose(out["ggn_max"], float(gev), rel_tol=1e-6)
-    assert len(out["hessian_density"]) == len(spectral_density.DENSITY_EDGES) - 1
+    assert len(out["hessian_density"]) == len(density_bins.DENSITY_EDGES) - 1
     assert math.isfinite(out["batch_sharpness"]) and out["batch_sharpness_se"] > 0  # 3 batches of the run's 8
     assert out["nonuniformity"] > 0
 

@@ -12,10 +12,8 @@ so the density's first two moments are unbiased estimates of Tr H / P and Tr H^2
 errors std(ddof=1)/sqrt(probes) over the probes.
 
 Stored as a histogram: the mass sum_i tau_i of the nodes in each bin of a fixed grid, averaged over the
-probes (the masses add up to 1). The grid (:data:`DENSITY_EDGES`) is symmetric and logarithmic in |t|:
-8 bins per decade for 1e-4 <= |t| <= 1e4 on either side, one bin (-1e-4, 1e-4) around zero and one
-overflow bin beyond 1e4 on either side (131 bins), the same for every run, so densities compare
-across checkpoints and runs.
+probes (the masses add up to 1). The grid is :data:`sharpcomp.results.density_bins.DENSITY_EDGES`, the
+same for every run, so densities compare across checkpoints and runs.
 """
 
 from __future__ import annotations
@@ -32,27 +30,7 @@ from sharpcomp.measures.linalg.lanczos import lanczos
 from sharpcomp.measures.linalg.matvec import dimension, hessian_matvec
 from sharpcomp.measures.linalg.param_space import LossFn, preserved, trainable
 from sharpcomp.measures.linalg.precision import exact_float32
-
-_LO, _HI, _PER_DECADE = -4, 4, 8
-_POS = np.logspace(_LO, _HI, (_HI - _LO) * _PER_DECADE + 1)
-DENSITY_EDGES: np.ndarray = np.concatenate([[-np.inf], -_POS[::-1], _POS, [np.inf]])
-
-
-def density_centres() -> np.ndarray:
-    """A representative value of each bin of :data:`DENSITY_EDGES` (geometric centre; 0 for the
-    middle bin, +-1e4 x 10^(1/16) for the overflow bins), for drawing."""
-    e = DENSITY_EDGES
-    out = np.zeros(len(e) - 1)
-    for i in range(len(e) - 1):
-        a, b = e[i], e[i + 1]
-        if np.isinf(a) or np.isinf(b):
-            edge = b if np.isinf(a) else a
-            out[i] = edge * 10 ** (1 / (2 * _PER_DECADE))
-        elif a < 0 < b:
-            out[i] = 0.0
-        else:
-            out[i] = math.copysign(math.sqrt(a * b), a)
-    return out
+from sharpcomp.results.density_bins import DENSITY_EDGES
 
 
 def histogram(nodes: np.ndarray, weights: np.ndarray) -> np.ndarray:
