@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sharpcomp.figures import beyond, catalogue, command, panels, tables
+from sharpcomp.commands import figures as command
+from sharpcomp.figures import beyond, catalogue, panels, tables
 from sharpcomp.figures.tables import load_results
 from sharpcomp.results.records import RunRecorder, read_metrics
 
