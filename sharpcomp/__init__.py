@@ -34,9 +34,10 @@ Example::
     now = sharpcomp.compute_metrics(run.model, run.sample_x)
 """
 
-__version__ = "0.1.0"
-
+import importlib
 from typing import TYPE_CHECKING
+
+from sharpcomp._version import __version__
 
 # public name -> the module it lives in; loaded on first use, so `import sharpcomp` (and the command
 # line's --help and --version) stays quick and imports neither torch nor matplotlib by itself
@@ -117,8 +118,6 @@ def __getattr__(name: str):
     """Load a public name from its module on first use (PEP 562)."""
     if name not in _HOMES:
         raise AttributeError(f"module 'sharpcomp' has no attribute {name!r}")
-    import importlib
-
     value = getattr(importlib.import_module(_HOMES[name]), name)
     globals()[name] = value
     return value

@@ -13,11 +13,22 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
+import hydra
+import hydra.core.utils
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from sharpcomp.settings import CONFIG_MODULE, register_resolvers
+from sharpcomp._version import __version__
+from sharpcomp.options import group_options, option_lines
+from sharpcomp.results.run_names import register_resolvers
+from sharpcomp.settings import CONFIG_MODULE, ConfigError, _yaml_keys
 from sharpcomp.usage import EXIT_USAGE, UsageError, report
 
 CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
@@ -29,8 +40,6 @@ HYDRA_VIEW_FLAGS = ("--cfg", "-c", "--package", "-p", "--info", "-i", "--resolve
 
 def usage() -> str:
     """The text of ``sharpcomp --help``: commands, config groups and every option with its default."""
-    from sharpcomp.options import group_options, option_lines
-
     groups = "\n".join(f"  {('+' if g == 'experiment' else '') + g + '=':<14}{' | '.join(group_options(g))}"
                        for g in GROUPS)
     return f"""usage: sharpcomp [-m] <command> [key=value ...]
@@ -72,8 +81,6 @@ Results: outputs/runs/<data>-<model>/<overrides>/metrics.parquet (multirun: outp
 
 def _expand(overrides: list[str]) -> list[list[str]]:
     """Override lists to compose for checking: every value of every sweep at least once."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as exc:
@@ -107,8 +114,6 @@ def _explain(exc: Exception, overrides: list[str]) -> str:
         if group.startswith("hydra/"):
             options = _hydra_options(group)
             return f"unknown {group} '{name}'" + (f" (choose from {', '.join(options)})" if options else "")
-        from sharpcomp.options import group_options
-
         options = group_options(group)
         if options:
             return f"unknown {group} '{name}' (choose from {', '.join(options)})"
@@ -124,8 +129,6 @@ def _explain(exc: Exception, overrides: list[str]) -> str:
 
 def _hydra_options(group: str) -> list[str]:
     """Options of a Hydra config group (e.g. hydra/launcher): sharpcomp's and installed plugins'."""
-    from hydra.core.global_hydra import GlobalHydra
-
     try:
         return sorted(GlobalHydra.instance().config_loader().get_group_options(group))
     except Exception:
@@ -163,6 +166,7 @@ def implied_custom(overrides: list[str]) -> list[str]:
     """``model._target_=X`` without a ``model=`` choice means one's own network: ``model=custom`` is
     implied (its ``outputs: classes``, label ``custom``), so vgg10's keys do not reach X. A ``_target_``
     naming a built-in's own callable keeps that built-in."""
+    # lazy: --help and --version stay free of torch and pandas
     from sharpcomp.models import BUILTIN
 
     keys = [o.split("=", 1) for o in overrides if "=" in o]
@@ -180,6 +184,7 @@ HYDRA_FILES = (".hydra", ".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/over
 def _check_links(job_dir: str) -> None:
     """UsageError when a file the command would write in the job's folder is a symbolic link
     (Hydra's ``.hydra`` files are written before any sharpcomp code runs)."""
+    # lazy: --help and --version stay free of torch and pandas
     from sharpcomp.results.run_state import MEMBERS
 
     for name in dict.fromkeys((*HYDRA_FILES, *MEMBERS)):
@@ -202,10 +207,6 @@ def _check_appended(overrides: list[str]) -> None:
     """UsageError for an appended key (``+key=value``) that no part of the program reads: anything
     but a config group (``+experiment=fig1``), a model's own keyword argument (``+model.depth=3``,
     read by the model's callable) or Hydra's own settings."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from sharpcomp.settings import _yaml_keys
-
     top, metrics = _yaml_keys()
     for ov in OverridesParser.create().parse_overrides(overrides):
         if not ov.is_add():
@@ -222,12 +223,8 @@ def _check_appended(overrides: list[str]) -> None:
 
 def check_overrides(overrides: list[str], multirun: bool = False) -> None:
     """Compose the train config for every sweep value and validate it; UsageError on the first problem."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-
+    # lazy: --help and --version stay free of torch and pandas
     from sharpcomp.engine.setup import check_config
-    from sharpcomp.settings import ConfigError
 
     register_resolvers()
     GlobalHydra.instance().clear()
@@ -261,9 +258,7 @@ def check_overrides(overrides: list[str], multirun: bool = False) -> None:
 
 
 def _train_job(cfg) -> str:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
+    # lazy: --help and --version stay free of torch and pandas
     from sharpcomp.engine.jobs import JobExit, run_job
     from sharpcomp.engine.train import train
 
@@ -311,6 +306,7 @@ class _Survivor:
 def _save_config_safely(cfg, filename: str, output_dir: Path) -> None:
     """Hydra's ``.hydra/*.yaml`` writer, made safe: never through a symbolic link (a linked file or
     folder is left alone, and the run then refuses the folder with one line), written whole."""
+    # lazy: --help and --version stay free of torch and pandas
     from sharpcomp.results.records import atomic_write_bytes
 
     output_dir = Path(output_dir)
@@ -339,18 +335,12 @@ def train_task() -> TrainTask:
 
 
 def _run_hydra_train(args: list[str], multirun: bool) -> int:
-    import tempfile
-
-    import hydra
-    import hydra.core.utils
-
+    # lazy: --help and --version stay free of torch and pandas
     from sharpcomp.engine.joblib_sweep import install
+    from sharpcomp.engine.jobs import OUTCOMES_ENV, sweep_summary
 
     hydra.core.utils._save_config = _save_config_safely  # Hydra's .hydra/ files: never through a link
     install()  # a killed joblib worker does not take the sweep down
-
-    from sharpcomp.engine.jobs import OUTCOMES_ENV, sweep_summary
-
     app = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")(train_task())
     argv0 = sys.argv[0]
     sys.argv = [argv0] + (["--multirun"] if multirun else []) + args
@@ -431,8 +421,6 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0 if argv else EXIT_USAGE
     if argv[0] in ("-V", "--version"):
-        from sharpcomp import __version__
-
         print(f"sharpcomp {__version__}")
         return 0
     command, rest = argv[0], argv[1:]

@@ -35,11 +35,15 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
+import sys
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 import torch
+from hydra._internal.utils import _locate
+from hydra.utils import instantiate
 from torch import nn
 
 VGG10_CHANNELS = (16, 16, 32, 64, 64)
@@ -100,6 +104,7 @@ def vit(num_outputs: int = 10, input_shape=(3, 32, 32), patch: int = 4, dim: int
     """A small vision transformer: timm's ``VisionTransformer`` (patch embedding by a convolution, class
     token, learned position embeddings, pre-norm blocks of multi-head attention and a GELU MLP, final
     LayerNorm, linear head on the class token), no dropout, PyTorch's fused attention where timm uses it."""
+    # lazy: timm takes over a second to import; only this model needs it, the config checks do not
     from timm.models.vision_transformer import VisionTransformer
 
     if len(input_shape) != 3 or input_shape[1] != input_shape[2] or input_shape[1] % patch:
@@ -127,11 +132,6 @@ def target_of(model_cfg: Mapping) -> str:
 
 def locate(path: str):
     """Import ``path`` (``pkg.module.attr``) as Hydra does; modules in the working folder are found too."""
-    import os
-    import sys
-
-    from hydra._internal.utils import _locate
-
     try:
         return _locate(path)
     except ImportError as exc:
@@ -270,8 +270,6 @@ def check_buildable(model_cfg: Mapping, num_outputs: int, input_shape: tuple[int
 
 def _construct(model_cfg: Mapping, num_outputs: int, input_shape: tuple[int, ...]):
     """Call the config's ``_target_`` with its keyword arguments and the data's, through Hydra."""
-    from hydra.utils import instantiate
-
     target = target_of(model_cfg)
     fn = locate(target)
     node = {k: v for k, v in model_cfg.items() if k not in OWN_KEYS and k not in foreign_keys(model_cfg, fn)}

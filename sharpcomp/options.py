@@ -11,7 +11,9 @@ from __future__ import annotations
 import re
 from importlib import resources
 
-from sharpcomp.settings import CONFIG_MODULE
+from omegaconf import OmegaConf
+
+from sharpcomp.settings import CONFIG_MODULE, compose
 
 PACKAGED_GROUPS = ("data", "model", "optim")  # groups whose keys sit under their own name
 GROUPS_WITH_FILES = (*PACKAGED_GROUPS, "scale")  # scale's keys are global (@package _global_)
@@ -53,8 +55,6 @@ def yaml_comments(text: str, prefix: str = "") -> dict[str, str]:
 
 def _comments() -> dict[str, str]:
     """Comments of ``train.yaml`` and of the default option of every group."""
-    from omegaconf import OmegaConf
-
     conf = resources.files(CONFIG_MODULE)
     found = yaml_comments((conf / "train.yaml").read_text())
     for entry in OmegaConf.load(conf / "train.yaml")["defaults"]:
@@ -87,10 +87,6 @@ def value_text(value) -> str:
 def options() -> list[tuple[str, str | None, str]]:
     """``(key, default, comment)`` of every option of the default config, in ``conf/``'s order; a mapping
     with a comment of its own comes first as ``(key + ".*", None, comment)``."""
-    from omegaconf import OmegaConf
-
-    from sharpcomp.settings import compose
-
     cfg = compose()
     comments = _comments()
     rows: list[tuple[str, str | None, str]] = []

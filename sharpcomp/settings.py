@@ -17,10 +17,17 @@ import hashlib
 import json
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from importlib import resources
 from typing import TYPE_CHECKING
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, OmegaConf
 
 if TYPE_CHECKING:  # torch is imported where it is used: composing the config and --help do without it
     import torch
@@ -46,41 +53,21 @@ class ConfigError(ValueError):
 
 def plain(cfg) -> dict:
     """A plain dict from a DictConfig or mapping (interpolations resolved)."""
-    from omegaconf import DictConfig, OmegaConf
-
     if isinstance(cfg, DictConfig):
         return OmegaConf.to_container(cfg, resolve=True)
     return json.loads(json.dumps(cfg, default=str))
 
 
-def register_resolvers() -> None:
-    """Register the resolvers ``conf/train.yaml`` uses (``sc_run_name``: a run folder's name).
-
-    Every function that composes the config calls it first.
-    """
-    from omegaconf import OmegaConf
-
-    from sharpcomp.results.run_names import resolve
-
-    if not OmegaConf.has_resolver("sc_run_name"):
-        OmegaConf.register_new_resolver("sc_run_name", resolve)
-
-
-def compose(overrides: Sequence[str] = (), *, hydra: bool = False):
+def compose(overrides: Sequence[str] = ()):
     """The ``train`` config (a DictConfig) composed from ``conf/`` with command-line style ``overrides``.
 
-    For use outside any running Hydra app; ``hydra=True`` keeps Hydra's own node (output folders,
-    launcher).
+    For use outside any running Hydra app. Hydra's own node (output folders, launcher) is left out: its
+    run folder names come from :mod:`sharpcomp.results.run_names`.
     """
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    register_resolvers()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-            return hydra_compose("train", overrides=list(overrides), return_hydra_config=hydra)
+            return hydra_compose("train", overrides=list(overrides))
     finally:
         GlobalHydra.instance().clear()
 
@@ -88,9 +75,6 @@ def compose(overrides: Sequence[str] = (), *, hydra: bool = False):
 @lru_cache(maxsize=8)
 def _default_json(overrides: tuple[str, ...], environment: tuple) -> str:
     """The composed defaults as JSON; ``environment`` (the variables conf/ reads) is part of the cache key."""
-    from hydra import compose as hydra_compose
-    from hydra.core.global_hydra import GlobalHydra
-
     if GlobalHydra.instance().is_initialized():  # inside a running Hydra app: compose with its own instance
         return json.dumps(plain(hydra_compose("train", overrides=list(overrides))))
     return json.dumps(plain(compose(overrides)))
@@ -111,8 +95,6 @@ def complete(cfg: Mapping) -> dict:
     Mappings are merged key by key; the defaults are those of the model, data and optim groups of the same
     name as ``cfg``'s, where conf/ has them.
     """
-    from importlib import resources
-
     def merge(base, over):
         if not isinstance(base, dict) or not isinstance(over, dict):
             return over
@@ -135,10 +117,6 @@ def _yaml_keys() -> tuple[frozenset, frozenset]:
 
     Those of ``conf/train.yaml``, read, not composed (milliseconds), and the groups that become keys.
     """
-    from importlib import resources
-
-    from omegaconf import OmegaConf
-
     yaml = OmegaConf.load(resources.files(CONFIG_MODULE) / "train.yaml")
     return (frozenset(yaml) - {"defaults", "hydra"}) | {"data", "model", "optim"}, frozenset(yaml["metrics"])
 
@@ -277,8 +255,7 @@ class Settings:
 
 
 def _device(name) -> str:
-    import re
-
+    # lazy: --help imports this module and stays free of torch and numpy
     import torch
 
     name = str(name)
@@ -300,6 +277,7 @@ def _optim(o: Mapping) -> dict:
 
 
 def _model(m: Mapping) -> dict:
+    # lazy: --help imports this module and stays free of torch and numpy
     from sharpcomp.models import ModelError, check_model_config
 
     try:
@@ -310,6 +288,7 @@ def _model(m: Mapping) -> dict:
 
 
 def _data(d: Mapping, data_dir) -> dict:
+    # lazy: --help imports this module and stays free of torch and numpy
     from sharpcomp.data.datasets import check_data_config
     from sharpcomp.data.sources import DataError
 
@@ -325,6 +304,7 @@ SEED_MAX = 2**62  # seeds reach torch generators (64-bit) with offsets added
 
 def _train_size(data_cfg) -> int | None:
     """The size of a known dataset's whole training set (a class subset is smaller), before loading."""
+    # lazy: --help imports this module and stays free of torch and numpy
     from sharpcomp.data.sources import KNOWN
 
     known = KNOWN.get(data_cfg.get("dataset", data_cfg.get("name"))) if isinstance(data_cfg, Mapping) else None
@@ -373,6 +353,7 @@ def validate_config(cfg, n_train: int | None = None) -> None:
 
 def select_device(name: str) -> torch.device:
     """The device a ``device`` setting names (``auto``: CUDA when present, else the CPU)."""
+    # lazy: --help imports this module and stays free of torch and numpy
     import torch
 
     if name == "auto":
@@ -381,6 +362,7 @@ def select_device(name: str) -> torch.device:
 
 
 def _drop_new_keys(keys: dict) -> dict:
+    # lazy: --help imports this module and stays free of torch and numpy
     from sharpcomp.data.datasets import identity_view as data_view
     from sharpcomp.models import identity_view as model_view
 

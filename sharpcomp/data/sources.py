@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 
 class DataError(RuntimeError):
@@ -89,6 +90,7 @@ def idx_problem(path: Path) -> str | None:
 
 def _damaged(dataset: str, root: Path) -> DataError | None:
     """Name the first damaged file of a torchvision dataset (wrong size, or not the original's MD5)."""
+    # lazy: torchvision takes about a second to import; the config checks read this module without it
     from torchvision.datasets.utils import check_integrity
 
     md5 = {}
@@ -108,6 +110,7 @@ def _damaged(dataset: str, root: Path) -> DataError | None:
 
 
 def _tv_class(dataset: str):
+    # lazy: torchvision takes about a second to import; the config checks read this module without it
     import torchvision.datasets as tvd
 
     return getattr(tvd, KNOWN[dataset].torchvision)
@@ -139,6 +142,7 @@ def read_torchvision(dataset: str, root: Path, download: bool):
 
 def folder_listing(root: Path) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
     """Class names (sorted) and, per split, the (image path, label) pairs; DataError for a bad layout."""
+    # lazy: torchvision takes about a second to import; the config checks read this module without it
     from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
     layout = f"{root}/{{train,test}}/<class>/*.png|jpg"
@@ -177,8 +181,6 @@ def folder_fingerprint(root: Path, files: dict[str, list[tuple[str, int]]]) -> s
 
 
 def _decode(path: str) -> np.ndarray:
-    from PIL import Image
-
     try:
         with Image.open(path) as im:
             im = im.convert("L" if im.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB")

@@ -49,15 +49,18 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
 from sharpcomp.data.datasets import Dataset
 from sharpcomp.engine.cuda_graphs import graphs_apply, try_capture
-from sharpcomp.engine.evaluation import eval_layout
+from sharpcomp.engine.evaluation import eval_layout, with_network_wide
 from sharpcomp.engine.setup import build
 from sharpcomp.engine.train import Member, close_all, open_runs, plain_stepper, train_members
 from sharpcomp.losses import batch_loss, loss_target, per_sample_loss
+from sharpcomp.measures.study._stacked_ops import make_plan, stacked_forward
+from sharpcomp.measures.study.stacked import compute_metrics_stacked
 from sharpcomp.models import eval_mode, samples_per_chunk
-from sharpcomp.results.run_state import RunResult
+from sharpcomp.results.run_state import RunResult, load_resume
 from sharpcomp.settings import ConfigError, Settings, run_identity, settings
 
 ENSEMBLE_OPTIMS = ("sgd",)
@@ -153,10 +156,6 @@ class StackedSGD:
 
     def __init__(self, models: Sequence[nn.Module], lrs: Sequence[float], loss_name: str, compile: bool = False,
                  impl: str = "auto"):
-        from torch.func import functional_call, grad_and_value, stack_module_state, vmap
-
-        from sharpcomp.measures.study._stacked_ops import make_plan, stacked_forward
-
         if impl not in ("auto", "grouped", "vmap"):
             raise ValueError(f"unknown ensemble implementation {impl!r} (auto, grouped, vmap)")
         plan = make_plan(models[0])
@@ -289,8 +288,6 @@ def stacked_sample_metrics(models: Sequence[nn.Module], inputs: Sequence[Mapping
     One :func:`metrics_stacked.compute_metrics_stacked` call per sample set for all members (members
     with an empty set are left out of it).
     """
-    from sharpcomp.measures.study.stacked import compute_metrics_stacked
-
     out: list[dict[str, dict]] = [{} for _ in models]
     for name in s.metrics.sample_sets:
         have = [j for j, x in enumerate(inputs) if len(x[name][0])]
@@ -299,8 +296,6 @@ def stacked_sample_metrics(models: Sequence[nn.Module], inputs: Sequence[Mapping
                                               **s.metrics.options())
             for j, res in zip(have, results):
                 out[j][name] = res
-    from sharpcomp.engine.evaluation import with_network_wide
-
     return with_network_wide(models, inputs, out, s)
 
 
@@ -323,8 +318,6 @@ class EnsembleStepper:
         for m in members:
             model = build(m.settings, data, device)
             if m.run.resume is not None:
-                from sharpcomp.results.run_state import load_resume
-
                 load_resume(model, None, m.run.resume)
             self.modules.append(model)
         self.settings, self.lrs = s, [m.settings.lr for m in members]

@@ -15,6 +15,8 @@ from torch import nn
 
 from sharpcomp.data.datasets import Dataset
 from sharpcomp.losses import per_sample_loss
+from sharpcomp.measures.study.metrics import compute_metrics
+from sharpcomp.measures.study.network_wide import add_network_wide
 from sharpcomp.models import eval_mode, samples_per_chunk
 from sharpcomp.settings import Settings
 
@@ -78,8 +80,6 @@ def sample_losses(models: list[nn.Module], sets: list[dict[str, tuple[torch.Tens
 
 def compute_sample_metrics(model: nn.Module, inputs: Mapping[str, tuple], s: Settings) -> dict[str, dict]:
     """``compute_metrics`` of one network on each non-empty sample set, by name."""
-    from sharpcomp.measures.study.metrics import compute_metrics
-
     progress = None if s.progress else False  # a bar on long metric work, like training's
     # the network-wide columns come from the metric engine's own passes (metrics.network_wide)
     return {name: compute_metrics(model, x, progress=progress, network_wide=s.metrics.network_wide,
@@ -92,8 +92,6 @@ def with_network_wide(models, inputs, results: list[dict[str, dict]], s: Setting
     network at a time, after the stacked ensemble engine."""
     if not s.metrics.network_wide:
         return results
-    from sharpcomp.measures.study.network_wide import add_network_wide
-
     opts = s.metrics.options()
     for model, sets, res in zip(models, inputs, results):
         for name, r in res.items():

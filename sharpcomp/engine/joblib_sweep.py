@@ -12,13 +12,23 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from concurrent.futures.process import BrokenProcessPool
+
+from hydra.core.utils import JobReturn, JobStatus
+
+from sharpcomp.engine.jobs import _record
+from sharpcomp.engine.launcher import EnsembleLauncher
+
+try:  # the joblib launcher plugin (and joblib with it) may be missing: then there is nothing to wrap
+    from hydra_plugins.hydra_joblib_launcher import _core
+    from joblib.externals.loky.process_executor import TerminatedWorkerError
+except ImportError:  # pragma: no cover - the plugin is a dependency
+    _core = None
 
 
 def install() -> None:
     """Wrap the joblib launcher plugin's ``launch`` (a no-op where the plugin is not installed)."""
-    try:
-        from hydra_plugins.hydra_joblib_launcher import _core
-    except ImportError:
+    if _core is None:
         return
     if getattr(_core.launch, "sharpcomp", False):
         return
@@ -31,18 +41,8 @@ def install() -> None:
     _core.launch = launch
 
 
-def _broken() -> tuple[type[BaseException], ...]:
-    from joblib.externals.loky.process_executor import TerminatedWorkerError
-
-    try:
-        from concurrent.futures.process import BrokenProcessPool
-    except ImportError:  # pragma: no cover
-        return (TerminatedWorkerError,)
-    return TerminatedWorkerError, BrokenProcessPool
-
-
 def _launch(original, launcher, job_overrides, initial_job_idx: int):
-    broken = _broken()
+    broken = (TerminatedWorkerError, BrokenProcessPool)
     try:
         return original(launcher, job_overrides, initial_job_idx)
     except broken:
@@ -59,11 +59,6 @@ def _launch(original, launcher, job_overrides, initial_job_idx: int):
 
 def _killed(launcher, overrides: list[str]):
     """The JobReturn of a job whose worker was killed, recorded ``failed`` for the sweep's tally."""
-    from hydra.core.utils import JobReturn, JobStatus
-
-    from sharpcomp.engine.jobs import _record
-    from sharpcomp.engine.launcher import EnsembleLauncher
-
     cfg = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, overrides)
     _, run_dir = EnsembleLauncher._resolved(cfg)
     message = f"run {run_dir} failed: its worker process was killed"

@@ -20,6 +20,11 @@ import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from sharpcomp.data.sources import DataError
+from sharpcomp.results.records import RecordError, atomic_write_bytes
+from sharpcomp.results.run_state import RunInUse
+from sharpcomp.settings import ConfigError
+
 OUTCOMES_ENV = "SHARPCOMP_OUTCOMES"
 # outcomes of the jobs run in this process (basic and ensemble launchers): the tally does not depend on
 # the outcome folder alone, which a cleaning command may delete mid-sweep
@@ -50,8 +55,6 @@ def _record(status: str, run_dir: Path, message: str = "") -> None:
 
 def _write_log(path: Path, text: str) -> str:
     """Write a traceback to ``path`` (never through a link: a link is left alone); where it went."""
-    from sharpcomp.results.records import atomic_write_bytes
-
     if path.is_symlink():
         return f"; no traceback written ({path} is a symbolic link)"
     try:
@@ -64,11 +67,6 @@ def _write_log(path: Path, text: str) -> str:
 def run_job(train_fn: Callable[[], list], run_dirs: Sequence[Path], multirun: bool) -> list[str]:
     """Run ``train_fn() -> [RunResult]`` for the runs in ``run_dirs``; report every outcome; return the
     statuses. Outside a sweep, a failure raises :class:`JobExit` (2: bad input; 1: anything else)."""
-    from sharpcomp.data.sources import DataError
-    from sharpcomp.results.records import RecordError
-    from sharpcomp.results.run_state import RunInUse
-    from sharpcomp.settings import ConfigError
-
     try:
         results = train_fn()
     except KeyboardInterrupt:

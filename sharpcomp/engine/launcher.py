@@ -18,7 +18,11 @@ import logging
 import os
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobStatus, configure_log, filter_overrides, setup_globals
+from hydra.core.utils import run_job as run_hydra_job
 from hydra.plugins.launcher import Launcher
+from omegaconf import OmegaConf, open_dict
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +41,6 @@ class EnsembleLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def _job_config(self, overrides, idx):
-        from omegaconf import open_dict
-
         cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
         with open_dict(cfg):
             cfg.hydra.job.id = idx
@@ -48,9 +50,6 @@ class EnsembleLauncher(Launcher):
     @staticmethod
     def _resolved(sweep_config) -> tuple[dict, Path]:
         """The job's plain train config and output folder, resolved as ``run_job`` resolves them."""
-        from hydra.core.hydra_config import HydraConfig
-        from omegaconf import OmegaConf
-
         hc = HydraConfig.instance()
         orig = hc.cfg
         try:
@@ -65,17 +64,13 @@ class EnsembleLauncher(Launcher):
         return plain, Path(os.path.abspath(out))
 
     def _run(self, sweep_config, task_function):
-        from hydra.core.utils import configure_log, run_job
-
-        ret = run_job(hydra_context=self.hydra_context, task_function=task_function, config=sweep_config,
-                      job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+        ret = run_hydra_job(hydra_context=self.hydra_context, task_function=task_function, config=sweep_config,
+                            job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return ret
 
     def _launch_group(self, jobs: list, group: list[int], results: dict) -> None:
         """One ensemble: folders and .hydra files as the basic launcher makes them, then training."""
-        from hydra.core.utils import JobStatus, filter_overrides
-
         prepared = []
         for i in group:
             idx, overrides, sweep_config, _, _ = jobs[i]
@@ -92,8 +87,8 @@ class EnsembleLauncher(Launcher):
             results[i] = ret
 
     def launch(self, job_overrides, initial_job_idx):
-        from hydra.core.utils import configure_log, filter_overrides, setup_globals
-
+        # lazy: Hydra imports this module to discover its plugins whenever it composes a config
+        # (sharpcomp --help too), so torch is loaded only once a sweep launches
         from sharpcomp.engine.ensemble import group_compatible
 
         setup_globals()
@@ -121,6 +116,7 @@ class EnsembleLauncher(Launcher):
 
 def run_group(cfgs: list[dict], run_dirs: list[Path], compile: bool, impl: str) -> list[str]:
     """Train one group as an ensemble; per job the status, reported like any job (:mod:`sharpcomp.engine.jobs`)."""
+    # lazy: Hydra imports this module whenever it composes a config (see launch)
     from sharpcomp.engine.ensemble import train_ensemble
     from sharpcomp.engine.jobs import run_job
 

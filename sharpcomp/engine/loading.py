@@ -18,8 +18,8 @@ from sharpcomp.data.datasets import Dataset
 from sharpcomp.data.order import train_sample_indices
 from sharpcomp.engine.setup import build, load_data, prepare_runtime_data
 from sharpcomp.losses import make_loss
-from sharpcomp.models import ModelError
-from sharpcomp.results.run_state import CHECKPOINT_FILE, read_checkpoint
+from sharpcomp.models import ModelError, code_keys, stored_model_config
+from sharpcomp.results.run_state import CHECKPOINT_FILE, check_members, read_checkpoint
 from sharpcomp.settings import ConfigError, Settings, settings
 
 
@@ -30,8 +30,6 @@ def stored_settings(cfg, target: str | None = None) -> Settings:
     ``_target_``, named on the command line), and the data and cache folders are this machine's
     (the environment's), never the stored ones. ConfigError (one line) otherwise.
     """
-    from sharpcomp.models import code_keys, stored_model_config
-
     if not isinstance(cfg, dict):
         raise ConfigError("the stored config is not a mapping")
     bad = code_keys({k: v for k, v in cfg.items() if k != "model"}, "config")
@@ -73,8 +71,6 @@ def load_run(run_dir: str | Path, *, data: Dataset | None = None, target: str | 
     stored config that would choose code (:func:`stored_settings`; ``target``: the user's own model
     ``_target_``, named on the command line, for a network that is not built in).
     """
-    from sharpcomp.results.run_state import check_members
-
     check_members(Path(run_dir))
     path = Path(run_dir) / CHECKPOINT_FILE
     if not path.exists():

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from sharpcomp.data.datasets import Dataset, known_shape, load_from_config
+from sharpcomp.measures.symmetry.graph import TraceError, analyse
 from sharpcomp.models import ModelError, build_from_config, build_model, check_buildable
 from sharpcomp.settings import BUILTIN_MODELS, ConfigError, Settings, select_device, settings
 
@@ -73,8 +74,6 @@ def check_symmetry(s: Settings, model: nn.Module) -> None:
     on = [k for k in ("quotient_trace", "quotient_worst") if s.metrics.flatness.get(k) is not None]
     if not on:
         return
-    from sharpcomp.measures.symmetry.graph import TraceError, analyse
-
     try:
         _, unknown = analyse(model)
     except TraceError as exc:

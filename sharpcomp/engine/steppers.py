@@ -31,13 +31,13 @@ from sharpcomp.data.datasets import Dataset
 from sharpcomp.engine.cuda_graphs import graphs_apply, try_capture
 from sharpcomp.engine.evaluation import compute_sample_metrics, evaluate
 from sharpcomp.losses import batch_loss, loss_target
+from sharpcomp.optim import SAM
+from sharpcomp.results.run_state import load_resume
 from sharpcomp.settings import Settings
 
 
 def make_optimizer(s: Settings, model: nn.Module) -> torch.optim.Optimizer:
     if s.optim_name == "sam":
-        from sharpcomp.optim import SAM
-
         return SAM(model.parameters(), lr=s.lr, rho=s.optim["rho"], adaptive=s.optim["adaptive"])
     return torch.optim.SGD(model.parameters(), lr=s.lr, momentum=0.0, weight_decay=0.0)
 
@@ -52,8 +52,6 @@ class PlainStepper:
         self.model, self.settings = model, s
         self.optimizer = make_optimizer(s, model)
         if resume is not None:
-            from sharpcomp.results.run_state import load_resume
-
             load_resume(model, self.optimizer, resume)
         self.x = data.train_x
         self.targets = loss_target(s.loss, data.train_y, num_outputs, data.train_x.dtype)

@@ -4,6 +4,7 @@ folder, formats) and the helpers that select, split and describe runs."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -260,8 +261,6 @@ def common_text(runs: pd.DataFrame, fields=("scale", "loss")) -> str:
 
 def _data_text(row) -> str:
     """The data's name, with its class subset when the name does not say it (cifar10 classes 3,5)."""
-    import json
-
     name = fmt(row["data"])
     text = row.get("settings")
     try:

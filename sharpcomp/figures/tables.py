@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.special import stdtr  # lighter than importing scipy.stats
 
 from sharpcomp.results.columns import (
     CHECKPOINT_COLUMNS,
@@ -432,8 +433,6 @@ def _aggregate(table: pd.DataFrame, by: str, columns: list[str]) -> pd.DataFrame
 def pearson(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """Pearson r and its two-sided p-value (t test with n - 2 degrees of freedom, as
     ``scipy.stats.pearsonr``); NaN for fewer than 3 points or a constant input."""
-    from scipy.special import stdtr  # lighter than importing scipy.stats
-
     n = len(x)
     if n < 3:
         return np.nan, np.nan

@@ -23,8 +23,11 @@ import json
 import math
 import os
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+import pandas as pd
 
 LOGGERS = ("none", "tensorboard", "mlflow", "csv")
 # whole-set columns (the same on every row of a checkpoint): logged once, untagged
@@ -81,6 +84,7 @@ class TensorBoardLogger(Logger):
     name = "tensorboard"
 
     def __init__(self, folder: Path, hparams: dict):
+        # lazy: tensorboard is an optional extra (monitor), loaded only by logger=tensorboard
         from torch.utils.tensorboard import SummaryWriter
         from torch.utils.tensorboard.summary import hparams as hparam_summaries
 
@@ -103,6 +107,8 @@ class MLflowLogger(Logger):
     def __init__(self, run_dir: Path, uri: str, experiment: str, run_name: str, hparams: dict):
         if uri.startswith("file:") or "://" not in uri:
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        # lazy: mlflow is an optional extra (monitor), loaded only by logger=mlflow, after the line above
+        from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri=uri)
@@ -113,8 +119,6 @@ class MLflowLogger(Logger):
         if run_id is None or self._missing(run_id):
             run_id = self.client.create_run(exp_id, run_name=run_name).info.run_id
             id_file.write_text(run_id + "\n")
-            from mlflow.entities import Param
-
             params = [Param(k[:250], str(v)[:6000]) for k, v in sorted(hparams.items())]
             for i in range(0, len(params), 100):
                 self.client.log_batch(run_id, params=params[i:i + 100])
@@ -130,9 +134,7 @@ class MLflowLogger(Logger):
             return True
 
     def log(self, iteration, rows):
-        import time
-
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # lazy: an optional extra, as in __init__
 
         now = int(time.time() * 1000)
         metrics = [Metric(tag, value, now, int(iteration)) for tag, value in scalars(rows).items()]
@@ -150,8 +152,6 @@ class CSVLogger(Logger):
         self.path = path
 
     def log(self, iteration, rows):
-        import pandas as pd
-
         frame = pd.DataFrame(list(rows))
         frame.to_csv(self.path, mode="a", header=not self.path.exists(), index=False)
 

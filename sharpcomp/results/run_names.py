@@ -22,7 +22,12 @@ import hashlib
 import json
 import math
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from sharpcomp.settings import CONFIG_MODULE, defaults
 
 NAME_MAX = 200  # bytes of a run folder's name (file systems allow 255); longer names get a digest
 # settings that say where or how a run is executed or watched, not what it computes
@@ -93,15 +98,11 @@ def differing(cfg: dict, base: dict, prefix: str = "") -> dict[str, str]:
 
 @lru_cache(maxsize=32)
 def _defaults_json(choices: tuple[tuple[str, str], ...]) -> str:
-    from sharpcomp.settings import defaults
-
     return json.dumps(defaults(**dict(choices)))
 
 
 def _packaged(group: str, option: str) -> bool:
-    from importlib import resources
-
-    return (resources.files("sharpcomp.conf") / group / f"{option}.yaml").is_file()
+    return (resources.files(CONFIG_MODULE) / group / f"{option}.yaml").is_file()
 
 
 def canonical_name(cfg: dict, choices: dict) -> str:
@@ -122,8 +123,6 @@ def _has_results(folder: Path) -> bool:
 
 def _recorded_name(folder: Path) -> str | None:
     """The canonical name of the settings recorded in a run folder by Hydra (None when unreadable)."""
-    from omegaconf import OmegaConf
-
     try:
         cfg = plain_config(OmegaConf.load(folder / ".hydra" / "config.yaml"))
         choices = OmegaConf.to_container(OmegaConf.load(folder / ".hydra" / "hydra.yaml").hydra.runtime.choices)
@@ -148,10 +147,17 @@ def folder_name(name: str, literal: str, parent: str | Path | None) -> str:
     return name
 
 
+def register_resolvers() -> None:
+    """Register the resolver ``conf/train.yaml`` uses for run folders (``sc_run_name``: :func:`resolve`).
+
+    Whatever composes the config with Hydra's own node and reads its folders calls it first.
+    """
+    if not OmegaConf.has_resolver("sc_run_name"):
+        OmegaConf.register_new_resolver("sc_run_name", resolve)
+
+
 def resolve(overrides: str, parent=None, *, _root_) -> str:
     """The ``sc_run_name`` resolver: the folder name of the config being composed (``_root_``)."""
-    from omegaconf import OmegaConf
-
     choices = OmegaConf.to_container(_root_.hydra.runtime.choices) if "hydra" in _root_ else {}
     name = canonical_name(plain_config(_root_), choices)
     return folder_name(name, literal_name(overrides), parent)
@@ -160,8 +166,6 @@ def resolve(overrides: str, parent=None, *, _root_) -> str:
 def plain_config(root) -> dict:
     """The plain, resolved settings of a config (a DictConfig, possibly with its ``hydra`` node), less
     the ``EXCLUDED`` keys (never resolved: the run folder itself is being named)."""
-    from omegaconf import OmegaConf
-
     cfg = {}
     for key in root:
         if key in EXCLUDED:

@@ -28,11 +28,18 @@ import re
 import sys
 import time
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
+import numpy
 import torch
 
-from sharpcomp import __version__
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: run folders are not locked
+    fcntl = None
+
+from sharpcomp._version import __version__
 from sharpcomp.results.records import (
     METRICS_FILE,
     RecordError,
@@ -100,11 +107,8 @@ class FolderLock:
                                   f"(to {os.readlink(self.path)}); move the link away") from None
             raise ConfigError(f"cannot lock run folder {self.path.parent}: {exc.strerror or exc}") from None
         try:
-            import fcntl
-
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:  # pragma: no cover - not POSIX: no lock
-            pass
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
             os.close(fd)
@@ -195,13 +199,9 @@ def load_resume(model, optimizer, state: dict) -> None:
 
 
 def package_versions() -> str:
-    import numpy
-
     vers = {"sharpcomp": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
             "python": platform.python_version()}
     try:  # the installed version, without importing torchvision (seconds) just to read it
-        from importlib.metadata import version
-
         vers["torchvision"] = version("torchvision")
     except Exception:  # pragma: no cover - not installed
         pass

@@ -42,9 +42,7 @@ def test_progress_counts_every_backward_pass(monkeypatch):
         def close(self):
             seen.append("closed")
 
-    import tqdm.auto
-
-    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    monkeypatch.setattr(metrics, "tqdm", Bar)
     compute_metrics(_net(3), torch.rand(5, 6), chunk_size=2)
     assert seen[0] == ["total", 9, metrics.PROGRESS_AFTER] and sum(seen[1:-1]) == 9 and seen[-1] == "closed"
 

@@ -9,13 +9,13 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
-import sharpcomp.cli  # noqa: F401  (registers the resolver)
 from sharpcomp.cli import main
-from sharpcomp.results.run_names import canonical_value
+from sharpcomp.results.run_names import canonical_value, register_resolvers
 from tests.conftest import TINY
 
 
 def _dir(overrides, key="hydra.run.dir"):
+    register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="sharpcomp.conf", version_base="1.3"):
         cfg = compose("train", overrides=overrides, return_hydra_config=True)

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from scipy.sparse.linalg import LinearOperator, eigsh
 from torch import Tensor, nn
 
 from sharpcomp.measures.linalg.hutchinson import hutchinson
@@ -51,8 +52,6 @@ def hessian_operator(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, pa
 def lambda_max(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, tol: float = 1e-6,
                seed: int = 0) -> float:
     """Largest eigenvalue of the Hessian of the loss on (x, y) (Lanczos, start vector from ``seed``)."""
-    from scipy.sparse.linalg import LinearOperator, eigsh
-
     params = trainable(model)
     n = sum(p.numel() for p in params)
     mv = hessian_operator(model, loss_fn, x, y, params)

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
 
 from sharpcomp.measures.linalg.param_space import Batch, LossFn, flat, loss_and_grad, preserved, to_device, trainable
 from sharpcomp.measures.linalg.precision import exact_float32
@@ -55,8 +56,6 @@ def fisher_trace(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets: Ten
     Per-sample gradients with torch.func (vmap of grad over ``chunk_size`` samples at a time), falling
     back to a loop over samples if the loss cannot be vmapped. Leaves the model as it was.
     """
-    from torch.func import functional_call, grad, vmap
-
     n = inputs.shape[0]
     if n == 0:
         return float("nan")

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call, vmap
 
 from sharpcomp.measures.linalg.param_space import LossFn
 from sharpcomp.measures.linalg.precision import exact_float32
@@ -67,8 +68,6 @@ def evaluate_points(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, bas
     ``buffers``: (base, direction) for interpolation (a floating buffer is base + c[k, 0] direction), else
     the model's own buffers. Returns two float64 tensors of length K. The model is not modified.
     """
-    from torch.func import functional_call, vmap
-
     def one(p: dict, bf: dict, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
         out = functional_call(model, (p, bf), (xb,))
         return loss_fn(out, yb), (out.argmax(-1) == yb).to(out.dtype).mean()

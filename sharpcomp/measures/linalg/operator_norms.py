@@ -26,6 +26,7 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 from torch import Tensor, nn
 from torch.func import vjp
 
@@ -48,8 +49,6 @@ def clear_caches() -> None:
 def spectral_norm(w: Tensor, *, tol: float = 1e-10) -> float:
     """``||W||_2`` of a matrix, in float64: the top eigenvalue of the smaller Gram matrix (small W) or
     Lanczos on ``W^T W`` by matrix-vector products (both sides over 64; several times faster)."""
-    from scipy.sparse.linalg import LinearOperator, eigsh
-
     w = w.detach().to(device="cpu", dtype=torch.float64, copy=True)  # a copy: never an alias of W
     for kept, kept_tol, value in _NORMS:
         if kept_tol == tol and kept.shape == w.shape and torch.equal(kept, w):
@@ -74,8 +73,6 @@ def conv_operator_norm(conv: nn.modules.conv._ConvNd, input_shape: tuple[int, ..
     """Exact operator norm of ``conv`` (weight only) as a linear map of inputs of shape ``input_shape``
     (one sample, without the batch axis): the largest eigenvalue of ``C^T C`` by Lanczos iteration
     (ARPACK, ``scipy.sparse.linalg.eigsh``) in float64, with ``C^T`` the vector-Jacobian product of C."""
-    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
-
     weight = conv.weight.detach().double().cpu()
     shape = (1, *input_shape)
 

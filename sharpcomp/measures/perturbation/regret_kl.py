@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call, grad, jvp, vjp
 
 from sharpcomp.measures.curvature.gradient_stats import batch_gradients
 from sharpcomp.measures.linalg.param_space import Batch, LossFn, preserved, to_device
@@ -33,8 +34,6 @@ from sharpcomp.measures.linalg.precision import exact_float32
 
 def fisher_operator(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor) -> Callable[[Tensor], Tensor]:
     """v (flat) -> F v = J^T H_out J v (flat) for the mean loss on (x, y)."""
-    from torch.func import functional_call, grad, jvp, vjp
-
     names = [k for k, p in model.named_parameters() if p.requires_grad]
     params = {k: p.detach() for k, p in model.named_parameters() if p.requires_grad}
     frozen = {k: p.detach() for k, p in model.named_parameters() if not p.requires_grad}

@@ -76,11 +76,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from sharpcomp.measures.linalg.hutchinson import hutchinson
 from sharpcomp.measures.linalg.operator_norms import spectral_norm
 from sharpcomp.measures.linalg.precision import exact_float32
 from sharpcomp.measures.study._layer_rules import rule_for
+from sharpcomp.measures.study._spectra import spectral_values
+from sharpcomp.measures.study.network_wide import LayerGradients, add_network_wide
 from sharpcomp.models import eval_mode
 from sharpcomp.results.columns import METRIC_COLUMNS
 
@@ -157,8 +160,6 @@ def compute_metrics(model: nn.Module, inputs: Tensor, *, layer: str | None = Non
     res.update(bounds(parts[0].bounds_reason, None if first is None else first.module.weight, per,
                       per.pop("_D_norm"), res["sharpness"]))
     if network_wide:
-        from sharpcomp.measures.study.network_wide import add_network_wide
-
         shared = [p.wide for p in parts] if all(p.wide is not None for p in parts) else None
         with torch.enable_grad(), eval_mode(model):  # its own passes where the engine's cannot serve
             add_network_wide(res, model, x, layer=layer, dtype=dtype, chunk_size=chunk_size, shared=shared)
@@ -230,8 +231,6 @@ def _progress(num_out: int, n: int, step: int, layer: str | None, sample_forward
     gives the estimated time (a backward pass of a chunk taken as twice ``step`` times the forward pass of
     one sample, ``sample_forward`` seconds).
     """
-    from tqdm.auto import tqdm
-
     forward = sample_forward * min(step, n)
     chunks = -(-n // step)
     total = num_out * chunks
@@ -354,8 +353,6 @@ class _Pass:
         self.targets = [self.x] + [o for r in self.wanted for o in r.outputs]
         self.wide = None  # network-wide quantities from these passes (network_wide.LayerGradients)
         if wide and layer in (None, ""):
-            from sharpcomp.measures.study.network_wide import LayerGradients
-
             self.wide = LayerGradients.create(list(records.values()), self.trainable, self.wanted, self.n, num_out)
             self.targets += [] if self.wide is None else self.wide.targets
 
@@ -420,26 +417,6 @@ class _Pass:
                 grads = torch.autograd.grad(self.f, self.targets, cot, retain_graph=not last or c < v - 1,
                                             allow_unused=True)
                 yield range(c, c + 1), [None if g is None else g.unsqueeze(0) for g in grads]
-
-
-def spectral_values(jac: Tensor, rank: int | None) -> dict[str, Tensor]:
-    """Per-sample G, log_volume, mls, local_dim from the input Jacobians (n, N, M)."""
-    j = jac.detach().double()
-    num_out, m = j.shape[1:]
-    # K_i = J_i J_i^T; when N > M, J_i^T J_i has the same non-zero eigenvalues and N - M fewer zeros
-    gram = j @ j.transpose(1, 2) if num_out <= m else j.transpose(1, 2) @ j
-    eig = torch.linalg.eigvalsh(gram).flip(-1).clamp_min(0)  # descending
-    eig = torch.nn.functional.pad(eig, (0, num_out - eig.shape[1]))
-    g = j.square().sum((1, 2))
-    tol = max(num_out * torch.finfo(torch.float64).eps, (num_out * torch.finfo(jac.dtype).eps) ** 2) * eig[:, :1]
-    kept = eig[:, :rank]
-    logs = torch.where(kept > tol, kept.clamp_min(torch.finfo(torch.float64).tiny).log(),
-                       torch.tensor(-math.inf, dtype=torch.float64, device=eig.device))
-    sum_sq = gram.square().sum((1, 2))  # sum_k lambda_k^2 = ||K_i||_F^2 = ||J_i^T J_i||_F^2
-    local_dim = torch.where(sum_sq > 0, g.square() / sum_sq.clamp_min(torch.finfo(torch.float64).tiny),
-                            torch.zeros_like(g))
-    return {"G": g, "log_volume": 0.5 * logs.sum(1), "mls": eig[:, 0].sqrt(), "local_dim": local_dim,
-            "_rank": (eig > tol).sum(1)}
 
 
 def _bounds_reason(first: _Record | None, x: Tensor, layer: str | None, used: bool,

@@ -55,7 +55,7 @@ with all entries free); ``bound_d`` has no proven analogue (it needs ``||dW|| = 
 Computation: one forward pass per chunk with hooks on the layers, then N backward passes of the
 cotangent ``e_k`` giving, for every sample at once, row k of every J_il and of every D_il; weight
 gradient norms by the per-sample rules of :mod:`sharpcomp.measures.study._layer_rules`; eigenvalues of the
-N x N Gram matrices in float64 (``metrics.spectral_values``).
+N x N Gram matrices in float64 (``_spectra.spectral_values``).
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ from torch import Tensor, nn
 from sharpcomp.measures.linalg.operator_norms import frobenius_stand_in, operator_norm
 from sharpcomp.measures.linalg.precision import exact_float32
 from sharpcomp.measures.study._layer_rules import rule_for
+from sharpcomp.measures.study._spectra import spectral_values
 from sharpcomp.results.columns import NETWORK_WIDE_COLUMNS
 
 LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -125,8 +126,6 @@ def _chunk(model: nn.Module, x: Tensor) -> dict:
 
 def _chunk_values(used: list, jac: list[Tensor], d_sq: list[Tensor], w_sq: dict[str, Tensor], n: int) -> dict:
     """One chunk's per-sample, per-call arrays from the rows of J_il, ||D_il||^2 and ||dW_il||^2."""
-    from sharpcomp.measures.study.metrics import spectral_values
-
     spectra = [spectral_values(j, None) for j in jac]
     return {
         "calls": [(name, module, tuple(a.shape[1:]), tuple(z.shape[1:])) for name, module, a, z in used],

@@ -40,8 +40,9 @@ from torch import Tensor, nn
 
 from sharpcomp.measures.linalg.precision import exact_float32
 from sharpcomp.measures.study._layer_rules import PositionsRule, conv_patches
+from sharpcomp.measures.study._spectra import spectral_values
 from sharpcomp.measures.study._stacked_ops import make_plan, stacked_forward
-from sharpcomp.measures.study.metrics import METRIC_NAMES, bounds, compute_metrics, conv_first_reason, spectral_values
+from sharpcomp.measures.study.metrics import METRIC_NAMES, bounds, compute_metrics, conv_first_reason
 from sharpcomp.models import samples_per_chunk
 
 

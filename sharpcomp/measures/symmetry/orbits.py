@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from sharpcomp.measures.linalg.param_space import flat, trainable
+from sharpcomp.measures.symmetry.graph import analyse
 
 _PARAMETRIC = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -138,8 +139,6 @@ class SymmetryTangents:
     """
 
     def __init__(self, model: nn.Module):
-        from sharpcomp.measures.symmetry.graph import analyse
-
         self.params = trainable(model)
         self.theta = [p.detach().clone() for p in self.params]
         index = {id(p): i for i, p in enumerate(self.params)}

@@ -34,8 +34,18 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from sharpcomp.measures.curvature import gradient_stats, quotient_trace
-from sharpcomp.measures.perturbation import worst_case
+from sharpcomp.measures.curvature import (
+    batch_sharpness,
+    contrastive,
+    gradient_stats,
+    hessian_spectrum,
+    nonuniformity,
+    quotient_trace,
+)
+from sharpcomp.measures.perturbation import average as average_case
+from sharpcomp.measures.perturbation import keskar, pacbayes, regret_kl, worst_case
+from sharpcomp.measures.study.metrics import compute_metrics, hessian_trace
+from sharpcomp.measures.study.network_wide import network_wide
 from sharpcomp.measures.symmetry.graph import Group, TraceError, analyse
 from sharpcomp.results.columns import METRIC_COLUMNS
 
@@ -105,8 +115,6 @@ def _metrics_row(model: nn.Module, x: Tensor, y: Tensor, loss_fn: Callable, prob
                  metrics_kwargs: dict, worst: dict,
                  say: Callable[[str], None]) -> tuple[dict[str, float], Tensor]:
     """Every metric of ``model`` (float64, eval mode) on (x, y); fixed seeds so before/after share probes."""
-    from sharpcomp.measures.study.metrics import compute_metrics, hessian_trace
-
     out: dict[str, float] = {}
     say("the study's metrics")
     with torch.no_grad():
@@ -116,8 +124,6 @@ def _metrics_row(model: nn.Module, x: Tensor, y: Tensor, loss_fn: Callable, prob
     for k in METRIC_COLUMNS:
         out[k] = float(m[k])
     if not metrics_kwargs.get("layer"):  # network-wide measures: NMLS moves, sharpness_inv does not
-        from sharpcomp.measures.study.network_wide import network_wide
-
         nw = network_wide(model, x, sharpness=m["sharpness"], dtype=torch.float64)
         for k in ("nmls", "nvr", "nmls_bound", "sharpness_inv", "nmls_bound_inv"):
             out[k] = float(nw[k])
@@ -148,8 +154,6 @@ def _metrics_row(model: nn.Module, x: Tensor, y: Tensor, loss_fn: Callable, prob
 
 def _curvature_row(model: nn.Module, loss_fn: Callable, x: Tensor, y: Tensor, chunks, seed: int) -> dict:
     """The curvature spectrum's scalars (tight Lanczos tolerance, so only a real change counts as moved)."""
-    from sharpcomp.measures.curvature import batch_sharpness, hessian_spectrum, nonuniformity
-
     def kw():
         return {"tol": 1e-9, "max_iter": 300, "generator": torch.Generator().manual_seed(seed)}
 
@@ -165,10 +169,6 @@ def _debate_rows(model: nn.Module, loss_fn: Callable, x: Tensor, y: Tensor, seed
                  chunks: list) -> dict[str, float]:
     """average, average_adaptive, keskar, the PAC-Bayes sigmas, contrastive and regret_kl (small damping:
     its invariance holds as the damping goes to 0); the same random draws before and after."""
-    from sharpcomp.measures.curvature import contrastive
-    from sharpcomp.measures.perturbation import average as average_case
-    from sharpcomp.measures.perturbation import keskar, pacbayes, regret_kl
-
     gen = lambda: torch.Generator().manual_seed(seed)  # noqa: E731
     out = {"average": average_case.average_sharpness(model, loss_fn, [(x, y)], 0.01, 50, False, gen())["value"],
            "average_adaptive": average_case.average_sharpness(model, loss_fn, [(x, y)], 0.1, 50, True,
