@@ -17,7 +17,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from sharpcomp.settings import CONFIG_MODULE, register_resolvers
+from sharpcomp.settings import CONFIG_MODULE, overrides_by_name, register_resolvers
 from sharpcomp.usage import EXIT_USAGE, UsageError, report
 
 CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
@@ -376,6 +376,7 @@ def _run_hydra_train(args: list[str], multirun: bool) -> int:
 
 def _train(rest: list[str], multirun: bool) -> int:
     """``sharpcomp [-m] train [key=value ...]``: check every override, then run Hydra."""
+    rest = overrides_by_name(rest)
     if "-m" in rest or "--multirun" in rest:
         multirun = True
         rest = [a for a in rest if a not in ("-m", "--multirun")]

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from sharpcomp.measures.curvature import batch_sharpness, hessian_spectrum, nonuniformity
+from sharpcomp.measures.curvature import batch_sharpness, ggn_max, hessian_max, nonuniformity
 from sharpcomp.measures.curvature import hessian_density as spectral_density
 from sharpcomp.measures.linalg import hutchpp, lanczos
 from sharpcomp.measures.linalg import matvec as curvature_ops
@@ -78,29 +78,29 @@ def test_operators_match_dense_matrices(make):
 def test_top_k_to_1e6_relative(make):
     model, x, y = make()
     ev = torch.linalg.eigvalsh(dense_hessian(model, x, y)).flip(0)
-    r = hessian_spectrum.hessian_top(model, mse, x, y, k=5, tol=1e-10, max_iter=400,
+    r = hessian_max.hessian_top(model, mse, x, y, k=5, tol=1e-10, max_iter=400,
                                      generator=torch.Generator().manual_seed(0))
     assert r.converged and max(r.residuals) <= 1e-10
     np.testing.assert_allclose(r.values, ev[:5].numpy(), rtol=1e-6)
     assert 5 <= r.iterations <= ev.numel()
     gev = torch.linalg.eigvalsh(dense_ggn(model, x, y)).flip(0)
-    rg = hessian_spectrum.ggn_top(model, mse, x, y, k=3, tol=1e-10, max_iter=400,
+    rg = ggn_max.ggn_top(model, mse, x, y, k=3, tol=1e-10, max_iter=400,
                                   generator=torch.Generator().manual_seed(1))
     np.testing.assert_allclose(rg.values, gev[:3].numpy(), rtol=1e-6)
-    assert math.isclose(hessian_spectrum.ggn_max(model, mse, x, y, tol=1e-10, max_iter=400), float(gev[0]),
+    assert math.isclose(ggn_max.ggn_max(model, mse, x, y, tol=1e-10, max_iter=400), float(gev[0]),
                         rel_tol=1e-6)
 
 
 def test_loose_tolerance_is_honoured_and_cheaper():
     model, x, y = mlp()
     ev = torch.linalg.eigvalsh(dense_hessian(model, x, y))
-    tight = hessian_spectrum.hessian_top(model, mse, x, y, tol=1e-10, max_iter=400)
-    loose = hessian_spectrum.hessian_top(model, mse, x, y, tol=1e-2, max_iter=400,
+    tight = hessian_max.hessian_top(model, mse, x, y, tol=1e-10, max_iter=400)
+    loose = hessian_max.hessian_top(model, mse, x, y, tol=1e-2, max_iter=400,
                                          generator=torch.Generator().manual_seed(3))
     assert loose.iterations < tight.iterations and loose.residuals[0] <= 1e-2
     # the residual bounds the error
     assert abs(loose.values[0] - float(ev[-1])) <= loose.residuals[0] * abs(loose.values[0]) + 1e-12
-    capped = hessian_spectrum.hessian_top(model, mse, x, y, tol=1e-14, max_iter=3)
+    capped = hessian_max.hessian_top(model, mse, x, y, tol=1e-14, max_iter=3)
     assert capped.iterations == 3 and not capped.converged
 
 
@@ -182,8 +182,8 @@ def test_hutchpp_is_unbiased_with_honest_errors(make):
     exact = float(torch.trace(dense_hessian(model, x, y)))
     gen = torch.Generator().manual_seed(0)
     runs = [hutchpp.hessian_traces(model, mse, x, y, products=12, generator=gen) for _ in range(30)]
-    est = np.array([r["full"] for r in runs])
-    se = np.array([r["full_se"] for r in runs])
+    est = np.array([r.full.value for r in runs])
+    se = np.array([r.full.se for r in runs])
     z = (est.mean() - exact) / (est.std(ddof=1) / math.sqrt(len(est)))
     assert abs(z) < 4
     # the reported standard error matches the spread of the estimates (within a factor 2)
@@ -197,32 +197,31 @@ def test_hutchpp_is_unbiased_with_honest_errors(make):
 # ---- switched on under metrics.flatness ------------------------------------------------------------------
 
 def test_settings_are_checked():
-    from sharpcomp.measures import flatness
+    from sharpcomp.measures import registry
 
-    on = flatness.check_settings({"hessian_max": {}, "quotient_trace": {"method": "hutchpp"}})
-    assert on["hessian_max"]["k"] == 1 and on["quotient_trace"]["method"] == "hutchpp"
+    on = registry.plan({"hessian_max": {}, "quotient_trace": {"method": "hutchpp"}})
+    assert on.settings("hessian_max").k == 1 and on.settings("quotient_trace").method == "hutchpp"
     for bad, text in (({"hessian_max": {"k": 0}}, "hessian_max.k must be > 0"),
                       ({"ggn_max": {"tol": -1.0}}, "ggn_max.tol must be > 0"),
                       ({"quotient_trace": {"method": "xtrace"}}, "method must be one of hutchinson, hutchpp"),
                       ({"hessian_density": {"bins": 3}}, "unknown setting")):
         with pytest.raises(ValueError, match=text):
-            flatness.check_settings(bad)
+            registry.plan(bad)
 
 
 def test_extra_metrics_columns_equal_the_functions():
-    from sharpcomp.measures import flatness
-    from sharpcomp.measures.curvature import _columns as curvature
-    from sharpcomp.results import columns
+    from sharpcomp.measures import registry
+    from sharpcomp.measures.sample import fixed_subset
 
     model, x, y = mlp()
     on = {"hessian_max": {"k": 2, "n": 20, "tol": 1e-10, "max_iter": 400}, "ggn_max": {"n": 20, "tol": 1e-10},
           "batch_sharpness": {"batches": 3}, "nonuniformity": {"n": 6, "tol": 1e-10, "max_iter": 400},
           "hessian_density": {"n": 20, "steps": 10}}
-    out = flatness.extra_metrics(model, mse, x, y, on, torch.Generator().manual_seed(0), batch_size=8)
-    assert set(out) == set(columns.CURVATURE_COLUMNS)
-    assert set(columns.CURVATURE_COLUMNS) <= set(columns.FLATNESS_COLUMNS)
-    idx = curvature.fixed_subset(len(x), 20)
-    assert idx.tolist() == curvature.fixed_subset(len(x), 20).tolist()  # the same points at every checkpoint
+    out = registry.compute_measures(model, mse, x, y, on, torch.Generator().manual_seed(0), batch_size=8)
+    declared = [c.name for name in on for c in registry.measures()[name].columns]
+    assert sorted(out) == sorted(declared)
+    idx = fixed_subset(len(x), 20)
+    assert idx.tolist() == fixed_subset(len(x), 20).tolist()  # the same points at every checkpoint
     ev = torch.linalg.eigvalsh(dense_hessian(model, x[idx], y[idx])).flip(0)
     np.testing.assert_allclose(out["hessian_top"], ev[:2].numpy(), rtol=1e-6)
     assert out["hessian_max"] == out["hessian_top"][0] and out["hessian_max_iterations"] >= 2

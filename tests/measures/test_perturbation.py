@@ -32,8 +32,8 @@ def test_average_case_is_half_sigma_squared_trace_on_a_quadratic(adaptive):
     exact = float(0.5 * (var * H.diagonal()).sum())
     r = average_case.average_sharpness(model, mse, [(x, y)], sigma, draws=400, adaptive=adaptive,
                                        generator=torch.Generator().manual_seed(0))
-    assert r["se"] > 0 and abs(r["value"] - exact) < 4 * r["se"]
-    assert abs(r["value"] - exact) < 0.2 * exact  # and the error bar is informative
+    assert r.se > 0 and abs(r.value - exact) < 4 * r.se
+    assert abs(r.value - exact) < 0.2 * exact  # and the error bar is informative
 
 
 def test_average_case_matches_a_plain_monte_carlo_loop():
@@ -60,12 +60,12 @@ def test_average_case_matches_a_plain_monte_carlo_loop():
         variances.append(float(t.var()))
     ref = sum(means) / 2
     ref_se = math.sqrt(sum(variances) / draws) / 2
-    assert abs(r["value"] - ref) < 4 * math.hypot(r["se"], ref_se)
+    assert abs(r.value - ref) < 4 * math.hypot(r.se, ref_se)
     # the same generator state reproduces the value exactly, and the model is untouched
     again = average_case.average_sharpness(model, mse, batches, sigma, draws=draws,
                                            generator=torch.Generator().manual_seed(5))
-    assert again["value"] == r["value"] and again["se"] == r["se"]
-    assert math.isfinite(r["err"])
+    assert again.value == r.value and again.se == r.se
+    assert math.isfinite(r.details["err"])
 
 
 def test_average_case_pairs_cancel_the_gradient_term():
@@ -77,11 +77,11 @@ def test_average_case_pairs_cancel_the_gradient_term():
     linear_loss = lambda out, y: out.sum() / len(out)  # noqa: E731  (L is affine in the weights)
     r = average_case.average_sharpness(model, linear_loss, [(x, torch.zeros(7))], 0.5, draws=9,
                                        generator=torch.Generator().manual_seed(0))
-    assert r["pairs"] == 5 and r["per_draw"].shape == (10,)
-    scale = float(r["per_draw"].abs().max())
+    assert r.samples == 5 and r.details["per_draw"].shape == (10,)
+    scale = float(r.details["per_draw"].abs().max())
     assert scale > 0.1  # each draw moves the loss by about sigma ||g||
-    assert abs(r["value"]) < 1e-14 * scale and r["se"] < 1e-14 * scale
-    assert torch.allclose(r["per_draw"][0::2], -r["per_draw"][1::2], rtol=0, atol=1e-14 * scale)
+    assert abs(r.value) < 1e-14 * scale and r.se < 1e-14 * scale
+    assert torch.allclose(r.details["per_draw"][0::2], -r.details["per_draw"][1::2], rtol=0, atol=1e-14 * scale)
 
 
 # ---- Auto-PGD -----------------------------------------------------------------------------------------
@@ -126,8 +126,8 @@ def test_apgd_finds_the_exhaustive_maximum_on_two_parameters(p, rho):
     ref = grid_max(model, x, y, rho, p)
     r = worst_case.worst_case_sharpness(model, sq_loss, [(x, y)], rho, steps=100, algorithm="apgd", norm=p,
                                         restarts=3, generator=torch.Generator().manual_seed(0))
-    assert r["value"] <= ref + 1e-6 * rho**2 + 1e-9  # a point of the ball cannot beat the search by more
-    assert r["value"] >= ref - 1e-4 * max(ref, 1e-6)  # and Auto-PGD reaches the maximum
+    assert r.value <= ref + 1e-6 * rho**2 + 1e-9  # a point of the ball cannot beat the search by more
+    assert r.value >= ref - 1e-4 * max(ref, 1e-6)  # and Auto-PGD reaches the maximum
 
 
 def test_apgd_checkpoints_and_projection():
@@ -152,7 +152,7 @@ def test_apgd_finds_at_least_the_normalised_ascent(adaptive):
         base = worst_case.worst_case_sharpness(model, mse, [(x, y)], rho, steps=5, adaptive=adaptive)
         r = worst_case.worst_case_sharpness(model, mse, [(x, y)], rho, steps=50, adaptive=adaptive,
                                             algorithm="apgd", restarts=2, generator=torch.Generator().manual_seed(0))
-        assert r["value"] >= base["value"] - 1e-12
+        assert r.value >= base.value - 1e-12
         assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     with pytest.raises(ValueError, match="l2 only"):
         worst_case.worst_case_sharpness(model, mse, [(x, y)], 0.1, norm="linf")
@@ -177,8 +177,8 @@ def test_keskar_matches_the_best_corner_of_the_box_on_a_convex_loss():
     best = max(loss_at(th + half * torch.tensor(s, dtype=DT)) for s in itertools.product((-1.0, 1.0), repeat=6))
     r = keskar.keskar_sharpness(model, mse, x, y, eps=eps, steps=60, restarts=4,
                                 generator=torch.Generator().manual_seed(0))
-    assert r["increase"] == pytest.approx(best - l0, rel=1e-9)
-    assert r["value"] == pytest.approx(100 * (best - l0) / (1 + l0), rel=1e-9)
+    assert r.details["increase"] == pytest.approx(best - l0, rel=1e-9)
+    assert r.value == pytest.approx(100 * (best - l0) / (1 + l0), rel=1e-9)
     assert torch.equal(flat_theta(model), th)
 
 
@@ -191,18 +191,18 @@ def test_keskar_box_scales_with_the_weights():
     from tests.measures.test_flatness import dense_grad
     g = dense_grad(model, x, y)
     first_order = float((eps * (th.detach().abs() + 1) * g.abs()).sum())
-    assert 0.9 * first_order <= r["increase"] <= 1.1 * first_order
+    assert 0.9 * first_order <= r.details["increase"] <= 1.1 * first_order
 
 
 # ---- settings and the trainer's entry point -------------------------------------------------------------
 
 def test_settings_of_the_new_measures_are_checked():
-    from sharpcomp.measures import flatness
+    from sharpcomp.measures import registry
 
-    ok = flatness.check_settings({"worst_case": {"algorithm": "apgd", "norm": "linf", "m": 4}, "average": {
+    ok = registry.plan({"worst_case": {"algorithm": "apgd", "norm": "linf", "m": 4}, "average": {
         "sigma": None}, "keskar": {}, "pacbayes": {}, "contrastive": {"kind": "trace"}, "regret_kl": {}})
-    assert ok["worst_case"]["restarts"] == 1 and ok["average"]["sigma"] is None
-    assert flatness.FLATNESS_DEFAULTS["worst_case"]["algorithm"] == "ascent"  # old results keep their meaning
+    assert ok.settings("worst_case").restarts == 1 and ok.settings("average").sigma is None
+    assert registry.measures()["worst_case"].defaults()["algorithm"] == "ascent"  # old results keep their meaning
     bad = [({"worst_case": {"norm": "linf"}}, "needs algorithm apgd"),
            ({"adaptive": {"algorithm": "pgd"}}, "must be one of ascent, apgd"),
            ({"contrastive": {"kind": "frobenius"}}, "must be one of"),
@@ -211,11 +211,12 @@ def test_settings_of_the_new_measures_are_checked():
            ({"regret_kl": {"damping": -1}}, "must be >= 0"), ({"worst_case": {"m": 0}}, "must be > 0")]
     for settings, msg in bad:
         with pytest.raises(ValueError, match=msg):
-            flatness.check_settings(settings)
+            registry.plan(settings)
 
 
 def test_extra_metrics_new_columns_and_m_sharpness():
-    from sharpcomp.measures import flatness
+    from sharpcomp.measures import registry
+    from sharpcomp.measures.perturbation.worst_case import m_groups
 
     model, _, _ = tiny_cnn()
     torch.manual_seed(0)
@@ -223,10 +224,10 @@ def test_extra_metrics_new_columns_and_m_sharpness():
     settings = {"average": {"draws": 5, "batch_size": 12}, "keskar": {"steps": 3}, "pacbayes": {"iterations": 4},
                 "contrastive": {"batches": 2, "batch_size": 6}, "regret_kl": {"batches": 3, "batch_size": 4},
                 "worst_case": {"algorithm": "apgd", "steps": 4, "batches": 2, "batch_size": 8, "m": 4}}
-    out = flatness.extra_metrics(model, mse, x, y, settings, torch.Generator().manual_seed(0))
+    out = registry.compute_measures(model, mse, x, y, settings, torch.Generator().manual_seed(0))
     assert {"average", "average_se", "average_adaptive", "keskar", "pacbayes_sigma", "pacbayes_mag_orig",
-            "contrastive", "regret_kl", "regret_kl_damping", "sharpness_worst"} <= set(out)
-    assert out == flatness.extra_metrics(model, mse, x, y, settings, torch.Generator().manual_seed(0))
+            "contrastive", "regret_kl", "regret_kl_damping", "worst_case"} <= set(out)
+    assert out == registry.compute_measures(model, mse, x, y, settings, torch.Generator().manual_seed(0))
     # m-sharpness: the mean over groups of m samples of each group's own maximum
-    groups = flatness._groups([(x[:8], y[:8]), (x[8:16], y[8:16])], 4)
+    groups = m_groups([(x[:8], y[:8]), (x[8:16], y[8:16])], 4)
     assert [len(g[0]) for g in groups] == [4, 4, 4, 4] and torch.equal(groups[1][0], x[4:8])

@@ -7,6 +7,8 @@ import math
 from collections import OrderedDict
 from types import SimpleNamespace
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -135,9 +137,9 @@ def test_reparam_table_marks_what_moved():
     model = model.float()  # the table works on a float64 copy of whatever it gets
     before = {k: v.clone() for k, v in model.state_dict().items()}
     df = reparam_table(model, x.float(), y, mse, "conv2", 10.0, probes=4)
-    assert list(df.columns) == ["before", "after", "rel_change", "moved"]
-    invariant = ["output_change", "loss", "G", "log_volume", "mls", "local_dim", "sharpness_adaptive"]
-    moving = ["sharpness", "hessian_trace", "quotient_trace", "sharpness_worst", "fisher_trace", "grad_disagreement",
+    assert list(df.columns) == ["before", "after", "rel_change", "moved", "expected"]
+    invariant = ["output_change", "loss", "G", "log_volume", "mls", "local_dim", "worst_case_adaptive"]
+    moving = ["sharpness", "hessian_trace", "quotient_trace", "worst_case", "fisher_trace", "grad_disagreement",
               "hessian_max", "ggn_max", "batch_sharpness", "nonuniformity"]
     assert not df.loc[invariant, "moved"].any(), df
     assert df.loc[moving, "moved"].all(), df
@@ -147,6 +149,9 @@ def test_reparam_table_marks_what_moved():
     # conv1 acts on the raw input: its Eq. 28 analogues are rows, finite, and a deeper rescaling leaves them
     assert df.loc[["bound_b_conv", "bound_c_conv"], "before"].notna().all(), df
     assert not df.loc[["bound_b_conv", "bound_c_conv"], "moved"].any(), df
+    # every row as its measure's declaration expects
+    defined = df[np.isfinite(df["before"].astype(float))]
+    assert (defined["moved"] == (defined["expected"] == "moves")).all(), defined
     assert df.loc["sharpness", "rel_change"] == pytest.approx(
         (df.loc["sharpness", "after"] - df.loc["sharpness", "before"]) / df.loc["sharpness", "before"])
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
@@ -190,8 +195,8 @@ def test_main_n_takes_the_first_sample_points_and_shows_progress(fake_run, capsy
     captured = capsys.readouterr()
     assert ", 3 train sample points, float64" in captured.out
     stages = [line for line in captured.err.splitlines() if line.startswith("sharpcomp reparam: [")]
-    assert any(line.endswith("before: the study's metrics") for line in stages)
-    assert any(line.endswith("after: curvature spectrum") for line in stages)
+    assert any(line.endswith("before: metrics") for line in stages)
+    assert any(line.endswith("after: hessian_max") for line in stages)
 
 
 @pytest.mark.parametrize("args,msg", [
@@ -229,8 +234,8 @@ def test_main_accepts_hydra_run_folders_with_equals_signs(fake_run, tmp_path, ca
 
 
 def test_column_names_come_from_one_schema():
-    """reparam's rows, the flatness measures' columns and the metric names are sharpcomp.results.columns' names."""
-    from sharpcomp.measures import flatness
+    """reparam's rows, the measures' columns and the metric names are the declarations' names."""
+    from sharpcomp.measures import registry
     from sharpcomp.measures.study import metrics
     from sharpcomp.results import columns, records
 
@@ -238,14 +243,13 @@ def test_column_names_come_from_one_schema():
     assert "settings" in columns.IDENTITY_COLUMNS
     model, x, y = tiny_mlp()
     df = reparam_table(model, x, y, mse, "fc1", 2.0, probes=2)
-    named = set(columns.METRIC_COLUMNS) | set(columns.FLATNESS_COLUMNS) | set(columns.NETWORK_WIDE_COLUMNS)
-    assert set(df.index) - {"output_change", "loss"} <= named
-    assert set(columns.METRIC_COLUMNS) <= set(df.index)
-    every = {key: {} for key in flatness.FLATNESS_DEFAULTS}  # every measure on, default settings
-    out = flatness.extra_metrics(model, mse, x, y, every, torch.Generator().manual_seed(0))
+    declared = {c: v for m in registry.measures().values() for c, v in m.reparam.items()}
+    assert set(df.index) - {"output_change", "loss"} == set(declared)
+    assert (df["expected"].drop(["output_change", "loss"]) == pd.Series(declared)).all()
+    every = dict.fromkeys(registry.switchable(), {})  # every measure on, default settings
+    out = registry.compute_measures(model, mse, x, y, every, torch.Generator().manual_seed(0))
     assert set(out) == set(columns.FLATNESS_COLUMNS)
     assert set(columns.FLATNESS_MEASURES) | set(columns.FLATNESS_SE.values()) <= set(out)
-    assert {f"{m}_rel" for m in columns.WORST_CASE_MEASURES} <= set(out)
 
 
 @pytest.mark.parametrize("units", [None, [0, 2]])
