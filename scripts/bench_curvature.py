@@ -26,6 +26,8 @@ of a checkpoint (study metrics on 100 samples and whole-set evaluation).
     python scripts/bench_curvature.py            # 1,000 images
     python scripts/bench_curvature.py --quick    # 200 images, smaller budgets: a smoke run
     python scripts/bench_curvature.py --quick --cost-only --models vgg10   # the per-checkpoint cost alone
+
+Recorded numbers and the commands behind them: docs/benchmarks/curvature.md.
 """
 
 from __future__ import annotations
