@@ -7,30 +7,22 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from sharpcomp.measures.curvature import contrastive, grad_disagreement
 from sharpcomp.measures.perturbation import pacbayes, regret_kl
 from sharpcomp.measures.symmetry.reparam import rescale_unit
-from tests.measures.test_flatness import dense_hessian, tiny_cnn, tiny_mlp
-from tests.reference import as_dict, flat_theta, mse
+from tests import problems
+from tests.measures.test_flatness import dense_hessian
+from tests.problems import mse
+from tests.reference import as_dict, flat_theta
 
 DT = torch.float64
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def classifier(seed=0, n=200):
-    torch.manual_seed(seed)
-    m = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3)).to(DT)
-    x = torch.randn(n, 4, dtype=DT)
-    with torch.no_grad():
-        y = m(x).argmax(1)  # the network fits its labels: training error 0
-    return m, x, y
-
-
 @pytest.mark.parametrize("magnitude", [False, True])
 def test_pacbayes_sigma_against_a_direct_scan(magnitude):
-    model, x, y = classifier()
+    model, _, x, y = problems.MLP_INTERPOLATING.make()
     target, draws, smax = 0.1, 20, 2.0
     r = pacbayes.pacbayes_sigma(model, x, y, target=target, draws=draws, iterations=14, sigma_max=smax,
                                 magnitude=magnitude, generator=torch.Generator().manual_seed(4))
@@ -53,9 +45,9 @@ def test_pacbayes_sigma_against_a_direct_scan(magnitude):
     assert b["pacbayes_mag_orig"] == pytest.approx(mag, rel=1e-12)
 
 
-@pytest.mark.parametrize("make", [tiny_mlp, tiny_cnn])
-def test_contrastive_flatness_against_dense_hessians(make):
-    model, x, y = make()
+@pytest.mark.parametrize("problem", [problems.MLP_CLASSIFICATION, problems.CNN_MAXPOOL], ids=str)
+def test_contrastive_flatness_against_dense_hessians(problem):
+    model, _, x, y = problem.make()
     batches = [(x[:2], y[:2]), (x[2:4], y[2:4])]
     lam = lambda bx, by: float(torch.linalg.eigvalsh(dense_hessian(model, bx, by)).max())  # noqa: E731
     full = lam(x[:4], y[:4])
@@ -81,9 +73,9 @@ def dense_fisher(model, x, y):
     return jac.T @ h_out.reshape(k, k) @ jac
 
 
-@pytest.mark.parametrize("make", [tiny_mlp, tiny_cnn])
-def test_regret_kl_against_a_dense_fisher_inverse(make):
-    model, x, y = make()
+@pytest.mark.parametrize("problem", [problems.MLP_CLASSIFICATION, problems.CNN_MAXPOOL], ids=str)
+def test_regret_kl_against_a_dense_fisher_inverse(problem):
+    model, _, x, y = problem.make()
     batches = [(x[i::3], y[i::3]) for i in range(3)]
     damping = 1e-3
     F = dense_fisher(model, torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]))
@@ -104,7 +96,7 @@ def test_regret_kl_against_a_dense_fisher_inverse(make):
 
 
 def test_regret_kl_does_not_move_under_rescaling_while_gradient_disagreement_does():
-    model, x, y = tiny_mlp()
+    model, _, x, y = problems.MLP_CLASSIFICATION.make()
     x = torch.cat([x, torch.randn(6, 4, dtype=DT)])
     y = torch.cat([y, torch.tensor([1, 0, 0, 1, 1, 0])])
     batches = [(x[i::3], y[i::3]) for i in range(3)]

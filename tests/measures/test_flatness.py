@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 
 import pytest
 import torch
@@ -16,7 +15,9 @@ from sharpcomp.measures.linalg import hutchinson, param_space
 from sharpcomp.measures.perturbation import worst_case
 from sharpcomp.measures.symmetry import orbits as symmetry
 from sharpcomp.models import build_model
-from tests.reference import as_dict, flat_theta, mse
+from tests import problems
+from tests.problems import mse
+from tests.reference import as_dict, flat_theta
 
 DT = torch.float64
 
@@ -24,28 +25,8 @@ DT = torch.float64
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def tiny_mlp(seed=0):
-    torch.manual_seed(seed)
-    m = nn.Sequential(OrderedDict(
-        flatten=nn.Flatten(), fc1=nn.Linear(4, 3), relu1=nn.ReLU(), fc2=nn.Linear(3, 3), relu2=nn.ReLU(),
-        fc3=nn.Linear(3, 2))).to(DT)
-    return m, torch.randn(6, 4, dtype=DT), torch.tensor([0, 1, 1, 0, 1, 0])
-
-
-def tiny_cnn(seed=0):
-    torch.manual_seed(seed)
-    m = nn.Sequential(OrderedDict(
-        conv1=nn.Conv2d(1, 2, 3, padding=1), relu1=nn.ReLU(), pool1=nn.MaxPool2d(2),
-        conv2=nn.Conv2d(2, 3, 3, padding=1), relu2=nn.ReLU(), pool2=nn.MaxPool2d(2),
-        flatten=nn.Flatten(), fc1=nn.Linear(12, 4), relu3=nn.ReLU(), fc2=nn.Linear(4, 2))).to(DT)
-    with torch.no_grad():
-        for mod in m:
-            if isinstance(mod, (nn.Linear, nn.Conv2d)):
-                mod.bias.normal_(0, 0.3)  # non-zero biases exercise the bias entries of v_j
-    return m, torch.randn(5, 1, 8, 8, dtype=DT), torch.tensor([0, 1, 1, 0, 1])
-
-
-MODELS = [tiny_mlp, tiny_cnn]
+MLP, CNN = problems.MLP_CLASSIFICATION, problems.CNN_MAXPOOL
+MODELS = [MLP, CNN]
 
 
 # ---- dense references ------------------------------------------------------------------------------
@@ -113,9 +94,9 @@ def test_hidden_layers_of_the_study_models():
         symmetry.hidden_layers(nn.Linear(2, 2))
 
 
-@pytest.mark.parametrize("make", MODELS)
-def test_tangents_match_their_definition(make):
-    model, x, y = make()
+@pytest.mark.parametrize("problem", MODELS, ids=str)
+def test_tangents_match_their_definition(problem):
+    model, _, x, y = problem.make()
     V, gm = symmetry.symmetry_tangents(model)
     vd = V.dense()
     # support and signs: v_j = D_j * theta exactly
@@ -129,9 +110,9 @@ def test_tangents_match_their_definition(make):
     torch.testing.assert_close(V.rmatvec(d), vd.T @ param_space.flat(d))
 
 
-@pytest.mark.parametrize("make", MODELS)
-def test_jacobian_of_f_annihilates_every_tangent(make):
-    model, x, _ = make()
+@pytest.mark.parametrize("problem", MODELS, ids=str)
+def test_jacobian_of_f_annihilates_every_tangent(problem):
+    model, _, x, _ = problem.make()
     V, _ = symmetry.symmetry_tangents(model)
     vd = V.dense()
     jac = dense_param_jacobian(model, x)
@@ -145,9 +126,9 @@ def test_jacobian_of_f_annihilates_every_tangent(make):
     torch.testing.assert_close(torch.trace(jac @ P @ jac.T), torch.trace(jac @ jac.T), rtol=1e-10, atol=0)
 
 
-@pytest.mark.parametrize("make", MODELS)
-def test_projector_is_symmetric_idempotent_and_kills_the_orbits(make):
-    model, _, _ = make()
+@pytest.mark.parametrize("problem", MODELS, ids=str)
+def test_projector_is_symmetric_idempotent_and_kills_the_orbits(problem):
+    model = problem.make().model
     proj = symmetry.quotient_projector(model, ridge=0.0)
     n = sum(p.numel() for p in model.parameters())
     eye = torch.eye(n, dtype=DT)
@@ -171,9 +152,9 @@ def test_projector_is_symmetric_idempotent_and_kills_the_orbits(make):
     assert round(float(torch.trace(P))) == n - vd.shape[1]
 
 
-@pytest.mark.parametrize("make", MODELS)
-def test_quotient_trace_closed_form_against_dense_hessian(make):
-    model, x, y = make()
+@pytest.mark.parametrize("problem", MODELS, ids=str)
+def test_quotient_trace_closed_form_against_dense_hessian(problem):
+    model, _, x, y = problem.make()
     H = dense_hessian(model, x, y)
     g = dense_grad(model, x, y)
     P, vd = dense_projector(model)
@@ -186,9 +167,9 @@ def test_quotient_trace_closed_form_against_dense_hessian(make):
     assert abs(gap) > 1e-6  # not trivially zero on these nets
 
 
-@pytest.mark.parametrize("make", MODELS)
-def test_hutchinson_quotient_trace_agrees_within_its_error(make):
-    model, x, y = make()
+@pytest.mark.parametrize("problem", MODELS, ids=str)
+def test_hutchinson_quotient_trace_agrees_within_its_error(problem):
+    model, _, x, y = problem.make()
     H = dense_hessian(model, x, y)
     P, _ = dense_projector(model)
     r = quotient_trace.hutchinson_traces(model, mse, x, y, probes=50, generator=torch.Generator().manual_seed(1))
@@ -217,11 +198,11 @@ PINNED_TRACES = {
 }
 
 
-@pytest.mark.parametrize("name,make", [("mlp", tiny_mlp), ("cnn", tiny_cnn)])
-def test_one_hutchinson_estimator_keeps_the_values_of_both_former_ones(name, make):
+@pytest.mark.parametrize("name,problem", [("mlp", MLP), ("cnn", CNN)])
+def test_one_hutchinson_estimator_keeps_the_values_of_both_former_ones(name, problem):
     from sharpcomp.measures.curvature.quotient_trace import hessian_trace
 
-    model, x, y = make()
+    model, _, x, y = problem.make()
     pinned_full, pinned_pair = PINNED_TRACES[name]
     chunk = 2 if name == "cnn" else None
     full = hessian_trace(model, mse, x, y, probes=6, generator=torch.Generator().manual_seed(2))
@@ -264,15 +245,9 @@ def trust_region_max(g, H, rho):
     return float(gb @ db + 0.5 * db @ (h * db))
 
 
-def linear_model(seed=0):
-    torch.manual_seed(seed)
-    m = nn.Sequential(nn.Flatten(), nn.Linear(5, 3)).to(DT)  # MSE is exactly quadratic in theta
-    return m, torch.randn(12, 5, dtype=DT), torch.randint(0, 3, (12,))
-
-
 @pytest.mark.parametrize("adaptive", [False, True])
 def test_worst_case_sharpness_matches_the_exact_maximum_on_a_quadratic(adaptive):
-    model, x, y = linear_model()
+    model, _, x, y = problems.LINEAR_MODEL.make()
     H, g = dense_hessian(model, x, y), dense_grad(model, x, y)
     rho = 0.3 if adaptive else 0.5
     if adaptive:
@@ -289,7 +264,7 @@ def test_worst_case_sharpness_matches_the_exact_maximum_on_a_quadratic(adaptive)
 
 
 def test_worst_case_sharpness_on_a_relu_net_and_its_quotient_version():
-    model, x, y = tiny_cnn()
+    model, _, x, y = CNN.make()
     before = [p.detach().clone() for p in model.parameters()]
     rho = 0.05
     g = dense_grad(model, x, y)
@@ -318,7 +293,7 @@ def test_worst_case_sharpness_on_a_relu_net_and_its_quotient_version():
 # ---- gradient disagreement and Fisher -----------------------------------------------------------------
 
 def test_gradient_disagreement_over_all_ordered_pairs():
-    model, x, y = tiny_cnn()
+    model, _, x, y = CNN.make()
     batches = [(x[i:i + 2], y[i:i + 2]) for i in (0, 1, 3)] + [(x[:1], y[:1])]
     gs = [dense_grad(model, bx, by) for bx, by in batches]
     terms = [gs[b].norm() * (1 - torch.dot(gs[a], gs[b]) / (gs[a].norm() * gs[b].norm()))
@@ -331,7 +306,7 @@ def test_gradient_disagreement_over_all_ordered_pairs():
 
 @pytest.mark.parametrize("chunk", [None, 2])
 def test_fisher_trace_is_the_mean_squared_per_sample_gradient(chunk):
-    model, x, y = tiny_cnn()
+    model, _, x, y = CNN.make()
     ref = sum(float(dense_grad(model, x[i:i + 1], y[i:i + 1]).pow(2).sum()) for i in range(len(x))) / len(x)
     assert abs(fisher_trace.fisher_trace(model, mse, x, y, chunk_size=chunk) - ref) < 1e-12 * max(1.0, ref)
 
@@ -339,8 +314,7 @@ def test_fisher_trace_is_the_mean_squared_per_sample_gradient(chunk):
 # ---- the trainer's entry point ------------------------------------------------------------------------
 
 def test_extra_metrics_columns_leave_the_model_untouched_and_are_reproducible():
-    model, _, _ = tiny_cnn()
-    model = model.float()
+    model = CNN.make(torch.float32).model
     torch.manual_seed(0)
     x, y = torch.rand(40, 1, 8, 8), torch.randint(0, 2, (40,))
     model.train()

@@ -20,7 +20,7 @@ from sharpcomp.measures.linalg.precision import exact_float32, tf32_settings
 from sharpcomp.measures.perturbation import worst_case
 from sharpcomp.measures.study.metrics import compute_metrics
 from sharpcomp.measures.study.stacked import compute_metrics_stacked
-from tests.reference import mse
+from tests.problems import MLP_N_OUTPUTS, mse
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -28,11 +28,11 @@ OFF_LEGACY = {"matmul": "highest", "cudnn": False}
 
 
 class Spy(nn.Sequential):
-    """A small MLP that records the TF32 settings in force at each forward pass (and can raise)."""
+    """A small MLP (mlp_n_outputs, N = 3) that records the TF32 settings in force at each forward pass (and
+    can raise)."""
 
     def __init__(self, fail: bool = False):
-        torch.manual_seed(0)
-        super().__init__(nn.Flatten(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+        super().__init__(*MLP_N_OUTPUTS.variant(outputs=3).model())
         self.seen, self.fail = [], fail
 
     def forward(self, x):

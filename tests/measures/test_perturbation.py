@@ -8,13 +8,14 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from sharpcomp.measures.linalg import apgd
 from sharpcomp.measures.perturbation import average as average_case
 from sharpcomp.measures.perturbation import keskar, worst_case
-from tests.measures.test_flatness import dense_hessian, linear_model, tiny_cnn, tiny_mlp
-from tests.reference import flat_theta, mse
+from tests import problems
+from tests.measures.test_flatness import dense_hessian
+from tests.problems import mse, sq_loss
+from tests.reference import flat_theta
 
 DT = torch.float64
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("adaptive", [False, True])
 def test_average_case_is_half_sigma_squared_trace_on_a_quadratic(adaptive):
     """MSE of a linear model is quadratic in theta: E L(theta + delta) - L = 1/2 sum_i var_i H_ii exactly."""
-    model, x, y = linear_model()
+    model, _, x, y = problems.LINEAR_MODEL.make()
     H = dense_hessian(model, x, y)
     sigma = 0.3 if adaptive else 0.05
     var = (sigma * flat_theta(model)) ** 2 if adaptive else torch.full((H.shape[0],), sigma**2, dtype=DT)
@@ -37,7 +38,7 @@ def test_average_case_is_half_sigma_squared_trace_on_a_quadratic(adaptive):
 
 
 def test_average_case_matches_a_plain_monte_carlo_loop():
-    model, x, y = tiny_cnn()
+    model, _, x, y = problems.CNN_MAXPOOL.make()
     batches = [(x[:3], y[:3]), (x[3:], y[3:])]
     sigma, draws = 0.1, 60
     r = average_case.average_sharpness(model, mse, batches, sigma, draws=draws,
@@ -72,10 +73,8 @@ def test_average_case_pairs_cancel_the_gradient_term():
     """On a loss linear in theta every antithetic pair's increase is 0 exactly (up to round-off), so the
     estimate and its error bar are 0, where independent draws would scatter by sigma ||g||; the per-draw
     increases come in +/- pairs of that size."""
-    model = nn.Sequential(nn.Linear(4, 3)).to(DT)
-    x = torch.randn(7, 4, dtype=DT, generator=torch.Generator().manual_seed(1))
-    linear_loss = lambda out, y: out.sum() / len(out)  # noqa: E731  (L is affine in the weights)
-    r = average_case.average_sharpness(model, linear_loss, [(x, torch.zeros(7))], 0.5, draws=9,
+    model, linear_loss, x, y = problems.LINEAR_SUM_LOSS.make()  # L is affine in the weights
+    r = average_case.average_sharpness(model, linear_loss, [(x, y)], 0.5, draws=9,
                                        generator=torch.Generator().manual_seed(0))
     assert r.samples == 5 and r.details["per_draw"].shape == (10,)
     scale = float(r.details["per_draw"].abs().max())
@@ -85,17 +84,6 @@ def test_average_case_pairs_cancel_the_gradient_term():
 
 
 # ---- Auto-PGD -----------------------------------------------------------------------------------------
-
-def two_param_model():
-    torch.manual_seed(3)
-    m = nn.Sequential(nn.Linear(1, 1, bias=False), nn.Tanh(), nn.Linear(1, 1, bias=False)).to(DT)
-    with torch.no_grad():
-        m[0].weight.fill_(0.8)
-        m[2].weight.fill_(-1.3)
-    x = torch.linspace(-2, 2, 9, dtype=DT)[:, None]
-    y = torch.sin(2 * x)
-    return m, x, y
-
 
 def grid_max(model, x, y, rho, p, n=801):
     """Exhaustive search over an n x n grid of the ball around (w1, w2): the max loss increase."""
@@ -115,14 +103,10 @@ def grid_max(model, x, y, rho, p, n=801):
     return best - base
 
 
-def sq_loss(out, y):
-    return ((out - y) ** 2).mean()
-
-
 @pytest.mark.parametrize("p", ["l2", "linf"])
 @pytest.mark.parametrize("rho", [0.3, 1.0])
 def test_apgd_finds_the_exhaustive_maximum_on_two_parameters(p, rho):
-    model, x, y = two_param_model()
+    model, _, x, y = problems.TANH_TWO_WEIGHTS.make()
     ref = grid_max(model, x, y, rho, p)
     r = worst_case.worst_case_sharpness(model, sq_loss, [(x, y)], rho, steps=100, algorithm="apgd", norm=p,
                                         restarts=3, generator=torch.Generator().manual_seed(0))
@@ -145,8 +129,8 @@ def test_apgd_checkpoints_and_projection():
 
 @pytest.mark.parametrize("adaptive", [False, True])
 def test_apgd_finds_at_least_the_normalised_ascent(adaptive):
-    for make in (tiny_mlp, tiny_cnn):
-        model, x, y = make()
+    for problem in (problems.MLP_CLASSIFICATION, problems.CNN_MAXPOOL):
+        model, _, x, y = problem.make()
         before = [p.detach().clone() for p in model.parameters()]
         rho = 0.5 if adaptive else 0.1
         base = worst_case.worst_case_sharpness(model, mse, [(x, y)], rho, steps=5, adaptive=adaptive)
@@ -162,9 +146,7 @@ def test_apgd_finds_at_least_the_normalised_ascent(adaptive):
 
 def test_keskar_matches_the_best_corner_of_the_box_on_a_convex_loss():
     """MSE of a linear model is convex in theta, so the maximum over the box is at one of its 2^n corners."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(2, 2)).to(DT)  # 6 parameters, 64 corners
-    x, y = torch.randn(7, 2, dtype=DT), torch.tensor([0, 1, 1, 0, 1, 0, 0])
+    model, _, x, y = problems.LINEAR_SIX_PARAMETERS.make()  # 6 parameters, 64 corners
     eps = 0.05
     th = flat_theta(model)
     half = eps * (th.abs() + 1)
@@ -184,7 +166,7 @@ def test_keskar_matches_the_best_corner_of_the_box_on_a_convex_loss():
 
 def test_keskar_box_scales_with_the_weights():
     """Scaling a weight entry changes its box; the increase stays inside the first-order bound."""
-    model, x, y = tiny_mlp()
+    model, _, x, y = problems.MLP_CLASSIFICATION.make()
     eps = 1e-3
     r = keskar.keskar_sharpness(model, mse, x, y, eps=eps, steps=20)
     th = flat_theta(model).requires_grad_(True)
@@ -218,7 +200,7 @@ def test_extra_metrics_new_columns_and_m_sharpness():
     from sharpcomp.measures import registry
     from sharpcomp.measures.perturbation.worst_case import m_groups
 
-    model, _, _ = tiny_cnn()
+    model = problems.CNN_MAXPOOL.make().model
     torch.manual_seed(0)
     x, y = torch.randn(24, 1, 8, 8, dtype=DT), torch.randint(0, 2, (24,))
     settings = {"average": {"draws": 5, "batch_size": 12}, "keskar": {"steps": 3}, "pacbayes": {"iterations": 4},

@@ -4,7 +4,6 @@ the table and the ``sharpcomp reparam`` command."""
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from types import SimpleNamespace
 
 import numpy as np
@@ -17,7 +16,8 @@ from torch.func import functional_call
 from sharpcomp.engine import reparam_command
 from sharpcomp.measures.study.metrics import compute_metrics
 from sharpcomp.measures.symmetry.reparam import reparam_table, rescale_unit
-from tests.reference import mse
+from tests import problems
+from tests.problems import mse
 
 DT = torch.float64
 
@@ -25,28 +25,10 @@ DT = torch.float64
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def tiny_mlp(seed=0):
-    torch.manual_seed(seed)
-    m = nn.Sequential(OrderedDict(
-        flatten=nn.Flatten(), fc1=nn.Linear(6, 5), relu1=nn.ReLU(), fc2=nn.Linear(5, 4), relu2=nn.ReLU(),
-        fc3=nn.Linear(4, 3))).to(DT)
-    return m, torch.randn(7, 6, dtype=DT), torch.randint(0, 3, (7,))
+MLP, CNN = problems.MLP_3_CLASSES, problems.CNN_MAXPOOL_3_CLASSES
 
 
-def tiny_cnn(seed=0):
-    torch.manual_seed(seed)
-    m = nn.Sequential(OrderedDict(
-        conv1=nn.Conv2d(1, 2, 3, padding=1), relu1=nn.ReLU(), pool1=nn.MaxPool2d(2),
-        conv2=nn.Conv2d(2, 3, 3, padding=1), relu2=nn.ReLU(), pool2=nn.MaxPool2d(2),
-        flatten=nn.Flatten(), fc1=nn.Linear(12, 4), relu3=nn.ReLU(), fc2=nn.Linear(4, 3))).to(DT)
-    with torch.no_grad():
-        for mod in m:
-            if isinstance(mod, (nn.Linear, nn.Conv2d)):
-                mod.bias.normal_(0, 0.3)
-    return m, torch.randn(6, 1, 8, 8, dtype=DT), torch.randint(0, 3, (6,))
-
-
-CASES = [(tiny_mlp, "fc1"), (tiny_mlp, "fc2"), (tiny_cnn, "conv1"), (tiny_cnn, "conv2"), (tiny_cnn, "fc1")]
+CASES = [(MLP, "fc1"), (MLP, "fc2"), (CNN, "conv1"), (CNN, "conv2"), (CNN, "fc1")]
 
 
 def input_jacobians(model, x):
@@ -54,9 +36,9 @@ def input_jacobians(model, x):
                         for xi in x])
 
 
-@pytest.mark.parametrize("make,layer", CASES)
-def test_rescaling_keeps_f_and_the_representation_metrics(make, layer):
-    model, x, _ = make()
+@pytest.mark.parametrize("problem,layer", CASES, ids=str)
+def test_rescaling_keeps_f_and_the_representation_metrics(problem, layer):
+    model, _, x, _ = problem.make()
     f0, j0 = model(x).detach(), input_jacobians(model, x)
     m0 = compute_metrics(model, x, dtype=DT)
     moved = rescale_unit(model, layer, 7.0, copy_model=True)
@@ -107,10 +89,10 @@ def param_jacobian_parts(model, x, layer, units=None):
     return float(sq[mi].sum()), float(sq[mo].sum()), float(sq[~mi & ~mo].sum())
 
 
-@pytest.mark.parametrize("make,layer,units", [(tiny_mlp, "fc2", None), (tiny_cnn, "conv2", [0, 2]),
-                                              (tiny_cnn, "fc1", None)])
-def test_sharpness_follows_the_reparametrisation_law(make, layer, units):
-    model, x, _ = make()
+@pytest.mark.parametrize("problem,layer,units", [(MLP, "fc2", None), (CNN, "conv2", [0, 2]), (CNN, "fc1", None)],
+                         ids=str)
+def test_sharpness_follows_the_reparametrisation_law(problem, layer, units):
+    model, _, x, _ = problem.make()
     a, b, c = param_jacobian_parts(model, x, layer, units)
     assert a > 0 and b > 0
     assert compute_metrics(model, x, dtype=DT)["sharpness"] == pytest.approx(a + b + c, rel=1e-10)
@@ -120,7 +102,7 @@ def test_sharpness_follows_the_reparametrisation_law(make, layer, units):
 
 
 def test_rescale_unit_rejects_bad_input():
-    model, _, _ = tiny_cnn()
+    model = CNN.make().model
     with pytest.raises(ValueError, match="unknown layer 'fc9'.*conv1, conv2, fc1"):
         rescale_unit(model, "fc9", 2.0)
     with pytest.raises(ValueError, match="no rescaling symmetry"):
@@ -133,7 +115,7 @@ def test_rescale_unit_rejects_bad_input():
 
 
 def test_reparam_table_marks_what_moved():
-    model, x, y = tiny_cnn()
+    model, _, x, y = CNN.make()
     model = model.float()  # the table works on a float64 copy of whatever it gets
     before = {k: v.clone() for k, v in model.state_dict().items()}
     df = reparam_table(model, x.float(), y, mse, "conv2", 10.0, probes=4)
@@ -165,7 +147,7 @@ def test_reparam_table_marks_what_moved():
 def fake_run(tmp_path, monkeypatch):
     import sharpcomp.engine.reparam_command as train
 
-    model, x, y = tiny_mlp()
+    model, _, x, y = MLP.make()
     cfg = {"model": {"name": "tiny", "width": 1.0, "outputs": 3}, "metrics": {"n": 7, "log_volume_rank": None}}
 
     def load_run(run_dir, target=None):
@@ -241,7 +223,7 @@ def test_column_names_come_from_one_schema():
 
     assert metrics.METRIC_NAMES == records.METRIC_COLUMNS == columns.METRIC_COLUMNS
     assert "settings" in columns.IDENTITY_COLUMNS
-    model, x, y = tiny_mlp()
+    model, _, x, y = MLP.make()
     df = reparam_table(model, x, y, mse, "fc1", 2.0, probes=2)
     declared = {c: v for m in registry.measures().values() for c, v in m.reparam.items()}
     assert set(df.index) - {"output_change", "loss"} == set(declared)
@@ -256,7 +238,7 @@ def test_column_names_come_from_one_schema():
 def test_invariant_sharpness_does_not_move_while_s_and_nmls_do(units):
     """Rescaling every unit of a layer: S and NMLS move, sharpness_inv (sum_l ||W_l||^2 S_l) does not;
     rescaling some units only moves it too (it is invariant to layer-wise rescaling only)."""
-    model, x, y = tiny_mlp()
+    model, _, x, y = MLP.make()
     df = reparam_table(model, x, y, mse, "fc1", 3.0, units=units, probes=2)
     assert not df.loc["output_change", "moved"] and not df.loc["mls", "moved"]
     assert df.loc["sharpness", "moved"] and df.loc["nmls", "moved"]
