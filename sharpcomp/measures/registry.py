@@ -50,6 +50,7 @@ BUILT_IN = (
     "sharpcomp.measures.perturbation.pacbayes",
     "sharpcomp.measures.curvature.contrastive",
     "sharpcomp.measures.perturbation.regret_kl",
+    "sharpcomp.measures.baseline.grad_norm",
 )
 
 
