@@ -26,6 +26,8 @@ of a checkpoint (study metrics on 100 samples and whole-set evaluation).
     python scripts/bench_curvature.py            # 1,000 images
     python scripts/bench_curvature.py --quick    # 200 images, smaller budgets: a smoke run
     python scripts/bench_curvature.py --quick --cost-only --models vgg10   # the per-checkpoint cost alone
+
+Recorded numbers and the commands behind them: docs/benchmarks/curvature.md.
 """
 
 from __future__ import annotations
@@ -45,11 +47,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sharpcomp.data.datasets import default_data_dir, load_dataset  # noqa: E402
 from sharpcomp.losses import make_loss  # noqa: E402
-from sharpcomp.measures.curvature._columns import CURVATURE_DEFAULTS, curvature_metrics  # noqa: E402
-from sharpcomp.measures.curvature.hessian_spectrum import hessian_top  # noqa: E402
+from sharpcomp.measures.curvature.hessian_max import hessian_top  # noqa: E402
 from sharpcomp.measures.linalg.hutchpp import hutchpp  # noqa: E402
 from sharpcomp.measures.linalg.matvec import dimension, hessian_matvec  # noqa: E402
 from sharpcomp.measures.linalg.param_space import trainable  # noqa: E402
+from sharpcomp.measures.registry import compute_measures, measures  # noqa: E402
 from sharpcomp.models import build_model  # noqa: E402
 
 CASES = {"vgg10": ("cifar10", [0, 1], (3, 32, 32)), "mlp4": ("fashion_mnist", None, (1, 28, 28))}
@@ -245,9 +247,10 @@ def checkpoint_cost(model, loss, x, y, test_x, batch):
 
     print(f"  per-checkpoint cost on vgg10 at the defaults ({len(x)} training images available, batch {batch}):")
     total = 0.0
-    for key, cfg in CURVATURE_DEFAULTS.items():
-        _, t = timed(lambda key=key, cfg=cfg: curvature_metrics(model, loss, x, y, {key: dict(cfg)},
-                                                                torch.Generator().manual_seed(0), batch))
+    curvature = ("hessian_max", "ggn_max", "batch_sharpness", "nonuniformity", "hessian_density")
+    for key in curvature:  # each at its declared defaults
+        _, t = timed(lambda key=key: compute_measures(model, loss, x, y, {key: measures()[key].defaults()},
+                                                      torch.Generator().manual_seed(0), batch))
         total += t
         print(f"    {key:16s} {t:7.2f} s")
     _, t_metrics = timed(lambda: compute_metrics(model, x[:100]))

@@ -18,6 +18,8 @@ their share.
     python scripts/bench_ensemble.py            # 200 steps per run
     python scripts/bench_ensemble.py --quick    # smoke run (20 steps, small checkpoint part)
     python scripts/bench_ensemble.py --device cuda --compile
+
+Recorded numbers and the commands behind them: docs/benchmarks/training.md.
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@
     python scripts/bench_flatness.py --quick    # smoke run (11 x 11 grid, 300 images, 20 draws)
     python scripts/bench_flatness.py --sample 10 --repeats 1   # time fewer grid points (slow CPUs)
     python scripts/bench_flatness.py --models mlp4              # one network
+
+Recorded numbers and the commands behind them: docs/benchmarks/flatness.md.
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ from conf/ otherwise), so it runs on a GPU machine through the bundle of ``../sh
 
     bash .gpu-bundle/run.sh python scripts/bench_gpu.py --json /tmp/bench_gpu.json
     python scripts/bench_gpu.py --quick                # smoke run
+
+Recorded numbers and the commands behind them: docs/benchmarks/gpu.md.
 """
 
 from __future__ import annotations

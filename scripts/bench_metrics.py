@@ -8,6 +8,8 @@ Rows, all in one process on the same weights and inputs:
   (d) floor    N plain forward+backward passes over the n samples (any exact method pays this).
 Times are wall-clock medians over repeats after a warm-up, rows interleaved; one torch thread by
 default (``--threads``). ``--quick``: a short smoke run.
+
+Recorded numbers and the commands behind them: docs/benchmarks/metrics.md.
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ and on the same inputs:
    per metric, |estimate - exact| / exact next to the reported standard error / exact.
 
 Usage: python scripts/bench_network_wide.py [--n 100] [--n-authors 20] [--threads 1] [--models vgg10,mlp4]
+
+Recorded numbers and the commands behind them: docs/benchmarks/network-wide.md.
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@
    (whole-set evaluation) left out.
 
 Usage: python scripts/bench_records.py [--checkpoints 2500] [--real | --real-only] [--steps 2000]
+
+The benchmarks and their recorded numbers: docs/benchmarks/README.md.
 """
 
 from __future__ import annotations

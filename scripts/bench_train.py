@@ -7,6 +7,8 @@
    the n samples) plus one forward pass over the evaluated sets (target <= 1.2x).
 
 Usage: python scripts/bench_train.py [--quick] [--models vgg10,mlp4] [--device cpu]
+
+Recorded numbers and the commands behind them: docs/benchmarks/training.md.
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sharpcomp.engine.loading import load_run  # noqa: E402
 from sharpcomp.engine.setup import load_data
-from sharpcomp.measures.curvature.hessian_spectrum import ggn_top, hessian_top  # noqa: E402
+from sharpcomp.measures.curvature.ggn_max import ggn_top  # noqa: E402
+from sharpcomp.measures.curvature.hessian_max import hessian_top  # noqa: E402
 from sharpcomp.settings import settings  # noqa: E402
 
 

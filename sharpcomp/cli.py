@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 from sharpcomp._version import __version__
 from sharpcomp.options import group_options, option_lines
 from sharpcomp.results.run_names import register_resolvers
-from sharpcomp.settings import CONFIG_MODULE, ConfigError, _yaml_keys
+from sharpcomp.settings import CONFIG_MODULE, ConfigError, _yaml_keys, overrides_by_name
 from sharpcomp.usage import EXIT_USAGE, UsageError, report
 
 CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
@@ -366,6 +366,7 @@ def _run_hydra_train(args: list[str], multirun: bool) -> int:
 
 def _train(rest: list[str], multirun: bool) -> int:
     """``sharpcomp [-m] train [key=value ...]``: check every override, then run Hydra."""
+    rest = overrides_by_name(rest)
     if "-m" in rest or "--multirun" in rest:
         multirun = True
         rest = [a for a in rest if a not in ("-m", "--multirun")]

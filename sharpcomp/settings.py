@@ -29,6 +29,8 @@ from hydra import initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
+from sharpcomp.measure_index import MEASURES
+
 if TYPE_CHECKING:  # torch is imported where it is used: composing the config and --help do without it
     import torch
 
@@ -40,9 +42,6 @@ BUILTIN_MODELS = ("vgg10", "mlp4")
 # keys that joined the config after runs were recorded, with the value under which old runs were made
 # (model and data keys: ``models.identity_view``, ``data.identity_view``)
 NEW_KEYS = {"allow_tf32": None}
-# The metrics.flatness measures that existed when results were first recorded: their null (off) entries
-# take part in run ids as they always did; a measure added since takes part only when switched on.
-FLATNESS_KEYS_IN_IDS = ("quotient_trace", "worst_case", "adaptive", "quotient_worst", "disagreement", "fisher")
 # metrics keys that add or split work but never change a run's trajectory or existing columns
 IDENTITY_FREE_METRIC_KEYS = ("chunk_size", "network_wide")
 
@@ -161,13 +160,8 @@ class MetricSettings:
     chunk_size: int | None
     dtype: torch.dtype
     flatness_every: int
-    flatness: dict = field(hash=False)
+    flatness: dict = field(hash=False)  # measure name -> its config entry (checked by the measures' registry)
     network_wide: bool = True
-
-    @property
-    def flatness_on(self) -> bool:
-        """Whether any measure under ``metrics.flatness`` is switched on."""
-        return any(v is not None for v in self.flatness.values())
 
     def options(self) -> dict:
         """``metrics.compute_metrics`` keyword arguments."""
@@ -175,7 +169,47 @@ class MetricSettings:
                 "dtype": self.dtype}
 
 
+def flatness_by_name(flatness) -> dict:
+    """``metrics.flatness`` with every measure under its name (an earlier key is read as the name it has now).
+
+    ConfigError for a key that names no measure or a measure named twice; the entries' settings are
+    checked by the measures themselves (:func:`sharpcomp.measures.registry.plan`).
+    """
+    flatness = flatness or {}
+    if not isinstance(flatness, Mapping):
+        raise ConfigError(f"metrics.flatness must be a mapping of measures, got {flatness!r}")
+    names = {alias: name for name, m in MEASURES.items() for alias in (name, *m["aliases"])
+             if m["key"].startswith("metrics.flatness.")}
+    out: dict = {}
+    for key, value in flatness.items():
+        if key not in names:
+            known = ", ".join(dict.fromkeys(names.values()))
+            raise ConfigError(f"unknown metrics.flatness key '{key}' (known: {known})")
+        name = names[key]
+        if out.get(name) is not None and value is not None:
+            raise ConfigError(f"metrics.flatness.{name} is set twice (as {key} too)")
+        if value is not None or name not in out:
+            out[name] = value
+    return out
+
+
+def overrides_by_name(overrides: Sequence[str]) -> list[str]:
+    """Command-line overrides with a measure's earlier ``metrics.flatness`` key written as its name.
+
+    For example ``metrics.flatness.adaptive={}`` -> ``metrics.flatness.worst_case_adaptive={}``.
+    """
+    aliases = {alias: name for name, m in MEASURES.items() for alias in m["aliases"]}
+    out = []
+    for arg in overrides:
+        match = re.match(r"(\+{0,2}|~)metrics\.flatness\.(\w+)(.*)", arg, re.S)
+        if match and match[2] in aliases:
+            arg = f"{match[1]}metrics.flatness.{aliases[match[2]]}{match[3]}"
+        out.append(arg)
+    return out
+
+
 def _metric_settings(m: Mapping) -> MetricSettings:
+    # lazy: --help imports this module and stays free of torch and numpy
     import torch
 
     sets = m["sample_sets"]
@@ -186,15 +220,7 @@ def _metric_settings(m: Mapping) -> MetricSettings:
     layer = m["layer"]
     if layer is not None and not isinstance(layer, str):
         raise ConfigError(f"metrics.layer must be a layer name or null, got {layer!r}")
-    flatness = m["flatness"] or {}
-    if not isinstance(flatness, Mapping):
-        raise ConfigError(f"metrics.flatness must be a mapping of measures, got {flatness!r}")
-    from sharpcomp.measures.flatness import check_settings
-
-    try:
-        check_settings(flatness)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    flatness = flatness_by_name(m["flatness"])
     return MetricSettings(
         n=_number("metrics.n", m["n"], int, 0), sample_sets=tuple(sets), layer=layer,
         log_volume_rank=_number("metrics.log_volume_rank", m["log_volume_rank"], int, 0, allow_none=True),
@@ -317,6 +343,7 @@ def settings(cfg, n_train: int | None = None) -> Settings:
     ``n_train`` (the training set's size, once known) also bounds the batch size.
     """
     c = complete(cfg)
+    c["metrics"]["flatness"] = flatness_by_name(c["metrics"]["flatness"])
     lr = _number("lr", c["lr"])
     if not (math.isfinite(lr) and lr > 0):
         raise ConfigError(f"learning rate must be > 0, got lr={lr}")
@@ -372,8 +399,9 @@ def _drop_new_keys(keys: dict) -> dict:
         if keys.get(key, object()) == old:
             del keys[key]
     flat = (keys.get("metrics") or {}).get("flatness")
-    if isinstance(flat, dict):
-        keys["metrics"]["flatness"] = {k: v for k, v in flat.items() if v is not None or k in FLATNESS_KEYS_IN_IDS}
+    if isinstance(flat, dict):  # under the keys run ids have always used; off measures only where they always were
+        keys["metrics"]["flatness"] = {MEASURES[k]["id_key"]: v for k, v in flatness_by_name(flat).items()
+                                       if v is not None or MEASURES[k]["in_every_id"]}
     return keys
 
 

@@ -98,14 +98,17 @@ def _walk(node: ast.AST, top: bool):
         yield from _walk(child, top and not deferred)
 
 
-def imports_of(source: str) -> list[Import]:
-    path = MODULES[source]
-    is_package = path.name == "__init__.py"
+def imports_in(tree: ast.AST, source: str, is_package: bool = False) -> list[Import]:
     found = []
-    for node, top in _walk(ast.parse(path.read_text()), True):
+    for node, top in _walk(tree, True):
         for target in _named(node, source, is_package):
             found.append(Import(source, target, node.lineno, top and not isinstance(node, ast.Call)))
     return found
+
+
+def imports_of(source: str) -> list[Import]:
+    path = MODULES[source]
+    return imports_in(ast.parse(path.read_text()), source, path.name == "__init__.py")
 
 
 ALL_IMPORTS = [imp for source in MODULES for imp in imports_of(source)]
@@ -123,11 +126,11 @@ def test_the_import_walk_sees_every_kind_of_import():
         by_source.setdefault(imp.source, []).append(imp)
     cli = {(i.target, i.top) for i in by_source[f"{ROOT}.cli"]}
     assert (f"{ROOT}.settings", True) in cli and (f"{ROOT}.engine.train", False) in cli
-    face = {(i.target, i.top) for i in by_source[ROOT]}
-    assert (f"{ROOT}.engine.train", False) in face  # under TYPE_CHECKING: not run when the module loads
-    tree = ast.parse("from . import x\nfrom .y import z\nimportlib.import_module('a.b')\n")
-    named = [n for node in ast.walk(tree) for n in _named(node, f"{ROOT}.results.records", False)]
-    assert named == [f"{ROOT}.results", f"{ROOT}.results.y", "a.b"]
+    code = ("import a\nfrom . import x\nfrom .y import z\nif TYPE_CHECKING:\n    import b\n"
+            "def f():\n    import c\n    importlib.import_module('d.e')\n")
+    found = [(i.target, i.top) for i in imports_in(ast.parse(code), f"{ROOT}.results.records")]
+    assert found == [("a", True), (f"{ROOT}.results", True), (f"{ROOT}.results.y", True), ("b", False),
+                     ("c", False), ("d.e", False)]
 
 
 def test_nothing_below_the_commands_imports_them():

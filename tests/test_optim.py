@@ -5,21 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from sharpcomp.optim import SAM
-
-DT = torch.float64
-
+from tests.problems import MLP_REGRESSION
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def setup(seed=0):
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).to(DT)
-    x, y = torch.randn(5, 3, dtype=DT), torch.randn(5, 2, dtype=DT)
-    return model, x, y
 
 
 def loss_at(model, flat, x, y):
@@ -50,7 +40,7 @@ def closure_for(model, opt, x, y, calls):
 
 @pytest.mark.parametrize("adaptive", [False, True])
 def test_one_sam_step_by_hand(adaptive):
-    model, x, y = setup()
+    model, _, x, y = MLP_REGRESSION.make()
     lr, rho = 0.1, 0.05
     theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
     g = grad_at(model, theta, x, y)
@@ -75,8 +65,8 @@ def test_one_sam_step_by_hand(adaptive):
 
 
 def test_rho_zero_is_plain_sgd_and_bad_arguments():
-    model, x, y = setup(1)
-    twin, _, _ = setup(1)
+    model, _, x, y = MLP_REGRESSION.variant(seed=1).make()
+    twin = MLP_REGRESSION.variant(seed=1).make().model
     sam = SAM(model.parameters(), lr=0.2, rho=0.0)
     sgd = torch.optim.SGD(twin.parameters(), lr=0.2)
     for _ in range(3):

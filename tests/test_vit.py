@@ -18,24 +18,14 @@ from sharpcomp.models import ModelError, build_from_config, vit
 from sharpcomp.results.columns import METRIC_COLUMNS, NETWORK_WIDE_COLUMNS
 from sharpcomp.results.records import read_metrics
 from tests.conftest import compose_train
+from tests.problems import VIT_TINY
 from tests.reference import reference_metrics, reference_network_wide
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def tiny_vit(fused: bool = True) -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = vit(3, input_shape=(3, 8, 8), patch=4, dim=8, depth=1, heads=2)
-    with torch.no_grad():  # timm starts the class token at zero and pos_embed tiny: make them matter
-        model.cls_token.normal_()
-        model.pos_embed.normal_()
-    for block in model.blocks:
-        block.attn.fused_attn = fused
-    return model.eval()
-
-
 def test_tiny_vit_metrics_match_brute_force():
-    model, x = tiny_vit(), torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    model, _, x, _ = VIT_TINY.make()
     res = add_network_wide(compute_metrics(model, x, dtype=torch.float64), model, x, dtype=torch.float64)
     ref = reference_metrics(model, x)
     for key in ("sharpness", "G", "log_volume", "mls", "local_dim"):
@@ -49,13 +39,13 @@ def test_tiny_vit_metrics_match_brute_force():
 
 def test_fused_and_plain_attention_agree():
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
-    fused, plain = (compute_metrics(tiny_vit(f), x, dtype=torch.float64) for f in (True, False))
+    fused, plain = (compute_metrics(VIT_TINY.variant(fused=f).model(), x, dtype=torch.float64) for f in (True, False))
     for key in ("sharpness", "G", "mls", "local_dim"):
         assert fused[key] == pytest.approx(plain[key], rel=1e-10), key
 
 
 def test_class_token_and_position_embeddings_count_in_s():
-    model, x = tiny_vit(), torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    model, x = VIT_TINY.model(), torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))
     full = compute_metrics(model, x, dtype=torch.float64)["sharpness"]
     model.cls_token.requires_grad_(False)
     model.pos_embed.requires_grad_(False)

@@ -149,4 +149,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     still = [m for m in table.index if not table.loc[m, "moved"] and not math.isnan(table.loc[m, "before"])]
     print(f"moved: {', '.join(moved) or 'none'}")
     print(f"unchanged: {', '.join(still) or 'none'}")
+    surprises = [m for m in moved + still if table.loc[m, "moved"] != (table.loc[m, "expected"] == "moves")]
+    print(f"against the declared verdicts: {'as expected' if not surprises else 'differs for ' + ', '.join(surprises)}")
     return 0

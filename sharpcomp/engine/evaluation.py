@@ -15,6 +15,8 @@ from torch import nn
 
 from sharpcomp.data.datasets import Dataset
 from sharpcomp.losses import per_sample_loss
+from sharpcomp.measures.registry import Plan
+from sharpcomp.measures.sample import Sample
 from sharpcomp.measures.study.metrics import compute_metrics
 from sharpcomp.measures.study.network_wide import add_network_wide
 from sharpcomp.models import eval_mode, samples_per_chunk
@@ -100,10 +102,11 @@ def with_network_wide(models, inputs, results: list[dict[str, dict]], s: Setting
     return results
 
 
-def checkpoint_rows(model: nn.Module, s: Settings, data: Dataset, sets: Mapping[str, tuple], loss_fn: Callable,
-                    base: dict, iteration: int, metrics: Mapping[str, dict], losses: Mapping[str, float]) -> list[dict]:
+def checkpoint_rows(model: nn.Module, s: Settings, plan: Plan, data: Dataset, sets: Mapping[str, tuple],
+                    loss_fn: Callable, base: dict, iteration: int, metrics: Mapping[str, dict],
+                    losses: Mapping[str, float]) -> list[dict]:
     """The rows of one checkpoint: ``base`` (whole-set columns) joined with each sample set's loss and
-    metrics (and the optional flatness measures on the train row, when due). The model is in eval mode."""
+    metrics (and the switched-on measures of ``plan`` on the train row, when due). The model is in eval mode."""
     rows = []
     for name in s.metrics.sample_sets:
         x, _ = sets[name]
@@ -111,11 +114,8 @@ def checkpoint_rows(model: nn.Module, s: Settings, data: Dataset, sets: Mapping[
         if len(x):
             row["sample_loss"] = losses[name]
             row.update({k: v for k, v in metrics[name].items() if k != "per_sample"})
-        if name == "train" and s.metrics.flatness_on and s.flatness_due(iteration):
-            from sharpcomp.measures.flatness import extra_metrics
-
+        if name == "train" and plan and s.flatness_due(iteration):
             g = torch.Generator().manual_seed(s.seed * 1_000_003 + iteration)
-            row.update(extra_metrics(model, loss_fn, data.train_x, data.train_y, s.metrics.flatness, g,
-                                     batch_size=s.batch))
+            row.update(plan.compute(Sample(model, loss_fn, data.train_x, data.train_y, g, s.batch)))
         rows.append(row)
     return rows

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from sharpcomp.data.datasets import Dataset, known_shape, load_from_config
+from sharpcomp.measures.registry import Plan, plan
 from sharpcomp.measures.symmetry.graph import TraceError, analyse
 from sharpcomp.models import ModelError, build_from_config, build_model, check_buildable
 from sharpcomp.settings import BUILTIN_MODELS, ConfigError, Settings, select_device, settings
@@ -50,6 +51,7 @@ def check_config(cfg) -> Settings:
     shape): its arguments, output shape and representation layer.
     """
     s = settings(cfg)
+    measure_plan(s)
     shape, classes = known_shape(s.data)
     try:
         model = check_buildable(s.model, s.num_outputs(classes or 10), shape, classes)
@@ -65,21 +67,29 @@ def check_config(cfg) -> Settings:
     return s
 
 
+def measure_plan(s: Settings) -> Plan:
+    """The run's switched-on ``metrics.flatness`` measures with their checked settings (ConfigError, one line)."""
+    try:
+        return plan(s.metrics.flatness)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def check_symmetry(s: Settings, model: nn.Module) -> None:
     """Check the network for the measures on the quotient by the rescaling symmetry.
 
     ConfigError when the network cannot be traced; one line naming the modules the analysis cannot see
     through (their units count as without symmetry).
     """
-    on = [k for k in ("quotient_trace", "quotient_worst") if s.metrics.flatness.get(k) is not None]
+    on = [m.key for m, _ in measure_plan(s).entries if m.symmetry]
     if not on:
         return
     try:
         _, unknown = analyse(model)
     except TraceError as exc:
-        raise ConfigError(f"metrics.flatness.{on[0]}: {exc}") from None
+        raise ConfigError(f"{on[0]}: {exc}") from None
     if unknown:
-        print(f"sharpcomp: metrics.flatness.{on[0]}: the rescaling symmetry analysis cannot see through "
+        print(f"sharpcomp: {on[0]}: the rescaling symmetry analysis cannot see through "
               f"{', '.join(unknown)}; their units count as without symmetry", file=sys.stderr, flush=True)
 
 

@@ -35,9 +35,10 @@ from tqdm.auto import tqdm
 from sharpcomp.data.datasets import Dataset
 from sharpcomp.data.order import epoch_permutation, steps_per_epoch, train_sample_indices
 from sharpcomp.engine.evaluation import checkpoint_rows, sample_losses, sample_sets
-from sharpcomp.engine.setup import build, check_layer, check_writable, prepare_runtime
+from sharpcomp.engine.setup import build, check_layer, check_writable, measure_plan, prepare_runtime
 from sharpcomp.engine.steppers import PlainStepper
 from sharpcomp.losses import make_loss
+from sharpcomp.measures.registry import Plan
 from sharpcomp.results.loggers import Logger, make_logger
 from sharpcomp.results.records import RecordError
 from sharpcomp.results.run_state import CHECKPOINT_FILE, RunResult, RunState, identity_columns, read_checkpoint
@@ -49,13 +50,17 @@ LAST_TIMINGS: dict[str, float] = {}
 
 @dataclass
 class Member:
-    """A run in the loop: its folder state, fixed train sample indices and loss function."""
+    """A run in the loop: its folder, train sample indices, loss, live logger and measures.
+
+    ``plan``: the measures it computes beyond the study's, with their settings checked once.
+    """
 
     run: RunState
     settings: Settings
     sample_idx: torch.Tensor
     loss_fn: Callable
     logger: Logger = field(default_factory=Logger)
+    plan: Plan = field(default_factory=Plan)
 
     @property
     def seed(self) -> int:
@@ -98,7 +103,7 @@ def open_runs(cfgs: Sequence, run_dirs: Sequence[Path], data: Dataset | None,
             idx = train_sample_indices(s.seed, len(data.train_x), s.metrics.n).to(device)
             logger = Logger() if state.result is not None else make_logger(
                 s.raw.get("logger"), Path(d), run_id, {**run_identity(s)["settings"], "steps": s.steps})
-            members.append(Member(state, s, idx, make_loss(s.loss, n_out), logger))
+            members.append(Member(state, s, idx, make_loss(s.loss, n_out), logger, measure_plan(s)))
     except BaseException:
         for m in members:
             m.run.close()
@@ -318,7 +323,7 @@ class _Loop:
     def _commit(self, pos: int, m: Member, it: int, base: dict, sets: dict, metrics: dict, losses: dict,
                 model: nn.Module, running: dict | None = None) -> list:
         m0 = time.perf_counter()
-        rows = checkpoint_rows(model, m.settings, self.data, sets, m.loss_fn, base, it, metrics, losses)
+        rows = checkpoint_rows(model, m.settings, m.plan, self.data, sets, m.loss_fn, base, it, metrics, losses)
         self.timing["metrics"] += time.perf_counter() - m0
         for r in rows:
             r["wall_time"] = self.wall(m)

@@ -1,11 +1,15 @@
 """The schema of a run's results: the names of the columns of ``metrics.parquet``.
 
-One place for every column name that more than one module needs: records writes these columns,
-metrics and flatness compute the quantities named here, reparam tabulates them and figures reads
-and draws them. A row of ``metrics.parquet`` is one checkpoint and one sample set.
+A row of ``metrics.parquet`` is one checkpoint and one sample set. Its bookkeeping columns are named here;
+its measure columns come from the measures' declarations (``sharpcomp/measure_index.py``, generated from
+them), so records, figures and rankings name a measure's columns as the measure itself does.
 """
 
 from __future__ import annotations
+
+import pandas as pd
+
+from sharpcomp.measure_index import MEASURES
 
 # Identity of a run: constant over its rows. ``settings`` is the JSON of every setting that defines
 # the run (any swept config key); ``status`` is rewritten with each append.
@@ -20,61 +24,52 @@ CHECKPOINT_COLUMNS = (
 )
 # Which points the metric columns were computed on, how many, and the loss over those points.
 SAMPLE_COLUMNS = ("sample_set", "n_samples", "sample_loss")
-# The study's metric columns, in the paper's order.
-METRIC_COLUMNS = (
-    "sharpness", "G", "log_volume", "mls", "local_dim", "bound_b", "bound_c", "bound_d",
-)
-# Why bound columns are missing (e.g. a convolutional first layer); empty when they are present.
+
+
+def _columns(name: str, role: str | None = None, kind: str | None = None) -> tuple[str, ...]:
+    return tuple(c for c, k, r, _ in MEASURES[name]["columns"] if (role is None or r == role) and
+                 (kind is None or k == kind))
+
+
+# The study's metric columns, in the paper's order; why bound columns are missing (e.g. a convolutional
+# first layer), empty when they are present.
+METRIC_COLUMNS = _columns("metrics", "value")
 REASON_COLUMNS = ("bounds_reason",)
-# Network-wide compression (NMLS, NVR) and its bounds (sharpcomp.measures.study.network_wide); on every row
-# (and the proven analogues of bound_b, bound_c for a convolutional first layer, NaN otherwise)
-# with the metric columns. Results written before they existed read them as missing values.
-NETWORK_WIDE_COLUMNS = (
-    "nmls", "nvr", "nmls_bound", "nmls_bound_b", "nmls_bound_w", "nmls_bound_authors",
-    "bound_b_conv", "bound_c_conv", "sharpness_inv", "nmls_bound_inv",
-)
-# Which network-wide bounds are proven for the network (weight sharing), or why they are missing.
+# Network-wide compression (NMLS, NVR) and its bounds, on every row; which of its bounds are proven for
+# the network, or why they are missing.
+NETWORK_WIDE_COLUMNS = _columns("network_wide", kind="float")
 NETWORK_WIDE_REASON = "network_wide_reason"
-# Standard errors of the matrix-free estimators (sharpcomp.measures.study.estimators; `sharpcomp measure`
-# on large networks): extra columns, only in rows computed by them.
-ESTIMATE_COLUMNS = ("sharpness_se", "G_se", "local_dim_se", "mls_err", "probes")
-# Every column a results file has, in order (optional flatness columns come after them).
+# Standard errors of the matrix-free estimates of the study's metrics (``sharpcomp measure`` on large
+# networks): in rows computed by them only.
+ESTIMATE_COLUMNS = tuple(c for c in _columns("metrics") if c not in METRIC_COLUMNS + REASON_COLUMNS)
+# Every column a results file has, in order (the measures switched on under metrics.flatness come after).
 COLUMNS = (IDENTITY_COLUMNS + CHECKPOINT_COLUMNS + SAMPLE_COLUMNS + METRIC_COLUMNS + REASON_COLUMNS
            + NETWORK_WIDE_COLUMNS + (NETWORK_WIDE_REASON,))
 
-# Optional flatness measures (``metrics.flatness``), on the ``train`` rows at their own
-# cadence (``metrics.flatness_every``). The measures themselves, in the order figures draw them:
-FLATNESS_MEASURES = (
-    "hessian_trace", "quotient_trace", "sharpness_worst", "sharpness_adaptive", "sharpness_worst_quotient",
-    "grad_disagreement", "fisher_trace", "hessian_max", "ggn_max", "batch_sharpness", "nonuniformity",
-    "average", "average_adaptive", "keskar", "pacbayes_flatness", "pacbayes_mag_flatness", "contrastive",
-    "regret_kl",
-)
-# The standard error of a stochastic estimate (measure -> its column).
-FLATNESS_SE = {"hessian_trace": "hessian_trace_se", "quotient_trace": "quotient_trace_se",
-               "batch_sharpness": "batch_sharpness_se"}
-FLATNESS_SE.update({"average": "average_se", "average_adaptive": "average_adaptive_se"})  # Monte-Carlo
-# The worst-case sharpness measures; each has a ``<name>_rel`` column, the value / (1 + L).
-WORST_CASE_MEASURES = ("sharpness_worst", "sharpness_adaptive", "sharpness_worst_quotient")
-# Tr H - Tr(PHP) in closed form.
-TRACE_GAP = "quotient_trace_gap"
-# The curvature spectrum (sharpcomp.measures.curvature._columns): Lanczos eigenvalues with their largest relative
-# residual and iteration count, batch sharpness with its standard error, the non-uniformity, and two
-# list columns (LIST_COLUMNS): the top-k Hessian eigenvalues and the SLQ density's bin masses.
-CURVATURE_COLUMNS = (
-    "hessian_max", "hessian_max_residual", "hessian_max_iterations", "hessian_top", "ggn_max",
-    "ggn_max_residual", "ggn_max_iterations", "batch_sharpness", "batch_sharpness_se", "nonuniformity",
-    "nonuniformity_iterations", "hessian_density",
-)
-LIST_COLUMNS = ("hessian_top", "hessian_density")
-# Every flatness column a results file can have.
-FLATNESS_COLUMNS = (
-    "hessian_trace", "hessian_trace_se", "quotient_trace", "quotient_trace_se", TRACE_GAP,
-    "sharpness_worst", "sharpness_worst_rel", "sharpness_adaptive", "sharpness_adaptive_rel",
-    "sharpness_worst_quotient", "sharpness_worst_quotient_rel", "grad_disagreement", "fisher_trace",
-    *CURVATURE_COLUMNS,
-    "average", "average_se", "average_err", "average_adaptive", "average_adaptive_se", "average_adaptive_err",
-    "keskar", "pacbayes_sigma", "pacbayes_mag_sigma", "pacbayes_flatness", "pacbayes_orig",
-    "pacbayes_mag_flatness", "pacbayes_mag_orig", "contrastive", "contrastive_full", "regret_kl",
-    "regret_kl_damping",
-)
+# The measures switched on under ``metrics.flatness``, on the ``train`` rows at their own cadence.
+FLATNESS = tuple(name for name, m in MEASURES.items() if m["cadence"] == "flatness")
+# Their columns, and their scalar values in the order figures draw them.
+FLATNESS_COLUMNS = tuple(c for name in FLATNESS for c in _columns(name))
+FLATNESS_MEASURES = tuple(c for name in FLATNESS for c in _columns(name, "value", "float"))
+# The standard error of a value (value column -> its column).
+SE_COLUMNS = {of: c for m in MEASURES.values() for c, _, role, of in m["columns"] if role == "se"}
+FLATNESS_SE = {c: se for c, se in SE_COLUMNS.items() if c in FLATNESS_MEASURES}
+# Columns holding a list per row (the top-k Hessian eigenvalues, the spectral density's bin masses).
+LIST_COLUMNS = tuple(c for m in MEASURES.values() for c, kind, _, _ in m["columns"] if kind == "list")
+# The family of each value column (study, curvature, perturbation, baseline).
+FAMILY = {c: m["family"] for m in MEASURES.values() for c, _, role, _ in m["columns"] if role == "value"}
+# Earlier names of measure columns -> the names they have now.
+RENAMED = {old: new for m in MEASURES.values() for old, new in m["column_aliases"].items()}
+
+
+def current_names(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with measure columns written under an earlier name read under the name they have now (the
+    two merged where a resumed run wrote both)."""
+    old = [c for c in RENAMED if c in frame.columns]
+    if not old:
+        return frame
+    frame = frame.copy()
+    for c in old:
+        new = RENAMED[c]
+        frame[new] = frame[c] if new not in frame.columns else frame[new].where(frame[new].notna(), frame[c])
+    return frame.drop(columns=old)

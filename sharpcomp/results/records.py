@@ -43,7 +43,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 # The column names are sharpcomp.results.columns' (one schema for every module); records re-exports them.
-from sharpcomp.results.columns import CHECKPOINT_COLUMNS, COLUMNS, METRIC_COLUMNS, NETWORK_WIDE_COLUMNS
+from sharpcomp.results.columns import (
+    CHECKPOINT_COLUMNS,
+    COLUMNS,
+    METRIC_COLUMNS,
+    NETWORK_WIDE_COLUMNS,
+    current_names,
+)
 
 METRICS_FILE = "metrics.parquet"
 
@@ -115,9 +121,10 @@ def part_names(folder: Path) -> list[str]:
 def tidy(frame: pd.DataFrame, status: str | None = None) -> pd.DataFrame:
     """Every column of ``COLUMNS`` (missing ones as missing values) in that order, then the extra ones.
 
-    Numeric columns as float64; ``status`` (when given) in every row.
+    Numeric columns as float64; ``status`` (when given) in every row; measure columns under their current
+    names (:func:`~sharpcomp.results.columns.current_names`).
     """
-    frame = frame.copy()
+    frame = current_names(frame.copy())
     if status is not None:
         frame["status"] = status
     for col in COLUMNS:
@@ -226,7 +233,7 @@ def read_metrics(path: Path) -> pd.DataFrame:
     deadline = time.monotonic() + _READ_PATIENCE_S
     while True:
         try:
-            frame = _read_folder(target) if target.is_dir() else _read_file(target)
+            frame = _read_folder(target) if target.is_dir() else current_names(_read_file(target))
             break
         except RecordError:
             raise

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from sharpcomp.settings import CONFIG_MODULE, defaults
+from sharpcomp.settings import CONFIG_MODULE, ConfigError, defaults, flatness_by_name
 
 NAME_MAX = 200  # bytes of a run folder's name (file systems allow 255); longer names get a digest
 # settings that say where or how a run is executed or watched, not what it computes
@@ -108,6 +108,12 @@ def _packaged(group: str, option: str) -> bool:
 def canonical_name(cfg: dict, choices: dict) -> str:
     """The folder name of the complete plain config ``cfg`` whose group choices are ``choices``
     (Hydra's ``hydra.runtime.choices``: data, model, scale, optim)."""
+    flat = (cfg.get("metrics") or {}).get("flatness")
+    if isinstance(flat, dict):  # measures under their names, whichever key named them
+        try:
+            cfg = {**cfg, "metrics": {**cfg["metrics"], "flatness": flatness_by_name(flat)}}
+        except ConfigError:
+            pass  # an unknown measure: refused by the settings' checks, named as written here
     picked = {g: str(choices[g]) for g in ("data", "model", *NAMED_GROUPS) if choices.get(g)}
     # a group option of the user's own config folder (hydra.searchpath) is not composed here: its keys are
     # compared with the packaged default's, so they are named (longer, still one name for equal settings)

@@ -8,8 +8,8 @@ import torch
 
 from sharpcomp.cli import main as cli_main
 from sharpcomp.commands import landscape as landscape_command
-from tests.measures.test_flatness import tiny_cnn
-from tests.reference import mse
+from tests import problems
+from tests.problems import mse
 
 
 class _Data:
@@ -35,8 +35,8 @@ def runs(tmp_path, monkeypatch):
     def load_run(path, data=None):
         if not (path / "checkpoint.pt").exists():
             raise FileNotFoundError(f"no checkpoint at {path / 'checkpoint.pt'}")
-        model, _, _ = tiny_cnn(0 if path.name == "a" else 1)
-        return _Run(model.float().eval())
+        model = problems.CNN_MAXPOOL.variant(seed=0 if path.name == "a" else 1).make(torch.float32).model
+        return _Run(model.eval())
 
     monkeypatch.setattr(landscape_command, "load_run", load_run)
     for name in ("a", "b"):

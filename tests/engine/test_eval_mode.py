@@ -20,6 +20,7 @@ from sharpcomp.models import build_from_config, samples_per_chunk
 from sharpcomp.results.run_state import CHECKPOINT_FILE, read_checkpoint
 from tests.conftest import compose_train, random_images
 from tests.nets import SmallResNet
+from tests.problems import CNN_BATCHNORM_DROPOUT
 
 RESNET = ["data=fashion_mnist", "model=custom", "model._target_=tests.nets.SmallResNet", "+model.width=3",
           "+model.depth=1", "metrics.n=6", "progress=false", "batch=16", "steps=12"]
@@ -79,14 +80,8 @@ def test_training_steps_after_a_checkpoint_run_in_training_mode(toy, tmp_path, m
 
 
 def test_evaluate_and_metrics_on_a_network_in_training_mode_use_eval_mode(one_thread):
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Dropout(0.5), nn.Flatten(),
-                          nn.Linear(3 * 4 * 4, 4))
-    with torch.no_grad():
-        model(torch.randn(16, 1, 6, 6) * 2 + 1)  # running statistics away from 0 / 1
-    model.train()
+    model, _, x, y = CNN_BATCHNORM_DROPOUT.make()  # running statistics away from 0 / 1, in training mode
     before = _stats(model)
-    x, y = torch.rand(10, 1, 6, 6), torch.randint(0, 4, (10,))
     loss, acc, _ = evaluate(model, x, y, "mse")
     with torch.no_grad():
         ref = model.eval()(x)

@@ -197,6 +197,6 @@ def test_flatness_measures_land_in_the_train_rows(cfg_small, fmnist_small, tmp_p
     cfg_small.metrics.flatness.disagreement = {"batches": 3, "batch_size": 16}
     train(cfg_small, tmp_path / "run", data=fmnist_small)
     df = read_metrics(tmp_path / "run").set_index("iteration")
-    for col in ("sharpness_worst", "sharpness_worst_rel", "fisher_trace", "grad_disagreement"):
+    for col in ("worst_case", "worst_case_rel", "fisher_trace", "grad_disagreement"):
         assert df[col].notna().to_dict() == {0: True, 4: False, 8: True, 12: True}, col
-    assert (df.sharpness_worst.dropna() > 0).all() and (df.fisher_trace.dropna() > 0).all()
+    assert (df.worst_case.dropna() > 0).all() and (df.fisher_trace.dropna() > 0).all()

@@ -460,7 +460,7 @@ def test_correlation_figure_scatter_matrix(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # beyond the study: flatness measures, SAM against SGD, the overview of whatever runs exist
 
-FLAT = ("hessian_trace", "hessian_trace_se", "quotient_trace", "quotient_trace_se", "sharpness_worst",
+FLAT = ("hessian_trace", "hessian_trace_se", "quotient_trace", "quotient_trace_se", "worst_case",
         "grad_disagreement")
 
 
@@ -470,8 +470,8 @@ def test_flatness_figure_sparse_columns_error_bars_and_grouping(tmp_path):
     axes = visible_axes(fig)
     # sqrt(S), Tr H, Tr(PHP), worst-case sharpness, gradient disagreement: the measures that exist
     assert [ax.get_ylabel() for ax in axes] == [
-        r"$\sqrt{S}$, sharpness (Eq. 3)", "Tr H, Hessian trace (Hutchinson)",
-        "Tr(PHP), quotient Hessian trace (Hutchinson)", r"worst-case $\epsilon$-sharpness",
+        r"$\sqrt{S}$, sharpness (Eq. 3)", "Tr(PHP), quotient Hessian trace (Hutchinson)",
+        "Tr H, Hessian trace (Hutchinson)", r"worst-case $\epsilon$-sharpness",
         r"gradient disagreement E$\|g_2\|(1 - \cos(g_1, g_2))$"]
     assert all(len(lines_of(ax)) == 2 for ax in axes)  # one line per lr (the only thing that varies)
     assert [line.get_label() for line in lines_of(axes[1])] == ["lr 0.05 (2 runs)", "lr 0.1 (2 runs)"]
@@ -481,11 +481,11 @@ def test_flatness_figure_sparse_columns_error_bars_and_grouping(tmp_path):
             x, y = line.get_data()
             assert list(x) == [100, 300, 500] and np.isfinite(y).all()  # the NaN checkpoints skipped, connected
             assert line.get_marker() == "o"
-    # Tr H: the mean over seeds with Hutchinson error bars sqrt(se_0^2 + se_1^2) / 2
-    (bars,) = [c for c in axes[1].containers if c.has_yerr][:1]
+    # Tr H (the third panel): the mean over seeds with Hutchinson error bars sqrt(se_0^2 + se_1^2) / 2
+    (bars,) = [c for c in axes[2].containers if c.has_yerr][:1]
     segs = bars.lines[2][0].get_segments()
     sel = frame[(frame.lr == 0.05) & (frame.iteration == 300) & (frame.sample_set == "train")]
-    y = lines_of(axes[1])[0].get_ydata()[1]
+    y = lines_of(axes[2])[0].get_ydata()[1]
     assert y == pytest.approx(sel.hessian_trace.mean())
     half = (segs[1][1][1] - segs[1][0][1]) / 2
     assert half == pytest.approx(np.sqrt((sel.hessian_trace_se ** 2).sum()) / 2)
@@ -524,7 +524,7 @@ def test_cli_flatness_sam_and_correlation_extra_columns(tmp_path, capsys, fake_s
     assert rc == 0 and err == []
     figdir = figs(res)
     pearson = pd.read_csv(figdir / "figD5_pearson.csv")
-    extra = {"hessian_trace", "quotient_trace", "sharpness_worst", "grad_disagreement"}
+    extra = {"hessian_trace", "quotient_trace", "worst_case", "grad_disagreement"}
     assert extra <= set(pearson.x) | set(pearson.y)
     assert not {"hessian_trace_se", "fisher_trace"} & (set(pearson.x) | set(pearson.y))
     k = len(panels.CORRELATION_COLUMNS) + len(extra)

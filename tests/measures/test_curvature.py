@@ -5,42 +5,27 @@ parameter Jacobian, per-sample Hessians for the non-uniformity."""
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
 from torch.func import functional_call
 
-from sharpcomp.measures.curvature import batch_sharpness, hessian_spectrum, nonuniformity
+from sharpcomp.measures.curvature import batch_sharpness, ggn_max, hessian_max, nonuniformity
 from sharpcomp.measures.curvature import hessian_density as spectral_density
 from sharpcomp.measures.linalg import hutchpp, lanczos
 from sharpcomp.measures.linalg import matvec as curvature_ops
 from sharpcomp.results import density_bins
-from tests.reference import as_dict, flat_theta, mse
+from tests import problems
+from tests.problems import mse
+from tests.reference import as_dict, flat_theta
 
 DT = torch.float64
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def mlp(seed=0):
-    torch.manual_seed(seed)
-    m = nn.Sequential(OrderedDict(flatten=nn.Flatten(), fc1=nn.Linear(8, 12), relu1=nn.ReLU(),
-                                  fc2=nn.Linear(12, 12), relu2=nn.ReLU(), fc3=nn.Linear(12, 3))).to(DT)
-    return m, torch.randn(24, 8, dtype=DT), torch.randint(0, 3, (24,))
-
-
-def cnn(seed=0):
-    torch.manual_seed(seed)
-    m = nn.Sequential(OrderedDict(
-        conv1=nn.Conv2d(1, 3, 3, padding=1), relu1=nn.ReLU(), pool1=nn.MaxPool2d(2),
-        conv2=nn.Conv2d(3, 4, 3, padding=1), relu2=nn.ReLU(), pool2=nn.MaxPool2d(2),
-        flatten=nn.Flatten(), fc1=nn.Linear(16, 8), relu3=nn.ReLU(), fc2=nn.Linear(8, 3))).to(DT)
-    return m, torch.randn(16, 1, 8, 8, dtype=DT), torch.randint(0, 3, (16,))
-
-
-MODELS = [mlp, cnn]
+MLP, CNN = problems.MLP_MEDIUM, problems.CNN_MAXPOOL_MEDIUM
+MODELS = [MLP, CNN]
 
 
 def dense_hessian(model, x, y):
@@ -58,13 +43,13 @@ def dense_ggn(model, x, y):
 
 
 def test_sizes_are_a_few_hundred():
-    for make in MODELS:
-        assert 150 <= curvature_ops.dimension(make()[0]) <= 400
+    for problem in MODELS:
+        assert 150 <= curvature_ops.dimension(problem.make().model) <= 400
 
 
-@pytest.mark.parametrize("make", MODELS)
-def test_operators_match_dense_matrices(make):
-    model, x, y = make()
+@pytest.mark.parametrize("problem", MODELS, ids=str)
+def test_operators_match_dense_matrices(problem):
+    model, _, x, y = problem.make()
     h, g = dense_hessian(model, x, y), dense_ggn(model, x, y)
     v = torch.randn(h.shape[0], dtype=DT)
     for chunk in (None, 5):
@@ -75,33 +60,33 @@ def test_operators_match_dense_matrices(make):
     assert (h - g).abs().max() > 1e-6
 
 
-@pytest.mark.parametrize("make", MODELS)
-def test_top_k_to_1e6_relative(make):
-    model, x, y = make()
+@pytest.mark.parametrize("problem", MODELS, ids=str)
+def test_top_k_to_1e6_relative(problem):
+    model, _, x, y = problem.make()
     ev = torch.linalg.eigvalsh(dense_hessian(model, x, y)).flip(0)
-    r = hessian_spectrum.hessian_top(model, mse, x, y, k=5, tol=1e-10, max_iter=400,
+    r = hessian_max.hessian_top(model, mse, x, y, k=5, tol=1e-10, max_iter=400,
                                      generator=torch.Generator().manual_seed(0))
     assert r.converged and max(r.residuals) <= 1e-10
     np.testing.assert_allclose(r.values, ev[:5].numpy(), rtol=1e-6)
     assert 5 <= r.iterations <= ev.numel()
     gev = torch.linalg.eigvalsh(dense_ggn(model, x, y)).flip(0)
-    rg = hessian_spectrum.ggn_top(model, mse, x, y, k=3, tol=1e-10, max_iter=400,
+    rg = ggn_max.ggn_top(model, mse, x, y, k=3, tol=1e-10, max_iter=400,
                                   generator=torch.Generator().manual_seed(1))
     np.testing.assert_allclose(rg.values, gev[:3].numpy(), rtol=1e-6)
-    assert math.isclose(hessian_spectrum.ggn_max(model, mse, x, y, tol=1e-10, max_iter=400), float(gev[0]),
+    assert math.isclose(ggn_max.ggn_max(model, mse, x, y, tol=1e-10, max_iter=400), float(gev[0]),
                         rel_tol=1e-6)
 
 
 def test_loose_tolerance_is_honoured_and_cheaper():
-    model, x, y = mlp()
+    model, _, x, y = MLP.make()
     ev = torch.linalg.eigvalsh(dense_hessian(model, x, y))
-    tight = hessian_spectrum.hessian_top(model, mse, x, y, tol=1e-10, max_iter=400)
-    loose = hessian_spectrum.hessian_top(model, mse, x, y, tol=1e-2, max_iter=400,
+    tight = hessian_max.hessian_top(model, mse, x, y, tol=1e-10, max_iter=400)
+    loose = hessian_max.hessian_top(model, mse, x, y, tol=1e-2, max_iter=400,
                                          generator=torch.Generator().manual_seed(3))
     assert loose.iterations < tight.iterations and loose.residuals[0] <= 1e-2
     # the residual bounds the error
     assert abs(loose.values[0] - float(ev[-1])) <= loose.residuals[0] * abs(loose.values[0]) + 1e-12
-    capped = hessian_spectrum.hessian_top(model, mse, x, y, tol=1e-14, max_iter=3)
+    capped = hessian_max.hessian_top(model, mse, x, y, tol=1e-14, max_iter=3)
     assert capped.iterations == 3 and not capped.converged
 
 
@@ -115,9 +100,9 @@ def test_lanczos_on_a_known_matrix():
     np.testing.assert_allclose(r.values, [9.0, 7.0], rtol=1e-10)  # largest algebraic, not largest |.|
 
 
-@pytest.mark.parametrize("make", MODELS)
-def test_batch_sharpness_equals_direct_formula(make):
-    model, x, y = make()
+@pytest.mark.parametrize("problem", MODELS, ids=str)
+def test_batch_sharpness_equals_direct_formula(problem):
+    model, _, x, y = problem.make()
     batches = [(x[i:i + 4], y[i:i + 4]) for i in range(0, 16, 4)]
     direct = []
     for xb, yb in batches:
@@ -133,9 +118,9 @@ def test_batch_sharpness_equals_direct_formula(make):
     assert full <= float(torch.linalg.eigvalsh(dense_hessian(model, x, y))[-1]) + 1e-12
 
 
-@pytest.mark.parametrize("make", MODELS)
-def test_nonuniformity_from_per_sample_hessians(make):
-    model, x, y = make()
+@pytest.mark.parametrize("problem", MODELS, ids=str)
+def test_nonuniformity_from_per_sample_hessians(problem):
+    model, _, x, y = problem.make()
     x, y = x[:10], y[:10]
     hs = [dense_hessian(model, x[i:i + 1], y[i:i + 1]) for i in range(10)]
     h = sum(hs) / 10
@@ -149,9 +134,9 @@ def test_nonuniformity_from_per_sample_hessians(make):
                         rel_tol=1e-6)
 
 
-@pytest.mark.parametrize("make", MODELS)
-def test_density_moments(make):
-    model, x, y = make()
+@pytest.mark.parametrize("problem", MODELS, ids=str)
+def test_density_moments(problem):
+    model, _, x, y = problem.make()
     h = dense_hessian(model, x, y)
     p = h.shape[0]
     d = spectral_density.hessian_density(model, mse, x, y, probes=30, steps=20,
@@ -177,14 +162,14 @@ def test_density_grid_is_symmetric_and_fixed():
     assert c[len(c) // 2] == 0.0 and np.all(np.diff(c) > 0)
 
 
-@pytest.mark.parametrize("make", MODELS)
-def test_hutchpp_is_unbiased_with_honest_errors(make):
-    model, x, y = make()
+@pytest.mark.parametrize("problem", MODELS, ids=str)
+def test_hutchpp_is_unbiased_with_honest_errors(problem):
+    model, _, x, y = problem.make()
     exact = float(torch.trace(dense_hessian(model, x, y)))
     gen = torch.Generator().manual_seed(0)
     runs = [hutchpp.hessian_traces(model, mse, x, y, products=12, generator=gen) for _ in range(30)]
-    est = np.array([r["full"] for r in runs])
-    se = np.array([r["full_se"] for r in runs])
+    est = np.array([r.full.value for r in runs])
+    se = np.array([r.full.se for r in runs])
     z = (est.mean() - exact) / (est.std(ddof=1) / math.sqrt(len(est)))
     assert abs(z) < 4
     # the reported standard error matches the spread of the estimates (within a factor 2)
@@ -198,32 +183,31 @@ def test_hutchpp_is_unbiased_with_honest_errors(make):
 # ---- switched on under metrics.flatness ------------------------------------------------------------------
 
 def test_settings_are_checked():
-    from sharpcomp.measures import flatness
+    from sharpcomp.measures import registry
 
-    on = flatness.check_settings({"hessian_max": {}, "quotient_trace": {"method": "hutchpp"}})
-    assert on["hessian_max"]["k"] == 1 and on["quotient_trace"]["method"] == "hutchpp"
+    on = registry.plan({"hessian_max": {}, "quotient_trace": {"method": "hutchpp"}})
+    assert on.settings("hessian_max").k == 1 and on.settings("quotient_trace").method == "hutchpp"
     for bad, text in (({"hessian_max": {"k": 0}}, "hessian_max.k must be > 0"),
                       ({"ggn_max": {"tol": -1.0}}, "ggn_max.tol must be > 0"),
                       ({"quotient_trace": {"method": "xtrace"}}, "method must be one of hutchinson, hutchpp"),
                       ({"hessian_density": {"bins": 3}}, "unknown setting")):
         with pytest.raises(ValueError, match=text):
-            flatness.check_settings(bad)
+            registry.plan(bad)
 
 
 def test_extra_metrics_columns_equal_the_functions():
-    from sharpcomp.measures import flatness
-    from sharpcomp.measures.curvature import _columns as curvature
-    from sharpcomp.results import columns
+    from sharpcomp.measures import registry
+    from sharpcomp.measures.sample import fixed_subset
 
-    model, x, y = mlp()
+    model, _, x, y = MLP.make()
     on = {"hessian_max": {"k": 2, "n": 20, "tol": 1e-10, "max_iter": 400}, "ggn_max": {"n": 20, "tol": 1e-10},
           "batch_sharpness": {"batches": 3}, "nonuniformity": {"n": 6, "tol": 1e-10, "max_iter": 400},
           "hessian_density": {"n": 20, "steps": 10}}
-    out = flatness.extra_metrics(model, mse, x, y, on, torch.Generator().manual_seed(0), batch_size=8)
-    assert set(out) == set(columns.CURVATURE_COLUMNS)
-    assert set(columns.CURVATURE_COLUMNS) <= set(columns.FLATNESS_COLUMNS)
-    idx = curvature.fixed_subset(len(x), 20)
-    assert idx.tolist() == curvature.fixed_subset(len(x), 20).tolist()  # the same points at every checkpoint
+    out = registry.compute_measures(model, mse, x, y, on, torch.Generator().manual_seed(0), batch_size=8)
+    declared = [c.name for name in on for c in registry.measures()[name].columns]
+    assert sorted(out) == sorted(declared)
+    idx = fixed_subset(len(x), 20)
+    assert idx.tolist() == fixed_subset(len(x), 20).tolist()  # the same points at every checkpoint
     ev = torch.linalg.eigvalsh(dense_hessian(model, x[idx], y[idx])).flip(0)
     np.testing.assert_allclose(out["hessian_top"], ev[:2].numpy(), rtol=1e-6)
     assert out["hessian_max"] == out["hessian_top"][0] and out["hessian_max_iterations"] >= 2

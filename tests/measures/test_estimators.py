@@ -6,23 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from sharpcomp.measures.study import estimators
 from sharpcomp.measures.study.estimators import choose, estimate_metrics
 from sharpcomp.measures.study.metrics import compute_metrics
+from tests.problems import TANH_MLP_WIDE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def net_and_data():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(10, 16), nn.Tanh(), nn.Linear(16, 12)).double().eval()
-    return model, torch.randn(5, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-
-
 def test_estimates_agree_with_the_exact_engine_within_their_standard_errors():
-    model, x = net_and_data()
+    model, _, x, _ = TANH_MLP_WIDE.make()
     exact = compute_metrics(model, x, dtype=torch.float64)
     z = {k: [] for k in ("sharpness", "G", "local_dim")}
     for seed in range(40):
@@ -38,7 +32,7 @@ def test_estimates_agree_with_the_exact_engine_within_their_standard_errors():
 
 
 def test_standard_errors_shrink_like_one_over_sqrt_probes():
-    model, x = net_and_data()
+    model, _, x, _ = TANH_MLP_WIDE.make()
     se = [np.mean([estimate_metrics(model, x, probes=p, power_iters=1,
                                     generator=torch.Generator().manual_seed(s))["G_se"] for s in range(6)])
           for p in (8, 64)]
@@ -46,7 +40,7 @@ def test_standard_errors_shrink_like_one_over_sqrt_probes():
 
 
 def test_power_iteration_converges_to_mls_from_below():
-    model, x = net_and_data()
+    model, _, x, _ = TANH_MLP_WIDE.make()
     exact = compute_metrics(model, x, dtype=torch.float64)["mls"]
     rough = estimate_metrics(model, x, probes=2, power_iters=1)
     assert rough["mls"] <= exact * (1 + 1e-12)
@@ -55,7 +49,7 @@ def test_power_iteration_converges_to_mls_from_below():
 
 
 def test_choose_and_bad_input(monkeypatch):
-    model, x = net_and_data()
+    model, _, x, _ = TANH_MLP_WIDE.make()
     assert choose(model, x) == "exact"
     monkeypatch.setattr(estimators, "EXACT_MAX_ENTRIES", 10)
     assert choose(model, x) == "estimate"

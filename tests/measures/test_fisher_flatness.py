@@ -7,30 +7,22 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
-from sharpcomp.measures.curvature import contrastive, gradient_stats
+from sharpcomp.measures.curvature import contrastive, grad_disagreement
 from sharpcomp.measures.perturbation import pacbayes, regret_kl
 from sharpcomp.measures.symmetry.reparam import rescale_unit
-from tests.measures.test_flatness import dense_hessian, tiny_cnn, tiny_mlp
-from tests.reference import as_dict, flat_theta, mse
+from tests import problems
+from tests.measures.test_flatness import dense_hessian
+from tests.problems import mse
+from tests.reference import as_dict, flat_theta
 
 DT = torch.float64
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def classifier(seed=0, n=200):
-    torch.manual_seed(seed)
-    m = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3)).to(DT)
-    x = torch.randn(n, 4, dtype=DT)
-    with torch.no_grad():
-        y = m(x).argmax(1)  # the network fits its labels: training error 0
-    return m, x, y
-
-
 @pytest.mark.parametrize("magnitude", [False, True])
 def test_pacbayes_sigma_against_a_direct_scan(magnitude):
-    model, x, y = classifier()
+    model, _, x, y = problems.MLP_INTERPOLATING.make()
     target, draws, smax = 0.1, 20, 2.0
     r = pacbayes.pacbayes_sigma(model, x, y, target=target, draws=draws, iterations=14, sigma_max=smax,
                                 magnitude=magnitude, generator=torch.Generator().manual_seed(4))
@@ -38,10 +30,10 @@ def test_pacbayes_sigma_against_a_direct_scan(magnitude):
     grid = torch.linspace(0, smax, 161, dtype=DT)
     incs = [pacbayes.error_increase(model, x, y, float(s), draws, seed, magnitude) for s in grid]
     first = next(float(s) for s, e in zip(grid, incs) if e > target)  # the scan's first crossing
-    assert r["lo"] < r["hi"] and r["hi"] - r["lo"] <= smax / 2**14 + 1e-15
-    assert pacbayes.error_increase(model, x, y, r["lo"], draws, seed, magnitude) <= target
-    assert pacbayes.error_increase(model, x, y, r["hi"], draws, seed, magnitude) > target
-    assert abs(r["sigma"] - first) <= 0.05 * first + float(grid[1])
+    assert r.details["lo"] < r.details["hi"] and r.details["hi"] - r.details["lo"] <= smax / 2**14 + 1e-15
+    assert pacbayes.error_increase(model, x, y, r.details["lo"], draws, seed, magnitude) <= target
+    assert pacbayes.error_increase(model, x, y, r.details["hi"], draws, seed, magnitude) > target
+    assert abs(r.value - first) <= 0.05 * first + float(grid[1])
     # the bound values from their formulas
     th = [p.detach() for p in model.parameters()]
     b = pacbayes.pacbayes_bounds(th, 0.1, 0.2, m=1000)
@@ -53,20 +45,20 @@ def test_pacbayes_sigma_against_a_direct_scan(magnitude):
     assert b["pacbayes_mag_orig"] == pytest.approx(mag, rel=1e-12)
 
 
-@pytest.mark.parametrize("make", [tiny_mlp, tiny_cnn])
-def test_contrastive_flatness_against_dense_hessians(make):
-    model, x, y = make()
+@pytest.mark.parametrize("problem", [problems.MLP_CLASSIFICATION, problems.CNN_MAXPOOL], ids=str)
+def test_contrastive_flatness_against_dense_hessians(problem):
+    model, _, x, y = problem.make()
     batches = [(x[:2], y[:2]), (x[2:4], y[2:4])]
     lam = lambda bx, by: float(torch.linalg.eigvalsh(dense_hessian(model, bx, by)).max())  # noqa: E731
     full = lam(x[:4], y[:4])
     ref = (lam(*batches[0]) + lam(*batches[1])) / 2 / full
     r = contrastive.contrastive_flatness(model, mse, batches)
-    assert r["full"] == pytest.approx(full, rel=1e-6, abs=1e-9)
-    assert r["value"] == pytest.approx(ref, rel=1e-5)
+    assert r.details["full"] == pytest.approx(full, rel=1e-6, abs=1e-9)
+    assert r.value == pytest.approx(ref, rel=1e-5)
     # the trace version is exactly 1 for equal batches (sum_b H_B = M H), with the same probes
     t = contrastive.contrastive_flatness(model, mse, batches, kind="trace", probes=5,
                                          generator=torch.Generator().manual_seed(0))
-    assert t["value"] == pytest.approx(1.0, rel=1e-10)
+    assert t.value == pytest.approx(1.0, rel=1e-10)
 
 
 def dense_fisher(model, x, y):
@@ -81,9 +73,9 @@ def dense_fisher(model, x, y):
     return jac.T @ h_out.reshape(k, k) @ jac
 
 
-@pytest.mark.parametrize("make", [tiny_mlp, tiny_cnn])
-def test_regret_kl_against_a_dense_fisher_inverse(make):
-    model, x, y = make()
+@pytest.mark.parametrize("problem", [problems.MLP_CLASSIFICATION, problems.CNN_MAXPOOL], ids=str)
+def test_regret_kl_against_a_dense_fisher_inverse(problem):
+    model, _, x, y = problem.make()
     batches = [(x[i::3], y[i::3]) for i in range(3)]
     damping = 1e-3
     F = dense_fisher(model, torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]))
@@ -93,9 +85,9 @@ def test_regret_kl_against_a_dense_fisher_inverse(make):
     G = gs @ Finv @ gs.T
     terms = [G[b, b].sqrt() - G[a, b] / G[a, a].sqrt() for a in range(3) for b in range(3) if a != b]
     r = regret_kl.regret_kl(model, mse, batches, damping=damping, cg_iterations=500)
-    assert r["damping"] == damping
-    torch.testing.assert_close(r["gram"], G, rtol=1e-7, atol=1e-10)
-    assert r["value"] == pytest.approx(float(torch.stack(terms).mean()), rel=1e-7)
+    assert r.details["damping"] == damping
+    torch.testing.assert_close(r.details["gram"], G, rtol=1e-7, atol=1e-10)
+    assert r.value == pytest.approx(float(torch.stack(terms).mean()), rel=1e-7)
     # the Fisher-vector product itself
     v = torch.randn(F.shape[0], dtype=DT)
     mv = regret_kl.fisher_operator(model, mse, torch.cat([b[0] for b in batches]),
@@ -104,14 +96,14 @@ def test_regret_kl_against_a_dense_fisher_inverse(make):
 
 
 def test_regret_kl_does_not_move_under_rescaling_while_gradient_disagreement_does():
-    model, x, y = tiny_mlp()
+    model, _, x, y = problems.MLP_CLASSIFICATION.make()
     x = torch.cat([x, torch.randn(6, 4, dtype=DT)])
     y = torch.cat([y, torch.tensor([1, 0, 0, 1, 1, 0])])
     batches = [(x[i::3], y[i::3]) for i in range(3)]
     moved = rescale_unit(model, "fc1", 7.0, copy_model=True)
-    d0 = gradient_stats.gradient_disagreement(model, mse, batches)
-    d1 = gradient_stats.gradient_disagreement(moved, mse, batches)
-    r0 = regret_kl.regret_kl(model, mse, batches, damping=1e-9, cg_iterations=2000)["value"]
-    r1 = regret_kl.regret_kl(moved, mse, batches, damping=1e-9, cg_iterations=2000)["value"]
+    d0 = grad_disagreement.gradient_disagreement(model, mse, batches)
+    d1 = grad_disagreement.gradient_disagreement(moved, mse, batches)
+    r0 = regret_kl.regret_kl(model, mse, batches, damping=1e-9, cg_iterations=2000).value
+    r1 = regret_kl.regret_kl(moved, mse, batches, damping=1e-9, cg_iterations=2000).value
     assert abs(d1 - d0) > 0.05 * abs(d0)
     assert abs(r1 - r0) < 1e-4 * abs(r0)

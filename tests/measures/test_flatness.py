@@ -1,22 +1,23 @@
-"""sharpcomp.measures.flatness against dense float64 references on tiny networks."""
+"""The flatness measures and their registry against dense float64 references on tiny networks."""
 
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 
 import pytest
 import torch
 from torch import nn
 from torch.func import functional_call
 
-from sharpcomp.measures import flatness
-from sharpcomp.measures.curvature import gradient_stats, quotient_trace
+from sharpcomp.measures import registry
+from sharpcomp.measures.curvature import fisher_trace, grad_disagreement, quotient_trace
 from sharpcomp.measures.linalg import hutchinson, param_space
 from sharpcomp.measures.perturbation import worst_case
 from sharpcomp.measures.symmetry import orbits as symmetry
 from sharpcomp.models import build_model
-from tests.reference import as_dict, flat_theta, mse
+from tests import problems
+from tests.problems import mse
+from tests.reference import as_dict, flat_theta
 
 DT = torch.float64
 
@@ -24,28 +25,8 @@ DT = torch.float64
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def tiny_mlp(seed=0):
-    torch.manual_seed(seed)
-    m = nn.Sequential(OrderedDict(
-        flatten=nn.Flatten(), fc1=nn.Linear(4, 3), relu1=nn.ReLU(), fc2=nn.Linear(3, 3), relu2=nn.ReLU(),
-        fc3=nn.Linear(3, 2))).to(DT)
-    return m, torch.randn(6, 4, dtype=DT), torch.tensor([0, 1, 1, 0, 1, 0])
-
-
-def tiny_cnn(seed=0):
-    torch.manual_seed(seed)
-    m = nn.Sequential(OrderedDict(
-        conv1=nn.Conv2d(1, 2, 3, padding=1), relu1=nn.ReLU(), pool1=nn.MaxPool2d(2),
-        conv2=nn.Conv2d(2, 3, 3, padding=1), relu2=nn.ReLU(), pool2=nn.MaxPool2d(2),
-        flatten=nn.Flatten(), fc1=nn.Linear(12, 4), relu3=nn.ReLU(), fc2=nn.Linear(4, 2))).to(DT)
-    with torch.no_grad():
-        for mod in m:
-            if isinstance(mod, (nn.Linear, nn.Conv2d)):
-                mod.bias.normal_(0, 0.3)  # non-zero biases exercise the bias entries of v_j
-    return m, torch.randn(5, 1, 8, 8, dtype=DT), torch.tensor([0, 1, 1, 0, 1])
-
-
-MODELS = [tiny_mlp, tiny_cnn]
+MLP, CNN = problems.MLP_CLASSIFICATION, problems.CNN_MAXPOOL
+MODELS = [MLP, CNN]
 
 
 # ---- dense references ------------------------------------------------------------------------------
@@ -113,9 +94,9 @@ def test_hidden_layers_of_the_study_models():
         symmetry.hidden_layers(nn.Linear(2, 2))
 
 
-@pytest.mark.parametrize("make", MODELS)
-def test_tangents_match_their_definition(make):
-    model, x, y = make()
+@pytest.mark.parametrize("problem", MODELS, ids=str)
+def test_tangents_match_their_definition(problem):
+    model, _, x, y = problem.make()
     V, gm = symmetry.symmetry_tangents(model)
     vd = V.dense()
     # support and signs: v_j = D_j * theta exactly
@@ -129,9 +110,9 @@ def test_tangents_match_their_definition(make):
     torch.testing.assert_close(V.rmatvec(d), vd.T @ param_space.flat(d))
 
 
-@pytest.mark.parametrize("make", MODELS)
-def test_jacobian_of_f_annihilates_every_tangent(make):
-    model, x, _ = make()
+@pytest.mark.parametrize("problem", MODELS, ids=str)
+def test_jacobian_of_f_annihilates_every_tangent(problem):
+    model, _, x, _ = problem.make()
     V, _ = symmetry.symmetry_tangents(model)
     vd = V.dense()
     jac = dense_param_jacobian(model, x)
@@ -145,9 +126,9 @@ def test_jacobian_of_f_annihilates_every_tangent(make):
     torch.testing.assert_close(torch.trace(jac @ P @ jac.T), torch.trace(jac @ jac.T), rtol=1e-10, atol=0)
 
 
-@pytest.mark.parametrize("make", MODELS)
-def test_projector_is_symmetric_idempotent_and_kills_the_orbits(make):
-    model, _, _ = make()
+@pytest.mark.parametrize("problem", MODELS, ids=str)
+def test_projector_is_symmetric_idempotent_and_kills_the_orbits(problem):
+    model = problem.make().model
     proj = symmetry.quotient_projector(model, ridge=0.0)
     n = sum(p.numel() for p in model.parameters())
     eye = torch.eye(n, dtype=DT)
@@ -171,9 +152,9 @@ def test_projector_is_symmetric_idempotent_and_kills_the_orbits(make):
     assert round(float(torch.trace(P))) == n - vd.shape[1]
 
 
-@pytest.mark.parametrize("make", MODELS)
-def test_quotient_trace_closed_form_against_dense_hessian(make):
-    model, x, y = make()
+@pytest.mark.parametrize("problem", MODELS, ids=str)
+def test_quotient_trace_closed_form_against_dense_hessian(problem):
+    model, _, x, y = problem.make()
     H = dense_hessian(model, x, y)
     g = dense_grad(model, x, y)
     P, vd = dense_projector(model)
@@ -186,24 +167,24 @@ def test_quotient_trace_closed_form_against_dense_hessian(make):
     assert abs(gap) > 1e-6  # not trivially zero on these nets
 
 
-@pytest.mark.parametrize("make", MODELS)
-def test_hutchinson_quotient_trace_agrees_within_its_error(make):
-    model, x, y = make()
+@pytest.mark.parametrize("problem", MODELS, ids=str)
+def test_hutchinson_quotient_trace_agrees_within_its_error(problem):
+    model, _, x, y = problem.make()
     H = dense_hessian(model, x, y)
     P, _ = dense_projector(model)
     r = quotient_trace.hutchinson_traces(model, mse, x, y, probes=50, generator=torch.Generator().manual_seed(1))
-    assert abs(r["quotient"] - float(torch.trace(P @ H @ P))) < 4 * r["quotient_se"]
-    assert abs(r["full"] - float(torch.trace(H))) < 4 * r["full_se"]
+    assert abs(r.quotient.value - float(torch.trace(P @ H @ P))) < 4 * r.quotient.se
+    assert abs(r.full.value - float(torch.trace(H))) < 4 * r.full.se
     closed = quotient_trace.quotient_trace_gap(model, mse, x, y)
-    assert abs(r["gap"] - closed) < 4 * r["gap_se"]
+    assert abs(r.gap.value - closed) < 4 * r.gap.se
     # same probes for the same generator state; chunked accumulation gives the same estimate
     r5 = quotient_trace.hutchinson_traces(model, mse, x, y, probes=4, generator=torch.Generator().manual_seed(1))
     est, se = quotient_trace.quotient_hessian_trace(model, mse, x, y, probes=4,
                                                     generator=torch.Generator().manual_seed(1))
-    assert (est, se) == (r5["quotient"], r5["quotient_se"])
+    assert (est, se) == (r5.quotient.value, r5.quotient.se)
     rc = quotient_trace.hutchinson_traces(model, mse, x, y, probes=4, generator=torch.Generator().manual_seed(1),
                               chunk_size=2)
-    assert abs(rc["quotient"] - r5["quotient"]) < 1e-9 * max(1.0, abs(r5["quotient"]))
+    assert abs(rc.quotient.value - r5.quotient.value) < 1e-9 * max(1.0, abs(r5.quotient.value))
 
 
 # Values of commit dac6e64, when metrics.hessian_trace and flatness.hutchinson_traces were two estimators.
@@ -217,24 +198,26 @@ PINNED_TRACES = {
 }
 
 
-@pytest.mark.parametrize("name,make", [("mlp", tiny_mlp), ("cnn", tiny_cnn)])
-def test_one_hutchinson_estimator_keeps_the_values_of_both_former_ones(name, make):
-    from sharpcomp.measures.study.metrics import hessian_trace
+@pytest.mark.parametrize("name,problem", [("mlp", MLP), ("cnn", CNN)])
+def test_one_hutchinson_estimator_keeps_the_values_of_both_former_ones(name, problem):
+    from sharpcomp.measures.curvature.quotient_trace import hessian_trace
 
-    model, x, y = make()
+    model, _, x, y = problem.make()
     pinned_full, pinned_pair = PINNED_TRACES[name]
     chunk = 2 if name == "cnn" else None
     full = hessian_trace(model, mse, x, y, probes=6, generator=torch.Generator().manual_seed(2))
     pair = quotient_trace.hutchinson_traces(model, mse, x, y, probes=5, generator=torch.Generator().manual_seed(1),
                                 chunk_size=chunk)
-    assert full == pytest.approx(pinned_full, rel=1e-12, abs=1e-14)
+    assert tuple(full) == pytest.approx(pinned_full, rel=1e-12, abs=1e-14)
+    pair = {name: v for k in ("quotient", "full", "gap") for name, v in
+            ((k, getattr(pair, k).value), (f"{k}_se", getattr(pair, k).se))}
     assert pair == pytest.approx(pinned_pair, rel=1e-12, abs=1e-14)
     # both are the one estimator: hessian_trace draws its probes from the generator itself,
     # hutchinson_traces from a generator seeded by one draw of it
     params = [p for p in model.parameters()]
     g = torch.autograd.grad(mse(model(x), y), params, create_graph=True)
     values, none = hutchinson.hutchinson(g, params, 6, torch.Generator().manual_seed(2))
-    assert none is None and float(values.mean()) == pytest.approx(full[0], rel=1e-14)
+    assert none is None and float(values.mean()) == pytest.approx(full.value, rel=1e-14)
     seed = int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(1)).item())
     values, projected = hutchinson.hutchinson(g, params, 5, torch.Generator().manual_seed(seed),
                                               symmetry.quotient_projector(model))
@@ -262,15 +245,9 @@ def trust_region_max(g, H, rho):
     return float(gb @ db + 0.5 * db @ (h * db))
 
 
-def linear_model(seed=0):
-    torch.manual_seed(seed)
-    m = nn.Sequential(nn.Flatten(), nn.Linear(5, 3)).to(DT)  # MSE is exactly quadratic in theta
-    return m, torch.randn(12, 5, dtype=DT), torch.randint(0, 3, (12,))
-
-
 @pytest.mark.parametrize("adaptive", [False, True])
 def test_worst_case_sharpness_matches_the_exact_maximum_on_a_quadratic(adaptive):
-    model, x, y = linear_model()
+    model, _, x, y = problems.LINEAR_MODEL.make()
     H, g = dense_hessian(model, x, y), dense_grad(model, x, y)
     rho = 0.3 if adaptive else 0.5
     if adaptive:
@@ -279,26 +256,26 @@ def test_worst_case_sharpness_matches_the_exact_maximum_on_a_quadratic(adaptive)
     exact = trust_region_max(g, H, rho)
     first_order = float(rho * g.norm() + 0.5 * rho**2 * (g @ H @ g) / (g @ g))  # value at rho g / ||g||
     r1 = worst_case.worst_case_sharpness(model, mse, [(x, y)], rho, steps=1, adaptive=adaptive)
-    assert abs(r1["value"] - first_order) < 1e-10
+    assert abs(r1.value - first_order) < 1e-10
     r = worst_case.worst_case_sharpness(model, mse, [(x, y)], rho, steps=60, adaptive=adaptive)
-    assert first_order - 1e-12 <= r["value"] <= exact + 1e-10
-    assert r["value"] > exact * (1 - 1e-4)
-    assert abs(r["rel"] - r["value"] / (1 + r["loss"])) < 1e-12
+    assert first_order - 1e-12 <= r.value <= exact + 1e-10
+    assert r.value > exact * (1 - 1e-4)
+    assert abs(r.details["rel"] - r.value / (1 + r.details["loss"])) < 1e-12
 
 
 def test_worst_case_sharpness_on_a_relu_net_and_its_quotient_version():
-    model, x, y = tiny_cnn()
+    model, _, x, y = CNN.make()
     before = [p.detach().clone() for p in model.parameters()]
     rho = 0.05
     g = dense_grad(model, x, y)
     H = dense_hessian(model, x, y)
     lam = float(torch.linalg.eigvalsh(H).max())
     r = worst_case.worst_case_sharpness(model, mse, [(x, y), (x[:3], y[:3])], rho, steps=10)
-    assert len(r["per_batch"]) == 2
+    assert len(r.details["per_batch"]) == 2
     r1 = worst_case.worst_case_sharpness(model, mse, [(x, y)], rho, steps=10)
     th = flat_theta(model)
     along_g = float(dense_loss_fn(model, x, y)(th + rho * g / g.norm()) - dense_loss_fn(model, x, y)(th))
-    assert along_g <= r1["value"] <= rho * float(g.norm()) + 0.5 * rho**2 * lam + 1e-3 * rho**2
+    assert along_g <= r1.value <= rho * float(g.norm()) + 0.5 * rho**2 * lam + 1e-3 * rho**2
     # the quotient ascent stays orthogonal to the orbits
     params = param_space.trainable(model)
     theta = [p.detach().clone() for p in params]
@@ -307,7 +284,7 @@ def test_worst_case_sharpness_on_a_relu_net_and_its_quotient_version():
     assert inc > 0 and abs(float(param_space.norm(delta)) - rho) < 1e-9
     assert float(proj.V.rmatvec(delta).abs().max()) < 1e-10
     rq = worst_case.worst_case_sharpness(model, mse, [(x, y)], rho, steps=10, quotient=True)
-    assert abs(rq["value"] - inc) < 1e-12
+    assert abs(rq.value - inc) < 1e-12
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     with pytest.raises(ValueError):
         worst_case.worst_case_sharpness(model, mse, [(x, y)], rho, adaptive=True, quotient=True)
@@ -316,29 +293,28 @@ def test_worst_case_sharpness_on_a_relu_net_and_its_quotient_version():
 # ---- gradient disagreement and Fisher -----------------------------------------------------------------
 
 def test_gradient_disagreement_over_all_ordered_pairs():
-    model, x, y = tiny_cnn()
+    model, _, x, y = CNN.make()
     batches = [(x[i:i + 2], y[i:i + 2]) for i in (0, 1, 3)] + [(x[:1], y[:1])]
     gs = [dense_grad(model, bx, by) for bx, by in batches]
     terms = [gs[b].norm() * (1 - torch.dot(gs[a], gs[b]) / (gs[a].norm() * gs[b].norm()))
              for a in range(4) for b in range(4) if a != b]
     assert len(terms) == 12
-    val = gradient_stats.gradient_disagreement(model, mse, batches)
+    val = grad_disagreement.gradient_disagreement(model, mse, batches)
     assert abs(val - float(torch.stack(terms).mean())) < 1e-12
-    assert math.isnan(gradient_stats.gradient_disagreement(model, mse, batches[:1]))
+    assert math.isnan(grad_disagreement.gradient_disagreement(model, mse, batches[:1]))
 
 
 @pytest.mark.parametrize("chunk", [None, 2])
 def test_fisher_trace_is_the_mean_squared_per_sample_gradient(chunk):
-    model, x, y = tiny_cnn()
+    model, _, x, y = CNN.make()
     ref = sum(float(dense_grad(model, x[i:i + 1], y[i:i + 1]).pow(2).sum()) for i in range(len(x))) / len(x)
-    assert abs(gradient_stats.fisher_trace(model, mse, x, y, chunk_size=chunk) - ref) < 1e-12 * max(1.0, ref)
+    assert abs(fisher_trace.fisher_trace(model, mse, x, y, chunk_size=chunk) - ref) < 1e-12 * max(1.0, ref)
 
 
 # ---- the trainer's entry point ------------------------------------------------------------------------
 
 def test_extra_metrics_columns_leave_the_model_untouched_and_are_reproducible():
-    model, _, _ = tiny_cnn()
-    model = model.float()
+    model = CNN.make(torch.float32).model
     torch.manual_seed(0)
     x, y = torch.rand(40, 1, 8, 8), torch.randint(0, 2, (40,))
     model.train()
@@ -346,32 +322,35 @@ def test_extra_metrics_columns_leave_the_model_untouched_and_are_reproducible():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     settings = {"quotient_trace": {"probes": 3, "n": 8}, "worst_case": {"steps": 2, "batches": 2, "batch_size": 8},
                 "adaptive": {"steps": 2, "batches": 2, "batch_size": 8}, "quotient_worst": None,
-                "disagreement": {"batches": 3, "batch_size": 4}, "fisher": {"n": 6}}
-    out = flatness.extra_metrics(model, mse, x, y, settings, torch.Generator().manual_seed(3))
+                "disagreement": {"batches": 3, "batch_size": 4}, "fisher": {"n": 6}}  # earlier keys still name them
+    out = registry.compute_measures(model, mse, x, y, settings, torch.Generator().manual_seed(3))
     assert set(out) == {"quotient_trace", "quotient_trace_se", "hessian_trace", "hessian_trace_se",
-                        "quotient_trace_gap", "sharpness_worst", "sharpness_worst_rel", "sharpness_adaptive",
-                        "sharpness_adaptive_rel", "grad_disagreement", "fisher_trace"}
+                        "quotient_trace_gap", "worst_case", "worst_case_rel", "worst_case_adaptive",
+                        "worst_case_adaptive_rel", "grad_disagreement", "fisher_trace"}
     assert all(isinstance(v, float) and math.isfinite(v) for v in out.values())
-    assert out["sharpness_worst"] >= 0 and out["fisher_trace"] > 0
+    assert out["worst_case"] >= 0 and out["fisher_trace"] > 0
     assert model.training
     assert torch.equal(model.fc2.weight.grad, torch.ones_like(model.fc2.weight))
     assert all(p.grad is None for n, p in model.named_parameters() if n != "fc2.weight")
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
-    again = flatness.extra_metrics(model, mse, x, y, settings, torch.Generator().manual_seed(3))
+    again = registry.compute_measures(model, mse, x, y, settings, torch.Generator().manual_seed(3))
     assert again == out
-    assert flatness.extra_metrics(model, mse, x, y, None, None) == {}
+    assert registry.compute_measures(model, mse, x, y, None, None) == {}
     from omegaconf import OmegaConf  # the trainer passes the config node itself
     node = OmegaConf.create({"flatness": {"disagreement": {"batches": 3, "batch_size": 4}, "fisher": None}})
-    dc = flatness.extra_metrics(model, mse, x, y, node.flatness, torch.Generator().manual_seed(3))
+    dc = registry.compute_measures(model, mse, x, y, node.flatness, torch.Generator().manual_seed(3))
     assert set(dc) == {"grad_disagreement"} and math.isfinite(dc["grad_disagreement"])
-    assert flatness.extra_metrics(model, mse, x, y, flatness.conf_flatness_default(), None) == {}
+    every_off = dict.fromkeys(registry.switchable())
+    assert registry.compute_measures(model, mse, x, y, every_off, None) == {}
     with pytest.raises(ValueError, match="unknown metrics.flatness key"):
-        flatness.extra_metrics(model, mse, x, y, {"worstcase": {}}, None)
+        registry.compute_measures(model, mse, x, y, {"worstcase": {}}, None)
     with pytest.raises(ValueError, match="unknown setting"):
-        flatness.extra_metrics(model, mse, x, y, {"worst_case": {"radius": 1}}, None)
+        registry.compute_measures(model, mse, x, y, {"worst_case": {"radius": 1}}, None)
+    with pytest.raises(ValueError, match="switched on twice"):
+        registry.plan({"worst_case_adaptive": {}, "adaptive": {}})
 
 
-def test_default_block_switches_everything_on():
-    on = flatness.conf_flatness_default(enabled=True)
-    assert set(on) == set(flatness.FLATNESS_DEFAULTS) and all(isinstance(v, dict) for v in on.values())
-    assert flatness._resolve({"worst_case": True})["worst_case"]["rho"] == 0.05
+def test_every_measure_switches_on_with_its_defaults():
+    plan = registry.plan({name: {} for name in registry.switchable()})
+    assert plan.names == tuple(registry.switchable())
+    assert registry.plan({"worst_case": True}).settings("worst_case").rho == 0.05

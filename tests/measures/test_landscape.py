@@ -6,27 +6,16 @@ import copy
 
 import pytest
 import torch
-from torch import nn
 
 from sharpcomp.measures.landscape import slices as landscape
-from tests.measures.test_flatness import tiny_cnn, tiny_mlp
-from tests.reference import mse
+from tests import problems
+from tests.problems import mse
 
-DT = torch.float64
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def with_batchnorm():
-    torch.manual_seed(0)
-    m = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 36, 2)).to(DT)
-    m.train()
-    m(torch.randn(16, 1, 8, 8, dtype=DT))  # running statistics away from their initial values
-    m.eval()
-    return m, torch.randn(9, 1, 8, 8, dtype=DT), torch.randint(0, 2, (9,))
-
-
 def test_filter_normalised_direction():
-    model, _, _ = with_batchnorm()
+    model = problems.CNN_BATCHNORM_EVAL.make().model
     base = landscape.parameters(model)
     d = landscape.filter_normalized_direction(base, torch.Generator().manual_seed(0))
     for name, p in base.items():
@@ -37,9 +26,10 @@ def test_filter_normalised_direction():
             torch.testing.assert_close(dn, p.reshape(p.shape[0], -1).norm(dim=1))
 
 
-@pytest.mark.parametrize("make", [tiny_mlp, tiny_cnn, with_batchnorm])
-def test_vmapped_grid_equals_one_forward_pass_per_point(make):
-    model, x, y = make()
+@pytest.mark.parametrize("problem", [problems.MLP_CLASSIFICATION, problems.CNN_MAXPOOL, problems.CNN_BATCHNORM_EVAL],
+                         ids=str)
+def test_vmapped_grid_equals_one_forward_pass_per_point(problem):
+    model, _, x, y = problem.make()
     before = copy.deepcopy(model.state_dict())
     gen = torch.Generator().manual_seed(1)
     r = landscape.surface_2d(model, mse, x, y, points=5, span=0.8, generator=gen, chunk=7, batch_size=4)
@@ -58,8 +48,8 @@ def test_vmapped_grid_equals_one_forward_pass_per_point(make):
 
 
 def test_interpolation_hits_both_networks():
-    a, x, y = tiny_cnn(0)
-    b, _, _ = tiny_cnn(1)
+    a, _, x, y = problems.CNN_MAXPOOL.make()
+    b = problems.CNN_MAXPOOL.variant(seed=1).make().model
     r = landscape.interpolation(a, b, mse, x, y, points=5, lo=-0.5, hi=1.5, chunk=2, batch_size=3)
     assert r["t"].tolist() == [-0.5, 0.0, 0.5, 1.0, 1.5]
     assert float(r["loss"][1]) == pytest.approx(float(mse(a(x), y)), rel=1e-12)
@@ -70,4 +60,4 @@ def test_interpolation_hits_both_networks():
             p.mul_(0.5).add_(0.5 * q)
     assert float(r["loss"][2]) == pytest.approx(float(mse(mid(x), y)), rel=1e-12)
     with pytest.raises(ValueError):
-        landscape.interpolation(a, tiny_mlp()[0], mse, x, y)
+        landscape.interpolation(a, problems.MLP_CLASSIFICATION.model(), mse, x, y)

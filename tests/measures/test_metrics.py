@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -14,7 +13,9 @@ from torch import nn
 
 import sharpcomp.measures.study._layer_rules as layers
 import sharpcomp.measures.study.metrics as metrics
-from sharpcomp.measures.study.metrics import METRIC_NAMES, compute_metrics, hessian_trace
+from sharpcomp.measures.curvature.quotient_trace import hessian_trace
+from sharpcomp.measures.study.metrics import METRIC_NAMES, compute_metrics
+from tests import problems
 from tests.reference import dense_hessian_trace, reference_metrics
 
 GEOMETRY = ("G", "log_volume", "mls", "local_dim")
@@ -22,25 +23,6 @@ BOUNDS = ("bound_b", "bound_c", "bound_d")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: conftest's one-thread fixture
-
-
-def mlp(seed=0, d_in=12, width=32, n_out=5, inplace=False):
-    torch.manual_seed(seed)
-    return nn.Sequential(OrderedDict(
-        flatten=nn.Flatten(), fc1=nn.Linear(d_in, width), relu1=nn.ReLU(inplace), fc2=nn.Linear(width, width),
-        relu2=nn.ReLU(inplace), fc3=nn.Linear(width, n_out))).eval()
-
-
-def cnn(seed=0, n_out=4):
-    torch.manual_seed(seed)
-    return nn.Sequential(OrderedDict(
-        conv1=nn.Conv2d(2, 4, 3, padding=2), relu1=nn.ReLU(), pool1=nn.MaxPool2d(2),
-        conv2=nn.Conv2d(4, 5, 3, padding=1), relu2=nn.ReLU(), pool2=nn.MaxPool2d(2),
-        flatten=nn.Flatten(), fc1=nn.Linear(5 * 4, 24), relu3=nn.ReLU(), fc2=nn.Linear(24, n_out))).eval()
-
-
-def inputs(shape, n=5, seed=1):
-    return torch.rand(n, *shape, generator=torch.Generator().manual_seed(seed)) + 0.1
 
 
 def rel_err(a, b):
@@ -54,26 +36,29 @@ def assert_close_to_reference(res, ref, names, tol):
         np.testing.assert_allclose(res["per_sample"][name], ref["per_sample"][name], rtol=tol, atol=0)
 
 
-CASES = {  # model, input shape, layer, rank, first-layer weight (for bounds)
-    "mlp": (mlp, (3, 2, 2), None, None, "fc1.weight"),
-    "mlp_middle": (mlp, (3, 2, 2), "fc2", 4, "fc1.weight"),
-    "cnn": (cnn, (2, 8, 8), None, None, None),
-    "cnn_middle": (cnn, (2, 8, 8), "pool2", 6, None),
+MLP, CNN = problems.MLP_EVAL, problems.CNN_PADDED_EVAL  # float32, eval mode, inputs U[0.1, 1.1)
+CASES = {  # problem, layer, rank, first-layer weight (for bounds)
+    "mlp": (MLP, None, None, "fc1.weight"),
+    "mlp_middle": (MLP, "fc2", 4, "fc1.weight"),
+    "cnn": (CNN, None, None, None),
+    "cnn_middle": (CNN, "pool2", 6, None),
 }
 
 
 @pytest.fixture(scope="module")
 def references():
-    return {name: reference_metrics(make(), inputs(shape), layer=layer, log_volume_rank=rank, first_weight=w)
-            for name, (make, shape, layer, rank, w) in CASES.items()}
+    cases = {name: problem.make() for name, (problem, *_) in CASES.items()}
+    return {name: reference_metrics(cases[name].model, cases[name].x, layer=layer, log_volume_rank=rank, first_weight=w)
+            for name, (_, layer, rank, w) in CASES.items()}
 
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-6), (torch.float32, 1e-4)])
 def test_matches_brute_force_reference(case, dtype, tol, references):
-    make, shape, layer, rank, first_weight = CASES[case]
+    problem, layer, rank, first_weight = CASES[case]
     ref = references[case]
-    res = compute_metrics(make(), inputs(shape), layer=layer, log_volume_rank=rank, dtype=dtype, per_sample=True)
+    model, _, x, _ = problem.make()
+    res = compute_metrics(model, x, layer=layer, log_volume_rank=rank, dtype=dtype, per_sample=True)
     assert set(METRIC_NAMES) <= set(res) and all(isinstance(res[k], float) for k in METRIC_NAMES)
     assert all(np.isfinite(res[k]) for k in ("sharpness", *GEOMETRY))
     if first_weight:
@@ -88,7 +73,7 @@ def test_matches_brute_force_reference(case, dtype, tol, references):
 
 
 def test_middle_layer_covers_only_upstream_parameters():
-    model, x = cnn(), inputs((2, 8, 8))
+    model, _, x, _ = CNN.make()
     res = compute_metrics(model, x, layer="pool2", dtype=torch.float64)
     frozen = copy.deepcopy(model)
     for name in ("fc1", "fc2"):  # downstream of pool2: freezing them changes nothing
@@ -100,7 +85,8 @@ def test_middle_layer_covers_only_upstream_parameters():
     with pytest.raises(ValueError, match="no module named"):
         compute_metrics(model, x, layer="nope")
     # the representation upstream of W: bounds undefined, S = 0 (no parameter before the flatten)
-    flat = compute_metrics(mlp(), inputs((3, 2, 2)), layer="flatten", dtype=torch.float64)
+    case = MLP.make()
+    flat = compute_metrics(case.model, case.x, layer="flatten", dtype=torch.float64)
     assert flat["sharpness"] == 0 and flat["mls"] == pytest.approx(1) and flat["local_dim"] == pytest.approx(12)
     assert "does not depend on" in flat["bounds_reason"]
 
@@ -117,8 +103,7 @@ def train(model, x, steps=30, lr=0.1, seed=0):
 
 @pytest.mark.parametrize("trained", [False, True])
 def test_bound_chain_on_mlps(trained):
-    x = inputs((1, 6, 6), n=10)
-    model = mlp(0, d_in=36, width=24, n_out=6)
+    model, _, x, _ = MLP.variant(shape=(1, 6, 6), widths=(24, 24), outputs=6, n=10).make()
     if trained:
         before = compute_metrics(model, x)
         train(model, x)
@@ -147,11 +132,10 @@ def rescale_cnn_channel(model, a, channel=1):
     return model
 
 
-@pytest.mark.parametrize("make,shape,rescale", [(mlp, (3, 2, 2), rescale_mlp),
-                                                (cnn, (2, 8, 8), rescale_cnn_channel)])
-def test_rescaling_invariances(make, shape, rescale):
-    model, x = make(), inputs(shape)
-    if make is cnn:  # a non-zero bias, so that the bias share of S scales too
+@pytest.mark.parametrize("problem,rescale", [(MLP, rescale_mlp), (CNN, rescale_cnn_channel)], ids=str)
+def test_rescaling_invariances(problem, rescale):
+    model, _, x, _ = problem.make()
+    if problem is CNN:  # a non-zero bias, so that the bias share of S scales too
         with torch.no_grad():
             model.conv1.bias.uniform_(-0.1, 0.1)
     scales = (0.5, 1.0, 2.0, 3.0)
@@ -168,33 +152,27 @@ def test_rescaling_invariances(make, shape, rescale):
     assert coef @ [1 / scales[3] ** 2, scales[3] ** 2, 1] == pytest.approx(s[3], rel=1e-10)
 
 
-def half_sq_loss(out, y):
-    return 0.5 * ((out - y) ** 2).sum() / out.shape[0]
-
-
 def test_hessian_trace_against_dense_hessian():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
-    x, y = torch.randn(6, 3, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64)
+    model, half_sq_loss, x, y = problems.TANH_MLP_REGRESSION.make()
     exact = dense_hessian_trace(model, half_sq_loss, x, y)
     est, se = hessian_trace(model, half_sq_loss, x, y, probes=400, generator=torch.Generator().manual_seed(0))
     assert se > 0 and abs(est - exact) <= 4 * se, (est, exact, se)
     again = hessian_trace(model, half_sq_loss, x, y, probes=400, generator=torch.Generator().manual_seed(0))
-    assert again == (est, se)
+    assert tuple(again) == (est, se)
     # at an interpolation point Tr H of the loss 1/2 ||f - y||^2 (mean over samples) is the sharpness
     y_fit = model(x).detach()
     exact_fit = dense_hessian_trace(model, half_sq_loss, x, y_fit)
     assert compute_metrics(model, x, dtype=torch.float64)["sharpness"] == pytest.approx(exact_fit, rel=1e-10)
     assert all(p.grad is None for p in model.parameters())
     # a loss linear in the parameters (H = 0, gradients that do not require grad) and an unused parameter
-    lin = nn.Sequential(nn.Linear(3, 2)).double()
+    lin = problems.mlp(torch.float64, (3,), 2, flatten=False)
     lin.register_parameter("unused", nn.Parameter(torch.zeros(2, dtype=torch.float64)))
     est, se = hessian_trace(lin, lambda out, y: out.sum(), x, y, probes=3)
     assert (est, se) == (0.0, 0.0)
 
 
 def test_chunk_size_and_backward_modes_do_not_change_results(monkeypatch):
-    model, x = cnn(), inputs((2, 8, 8), n=7)
+    model, _, x, _ = CNN.variant(n=7).make()
     base = compute_metrics(model, x, dtype=torch.float64, per_sample=True)
     runs = [compute_metrics(model, x, dtype=torch.float64, chunk_size=c, per_sample=True) for c in (1, 3, 100)]
     for mode, cot in (("vmap", 3), ("replicate", 3), ("replicate", 16)):
@@ -208,14 +186,14 @@ def test_chunk_size_and_backward_modes_do_not_change_results(monkeypatch):
 
 
 def test_per_sample_values_average_to_the_aggregates():
-    x = inputs((3, 2, 2), n=9)
-    res = compute_metrics(mlp(), x, dtype=torch.float64, per_sample=True)
+    model, _, x, _ = MLP.variant(n=9).make()
+    res = compute_metrics(model, x, dtype=torch.float64, per_sample=True)
     per = res["per_sample"]
     assert all(len(v) == 9 for v in per.values())
     for name in ("sharpness", *GEOMETRY):
         assert np.mean(per[name]) == pytest.approx(res[name], rel=1e-12)
     np.testing.assert_allclose(per["x_norm"], x.double().flatten(1).norm(dim=1).numpy(), rtol=1e-12)
-    w2 = float(torch.linalg.matrix_norm(mlp().fc1.weight.detach().double(), 2))
+    w2 = float(torch.linalg.matrix_norm(MLP.model().fc1.weight.detach().double(), 2))
     inv_x = np.sqrt(np.mean(per["x_norm"] ** -2.0))
     assert res["bound_b"] == pytest.approx(w2 * np.mean(per["grad_W_norm"] / per["x_norm"]), rel=1e-10)
     assert res["bound_c"] == pytest.approx(w2 * inv_x * np.sqrt(np.mean(per["grad_W_norm"] ** 2)), rel=1e-10)
@@ -224,12 +202,11 @@ def test_per_sample_values_average_to_the_aggregates():
 
 
 def test_model_and_inputs_are_left_untouched():
-    model = mlp()
+    model, _, x, _ = MLP.make()
     model.fc2.requires_grad_(False)
     model.train()
     model.fc1.weight.grad = torch.ones_like(model.fc1.weight)
     before = copy.deepcopy(model.state_dict())
-    x = inputs((3, 2, 2))
     x_before = x.clone()
     for dtype in (torch.float32, torch.float64):
         compute_metrics(model, x, dtype=dtype, layer="relu2", per_sample=True)
@@ -246,9 +223,7 @@ def test_model_and_inputs_are_left_untouched():
 
 
 def test_zero_eigenvalues_give_minus_infinity():
-    torch.manual_seed(0)
-    wide = nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 5)).double()  # rank J_i = 2 < N = 5
-    x = torch.randn(3, 2, dtype=torch.float64)
+    wide, _, x, _ = problems.TANH_MLP_RANK_DEFICIENT.make()  # rank J_i = 2 < N = 5
     for dtype in (torch.float64, torch.float32):
         res = compute_metrics(wide, x, dtype=dtype, per_sample=True)
         assert res["log_volume"] == -math.inf and (res["per_sample"]["log_volume"] == -math.inf).all()
@@ -259,13 +234,14 @@ def test_zero_eigenvalues_give_minus_infinity():
     for name in ("G", "mls", "local_dim"):  # N > M: the engine diagonalises J^T J instead of J J^T
         assert top2[name] == pytest.approx(ref[name], rel=1e-10)
     # a ReLU representation: inactive units are exact zero rows of J_i, hence zero eigenvalues
-    relu = compute_metrics(mlp(), inputs((3, 2, 2)), layer="relu2", per_sample=True)
+    case = MLP.make()
+    relu = compute_metrics(case.model, case.x, layer="relu2", per_sample=True)
     assert relu["log_volume"] == -math.inf
     # a locally constant representation (J_i = 0): mls = local_dim = 0, log_volume = -inf
-    dead = mlp()
+    dead, _, x, _ = MLP.make()
     with torch.no_grad():
         dead.fc2.bias.fill_(-100.0)
-    res = compute_metrics(dead, inputs((3, 2, 2)), dtype=torch.float64)
+    res = compute_metrics(dead, x, dtype=torch.float64)
     assert (res["G"], res["mls"], res["local_dim"], res["log_volume"]) == (0, 0, 0, -math.inf)
 
 
@@ -321,17 +297,17 @@ def zoo():
 
 
 def test_parameters_shared_between_modules_are_refused():
-    model = mlp(d_in=12, width=12)
+    model, _, x, _ = MLP.variant(widths=(12, 12)).make()
     model.fc2.weight = model.fc1.weight
     with pytest.raises(NotImplementedError, match="owned by two modules"):
-        compute_metrics(model, inputs((3, 2, 2)))
+        compute_metrics(model, x)
 
 
 @pytest.mark.parametrize("strategy", [None, "gram", "materialise"])
 def test_layer_zoo_against_reference(strategy, monkeypatch):
     monkeypatch.setattr(layers, "FORCE_STRATEGY", strategy)
     for name, (model, shape) in zoo().items():
-        x = inputs(shape, n=4)
+        x = problems.inputs(4, shape, uniform=True, offset=0.1, generator=torch.Generator().manual_seed(1))
         model(x)  # materialise lazy layers
         model.eval()
         ref = reference_metrics(model, x)
@@ -353,7 +329,7 @@ def test_vgg10_and_mlp4_smoke():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_matches_cpu():
-    model, x = cnn(), inputs((2, 8, 8))
+    model, _, x, _ = CNN.make()
     cpu = compute_metrics(model, x, dtype=torch.float64)
     gpu = compute_metrics(copy.deepcopy(model).cuda(), x, dtype=torch.float64)
     for name in ("sharpness", *GEOMETRY):

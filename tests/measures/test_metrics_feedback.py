@@ -8,25 +8,22 @@ import warnings
 
 import pytest
 import torch
-from torch import nn
 
 from sharpcomp.measures.study import metrics
 from sharpcomp.measures.study.metrics import compute_metrics
-
-
-def _net(n_out: int, d_in: int = 6) -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(d_in, 8), nn.ReLU(), nn.Linear(8, n_out))
+from tests.problems import MLP_N_OUTPUTS
 
 
 def test_large_n_warns_with_the_cost(monkeypatch):
     monkeypatch.setattr(metrics, "LARGE_OUTPUTS", 4)
     with pytest.warns(RuntimeWarning, match=r"N = 5 outputs of the network: 15 backward passes over 3 samples, "
                                              r"about \d+ s"):
-        compute_metrics(_net(5), torch.rand(3, 6), chunk_size=1, log_volume_rank=2)
+        model, _, x, _ = MLP_N_OUTPUTS.variant(outputs=5).make()
+        compute_metrics(model, x, chunk_size=1, log_volume_rank=2)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        compute_metrics(_net(4), torch.rand(3, 6), log_volume_rank=2)  # N at the threshold: no warning
+        model, _, x, _ = MLP_N_OUTPUTS.variant(outputs=4).make()
+        compute_metrics(model, x, log_volume_rank=2)  # N at the threshold: no warning
 
 
 def test_progress_counts_every_backward_pass(monkeypatch):
@@ -43,13 +40,14 @@ def test_progress_counts_every_backward_pass(monkeypatch):
             seen.append("closed")
 
     monkeypatch.setattr(metrics, "tqdm", Bar)
-    compute_metrics(_net(3), torch.rand(5, 6), chunk_size=2)
+    model, _, x, _ = MLP_N_OUTPUTS.variant(outputs=3, n=5).make()
+    compute_metrics(model, x, chunk_size=2)
     assert seen[0] == ["total", 9, metrics.PROGRESS_AFTER] and sum(seen[1:-1]) == 9 and seen[-1] == "closed"
 
 
 def test_minus_infinite_log_volume_says_why():
     x = torch.rand(4, 6, dtype=torch.float64)
-    net = _net(8).double()
+    net = MLP_N_OUTPUTS.variant(outputs=8).model(torch.float64)
     ranks = [int(torch.linalg.matrix_rank(torch.autograd.functional.jacobian(lambda v: net(v[None])[0], xi)))
              for xi in x]  # brute force: rank of J_i (8 x 6): at most M = 6, and the active hidden units
     text = f"{min(ranks)}" if min(ranks) == max(ranks) else f"{min(ranks)}..{max(ranks)}"

@@ -13,13 +13,14 @@ import pytest
 import torch
 from torch import nn
 
-from sharpcomp.measures import flatness
-from sharpcomp.measures.curvature import gradient_stats, quotient_trace
+from sharpcomp.measures import registry
+from sharpcomp.measures.curvature import fisher_trace, quotient_trace
+from sharpcomp.measures.curvature.quotient_trace import hessian_trace
 from sharpcomp.measures.linalg.precision import exact_float32, tf32_settings
 from sharpcomp.measures.perturbation import worst_case
-from sharpcomp.measures.study.metrics import compute_metrics, hessian_trace
+from sharpcomp.measures.study.metrics import compute_metrics
 from sharpcomp.measures.study.stacked import compute_metrics_stacked
-from tests.reference import mse
+from tests.problems import MLP_N_OUTPUTS, mse
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -27,11 +28,11 @@ OFF_LEGACY = {"matmul": "highest", "cudnn": False}
 
 
 class Spy(nn.Sequential):
-    """A small MLP that records the TF32 settings in force at each forward pass (and can raise)."""
+    """A small MLP (mlp_n_outputs, N = 3) that records the TF32 settings in force at each forward pass (and
+    can raise)."""
 
     def __init__(self, fail: bool = False):
-        torch.manual_seed(0)
-        super().__init__(nn.Flatten(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+        super().__init__(*MLP_N_OUTPUTS.variant(outputs=3).model())
         self.seen, self.fail = [], fail
 
     def forward(self, x):
@@ -63,9 +64,9 @@ def _measures():
         "hessian_trace": lambda m: hessian_trace(m, mse, x, y, probes=2, generator=gen),
         "hutchinson_traces": lambda m: quotient_trace.hutchinson_traces(m, mse, x, y, probes=2, generator=gen),
         "worst_case_sharpness": lambda m: worst_case.worst_case_sharpness(m, mse, [(x, y)], rho=0.01, steps=1),
-        "fisher_trace": lambda m: gradient_stats.fisher_trace(m, mse, x, y),
-        "extra_metrics": lambda m: flatness.extra_metrics(m, mse, x, y, {"disagreement": {"batches": 2,
-                                                                                           "batch_size": 2}}, gen),
+        "fisher_trace": lambda m: fisher_trace.fisher_trace(m, mse, x, y),
+        "compute_measures": lambda m: registry.compute_measures(m, mse, x, y, {"grad_disagreement": {
+            "batches": 2, "batch_size": 2}}, gen),
     }
 
 

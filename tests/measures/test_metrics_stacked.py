@@ -16,6 +16,7 @@ from torch import nn
 from sharpcomp.measures.study.metrics import METRIC_NAMES, compute_metrics
 from sharpcomp.measures.study.stacked import compute_metrics_stacked, stacked_supported
 from sharpcomp.models import ACTIVATION_BUDGET, build_model, samples_per_chunk
+from tests.problems import RESIDUAL_MLP
 from tests.reference import reference_metrics
 
 PER_SAMPLE = ("sharpness", "G", "log_volume", "mls", "local_dim", "grad_W_norm", "x_norm")
@@ -124,18 +125,8 @@ def test_members_are_independent():
     assert_same(pair[1], trio[0], 1e-12)
 
 
-class Residual(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(6, 6), nn.Linear(6, 3)
-
-    def forward(self, x):
-        return self.fc2(torch.relu(self.fc1(x)) + x)
-
-
 def test_fallback_for_other_networks():
-    torch.manual_seed(0)
-    res_nets = [Residual().eval() for _ in range(2)]
+    res_nets = RESIDUAL_MLP.members(2)
     xs = [torch.rand(3, 6), torch.rand(2, 6)]
     assert "Sequential" in stacked_supported(res_nets)
     for res, m, x in zip(compute_metrics_stacked(res_nets, xs, dtype=torch.float64), res_nets, xs):

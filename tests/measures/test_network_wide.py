@@ -16,21 +16,11 @@ from sharpcomp.measures.study.metrics import compute_metrics
 from sharpcomp.measures.study.network_wide import add_network_wide, network_wide
 from sharpcomp.models import vgg10
 from sharpcomp.results.columns import NETWORK_WIDE_COLUMNS
+from tests import problems
 from tests.reference import dense_linear_map, reference_network_wide
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def mlp() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(12, 9), nn.ReLU(), nn.Linear(9, 7), nn.Tanh(),
-                         nn.Linear(7, 4)).eval()
-
-
-def cnn() -> nn.Module:
-    torch.manual_seed(1)
-    return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, stride=2), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=2, groups=2),
-                         nn.Tanh(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 3 * 3, 3)).eval()
+MLP, CNN = problems.MLP_RELU_TANH, problems.CNN_STRIDED_GROUPED  # float32, eval mode
 
 
 @pytest.mark.parametrize("conv,shape", [
@@ -51,10 +41,9 @@ def test_conv_operator_norm_is_the_dense_matrix_norm(conv, shape):
     assert frobenius_stand_in(conv, tuple(out)) >= exact * (1 - 1e-12)  # the authors' stand-in is an upper bound
 
 
-@pytest.mark.parametrize("build,shape", [(mlp, (12,)), (cnn, (2, 8, 8))])
-def test_network_wide_matches_brute_force(build, shape):
-    model = build()
-    x = torch.randn(5, *shape, generator=torch.Generator().manual_seed(3))
+@pytest.mark.parametrize("problem", [MLP, CNN], ids=str)
+def test_network_wide_matches_brute_force(problem):
+    model, _, x, _ = problem.make()
     ref = reference_network_wide(model, x)
     res = compute_metrics(model, x, dtype=torch.float64)
     assert res["sharpness"] == pytest.approx(ref["sharpness"], rel=1e-10)
@@ -65,21 +54,14 @@ def test_network_wide_matches_brute_force(build, shape):
     assert set(NETWORK_WIDE_COLUMNS) <= set(res)
 
 
-def inplace_cnn() -> nn.Module:
-    torch.manual_seed(5)
-    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2), nn.Conv2d(3, 4, 3),
-                         nn.ReLU(), nn.Flatten(), nn.Linear(16, 3)).eval()
-
-
-@pytest.mark.parametrize("build,shape,chunk", [(mlp, (12,), None), (mlp, (12,), 2), (cnn, (2, 8, 8), None),
-                                               (inplace_cnn, (2, 8, 8), 3)])
-def test_the_metric_engines_passes_give_the_network_wide_columns(build, shape, chunk):
+@pytest.mark.parametrize("problem,chunk", [(MLP, None), (MLP, 2), (CNN, None), (problems.CNN_INPLACE_RELU, 3)],
+                         ids=str)
+def test_the_metric_engines_passes_give_the_network_wide_columns(problem, chunk):
     """compute_metrics(network_wide=True) gathers them in its own passes: equal to the brute force and to
     network_wide's separate passes (chunked, and with an in-place ReLU after a convolution)."""
-    model = build()
-    x = torch.randn(5, *shape, generator=torch.Generator().manual_seed(3))
+    model, _, x, _ = problem.make()
     # the brute force cannot differentiate through an in-place ReLU; the separate passes can
-    ref = None if build is inplace_cnn else reference_network_wide(model, x)
+    ref = None if problem is problems.CNN_INPLACE_RELU else reference_network_wide(model, x)
     shared = compute_metrics(model, x, dtype=torch.float64, chunk_size=chunk, network_wide=True)
     apart = add_network_wide(compute_metrics(model, x, dtype=torch.float64), model, x, dtype=torch.float64)
     for key in ("nmls", "nvr", "nmls_bound_b", "nmls_bound_w", "nmls_bound", "nmls_bound_authors",
@@ -92,7 +74,7 @@ def test_the_metric_engines_passes_give_the_network_wide_columns(build, shape, c
 
 
 def test_a_frozen_layer_or_a_middle_layer_falls_back():
-    model = mlp().double()
+    model = MLP.model(torch.float64)
     model[1].weight.requires_grad_(False)  # the engine's pass has no weight gradient there: separate passes
     x = torch.randn(5, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
     shared = compute_metrics(model, x, dtype=torch.float64, network_wide=True)
@@ -104,7 +86,7 @@ def test_a_frozen_layer_or_a_middle_layer_falls_back():
 
 
 def test_float32_agrees_with_float64():
-    model, x = cnn(), torch.randn(6, 2, 8, 8, generator=torch.Generator().manual_seed(4))
+    model, x = CNN.model(), torch.randn(6, 2, 8, 8, generator=torch.Generator().manual_seed(4))
     r32 = network_wide(model, x, sharpness=1.0)
     r64 = network_wide(model, x, sharpness=1.0, dtype=torch.float64)
     for key in ("nmls", "nmls_bound_b", "nmls_bound"):
@@ -141,9 +123,9 @@ def train(model: nn.Module, x: torch.Tensor, steps: int = 150) -> nn.Module:
 @pytest.mark.parametrize("trained", [False, True])
 def test_bound_chain_on_random_and_trained_networks(trained):
     gen = torch.Generator().manual_seed(5)
-    for build, shape, proven in ((mlp, (12,), True), (cnn, (2, 8, 8), False)):
-        model = build()
-        x = torch.randn(16, *shape, generator=gen)
+    for problem, proven in ((MLP, True), (CNN, False)):
+        model = problem.model()
+        x = torch.randn(16, *problem.shape, generator=gen)
         if trained:
             model = train(model, x)
         res = add_network_wide(compute_metrics(model, x), model, x)
@@ -158,7 +140,7 @@ def test_vgg10_gets_convolutional_first_layer_bounds():
     assert res["mls"] <= res["bound_b_conv"] * (1 + 1e-6)
     assert res["bound_b_conv"] <= res["bound_c_conv"] * (1 + 1e-9)
     chain_holds(res, proven_s_form=False)
-    mlp_res = add_network_wide(compute_metrics(mlp(), x[:, 0, 0, :12]), mlp(), x[:, 0, 0, :12])
+    mlp_res = add_network_wide(compute_metrics(MLP.model(), x[:, 0, 0, :12]), MLP.model(), x[:, 0, 0, :12])
     assert math.isnan(mlp_res["bound_b_conv"])  # a Linear first layer keeps the study's bounds
 
 
@@ -181,7 +163,7 @@ def test_weight_sharing_breaks_the_s_form_for_a_single_layer():
 
 
 def test_middle_layer_representation_and_no_layers():
-    model, x = mlp(), torch.randn(3, 12)
+    model, x = MLP.model(), torch.randn(3, 12)
     res = add_network_wide(compute_metrics(model, x, layer="3"), model, x, layer="3")
     assert all(math.isnan(res[c]) for c in NETWORK_WIDE_COLUMNS) and res["network_wide_reason"]
     flat = network_wide(nn.Sequential(nn.Tanh()), x)

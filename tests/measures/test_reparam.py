@@ -4,9 +4,10 @@ the table and the ``sharpcomp reparam`` command."""
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from types import SimpleNamespace
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -15,7 +16,8 @@ from torch.func import functional_call
 from sharpcomp.commands import reparam as reparam_command
 from sharpcomp.measures.study.metrics import compute_metrics
 from sharpcomp.measures.symmetry.reparam import reparam_table, rescale_unit
-from tests.reference import mse
+from tests import problems
+from tests.problems import mse
 
 DT = torch.float64
 
@@ -23,28 +25,10 @@ DT = torch.float64
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def tiny_mlp(seed=0):
-    torch.manual_seed(seed)
-    m = nn.Sequential(OrderedDict(
-        flatten=nn.Flatten(), fc1=nn.Linear(6, 5), relu1=nn.ReLU(), fc2=nn.Linear(5, 4), relu2=nn.ReLU(),
-        fc3=nn.Linear(4, 3))).to(DT)
-    return m, torch.randn(7, 6, dtype=DT), torch.randint(0, 3, (7,))
+MLP, CNN = problems.MLP_3_CLASSES, problems.CNN_MAXPOOL_3_CLASSES
 
 
-def tiny_cnn(seed=0):
-    torch.manual_seed(seed)
-    m = nn.Sequential(OrderedDict(
-        conv1=nn.Conv2d(1, 2, 3, padding=1), relu1=nn.ReLU(), pool1=nn.MaxPool2d(2),
-        conv2=nn.Conv2d(2, 3, 3, padding=1), relu2=nn.ReLU(), pool2=nn.MaxPool2d(2),
-        flatten=nn.Flatten(), fc1=nn.Linear(12, 4), relu3=nn.ReLU(), fc2=nn.Linear(4, 3))).to(DT)
-    with torch.no_grad():
-        for mod in m:
-            if isinstance(mod, (nn.Linear, nn.Conv2d)):
-                mod.bias.normal_(0, 0.3)
-    return m, torch.randn(6, 1, 8, 8, dtype=DT), torch.randint(0, 3, (6,))
-
-
-CASES = [(tiny_mlp, "fc1"), (tiny_mlp, "fc2"), (tiny_cnn, "conv1"), (tiny_cnn, "conv2"), (tiny_cnn, "fc1")]
+CASES = [(MLP, "fc1"), (MLP, "fc2"), (CNN, "conv1"), (CNN, "conv2"), (CNN, "fc1")]
 
 
 def input_jacobians(model, x):
@@ -52,9 +36,9 @@ def input_jacobians(model, x):
                         for xi in x])
 
 
-@pytest.mark.parametrize("make,layer", CASES)
-def test_rescaling_keeps_f_and_the_representation_metrics(make, layer):
-    model, x, _ = make()
+@pytest.mark.parametrize("problem,layer", CASES, ids=str)
+def test_rescaling_keeps_f_and_the_representation_metrics(problem, layer):
+    model, _, x, _ = problem.make()
     f0, j0 = model(x).detach(), input_jacobians(model, x)
     m0 = compute_metrics(model, x, dtype=DT)
     moved = rescale_unit(model, layer, 7.0, copy_model=True)
@@ -105,10 +89,10 @@ def param_jacobian_parts(model, x, layer, units=None):
     return float(sq[mi].sum()), float(sq[mo].sum()), float(sq[~mi & ~mo].sum())
 
 
-@pytest.mark.parametrize("make,layer,units", [(tiny_mlp, "fc2", None), (tiny_cnn, "conv2", [0, 2]),
-                                              (tiny_cnn, "fc1", None)])
-def test_sharpness_follows_the_reparametrisation_law(make, layer, units):
-    model, x, _ = make()
+@pytest.mark.parametrize("problem,layer,units", [(MLP, "fc2", None), (CNN, "conv2", [0, 2]), (CNN, "fc1", None)],
+                         ids=str)
+def test_sharpness_follows_the_reparametrisation_law(problem, layer, units):
+    model, _, x, _ = problem.make()
     a, b, c = param_jacobian_parts(model, x, layer, units)
     assert a > 0 and b > 0
     assert compute_metrics(model, x, dtype=DT)["sharpness"] == pytest.approx(a + b + c, rel=1e-10)
@@ -118,7 +102,7 @@ def test_sharpness_follows_the_reparametrisation_law(make, layer, units):
 
 
 def test_rescale_unit_rejects_bad_input():
-    model, _, _ = tiny_cnn()
+    model = CNN.make().model
     with pytest.raises(ValueError, match="unknown layer 'fc9'.*conv1, conv2, fc1"):
         rescale_unit(model, "fc9", 2.0)
     with pytest.raises(ValueError, match="no rescaling symmetry"):
@@ -131,13 +115,13 @@ def test_rescale_unit_rejects_bad_input():
 
 
 def test_reparam_table_marks_what_moved():
-    model, x, y = tiny_cnn()
+    model, _, x, y = CNN.make()
     model = model.float()  # the table works on a float64 copy of whatever it gets
     before = {k: v.clone() for k, v in model.state_dict().items()}
     df = reparam_table(model, x.float(), y, mse, "conv2", 10.0, probes=4)
-    assert list(df.columns) == ["before", "after", "rel_change", "moved"]
-    invariant = ["output_change", "loss", "G", "log_volume", "mls", "local_dim", "sharpness_adaptive"]
-    moving = ["sharpness", "hessian_trace", "quotient_trace", "sharpness_worst", "fisher_trace", "grad_disagreement",
+    assert list(df.columns) == ["before", "after", "rel_change", "moved", "expected"]
+    invariant = ["output_change", "loss", "G", "log_volume", "mls", "local_dim", "worst_case_adaptive"]
+    moving = ["sharpness", "hessian_trace", "quotient_trace", "worst_case", "fisher_trace", "grad_disagreement",
               "hessian_max", "ggn_max", "batch_sharpness", "nonuniformity"]
     assert not df.loc[invariant, "moved"].any(), df
     assert df.loc[moving, "moved"].all(), df
@@ -147,6 +131,9 @@ def test_reparam_table_marks_what_moved():
     # conv1 acts on the raw input: its Eq. 28 analogues are rows, finite, and a deeper rescaling leaves them
     assert df.loc[["bound_b_conv", "bound_c_conv"], "before"].notna().all(), df
     assert not df.loc[["bound_b_conv", "bound_c_conv"], "moved"].any(), df
+    # every row as its measure's declaration expects
+    defined = df[np.isfinite(df["before"].astype(float))]
+    assert (defined["moved"] == (defined["expected"] == "moves")).all(), defined
     assert df.loc["sharpness", "rel_change"] == pytest.approx(
         (df.loc["sharpness", "after"] - df.loc["sharpness", "before"]) / df.loc["sharpness", "before"])
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
@@ -158,7 +145,7 @@ def test_reparam_table_marks_what_moved():
 
 @pytest.fixture
 def fake_run(tmp_path, monkeypatch):
-    model, x, y = tiny_mlp()
+    model, _, x, y = MLP.make()
     cfg = {"model": {"name": "tiny", "width": 1.0, "outputs": 3}, "metrics": {"n": 7, "log_volume_rank": None}}
 
     def load_run(run_dir, target=None):
@@ -188,8 +175,8 @@ def test_main_n_takes_the_first_sample_points_and_shows_progress(fake_run, capsy
     captured = capsys.readouterr()
     assert ", 3 train sample points, float64" in captured.out
     stages = [line for line in captured.err.splitlines() if line.startswith("sharpcomp reparam: [")]
-    assert any(line.endswith("before: the study's metrics") for line in stages)
-    assert any(line.endswith("after: curvature spectrum") for line in stages)
+    assert any(line.endswith("before: metrics") for line in stages)
+    assert any(line.endswith("after: hessian_max") for line in stages)
 
 
 @pytest.mark.parametrize("args,msg", [
@@ -227,30 +214,29 @@ def test_main_accepts_hydra_run_folders_with_equals_signs(fake_run, tmp_path, ca
 
 
 def test_column_names_come_from_one_schema():
-    """reparam's rows, the flatness measures' columns and the metric names are sharpcomp.results.columns' names."""
-    from sharpcomp.measures import flatness
+    """reparam's rows, the measures' columns and the metric names are the declarations' names."""
+    from sharpcomp.measures import registry
     from sharpcomp.measures.study import metrics
     from sharpcomp.results import columns, records
 
     assert metrics.METRIC_NAMES == records.METRIC_COLUMNS == columns.METRIC_COLUMNS
     assert "settings" in columns.IDENTITY_COLUMNS
-    model, x, y = tiny_mlp()
+    model, _, x, y = MLP.make()
     df = reparam_table(model, x, y, mse, "fc1", 2.0, probes=2)
-    named = set(columns.METRIC_COLUMNS) | set(columns.FLATNESS_COLUMNS) | set(columns.NETWORK_WIDE_COLUMNS)
-    assert set(df.index) - {"output_change", "loss"} <= named
-    assert set(columns.METRIC_COLUMNS) <= set(df.index)
-    every = {key: {} for key in flatness.FLATNESS_DEFAULTS}  # every measure on, default settings
-    out = flatness.extra_metrics(model, mse, x, y, every, torch.Generator().manual_seed(0))
+    declared = {c: v for m in registry.measures().values() for c, v in m.reparam.items()}
+    assert set(df.index) - {"output_change", "loss"} == set(declared)
+    assert (df["expected"].drop(["output_change", "loss"]) == pd.Series(declared)).all()
+    every = dict.fromkeys(registry.switchable(), {})  # every measure on, default settings
+    out = registry.compute_measures(model, mse, x, y, every, torch.Generator().manual_seed(0))
     assert set(out) == set(columns.FLATNESS_COLUMNS)
     assert set(columns.FLATNESS_MEASURES) | set(columns.FLATNESS_SE.values()) <= set(out)
-    assert {f"{m}_rel" for m in columns.WORST_CASE_MEASURES} <= set(out)
 
 
 @pytest.mark.parametrize("units", [None, [0, 2]])
 def test_invariant_sharpness_does_not_move_while_s_and_nmls_do(units):
     """Rescaling every unit of a layer: S and NMLS move, sharpness_inv (sum_l ||W_l||^2 S_l) does not;
     rescaling some units only moves it too (it is invariant to layer-wise rescaling only)."""
-    model, x, y = tiny_mlp()
+    model, _, x, y = MLP.make()
     df = reparam_table(model, x, y, mse, "fc1", 3.0, units=units, probes=2)
     assert not df.loc["output_change", "moved"] and not df.loc["mls", "moved"]
     assert df.loc["sharpness", "moved"] and df.loc["nmls", "moved"]

@@ -16,21 +16,9 @@ from sharpcomp.measures.symmetry import orbits as symmetry
 from sharpcomp.measures.symmetry.graph import Group, TraceError, analyse
 from sharpcomp.models import build_model
 from tests.nets import SmallResNet
+from tests.problems import RESIDUAL
 
 DT = torch.float64
-
-
-def resnet(depth=2):
-    torch.manual_seed(0)
-    model = SmallResNet(num_outputs=3, input_shape=(2, 8, 8), width=3, depth=depth).to(DT)
-    with torch.no_grad():  # BatchNorm statistics and affine parameters away from 0 / 1
-        model.train()
-        model(torch.randn(32, 2, 8, 8, dtype=DT) * 2 + 0.5)
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.5, 0.5)
-    return model.eval()
 
 
 def rescaled(model, groups, gen):
@@ -52,7 +40,7 @@ def rescaled(model, groups, gen):
 
 
 def test_groups_of_a_residual_network():
-    groups, unknown = analyse(resnet(depth=2))
+    groups, unknown = analyse(RESIDUAL.model())
     assert unknown == []
     assert groups == [
         Group(3, ("stem.1", "blocks.0.bn2", "blocks.1.bn2"), (("blocks.0.conv1", 9), ("blocks.1.conv1", 9), ("fc", 4))),
@@ -61,7 +49,7 @@ def test_groups_of_a_residual_network():
     ]
 
 
-@pytest.mark.parametrize("make", [lambda: resnet(1), lambda: resnet(2),
+@pytest.mark.parametrize("make", [RESIDUAL.variant(depth=1).model, RESIDUAL.model,
                                   lambda: build_model("vgg10", width=0.25, seed=0).to(DT).eval()])
 def test_every_rescaling_found_leaves_f_unchanged(make):
     model = make()
@@ -81,7 +69,7 @@ def test_every_rescaling_found_leaves_f_unchanged(make):
 def test_a_convolution_before_batchnorm_is_not_rescalable_in_eval_mode():
     """The decision in the module docstring: scaling the stem convolution's channel (and dividing what reads
     the BatchNorm's output) changes f, because the running mean is not scaled with it."""
-    model = resnet(1)
+    model = RESIDUAL.variant(depth=1).model()
     x = torch.rand(4, 2, 8, 8, dtype=DT)
     fake = [Group(3, ("stem.0",), (("blocks.0.conv1", 9), ("fc", 4)))]
     with torch.no_grad():
@@ -90,7 +78,7 @@ def test_a_convolution_before_batchnorm_is_not_rescalable_in_eval_mode():
 
 
 def test_tangents_of_a_residual_network_are_annihilated_by_the_jacobian():
-    model = resnet(2)
+    model = RESIDUAL.model()
     x = torch.rand(3, 2, 8, 8, dtype=DT)
     V = symmetry.SymmetryTangents(model)
     assert V.r == 9

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from sharpcomp.measures.declaration import Column, Estimate, Measure, setting
 from sharpcomp.measures.linalg.param_space import Batch, LossFn, dot, preserved, to_device, trainable
 from sharpcomp.measures.linalg.precision import exact_float32
+from sharpcomp.measures.sample import Sample
 
 
 def rayleigh_along_gradient(model: nn.Module, loss_fn: LossFn, x, y) -> float:
@@ -42,8 +45,8 @@ def rayleigh_along_gradient(model: nn.Module, loss_fn: LossFn, x, y) -> float:
 
 
 @exact_float32()
-def batch_sharpness(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch]) -> tuple[float, float]:
-    """(mean over ``batches`` of g_B^T H_B g_B / ||g_B||^2, its standard error; nan with one batch).
+def batch_sharpness(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch]) -> Estimate:
+    """The mean over ``batches`` of g_B^T H_B g_B / ||g_B||^2, with its standard error (NaN with one batch).
     The model is left as it was."""
     if not batches:
         raise ValueError("batch_sharpness needs at least one minibatch")
@@ -51,4 +54,30 @@ def batch_sharpness(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch])
         vals = torch.tensor([rayleigh_along_gradient(model, loss_fn, x, y) for x, y in batches],
                             dtype=torch.float64)
     se = float(vals.std(unbiased=True) / math.sqrt(len(vals))) if len(vals) > 1 else float("nan")
-    return float(vals.mean()), se
+    return Estimate(float(vals.mean()), se=se, samples=len(vals))
+
+
+# ---------------------------------------------------------------------------------------------------
+# the declaration
+
+
+@dataclass(frozen=True)
+class Settings:
+    """``metrics.flatness.batch_sharpness``."""
+
+    batches: int = setting(16, above=0, doc="disjoint minibatches of the training set")
+    batch_size: int = setting(None, kind=int, above=0, doc="their size (null: the run's batch size)")
+
+
+def compute(sample: Sample, s: Settings) -> dict[str, float]:
+    """The batch sharpness over ``s.batches`` minibatches and its standard error."""
+    r = batch_sharpness(sample.model, sample.loss_fn, sample.batches(s.batches, s.batch_size))
+    return {"batch_sharpness": r.value, "batch_sharpness_se": r.se}
+
+
+MEASURE = Measure(
+    function=batch_sharpness,
+    name="batch_sharpness", family="curvature", stochastic=True, settings=Settings, compute=compute,
+    summary="batch sharpness: the mean over minibatches of g_B^T H_B g_B / ||g_B||^2",
+    columns=(Column("batch_sharpness"), Column("batch_sharpness_se", role="se", of="batch_sharpness")),
+    reparam={"batch_sharpness": "moves"}, reparam_settings={"batches": 5})

@@ -17,15 +17,18 @@ Parameter-space conventions: :mod:`sharpcomp.measures.linalg.param_space`.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from scipy.sparse.linalg import LinearOperator, eigsh
 from torch import Tensor, nn
 
+from sharpcomp.measures.declaration import Column, Measure, Result, setting
 from sharpcomp.measures.linalg.hutchinson import hutchinson
 from sharpcomp.measures.linalg.param_space import Batch, LossFn, flat, preserved, to_device, trainable
 from sharpcomp.measures.linalg.precision import exact_float32
+from sharpcomp.measures.sample import Sample
 
 KINDS = ("lambda_max", "trace")
 
@@ -65,8 +68,8 @@ def lambda_max(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, tol: flo
 
 @exact_float32()
 def contrastive_flatness(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], kind: str = "lambda_max",
-                         probes: int = 20, generator: torch.Generator | None = None) -> dict:
-    """{"value": the mean ratio, "full": phi(H), "per_batch": [phi(H_B)]}; the model is left as it was."""
+                         probes: int = 20, generator: torch.Generator | None = None) -> Result:
+    """The mean ratio; details ``full`` (phi(H)) and ``per_batch`` ([phi(H_B)]). The model is left as it was."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if not batches:
@@ -86,4 +89,33 @@ def contrastive_flatness(model: nn.Module, loss_fn: LossFn, batches: Sequence[Ba
 
         full = phi(x_all, y_all)
         per = [phi(x, y) for x, y in data]
-    return {"value": float(np.mean(per)) / full if full != 0 else float("nan"), "full": full, "per_batch": per}
+    return Result(float(np.mean(per)) / full if full != 0 else float("nan"), {"full": full, "per_batch": per})
+
+
+# ---------------------------------------------------------------------------------------------------
+# the declaration
+
+
+@dataclass(frozen=True)
+class Settings:
+    """``metrics.flatness.contrastive``."""
+
+    kind: str = setting("lambda_max", choices=KINDS, doc="phi: lambda_max or trace (Hutchinson)")
+    batches: int = setting(4, above=0, doc="disjoint minibatches of the training set")
+    batch_size: int = setting(64, above=0, doc="their size")
+    probes: int = setting(20, above=0, doc="Hutchinson probes (kind trace)")
+
+
+def compute(sample: Sample, s: Settings) -> dict[str, float]:
+    """The contrastive ratio over ``s.batches`` minibatches, and phi of the whole loss."""
+    batches = sample.batches(s.batches, s.batch_size)
+    r = contrastive_flatness(sample.model, sample.loss_fn, batches, s.kind, s.probes, sample.generator)
+    return {"contrastive": r.value, "contrastive_full": r.details["full"]}
+
+
+MEASURE = Measure(
+    function=contrastive_flatness,
+    name="contrastive", family="curvature", settings=Settings, compute=compute,
+    summary="contrastive flatness: mean over minibatches of phi(H_B) / phi(H) (phi: lambda_max or trace)",
+    columns=(Column("contrastive"), Column("contrastive_full", role="diagnostic", of="contrastive")),
+    reparam={"contrastive": "moves"}, reparam_settings={"batches": 5})

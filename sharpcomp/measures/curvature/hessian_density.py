@@ -25,11 +25,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from sharpcomp.measures.declaration import Column, Measure, setting
 from sharpcomp.measures.linalg.hutchinson import rademacher
 from sharpcomp.measures.linalg.lanczos import lanczos
 from sharpcomp.measures.linalg.matvec import dimension, hessian_matvec
 from sharpcomp.measures.linalg.param_space import LossFn, preserved, trainable
 from sharpcomp.measures.linalg.precision import exact_float32
+from sharpcomp.measures.sample import Sample
 from sharpcomp.results.density_bins import DENSITY_EDGES
 
 
@@ -77,3 +79,31 @@ def hessian_density(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets: 
     m1 = np.array([float(w @ t) for t, w in zip(nodes, weights)])
     m2 = np.array([float(w @ t ** 2) for t, w in zip(nodes, weights)])
     return Density(masses, nodes, weights, *_stats(m1), *_stats(m2))
+
+
+# ---------------------------------------------------------------------------------------------------
+# the declaration
+
+
+@dataclass(frozen=True)
+class Settings:
+    """``metrics.flatness.hessian_density``."""
+
+    n: int = setting(256, above=0, doc="fixed training points (the same at every checkpoint)")
+    probes: int = setting(2, above=0, doc="start vectors")
+    steps: int = setting(40, above=0, doc="Lanczos steps per start vector")
+    chunk_size: int = setting(None, kind=int, above=0, doc="points per Hessian-vector product (memory)")
+
+
+def compute(sample: Sample, s: Settings) -> dict:
+    """The density's bin masses on :data:`DENSITY_EDGES`, on ``s.n`` fixed points."""
+    d = hessian_density(sample.model, sample.loss_fn, *sample.fixed(s.n), probes=s.probes, steps=s.steps,
+                        generator=sample.generator, chunk_size=s.chunk_size)
+    return {"hessian_density": [float(v) for v in d.masses]}
+
+
+MEASURE = Measure(
+    function=hessian_density,
+    name="hessian_density", family="curvature", settings=Settings, compute=compute, stochastic=True,
+    summary="the Hessian's spectral density by stochastic Lanczos quadrature, as bin masses on a fixed grid",
+    columns=(Column("hessian_density", kind="list", doc="masses of the bins of DENSITY_EDGES"),))

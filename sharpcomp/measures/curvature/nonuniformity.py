@@ -16,14 +16,17 @@ per Lanczos step. (The study's authors compute the same quantity by power iterat
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from sharpcomp.measures.declaration import Column, Measure, setting
 from sharpcomp.measures.linalg.lanczos import TopEigen, top_eigenvalues
 from sharpcomp.measures.linalg.matvec import dimension, per_sample_gradients, sample_hvp
 from sharpcomp.measures.linalg.param_space import LossFn, preserved, trainable
 from sharpcomp.measures.linalg.precision import exact_float32
+from sharpcomp.measures.sample import Sample
 
 
 def variance_matvec(model: nn.Module, grads: list):
@@ -54,3 +57,32 @@ def nonuniformity_top(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets
 def nonuniformity(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets: Tensor, **kwargs) -> float:
     """sqrt(lambda_max((1/n) sum_i H_i^2 - H^2)) over the samples ``inputs`` (see :func:`nonuniformity_top`)."""
     return math.sqrt(max(nonuniformity_top(model, loss_fn, inputs, targets, **kwargs).values[0], 0.0))
+
+
+# ---------------------------------------------------------------------------------------------------
+# the declaration
+
+
+@dataclass(frozen=True)
+class Settings:
+    """``metrics.flatness.nonuniformity``."""
+
+    n: int = setting(32, above=0, doc="fixed training points (per-sample gradients are kept)")
+    tol: float = setting(1e-2, above=0, doc="relative residual to stop at")
+    max_iter: int = setting(30, above=0, doc="at most this many Lanczos steps")
+
+
+def compute(sample: Sample, s: Settings) -> dict:
+    """The non-uniformity and its Lanczos iteration count on ``s.n`` fixed points."""
+    r = nonuniformity_top(sample.model, sample.loss_fn, *sample.fixed(s.n), tol=s.tol, max_iter=s.max_iter,
+                          generator=sample.generator)
+    return {"nonuniformity": math.sqrt(max(r.values[0], 0.0)), "nonuniformity_iterations": r.iterations}
+
+
+MEASURE = Measure(
+    function=nonuniformity,
+    name="nonuniformity", family="curvature", settings=Settings, compute=compute,
+    summary="non-uniformity sqrt(lambda_max(mean_i H_i^2 - H^2)), the spread of the per-sample Hessians",
+    columns=(Column("nonuniformity"),
+             Column("nonuniformity_iterations", kind="int", role="diagnostic", of="nonuniformity")),
+    reparam={"nonuniformity": "moves"}, reparam_settings={"tol": 1e-9, "max_iter": 300})

@@ -7,12 +7,23 @@ std(ddof=1)/sqrt(probes). Parameter-space conventions: :mod:`sharpcomp.measures.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from sharpcomp.measures.declaration import Estimate
 from sharpcomp.measures.linalg.param_space import dot
 from sharpcomp.measures.linalg.precision import exact_float32
+
+
+@dataclass(frozen=True)
+class TracePair:
+    """Estimates of Tr(PHP) and Tr H from the same probes, and of their difference where it was paired."""
+
+    quotient: Estimate
+    full: Estimate
+    gap: Estimate | None = None
 
 
 def rademacher(params: Sequence[Tensor], generator: torch.Generator | None) -> list[Tensor]:
@@ -40,7 +51,7 @@ def hutchinson(grads: Sequence[Tensor | None], params: Sequence[Tensor], probes:
     unused parameters contribute H v = 0. Returns two float64 tensors of length ``probes`` (the second
     None without ``project``); their mean is the trace estimate (E z^T H z = Tr H).
     ``sum_in_float64`` adds the per-parameter terms of z^T H z in float64 rather than in the
-    parameters' dtype (the same for float64 models; ``metrics.hessian_trace`` has always done so).
+    parameters' dtype (the same for float64 models; :func:`hessian_trace` does so).
     """
     curved = [j for j, g in enumerate(grads) if g is not None and g.requires_grad]
 

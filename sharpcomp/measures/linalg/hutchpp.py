@@ -21,6 +21,8 @@ import math
 import torch
 from torch import Tensor
 
+from sharpcomp.measures.declaration import Estimate
+from sharpcomp.measures.linalg.hutchinson import TracePair
 from sharpcomp.measures.linalg.matvec import MatVec, dimension, flatten, hessian_matvec, unflatten
 from sharpcomp.measures.linalg.param_space import preserved, trainable
 from sharpcomp.measures.linalg.precision import exact_float32
@@ -55,10 +57,10 @@ def hutchpp(matvec: MatVec, dim: int, products: int, generator: torch.Generator 
 
 def hessian_traces(model, loss_fn, inputs: Tensor, targets: Tensor, products: int = 20,
                    generator: torch.Generator | None = None, *, ridge: float = 1e-10,
-                   chunk_size: int | None = None) -> dict[str, float]:
+                   chunk_size: int | None = None) -> TracePair:
     """Hutch++ estimates of Tr H and Tr(PHP) (P: the quotient projector of
-    :mod:`sharpcomp.measures.symmetry.orbits`), ``products`` products each, with standard errors. Keys as
-    :func:`sharpcomp.measures.curvature.quotient_trace.hutchinson_traces`: quotient, quotient_se, full, full_se."""
+    :mod:`sharpcomp.measures.symmetry.orbits`), ``products`` products each, with standard errors (the
+    number of Hutchinson probes left after the sketch is each estimate's ``samples``)."""
     with exact_float32(), preserved(model):
         params = trainable(model)
         mv = hessian_matvec(model, loss_fn, inputs, targets, chunk_size)
@@ -71,4 +73,5 @@ def hessian_traces(model, loss_fn, inputs: Tensor, targets: Tensor, products: in
         kw = {"dtype": params[0].dtype, "device": params[0].device}
         full, full_se = hutchpp(mv, dimension(model), products, generator, **kw)
         quot, quot_se = hutchpp(pmv, dimension(model), products, generator, **kw)
-    return {"quotient": quot, "quotient_se": quot_se, "full": full, "full_se": full_se}
+    left = products - 2 * (products // 3)
+    return TracePair(quotient=Estimate(quot, se=quot_se, samples=left), full=Estimate(full, se=full_se, samples=left))

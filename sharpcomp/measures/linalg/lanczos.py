@@ -27,9 +27,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from sharpcomp.measures.linalg.matvec import MatVec
+from sharpcomp.measures.linalg.matvec import MatVec, dimension
+from sharpcomp.measures.linalg.param_space import trainable
 
 
 @dataclass
@@ -159,3 +160,11 @@ def top_eigenvalues(matvec: MatVec, dim: int, k: int = 1, tol: float = 1e-4, max
         res = torch.zeros_like(res)
     return TopEigen([float(v) for v in vals], [float(r) for r in res], int(tri.alpha.numel()),
                     bool(invariant or (res <= tol).all()))
+
+
+def top_of_model(model: nn.Module, matvec: MatVec, k: int, tol: float, max_iter: int,
+                 generator: torch.Generator | None) -> TopEigen:
+    """:func:`top_eigenvalues` of an operator on ``model``'s parameter space, in its parameters' dtype and device."""
+    p = trainable(model)[0]
+    return top_eigenvalues(matvec, dimension(model), k, tol, max_iter, dtype=p.dtype, device=p.device,
+                           generator=generator)

@@ -11,7 +11,7 @@ train/eval mode): :func:`preserved`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -81,3 +81,14 @@ def loss_value_and_grad(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor,
             return float(loss_fn(model(x), y)), None
     loss, g = loss_and_grad(model, loss_fn, x, y, params)
     return float(loss.detach()), g
+
+
+def batch_gradients(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch]) -> Tensor:
+    """The flattened gradients of L_B for each batch, stacked (M x num_params)."""
+    out = []
+    with preserved(model):
+        params = trainable(model)
+        for x, y in batches:
+            _, g = loss_and_grad(model, loss_fn, to_device(model, x), to_device(model, y), params)
+            out.append(flat(g).detach())
+    return torch.stack(out)

@@ -26,12 +26,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from sharpcomp.measures.declaration import Column, Estimate, Measure, setting
 from sharpcomp.measures.linalg.param_space import Batch, LossFn, preserved, to_device, trainable
 from sharpcomp.measures.linalg.precision import exact_float32
+from sharpcomp.measures.sample import Sample
 
 
 def gaussian(theta: list[Tensor], generator: torch.Generator | None) -> list[Tensor]:
@@ -70,10 +73,11 @@ def loss_and_error(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor) -> t
 @exact_float32()
 def average_sharpness(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch], sigma: float,
                       draws: int = 100, adaptive: bool = False,
-                      generator: torch.Generator | None = None) -> dict:
-    """{"value", "se", "err" (mean error increase), "loss" (mean L_B(theta)), "pairs", "per_draw" (the
-    first batch's increases, in the order theta + delta_1, theta - delta_1, theta + delta_2, ...)}; the
-    model is left as it was. ``draws`` >= 4 forward passes per batch (rounded up to an even number)."""
+                      generator: torch.Generator | None = None) -> Estimate:
+    """The average-case sharpness with its standard error over the antithetic pairs (``samples``: pairs per
+    batch); details ``err`` (mean error increase), ``loss`` (mean L_B(theta)) and ``per_draw`` (the first
+    batch's increases, in the order theta + delta_1, theta - delta_1, theta + delta_2, ...). The model is
+    left as it was. ``draws`` >= 4 forward passes per batch (rounded up to an even number)."""
     if not sigma > 0 or draws < 4:
         raise ValueError("average_sharpness needs sigma > 0 and draws >= 4 (two antithetic pairs)")
     pairs = (draws + 1) // 2
@@ -105,5 +109,43 @@ def average_sharpness(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch
     if not means:
         raise ValueError("average_sharpness needs at least one batch")
     nb = len(means)
-    return {"value": sum(means) / nb, "se": math.sqrt(sum(variances) / pairs) / nb, "err": sum(errs) / nb,
-            "loss": sum(losses) / nb, "pairs": pairs, "per_draw": first}
+    return Estimate(sum(means) / nb, {"err": sum(errs) / nb, "loss": sum(losses) / nb, "per_draw": first},
+                    se=math.sqrt(sum(variances) / pairs) / nb, samples=pairs)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the declaration
+
+
+@dataclass(frozen=True)
+class Settings:
+    """``metrics.flatness.average``."""
+
+    sigma: float = setting(0.01, above=0, nullable=True, doc="noise scale of the plain measure (null: off)")
+    adaptive_sigma: float = setting(0.1, above=0, nullable=True, doc="noise scale relative to |w| (null: off)")
+    draws: int = setting(100, above=1, doc="noisy forward passes per batch (antithetic pairs: at least 4)")
+    batches: int = setting(1, above=0, doc="disjoint minibatches of the training set")
+    batch_size: int = setting(1000, above=0, doc="their size")
+
+
+def compute(sample: Sample, s: Settings) -> dict[str, float]:
+    """The plain and adaptive average-case sharpness on the same minibatches, with standard errors."""
+    batches = sample.batches(s.batches, s.batch_size)
+    out = {}
+    for col, sigma, adaptive in (("average", s.sigma, False), ("average_adaptive", s.adaptive_sigma, True)):
+        if sigma is not None:
+            r = average_sharpness(sample.model, sample.loss_fn, batches, sigma, s.draws, adaptive, sample.generator)
+            out[col], out[col + "_se"], out[col + "_err"] = r.value, r.se, r.details["err"]
+    return out
+
+
+MEASURE = Measure(
+    function=average_sharpness,
+    name="average", family="perturbation", stochastic=True, settings=Settings, compute=compute,
+    check=lambda s: f"draws must be >= 4 (two antithetic pairs), got {s.draws!r}" if s.draws < 4 else None,
+    summary="average-case sharpness E L(w + delta) - L(w) under Gaussian noise, plain and |w|-scaled (antithetic)",
+    columns=(Column("average"), Column("average_se", role="se", of="average"),
+             Column("average_err", role="diagnostic", of="average", doc="the mean error increase"),
+             Column("average_adaptive"), Column("average_adaptive_se", role="se", of="average_adaptive"),
+             Column("average_adaptive_err", role="diagnostic", of="average_adaptive")),
+    reparam={"average": "moves", "average_adaptive": "stays"}, reparam_settings={"batches": 1, "draws": 50})

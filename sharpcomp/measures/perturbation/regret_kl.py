@@ -22,14 +22,16 @@ Parameter-space conventions: :mod:`sharpcomp.measures.linalg.param_space`.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vjp
 
-from sharpcomp.measures.curvature.gradient_stats import batch_gradients
-from sharpcomp.measures.linalg.param_space import Batch, LossFn, preserved, to_device
+from sharpcomp.measures.declaration import Column, Measure, Result, setting
+from sharpcomp.measures.linalg.param_space import Batch, LossFn, batch_gradients, preserved, to_device
 from sharpcomp.measures.linalg.precision import exact_float32
+from sharpcomp.measures.sample import Sample
 
 
 def fisher_operator(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor) -> Callable[[Tensor], Tensor]:
@@ -83,14 +85,14 @@ def conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, damping: f
 
 @exact_float32()
 def regret_kl(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], damping: float = 1e-3,
-              cg_iterations: int = 100) -> dict:
-    """{"value": regret_kl, "damping": lambda, "gram": the M x M matrix g_a^T (F + lambda I)^-1 g_b}.
+              cg_iterations: int = 100) -> Result:
+    """regret_kl; details ``damping`` (lambda) and ``gram`` (the M x M matrix g_a^T (F + lambda I)^-1 g_b).
     NaN for fewer than two batches; the model is left as it was."""
     if not damping >= 0:
         raise ValueError(f"damping must be >= 0, got {damping}")
     batches = list(batches)
     if len(batches) < 2:
-        return {"value": float("nan"), "damping": float(damping), "gram": None}
+        return Result(float("nan"), {"damping": float(damping), "gram": None})
     grads = batch_gradients(model, loss_fn, batches)
     with preserved(model):
         x = torch.cat([to_device(model, b[0]) for b in batches])
@@ -104,4 +106,32 @@ def regret_kl(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], dampi
     inv = torch.where(norms > 0, 1.0 / norms, torch.zeros_like(norms))
     term = norms[None, :] - gram * inv[:, None]
     off = ~torch.eye(m, dtype=torch.bool, device=term.device)
-    return {"value": float(term[off].mean()), "damping": float(damping), "gram": gram}
+    return Result(float(term[off].mean()), {"damping": float(damping), "gram": gram})
+
+
+# ---------------------------------------------------------------------------------------------------
+# the declaration
+
+
+@dataclass(frozen=True)
+class Settings:
+    """``metrics.flatness.regret_kl``."""
+
+    batches: int = setting(8, above=0, doc="disjoint minibatches of the training set")
+    batch_size: int = setting(20, above=0, doc="their size")
+    damping: float = setting(1e-3, at_least=0, doc="lambda added to the Fisher")
+    cg_iterations: int = setting(100, above=0, doc="conjugate-gradient iterations")
+
+
+def compute(sample: Sample, s: Settings) -> dict[str, float]:
+    """The Fisher-ball regret over ``s.batches`` minibatches, and the damping used."""
+    r = regret_kl(sample.model, sample.loss_fn, sample.batches(s.batches, s.batch_size), s.damping, s.cg_iterations)
+    return {"regret_kl": r.value, "regret_kl_damping": r.details["damping"]}
+
+
+MEASURE = Measure(
+    function=regret_kl,
+    name="regret_kl", family="perturbation", settings=Settings, compute=compute,
+    summary="regret in the symmetrised-KL (Fisher) ball over ordered pairs of minibatches",
+    columns=(Column("regret_kl"), Column("regret_kl_damping", role="diagnostic", of="regret_kl")),
+    reparam={"regret_kl": "stays"}, reparam_settings={"batches": 5, "damping": 1e-10, "cg_iterations": 500})

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from sharpcomp.measures.declaration import Column, Measure, Result, setting
 from sharpcomp.measures.linalg.apgd import apgd_increase
 from sharpcomp.measures.linalg.param_space import (
     Batch,
@@ -25,6 +27,7 @@ from sharpcomp.measures.linalg.param_space import (
     trainable,
 )
 from sharpcomp.measures.linalg.precision import exact_float32
+from sharpcomp.measures.sample import Sample
 from sharpcomp.measures.symmetry.orbits import QuotientProjector, quotient_projector
 
 
@@ -73,7 +76,7 @@ def _ascent(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, rho: float,
 def worst_case_sharpness(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch], rho: float,
                          steps: int = 5, adaptive: bool = False, quotient: bool = False,
                          step_size: float | None = None, ridge: float = 1e-10, algorithm: str = "ascent",
-                         norm: str = "l2", restarts: int = 1, generator: torch.Generator | None = None) -> dict:
+                         norm: str = "l2", restarts: int = 1, generator: torch.Generator | None = None) -> Result:
     """Worst-case sharpness max_{||delta|| <= rho} L_B(theta + delta) - L_B(theta), averaged over batches.
 
     Estimated per batch by ``steps`` steps of normalised projected gradient ascent from delta = 0 (step
@@ -91,8 +94,8 @@ def worst_case_sharpness(model: nn.Module, loss_fn: LossFn, batches: Iterable[Ba
       best of ``restarts`` runs (random starts from ``generator`` after the first); ``steps`` iterations.
       ``algorithm="ascent"`` (the default) is the normalised ascent above, l2 only.
 
-    Returns {"value": mean_B increase, "rel": mean_B increase / (1 + L_B(theta)), "loss": mean_B
-    L_B(theta), "per_batch": [increase per batch]}. Leaves the model as it was.
+    The value is the mean increase over the batches; details: ``rel`` (mean_B increase / (1 + L_B(theta))),
+    ``loss`` (mean_B L_B(theta)), ``per_batch`` (the increase per batch). Leaves the model as it was.
     """
     if not rho > 0:
         raise ValueError(f"rho must be > 0, got {rho}")
@@ -127,4 +130,71 @@ def worst_case_sharpness(model: nn.Module, loss_fn: LossFn, batches: Iterable[Ba
     if not values:
         raise ValueError("worst_case_sharpness needs at least one batch")
     mean = lambda v: float(sum(v) / len(v))  # noqa: E731
-    return {"value": mean(values), "rel": mean(rels), "loss": mean(losses), "per_batch": values}
+    return Result(mean(values), {"rel": mean(rels), "loss": mean(losses), "per_batch": values})
+
+
+# ---------------------------------------------------------------------------------------------------
+# the declaration (the adaptive and quotient variants declare themselves in their own modules)
+
+
+def m_groups(batches: list[Batch], m: int | None) -> list[Batch]:
+    """m-sharpness: each batch split into consecutive groups of m samples (the batches as they are for None)."""
+    if m is None:
+        return batches
+    return [(x[i:i + int(m)], y[i:i + int(m)]) for x, y in batches for i in range(0, x.shape[0], int(m))]
+
+
+def variant_columns(name: str) -> tuple[Column, ...]:
+    """A worst-case measure's columns: its value and the value / (1 + L)."""
+    return Column(name), Column(f"{name}_rel", role="diagnostic", of=name, doc="the increase / (1 + L)")
+
+
+def compute_variant(sample: Sample, s, name: str, **kwargs) -> dict[str, float]:
+    """A worst-case variant on the minibatches its settings name (the same for every variant of equal sizes).
+
+    ``kwargs``: :func:`worst_case_sharpness`'s variant switches.
+    """
+    batches = sample.batches(s.batches, s.batch_size, share="worst_case")
+    if getattr(s, "algorithm", "ascent") == "apgd":
+        kwargs.update(algorithm="apgd", norm=s.norm, restarts=s.restarts, generator=sample.generator)
+    r = worst_case_sharpness(sample.model, sample.loss_fn, m_groups(batches, getattr(s, "m", None)), s.rho, s.steps,
+                             step_size=s.step_size, **kwargs)
+    return {name: r.value, f"{name}_rel": r.details["rel"]}
+
+
+def ascent_settings(radius: float, doc: str):
+    """The settings dataclass of a worst-case variant: its default ``radius`` and the search's options."""
+
+    @dataclass(frozen=True)
+    class Settings:
+        rho: float = setting(radius, at_least=0, doc=doc)
+        steps: int = setting(5, above=0, doc="ascent steps (Auto-PGD: iterations)")
+        batches: int = setting(4, above=0, doc="disjoint minibatches of the training set")
+        batch_size: int = setting(128, above=0, doc="their size")
+        step_size: float = setting(None, kind=float, above=0, doc="ascent step (null: rho)")
+        algorithm: str = setting("ascent", choices=("ascent", "apgd"), doc="ascent (l2) or apgd (Auto-PGD)")
+        norm: str = setting("l2", choices=("l2", "linf"), doc="the ball's norm (linf: apgd only)")
+        restarts: int = setting(1, above=0, doc="Auto-PGD restarts")
+        m: int = setting(None, kind=int, above=0, doc="m-sharpness: the max per group of m samples (null: off)")
+
+    Settings.__qualname__ = "Settings"
+    return Settings
+
+
+def check_search(s) -> str | None:
+    """The l-inf ball needs Auto-PGD."""
+    return "norm linf needs algorithm apgd (the ascent is l2 only)" if s.algorithm == "ascent" and s.norm == "linf" \
+        else None
+
+
+Settings = ascent_settings(0.05, "radius of the l2 ball")
+
+MEASURE = Measure(
+    function=worst_case_sharpness,
+    name="worst_case", family="perturbation", settings=Settings, check=check_search,
+    compute=lambda sample, s: compute_variant(sample, s, "worst_case"),
+    summary="l2 worst-case sharpness: max over ||delta|| <= rho of L(w + delta) - L(w), by ascent or Auto-PGD; "
+            "m-sharpness",
+    columns=variant_columns("worst_case"), column_aliases={"sharpness_worst": "worst_case",
+                                                          "sharpness_worst_rel": "worst_case_rel"},
+    reparam={"worst_case": "moves"}, reparam_settings={"batches": 1}, in_every_id=True)

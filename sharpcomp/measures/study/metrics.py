@@ -58,10 +58,6 @@ counts as zero too). A zero among the kept ``r`` eigenvalues makes ``log_volume_
 mean ``log_volume = -inf``; the per-sample values show which samples (a lower ``log_volume_rank``
 avoids it). A sample with ``J_i = 0`` has ``mls_i = 0`` and ``local_dim_i = 0`` (a locally constant
 representation has no local dimensions).
-
-``hessian_trace`` is Hutchinson's estimator of ``Tr H`` of a training loss, ``mean_s v_s^T H v_s``
-over Rademacher probes ``v_s``, with Hessian-vector products by double backpropagation; it equals
-the sharpness (of the loss 1/2 ||f - y||^2) only at an interpolation point.
 """
 
 from __future__ import annotations
@@ -78,17 +74,17 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from sharpcomp.measures.linalg.hutchinson import hutchinson
+from sharpcomp.measures.declaration import Column, Measure, setting
 from sharpcomp.measures.linalg.operator_norms import spectral_norm
 from sharpcomp.measures.linalg.precision import exact_float32
+from sharpcomp.measures.sample import Sample
 from sharpcomp.measures.study._layer_rules import rule_for
 from sharpcomp.measures.study._spectra import spectral_values
 from sharpcomp.measures.study.network_wide import LayerGradients, add_network_wide
 from sharpcomp.models import eval_mode
-from sharpcomp.results.columns import METRIC_COLUMNS
 
-# The study's metric columns (sharpcomp.results.columns, the one schema of column names).
-METRIC_NAMES = METRIC_COLUMNS
+# The study's metric columns, in the paper's order (the first columns of the declaration below).
+METRIC_NAMES = ("sharpness", "G", "log_volume", "mls", "local_dim", "bound_b", "bound_c", "bound_d")
 PER_SAMPLE_NAMES = ("sharpness", "G", "log_volume", "mls", "local_dim", "grad_W_norm", "x_norm")
 
 # Outputs differentiated per batched backward pass (bounds the memory of the output gradients).
@@ -166,28 +162,6 @@ def compute_metrics(model: nn.Module, inputs: Tensor, *, layer: str | None = Non
     if per_sample:
         res["per_sample"] = per
     return res
-
-
-@exact_float32()
-def hessian_trace(model: nn.Module, loss_fn, inputs: Tensor, targets: Tensor, probes: int = 100,
-                  generator: torch.Generator | None = None) -> tuple[float, float]:
-    """Hutchinson estimate of ``Tr H`` of the loss w.r.t. the trainable parameters, and its standard error.
-
-    The loss is ``loss_fn(model(inputs), targets)``; the standard error is the std of the probe values /
-    sqrt(probes).
-
-    ``probes`` Rademacher vectors ``v`` (drawn from ``generator``), each costing one Hessian-vector
-    product ``H v`` by double backpropagation (``measures.hutchinson``); ``v^T H v`` averages to ``Tr H``.
-    """
-    if probes < 2:
-        raise ValueError(f"need at least 2 probes for a standard error, got {probes}")
-    params = [p for p in model.parameters() if p.requires_grad]
-    with torch.enable_grad():
-        loss = loss_fn(model(inputs), targets)
-        grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
-        values, _ = hutchinson(grads, params, probes, generator, sum_in_float64=True)
-    values = values.numpy()
-    return float(values.mean()), float(values.std(ddof=1) / math.sqrt(probes))
 
 
 def _with_dtype(model: nn.Module, dtype: torch.dtype) -> nn.Module:
@@ -461,3 +435,42 @@ def bounds(reason: str | None, weight: Tensor | None, per: dict, d_norm: np.ndar
             "bound_c": w_norm * inv_x * math.sqrt(float(np.mean(per["grad_W_norm"] ** 2))),
             "bound_d": w_norm * inv_x * math.sqrt(sharpness),
             "bounds_reason": None}
+
+
+# ---------------------------------------------------------------------------------------------------
+# the declaration
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The study's settings, directly under ``metrics`` (checked with the run's settings)."""
+
+    layer: str = setting(None, kind=str, doc="submodule whose output is the representation (null: the output)")
+    log_volume_rank: int = setting(None, kind=int, above=0, doc="keep the top-k eigenvalues in log_volume")
+    chunk_size: int = setting(None, kind=int, above=0, doc="samples per chunk of the metric engine (memory)")
+    dtype: str = setting("float32", choices=("float32", "float64"), doc="computation dtype")
+
+
+def compute(sample: Sample, s: Settings) -> dict:
+    """The study's columns on the sample's points (all of them; the targets are not used)."""
+    dtype = {"float32": torch.float32, "float64": torch.float64}[s.dtype]
+    out = compute_metrics(sample.model, sample.x, layer=s.layer, log_volume_rank=s.log_volume_rank,
+                          dtype=dtype, chunk_size=s.chunk_size, progress=False)
+    sample.shared["sharpness"] = out["sharpness"]
+    return out
+
+
+_STAYS = ("G", "log_volume", "mls", "local_dim", "bound_b", "bound_c")
+
+MEASURE = Measure(
+    function=compute_metrics,
+    name="metrics", family="study", cadence="checkpoint", config="metrics", settings=Settings, compute=compute,
+    summary="the study's sharpness S and compression G, log volume, MLS, local dimensionality, and the bounds "
+            "of Eq. 28 (mls <= bound_b <= bound_c <= bound_d)",
+    columns=(*(Column(c) for c in METRIC_NAMES),
+             Column("bounds_reason", kind="text", role="diagnostic", of="bound_b", doc="why the bounds are NaN"),
+             Column("sharpness_se", role="se", of="sharpness", doc="matrix-free estimates only"),
+             Column("G_se", role="se", of="G"), Column("local_dim_se", role="se", of="local_dim"),
+             Column("mls_err", role="diagnostic", of="mls", doc="power iteration's residual"),
+             Column("probes", kind="int", role="diagnostic", of="sharpness", doc="probes of the estimates")),
+    reparam={"sharpness": "moves", "bound_d": "moves", **dict.fromkeys(_STAYS, "stays")})

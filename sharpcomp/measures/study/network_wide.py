@@ -67,13 +67,18 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from sharpcomp.measures.declaration import Column, Measure
 from sharpcomp.measures.linalg.operator_norms import frobenius_stand_in, operator_norm
 from sharpcomp.measures.linalg.precision import exact_float32
+from sharpcomp.measures.sample import Sample
 from sharpcomp.measures.study._layer_rules import rule_for
 from sharpcomp.measures.study._spectra import spectral_values
-from sharpcomp.results.columns import NETWORK_WIDE_COLUMNS
 
 LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+# The columns, in order (the declaration below): NMLS, NVR, their bounds, and the convolutional first
+# layer's analogues of bound_b and bound_c.
+NETWORK_WIDE_COLUMNS = ("nmls", "nvr", "nmls_bound", "nmls_bound_b", "nmls_bound_w", "nmls_bound_authors",
+                        "bound_b_conv", "bound_c_conv", "sharpness_inv", "nmls_bound_inv")
 
 
 def _layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -314,3 +319,27 @@ def add_network_wide(result: dict, model: nn.Module, x: Tensor, *, layer: str | 
     result.update(nw)
     result.update(first or {"bound_b_conv": math.nan, "bound_c_conv": math.nan})
     return result
+
+
+# ---------------------------------------------------------------------------------------------------
+# the declaration
+
+
+def compute(sample: Sample, s) -> dict:
+    """The network-wide columns on the sample's points (with the study's S, when a measure left it)."""
+    dtype = next(sample.model.parameters()).dtype
+    out = add_network_wide({"sharpness": sample.shared.get("sharpness")}, sample.model, sample.x, dtype=dtype)
+    out.pop("sharpness")
+    return out
+
+
+MEASURE = Measure(
+    function=network_wide,
+    name="network_wide", family="study", cadence="checkpoint", config="metrics.network_wide", compute=compute,
+    summary="network-wide compression NMLS and NVR (every layer's input Jacobian), their bounds by layer norms and "
+            "S, and the reparametrisation-invariant sharpness",
+    columns=(*(Column(c) for c in NETWORK_WIDE_COLUMNS),
+             Column("network_wide_reason", kind="text", role="diagnostic", of="nmls",
+                    doc="which bounds are proven for the network, or why a column is NaN")),
+    reparam={"nmls": "moves", "nvr": "moves", "nmls_bound": "moves", "sharpness_inv": "stays",
+             "nmls_bound_inv": "moves", "bound_b_conv": "stays", "bound_c_conv": "stays"})

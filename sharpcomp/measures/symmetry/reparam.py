@@ -1,6 +1,6 @@
 """The reparametrisation test: rescale one hidden layer and compare every metric.
 
-For a hidden layer l (a layer with a ReLU rescaling symmetry, see :mod:`sharpcomp.measures.flatness`) and
+For a hidden layer l (a layer with a ReLU rescaling symmetry, see :mod:`sharpcomp.measures.symmetry.graph`) and
 alpha > 0, :func:`rescale_unit` maps
 
     (W_l[j, :], b_l[j]) -> alpha (W_l[j, :], b_l[j]),   W_{l+1}[:, j] -> W_{l+1}[:, j] / alpha
@@ -34,22 +34,12 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from sharpcomp.measures.curvature import (
-    batch_sharpness,
-    contrastive,
-    gradient_stats,
-    hessian_spectrum,
-    nonuniformity,
-    quotient_trace,
-)
-from sharpcomp.measures.perturbation import average as average_case
-from sharpcomp.measures.perturbation import keskar, pacbayes, regret_kl, worst_case
-from sharpcomp.measures.study.metrics import compute_metrics, hessian_trace
-from sharpcomp.measures.study.network_wide import network_wide
+from sharpcomp.measures.declaration import Measure
+from sharpcomp.measures.registry import measures
+from sharpcomp.measures.sample import WholeSample
 from sharpcomp.measures.symmetry.graph import Group, TraceError, analyse
-from sharpcomp.results.columns import METRIC_COLUMNS
 
-__all__ = ["rescalable_layers", "rescale_unit", "reparam_table"]
+__all__ = ["chosen_measures", "rescalable_layers", "rescale_unit", "reparam_table"]
 
 REL_TOL = 1e-6  # |after - before| above this fraction of max(|before|, |after|) counts as moved
 
@@ -111,96 +101,70 @@ def rescale_unit(model: nn.Module, layer: str, alpha: float, units: Sequence[int
     return model
 
 
-def _metrics_row(model: nn.Module, x: Tensor, y: Tensor, loss_fn: Callable, probes: int, seed: int,
-                 metrics_kwargs: dict, worst: dict,
-                 say: Callable[[str], None]) -> tuple[dict[str, float], Tensor]:
-    """Every metric of ``model`` (float64, eval mode) on (x, y); fixed seeds so before/after share probes."""
-    out: dict[str, float] = {}
-    say("the study's metrics")
+def chosen_measures(names: Sequence[str] | None = None) -> list[Measure]:
+    """The measures with a declared verdict under the rescaling (``names``: those only, in registry order).
+
+    ValueError (one line) for a name that is no measure or has no declared verdict.
+    """
+    with_verdict = {n: m for n, m in measures().items() if m.reparam}
+    if names is None:
+        return list(with_verdict.values())
+    for n in names:
+        if n not in with_verdict:
+            raise ValueError(f"unknown measure '{n}' for the reparametrisation table (choose from "
+                             f"{', '.join(with_verdict)})")
+    return [m for n, m in with_verdict.items() if n in names]
+
+
+def _settings(m: Measure, probes: int, metrics_kwargs: dict):
+    """The settings a measure is computed with in the table: its defaults, its ``reparam_settings``, the
+    study's ``metrics_kwargs`` (layer, log_volume_rank) in float64 and ``probes`` for probe estimates."""
+    values = {**m.defaults(), **m.reparam_settings}
+    if m.name == "metrics":
+        values.update(metrics_kwargs, dtype="float64")
+    if "probes" in values and m.stochastic:
+        values["probes"] = probes
+    return m.settings(**values)
+
+
+def _measure_rows(model: nn.Module, x: Tensor, y: Tensor, loss_fn: Callable, chosen: list[Measure], probes: int,
+                  seed: int, metrics_kwargs: dict, say: Callable[[str], None]) -> tuple[dict[str, float], Tensor]:
+    """Each chosen measure's declared columns for ``model`` (float64, eval mode) on (x, y), every measure
+    from a generator of the same seed (so before and after share probes and draws); the outputs."""
     with torch.no_grad():
         f = model(x)
-    out["loss"] = float(loss_fn(f, y))
-    m = compute_metrics(model, x, dtype=torch.float64, **metrics_kwargs)
-    for k in METRIC_COLUMNS:
-        out[k] = float(m[k])
-    if not metrics_kwargs.get("layer"):  # network-wide measures: NMLS moves, sharpness_inv does not
-        nw = network_wide(model, x, sharpness=m["sharpness"], dtype=torch.float64)
-        for k in ("nmls", "nvr", "nmls_bound", "sharpness_inv", "nmls_bound_inv"):
-            out[k] = float(nw[k])
-        if nw.get("first_layer"):  # a convolutional first layer: its Eq. 28 analogues
-            out.update({k: float(v) for k, v in nw["first_layer"].items()})
-    say("traces and worst cases")
-    if probes >= 2:
-        out["hessian_trace"], _ = hessian_trace(model, loss_fn, x, y, probes,
-                                                torch.Generator().manual_seed(seed))
-        out["quotient_trace"], _ = quotient_trace.quotient_hessian_trace(model, loss_fn, x, y, probes,
-                                                             torch.Generator().manual_seed(seed))
-    out["quotient_trace_gap"] = quotient_trace.quotient_trace_gap(model, loss_fn, x, y)
-    batches = [(x, y)]
-    sharpness = worst_case.worst_case_sharpness
-    out["sharpness_worst"] = sharpness(model, loss_fn, batches, worst["rho"], worst["steps"])["value"]
-    out["sharpness_adaptive"] = sharpness(model, loss_fn, batches, worst["adaptive_rho"], worst["steps"],
-                                          adaptive=True)["value"]
-    out["fisher_trace"] = gradient_stats.fisher_trace(model, loss_fn, x, y)
-    k = max(2, min(5, x.shape[0]))
-    chunks = [(x[i::k], y[i::k]) for i in range(k) if len(x[i::k])]
-    out["grad_disagreement"] = gradient_stats.gradient_disagreement(model, loss_fn, chunks)
-    say("curvature spectrum")
-    out.update(_curvature_row(model, loss_fn, x, y, chunks, seed))
-    say("average-case, Keskar, PAC-Bayes, contrastive, regret_kl")
-    out.update(_debate_rows(model, loss_fn, x, y, seed, chunks))
+    out: dict[str, float] = {"loss": float(loss_fn(f, y))}
+    shared: dict = {}
+    for m in chosen:
+        if m.name == "network_wide" and metrics_kwargs.get("layer"):
+            continue  # defined for the network output only
+        if m.name == "quotient_trace" and probes < 2:
+            continue
+        say(m.name)
+        sample = WholeSample(model, loss_fn, x, y, torch.Generator().manual_seed(seed), shared=shared)
+        values = m.compute(sample, _settings(m, probes, metrics_kwargs))
+        out.update({c: float(values.get(c, math.nan)) for c in m.reparam})
     return out, f
-
-
-def _curvature_row(model: nn.Module, loss_fn: Callable, x: Tensor, y: Tensor, chunks, seed: int) -> dict:
-    """The curvature spectrum's scalars (tight Lanczos tolerance, so only a real change counts as moved)."""
-    def kw():
-        return {"tol": 1e-9, "max_iter": 300, "generator": torch.Generator().manual_seed(seed)}
-
-    return {
-        "hessian_max": hessian_spectrum.hessian_top(model, loss_fn, x, y, **kw()).values[0],
-        "ggn_max": hessian_spectrum.ggn_top(model, loss_fn, x, y, **kw()).values[0],
-        "batch_sharpness": batch_sharpness.batch_sharpness(model, loss_fn, chunks)[0],
-        "nonuniformity": nonuniformity.nonuniformity(model, loss_fn, x, y, **kw()),
-    }
-
-
-def _debate_rows(model: nn.Module, loss_fn: Callable, x: Tensor, y: Tensor, seed: int,
-                 chunks: list) -> dict[str, float]:
-    """average, average_adaptive, keskar, the PAC-Bayes sigmas, contrastive and regret_kl (small damping:
-    its invariance holds as the damping goes to 0); the same random draws before and after."""
-    gen = lambda: torch.Generator().manual_seed(seed)  # noqa: E731
-    out = {"average": average_case.average_sharpness(model, loss_fn, [(x, y)], 0.01, 50, False, gen())["value"],
-           "average_adaptive": average_case.average_sharpness(model, loss_fn, [(x, y)], 0.1, 50, True,
-                                                              gen())["value"],
-           "keskar": keskar.keskar_sharpness(model, loss_fn, x, y, 1e-3, 20)["value"]}
-    if not y.is_floating_point():
-        for col, mag in (("pacbayes_sigma", False), ("pacbayes_mag_sigma", True)):
-            out[col] = pacbayes.pacbayes_sigma(model, x, y, 0.1, 10, 15, magnitude=mag, generator=gen())["sigma"]
-    out["contrastive"] = contrastive.contrastive_flatness(model, loss_fn, chunks)["value"]
-    out["regret_kl"] = regret_kl.regret_kl(model, loss_fn, chunks, damping=1e-10, cg_iterations=500)["value"]
-    return out
 
 
 def reparam_table(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn: Callable, layer: str,
                   alpha: float, *, units: Sequence[int] | None = None, probes: int = 50, seed: int = 0,
-                  metrics_kwargs: dict | None = None, rho: float = 0.05, adaptive_rho: float = 0.5,
-                  steps: int = 5, progress: Callable[[str], None] | None = None) -> pd.DataFrame:
-    """Every metric before and after :func:`rescale_unit` (on a float64 copy; ``model`` is untouched).
+                  metrics_kwargs: dict | None = None, measures: Sequence[str] | None = None,
+                  progress: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """Every declared measure before and after :func:`rescale_unit` (on a float64 copy; ``model`` is untouched).
 
     Rows (index ``metric``): ``output_change`` (before 0, after max_i |f_after(x_i) - f_before(x_i)|),
-    loss, the study's metrics of ``compute_metrics`` (``metrics_kwargs`` passed on, e.g. layer or
-    log_volume_rank), hessian_trace and quotient_trace (Hutchinson, the same ``probes`` probes before and
-    after; skipped for probes < 2), quotient_trace_gap (closed form), sharpness_worst (l2, radius
-    ``rho``) and sharpness_adaptive (radius ``adaptive_rho``), each on the whole sample as one batch,
-    fisher_trace and grad_disagreement (over up to 5 interleaved sub-batches), hessian_max and ggn_max
-    (Lanczos to 1e-9), batch_sharpness (over the same sub-batches), nonuniformity, and the rows of
-    :func:`_debate_rows` (average, average_adaptive, keskar, pacbayes sigmas, contrastive, regret_kl).
+    ``loss``, then each column of each measure (``measures``: those named; default: every measure with a
+    declared verdict) that its declaration gives a verdict for, computed on the whole sample with the
+    declaration's ``reparam_settings`` (tight tolerances; minibatches are the whole sample or up to five
+    interleaved parts of it; ``probes`` Hutchinson probes for the traces, skipped below 2).
+    ``metrics_kwargs`` (layer, log_volume_rank) go to the study's metrics.
     Columns: before, after, rel_change = (after - before) / |before|,
-    moved = |after - before| > 1e-6 max(|before|, |after|)
-    (NaN values never count as moved). ``progress`` (optional) is called with a short description of each
-    stage as it starts ("before: curvature spectrum", ...).
+    moved = |after - before| > 1e-6 max(|before|, |after|) (NaN values never count as moved), and
+    ``expected``: the declared verdict (moves / stays). ``progress`` (optional) is called with each
+    stage's name as it starts ("before: hessian_max", ...).
     """
+    chosen = chosen_measures(measures)
     base = copy.deepcopy(model).to(torch.float64).eval()
     moved_model = rescale_unit(base, layer, alpha, units, copy_model=True)
     dev = next(base.parameters()).device
@@ -208,38 +172,36 @@ def reparam_table(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn: Ca
     y = targets.detach().to(dev)
     if y.is_floating_point():
         y = y.to(torch.float64)
-    worst = {"rho": rho, "adaptive_rho": adaptive_rho, "steps": steps}
     kw = dict(metrics_kwargs or {})
     tell = progress or (lambda _: None)
-    before, f0 = _metrics_row(base, x, y, loss_fn, probes, seed, kw, worst, lambda s: tell(f"before: {s}"))
-    after, f1 = _metrics_row(moved_model, x, y, loss_fn, probes, seed, kw, worst, lambda s: tell(f"after: {s}"))
-    rows = [{"metric": "output_change", "before": 0.0, "after": float((f1 - f0).abs().max())}]
-    rows += [{"metric": k, "before": before[k], "after": after[k]} for k in before]
+    before, f0 = _measure_rows(base, x, y, loss_fn, chosen, probes, seed, kw, lambda s: tell(f"before: {s}"))
+    after, f1 = _measure_rows(moved_model, x, y, loss_fn, chosen, probes, seed, kw, lambda s: tell(f"after: {s}"))
+    expected = {c: v for m in chosen for c, v in m.reparam.items()}
+    rows = [{"metric": "output_change", "before": 0.0, "after": float((f1 - f0).abs().max()), "expected": "stays"}]
+    rows += [{"metric": k, "before": before[k], "after": after[k], "expected": expected.get(k, "stays")}
+             for k in before]
     df = pd.DataFrame(rows).set_index("metric")
-
-    def rel(b: float, a: float) -> float:
-        if math.isnan(a) or math.isnan(b) or b == 0:
-            return math.nan if (math.isnan(a) or math.isnan(b) or a != b) else 0.0
-        return (a - b) / abs(b)
-
-    def moved(b: float, a: float) -> bool:
-        if math.isnan(a) or math.isnan(b):
-            return False
-        if math.isinf(a) or math.isinf(b):
-            return a != b
-        scale = max(abs(a), abs(b))
-        if scale == 0:
-            return False
-        return abs(a - b) > REL_TOL * scale
-
-    df["rel_change"] = [rel(b, a) for b, a in zip(df["before"], df["after"])]
-    df["moved"] = [moved(b, a) for b, a in zip(df["before"], df["after"])]
+    df["rel_change"] = [_rel(b, a) for b, a in zip(df["before"], df["after"])]
+    df["moved"] = [_moved(b, a) for b, a in zip(df["before"], df["after"])]
     # output_change: any change beyond float64 round-off of the outputs counts as moved
     scale = float(f0.abs().max()) if f0.numel() else 1.0
     df.loc["output_change", "moved"] = bool(df.loc["output_change", "after"] > 1e-9 * max(scale, 1e-300))
     df.loc["output_change", "rel_change"] = df.loc["output_change", "after"] / max(scale, 1e-300)
-    return df
+    return df[["before", "after", "rel_change", "moved", "expected"]]
 
 
-# ---------------------------------------------------------------------------------------------------
-# command line
+def _rel(b: float, a: float) -> float:
+    if math.isnan(a) or math.isnan(b) or b == 0:
+        return math.nan if (math.isnan(a) or math.isnan(b) or a != b) else 0.0
+    return (a - b) / abs(b)
+
+
+def _moved(b: float, a: float) -> bool:
+    if math.isnan(a) or math.isnan(b):
+        return False
+    if math.isinf(a) or math.isinf(b):
+        return a != b
+    scale = max(abs(a), abs(b))
+    if scale == 0:
+        return False
+    return abs(a - b) > REL_TOL * scale

@@ -1,51 +1,20 @@
-"""Gradient statistics: disagreement between minibatch gradients and the trace of the empirical Fisher.
+"""The trace of the empirical Fisher: (1/n) sum_i ||grad_theta loss(f(x_i), y_i)||^2.
 
-Parameter-space conventions: :mod:`sharpcomp.measures.linalg.param_space`.
+Per-sample gradients by ``torch.func`` (vmap of grad), ``chunk_size`` samples at a time. Parameter-space
+conventions: :mod:`sharpcomp.measures.linalg.param_space`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from sharpcomp.measures.linalg.param_space import Batch, LossFn, flat, loss_and_grad, preserved, to_device, trainable
+from sharpcomp.measures.declaration import Column, Measure, setting
+from sharpcomp.measures.linalg.param_space import LossFn, loss_and_grad, preserved, to_device, trainable
 from sharpcomp.measures.linalg.precision import exact_float32
-
-
-@exact_float32()
-def batch_gradients(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch]) -> Tensor:
-    """The flattened gradients of L_B for each batch, stacked (M x num_params)."""
-    out = []
-    with preserved(model):
-        params = trainable(model)
-        for x, y in batches:
-            _, g = loss_and_grad(model, loss_fn, to_device(model, x), to_device(model, y), params)
-            out.append(flat(g).detach())
-    return torch.stack(out)
-
-
-@exact_float32()
-def gradient_disagreement(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch]) -> float:
-    """E over ordered pairs (a != b) of batches of ||g_b|| (1 - cos(g_a, g_b)).
-
-    With M batch gradients, the mean over all M (M - 1) ordered pairs of
-    ||g_b|| - <g_a, g_b> / ||g_a|| (how much of batch b's gradient a step along batch a's direction
-    fails to follow). NaN for fewer than two batches; a zero gradient g_a counts as cos = 0.
-    """
-    grads = batch_gradients(model, loss_fn, batches).double()
-    m = grads.shape[0]
-    if m < 2:
-        return float("nan")
-    gram = grads @ grads.T
-    norms = gram.diagonal().clamp_min(0).sqrt()
-    inv = torch.where(norms > 0, 1.0 / norms, torch.zeros_like(norms))
-    # term[a, b] = ||g_b|| - <g_a, g_b> / ||g_a||
-    term = norms[None, :] - gram * inv[:, None]
-    off = ~torch.eye(m, dtype=torch.bool, device=term.device)
-    return float(term[off].mean())
+from sharpcomp.measures.sample import Sample
 
 
 @exact_float32()
@@ -85,3 +54,29 @@ def fisher_trace(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets: Ten
                     _, gi = loss_and_grad(model, loss_fn, x[i:i + 1], y[i:i + 1], plist)
                     total += float(sum(t.double().pow(2).sum() for t in gi))
     return total / n
+
+
+# ---------------------------------------------------------------------------------------------------
+# the declaration
+
+
+@dataclass(frozen=True)
+class Settings:
+    """``metrics.flatness.fisher_trace``."""
+
+    n: int = setting(256, above=0, doc="training points, drawn anew at each checkpoint")
+    chunk_size: int = setting(32, above=0, nullable=True, doc="samples per vmapped gradient (memory)")
+
+
+def compute(sample: Sample, s: Settings) -> dict[str, float]:
+    """Tr F on ``s.n`` training points."""
+    x, y = sample.subset(s.n)
+    return {"fisher_trace": fisher_trace(sample.model, sample.loss_fn, x, y, s.chunk_size)}
+
+
+MEASURE = Measure(
+    function=fisher_trace,
+    name="fisher_trace", family="curvature", settings=Settings, compute=compute,
+    summary="trace of the empirical Fisher, the mean squared norm of the per-sample loss gradients",
+    columns=(Column("fisher_trace"),), aliases=("fisher",), id_key="fisher",
+    reparam={"fisher_trace": "moves"}, in_every_id=True)

@@ -1,0 +1,1 @@
+"""Baselines the generalisation literature ranks flatness against: norms, distances and the loss's gradient."""
