@@ -357,14 +357,14 @@ def step_seconds(model, data_name, data, k, batch, device, seconds: float) -> fl
 def floor_seconds(loop, device) -> float:
     """The floor of one checkpoint of ``loop``'s runs: the stepper's whole-set evaluation of the train and
     test sets plus its sample-set metrics (no records, no rows), on the same networks."""
-    from sharpcomp.engine.evaluation import sample_inputs
+    from sharpcomp.engine.evaluation import sample_sets
 
     d, st = loop.data, loop.stepper
     sync(device)
     t0 = time.perf_counter()
     st.evaluate(d.train_x, d.train_y)
     st.evaluate(d.test_x, d.test_y)
-    st.sample_metrics(st.models(), [sample_inputs(m.settings, d, m.sample_idx, None) for m in loop.members])
+    st.sample_metrics(st.models(), [sample_sets(m.settings, d, m.sample_idx, None) for m in loop.members])
     sync(device)
     st.train()
     return time.perf_counter() - t0

@@ -51,7 +51,8 @@ class Result:
 @dataclass(frozen=True)
 class Estimate(Result):
     """A stochastic measure's result: the Monte-Carlo mean ``value``, its standard error ``se`` (NaN from
-    a single sample) and the number of independent samples behind it. Unpacks as ``value, se``."""
+    a single sample) and the number of independent samples behind it. Unpacks as ``value, se``.
+    """
 
     se: float = math.nan
     samples: int = 0
@@ -63,7 +64,8 @@ class Estimate(Result):
 @dataclass(frozen=True)
 class Column:
     """A column a measure writes: its name, kind, role and (for a standard error or a diagnostic) the value
-    column it belongs to."""
+    column it belongs to.
+    """
 
     name: str
     kind: str = "float"

@@ -136,7 +136,8 @@ def plan(flatness: Mapping | None) -> Plan:
 def compute_measures(model: torch.nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, flatness: Mapping | None,
                      generator: torch.Generator | None = None, batch_size: int | None = None) -> dict[str, Any]:
     """The columns of the measures a ``metrics.flatness`` mapping switches on, for ``model`` on the training
-    points (x, y): :func:`plan` then :meth:`Plan.compute` (a notebook's one call)."""
+    points (x, y): :func:`plan` then :meth:`Plan.compute` (a notebook's one call).
+    """
     return plan(flatness).compute(Sample(model, loss_fn, x, y, generator, batch_size))
 
 

@@ -84,7 +84,8 @@ class Sample:
 
 class WholeSample(Sample):
     """A sample whose measures all use every point: subsets are the whole sample, and minibatches are the
-    whole sample as one batch (``count`` 1) or up to five interleaved parts of it."""
+    whole sample as one batch (``count`` 1) or up to five interleaved parts of it.
+    """
 
     def subset(self, n: int | None) -> Batch:
         return self.x, self.y

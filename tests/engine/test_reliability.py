@@ -166,9 +166,9 @@ EARLY = [
     (["allow_tf32=sometimes"], "allow_tf32 must be true or false or null"),
     (["cuda_graph=always"], "unknown cuda_graph 'always'"),
     (["resume_every=-5"], "resume_every must be >= 0"),
-    (["metrics.flatness.fisher={n:abc}"], "metrics.flatness.fisher.n must be an integer"),
+    (["metrics.flatness.fisher={n:abc}"], "metrics.flatness.fisher_trace.n must be an integer"),
     (["metrics.flatness.worst_case={rho:-1}"], "metrics.flatness.worst_case.rho must be >= 0"),
-    (["metrics.flatness.fisher={m:3}"], "unknown setting metrics.flatness.fisher.m"),
+    (["metrics.flatness.fisher={m:3}"], "unknown setting metrics.flatness.fisher_trace.m"),
     # out-of-range values and keys no part of the program reads
     (["batch=1e9"], "batch size 1000000000 is larger than the training set (60000 samples)"),
     (["seed=1180591620717411303424"], "seed must be an integer between -2**62 and 2**62"),
