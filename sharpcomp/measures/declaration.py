@@ -50,8 +50,9 @@ class Result:
 
 @dataclass(frozen=True)
 class Estimate(Result):
-    """A stochastic measure's result: the Monte-Carlo mean ``value``, its standard error ``se`` (NaN from
-    a single sample) and the number of independent samples behind it. Unpacks as ``value, se``.
+    """A stochastic measure's result: its Monte-Carlo mean, standard error and number of samples.
+
+    ``se`` is NaN from a single sample; an Estimate unpacks as ``value, se``.
     """
 
     se: float = math.nan
@@ -63,8 +64,9 @@ class Estimate(Result):
 
 @dataclass(frozen=True)
 class Column:
-    """A column a measure writes: its name, kind, role and (for a standard error or a diagnostic) the value
-    column it belongs to.
+    """A column a measure writes: its name, kind and role.
+
+    ``of``: for a standard error or a diagnostic, the value column it belongs to.
     """
 
     name: str

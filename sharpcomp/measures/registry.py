@@ -135,8 +135,9 @@ def plan(flatness: Mapping | None) -> Plan:
 
 def compute_measures(model: torch.nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, flatness: Mapping | None,
                      generator: torch.Generator | None = None, batch_size: int | None = None) -> dict[str, Any]:
-    """The columns of the measures a ``metrics.flatness`` mapping switches on, for ``model`` on the training
-    points (x, y): :func:`plan` then :meth:`Plan.compute` (a notebook's one call).
+    """The columns of the measures a ``metrics.flatness`` mapping switches on, in one call.
+
+    For ``model`` on the training points (x, y): :func:`plan` then :meth:`Plan.compute`.
     """
     return plan(flatness).compute(Sample(model, loss_fn, x, y, generator, batch_size))
 

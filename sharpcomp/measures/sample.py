@@ -1,5 +1,6 @@
-"""What a measure is computed from at one checkpoint: the network, its loss, the training points to draw
-from and the random generator every draw comes from.
+"""What a measure is computed from at one checkpoint.
+
+The network, its loss, the training points to draw from and the random generator every draw comes from.
 
 A measure's ``compute(sample, settings)`` asks :class:`Sample` for its points; the draws happen in the
 order the measures ask, from one generator, so a checkpoint's numbers depend only on its seed and on the
@@ -83,17 +84,22 @@ class Sample:
 
 
 class WholeSample(Sample):
-    """A sample whose measures all use every point: subsets are the whole sample, and minibatches are the
-    whole sample as one batch (``count`` 1) or up to five interleaved parts of it.
+    """A sample whose measures all use every point.
+
+    Subsets are the whole sample, and minibatches are the whole sample as one batch (``count`` 1) or up to
+    five interleaved parts of it.
     """
 
     def subset(self, n: int | None) -> Batch:
+        """Every point."""
         return self.x, self.y
 
     def fixed(self, n: int) -> Batch:
+        """Every point."""
         return self.x, self.y
 
     def batches(self, count: int, size: int | None, share: str | None = None) -> list[Batch]:
+        """The whole sample as one batch (``count`` 1), else up to five interleaved parts of it."""
         if int(count) == 1:
             return [(self.x, self.y)]
         k = max(2, min(5, self.x.shape[0]))
