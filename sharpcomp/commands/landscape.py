@@ -92,7 +92,7 @@ def _run(runs: list[Path], o: dict) -> list[Path]:
               for label, (x, y) in (("train", train), ("test", test))}
     labels = (runs[0].name, runs[1].name)
     return draw.write_interpolation(out, "interpolation", {"t": curves["train"]["t"], "curves": curves}, labels,
-                                    f"{name}: A = {labels[0]}, B = {labels[1]} ({n} images each)")
+                                    f"{name}: along (1 - t) A + t B ({n} images each)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -43,7 +43,7 @@ from sharpcomp.data.order import train_sample_indices
 from sharpcomp.engine.evaluation import evaluate, sample_set
 from sharpcomp.engine.loading import load_run
 from sharpcomp.engine.setup import build, load_data
-from sharpcomp.figures.draw import draw_correlation
+from sharpcomp.figures.scatter import draw_correlation
 from sharpcomp.figures.tables import correlation_table
 from sharpcomp.losses import per_sample_loss
 from sharpcomp.measures.study.estimators import choose, estimate_metrics

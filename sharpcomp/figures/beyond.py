@@ -5,10 +5,10 @@ model) pair and experiment, named ``<id>-<differing values>`` when there are sev
 
 ==========  ===========================================================================
 flatness    runs with optional flatness measures (``metrics.flatness``) on their
-            train rows: panels for those with values among sqrt(S), Tr H and Tr(PHP) (Hutchinson
-            standard error as error bars), worst-case, adaptive and quotient worst-case
-            sharpness, gradient disagreement and Fisher trace; one line per optim, lr or batch,
-            whichever varies (several: one per combination)
+            train rows: sqrt(S) and a panel per measure with values, with one standard error as error
+            bars for the measures that report one (Tr H, Tr(PHP), batch sharpness, average-case
+            sharpness; the title names them); one line per optim, lr or batch, whichever varies
+            (several: one per combination)
 sam_vs_sgd  runs that differ only in ``optim`` (sgd vs sam; same data, model, lr, batch, scale,
             ...): the six standard trend panels, one line per optimiser
 runs        any run with the train sample set (e.g. a single ``make demo`` run): the six
@@ -53,6 +53,7 @@ from sharpcomp.figures.panels import (
     FLATNESS_GROUPINGS,
     RUNS_CAP,
     TREND_PANELS,
+    error_bar_text,
     flatness_grouping,
     flatness_trend,
     runs_trend,
@@ -93,7 +94,7 @@ def _make_flatness(ctx: Context, fig_id: str) -> None:
         one = all(len({variant_value(f, v) for v in runs[f]}) == 1 for f in FLATNESS_GROUPINGS)
         per = "setting" if one else (by if not fields else ", ".join(fields))
         title = (f"{name}: flatness measures, {pair_text(runs)}, one line per {per}; mean over seeds, band "
-                 f"{ctx.band}; error bars: Hutchinson standard error; {common_text(runs, ('optim', *NO_OPTIM[:2]))}")
+                 f"{ctx.band}; {error_bar_text(frame)}; {common_text(runs, ('optim', *NO_OPTIM[:2]))}")
         fig, lines, empty, by = flatness_trend(frame, band=ctx.band, title=title.rstrip("; "))
         drawn = [c for c in dict.fromkeys(lines["column"]) if c != SQRT_S] if len(lines) else []
         summary = run_summary(frame, ctx.last_fraction)

@@ -58,7 +58,6 @@ from sharpcomp.figures.context import (
     variants,
     where,
 )
-from sharpcomp.figures.draw import draw_correlation
 from sharpcomp.figures.panels import (
     BOUND_COLUMNS,
     CORRELATION_COLUMNS,
@@ -68,6 +67,7 @@ from sharpcomp.figures.panels import (
     bound_panel,
     trend,
 )
+from sharpcomp.figures.scatter import draw_correlation
 from sharpcomp.figures.tables import (
     RUN,
     correlation_table,

@@ -11,10 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator
 
 from sharpcomp.figures.tables import SQRT_S, fmt
+from sharpcomp.figures.text import wrap
 
 # Axis labels: the quantity and its equation in the paper (docs/science.md).
 LABELS = {
@@ -35,8 +34,8 @@ LABELS = {
     "bound_d": "bound d (Eq. 28)",
     "wall_time": "wall time (s)",
     # optional flatness measures; the standard errors are drawn as error bars
-    "hessian_trace": "Tr H, Hessian trace (Hutchinson)",
-    "quotient_trace": "Tr(PHP), quotient Hessian trace (Hutchinson)",
+    "hessian_trace": "Tr H, Hessian trace",
+    "quotient_trace": "Tr(PHP), quotient Hessian trace",
     "quotient_trace_gap": "Tr H - Tr(PHP), closed form",
     "worst_case": r"worst-case $\epsilon$-sharpness",
     "worst_case_rel": r"worst-case $\epsilon$-sharpness / (1 + L)",
@@ -46,6 +45,18 @@ LABELS = {
     "worst_case_quotient_rel": r"quotient worst-case $\epsilon$-sharpness / (1 + L)",
     "grad_disagreement": r"gradient disagreement E$\|g_2\|(1 - \cos(g_1, g_2))$",
     "fisher_trace": "Tr F, empirical Fisher trace",
+    "hessian_max": r"$\lambda_{max}(H)$, top Hessian eigenvalue",
+    "ggn_max": r"$\lambda_{max}$ of the Gauss-Newton matrix",
+    "batch_sharpness": "batch sharpness",
+    "nonuniformity": "non-uniformity",
+    "average": "average-case sharpness",
+    "average_adaptive": "adaptive average-case sharpness",
+    "keskar": r"Keskar $\epsilon$-sharpness (%)",
+    "pacbayes_flatness": "PAC-Bayes flatness",
+    "pacbayes_mag_flatness": "PAC-Bayes flatness (magnitude-aware)",
+    "contrastive": "contrastive flatness",
+    "regret_kl": "regret in the Fisher (KL) ball",
+    "grad_norm": "gradient norm",
 }
 # Short names for legends and scatter-matrix axes.
 SHORT = {
@@ -59,11 +70,17 @@ SHORT = {
     "worst_case_adaptive": "adaptive sh.", "worst_case_adaptive_rel": "adaptive sh. rel.",
     "worst_case_quotient": "quotient worst sh.", "worst_case_quotient_rel": "quotient worst sh. rel.",
     "grad_disagreement": "grad. disagreement", "fisher_trace": "Tr F (Fisher)",
+    "hessian_max": r"$\lambda_{max}(H)$", "ggn_max": r"$\lambda_{max}(GGN)$", "batch_sharpness": "batch sharpness",
+    "nonuniformity": "non-uniformity", "average": "average-case sh.", "average_adaptive": "adaptive average-case sh.",
+    "keskar": "Keskar sh.", "pacbayes_flatness": "PAC-Bayes flat.", "pacbayes_mag_flatness": "PAC-Bayes mag. flat.",
+    "contrastive": "contrastive flat.", "regret_kl": "regret (KL)", "grad_norm": "grad. norm",
 }
 # Quantities drawn on a log axis when every value drawn is positive.
 LOG_COLUMNS = {"train_loss_running", "train_loss", "test_loss", "sample_loss", "mls", "bound_b",
                "bound_c", "bound_d"}
 BANDS = ("minmax", "std", "none")
+# Inches of figure height per row of trend panels.
+PANEL_HEIGHT = 3.3
 GROUP_NAMES = {"lr": "lr", "batch": "batch", "seed": "seed", "optim": "optim"}
 # Group columns whose values are already full labels (e.g. "lr 0.1, batch 20, seed 0").
 LABEL_GROUPS = ("run", "setting")
@@ -157,7 +174,7 @@ def draw_trend(
     ncols = max(1, min(ncols, len(panels)))
     nrows = int(np.ceil(len(panels) / ncols))
     width = max(4.4 * ncols, 9.0 if len(panels) == 1 else 7.0)  # one panel: room for its title on one line
-    fig = Figure(figsize=(width, 3.3 * nrows + (0.5 if title else 0) + (1.2 if len(panels) == 1 else 0)),
+    fig = Figure(figsize=(width, PANEL_HEIGHT * nrows + (0.5 if title else 0) + (1.2 if len(panels) == 1 else 0)),
                  layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax in axes[len(panels):]:
@@ -172,7 +189,7 @@ def draw_trend(
     for ax, panel in zip(axes, panels):
         drawn = _draw_panel_lines(ax, panel, lines, by, look, band, runs_per_group or {})
         ax.set_xlabel("iteration")
-        ax.set_ylabel(panel.label, fontsize=9)
+        ax.set_ylabel(wrap(panel.label, PANEL_HEIGHT - 0.5, 9), fontsize=9)
         if not drawn:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="0.5")
             empty.append(" / ".join(panel.columns))
@@ -197,7 +214,7 @@ def draw_trend(
             for h, text in zip(*ax.get_legend_handles_labels()):
                 handles.setdefault(text, h)
         if handles:
-            fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize=7)
+            fig.legend(list(handles.values()), list(handles), loc="outside right center", fontsize=7)
     if title:
         fig.suptitle(textwrap.fill(title, int(width * 12)), fontsize=10)  # ~12 characters an inch at 10 pt
     return fig, empty
@@ -243,8 +260,26 @@ def _accuracy_limits(ax, drawn: list) -> None:
     pad = max(0.05 * (hi - lo), 0.002)
     if everything.min() < lo - pad:
         ax.set_ylim(lo - pad, min(1.0, hi + pad) if hi <= 1 else hi + pad)
-        ax.text(0.98, 0.02, "first checkpoints below the axis", transform=ax.transAxes, ha="right",
-                va="bottom", fontsize=7, color="0.4")
+        note_above(ax, f"earlier checkpoints below the axis (down to {everything.min():.3g})")
+
+
+def note_above(ax, text: str) -> None:
+    """A note about the panel, above its top right corner: outside the data, so it never sits on a line."""
+    ax.annotate(text, (1.0, 1.0), xycoords="axes fraction", xytext=(0, 3), textcoords="offset points",
+                ha="right", va="bottom", fontsize=7, color="0.35")
+
+
+def _mark_neg_inf(ax, line: pd.DataFrame, col: str, color) -> bool:
+    """Triangles on the bottom edge at the checkpoints where some runs of ``line`` were -inf (left out of
+    the mean); whether there were any."""
+    if "n_neg_inf" not in line.columns:
+        return False
+    at = line.loc[line["n_neg_inf"].fillna(0) > 0, "iteration"].to_numpy(dtype=float)
+    if not len(at):
+        return False
+    ax.plot(at, np.zeros_like(at), ls="none", marker="v", ms=6, color=color, clip_on=False,
+            transform=ax.get_xaxis_transform(), label="_neg_inf")
+    return True
 
 
 def _draw_panel_lines(ax, panel: Panel, lines: pd.DataFrame, by: str, look: dict, band: str,
@@ -253,7 +288,7 @@ def _draw_panel_lines(ax, panel: Panel, lines: pd.DataFrame, by: str, look: dict
     returns the line tables drawn. ``look``: the groups, their colours and line styles."""
     groups, styles = look["groups"], look["styles"]
     several = len(panel.columns) > 1
-    drawn = []
+    drawn, neg_inf = [], False
     for ci, col in enumerate(panel.columns):
         sub = lines[lines["column"] == col]
         for g in dict.fromkeys(sub[by].tolist()):
@@ -274,126 +309,8 @@ def _draw_panel_lines(ax, panel: Panel, lines: pd.DataFrame, by: str, look: dict
             lohi = _band(line, band)
             if lohi is not None and line["n_runs"].max() > 1:
                 ax.fill_between(x, lohi[0], lohi[1], color=color, alpha=0.18, lw=0)
+            neg_inf = _mark_neg_inf(ax, line, col, color) or neg_inf
             drawn.append(line)
+    if neg_inf:
+        note_above(ax, "\u25bc: -inf in some runs there (left out of the mean)")
     return drawn
-
-
-def draw_correlation(
-    summary: pd.DataFrame,
-    columns: Sequence[str],
-    pearson: pd.DataFrame,
-    *,
-    color_by: Sequence[str] = ("lr", "batch"),
-    title: str | None = None,
-) -> Figure:
-    """Scatter matrix over ``columns``, one point per run.
-
-    Below the diagonal, row i / column j plots ``columns[i]`` (y) against ``columns[j]`` (x) with
-    Pearson r in the corner; above it, panel (j, i) repeats that pair's r, p-value and n in large
-    type (axis hidden); the diagonal holds each quantity's histogram. Points are coloured by
-    ``color_by`` (default lr and batch size).
-    """
-    cols = list(columns)
-    k = len(cols)
-    size = 2.0
-    order, point_colors, handles = _point_colors(summary, color_by)
-    # the legend's column: wide enough for the longest label (about 0.085 inch a character at 9 pt)
-    margin = max(1.5, 0.5 + 0.085 * max(len(text) for text in order)) if len(order) > 1 else 1.5
-    width = size * k + 0.6 + margin
-    height = size * k + 1.3
-    fig = Figure(figsize=(width, height))
-    fig.subplots_adjust(left=0.9 / width, right=(size * k + 0.6) / width,
-                        bottom=0.6 / height, top=1 - 0.75 / height,
-                        wspace=0.08, hspace=0.08)
-    grid = fig.add_gridspec(k, k)
-    axes = [[None] * k for _ in range(k)]
-    rvalue = {}
-    for _, row in pearson.iterrows():
-        rvalue[(row["x"], row["y"])] = rvalue[(row["y"], row["x"])] = (row["r"], row["p"], row["n"])
-    for i, ycol in enumerate(cols):
-        for j, xcol in enumerate(cols):
-            r, p, n = rvalue.get((xcol, ycol), (np.nan, np.nan, 0))
-            if j > i:  # upper triangle: the pair's numbers (text only, no axis)
-                box = grid[i, j].get_position(fig)
-                text = (f"r = {r:.2f}\np = {p:.2g}\nn = {int(n)}" if np.isfinite(r) else f"r = n/a\nn = {int(n)}")
-                fig.text((box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2, text, ha="center", va="center",
-                         fontsize=10, color=_r_color(r))
-                continue
-            share_x = axes[i - 1][j] if i > j else None      # column j: the axis above (same x)
-            share_y = axes[i][j - 1] if 0 < j < i else None  # row i: the scatter to the left
-            ax = axes[i][j] = fig.add_subplot(grid[i, j], sharex=share_x, sharey=share_y)
-            ax.tick_params(labelsize=8, length=2.5, pad=1.5)
-            ax.xaxis.set_major_locator(MaxNLocator(3))
-            ax.yaxis.set_major_locator(MaxNLocator(3))
-            if i == j:
-                v = summary[xcol].to_numpy(dtype=float)
-                v = v[np.isfinite(v)]
-                if len(v):  # own y scale (counts): this axis shares no y; bars with edges, and a rug
-                    bins = int(min(10, max(2, np.ceil(np.sqrt(len(v))) + 1)))
-                    ax.hist(v, bins=bins, color="0.88", edgecolor="0.3", linewidth=0.8)
-                    ax.plot(v, np.zeros_like(v), "|", color="0.15", ms=7, mew=0.9, clip_on=False)
-                ax.set_yticks([])
-            else:
-                ax.scatter(summary[xcol], summary[ycol], s=24, c=point_colors, edgecolors="white", linewidths=0.4,
-                           alpha=0.9)
-                text = f"r = {r:.2f}" if np.isfinite(r) else "r = n/a"
-                x0, y0, ha, va = _free_corner(summary[xcol].to_numpy(dtype=float), summary[ycol].to_numpy(dtype=float))
-                ax.text(x0, y0, text, transform=ax.transAxes, fontsize=8, ha=ha, va=va,
-                        bbox={"facecolor": "white", "alpha": 0.8, "lw": 0, "pad": 1})
-            if i == k - 1:
-                ax.set_xlabel(short(xcol), fontsize=9)
-            else:
-                ax.tick_params(labelbottom=False)
-            if j == 0:
-                ax.set_ylabel(short(ycol), fontsize=9)
-            elif i != j:
-                ax.tick_params(labelleft=False)
-    fig.sharpcomp_axes = axes  # k x k, None above the diagonal (for tests and callers)
-    if len(order) > 1 and handles:
-        fig.legend(handles, order, loc="center right", fontsize=9, frameon=False)
-    if title:
-        fig.suptitle(textwrap.fill(title, int(fig.get_figwidth() * 11)), fontsize=11)
-    return fig
-
-
-def _point_colors(summary: pd.DataFrame, color_by: Sequence[str]) -> tuple[list[str], list[str], list]:
-    """Colours of a scatter matrix's points: the legend labels in order ("lr 0.1, batch 20"), one
-    colour per run of ``summary`` and the legend handles."""
-    color_by = [c for c in color_by if c in summary.columns]
-    if color_by:
-        keys = summary[color_by].apply(lambda r: ", ".join(f"{c} {fmt(v)}" for c, v in zip(color_by, r)), axis=1)
-        order = summary.assign(_k=keys).sort_values(color_by)["_k"].drop_duplicates().tolist()
-    else:
-        keys = pd.Series(["run"] * len(summary), index=summary.index)
-        order = ["run"]
-    color_of = {key: f"C{i % 10}" for i, key in enumerate(order)}
-    handles = [Line2D([], [], ls="none", marker="o", ms=4, color=color_of[key], label=key) for key in order]
-    return order, [color_of[key] for key in keys], handles
-
-
-def _free_corner(x: np.ndarray, y: np.ndarray) -> tuple[float, float, str, str]:
-    """The corner of a scatter panel (axes coordinates, alignment) with the fewest points under a label
-    box of about a third of the width and a sixth of the height, so the label covers as few as can be."""
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    if len(x):
-        span_x, span_y = np.ptp(x) or 1.0, np.ptp(y) or 1.0
-        u, v = 0.05 + 0.9 * (x - x.min()) / span_x, 0.05 + 0.9 * (y - y.min()) / span_y  # autoscale margins
-    else:
-        u = v = np.array([])
-    corners = [(0.04, 0.96, "left", "top"), (0.96, 0.96, "right", "top"), (0.04, 0.04, "left", "bottom"),
-               (0.96, 0.04, "right", "bottom")]
-
-    def covered(c):
-        cx, cy, ha, va = c
-        inx = (u <= cx + 0.36) if ha == "left" else (u >= cx - 0.36)
-        iny = (v >= cy - 0.2) if va == "top" else (v <= cy + 0.2)
-        return int((inx & iny).sum())
-
-    return min(corners, key=covered)
-
-
-def _r_color(r: float) -> str:
-    if not np.isfinite(r):
-        return "0.5"
-    return "C3" if r > 0.5 else ("C0" if r < -0.5 else "0.2")

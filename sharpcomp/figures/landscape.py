@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from sharpcomp.figures.context import replacing_file, replacing_path
+from sharpcomp.figures.text import wrap
 
 
 def _save(fig: Figure, path: Path, formats: tuple[str, ...]) -> list[Path]:
@@ -29,10 +30,16 @@ def _save_csv(frame: pd.DataFrame, path: Path) -> None:
         frame.to_csv(fh, index=False)
 
 
+def _title(fig: Figure, text: str, fontsize: float = 10) -> None:
+    """The figure's title, wrapped to its width (run folder names break after their commas)."""
+    fig.suptitle(wrap(text, fig.get_figwidth() - 0.3, fontsize), fontsize=fontsize)
+
+
 def profile_figure(x: np.ndarray, curves: dict[str, tuple[np.ndarray, np.ndarray]], xlabel: str, title: str,
                    marks: dict[str, float] | None = None) -> Figure:
-    """Loss (left axis, log scale) and accuracy (right axis) along a line; ``curves``: label -> (loss, acc)."""
-    fig = Figure(figsize=(6.4, 4.2))
+    """Loss (left axis, log scale) and accuracy (right axis) along a line; ``curves``: label -> (loss, acc).
+    ``marks``: short labels (e.g. A, B) drawn above vertical lines at their positions."""
+    fig = Figure(figsize=(6.4, 4.6), layout="constrained")
     ax = fig.add_subplot()
     ax2 = ax.twinx()
     colours = ("tab:blue", "tab:orange", "tab:green", "tab:red")
@@ -46,47 +53,51 @@ def profile_figure(x: np.ndarray, curves: dict[str, tuple[np.ndarray, np.ndarray
     ax2.set_ylim(0, 100)
     for name, pos in (marks or {}).items():
         ax.axvline(pos, color="0.6", lw=0.8, zorder=0)
-        ax.annotate(name, (pos, 1.0), xycoords=("data", "axes fraction"), ha="center", va="bottom", fontsize=9)
+        ax.annotate(name, (pos, 1.0), xycoords=("data", "axes fraction"), xytext=(0, 2), textcoords="offset points",
+                    ha="center", va="bottom", fontsize=9, fontweight="bold")
     lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
     labels = ax.get_legend_handles_labels()[1] + ax2.get_legend_handles_labels()[1]
-    ax.legend(lines, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=len(curves),
-              frameon=False)
-    ax.set_title(title, fontsize=10, pad=14)
-    fig.tight_layout()
+    fig.legend(lines, labels, fontsize=8, loc="outside lower center", ncol=len(curves), frameon=False)
+    _title(fig, title)
     return fig
 
 
 def contour_figure(a: np.ndarray, b: np.ndarray, loss: np.ndarray, title: str) -> Figure:
     """Filled contours of log10 loss over (a, b), the trained weights marked at the origin."""
-    fig = Figure(figsize=(5.6, 4.8))
+    fig = Figure(figsize=(5.8, 5.4), layout="constrained")
     ax = fig.add_subplot()
     z = np.log10(np.maximum(loss, 1e-12))
     cs = ax.contourf(a, b, z.T, levels=30, cmap="viridis")
     ax.contour(a, b, z.T, levels=15, colors="k", linewidths=0.4, alpha=0.6)
-    fig.colorbar(cs, ax=ax, label=r"$\log_{10}$ loss")
-    ax.plot([0], [0], marker="*", color="red", ms=12, label="trained weights")
+    bar = fig.colorbar(cs, ax=ax, label=r"$\log_{10}$ loss", shrink=0.9)
+    bar.locator = MaxNLocator(8)
+    bar.update_ticks()
+    ax.plot([0], [0], marker="*", color="red", ms=12, ls="none", label="trained weights")
     ax.set_xlabel(r"$\alpha$ (direction 1, filter-normalised)")
     ax.set_ylabel(r"$\beta$ (direction 2, filter-normalised)")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(MaxNLocator(5))
     ax.set_aspect("equal")
     ax.legend(loc="upper right", fontsize=8)
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
+    _title(fig, title)
     return fig
 
 
 def surface_figure(a: np.ndarray, b: np.ndarray, loss: np.ndarray, title: str) -> Figure:
-    """A 3D surface of the loss over (a, b)."""
-    fig = Figure(figsize=(6.0, 5.0))
+    """A 3D surface of the loss over (a, b), coloured by the loss, with its colour bar."""
+    fig = Figure(figsize=(6.6, 5.2), layout="constrained")
     ax = fig.add_subplot(projection="3d")
     ga, gb = np.meshgrid(a, b, indexing="ij")
-    ax.plot_surface(ga, gb, loss, cmap="viridis", linewidth=0, antialiased=True, rcount=len(a), ccount=len(b))
+    surf = ax.plot_surface(ga, gb, loss, cmap="viridis", linewidth=0, antialiased=True, rcount=len(a),
+                           ccount=len(b))
     for axis in (ax.xaxis, ax.yaxis, ax.zaxis):
         axis.set_major_locator(MaxNLocator(5))
     ax.set_xlabel(r"$\alpha$")
     ax.set_ylabel(r"$\beta$")
     ax.set_zlabel("loss", labelpad=8)
     ax.view_init(elev=35, azim=-60)
-    ax.set_title(title, fontsize=10)
+    fig.colorbar(surf, ax=ax, label="loss", shrink=0.6, pad=0.08)
+    _title(fig, title)
     return fig
 
 
@@ -116,13 +127,14 @@ def write_surface(out: Path, name: str, grid: dict, line: dict, title: str,
 
 def write_interpolation(out: Path, name: str, result: dict, labels: tuple[str, str], title: str,
                         formats: tuple[str, ...] = ("png",)) -> list[Path]:
-    """``<name>.csv`` and the ``<name>`` figure: loss and accuracy along (1 - t) A + t B."""
+    """``<name>.csv`` and the ``<name>`` figure: loss and accuracy along (1 - t) A + t B, the end points marked
+    A and B and named (``labels``, e.g. their run folders) under ``title``."""
     out.mkdir(parents=True, exist_ok=True)
     t = result["t"].numpy()
     path = out / f"{name}.csv"
     _save_csv(pd.DataFrame({"t": t, **{f"{k}_{q}": v[q].numpy() for k, v in result["curves"].items()
                                        for q in ("loss", "acc")}}), path)
     curves = {k: (v["loss"].numpy(), v["acc"].numpy()) for k, v in result["curves"].items()}
-    fig = profile_figure(t, curves, r"$t$ in $(1-t)\,\theta_A + t\,\theta_B$", title,
-                         marks={labels[0]: 0.0, labels[1]: 1.0})
+    fig = profile_figure(t, curves, r"$t$ in $(1-t)\,\theta_A + t\,\theta_B$",
+                         f"{title}\nA = {labels[0]}\nB = {labels[1]}", marks={"A": 0.0, "B": 1.0})
     return [path, *_save(fig, out / name, formats)]

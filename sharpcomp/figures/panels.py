@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from sharpcomp.figures.draw import Panel, draw_correlation, draw_trend
+from sharpcomp.figures.draw import Panel, draw_trend, short
+from sharpcomp.figures.scatter import draw_correlation
 from sharpcomp.figures.tables import (
     RUN,
     SQRT_S,
@@ -163,6 +164,23 @@ def flatness_grouping(info: pd.DataFrame) -> tuple[str, tuple]:
     return "setting", varying or ("lr", "batch")
 
 
+def error_bar_columns(frame: pd.DataFrame) -> list[str]:
+    """The flatness measures whose panels carry error bars in these rows: those with standard errors
+    (``FLATNESS_SE``, from the measures' declarations) on their train rows."""
+    frame = prepare(frame)
+    train = frame[frame["sample_set"] == "train"]
+    return [c for c, se in FLATNESS_SE.items()
+            if c in train.columns and se in train.columns and train.loc[train[c].notna(), se].notna().any()]
+
+
+def error_bar_text(frame: pd.DataFrame) -> str:
+    """What the flatness figure's error bars are, named from the measures that have them."""
+    cols = error_bar_columns(frame)
+    if not cols:
+        return "no error bars (no measure here reports a standard error)"
+    return f"error bars: one standard error of {', '.join(short(c) for c in cols)}"
+
+
 def flatness_trend(frame, by=None, *, band="minmax", title=None):
     frame = prepare(frame)
     panels = [p for p in (Panel.of(x) for x in FLATNESS_PANELS) if has_values(frame, p.columns[0])]
@@ -172,7 +190,8 @@ def flatness_trend(frame, by=None, *, band="minmax", title=None):
         by, fields = flatness_grouping(info)
         if fields:
             frame, order = label_column(frame, info, by, fields)
-    fig, lines, empty = trend(frame, by, panels or [SQRT_S], band=band, title=title, order=order)
+    fig, lines, empty = trend(frame, by, panels or [SQRT_S], band=band, title=title, order=order,
+                              figure_legend=len(info) > 3)
     return fig, lines, empty, by
 
 

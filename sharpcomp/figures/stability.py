@@ -11,17 +11,18 @@ spectrum    one heat map per run: the SLQ Hessian density (``hessian_density``) 
 from __future__ import annotations
 
 import math
-import textwrap
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from sharpcomp.figures.context import Context, dedupe, pair_text, say_written, split_runs, train_runs
 from sharpcomp.figures.tables import RUN, VARIANT_COLUMNS, fmt
-from sharpcomp.results.density_bins import DENSITY_EDGES, density_centres
+from sharpcomp.figures.text import chars_per_inch, wrap
+from sharpcomp.results.density_bins import DENSITY_EDGES
 
 STABILITY_COLUMNS = ("hessian_max", "batch_sharpness", "nonuniformity")
 # one figure per value of these (lr and batch are drawn within a figure, seeds as separate lines)
@@ -41,6 +42,25 @@ def _train_rows(frame: pd.DataFrame, col: str) -> pd.DataFrame:
     return rows[rows[col].notna()].sort_values("iteration")
 
 
+_NAMES = {"hessian_max": "lambda_max", "batch_sharpness": "batch sharpness", "nonuniformity": "non-uniformity"}
+# what each panel draws: (column, row, line style)
+_SERIES = (("hessian_max", 0, "-"), ("batch_sharpness", 0, "--"), ("nonuniformity", 1, "-"))
+
+
+def _style_legend(fig: Figure, colour: dict) -> None:
+    """One legend for the whole figure, below the panels: a colour per batch size, a line style per
+    quantity (long handles, so that dashes read as dashes)."""
+    handles = [Line2D([], [], color=c, lw=2.2) for c in colour.values()]
+    labels = [f"batch {b}" for b in colour]
+    handles += [Line2D([], [], color="k", ls="-", lw=1.4), Line2D([], [], color="k", ls="--", lw=1.4),
+                Line2D([], [], color="k", ls=":", lw=1.4)]
+    labels += ["lambda_max (top), non-uniformity (bottom)", "batch sharpness (top)",
+               "2/eta (top), sqrt(B)/eta (bottom, the batch's colour)"]
+    column = 0.7 + chars_per_inch(8) ** -1 * max(len(t) for t in labels)  # handle, padding and text (inches)
+    fig.legend(handles, labels, loc="outside lower center", ncol=max(1, min(3, int(fig.get_figwidth() // column))),
+               fontsize=8, handlelength=3.5, frameon=False)
+
+
 def stability_figure(frame: pd.DataFrame, title: str | None = None) -> tuple[Figure, pd.DataFrame]:
     """The stability figure of the runs in ``frame`` (rows of metrics.parquet) and its lines as a table
     (run, lr, batch, iteration, column, value)."""
@@ -48,37 +68,32 @@ def stability_figure(frame: pd.DataFrame, title: str | None = None) -> tuple[Fig
     lrs = sorted({float(v) for v in frame["lr"]})
     batches = sorted({int(v) for v in frame["batch"]})
     colour = {b: _COLOURS[i % len(_COLOURS)] for i, b in enumerate(batches)}
-    fig = Figure(figsize=(4.2 * len(lrs), 6.4), layout="constrained")
+    fig = Figure(figsize=(max(4.2 * len(lrs), 8.4), 7.0), layout="constrained")
     axes = fig.subplots(2, len(lrs), squeeze=False)
     table = []
     for j, lr in enumerate(lrs):
         top, bottom = axes[0, j], axes[1, j]
-        top.axhline(2 / lr, color="k", ls=":", lw=1.2, label="2/eta")
+        top.axhline(2 / lr, color="k", ls=":", lw=1.4, label="2/eta")
         for run, rows in frame[frame["lr"].astype(float) == lr].groupby(RUN, sort=True):
             b = int(rows["batch"].iloc[0])
-            for col, ax, ls in (("hessian_max", top, "-"), ("batch_sharpness", top, "--"),
-                                ("nonuniformity", bottom, "-")):
+            for col, row, ls in _SERIES:
                 r = _train_rows(rows, col)
                 if r.empty:
                     continue
-                name = {"hessian_max": "lambda_max", "batch_sharpness": "batch sharpness"}.get(col, col)
-                ax.plot(r["iteration"], r[col].astype(float), ls=ls, color=colour[b], marker=".", ms=3,
-                        label=f"{name}, batch {b}")
+                axes[row, j].plot(r["iteration"], r[col].astype(float), ls=ls, color=colour[b], marker=".", ms=3,
+                                  label=f"{_NAMES[col]}, batch {b}")
                 table.append(pd.DataFrame({"run": run, "lr": lr, "batch": b, "iteration": r["iteration"].values,
                                            "column": col, "value": r[col].astype(float).values}))
-            bottom.axhline(math.sqrt(b) / lr, color=colour[b], ls=":", lw=1.2, label=f"sqrt(B)/eta, batch {b}")
+            bottom.axhline(math.sqrt(b) / lr, color=colour[b], ls=":", lw=1.4, label=f"sqrt(B)/eta, batch {b}")
         top.set_title(f"lr {fmt(lr)}  (2/eta = {fmt(2 / lr)})", fontsize=9)
         top.set_ylabel("top curvature")
         bottom.set_ylabel("non-uniformity")
         for ax in (top, bottom):
             ax.set_xlabel("iteration")
             ax.grid(alpha=0.3)
-            handles, labels = ax.get_legend_handles_labels()
-            if handles:
-                uniq = dict(zip(labels, handles))
-                ax.legend(uniq.values(), uniq.keys(), fontsize=7)
+    _style_legend(fig, colour)
     if title:
-        fig.suptitle(textwrap.fill(title, 45 * len(lrs)), fontsize=9)
+        fig.suptitle(wrap(title, fig.get_figwidth() - 0.3, 9), fontsize=9)
     lines = pd.concat(table, ignore_index=True) if table else pd.DataFrame(
         columns=["run", "lr", "batch", "iteration", "column", "value"])
     return fig, lines
@@ -90,50 +105,78 @@ def _density_matrix(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return its, mat
 
 
+def _checkpoint_edges(its: np.ndarray) -> np.ndarray:
+    """Cell edges along iteration: each checkpoint's cell reaches halfway to its neighbours, and the
+    first and last cells end at the first and last checkpoints (the axis spans the run, no further)."""
+    its = np.asarray(its, dtype=float)
+    if len(its) == 1:
+        return np.array([its[0] - 0.5, its[0] + 0.5])
+    return np.concatenate([[its[0]], (its[1:] + its[:-1]) / 2, [its[-1]]])
+
+
+def _bin_position(value: float) -> float:
+    """Where a positive eigenvalue lies on the heat map's axis (bin indices; bin i spans i - 0.5 .. i + 0.5)."""
+    k = int(np.searchsorted(DENSITY_EDGES, 0.0, side="right"))  # the first positive edge
+    step = math.log10(DENSITY_EDGES[k + 1] / DENSITY_EDGES[k])
+    return k - 0.5 + math.log10(max(value, DENSITY_EDGES[k]) / DENSITY_EDGES[k]) / step
+
+
+def _eigenvalue_ticks(span: tuple[float, float]) -> tuple[list[float], list[str]]:
+    """Ticks at 0 and at +-10^k (every decade, or every other one on a tall span) within ``span``."""
+    middle = int(np.searchsorted(DENSITY_EDGES, 0.0)) - 1  # the bin around zero
+    decades = sorted({round(math.log10(abs(e))) for e in DENSITY_EDGES[1:-1]})[1:]  # 10^-4 sits beside 0
+    every = 1 if span[1] - span[0] <= 90 else 2
+    pos, text = [float(middle)], ["0"]
+    for k in decades[::-1 if every == 1 else -every]:
+        for sign in (-1, 1):
+            i = int(np.flatnonzero(np.isclose(DENSITY_EDGES, sign * 10.0 ** k))[0])
+            if span[0] <= i - 0.5 <= span[1]:
+                pos.append(i - 0.5)
+                text.append(f"${'-' if sign < 0 else ''}10^{{{k}}}$")
+    return pos, text
+
+
 def spectrum_figure(frame: pd.DataFrame, title: str | None = None) -> tuple[Figure, pd.DataFrame]:
-    """One heat map per run of the SLQ density over training (iteration x eigenvalue bin, log colour)
-    and the densities as a long table (run, iteration, bin_low, bin_high, mass)."""
+    """One heat map per run of the SLQ density over training (iteration x eigenvalue bin, one log colour
+    scale for all, one colour bar) and the densities as a long table (run, iteration, bin_low, bin_high, mass)."""
     frame = _with_run(frame)
     runs = [(run, _train_rows(rows, "hessian_density")) for run, rows in frame.groupby(RUN, sort=True)]
-    runs = [(run, rows) for run, rows in runs if len(rows)]
+    runs = [(run, rows, *_density_matrix(rows)) for run, rows in runs if len(rows)]
     cols = min(3, max(1, len(runs)))
     nrows = max(1, math.ceil(len(runs) / cols))
-    fig = Figure(figsize=(4.6 * cols, 3.6 * nrows), layout="constrained")
+    fig = Figure(figsize=(max(4.4 * cols + 1.0, 6.0), 3.4 * nrows + 0.8), layout="constrained")
     axes = fig.subplots(nrows, cols, squeeze=False).ravel()
-    centres = density_centres()
-    nbins = len(centres)
-    ticks = [i for i, c in enumerate(centres) if c == 0 or (1e-3 < abs(c) < 1e5 and math.isclose(
-        math.log10(abs(c)) % 2, 1 / 16, abs_tol=1e-9))]
-    filled = np.flatnonzero(np.any([np.any(np.stack(list(r["hessian_density"])) > 0, axis=0) for _, r in runs],
-                                   axis=0)) if runs else np.array([0, nbins - 1])
+    nbins = len(DENSITY_EDGES) - 1
+    positive = np.concatenate([m[m > 0] for *_, m in runs]) if runs else np.array([])
+    filled = np.flatnonzero(np.any([np.any(m > 0, axis=0) for *_, m in runs], axis=0)) if runs else np.array([0])
     span = (max(filled.min() - 2, 0) - 0.5, min(filled.max() + 2, nbins - 1) + 0.5)
-    table = []
-    for ax, (run, rows) in zip(axes, runs):
-        its, mat = _density_matrix(rows)
-        positive = mat[mat > 0]
-        if positive.size == 0:
+    norm = LogNorm(vmin=max(positive.min(), 1e-6), vmax=positive.max()) if positive.size else None
+    ticks = _eigenvalue_ticks(span)
+    table, image = [], None
+    for ax, (run, rows, its, mat) in zip(axes, runs):
+        if norm is None or not (mat > 0).any():
             ax.set_axis_off()
             continue
-        norm = LogNorm(vmin=max(positive.min(), 1e-6), vmax=positive.max())
-        edges_it = np.concatenate([its, [its[-1] + (its[-1] - its[-2] if len(its) > 1 else 1)]])
-        im = ax.pcolormesh(edges_it, np.arange(nbins + 1) - 0.5, np.where(mat > 0, mat, np.nan).T,
-                           norm=norm, cmap="viridis", shading="flat")
+        image = ax.pcolormesh(_checkpoint_edges(its), np.arange(nbins + 1) - 0.5, np.where(mat > 0, mat, np.nan).T,
+                              norm=norm, cmap="viridis", shading="flat")
         lr = float(rows["lr"].iloc[0])
-        ax.axhline(np.searchsorted(DENSITY_EDGES, 2 / lr) - 1, color="w", ls=":", lw=1.2)
-        ax.set_yticks(ticks, [fmt(centres[i]) if centres[i] == 0 else f"{'-' if centres[i] < 0 else ''}1e"
-                              f"{round(math.log10(abs(centres[i])))}" for i in ticks], fontsize=7)
+        ax.axhline(_bin_position(2 / lr), color="red", ls="--", lw=1.6)
+        ax.set_yticks(*ticks, fontsize=7)
         ax.set_ylim(*span)
-        ax.set_title(f"lr {fmt(lr)}, batch {fmt(rows['batch'].iloc[0])} (dotted: 2/eta)", fontsize=8)
+        ax.set_xlim(its[0], its[-1]) if len(its) > 1 else None
+        ax.set_title(f"lr {fmt(lr)}, batch {fmt(rows['batch'].iloc[0])}", fontsize=8)
         ax.set_xlabel("iteration")
         ax.set_ylabel("Hessian eigenvalue")
-        fig.colorbar(im, ax=ax, label="density mass")
-        for it, m in zip(its, mat):
-            table.append(pd.DataFrame({"run": run, "iteration": it, "bin_low": DENSITY_EDGES[:-1],
-                                       "bin_high": DENSITY_EDGES[1:], "mass": m}))
+        table += [pd.DataFrame({"run": run, "iteration": it, "bin_low": DENSITY_EDGES[:-1],
+                                "bin_high": DENSITY_EDGES[1:], "mass": m}) for it, m in zip(its, mat)]
     for ax in axes[len(runs):]:
         ax.set_axis_off()
+    if image is not None:
+        fig.colorbar(image, ax=list(axes), label="density mass (per bin)", shrink=0.7, aspect=30)
+        fig.legend([Line2D([], [], color="red", ls="--", lw=1.6)], ["2/eta, the stability threshold of the run's lr"],
+                   loc="outside lower center", fontsize=8, handlelength=3.5, frameon=False)
     if title:
-        fig.suptitle(textwrap.fill(title, 50 * cols), fontsize=9)
+        fig.suptitle(wrap(title, fig.get_figwidth() - 0.3, 9), fontsize=9)
     out = pd.concat(table, ignore_index=True) if table else pd.DataFrame(
         columns=["run", "iteration", "bin_low", "bin_high", "mass"])
     return fig, out

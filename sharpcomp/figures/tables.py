@@ -33,6 +33,10 @@ RUN = "_run"
 _PREPARED = "sharpcomp_figures_prepared"
 # Derived column: figures plot sqrt(S) (docs/science.md).
 SQRT_S = "sqrt_sharpness"
+# Where a quantity was -inf (a log volume with a zero eigenvalue among those kept): ``prepare`` turns
+# infinities into missing values and keeps, for a column that had -inf, a marker column of this prefix;
+# trend lines count those runs (``n_neg_inf``) so that a figure can mark them.
+NEG_INF = "neg_inf:"
 # Identity fields that say which run of an experiment this is.
 SETTING_COLUMNS = ("data", "model", "lr", "batch", "seed")
 # Identity fields that make two runs different experiments (a figure never mixes them): every
@@ -165,6 +169,8 @@ def prepare(frame: pd.DataFrame) -> pd.DataFrame:
             frame[col] = np.nan
     for col in quantity_columns(frame):
         values = frame[col].to_numpy(dtype="float64", copy=True)
+        if (values == -np.inf).any():
+            frame[NEG_INF + col] = values == -np.inf
         values[~np.isfinite(values)] = np.nan
         frame[col] = values
     if "sharpness" in frame.columns:
@@ -180,7 +186,8 @@ def quantity_columns(frame: pd.DataFrame) -> list[str]:
     """Numeric columns that hold a per-checkpoint quantity (known or added later)."""
     return [
         c for c in frame.columns
-        if c not in NOT_QUANTITIES and c not in ("epoch",) and pd.api.types.is_numeric_dtype(frame[c])
+        if c not in NOT_QUANTITIES and c not in ("epoch",) and not str(c).startswith(NEG_INF)
+        and pd.api.types.is_numeric_dtype(frame[c])
     ]
 
 
@@ -281,6 +288,7 @@ def checkpoint_table(frame: pd.DataFrame, sample_set: str | None = "train",
     if sample_set is None:
         return per_ckpt
     other = [c for c in quantity_columns(frame) if c not in ckpt_cols]
+    other += [c for c in frame.columns if str(c).startswith(NEG_INF)]
     rows = frame[frame["sample_set"] == sample_set]
     metrics = rows.groupby(keys, sort=True)[other + ["n_samples"]].first().reset_index()
     return per_ckpt.merge(metrics, on=keys, how="left")
@@ -374,7 +382,8 @@ def trend_lines(
     """The numbers a trend figure draws: for each value of ``by`` (``lr``, ``batch``,
     ``sample_set``...), each column and each iteration, the mean over runs and the spread.
 
-    Returns a long table with columns ``by, column, iteration, mean, std, min, max, n_runs``
+    Returns a long table with columns ``by, column, iteration, mean, std, min, max, n_runs`` over the runs
+    with a finite value, and ``n_neg_inf``, the runs whose value was -inf there (left out of the others)
     (``by=None``: every run in one group, column ``group`` = ``all``).
     With ``by='sample_set'``, whole-set columns (train/test loss and accuracy) do not depend on the
     sample set and get one line with ``by`` value ``all``.
@@ -406,28 +415,35 @@ def trend_lines(
     if out:
         result = pd.concat(out, ignore_index=True)
     else:
-        result = pd.DataFrame(columns=["group", "column", "iteration", "mean", "std", "min", "max", "n_runs"])
+        result = pd.DataFrame(columns=["group", "column", "iteration", "mean", "std", "min", "max", "n_runs",
+                                       "n_neg_inf"])
     result = result.reset_index(drop=True)
     return result if whole_group else result.rename(columns={"group": by})
 
 
 def _aggregate(table: pd.DataFrame, by: str, columns: list[str]) -> pd.DataFrame:
-    """Mean, std (ddof 0), min, max and count over runs, per (group, iteration), for each column;
-    long format with rows ordered by column, then group, then iteration; empty lines dropped."""
+    """Mean, std (ddof 0), min, max and count over runs, per (group, iteration), for each column, and the
+    count of runs at -inf there; long format with rows ordered by column, then group, then iteration;
+    lines with no finite value and no -inf dropped."""
     columns = [c for c in columns if c in table.columns]
     if table.empty or not columns:
         return pd.DataFrame()
-    groups = table.groupby([by, "iteration"], sort=True)[columns]
+    markers = {c: NEG_INF + c for c in columns if NEG_INF + c in table.columns}
+    table = table.assign(**{m: table[m].fillna(False).astype(int) for m in markers.values()})
+    grouped = table.groupby([by, "iteration"], sort=True)
+    groups = grouped[columns]
     stats = {"mean": groups.mean(), "std": groups.std(ddof=0), "min": groups.min(), "max": groups.max(),
              "n_runs": groups.count()}
+    neg = grouped[list(markers.values())].sum() if markers else None
     parts = []
     for col in columns:
         part = pd.DataFrame({name: s[col] for name, s in stats.items()})
-        part = part[part["n_runs"] > 0].reset_index()
+        part["n_neg_inf"] = neg[markers[col]] if col in markers else 0
+        part = part[(part["n_runs"] > 0) | (part["n_neg_inf"] > 0)].reset_index()
         part.insert(1, "column", col)
         parts.append(part)
     long = pd.concat(parts, ignore_index=True)
-    return long[[by, "column", "iteration", "mean", "std", "min", "max", "n_runs"]]
+    return long[[by, "column", "iteration", "mean", "std", "min", "max", "n_runs", "n_neg_inf"]]
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from sharpcomp.figures import draw
+from sharpcomp.figures import draw, scatter
 
 
 def test_runs_differing_in_seed_share_the_settings_colour():
@@ -27,14 +27,14 @@ def test_runs_differing_in_seed_share_the_settings_colour():
 def test_r_label_goes_to_the_emptiest_corner():
     x = np.array([0.0, 0.1, 0.2, 0.9, 1.0])
     y = np.array([1.0, 0.95, 0.9, 0.1, 0.0])  # points along the top-left / bottom-right diagonal
-    assert draw._free_corner(x, y)[2:] in (("right", "top"), ("left", "bottom"))
-    assert draw._free_corner(x, -y)[2:] in (("left", "top"), ("right", "bottom"))
+    assert scatter._free_corner(x, y)[2:] in (("right", "top"), ("left", "bottom"))
+    assert scatter._free_corner(x, -y)[2:] in (("left", "top"), ("right", "bottom"))
 
 
 def test_histograms_have_edges_and_fonts_are_readable():
     summary = pd.DataFrame({"a": [1.0, 2.0, 2.5, 4.0], "b": [2.0, 1.0, 3.0, 4.0], "lr": [0.1, 0.1, 0.2, 0.2]})
     pearson = pd.DataFrame([{"x": "a", "y": "b", "r": 0.6, "p": 0.4, "n": 4}])
-    fig = draw.draw_correlation(summary, ["a", "b"], pearson, color_by=("lr",))
+    fig = scatter.draw_correlation(summary, ["a", "b"], pearson, color_by=("lr",))
     hist = fig.sharpcomp_axes[0][0]
     assert hist.patches and all(p.get_linewidth() > 0 and p.get_edgecolor()[3] > 0 for p in hist.patches)
     ticks = [t for ax in (fig.sharpcomp_axes[1][0], fig.sharpcomp_axes[1][1]) for t in ax.get_xticklabels()]

@@ -27,13 +27,13 @@ def figs(results):
 
 def make_run(root, data, model, lr, batch, seed, *, n_ckpt=6, every=100, sets=("train",), status="finished",
              diverge_at=None, scale="quick", bounds=None, drop=(), extra=None, name=None,
-             data_source="synthetic", optim="sgd", flat=(), flat_every=1, width=1.0, settings=None):
+             data_source="synthetic", optim="sgd", flat=(), flat_every=1, width=1.0, settings=None, folder=None):
     """One run's metrics.parquet, written by RunRecorder like a real run. Metric values depend on
     lr, batch, seed and iteration so that lines and correlations are distinct. ``flat``: flatness
     columns on the train rows at every ``flat_every``-th checkpoint and the last (missing between,
     like ``metrics.flatness_every``); a ``<col>_se`` column gets 5% of ``<col>``. ``settings``: the
     nested run settings written as the ``settings`` JSON column (see :func:`settings_of`); sharpness
-    scales with ``width``."""
+    scales with ``width``. ``folder``: the run's folder under ``root`` (default: the run id)."""
     bounds = model == "mlp4" if bounds is None else bounds
     run_id = name or f"{data}-{model}-lr{lr}-b{batch}-s{seed}-{scale}-{'-'.join(sets)}-{optim}"
     run_id += f"-w{width:g}" if width != 1.0 else ""
@@ -42,7 +42,8 @@ def make_run(root, data, model, lr, batch, seed, *, n_ckpt=6, every=100, sets=("
                     versions="{}")
     if settings is not None:
         identity["settings"] = json.dumps(settings, sort_keys=True)
-    rec = RunRecorder(root / run_id, identity)
+    folder = root / (folder or run_id)
+    rec = RunRecorder(folder, identity)
     rng = np.random.default_rng(1000 * seed + int(lr * 100) + batch)
     rows = []
     for k in range(n_ckpt):
@@ -78,7 +79,7 @@ def make_run(root, data, model, lr, batch, seed, *, n_ckpt=6, every=100, sets=("
         if dead:
             break
     rec.append(rows, status="diverged" if diverge_at is not None else status)
-    return read_metrics(root / run_id)
+    return read_metrics(folder)
 
 
 def settings_of(data, model, lr, batch, seed, *, width=1.0, optim=None, **model_keys):
@@ -470,8 +471,8 @@ def test_flatness_figure_sparse_columns_error_bars_and_grouping(tmp_path):
     axes = visible_axes(fig)
     # sqrt(S), Tr H, Tr(PHP), worst-case sharpness, gradient disagreement: the measures that exist
     assert [ax.get_ylabel() for ax in axes] == [
-        r"$\sqrt{S}$, sharpness (Eq. 3)", "Tr(PHP), quotient Hessian trace (Hutchinson)",
-        "Tr H, Hessian trace (Hutchinson)", r"worst-case $\epsilon$-sharpness",
+        r"$\sqrt{S}$, sharpness (Eq. 3)", "Tr(PHP), quotient Hessian trace",
+        "Tr H, Hessian trace", r"worst-case $\epsilon$-sharpness",
         r"gradient disagreement E$\|g_2\|(1 - \cos(g_1, g_2))$"]
     assert all(len(lines_of(ax)) == 2 for ax in axes)  # one line per lr (the only thing that varies)
     assert [line.get_label() for line in lines_of(axes[1])] == ["lr 0.05 (2 runs)", "lr 0.1 (2 runs)"]
