@@ -30,6 +30,7 @@ from sharpcomp.options import group_options, option_lines
 from sharpcomp.results.run_names import register_resolvers
 from sharpcomp.settings import CONFIG_MODULE, ConfigError, _yaml_keys, overrides_by_name
 from sharpcomp.usage import EXIT_USAGE, UsageError, report
+from sharpcomp.warning_lines import one_line_warnings
 
 CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
 GROUPS = ("data", "model", "scale", "optim", "logger", "experiment")
@@ -426,11 +427,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     try:
-        if command == "train":
-            return _train(rest, multirun)
-        if multirun:
-            raise UsageError(f"-m applies to train only, not '{command}'")
-        return _subcommand(command, rest)
+        with one_line_warnings():
+            if command == "train":
+                return _train(rest, multirun)
+            if multirun:
+                raise UsageError(f"-m applies to train only, not '{command}'")
+            return _subcommand(command, rest)
     except UsageError as exc:
         return report(command if command in COMMANDS else None, str(exc))
     except KeyboardInterrupt:

@@ -8,6 +8,7 @@ all members at once) on the sample set, and the optional flatness measures on th
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Mapping
 
 import torch
@@ -104,9 +105,10 @@ def with_network_wide(models, inputs, results: list[dict[str, dict]], s: Setting
 
 def checkpoint_rows(model: nn.Module, s: Settings, plan: Plan, data: Dataset, sets: Mapping[str, tuple],
                     loss_fn: Callable, base: dict, iteration: int, metrics: Mapping[str, dict],
-                    losses: Mapping[str, float]) -> list[dict]:
+                    losses: Mapping[str, float], clock: dict | None = None) -> list[dict]:
     """The rows of one checkpoint: ``base`` (whole-set columns) joined with each sample set's loss and
-    metrics (and the switched-on measures of ``plan`` on the train row, when due). The model is in eval mode."""
+    metrics (and the switched-on measures of ``plan`` on the train row, when due). The model is in eval mode.
+    ``clock``: the measures' seconds are added to its ``measures``."""
     rows = []
     for name in s.metrics.sample_sets:
         x, _ = sets[name]
@@ -116,6 +118,9 @@ def checkpoint_rows(model: nn.Module, s: Settings, plan: Plan, data: Dataset, se
             row.update({k: v for k, v in metrics[name].items() if k != "per_sample"})
         if name == "train" and plan and s.flatness_due(iteration):
             g = torch.Generator().manual_seed(s.seed * 1_000_003 + iteration)
+            t0 = time.perf_counter()
             row.update(plan.compute(Sample(model, loss_fn, data.train_x, data.train_y, g, s.batch)))
+            if clock is not None:
+                clock["measures"] = clock.get("measures", 0.0) + time.perf_counter() - t0
         rows.append(row)
     return rows

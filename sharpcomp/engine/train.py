@@ -34,7 +34,10 @@ from tqdm.auto import tqdm
 
 from sharpcomp.data.datasets import Dataset
 from sharpcomp.data.order import epoch_permutation, steps_per_epoch, train_sample_indices
+from sharpcomp.engine.cost import MeasureCost
 from sharpcomp.engine.evaluation import checkpoint_rows, sample_losses, sample_sets
+from sharpcomp.engine.kept_measures import keep, publish
+from sharpcomp.engine.notes import ended_line, note_outputs, note_small_sets
 from sharpcomp.engine.setup import build, check_layer, check_writable, measure_plan, prepare_runtime
 from sharpcomp.engine.steppers import PlainStepper
 from sharpcomp.losses import make_loss
@@ -91,15 +94,22 @@ def open_runs(cfgs: Sequence, run_dirs: Sequence[Path], data: Dataset | None,
     try:
         for s, d in zip(all_settings, run_dirs):
             settings(s.raw, n_train=len(data.train_x))
+            s, kept = keep(s, Path(d))  # a resumed run computes its measures as its rows were computed
             n_out = s.num_outputs(data.num_classes)
             run_id = run_identity(s)["run_id"]
+            identity = identity_columns(s, run_id, n_out, data.source, device)
+            identity["settings"] = publish(identity["settings"], measure_plan(s))
             try:
-                state = RunState(s, Path(d), identity_columns(s, run_id, n_out, data.source, device)).open(device)
+                state = RunState(s, Path(d), identity).open(device)
             except (ConfigError, RecordError) as exc:
                 if blocked is None:
                     raise
                 blocked.append((Path(d), exc))
                 continue
+            for line in kept:
+                print(line, file=sys.stderr, flush=True)
+            if state.result is not None:
+                print(ended_line(s, d, state), file=sys.stderr, flush=True)
             idx = train_sample_indices(s.seed, len(data.train_x), s.metrics.n).to(device)
             logger = Logger() if state.result is not None else make_logger(
                 s.raw.get("logger"), Path(d), run_id, {**run_identity(s)["settings"], "steps": s.steps})
@@ -108,6 +118,8 @@ def open_runs(cfgs: Sequence, run_dirs: Sequence[Path], data: Dataset | None,
         for m in members:
             m.run.close()
         raise
+    if any(m.run.fresh and m.run.result is None for m in members):  # what iteration 0's accuracy means
+        note_outputs(all_settings[0], data)
     return members, data
 
 
@@ -133,22 +145,12 @@ def _open_ended(all_settings: Sequence[Settings], run_dirs: Sequence) -> list[Me
             state = RunState(s, Path(d), {"run_id": run_id}).open(torch.device("cpu"))
             members.append(Member(state, s, torch.empty(0, dtype=torch.long), make_loss(s.loss, 1)))
             if state.result is not None:
-                print(f"sharpcomp: {d}: {state.result.status} at iteration {state.start}; nothing to train",
-                      file=sys.stderr, flush=True)
+                print(ended_line(s, d, state), file=sys.stderr, flush=True)
     except BaseException:
         for m in members:
             m.run.close()
         raise
     return members
-
-
-def note_small_sets(s: Settings, data: Dataset) -> None:
-    """One line when ``metrics.n`` exceeds a set its sample sets are drawn from (the sets are cut)."""
-    sizes = {"train": len(data.train_x), "test": len(data.test_x)}
-    cut = [f"{name} {sizes[name]}" for name in s.metrics.sample_sets if s.metrics.n > sizes.get(name, s.metrics.n)]
-    if cut:
-        print(f"sharpcomp: metrics.n={s.metrics.n} is more than the data holds; sample sets cut to "
-              f"{', '.join(cut)} samples", file=sys.stderr, flush=True)
 
 
 def by_start(members: Sequence[Member]) -> list[list[Member]]:
@@ -177,7 +179,10 @@ class _Loop:
         self.spe = steps_per_epoch(len(data.train_x), self.s.batch)
         self.device = data.train_x.device
         self.t0 = time.perf_counter()
-        self.timing = dict.fromkeys(("train", "checkpoint", "eval", "metrics", "write"), 0.0)
+        self.timing = dict.fromkeys(("train", "checkpoint", "eval", "metrics", "write", "measures"), 0.0)
+        self.start, self.counts = members[0].run.start, {"checkpoints": 0, "measured": 0}
+        self.cost = MeasureCost(self.s.steps, self.s.log_every, self.s.metrics.flatness_every) if any(
+            m.plan for m in members) else None
         self._reset_running()
         self._carry_running()
         for m in self.members:  # said once the stepper holds the saved state (it fits the network)
@@ -317,13 +322,25 @@ class _Loop:
             self.members = []
         if new_rows:
             _summary(self.bar, it, s.steps, new_rows)
+            self._cost_line(it)
         if self.callback is not None:
             self.callback(it, new_rows)
+
+    def _cost_line(self, it: int) -> None:
+        """Count the checkpoint; once steps and measures have been timed, say if the measures will dominate."""
+        self.counts["checkpoints"] += 1
+        self.counts["measured"] += bool(self.cost is not None and self.s.flatness_due(it))
+        line = None if self.cost is None else self.cost.after_checkpoint(
+            it - self.start, self.timing["train"], self.counts["checkpoints"], self.timing["checkpoint"],
+            self.counts["measured"], self.timing["measures"])
+        if line:
+            self.bar.write(f"sharpcomp: {line}", file=sys.stderr)
 
     def _commit(self, pos: int, m: Member, it: int, base: dict, sets: dict, metrics: dict, losses: dict,
                 model: nn.Module, running: dict | None = None) -> list:
         m0 = time.perf_counter()
-        rows = checkpoint_rows(model, m.settings, m.plan, self.data, sets, m.loss_fn, base, it, metrics, losses)
+        rows = checkpoint_rows(model, m.settings, m.plan, self.data, sets, m.loss_fn, base, it, metrics, losses,
+                               clock=self.timing)
         self.timing["metrics"] += time.perf_counter() - m0
         for r in rows:
             r["wall_time"] = self.wall(m)

@@ -107,9 +107,12 @@ class Measure:
     one-line complaint about a combination of settings, or None. ``id_key``: the config key under which its
     settings enter run ids (its first key, so that run ids survive a rename); ``in_every_id``: its null
     entry is part of every run id. ``aliases`` and ``column_aliases``: earlier names of its config key and
-    columns, still accepted and read. ``reparam_settings``: the settings ``sharpcomp reparam`` uses (tight
-    tolerances, so that only a real change counts as moved). ``symmetry``: it needs the rescaling-symmetry
-    analysis of the network (checked before a run starts). ``function``: the pure function a notebook calls
+    columns, still accepted and read. ``earlier_defaults``: the defaults that settings had before they
+    changed, for rows that recorded the measure without naming every setting (a run keeps computing its
+    measures as its rows were computed: ``sharpcomp.engine.kept_measures``). ``reparam_settings``: the
+    settings ``sharpcomp reparam`` uses (tight tolerances, so that only a real change counts as moved).
+    ``symmetry``: it needs the rescaling-symmetry analysis of the network (checked before a run starts).
+    ``function``: the pure function a notebook calls
     (part of the public API, ``sharpcomp.<name>``).
     """
 
@@ -125,6 +128,7 @@ class Measure:
     reparam_settings: Mapping[str, Any] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
     column_aliases: Mapping[str, str] = field(default_factory=dict)
+    earlier_defaults: Mapping[str, Any] = field(default_factory=dict)
     id_key: str | None = None
     in_every_id: bool = False
     check: Callable[[Any], str | None] | None = None

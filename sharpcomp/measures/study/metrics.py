@@ -97,6 +97,8 @@ BACKWARD_MODE = "loop"
 LARGE_OUTPUTS = 256
 # Seconds of metric work after which a progress bar appears.
 PROGRESS_AFTER = 3.0
+# Seconds of backward passes after which, for N over LARGE_OUTPUTS, the time of all of them is projected.
+ESTIMATE_AFTER = 2.0
 
 
 @exact_float32()
@@ -118,7 +120,8 @@ def compute_metrics(model: nn.Module, inputs: Tensor, *, layer: str | None = Non
         per_sample: also return ``"per_sample"``: numpy arrays of length n, keys ``PER_SAMPLE_NAMES``.
         progress: a progress bar over the N backward passes per chunk, shown once the work has taken
             ``PROGRESS_AFTER`` seconds (None: on a terminal only; False: never). With N over
-            ``LARGE_OUTPUTS`` a warning says the number of passes and their estimated time first.
+            ``LARGE_OUTPUTS`` a warning says the number of passes and the time they will take, projected
+            from the first of them once they have taken ``ESTIMATE_AFTER`` seconds.
         network_wide: also the network-wide columns (:mod:`sharpcomp.measures.study.network_wide`: NMLS, NVR,
             their bounds), gathered in the same forward and backward passes.
 
@@ -140,10 +143,9 @@ def compute_metrics(model: nn.Module, inputs: Tensor, *, layer: str | None = Non
     if step < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     with torch.enable_grad(), eval_mode(model):
-        t0 = time.perf_counter()
         with torch.no_grad():  # N, the number of backward passes per chunk
             num_out = _forward(model, x[:1], layer, clone=False)[0][0].numel()
-        with _progress(num_out, x.shape[0], step, layer, time.perf_counter() - t0, progress) as tick:
+        with _progress(num_out, x.shape[0], step, layer, progress) as tick:
             parts = [_chunk_metrics(model, x[s:s + step], layer, num_out, log_volume_rank, tick, network_wide)
                      for s in range(0, x.shape[0], step)]
     per = {k: np.concatenate([part.values[k] for part in parts]) for k in parts[0].values}
@@ -198,24 +200,38 @@ class _ChunkResult:
 
 
 @contextlib.contextmanager
-def _progress(num_out: int, n: int, step: int, layer: str | None, sample_forward: float, show: bool | None):
+def _progress(num_out: int, n: int, step: int, layer: str | None, show: bool | None):
     """A ``tick(passes)`` callable over every backward pass of the computation (N = ``num_out`` per chunk).
 
-    A tqdm bar appears after ``PROGRESS_AFTER`` seconds, and, for N over ``LARGE_OUTPUTS``, one warning
-    gives the estimated time (a backward pass of a chunk taken as twice ``step`` times the forward pass of
-    one sample, ``sample_forward`` seconds).
+    A tqdm bar appears after ``PROGRESS_AFTER`` seconds. For N over ``LARGE_OUTPUTS``, once the passes have
+    taken ``ESTIMATE_AFTER`` seconds (and a twentieth of them is timed), one warning gives the time all of
+    them will take: the work up to the first pass, and the rest at the rate measured since.
     """
-    forward = sample_forward * min(step, n)
-    chunks = -(-n // step)
-    total = num_out * chunks
-    if num_out > LARGE_OUTPUTS:
-        warnings.warn(f"compute_metrics: N = {num_out} outputs of {layer or 'the network'}: {total} backward passes "
-                      f"over {n} samples, about {2 * forward * total:.0f} s (choose a smaller layer or fewer "
-                      f"samples to cut it)", RuntimeWarning, stacklevel=4)
+    total = num_out * -(-n // step)
+    start = time.perf_counter()
     bar = tqdm(total=total, desc="metrics", unit="pass", delay=PROGRESS_AFTER, leave=False,
                disable=None if show is None else not show, dynamic_ncols=True, mininterval=0.5)
+    state = {"done": 0, "warned": num_out <= LARGE_OUTPUTS, "first": None}
+
+    def tick(passes: int = 1) -> None:
+        bar.update(passes)
+        state["done"] += passes
+        elapsed = time.perf_counter() - start
+        if state["first"] is None:  # the work before the first pass (forward, set-up) is paid once
+            state["first"] = (state["done"], elapsed)
+            return
+        first_done, first_at = state["first"]
+        measured = state["done"] - first_done
+        if state["warned"] or elapsed < ESTIMATE_AFTER or measured * 20 < total or state["done"] >= total:
+            return
+        state["warned"] = True
+        projected = first_at + (elapsed - first_at) / measured * (total - first_done)
+        warnings.warn(f"compute_metrics: N = {num_out} outputs of {layer or 'the network'}: {total} backward passes "
+                      f"over {n} samples, about {projected:.2g} s (projected from the first {state['done']}; "
+                      f"choose a smaller layer or fewer samples to cut it)", RuntimeWarning, stacklevel=2)
+
     try:
-        yield bar.update
+        yield tick
     finally:
         bar.close()
 
