@@ -1,5 +1,6 @@
 """Long metric work is not silent: a warning with the number of backward passes and the time they take
-(projected from those measured) for a large N, a progress bar over the passes, and a line saying why log_volume is -inf."""
+(projected from those measured) for a large N, a progress bar over the passes, and a line saying why
+log_volume is -inf."""
 
 from __future__ import annotations
 

@@ -68,8 +68,9 @@ def lambda_max(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, tol: flo
 
 @exact_float32()
 def contrastive_flatness(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], kind: str = "lambda_max",
-                         probes: int = 20, generator: torch.Generator | None = None) -> Result:
-    """The mean ratio; details ``full`` (phi(H)) and ``per_batch`` ([phi(H_B)]). The model is left as it was."""
+                         probes: int = 20, generator: torch.Generator | None = None, tol: float = 1e-6) -> Result:
+    """The mean ratio; details ``full`` (phi(H)) and ``per_batch`` ([phi(H_B)]). ``tol``: the relative accuracy
+    of each lambda_max (scipy's eigsh). The model is left as it was."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if not batches:
@@ -82,7 +83,7 @@ def contrastive_flatness(model: nn.Module, loss_fn: LossFn, batches: Sequence[Ba
 
         def phi(x: Tensor, y: Tensor) -> float:
             if kind == "lambda_max":
-                return lambda_max(model, loss_fn, x, y, seed=seed % 2**32)
+                return lambda_max(model, loss_fn, x, y, tol=tol, seed=seed % 2**32)
             g = torch.autograd.grad(loss_fn(model(x), y), params, create_graph=True)
             values, _ = hutchinson(g, params, probes, torch.Generator().manual_seed(seed))
             return float(values.mean())
@@ -101,19 +102,21 @@ class Settings:
     """``metrics.flatness.contrastive``."""
 
     kind: str = setting("lambda_max", choices=KINDS, doc="phi: lambda_max or trace (Hutchinson)")
-    batches: int = setting(4, above=0, doc="disjoint minibatches of the training set")
+    batches: int = setting(2, above=0, doc="disjoint minibatches of the training set")
     batch_size: int = setting(64, above=0, doc="their size")
     probes: int = setting(20, above=0, doc="Hutchinson probes (kind trace)")
+    tol: float = setting(1e-3, above=0, doc="relative accuracy of each lambda_max (kind lambda_max)")
 
 
 def compute(sample: Sample, s: Settings) -> dict[str, float]:
     """The contrastive ratio over ``s.batches`` minibatches, and phi of the whole loss."""
     batches = sample.batches(s.batches, s.batch_size)
-    r = contrastive_flatness(sample.model, sample.loss_fn, batches, s.kind, s.probes, sample.generator)
+    r = contrastive_flatness(sample.model, sample.loss_fn, batches, s.kind, s.probes, sample.generator, tol=s.tol)
     return {"contrastive": r.value, "contrastive_full": r.details["full"]}
 
 
 MEASURE = Measure(
+    earlier_defaults={"batches": 4, "tol": 1e-6},
     function=contrastive_flatness,
     name="contrastive", family="curvature", settings=Settings, compute=compute,
     summary="contrastive flatness: mean over minibatches of phi(H_B) / phi(H) (phi: lambda_max or trace)",

@@ -44,7 +44,7 @@ def ggn_max(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets: Tensor, 
 class Settings:
     """``metrics.flatness.ggn_max``."""
 
-    n: int = setting(1000, above=0, doc="fixed training points (the same at every checkpoint)")
+    n: int = setting(256, above=0, doc="fixed training points (the same at every checkpoint)")
     tol: float = setting(1e-3, above=0, doc="relative residual to stop at")
     max_iter: int = setting(100, above=0, doc="at most this many Lanczos steps")
     chunk_size: int = setting(None, kind=int, above=0, doc="points per product (memory)")
@@ -58,6 +58,7 @@ def compute(sample: Sample, s: Settings) -> dict:
 
 
 MEASURE = Measure(
+    earlier_defaults={"n": 1000},
     function=ggn_max,
     name="ggn_max", family="curvature", settings=Settings, compute=compute,
     summary="lambda_max(G) of the Gauss-Newton matrix (Lanczos); equals lambda_max(H) at interpolation",

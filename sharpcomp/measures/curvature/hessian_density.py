@@ -89,8 +89,8 @@ def hessian_density(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets: 
 class Settings:
     """``metrics.flatness.hessian_density``."""
 
-    n: int = setting(256, above=0, doc="fixed training points (the same at every checkpoint)")
-    probes: int = setting(2, above=0, doc="start vectors")
+    n: int = setting(128, above=0, doc="fixed training points (the same at every checkpoint)")
+    probes: int = setting(1, above=0, doc="start vectors")
     steps: int = setting(40, above=0, doc="Lanczos steps per start vector")
     chunk_size: int = setting(None, kind=int, above=0, doc="points per Hessian-vector product (memory)")
 
@@ -103,6 +103,7 @@ def compute(sample: Sample, s: Settings) -> dict:
 
 
 MEASURE = Measure(
+    earlier_defaults={"n": 256, "probes": 2},
     function=hessian_density,
     name="hessian_density", family="curvature", settings=Settings, compute=compute, stochastic=True,
     summary="the Hessian's spectral density by stochastic Lanczos quadrature, as bin masses on a fixed grid",

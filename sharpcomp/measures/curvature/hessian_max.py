@@ -53,7 +53,7 @@ class Settings:
     """``metrics.flatness.hessian_max``."""
 
     k: int = setting(1, above=0, doc="how many of the largest eigenvalues (hessian_top)")
-    n: int = setting(1000, above=0, doc="fixed training points (the same at every checkpoint)")
+    n: int = setting(256, above=0, doc="fixed training points (the same at every checkpoint)")
     tol: float = setting(1e-3, above=0, doc="relative residual to stop at")
     max_iter: int = setting(100, above=0, doc="at most this many Lanczos steps")
     chunk_size: int = setting(None, kind=int, above=0, doc="points per Hessian-vector product (memory)")
@@ -68,6 +68,7 @@ def compute(sample: Sample, s: Settings) -> dict:
 
 
 MEASURE = Measure(
+    earlier_defaults={"n": 1000},
     function=hessian_max,
     name="hessian_max", family="curvature", settings=Settings, compute=compute,
     summary="lambda_max(H), the sharpness of the edge-of-stability literature, and the top k eigenvalues (Lanczos)",

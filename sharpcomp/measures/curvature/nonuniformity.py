@@ -67,7 +67,7 @@ def nonuniformity(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets: Te
 class Settings:
     """``metrics.flatness.nonuniformity``."""
 
-    n: int = setting(32, above=0, doc="fixed training points (per-sample gradients are kept)")
+    n: int = setting(16, above=0, doc="fixed training points (per-sample gradients are kept)")
     tol: float = setting(1e-2, above=0, doc="relative residual to stop at")
     max_iter: int = setting(30, above=0, doc="at most this many Lanczos steps")
 
@@ -80,6 +80,7 @@ def compute(sample: Sample, s: Settings) -> dict:
 
 
 MEASURE = Measure(
+    earlier_defaults={"n": 32},
     function=nonuniformity,
     name="nonuniformity", family="curvature", settings=Settings, compute=compute,
     summary="non-uniformity sqrt(lambda_max(mean_i H_i^2 - H^2)), the spread of the per-sample Hessians",

@@ -123,7 +123,7 @@ def quotient_hessian_trace(model: nn.Module, loss_fn: LossFn, inputs: Tensor, ta
 class Settings:
     """``metrics.flatness.quotient_trace``."""
 
-    probes: int = setting(20, above=0, doc="Rademacher probes (Hutch++: Hessian-vector products)")
+    probes: int = setting(10, above=0, doc="Rademacher probes (Hutch++: Hessian-vector products)")
     n: int = setting(256, above=0, doc="training points, drawn anew at each checkpoint")
     full_trace: bool = setting(True, doc="also Tr H from the same probes")
     gap: bool = setting(True, doc="also the exact gap Tr H - Tr(PHP) in closed form")
@@ -145,6 +145,7 @@ def compute(sample: Sample, s: Settings) -> dict[str, float]:
 
 
 MEASURE = Measure(
+    earlier_defaults={"probes": 20},
     function=quotient_hessian_trace,
     name="quotient_trace", family="curvature", stochastic=True, settings=Settings, compute=compute,
     summary="Tr(PHP): the Hessian trace off the ReLU rescaling orbits (Hutchinson or Hutch++), with Tr H "

@@ -123,7 +123,7 @@ class Settings:
 
     sigma: float = setting(0.01, above=0, nullable=True, doc="noise scale of the plain measure (null: off)")
     adaptive_sigma: float = setting(0.1, above=0, nullable=True, doc="noise scale relative to |w| (null: off)")
-    draws: int = setting(100, above=1, doc="noisy forward passes per batch (antithetic pairs: at least 4)")
+    draws: int = setting(20, above=1, doc="noisy forward passes per batch (antithetic pairs: at least 4)")
     batches: int = setting(1, above=0, doc="disjoint minibatches of the training set")
     batch_size: int = setting(1000, above=0, doc="their size")
 
@@ -140,6 +140,7 @@ def compute(sample: Sample, s: Settings) -> dict[str, float]:
 
 
 MEASURE = Measure(
+    earlier_defaults={"draws": 100},
     function=average_sharpness,
     name="average", family="perturbation", stochastic=True, settings=Settings, compute=compute,
     check=lambda s: f"draws must be >= 4 (two antithetic pairs), got {s.draws!r}" if s.draws < 4 else None,

@@ -51,7 +51,7 @@ class Settings:
     eps: float = setting(1e-3, above=0, doc="half-width of the box, relative to |w| + 1")
     steps: int = setting(20, above=0, doc="Auto-PGD iterations")
     restarts: int = setting(1, above=0, doc="Auto-PGD restarts")
-    n: int = setting(1000, above=0, doc="training points, drawn anew at each checkpoint")
+    n: int = setting(256, above=0, doc="training points, drawn anew at each checkpoint")
 
 
 def compute(sample: Sample, s: Settings) -> dict[str, float]:
@@ -62,6 +62,7 @@ def compute(sample: Sample, s: Settings) -> dict[str, float]:
 
 
 MEASURE = Measure(
+    earlier_defaults={"n": 1000},
     function=keskar_sharpness,
     name="keskar", family="perturbation", settings=Settings, compute=compute,
     summary="Keskar et al.'s epsilon-sharpness in percent: the loss increase in the box |delta_i| <= eps (|w_i| + 1)",

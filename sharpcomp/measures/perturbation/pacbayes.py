@@ -118,10 +118,10 @@ class Settings:
     """``metrics.flatness.pacbayes``."""
 
     target: float = setting(0.1, above=0, doc="the training-error increase the sigma allows")
-    draws: int = setting(10, above=0, doc="noise draws per error estimate")
+    draws: int = setting(5, above=0, doc="noise draws per error estimate")
     iterations: int = setting(15, above=0, doc="bisection steps")
     sigma_max: float = setting(2.0, above=0, doc="the largest sigma searched")
-    n: int = setting(1000, above=0, doc="training points, drawn anew at each checkpoint")
+    n: int = setting(256, above=0, doc="training points, drawn anew at each checkpoint")
 
 
 def compute(sample: Sample, s: Settings) -> dict[str, float]:
@@ -139,6 +139,7 @@ def compute(sample: Sample, s: Settings) -> dict[str, float]:
 
 
 MEASURE = Measure(
+    earlier_defaults={"draws": 10, "n": 1000},
     function=pacbayes_sigma,
     name="pacbayes", family="perturbation", settings=Settings, compute=compute,
     summary="PAC-Bayes flatness: the largest Gaussian weight noise (plain and magnitude-aware) that raises the "

@@ -117,10 +117,10 @@ def regret_kl(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], dampi
 class Settings:
     """``metrics.flatness.regret_kl``."""
 
-    batches: int = setting(8, above=0, doc="disjoint minibatches of the training set")
+    batches: int = setting(4, above=0, doc="disjoint minibatches of the training set")
     batch_size: int = setting(20, above=0, doc="their size")
     damping: float = setting(1e-3, at_least=0, doc="lambda added to the Fisher")
-    cg_iterations: int = setting(100, above=0, doc="conjugate-gradient iterations")
+    cg_iterations: int = setting(30, above=0, doc="conjugate-gradient iterations")
 
 
 def compute(sample: Sample, s: Settings) -> dict[str, float]:
@@ -130,6 +130,7 @@ def compute(sample: Sample, s: Settings) -> dict[str, float]:
 
 
 MEASURE = Measure(
+    earlier_defaults={"batches": 8, "cg_iterations": 100},
     function=regret_kl,
     name="regret_kl", family="perturbation", settings=Settings, compute=compute,
     summary="regret in the symmetrised-KL (Fisher) ball over ordered pairs of minibatches",
