@@ -9,6 +9,7 @@ import shlex
 import sys
 
 import pandas as pd
+import pytest
 
 from sharpcomp.cli import main
 from sharpcomp.results.records import read_metrics
@@ -52,3 +53,30 @@ def test_readme_example_runs_as_written(in_tmp, monkeypatch, capsys):
     assert sorted(rows.iteration.unique()) == [0, 2] and rows.sharpness.gt(0).all()
     assert main(figures) == 0
     assert (in_tmp / "figures" / "runs.png").exists(), capsys.readouterr()
+
+
+def readme_library_command() -> list[str]:
+    """The README's command that trains a library network (torchvision's resnet18)."""
+    text = (REPO / "README.md").read_text()
+    (line,) = [x for x in text.splitlines() if x.startswith("sharpcomp train model._target_=torchvision")]
+    return shlex.split(line)[1:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("as_written", [True, False])
+def test_readme_library_network_trains_at_its_lr(in_tmp, capsys, as_written):
+    """The README's resnet18 command, for 100 steps (about 2 minutes of one CPU thread): at the lr it names
+    the running loss falls and stays finite; at the default lr 0.1 the same run diverges."""
+    args = readme_library_command()
+    assert any(a.startswith("lr=") for a in args)
+    if not as_written:
+        args = [a for a in args if not a.startswith("lr=")]
+    assert main([*args, "steps=100", "log_every=50", "eval_every=2", "metrics.n=8", "threads=1",
+                 "progress=false"]) == 0
+    (run,) = (in_tmp / "outputs" / "runs").rglob("metrics.parquet")
+    rows = read_metrics(run.parent).sort_values("iteration")
+    if not as_written:
+        assert rows["status"].iloc[-1] == "diverged"
+        return
+    loss = rows.groupby("iteration")["train_loss_running"].first()
+    assert rows["status"].iloc[-1] == "finished" and loss.loc[100] < loss.loc[50] < 1.0, loss.to_dict()

@@ -189,7 +189,7 @@ def draw_trend(
     for ax, panel in zip(axes, panels):
         drawn = _draw_panel_lines(ax, panel, lines, by, look, band, runs_per_group or {})
         ax.set_xlabel("iteration")
-        ax.set_ylabel(wrap(panel.label, PANEL_HEIGHT - 0.5, 9), fontsize=9)
+        ax.set_ylabel(wrap(panel.label, fig.get_figheight() / nrows - 0.6, 9), fontsize=9)
         if not drawn:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="0.5")
             empty.append(" / ".join(panel.columns))

@@ -89,7 +89,7 @@ def surface_figure(a: np.ndarray, b: np.ndarray, loss: np.ndarray, title: str) -
     ax = fig.add_subplot(projection="3d")
     ga, gb = np.meshgrid(a, b, indexing="ij")
     surf = ax.plot_surface(ga, gb, loss, cmap="viridis", linewidth=0, antialiased=True, rcount=len(a),
-                           ccount=len(b))
+                           ccount=len(b), vmin=float(np.min(loss)), vmax=float(np.max(loss)))
     for axis in (ax.xaxis, ax.yaxis, ax.zaxis):
         axis.set_major_locator(MaxNLocator(5))
     ax.set_xlabel(r"$\alpha$")

@@ -1,8 +1,8 @@
 """Text that fits its place: titles and run names wrapped to a width in inches.
 
 A run's folder name has no spaces (``batch=8,log_every=100,lr=0.05,seed=3``), so lines break at spaces
-and after the commas, slashes and semicolons of such names, never inside mathtext (``$...$``), and a
-piece longer than a line is cut.
+and after the commas, slashes and semicolons of such names, never inside mathtext (``$...$``) or an
+equation reference (``(Eq. 28)``), and a piece longer than a line is cut.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def wrap(text: str, inches: float, fontsize: float) -> str:
 
 
 def _wrap_line(text: str, width: int) -> list[str]:
-    pieces = [p for p in re.findall(r"(?:\$[^$]*\$|[^ ,/;$])*[ ,/;]?", text) if p]
+    pieces = [p for p in re.findall(r"(?:\$[^$]*\$|\(Eq\. \d+\)|[^ ,/;$])*[ ,/;]?", text) if p]
     lines: list[str] = []
     line = ""
     for piece in pieces:

@@ -11,7 +11,7 @@ import torch
 from matplotlib.colors import to_rgba
 
 from sharpcomp.commands import figures as command
-from sharpcomp.figures import beyond, catalogue, context, panels, scatter, stability
+from sharpcomp.figures import beyond, catalogue, context, panels, stability
 from sharpcomp.figures import landscape as draw_landscape
 from sharpcomp.figures.tables import load_results, run_summary
 from sharpcomp.results.density_bins import DENSITY_EDGES
@@ -177,7 +177,9 @@ def test_scatter_matrix_fills_its_width_and_leaves_p_out_below_five_runs(tmp_pat
     assert content.x0 < 0.05 * width and content.x1 > 0.95 * width  # no blank column (inches)
     pairs = [t.get_text() for t in fig.texts if t.get_text().startswith("r = ")]
     assert pairs and all("p = " not in t and "n = 3" in t for t in pairs)
-    assert scatter.pair_text(0.5, 0.01, 5) == "r = 0.50\np = 0.01\nn = 5"
+    from sharpcomp.figures.scatter import pair_text  # the upper triangle's text
+
+    assert pair_text(0.5, 0.01, 5) == "r = 0.50\np = 0.01\nn = 5"
     assert_readable(fig, "scatter matrix")
 
 
