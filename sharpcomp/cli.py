@@ -163,6 +163,8 @@ def _run_hydra_train(args: list[str], multirun: bool) -> int:
     try:
         app()
         return sweep_summary(Path(outcomes)) if outcomes else 0
+    except SystemExit as exc:  # a single job's exit status (its line printed), or Hydra's own
+        return exc.code if isinstance(exc.code, int) else 1
     finally:
         sys.stdout = stdout
         sys.argv = [argv0]

@@ -84,6 +84,9 @@ def explain(exc: Exception) -> str:
         key = m.group(1)
         hint = "" if key.startswith("hydra.") else did_you_mean(key, known_keys())
         return f"unknown option '{key}'{hint} (see `sharpcomp --help`; a new key needs a leading +)"
+    m = re.match(r"Error merging override (\S+)", msg)
+    if m and exc.__cause__ is not None and str(exc.__cause__).strip():
+        return f"cannot set {m.group(1)}: {str(exc.__cause__).strip().splitlines()[0]}"
     m = re.search(r"Could not append to config. An item is already at '([^']+)'", msg)
     if m:
         return f"option '{m.group(1)}' already exists: set it without the leading +"
