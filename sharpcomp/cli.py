@@ -68,7 +68,9 @@ config groups (train):
 options (train, with the defaults of the default groups):
 {chr(10).join(option_lines())}
 
-Hydra flags pass through, e.g. `sharpcomp train --cfg job` prints the composed config (resolved).
+Every command takes key=value options (--key VALUE and --key=VALUE mean the same) after its folders;
+`sharpcomp <command> --help` lists them. Hydra's view flags pass through, e.g. `sharpcomp train --cfg job`
+prints the composed config (resolved).
 Results: outputs/runs/<data>-<model>/<overrides>/metrics.parquet (multirun: outputs/multirun/...)."""
 
 
