@@ -49,7 +49,7 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     (``lr_rate`` -> ``lr``).
     """
     choices = [str(c) for c in dict.fromkeys(choices) if str(c) != word]
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.65)
     if not close:
         head = re.split(r"[_\-]", word)[0]
         close = [c for c in choices if head and c == head] or [
@@ -225,8 +225,8 @@ class Syntax:
         hint = did_you_mean(key.replace("-", "_"), self.names)
         listed = f"options: {', '.join(known)}" if known else "it takes no options"
         folder = "" if flag or self.most == 0 else f"; no folder '{arg}' either"
-        return UsageError(f"unknown option '{'--' if flag else ''}{key}'{hint} ({listed}{folder}; "
-                          f"see `sharpcomp {self.command} --help`)")
+        what = f"flag '--{key}'" if flag else f"option '{key}'"
+        return UsageError(f"unknown {what}{hint} ({listed}{folder}; see `sharpcomp {self.command} --help`)")
 
     def _store(self, parsed: Parsed, key: str, value: str, spelled: str | None = None) -> None:
         parsed.spelled[key] = spelled or key

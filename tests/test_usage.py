@@ -45,7 +45,7 @@ def test_a_folder_that_looks_like_an_option_is_the_folder(tmp_path, monkeypatch)
 @pytest.mark.parametrize("argv,message", [
     (["seed=1", "seed=2"], "seed is given twice"),
     (["sede=1"], "unknown option 'sede' (did you mean seed?)"),
-    (["--ot", "x"], "unknown option '--ot' (did you mean out?)"),
+    (["--ot", "x"], "unknown flag '--ot' (did you mean out?)"),
     (["--out"], "--out needs a value: write out=VALUE"),
     (["-x"], "unknown flag '-x'"),
     (["lr=0.05,seed=1"], "no folder 'lr=0.05,seed=1' either"),

@@ -108,7 +108,7 @@ def parse(argv: Sequence[str]) -> tuple[dict, dict]:
     opts["run"] = runs or None
     args = {k: yaml.safe_load(v) for k, v in parsed.extra.items()}
     if (opts["run"] is None) == (opts["model"] is None):
-        raise MeasureError("give either run folders (run=FOLDER[,...]) or model=MODEL data=DATA")
+        raise MeasureError("give either run=FOLDER[,...] (or run folders as arguments) or model=MODEL data=DATA")
     if opts["model"] is not None and opts["data"] is None:
         raise MeasureError("model= needs data= (a conf/data name, e.g. cifar10_2class)")
     try:
