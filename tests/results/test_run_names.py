@@ -198,7 +198,7 @@ def test_recorded_settings_are_read_bounded(parent, tmp_path, config):
     elif config == "alias bomb":
         path.write_text(good + BOMB)
     elif config == "resolver":
-        path.write_text(good.replace("seed: 3", "seed: ${oc.decode:3}"))  # resolves to 3
+        path.write_text(good.replace("seed: 3", "seed: ${oc.decode:'3'}"))  # resolves to 3
     elif config == "not yaml":
         path.write_bytes(b"\xff\xfe{{{")
     else:
