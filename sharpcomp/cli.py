@@ -21,7 +21,7 @@ from hydra.types import RunMode
 
 from sharpcomp._version import __version__
 from sharpcomp.options import group_options, option_lines
-from sharpcomp.overrides import GROUPS, check_composes, check_overrides, expand, implied_custom
+from sharpcomp.overrides import GROUPS, check_composes, check_overrides, expand, implied_custom, known_keys
 from sharpcomp.results.hydra_files import defer_save, discard_held
 from sharpcomp.results.run_names import register_resolvers
 from sharpcomp.settings import CONFIG_MODULE, overrides_by_name
@@ -192,12 +192,22 @@ def _train(rest: list[str], multirun: bool) -> int:
     refuse_rerun(rest)
     if any(a.split("=")[0] in HYDRA_VIEW_FLAGS for a in rest):  # a view of the config: Hydra reads its own flags
         return _view(rest, multirun)
-    flags = [a for a in rest if a.startswith("-")]
+    flags = [i for i, a in enumerate(rest) if a.startswith("-")]
     if flags:
-        raise UsageError(f"unknown flag '{flags[0]}' (options are key=value; see `sharpcomp --help`)")
+        raise UsageError(_flag_hint(rest, flags[0]))
     rest = implied_custom(rest)
     check_overrides(rest, multirun)
     return _run_hydra_train(rest, multirun)
+
+
+def _flag_hint(args: list[str], i: int) -> str:
+    """The line for a flag ``train`` does not take; where it names a setting (``--lr 0.1``), the right form."""
+    name, eq, value = args[i].lstrip("-").partition("=")
+    key = name.replace("-", "_")
+    if key in known_keys():
+        value = value if eq else (args[i + 1] if i + 1 < len(args) and "=" not in args[i + 1] else "VALUE")
+        return f"unknown flag '{args[i]}': train takes key=value, write {key}={value} (see `sharpcomp --help`)"
+    return f"unknown flag '{args[i]}'{did_you_mean(key, known_keys())} (options are key=value; see `sharpcomp --help`)"
 
 
 def refuse_rerun(args: list[str]) -> None:

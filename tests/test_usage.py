@@ -110,6 +110,8 @@ def test_every_subcommand_shows_its_syntax_and_options(command, capsys):
     (["train", "+lr_rat=2"], "(did you mean lr?)"),
     (["train", "hydra/launcher=jobib"], "unknown hydra/launcher 'jobib' (did you mean joblib?)"),
     (["train", "--cfg", "job", "lr_rate=0.1"], "unknown option 'lr_rate' (did you mean lr?)"),
+    (["train", "--lr", "0.05"], "unknown flag '--lr': train takes key=value, write lr=0.05"),
+    (["train", "--metrics.n=5"], "write metrics.n=5"),
 ])
 def test_misspelt_options_and_choices_say_what_was_meant(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -30,13 +30,11 @@ from sharpcomp.usage import EXIT_USAGE, Option, Syntax, UsageError, check_output
 
 T_MAX = 100.0  # |lo|, |hi| and span: farther out, weights of 100 times their size (the losses overflow first)
 SYNTAX = Syntax(
-    command="landscape",
+    command="landscape", folders="RUN [RUN_B]", most=2,
+    folders_help="one run folder (its landscape) or two (their interpolation)",
     summary="The loss landscape of a run around its last checkpoint (a 2D grid along two filter-normalised "
             "random directions, and a 1D profile), or the path (1 - t) A + t B between two runs of the same "
             "network and data. CSVs and PNGs in out=DIR (default RUN-landscape, beside the run).",
-    folders="RUN [RUN_B]",
-    folders_help="one run folder (its landscape) or two (their interpolation)",
-    most=2,
     options=(
         Option("points", "grid points per axis (default 41; >= 2)", "P"),
         Option("span", f"one run: the grid covers [-span, span]^2 (default 1.0; at most {T_MAX:g})", "S"),

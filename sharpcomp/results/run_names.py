@@ -211,19 +211,27 @@ def _parts_run_id(records: Path) -> str | None:
     return ids[0] if ids and len(set(ids)) == 1 else None
 
 
+@lru_cache(maxsize=64)
+def _checkpoint_run_id(path: Path, version: tuple[int, int, int]) -> str | None:
+    """The run id of a checkpoint file (``version``: its inode, size and time, so a changed file is read again)."""
+    # lazy: torch only where an older folder is looked at
+    from sharpcomp.results.run_state import read_checkpoint
+
+    try:
+        return read_checkpoint(path)["run_id"]
+    except Exception:  # refused or unreadable: not a run's resume point
+        return None
+
+
 def holds_run(folder: Path, run_id: str) -> bool:
     """Whether ``folder`` is a real folder (not a link) whose checkpoint or results parts are run ``run_id``'s."""
-    # lazy: torch only where an older folder is looked at
-    from sharpcomp.results.run_state import CHECKPOINT_FILE, read_checkpoint
-
     if folder.is_symlink() or not folder.is_dir():
         return False
-    checkpoint = folder / CHECKPOINT_FILE
+    checkpoint = folder / RESULTS[1]
     if _regular(checkpoint):
-        try:
-            return read_checkpoint(checkpoint)["run_id"] == run_id
-        except Exception:  # refused or unreadable: not a run's resume point
-            pass
+        info = os.lstat(checkpoint)
+        if _checkpoint_run_id(checkpoint, (info.st_ino, info.st_size, info.st_mtime_ns)) == run_id:
+            return True
     return _parts_run_id(folder / RESULTS[0]) == run_id
 
 
