@@ -42,6 +42,7 @@ from sharpcomp.engine.setup import build, check_layer, check_writable, measure_p
 from sharpcomp.engine.steppers import PlainStepper
 from sharpcomp.losses import make_loss
 from sharpcomp.measures.registry import Plan
+from sharpcomp.results.hydra_files import write_held
 from sharpcomp.results.loggers import Logger, make_logger
 from sharpcomp.results.records import RecordError
 from sharpcomp.results.run_state import CHECKPOINT_FILE, RunResult, RunState, identity_columns, read_checkpoint
@@ -106,6 +107,7 @@ def open_runs(cfgs: Sequence, run_dirs: Sequence[Path], data: Dataset | None,
                     raise
                 blocked.append((Path(d), exc))
                 continue
+            write_held(d)  # the folder is this run's now: Hydra's record of its config goes in
             for line in kept:
                 print(line, file=sys.stderr, flush=True)
             if state.result is not None:
@@ -143,6 +145,7 @@ def _open_ended(all_settings: Sequence[Settings], run_dirs: Sequence) -> list[Me
         for s, d in zip(all_settings, run_dirs):
             run_id = run_identity(s)["run_id"]
             state = RunState(s, Path(d), {"run_id": run_id}).open(torch.device("cpu"))
+            write_held(d)
             members.append(Member(state, s, torch.empty(0, dtype=torch.long), make_loss(s.loss, 1)))
             if state.result is not None:
                 print(ended_line(s, d, state), file=sys.stderr, flush=True)
