@@ -7,8 +7,8 @@ steps x (seconds per step) + checkpoints x (seconds of the rest of a checkpoint)
 (seconds of the measures). When the measures are more than :data:`DOMINANT` of it, one line says so,
 with the ``metrics.flatness_every`` that brings them to :data:`TARGET` or below::
 
-    sharpcomp: the flatness measures will take about 41 s per checkpoint, 89% of the run (about 35 min of
-    39 min); metrics.flatness_every=25 makes it 24% (about 5.8 min)
+    sharpcomp: the flatness measures will take about 33 s per checkpoint, 71% of the run (about 28 min of
+    39 min); metrics.flatness_every=10 makes it 23% (about 15 min)
 """
 
 from __future__ import annotations
