@@ -95,7 +95,8 @@ def test_a_run_that_never_reaches_its_criterion_stops_at_the_cap_and_extends(dat
     cfg.steps = 16
     assert train(cfg, tmp_path / "r", data=fmnist_small).iteration == 16  # the cap was reached, not the criterion
     rows = read_metrics(tmp_path / "r")
-    assert sorted(set(rows.iteration)) == [0, 4, 8, 12, 16] and (rows[rows.iteration == 16].stop_reason == "steps").all()
+    assert sorted(set(rows.iteration)) == [0, 4, 8, 12, 16]
+    assert (rows[rows.iteration == 16].stop_reason == "steps").all()
 
 
 def test_ensemble_members_stop_apart_with_the_rows_of_separate_runs(straight, data_dir, cache_dir, fmnist_small,
