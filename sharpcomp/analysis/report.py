@@ -49,8 +49,9 @@ def header(ranking: Ranking) -> list[str]:
                      f"({ranking.boot} draws)")
     else:
         lines.append("no intervals (boot=0)")
-    lines.append(f"CMI: the minimum over the sets of {ranking.cmi_size} axes it is conditioned on; sign error: "
-                 f"mean and worst case over single-axis environments (0.5 is chance)")
+    lines.append(f"CMI: the minimum over the sets of {ranking.cmi_size} axes it is conditioned on" if ranking.cmi_size
+                 else "CMI: not conditioned (one axis): I(V_mu; V_g) / H(V_g)")
+    lines.append("sign error: mean and worst case over single-axis environments (0.5 is chance)")
     return lines
 
 
@@ -61,7 +62,7 @@ def main_table(ranking: Ranking) -> str:
         get = lambda c, a="all", m=m: cells.get((m, c, a))  # noqa: E731
         rows.append({"measure": m, "family": ranking.grid.families[m], "tau": _cell(get("kendall"), True),
                      "Psi (granulated)": _cell(get("granulated"), True), "CMI": _cell(get("cmi"), False),
-                     "CMI smallest given": ranking.argmin_set(m) or "-",
+                     "CMI smallest given": (ranking.argmin_set(m) or "-") if ranking.cmi_size else "-",
                      "sign error (mean)": _cell(get("sign_error_mean"), False),
                      "sign error (worst)": _cell(get("sign_error_max"), False)})
     return pd.DataFrame(rows).to_string(index=False)
