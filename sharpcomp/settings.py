@@ -227,7 +227,8 @@ def _metric_settings(m: Mapping) -> MetricSettings:
         chunk_size=_number("metrics.chunk_size", m["chunk_size"], int, 0, allow_none=True),
         dtype={"float32": torch.float32, "float64": torch.float64}[_choice("metrics.dtype", m["dtype"],
                                                                          ("float32", "float64"))],
-        flatness_every=_number("metrics.flatness_every", m["flatness_every"], int, 0), flatness=dict(flatness),
+        flatness_every=_number("metrics.flatness_every", m["flatness_every"], int, 0, strict=False),
+        flatness=dict(flatness),
         network_wide=_flag("metrics.network_wide", m.get("network_wide", True)))
 
 
@@ -317,8 +318,9 @@ class Settings:
         return self.checkpoints.index(it) % self.eval_every == 0 or it == self.steps
 
     def flatness_due(self, it: int) -> bool:
-        """Whether checkpoint ``it`` computes the flatness measures."""
-        return self.checkpoints.index(it) % self.metrics.flatness_every == 0 or it == self.steps
+        """Whether checkpoint ``it`` computes the flatness measures (``flatness_every`` 0: at the last only)."""
+        every = self.metrics.flatness_every
+        return it == self.steps or (every > 0 and self.checkpoints.index(it) % every == 0)
 
 
 def _device(name) -> str:

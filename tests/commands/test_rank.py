@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 from sharpcomp.cli import main
 from sharpcomp.engine.ensemble import train_ensemble
+from sharpcomp.results.records import read_metrics
 from tests.analysis.sweeps import sweep, write_runs
 from tests.conftest import SHRINK, compose_train
 
@@ -80,6 +81,8 @@ def test_a_sweep_trained_to_a_criterion_ranks_its_baselines(data_dir, cache_dir,
     cfgs = [OmegaConf.merge(base, {"lr": lr, "seed": seed}) for seed in range(3) for lr in (0.2, 0.3)]
     results = train_ensemble(cfgs, [tmp_path / "sweep" / f"run{i}" for i in range(6)], data=fmnist_small)
     assert [r.iteration for r in results] == [8] * 6  # each reaches 0.1 at checkpoint 8, before the cap of 12
+    first = read_metrics(tmp_path / "sweep" / "run0")
+    assert first.loc[first.iteration == 0, "dist_init"].tolist() == [0.0]  # at initialisation: no distance
     capsys.readouterr()
     assert main(["rank", str(tmp_path / "sweep"), "boot=50"]) == 0
     text = capsys.readouterr().out
