@@ -64,6 +64,24 @@ def test_a_run_stops_at_the_first_checkpoint_that_reaches_its_running_loss(strai
     pd.testing.assert_frame_equal(read_metrics(tmp_path / "r"), rows)
 
 
+def test_an_interrupted_run_resumes_and_stops_where_an_uninterrupted_one_does(straight, data_dir, cache_dir,
+                                                                               fmnist_small, tmp_path):
+    limit = float(_train_rows(straight)["train_loss_running"][8])
+    cfg = _cfg(data_dir, cache_dir, f"stop.running_loss={limit!r}")
+    whole = train(cfg, tmp_path / "whole", data=fmnist_small)
+
+    def interrupt(it, rows):
+        if it == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "cut", callback=interrupt, data=fmnist_small)
+    again = train(cfg, tmp_path / "cut", data=fmnist_small)
+    assert (again.status, again.iteration) == (whole.status, whole.iteration) == ("finished", 8)
+    a, b = (read_metrics(tmp_path / d).drop(columns="wall_time") for d in ("whole", "cut"))
+    pd.testing.assert_frame_equal(a, b)
+
+
 def test_the_whole_set_criterion_is_read_where_the_whole_set_is_evaluated_and_measures_are_taken_there(
         data_dir, cache_dir, fmnist_small, tmp_path):
     # whole-set evaluations at checkpoints 0, 8 and 12 (every 2nd); the measures at the last checkpoint only
