@@ -51,7 +51,7 @@ def test_the_default_folder_is_beside_the_results(runs, capsys):
     (["{runs}", "boot=-1"], "boot must be >= 0"),
     (["{runs}", "bootstrap=configs"], "unknown bootstrap 'configs'"),
     (["{runs}", "colour=red"], "unknown option 'colour'"),
-    (["{runs}", "--out", "x"], "unknown flag '--out'"),
+    (["{runs}", "--colour", "red"], "unknown flag '--colour'"),
     (["{runs}/nowhere"], "no such folder"),
     (["{runs}", "out={runs}/r000/metrics.parquet/x"], "inside a run's metrics.parquet folder"),
 ])
