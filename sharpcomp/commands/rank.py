@@ -123,11 +123,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         ranking = rank(grid, req.boot, req.seed, req.cmi_size, bootstrap=req.bootstrap)
     except (UsageError, RankingError, RecordError) as exc:
         return report("rank", str(exc), EXIT_USAGE)
-    print("\n".join(header(ranking)) + "\n", flush=True)
-    print(main_table(ranking) + "\n\n" + axis_tables(ranking) + "\n", flush=True)
-    try:
+    try:  # the files first: a reader of the tables that stops early (`| head`) loses none of them
         written = _write(ranking, req.out, req.formats)
     except OSError as exc:
         return report("rank", f"cannot write to {req.out}: {exc.strerror or exc}", 1)
+    print("\n".join(header(ranking)) + "\n", flush=True)
+    print(main_table(ranking) + "\n\n" + axis_tables(ranking) + "\n", flush=True)
     print(f"wrote {', '.join(written)} to {req.out}")
     return 0

@@ -3,6 +3,11 @@ criterion, ranked."""
 
 from __future__ import annotations
 
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
@@ -37,6 +42,16 @@ def test_rank_prints_the_tables_and_writes_the_files(runs, tmp_path, capsys):
     assert set(csv.measure) == {"planted", "noise", "sharpness", "G", "train_loss"}
     per_run = pd.read_csv(out / "ranking_runs.csv")
     assert len(per_run) == 24 and {"run", "seed", "lr", "batch", "model.width", "target", "planted"} <= set(per_run)
+
+
+def test_a_reader_that_stops_early_loses_no_file(runs, tmp_path):
+    """``sharpcomp rank ... | head -1``: the files are written before the tables are printed."""
+    out = tmp_path / "piped"
+    script = Path(sys.executable).with_name("sharpcomp")  # the console script, as a user runs it
+    cmd = f"{shlex.quote(str(script))} rank {shlex.quote(str(runs))} out={out} boot=0 | head -1"
+    res = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=300)
+    assert res.stdout.count("\n") == 1 and "Traceback" not in res.stderr
+    assert {p.name for p in out.iterdir()} == {"ranking.csv", "ranking_runs.csv", "ranking.png", "ranking_axes.png"}
 
 
 def test_the_default_folder_is_beside_the_results(runs, capsys):
