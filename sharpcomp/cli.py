@@ -206,7 +206,8 @@ def _job_dir(cfg, multirun: bool) -> str | None:
 def _check_appended(overrides: list[str]) -> None:
     """UsageError for an appended key (``+key=value``) that no part of the program reads: anything
     but a config group (``+experiment=fig1``), a model's own keyword argument (``+model.depth=3``,
-    read by the model's callable) or Hydra's own settings."""
+    read by the model's callable), a measure that is not built in (``+metrics.flatness.mine=...``) or
+    Hydra's own settings."""
     top, metrics = _yaml_keys()
     for ov in OverridesParser.create().parse_overrides(overrides):
         if not ov.is_add():
@@ -215,6 +216,8 @@ def _check_appended(overrides: list[str]) -> None:
         head, _, rest = key.partition(".")
         if key.startswith("hydra") or head == "model" or (not rest and key in GROUPS):
             continue
+        if head == "metrics" and rest.startswith("flatness.") and rest.count(".") == 1:
+            continue  # a measure that is not built in (its entry is checked with the settings)
         known = (head in top and not rest) or (head == "metrics" and rest.split(".")[0] in metrics and
                                                  rest.count(".") == 0)
         hint = " (set it without the leading +)" if known else ""

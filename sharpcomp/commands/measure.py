@@ -19,7 +19,9 @@ the data's class count for ``model``), ``dtype`` (float32|float64), ``out`` (fol
 ``outputs/measure``), ``figure`` (a PNG path: the across-model correlation of sharpness with MLS and
 NMLS, over every row in ``out``), ``estimate`` (auto: the matrix-free estimators with standard errors,
 ``sharpcomp.measures.study.estimators``, when a sample's Jacobian has over 2e7 entries; exact; always),
-``probes`` (estimator probes, default 32).
+``probes`` (estimator probes, default 32), ``metrics.flatness.NAME={...}`` (measures computed on the
+train rows, named as in a run's config; a run that recorded a measure of the user's own is read only
+when it is named here: a stored config never chooses code).
 
 One row per (model, sample set) is appended to ``out/metrics.parquet`` in the results schema
 (``sharpcomp.results.columns``; ``run_id`` is the run's id or ``measure-<label>``; a row measured again
@@ -45,7 +47,10 @@ from sharpcomp.engine.loading import load_run
 from sharpcomp.engine.setup import build, load_data
 from sharpcomp.figures.draw import draw_correlation
 from sharpcomp.figures.tables import correlation_table
-from sharpcomp.losses import per_sample_loss
+from sharpcomp.losses import make_loss, per_sample_loss
+from sharpcomp.measure_names import flatness_option
+from sharpcomp.measures.registry import plan
+from sharpcomp.measures.sample import Sample
 from sharpcomp.measures.study.estimators import choose, estimate_metrics
 from sharpcomp.measures.study.metrics import compute_metrics
 from sharpcomp.measures.study.network_wide import add_network_wide
@@ -66,9 +71,15 @@ class MeasureError(ValueError):
 
 def parse(argv: Sequence[str]) -> tuple[dict, dict]:
     """(options, model keyword arguments) from key=value arguments."""
-    opts, args = dict(COMMON), {}
+    opts, args = {**COMMON, "flatness": {}}, {}
     for a in argv:
-        if "=" not in a:
+        try:
+            named = flatness_option(a)
+        except ValueError as exc:
+            raise MeasureError(str(exc)) from None
+        if named is not None:
+            opts["flatness"][named[0]] = named[1]
+        elif "=" not in a:
             raise MeasureError(f"expected key=value, got '{a}'")
         key, value = a.split("=", 1)
         if key.startswith("arg."):
@@ -76,7 +87,8 @@ def parse(argv: Sequence[str]) -> tuple[dict, dict]:
         elif key in COMMON:
             opts[key] = value
         else:
-            raise MeasureError(f"unknown option '{key}' (options: {', '.join(COMMON)}, arg.KEY)")
+            raise MeasureError(f"unknown option '{key}' (options: {', '.join(COMMON)}, arg.KEY, "
+                               f"metrics.flatness.NAME)")
     if (opts["run"] is None) == (opts["model"] is None):
         raise MeasureError("give either run=FOLDER[,...] or model=MODEL data=DATA")
     if opts["model"] is not None and opts["data"] is None:
@@ -150,9 +162,9 @@ def _targets(opts: dict, args: dict) -> list[dict]:
             if not Path(folder).is_dir():
                 raise MeasureError(f"no run folder '{folder}'")
             try:
-                loaded = load_run(folder)
+                loaded = load_run(folder, measures=opts["flatness"])
                 model, raw = loaded.model, loaded.config
-            except FileNotFoundError as exc:
+            except (FileNotFoundError, ConfigError) as exc:
                 raise MeasureError(f"cannot load run '{folder}': {exc}") from None
             s = settings(raw)
             out.append({"model": model, "settings": s, "label": None, "source": folder})
@@ -182,6 +194,10 @@ def measure_rows(opts: dict, args: dict) -> list[dict]:
     """Every measure of every network on each sample set: the rows (results schema)."""
     dtype = {"float32": torch.float32, "float64": torch.float64}[opts["dtype"]]
     rows = []
+    try:
+        flatness = plan(opts["flatness"])
+    except ValueError as exc:
+        raise MeasureError(str(exc)) from None
     for t in _targets(opts, args):
         s, model = t["settings"], t["model"]
         data = t.get("data") or load_data(s, torch.device("cpu"))
@@ -201,6 +217,10 @@ def measure_rows(opts: dict, args: dict) -> list[dict]:
                 with torch.no_grad():
                     row["sample_loss"] = float(per_sample_loss(s.loss, model(x), y).mean())
                 row.update(_metrics(model, x, dtype, opts))
+            if name == "train" and flatness:
+                loss_fn = make_loss(s.loss, n_out)
+                gen = torch.Generator().manual_seed(opts["seed"])
+                row.update(flatness.compute(Sample(model, loss_fn, data.train_x, data.train_y, gen, s.batch)))
             rows.append(row)
     return rows
 

@@ -16,11 +16,15 @@ from pathlib import Path
 import pandas as pd
 
 from sharpcomp.engine.loading import load_run
+from sharpcomp.measure_names import flatness_option
+from sharpcomp.measures.own import load as load_own
+from sharpcomp.measures.registry import canonical, plan
 from sharpcomp.measures.symmetry.reparam import reparam_table, rescalable_layers, rescale_unit
 from sharpcomp.settings import ConfigError
 from sharpcomp.usage import EXIT_USAGE, UsageError, report
 
 USAGE = """usage: sharpcomp reparam RUN_DIR [alpha=10] [layer=NAME] [units=I,J,...] [probes=50] [seed=0] [n=N]
+                         [model._target_=...] [metrics.flatness.NAME=...]
 
 Load the run's last checkpoint (RUN_DIR/checkpoint.pt), rescale hidden layer NAME's incoming weights
 and biases by alpha and the next layer's matching weights by 1/alpha (the network function does not
@@ -33,17 +37,26 @@ change), and print every metric before and after on the run's train sample set, 
   n       use the first n points of the train sample set (default: all of them); each measure is
           recomputed twice in float64, which takes minutes on a convolutional network
   model._target_  a network that is not built in: the dotted path of its callable, named by you
-          (the config stored in the checkpoint never chooses code)"""
+          (the config stored in the checkpoint never chooses code)
+  metrics.flatness.NAME={_target_: mypkg.measures.MEASURE, ...}
+          a measure of your own (or metrics.flatness.NAME={} for an installed package's): its rows join
+          the table; a run that recorded one is read only when you name it (its code is yours to choose)"""
 
 
 def _parse(argv: Sequence[str]) -> tuple[str, dict]:
     args = list(argv)
     if args and args[0] == "reparam":
         args = args[1:]
-    run_dir, opts = None, {}
-    known = ("alpha", "layer", "units", "probes", "seed", "n", "model._target_")
+    run_dir, opts, flatness = None, {}, {}
+    known = ("alpha", "layer", "units", "probes", "seed", "n", "model._target_", "metrics.flatness.NAME")
     for a in args:
-        if run_dir is None and "=" in a and Path(a).is_dir():
+        try:
+            named = flatness_option(a)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        if named is not None:
+            flatness[named[0]] = named[1]
+        elif run_dir is None and "=" in a and Path(a).is_dir():
             run_dir = a  # Hydra run folders carry '=' in their names (outputs/runs/.../lr=0.1,seed=0)
         elif "=" in a and not a.startswith("-"):
             k, v = a.split("=", 1)
@@ -58,7 +71,7 @@ def _parse(argv: Sequence[str]) -> tuple[str, dict]:
             raise UsageError(f"unexpected argument '{a}' (one RUN_DIR, then key=value options)")
     if run_dir is None:
         raise UsageError("missing RUN_DIR (see `sharpcomp reparam --help`)")
-    out: dict = {"layer": opts.get("layer"), "target": opts.get("model._target_") or None}
+    out: dict = {"layer": opts.get("layer"), "target": opts.get("model._target_") or None, "flatness": flatness}
     try:
         out["alpha"] = float(opts.get("alpha", "10"))
     except ValueError:
@@ -84,6 +97,18 @@ def _parse(argv: Sequence[str]) -> tuple[str, dict]:
     return run_dir, out
 
 
+def own_entries(flatness: dict) -> list[tuple]:
+    """The measures of one's own named on the command line (``metrics.flatness.NAME=...``), checked (ValueError,
+    one line), each with the settings named for it; built-in measures named that way are in the table anyway."""
+    plan(flatness)  # every check a run makes
+    out = []
+    for key, value in flatness.items():
+        if canonical(key) is None and value is not None and value is not False:
+            m, settings = load_own(key, value)
+            out.append((m, {} if settings is True else dict(settings)))
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``sharpcomp reparam RUN_DIR alpha=10 layer=fc1``: print the before/after table; 0 on success."""
     argv = sys.argv[1:] if argv is None else argv
@@ -102,7 +127,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not path.is_dir():
         return err(f"no run directory '{run_dir}'")
     try:
-        run = load_run(path, target=opts["target"])
+        own = own_entries(opts["flatness"])
+    except ValueError as exc:
+        return err(str(exc))
+    try:
+        run = load_run(path, target=opts["target"], measures=opts["flatness"])
         model, cfg, x, y, loss_fn = run.model, run.config, run.sample_x, run.sample_y, run.loss_fn
     except FileNotFoundError as exc:
         return err(f"cannot load run '{run_dir}': {exc}", 1)
@@ -132,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.simplefilter("always")
             table = reparam_table(model, x, y, loss_fn, layer, opts["alpha"], units=opts["units"],
                                   probes=opts["probes"], seed=opts["seed"], metrics_kwargs=kwargs,
-                                  progress=progress)
+                                  own=own, progress=progress)
     except Exception as exc:  # e.g. alpha so extreme that float64 overflows and a factorisation fails
         why = (str(exc).strip().splitlines() or [""])[0][:200]
         return err(f"the metrics cannot be computed at alpha={opts['alpha']:g} (float64 range exceeded?): "
