@@ -23,6 +23,9 @@ from sharpcomp.models import ModelError, code_keys, stored_model_config
 from sharpcomp.results.run_state import CHECKPOINT_FILE, check_members, read_checkpoint
 from sharpcomp.settings import ConfigError, Settings, settings
 
+# what the stored config of a run recorded by a tracker in a loop of one's own says (sharpcomp.tracking)
+RECORDED_BY_TRACKER = "sharpcomp.Tracker"
+
 
 def stored_settings(cfg, target: str | None = None, measures: Mapping | None = None) -> Settings:
     """The settings of a config read from a run folder (a checkpoint's), made safe.
@@ -34,6 +37,10 @@ def stored_settings(cfg, target: str | None = None, measures: Mapping | None = N
     """
     if not isinstance(cfg, dict):
         raise ConfigError("the stored config is not a mapping")
+    if cfg.get("recorded_by") == RECORDED_BY_TRACKER:
+        raise ConfigError("the run was recorded by sharpcomp.Tracker in a training loop of your own: its network "
+                          "and data are your script's; measure its network with `sharpcomp measure "
+                          "model=<your callable> weights=<run>/checkpoint.pt data=<data>`")
     cfg = own_measures_named(cfg, measures or {})
     flat = cfg.get("metrics", {}).get("flatness") or {}
     own = own_measures(flat)
