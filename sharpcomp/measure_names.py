@@ -52,14 +52,19 @@ def check_own(key: str, value) -> None:
     """ValueError (one line) unless ``metrics.flatness.<key>`` = ``value`` is a well-formed entry of a
     measure of the user's own: a name that is no built-in measure's, and a dotted ``_target_``."""
     target = own_target(value)
-    where = f"metrics.flatness.{key}"
-    if not isinstance(key, str) or not _NAME.fullmatch(key):
+    where = f"metrics.flatness.{shown_key(key)}"
+    if not valid_name(key):
         raise ValueError(f"{where}: a measure's name is a letter followed by letters, digits or _")
     if key in builtin_names():
         raise ValueError(f"{where} is a built-in measure; its entry takes no {TARGET}")
     if not isinstance(target, str) or not _DOTTED.fullmatch(target):
         raise ValueError(f"{where}.{TARGET} must be a dotted path to a measure's declaration "
-                         f"(e.g. mypkg.measures.MEASURE), got {target!r}")
+                         f"(e.g. mypkg.measures.MEASURE), got {target!r:.80}")
+
+
+def valid_name(key) -> bool:
+    """Whether ``key`` can name a measure (a letter, then letters, digits or _)."""
+    return isinstance(key, str) and _NAME.fullmatch(key) is not None
 
 
 def is_switched_on(value) -> bool:
@@ -76,15 +81,28 @@ def own_measures(flatness: Mapping | None) -> dict[str, str]:
         if key in known or not is_switched_on(value):
             continue
         target = own_target(value)
-        out[key] = target if target is not None else f"entry point {key}"
+        out[key] = shown(target) if target is not None else f"entry point {key}"
     return out
+
+
+def shown_key(key) -> str:
+    """A measure's key as a line may show it (one read from a file is never echoed unless it is a name)."""
+    return key if valid_name(key) and len(key) <= 100 else "<not a name>"
+
+
+def shown(target) -> str:
+    """A ``_target_`` read from a file, as a line may show it: a dotted path, else a placeholder (what a
+    results folder holds is never echoed as it is)."""
+    return target if isinstance(target, str) and _DOTTED.fullmatch(target) and len(target) <= 200 \
+        else "mypkg.measures.MEASURE"
 
 
 def command_line_text(key: str, value) -> str:
     """How the entry ``metrics.flatness.<key>`` = ``value`` of a measure of one's own is written on a command
     line (its ``_target_`` alone; its settings are the user's to add)."""
     target = own_target(value)
-    return f"'metrics.flatness.{key}={{{TARGET}: {target}}}'" if target else f"'metrics.flatness.{key}={{}}'"
+    return f"'metrics.flatness.{key}={{{TARGET}: {shown(target)}}}'" if target is not None else \
+        f"'metrics.flatness.{key}={{}}'"
 
 
 def flatness_option(arg: str) -> tuple[str, object] | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sharpcomp.engine.loading import load_run
+from sharpcomp.engine.loading import MeasureNotNamed, load_run
 from sharpcomp.measure_names import flatness_option
 from sharpcomp.measures.own import load as load_own
 from sharpcomp.measures.registry import canonical, plan
@@ -135,8 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         model, cfg, x, y, loss_fn = run.model, run.config, run.sample_x, run.sample_y, run.loss_fn
     except FileNotFoundError as exc:
         return err(f"cannot load run '{run_dir}': {exc}", 1)
-    except ConfigError as exc:  # a refused checkpoint or stored config
-        return err(f"cannot load run '{run_dir}': {exc}", 1)
+    except ConfigError as exc:  # a refused checkpoint or stored config (a measure left unnamed: the user's to name)
+        return err(f"cannot load run '{run_dir}': {exc}", EXIT_USAGE if isinstance(exc, MeasureNotNamed) else 1)
     except Exception as exc:  # a broken checkpoint or missing data: one line, no traceback
         return err(f"cannot load run '{run_dir}': {type(exc).__name__}: {exc}", 1)
     hidden = rescalable_layers(model)

@@ -18,10 +18,15 @@ from sharpcomp.data.datasets import Dataset
 from sharpcomp.data.order import train_sample_indices
 from sharpcomp.engine.setup import build, load_data, prepare_runtime_data
 from sharpcomp.losses import make_loss
-from sharpcomp.measure_names import TARGET, command_line_text, own_measures
+from sharpcomp.measure_names import TARGET, command_line_text, own_measures, shown_key
 from sharpcomp.models import ModelError, code_keys, stored_model_config
 from sharpcomp.results.run_state import CHECKPOINT_FILE, check_members, read_checkpoint
 from sharpcomp.settings import ConfigError, Settings, settings
+
+
+class MeasureNotNamed(ConfigError):
+    """A run folder names a measure of the user's own that the command line does not name."""
+
 
 # what the stored config of a run recorded by a tracker in a loop of one's own says (sharpcomp.tracking)
 RECORDED_BY_TRACKER = "sharpcomp.Tracker"
@@ -76,9 +81,9 @@ def own_measures_named(cfg: dict, measures: Mapping) -> dict:
     for name, code in own.items():
         if name not in measures:
             how = command_line_text(name, flat[name])
-            raise ConfigError(f"the run measured '{name}' with code of its own ({str(code)[:120]}); a stored config "
-                              f"never chooses code: name it on the command line ({how}), or read its columns "
-                              f"as data (sharpcomp figures, runs)")
+            raise MeasureNotNamed(f"the run measured '{shown_key(name)}' with code of its own ({code}); a stored "
+                                  f"config never chooses code: name it on the command line ({how}), or read its "
+                                  f"columns as data (sharpcomp figures, runs)")
         entry = flat[name] if isinstance(flat[name], dict) else {}
         named = measures[name] if isinstance(measures[name], Mapping) else {}
         out[name] = {**{k: v for k, v in entry.items() if k != TARGET},

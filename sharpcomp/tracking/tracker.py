@@ -149,14 +149,32 @@ class Tracker:
             self._checkpoint(0)
         elif at < run.start:
             self.start = at
-            self._checkpoint(at, truncate=True)
-            self._say(f"the training resumed at iteration {at}: the records after it are computed again")
+            self._rewind(at)
+            self._say(f"resumed at iteration {at}: the records after it are computed again")
         elif min((run.start // every + 1) * every, self.settings.steps) <= at:
             raise ConfigError(f"{self.folder}: the records end at iteration {run.start} and the training stands at "
                               f"{at}: the checkpoints between are missing; resume from an earlier checkpoint "
                               f"of your training, or record into a new folder")
         self.start = at
         self.stopped = at >= self.settings.steps
+
+    def _rewind(self, at: int) -> None:
+        """Drop the records past iteration ``at``, where the loop's own resume point is.
+
+        With rows at ``at`` (a checkpoint), they stay: the resume point moves to ``at`` first (the rows past it
+        are then dropped, here or by the next opening). Off the schedule, a checkpoint at ``at`` is recorded
+        in place of the rows past it.
+        """
+        if at in self._iterations():
+            self.run.commit(at, [], "running", self._wall(), self.model.state_dict(), self._optimizer_state(),
+                            running=self._extra())
+            self.run.recorder.truncate_after(at)
+        else:
+            self._checkpoint(at, truncate=True)
+
+    def _iterations(self) -> set[int]:
+        frame = self.run.recorder.frame
+        return set() if frame is None else {int(i) for i in frame["iteration"]}
 
     # ---------------------------------------------------------------------------------------------
     # the loop's side
@@ -216,14 +234,14 @@ class Tracker:
             self.model.eval()
             rows = self._rows(it, base, seconds)
         w0 = time.perf_counter()
-        if truncate:  # rows past ``it`` go once this checkpoint's rows are ready to replace them
-            self.run.recorder.truncate_after(it - 1)
-        wall = time.perf_counter() - self._t0 + self.run.wall_offset
+        if truncate:  # the rows past ``it`` go once this checkpoint's rows are ready to take their place
+            self.run.recorder.truncate_after(it)
+        wall = self._wall()
         for r in rows:
             r["wall_time"] = wall
         status = "finished" if it == self.settings.steps else "running"
-        self.run.commit(it, rows, status, wall, self.model.state_dict(),
-                        {} if self.optimizer is None else self.optimizer.state_dict(), running=self._extra())
+        self.run.commit(it, rows, status, wall, self.model.state_dict(), self._optimizer_state(),
+                        running=self._extra())
         seconds["write"] = time.perf_counter() - w0
         report = CheckpointReport(it, self.settings.steps, rows, seconds, loop_seconds)
         self.reports.append(report)
@@ -256,13 +274,17 @@ class Tracker:
 
     def _diverge(self, it: int) -> None:
         """A loss that is not finite: the NaN row, status diverged (as ``sharpcomp train`` records it)."""
-        wall = time.perf_counter() - self._t0 + self.run.wall_offset
         epoch = it / self.steps_per_epoch if self.steps_per_epoch else math.nan
-        self.run.diverge(it, epoch, wall, self.model.state_dict(),
-                         {} if self.optimizer is None else self.optimizer.state_dict())
+        self.run.diverge(it, epoch, self._wall(), self.model.state_dict(), self._optimizer_state())
         self.stopped = True
         self._say(f"the loss is not finite at iteration {it}: recorded as diverged; nothing more is recorded")
         return None
+
+    def _wall(self) -> float:
+        return time.perf_counter() - self._t0 + self.run.wall_offset
+
+    def _optimizer_state(self) -> dict:
+        return {} if self.optimizer is None else self.optimizer.state_dict()
 
     def _extra(self) -> dict | None:
         if not self.extra_state:
