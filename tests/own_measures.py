@@ -6,8 +6,10 @@
   stays under the ReLU rescaling;
 * :data:`BROKEN` (``broken``): raises at every checkpoint;
 * :data:`NOISY` (``noisy``): draws from torch's, numpy's and Python's global random streams;
-* :data:`KILLER` (``killer``): kills its own process (SIGKILL) the first time it runs while the file named by
-  ``$SHARPCOMP_TEST_KILL_FILE`` exists (and deletes it): a kill in the middle of a checkpoint.
+* :data:`KILLER` (``killer``): kills its own process (SIGKILL) at its k-th call, k written in the file named by
+  ``$SHARPCOMP_TEST_KILL_FILE`` (deleted first): a kill in the middle of a checkpoint;
+* :data:`CLASH`, :data:`TAKEN`, :data:`ON_REQUEST`: declarations the registry refuses (a column another measure
+  of one's own writes, a column sharpcomp writes, a cadence other than ``flatness``).
 """
 
 from __future__ import annotations
@@ -71,9 +73,14 @@ NOISY = Measure(name="noisy", family="baseline", summary="draws from the global 
                 columns=(Column("noisy"),), compute=_noisy, settings=NoSettings)
 
 
+_calls = [0]
+
+
 def _killer(sample: Sample, s) -> dict:
+    """SIGKILL at the k-th call, k read from the file ``$SHARPCOMP_TEST_KILL_FILE`` (deleted first)."""
+    _calls[0] += 1
     flag = os.environ.get("SHARPCOMP_TEST_KILL_FILE")
-    if flag and os.path.exists(flag):
+    if flag and os.path.exists(flag) and int(open(flag).read()) == _calls[0]:
         os.unlink(flag)
         os.kill(os.getpid(), signal.SIGKILL)
     return {"killer": 1.0}
@@ -81,3 +88,15 @@ def _killer(sample: Sample, s) -> dict:
 
 KILLER = Measure(name="killer", family="baseline", summary="kills its process once", columns=(Column("killer"),),
                  compute=_killer, settings=NoSettings)
+
+
+# ---- declarations the registry refuses or that clash ------------------------------------------------------
+
+CLASH = Measure(name="clash", family="baseline", summary="writes margin, as margin does",
+                columns=(Column("clash"), Column("margin", role="diagnostic", of="clash")),
+                compute=lambda sample, s: {"clash": 0.0, "margin": 0.0}, settings=NoSettings)
+TAKEN = Measure(name="taken", family="baseline", summary="writes a column sharpcomp writes",
+                columns=(Column("taken"), Column("sharpness", role="diagnostic", of="taken")),
+                compute=lambda sample, s: {}, settings=NoSettings)
+ON_REQUEST = Measure(name="on_request", family="baseline", summary="computed on request only", cadence="request",
+                     columns=(Column("on_request"),), compute=lambda sample, s: {}, settings=NoSettings)

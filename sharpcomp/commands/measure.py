@@ -79,7 +79,8 @@ def parse(argv: Sequence[str]) -> tuple[dict, dict]:
             raise MeasureError(str(exc)) from None
         if named is not None:
             opts["flatness"][named[0]] = named[1]
-        elif "=" not in a:
+            continue
+        if "=" not in a:
             raise MeasureError(f"expected key=value, got '{a}'")
         key, value = a.split("=", 1)
         if key.startswith("arg."):

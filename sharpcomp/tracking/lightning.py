@@ -66,6 +66,8 @@ class SharpcompCallback(Callback):
                                test_samples=self.test_samples, steps=self.steps or _steps(trainer), every=self.every,
                                at_iteration=int(trainer.global_step), **options)
         self._step = int(trainer.global_step)
+        for report in self.tracker.reports:  # the checkpoint recorded on opening (iteration 0, or a rewind's)
+            _log(trainer, report)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.tracker is None:
@@ -81,8 +83,7 @@ class SharpcompCallback(Callback):
         for it in range(self._step + 1, step + 1):  # one optimizer step per batch unless something skipped one
             report = self.tracker.step(it, loss=mean if it == step else None)
             if report is not None:
-                for logger in trainer.loggers:
-                    logger.log_metrics({f"sharpcomp/{k}": v for k, v in report.scalars().items()}, step=it)
+                _log(trainer, report)
         self._step = step
 
     def on_train_end(self, trainer, pl_module) -> None:
@@ -109,6 +110,12 @@ class SharpcompCallback(Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         if "train_samples" in state_dict:
             self.train_samples = tuple(state_dict["train_samples"])
+
+
+def _log(trainer, report) -> None:
+    """The checkpoint's numbers on each of the Trainer's loggers, as ``sharpcomp/<column>``."""
+    for logger in trainer.loggers:
+        logger.log_metrics({f"sharpcomp/{k}": v for k, v in report.scalars().items()}, step=report.iteration)
 
 
 def first_samples(loader, n: int) -> tuple[torch.Tensor, torch.Tensor]:

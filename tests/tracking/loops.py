@@ -32,6 +32,9 @@ OVERRIDES = ["data=fashion_mnist", "model=mlp4", "model.width=0.2", "steps=14", 
              "metrics.flatness.average={draws: 6, batch_size: 48}"]
 
 
+KILLER = ["+metrics.flatness.killer={_target_: tests.own_measures.KILLER}"]
+
+
 def config(extra: list[str] | None = None) -> Settings:
     return settings(compose_train(OVERRIDES + list(extra or [])))
 
@@ -76,9 +79,10 @@ def plain_loop(folder: Path, s: Settings, d: Dataset, kill_at: int | None = None
 
 
 def lightning_fit(folder: Path, s: Settings, d: Dataset, ckpt_dir: Path | None = None, kill_at: int | None = None,
-                  resume: bool = False, logger=False) -> None:
+                  resume: bool = False, logger=False, ckpt_every: int | None = None) -> None:
     """The same training as a Lightning fit: a LightningModule around the network, the batches in train's
-    order, the tracker as a callback (its checkpoints every ``log_every``, the Trainer's too)."""
+    order, the tracker as a callback (checkpoints every ``log_every``); with ``ckpt_dir``, the Trainer's own
+    checkpoints every ``ckpt_every`` steps (default ``log_every``), and ``resume`` from the last of them."""
     # lazy: the kill tests run this module without Lightning's import cost for the plain loop
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -99,9 +103,6 @@ def lightning_fit(folder: Path, s: Settings, d: Dataset, ckpt_dir: Path | None =
             x, y = batch
             return self.loss_fn(self(x), y)
 
-        def on_train_batch_end(self, outputs, batch, batch_idx):
-            _kill_if(kill_at, -self.global_step)  # kill_at < 0: after the step, before the callbacks' hooks
-
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=s.lr)
 
@@ -118,8 +119,8 @@ def lightning_fit(folder: Path, s: Settings, d: Dataset, ckpt_dir: Path | None =
     options = {k: v for k, v in tracker_options(s, d).items() if k not in ("steps", "every")}
     callbacks = [SharpcompCallback(folder, s.loss, every=s.log_every, steps=s.steps, **options)]
     if ckpt_dir is not None:
-        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=s.log_every, save_top_k=-1,
-                                         save_last=True))
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=ckpt_every or s.log_every,
+                                         save_top_k=-1, save_last=True))
     trainer = L.Trainer(max_steps=s.steps, accelerator="cpu", devices=1, logger=logger, callbacks=callbacks,
                         enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
                         enable_checkpointing=ckpt_dir is not None, num_sanity_val_steps=0)
@@ -132,14 +133,17 @@ def main() -> None:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--kill-at", type=int, default=None)
     parser.add_argument("--ckpt", type=Path, default=None)
+    parser.add_argument("--ckpt-every", type=int, default=None)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--killer", action="store_true", help="with the measure that kills (tests.own_measures)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    s, d = config(), data()
+    s, d = config(KILLER if args.killer else []), data()
     if args.loop == "plain":
         plain_loop(args.folder, s, d, kill_at=args.kill_at)
     else:
-        lightning_fit(args.folder, s, d, args.ckpt, kill_at=args.kill_at, resume=args.resume)
+        lightning_fit(args.folder, s, d, args.ckpt, kill_at=args.kill_at, resume=args.resume,
+                      ckpt_every=args.ckpt_every)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,10 @@ def comparable(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.sort_values(["iteration", "sample_set"]).reset_index(drop=True)[sorted(frame.columns)]
 
 
+def missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
 def assert_same_rows(a: pd.DataFrame, b: pd.DataFrame, rtol: float = 1e-5) -> None:
     a, b = comparable(a), comparable(b)
     assert list(a.columns) == list(b.columns)
@@ -36,8 +40,8 @@ def assert_same_rows(a: pd.DataFrame, b: pd.DataFrame, rtol: float = 1e-5) -> No
             np.testing.assert_allclose(x.astype(float), y.astype(float), rtol=rtol, atol=1e-7, err_msg=col)
         elif col == "hessian_top":  # lists of eigenvalues
             for u, v in zip(x, y):
-                assert (u is None) == (v is None), col
-                if u is not None:
+                assert missing(u) == missing(v), col
+                if not missing(u):
                     np.testing.assert_allclose(np.asarray(u, float), np.asarray(v, float), rtol=rtol, err_msg=col)
         else:
             assert [str(v) for v in x] == [str(v) for v in y], col
@@ -47,7 +51,9 @@ def test_plain_loop_lightning_and_train_record_the_same_rows(tmp_path, one_threa
     s, d = loops.config(), loops.data()
     train(compose_train(loops.OVERRIDES), tmp_path / "train", data=d)
     loops.plain_loop(tmp_path / "plain", s, d)
-    loops.lightning_fit(tmp_path / "lightning", s, d)
+    from lightning.pytorch.loggers import CSVLogger
+
+    loops.lightning_fit(tmp_path / "lightning", s, d, logger=CSVLogger(tmp_path / "logs", name="fit"))
     trained = read_metrics(tmp_path / "train")
     # the shared checkpoints: 0, 4, 8, 12 and the end at 14, each with its three sample sets
     assert sorted(set(trained.iteration)) == [0, 4, 8, 12, 14] and len(trained) == 15
@@ -59,3 +65,9 @@ def test_plain_loop_lightning_and_train_record_the_same_rows(tmp_path, one_threa
         assert_same_rows(trained, tracked)
         assert (tracked.status == "finished").all() and (tracked.scale == "tracked").all()
         assert tracked.run_id.nunique() == 1 and not math.isnan(tracked.train_loss_running.iloc[-1])
+    # the Trainer's own logger has the train rows' numbers too, at the tracker's checkpoints
+    logged = pd.read_csv(next((tmp_path / "logs").rglob("metrics.csv"))).groupby("step").first()
+    train_rows = trained[trained.sample_set == "train"].set_index("iteration")
+    assert list(logged.index) == [0, 4, 8, 12, 14]
+    for col in ("sharpness", "grad_norm", "hessian_max", "train_loss_running", "test_acc", "sample_loss"):
+        np.testing.assert_allclose(logged[f"sharpcomp/{col}"], train_rows[col], rtol=1e-5, err_msg=col)
