@@ -32,7 +32,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from lightning.pytorch import Callback
+
+try:
+    from lightning.pytorch import Callback
+except ImportError as exc:  # the optional extra
+    raise ImportError("sharpcomp.tracking.lightning needs Lightning: pip install 'sharpcomp[lightning]'") from exc
 
 from sharpcomp.settings import ConfigError
 from sharpcomp.tracking.tracker import Tracker

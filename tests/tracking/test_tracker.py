@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import copy
 import math
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pandas as pd
@@ -18,6 +21,7 @@ from sharpcomp.results.records import read_metrics
 from sharpcomp.settings import ConfigError, flatness_by_name
 from sharpcomp.tracking.tracker import Tracker
 from tests import problems
+from tests.conftest import REPO
 from tests.reference import reference_metrics
 
 PROBLEM = problems.MLP_MEDIUM  # 8-12-12-3, 24 samples
@@ -310,3 +314,24 @@ def test_commands_read_a_tracked_folder(tmp_path, one_thread, capsys, monkeypatc
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1 and "recorded by sharpcomp.Tracker" in err
     np.testing.assert_array_equal(sorted(set(read_metrics(tmp_path / "run").iteration)), [0, 3, 6, 9])
+
+
+def test_the_tracker_needs_no_lightning():
+    """Without Lightning installed: sharpcomp and its tracker import and record; the callback says what to install."""
+    code = textwrap.dedent("""
+        import sys, tempfile, torch
+        sys.modules["lightning"] = None  # as if not installed
+        import sharpcomp
+        model = torch.nn.Sequential(torch.nn.Linear(3, 2))
+        x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+        with sharpcomp.Tracker(tempfile.mkdtemp(), model, "ce", train_samples=(x, y), steps=2, every=1,
+                               batch_size=4, progress=False) as tracker:
+            tracker.step(1), tracker.step(2)
+        try:
+            import sharpcomp.tracking.lightning
+        except ImportError as exc:
+            print(len(tracker.reports), exc)
+    """)
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == "3 sharpcomp.tracking.lightning needs Lightning: pip install 'sharpcomp[lightning]'"
