@@ -105,6 +105,21 @@ def command_line_text(key: str, value) -> str:
         f"'metrics.flatness.{key}={{}}'"
 
 
+def flatness_options(args) -> tuple[list[str], dict]:
+    """A command line's ``metrics.flatness.<name>=...`` arguments as entries by name, and its other arguments.
+
+    ValueError (one line) for a value that is not YAML.
+    """
+    rest, entries = [], {}
+    for arg in args:
+        named = flatness_option(arg)
+        if named is None:
+            rest.append(arg)
+        else:
+            entries[named[0]] = named[1]
+    return rest, entries
+
+
 def flatness_option(arg: str) -> tuple[str, object] | None:
     """``metrics.flatness.<name>=<YAML value>`` on a command line (``sharpcomp reparam``, ``measure``) as
     (name, entry); None for any other argument. ValueError (one line) for a value that is not YAML."""

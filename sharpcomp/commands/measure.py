@@ -48,7 +48,7 @@ from sharpcomp.engine.setup import build, load_data
 from sharpcomp.figures.draw import draw_correlation
 from sharpcomp.figures.tables import correlation_table
 from sharpcomp.losses import make_loss, per_sample_loss
-from sharpcomp.measure_names import flatness_option
+from sharpcomp.measure_names import flatness_options
 from sharpcomp.measures.registry import plan
 from sharpcomp.measures.sample import Sample
 from sharpcomp.measures.study.estimators import choose, estimate_metrics
@@ -71,15 +71,12 @@ class MeasureError(ValueError):
 
 def parse(argv: Sequence[str]) -> tuple[dict, dict]:
     """(options, model keyword arguments) from key=value arguments."""
-    opts, args = {**COMMON, "flatness": {}}, {}
+    opts, args = dict(COMMON), {}
+    try:
+        argv, opts["flatness"] = flatness_options(argv)
+    except ValueError as exc:
+        raise MeasureError(str(exc)) from None
     for a in argv:
-        try:
-            named = flatness_option(a)
-        except ValueError as exc:
-            raise MeasureError(str(exc)) from None
-        if named is not None:
-            opts["flatness"][named[0]] = named[1]
-            continue
         if "=" not in a:
             raise MeasureError(f"expected key=value, got '{a}'")
         key, value = a.split("=", 1)

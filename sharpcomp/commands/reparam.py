@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from sharpcomp.engine.loading import MeasureNotNamed, load_run
-from sharpcomp.measure_names import flatness_option
+from sharpcomp.measure_names import flatness_options
 from sharpcomp.measures.own import load as load_own
 from sharpcomp.measures.registry import canonical, plan
 from sharpcomp.measures.symmetry.reparam import reparam_table, rescalable_layers, rescale_unit
@@ -47,16 +47,14 @@ def _parse(argv: Sequence[str]) -> tuple[str, dict]:
     args = list(argv)
     if args and args[0] == "reparam":
         args = args[1:]
-    run_dir, opts, flatness = None, {}, {}
+    run_dir, opts = None, {}
     known = ("alpha", "layer", "units", "probes", "seed", "n", "model._target_", "metrics.flatness.NAME")
+    try:
+        args, flatness = flatness_options(args)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     for a in args:
-        try:
-            named = flatness_option(a)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-        if named is not None:
-            flatness[named[0]] = named[1]
-        elif run_dir is None and "=" in a and Path(a).is_dir():
+        if run_dir is None and "=" in a and Path(a).is_dir():
             run_dir = a  # Hydra run folders carry '=' in their names (outputs/runs/.../lr=0.1,seed=0)
         elif "=" in a and not a.startswith("-"):
             k, v = a.split("=", 1)

@@ -39,6 +39,17 @@ def options(x, y, xt, yt, **more) -> dict:
             "seed": 5, "progress": False, "metrics": {"n": 10, "sample_sets": ["train", "test"]}, **more}
 
 
+def sgd_step(model, opt, sched, x, y, it: int) -> torch.Tensor:
+    """One update on the minibatch of iteration ``it`` (a function of the iteration alone); its loss."""
+    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(it))[:6]
+    loss = problems.mse(model(x[idx]), y[idx])
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    sched.step()
+    return loss
+
+
 def loop(folder, model, x, y, xt, yt, stop: int | None = None, tracker_model=None, **more) -> Tracker:
     """SGD with momentum and a step schedule on minibatches fixed by the iteration (a restarted loop sees
     the same ones); ``stop``: leave the loop after that iteration, as a killed script would."""
@@ -48,12 +59,7 @@ def loop(folder, model, x, y, xt, yt, stop: int | None = None, tracker_model=Non
                       **options(x, y, xt, yt, **more))
     with tracker:
         for it in range(tracker.start, STEPS):
-            idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(it))[:6]
-            loss = problems.mse(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
+            loss = sgd_step(model, opt, sched, x, y, it)
             tracker.step(it + 1, loss=loss.item())
             if stop is not None and it + 1 == stop:
                 break
@@ -135,12 +141,7 @@ def _trained_to(model, x, y, iterations: int):
     opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=4, gamma=0.5)
     for it in range(iterations):
-        idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(it))[:6]
-        loss = problems.mse(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
+        sgd_step(model, opt, sched, x, y, it)
     return model, opt
 
 
