@@ -230,6 +230,8 @@ class Tracker:
             epoch = it / self.steps_per_epoch
         base = {"iteration": it, "epoch": math.nan if epoch is None else float(epoch), "train_loss_running": running}
         seconds: dict[str, float] = {}
+        if self.progress:  # a checkpoint can take minutes: say when it starts
+            self._say(f"[{it:>7d}/{self.settings.steps}] checkpoint: measuring ...")
         with untouched(self.model):
             self.model.eval()
             rows = self._rows(it, base, seconds)

@@ -201,7 +201,9 @@ def test_each_checkpoint_reports_its_parts_and_its_cost(tmp_path, one_thread, ca
         assert all(v >= 0 for v in r.seconds.values()) and r.total == pytest.approx(sum(r.seconds.values()))
     assert math.isnan(reports[0].cost)
     assert all(r.loop_seconds > 0 and r.cost == pytest.approx(r.total / r.loop_seconds) for r in reports[1:])
-    lines = [ln for ln in capsys.readouterr().err.splitlines() if "checkpoint" in ln]
+    err = capsys.readouterr().err.splitlines()
+    assert sum(ln.endswith("checkpoint: measuring ...") for ln in err) == 4
+    lines = [ln for ln in err if "checkpoint" in ln and not ln.endswith("measuring ...")]
     assert len(lines) == 4 and lines[-1].startswith(f"sharpcomp: {tmp_path / 'run'}: [      9/9] loss(run)=")
     assert "grad_norm=" in lines[-1] and "of the loop's" in lines[-1]
     assert {"train_loss", "grad_norm", "sharpness"} <= set(reports[-1].scalars())
