@@ -97,12 +97,12 @@ def main() -> int:
     measures = {"hessian_max": {"n": args.hessian_n, "max_iter": args.lanczos, "tol": 0.01},
                 "average": {"draws": args.draws, "batch_size": args.hessian_n}}
 
+    started = time.perf_counter()  # the tracker's first checkpoint (iteration 0) is part of this call
     tracker = sharpcomp.Tracker(
         args.out, model, "ce", train_samples=(train_x, train_y), test_samples=(test_x, test_y), steps=args.steps,
         every=args.every, batch_size=args.batch, optimizer=opt, extra_state={"schedule": schedule},
         measures=measures, metrics={"n": args.n, "sample_sets": ["train", "test"]}, data="cifar10",
         model_name="resnet18", steps_per_epoch=len(loader))
-    started = time.perf_counter()
     with tracker:
         data = batches(loader)
         for it in range(tracker.start, args.steps):

@@ -46,7 +46,7 @@ def stored_settings(cfg, target: str | None = None, measures: Mapping | None = N
         raise ConfigError("the run was recorded by sharpcomp.Tracker in a training loop of your own: its network "
                           "and data are your script's; measure its network with `sharpcomp measure "
                           "model=<your callable> weights=<run>/checkpoint.pt data=<data>`")
-    cfg = own_measures_named(cfg, measures or {})
+    cfg = own_measures_named(cfg, measures)
     flat = cfg.get("metrics", {}).get("flatness") or {}
     own = own_measures(flat)
     stored = {k: v for k, v in cfg.items() if k != "model"}
@@ -65,12 +65,14 @@ def stored_settings(cfg, target: str | None = None, measures: Mapping | None = N
     return settings({**cfg, "model": model, **here})  # as conf/train.yaml reads them: the environment
 
 
-def own_measures_named(cfg: dict, measures: Mapping) -> dict:
+def own_measures_named(cfg: dict, measures: Mapping | None) -> dict:
     """``cfg`` (a stored config) with each measure of the user's own it switches on taken from the command line.
 
-    ``measures``: ``metrics.flatness`` entries named on the command line. A stored entry keeps its settings
-    and takes its ``_target_`` from the command line's entry; one the command line does not name is refused
-    (ConfigError, one line): a stored config never chooses code.
+    ``measures``: ``metrics.flatness`` entries named on the command line, by a command that computes measures.
+    A stored entry keeps its settings and takes its ``_target_`` from the command line's entry; one the command
+    line does not name is refused (:class:`MeasureNotNamed`, one line): a stored config never chooses code.
+    ``measures=None`` (a command that computes none of the run's measures, e.g. ``landscape``): the entries of
+    measures of one's own are left out.
     """
     metrics = cfg.get("metrics")
     flat = metrics.get("flatness") if isinstance(metrics, dict) else None
@@ -78,6 +80,8 @@ def own_measures_named(cfg: dict, measures: Mapping) -> dict:
         return cfg
     own = own_measures({k: v for k, v in flat.items() if isinstance(k, str)})
     out = dict(flat)
+    if measures is None:
+        return {**cfg, "metrics": {**metrics, "flatness": {k: v for k, v in flat.items() if k not in own}}}
     for name, code in own.items():
         if name not in measures:
             how = command_line_text(name, flat[name])

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from sharpcomp.cli import main as cli_main
+from sharpcomp.engine.loading import MeasureNotNamed, load_run
 from sharpcomp.measures.registry import plan
 from sharpcomp.measures.sample import Sample
 from sharpcomp.results.records import read_metrics
@@ -169,6 +170,11 @@ def test_a_train_run_logs_resumes_and_is_read_with_its_measure_named(in_tmp, cap
                             "metrics.flatness.margin={_target_: tests.own_measures.MEASURE, n: 8}"], capsys)
     assert code == 0, err
     assert math.isfinite(pd.read_parquet(in_tmp / "measured" / "metrics.parquet").margin.iloc[0])
+
+    # a command that computes none of the run's measures (landscape, a notebook's load_run) leaves it out
+    assert load_run(in_tmp / "run").settings.metrics.flatness.get("margin") is None
+    with pytest.raises(MeasureNotNamed):
+        load_run(in_tmp / "run", measures={})
 
     # figures: its columns are data
     code, out, err = run_cli(["figures", "run", "--out", "figs", "--only", "flatness"], capsys)
