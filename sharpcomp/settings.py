@@ -30,6 +30,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
 from sharpcomp.measure_index import MEASURES
+from sharpcomp.measure_names import builtin_names, check_own, own_target, plugin_names
 
 if TYPE_CHECKING:  # torch is imported where it is used: composing the config and --help do without it
     import torch
@@ -174,20 +175,30 @@ class MetricSettings:
 def flatness_by_name(flatness) -> dict:
     """``metrics.flatness`` with every measure under its name (an earlier key is read as the name it has now).
 
-    ConfigError for a key that names no measure or a measure named twice; the entries' settings are
-    checked by the measures themselves (:func:`sharpcomp.measures.registry.plan`).
+    ConfigError for a key that names no measure or a measure named twice. Besides the built-in measures, an
+    entry may name a measure of the user's own (``{_target_: ...}``) or an installed package's (entry points):
+    :mod:`sharpcomp.measure_names`. Only the structure is checked here; the entries' settings are checked by
+    the measures themselves (:func:`sharpcomp.measures.registry.plan`).
     """
     flatness = flatness or {}
     if not isinstance(flatness, Mapping):
         raise ConfigError(f"metrics.flatness must be a mapping of measures, got {flatness!r}")
-    names = {alias: name for name, m in MEASURES.items() for alias in (name, *m["aliases"])
-             if m["key"].startswith("metrics.flatness.")}
+    names = builtin_names()
+    plugins = plugin_names()
     out: dict = {}
     for key, value in flatness.items():
-        if key not in names:
-            known = ", ".join(dict.fromkeys(names.values()))
-            raise ConfigError(f"unknown metrics.flatness key '{key}' (known: {known})")
-        name = names[key]
+        if own_target(value) is not None:
+            try:
+                check_own(key, value)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+            out[key] = value
+            continue
+        if key not in names and key not in plugins:
+            known = ", ".join([*dict.fromkeys(names.values()), *plugins])
+            raise ConfigError(f"unknown metrics.flatness key '{key}' (known: {known}; a measure of your own: "
+                              f"metrics.flatness.{key}={{_target_: mypkg.measures.MEASURE}})")
+        name = names.get(key, key)
         if out.get(name) is not None and value is not None:
             raise ConfigError(f"metrics.flatness.{name} is set twice (as {key} too)")
         if value is not None or name not in out:
@@ -196,21 +207,29 @@ def flatness_by_name(flatness) -> dict:
 
 
 def overrides_by_name(overrides: Sequence[str]) -> list[str]:
-    """Command-line overrides with a measure's earlier ``metrics.flatness`` key written as its name.
+    """Command-line overrides with the ``metrics.flatness`` keys as Hydra composes them.
 
-    For example ``metrics.flatness.adaptive={}`` -> ``metrics.flatness.worst_case_adaptive={}``.
+    A measure's earlier key is written as its name, and the key of a measure that is not built in is
+    appended (``+``: conf/ lists the built-in ones only).
+
+    For example ``metrics.flatness.adaptive={}`` -> ``metrics.flatness.worst_case_adaptive={}``, and
+    ``metrics.flatness.mine={_target_: mypkg.measures.MEASURE}`` -> ``+metrics.flatness.mine=...``.
     """
     aliases = {alias: name for name, m in MEASURES.items() for alias in m["aliases"]}
+    builtin = builtin_names()
     out = []
     for arg in overrides:
         match = re.match(r"(\+{0,2}|~)metrics\.flatness\.(\w+)(.*)", arg, re.S)
         if match and match[2] in aliases:
             arg = f"{match[1]}metrics.flatness.{aliases[match[2]]}{match[3]}"
+        elif match and not match[1] and match[2] not in builtin and match[3].startswith("="):
+            arg = f"+{arg}"
         out.append(arg)
     return out
 
 
-def _metric_settings(m: Mapping) -> MetricSettings:
+def metric_settings(m: Mapping) -> MetricSettings:
+    """The ``metrics`` block of a config, checked."""
     # lazy: --help imports this module and stays free of torch and numpy
     import torch
 
@@ -413,7 +432,7 @@ def settings(cfg, n_train: int | None = None) -> Settings:
         optim=_optim(c["optim"]), device=_device(c["device"]), threads=threads,
         deterministic=_flag("deterministic", c["deterministic"]), progress=_flag("progress", c["progress"]),
         allow_tf32=tf32, cuda_graph=_choice("cuda_graph", c["cuda_graph"], ("auto", "off")),
-        compile=_flag("compile", c["compile"]), metrics=_metric_settings(c["metrics"]),
+        compile=_flag("compile", c["compile"]), metrics=metric_settings(c["metrics"]),
         resume_every=_number("resume_every", c["resume_every"], float, 0, strict=False),
         model=_model(c["model"]), data=_data(c["data"], c.get("data_dir")), stop=_stop(c.get("stop")))
 
@@ -445,9 +464,18 @@ def _drop_new_keys(keys: dict) -> dict:
             del keys[key]
     flat = (keys.get("metrics") or {}).get("flatness")
     if isinstance(flat, dict):  # under the keys run ids have always used; off measures only where they always were
-        keys["metrics"]["flatness"] = {MEASURES[k]["id_key"]: v for k, v in flatness_by_name(flat).items()
-                                       if v is not None or MEASURES[k]["in_every_id"]}
+        keys["metrics"]["flatness"] = {_id_key(k): v for k, v in flatness_by_name(flat).items()
+                                       if v is not None or _in_every_id(k)}
     return keys
+
+
+def _id_key(name: str) -> str:
+    """The key under which measure ``name``'s entry enters run ids (a measure of one's own: its name)."""
+    return MEASURES[name]["id_key"] if name in MEASURES else name
+
+
+def _in_every_id(name: str) -> bool:
+    return name in MEASURES and MEASURES[name]["in_every_id"]
 
 
 def run_identity(cfg) -> dict:

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from sharpcomp.data.datasets import Dataset
 from sharpcomp.data.order import epoch_permutation, steps_per_epoch, train_sample_indices
 from sharpcomp.engine.evaluation import checkpoint_rows, sample_losses, sample_sets
-from sharpcomp.engine.setup import build, check_layer, check_writable, measure_plan, prepare_runtime
+from sharpcomp.engine.setup import build, check_layer, check_writable, initial_network, measure_plan, prepare_runtime
 from sharpcomp.engine.steppers import PlainStepper
 from sharpcomp.losses import make_loss
 from sharpcomp.measures.registry import Plan
@@ -369,7 +369,8 @@ class _Loop:
         m0 = time.perf_counter()
         stopped = bool(extra and extra.get("stopped"))
         rows = checkpoint_rows(model, m.settings, m.plan, self.data, sets, m.loss_fn, base, it, metrics, losses,
-                               final=stopped)
+                               final=stopped, initial=lambda: initial_network(m.settings, self.data,
+                                                                              self.data.train_x.device))
         self.timing["metrics"] += time.perf_counter() - m0
         for r in rows:
             r["wall_time"] = self.wall(m)

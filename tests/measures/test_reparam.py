@@ -148,7 +148,7 @@ def fake_run(tmp_path, monkeypatch):
     model, _, x, y = MLP.make()
     cfg = {"model": {"name": "tiny", "width": 1.0, "outputs": 3}, "metrics": {"n": 7, "log_volume_rank": None}}
 
-    def load_run(run_dir, target=None):
+    def load_run(run_dir, target=None, measures=None):
         if not (run_dir / "checkpoint.pt").exists():
             raise FileNotFoundError(f"no checkpoint at {run_dir / 'checkpoint.pt'}")
         return SimpleNamespace(model=model.float(), config=cfg, sample_x=x.float(), sample_y=y, loss_fn=mse)
