@@ -29,7 +29,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,bench,monitor]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,bench,monitor,lightning]'
 	@# An editable install cannot list Hydra's plugin namespace (a wheel can): expose the launcher's
 	@# folder as hydra_plugins/sharpcomp_ensemble on a path entry of this venv (a link into the checkout).
 	mkdir -p $(VENV)/sharpcomp-plugin/hydra_plugins

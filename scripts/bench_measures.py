@@ -25,6 +25,7 @@ Recorded numbers and the commands behind them: docs/benchmarks/measures.md.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import sys
@@ -89,6 +90,7 @@ def main(argv=None) -> int:
     loss = make_loss("mse", 10)
     torch.manual_seed(0)
     model = build_model(a.model, 10)
+    initial = copy.deepcopy(model).eval()  # for the measures relative to initialisation (dist_init)
     sgd(model, loss, data.train_x, data.train_y, a.train, torch.Generator().manual_seed(0))
     chosen = a.measures.split(",") if a.measures else list(switchable())
     given = json.loads(a.set)
@@ -102,7 +104,8 @@ def main(argv=None) -> int:
         entry = given.get(name, {})
         measure_plan = plan({name: entry})
         settings = measure_plan.settings(name)
-        sample = Sample(model.eval(), loss, data.train_x, data.train_y, torch.Generator().manual_seed(0), 20)
+        sample = Sample(model.eval(), loss, data.train_x, data.train_y, torch.Generator().manual_seed(0), 20,
+                        initial=lambda: initial)
         _, w, c = timed(lambda mp=measure_plan, s=sample: mp.compute(s))
         total_w, total_c = total_w + w, total_c + c
         shown = dataclasses.asdict(settings)

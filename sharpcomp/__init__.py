@@ -8,6 +8,10 @@ Train and load
     :func:`load_run` (a run folder's trained network, settings, data and train sample set),
     :func:`read_metrics` (a run's rows: one per checkpoint and sample set), :func:`read_runs` (a sweep's),
     :class:`ConfigError`.
+Your own training loop
+    :class:`Tracker` (the measures and records of ``sharpcomp train`` at the checkpoints of a loop of one's
+    own; each checkpoint's :class:`CheckpointReport`); a Lightning callback in
+    :mod:`sharpcomp.tracking.lightning`.
 Measures
     Every measure's own function, under the name its declaration gives (``docs/measures.md`` lists them:
     :func:`compute_metrics` for the study's metrics, :func:`network_wide`, :func:`hessian_max`,
@@ -43,6 +47,8 @@ _HOMES = {
     "read_metrics": "sharpcomp.results.records",
     "read_runs": "sharpcomp.results.sweep",
     "ConfigError": "sharpcomp.settings",
+    "Tracker": "sharpcomp.tracking.tracker",
+    "CheckpointReport": "sharpcomp.tracking.report",
     "compute_measures": "sharpcomp.measures.registry",
     "extra_metrics": "sharpcomp.measures.registry",
     "Measure": "sharpcomp.measures.declaration",

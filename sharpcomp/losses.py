@@ -40,6 +40,15 @@ def per_sample_loss(name: str, out: Tensor, y: Tensor) -> Tensor:
     return F.mse_loss(out, loss_target(name, y, out.shape[1], out.dtype), reduction="none").mean(dim=1)
 
 
+def losses_of(loss: str | Callable[[Tensor, Tensor], Tensor], out: Tensor, y: Tensor) -> Tensor:
+    """(b,) losses of (b, N) outputs against labels ``y``: each sample's for a named loss (``mse``, ``ce``);
+    for a loss function of one's own (the mean over a batch), that mean for every sample of the batch, so
+    that a mean over chunks weighs each chunk by its size."""
+    if isinstance(loss, str):
+        return per_sample_loss(loss, out, y)
+    return loss(out, y).detach().reshape(()).expand(out.shape[0])
+
+
 def make_loss(name: str, num_outputs: int) -> Callable[[Tensor, Tensor], Tensor]:
     """``loss(out, y)``: the mean loss of (b, N) outputs against labels ``y`` (for metrics and analyses)."""
     return lambda out, y: batch_loss(name, out, loss_target(name, y, num_outputs, out.dtype))

@@ -130,8 +130,11 @@ def target_of(model_cfg: Mapping) -> str:
     return target
 
 
-def locate(path: str):
-    """Import ``path`` (``pkg.module.attr``) as Hydra does; modules in the working folder are found too."""
+def locate(path: str, what: str = "model._target_"):
+    """Import ``path`` (``pkg.module.attr``) as Hydra does; modules in the working folder are found too.
+
+    ModelError (one line, naming the setting ``what``) when it cannot be imported.
+    """
     try:
         return _locate(path)
     except ImportError as exc:
@@ -143,9 +146,9 @@ def locate(path: str):
             except ImportError as again:
                 exc = again
         detail = " ".join(line.strip() for line in str(exc).splitlines()[1:]) or str(exc)
-        raise ModelError(f"cannot import model._target_ '{path}': {detail}") from None
+        raise ModelError(f"cannot import {what} '{path}': {detail}") from None
     except Exception as exc:  # the module itself fails on import
-        raise ModelError(f"cannot import model._target_ '{path}': {type(exc).__name__}: {_first_line(exc)}") from None
+        raise ModelError(f"cannot import {what} '{path}': {type(exc).__name__}: {_first_line(exc)}") from None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -177,7 +177,8 @@ def check_appended(overrides: list[str]) -> None:
     """UsageError for an appended key (``+key=value``) that no part of the program reads.
 
     Allowed: a config group (``+experiment=fig1``), a model's own keyword argument (``+model.depth=3``,
-    read by the model's callable) and Hydra's own settings.
+    read by the model's callable), a measure that is not built in (``+metrics.flatness.mine=...``, its entry
+    checked with the settings) and Hydra's own settings.
     """
     top, metrics = _yaml_keys()
     for ov in OverridesParser.create().parse_overrides(overrides):
@@ -186,6 +187,8 @@ def check_appended(overrides: list[str]) -> None:
         key = ov.get_key_element().lstrip("+")
         head, _, rest = key.partition(".")
         if key.startswith("hydra") or head == "model" or (not rest and key in GROUPS):
+            continue
+        if head == "metrics" and rest.startswith("flatness.") and rest.count(".") == 1:
             continue
         known = (head in top and not rest) or (head == "metrics" and rest.split(".")[0] in metrics and
                                                  rest.count(".") == 0)

@@ -30,6 +30,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
 from sharpcomp.measure_index import MEASURES
+from sharpcomp.measure_names import builtin_names, check_own, own_target, plugin_names
 
 if TYPE_CHECKING:  # torch is imported where it is used: composing the config and --help do without it
     import torch
@@ -174,20 +175,30 @@ class MetricSettings:
 def flatness_by_name(flatness) -> dict:
     """``metrics.flatness`` with every measure under its name (an earlier key is read as the name it has now).
 
-    ConfigError for a key that names no measure or a measure named twice; the entries' settings are
-    checked by the measures themselves (:func:`sharpcomp.measures.registry.plan`).
+    ConfigError for a key that names no measure or a measure named twice. Besides the built-in measures, an
+    entry may name a measure of the user's own (``{_target_: ...}``) or an installed package's (entry points):
+    :mod:`sharpcomp.measure_names`. Only the structure is checked here; the entries' settings are checked by
+    the measures themselves (:func:`sharpcomp.measures.registry.plan`).
     """
     flatness = flatness or {}
     if not isinstance(flatness, Mapping):
         raise ConfigError(f"metrics.flatness must be a mapping of measures, got {flatness!r}")
-    names = {alias: name for name, m in MEASURES.items() for alias in (name, *m["aliases"])
-             if m["key"].startswith("metrics.flatness.")}
+    names = builtin_names()
+    plugins = plugin_names()
     out: dict = {}
     for key, value in flatness.items():
-        if key not in names:
-            known = ", ".join(dict.fromkeys(names.values()))
-            raise ConfigError(f"unknown metrics.flatness key '{key}' (known: {known})")
-        name = names[key]
+        if own_target(value) is not None:
+            try:
+                check_own(key, value)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+            out[key] = value
+            continue
+        if key not in names and key not in plugins:
+            known = ", ".join([*dict.fromkeys(names.values()), *plugins])
+            raise ConfigError(f"unknown metrics.flatness key '{key}' (known: {known}; a measure of your own: "
+                              f"metrics.flatness.{key}={{_target_: mypkg.measures.MEASURE}})")
+        name = names.get(key, key)
         if out.get(name) is not None and value is not None:
             raise ConfigError(f"metrics.flatness.{name} is set twice (as {key} too)")
         if value is not None or name not in out:
@@ -196,21 +207,29 @@ def flatness_by_name(flatness) -> dict:
 
 
 def overrides_by_name(overrides: Sequence[str]) -> list[str]:
-    """Command-line overrides with a measure's earlier ``metrics.flatness`` key written as its name.
+    """Command-line overrides with the ``metrics.flatness`` keys as Hydra composes them.
 
-    For example ``metrics.flatness.adaptive={}`` -> ``metrics.flatness.worst_case_adaptive={}``.
+    A measure's earlier key is written as its name, and the key of a measure that is not built in is
+    appended (``+``: conf/ lists the built-in ones only).
+
+    For example ``metrics.flatness.adaptive={}`` -> ``metrics.flatness.worst_case_adaptive={}``, and
+    ``metrics.flatness.mine={_target_: mypkg.measures.MEASURE}`` -> ``+metrics.flatness.mine=...``.
     """
     aliases = {alias: name for name, m in MEASURES.items() for alias in m["aliases"]}
+    builtin = builtin_names()
     out = []
     for arg in overrides:
         match = re.match(r"(\+{0,2}|~)metrics\.flatness\.(\w+)(.*)", arg, re.S)
         if match and match[2] in aliases:
             arg = f"{match[1]}metrics.flatness.{aliases[match[2]]}{match[3]}"
+        elif match and not match[1] and match[2] not in builtin and match[3].startswith("="):
+            arg = f"+{arg}"
         out.append(arg)
     return out
 
 
-def _metric_settings(m: Mapping) -> MetricSettings:
+def metric_settings(m: Mapping) -> MetricSettings:
+    """The ``metrics`` block of a config, checked."""
     # lazy: --help imports this module and stays free of torch and numpy
     import torch
 
@@ -229,8 +248,49 @@ def _metric_settings(m: Mapping) -> MetricSettings:
         chunk_size=_number("metrics.chunk_size", m["chunk_size"], int, 0, allow_none=True),
         dtype={"float32": torch.float32, "float64": torch.float64}[_choice("metrics.dtype", m["dtype"],
                                                                          ("float32", "float64"))],
-        flatness_every=_number("metrics.flatness_every", m["flatness_every"], int, 0), flatness=dict(flatness),
+        flatness_every=_number("metrics.flatness_every", m["flatness_every"], int, 0, strict=False),
+        flatness=dict(flatness),
         network_wide=_flag("metrics.network_wide", m.get("network_wide", True)))
+
+
+STOP_CRITERIA = ("train_loss", "running_loss", "train_error")  # ``stop.*``: what a run is trained to
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """``stop``: train to a criterion.
+
+    A threshold per quantity (None: not used); a run stops at the first checkpoint after iteration 0 where
+    one of the quantities it sees is at or below its threshold.
+    """
+
+    train_loss: float | None = None
+    running_loss: float | None = None
+    train_error: float | None = None
+
+    def __bool__(self) -> bool:
+        return any(getattr(self, k) is not None for k in STOP_CRITERIA)
+
+    def reached(self, running_loss: float, train_loss: float | None, train_acc: float | None) -> str | None:
+        """The first criterion met by these values (the whole-set ones are None off their cadence), or None."""
+        values = {"train_loss": train_loss, "running_loss": running_loss,
+                  "train_error": None if train_acc is None else 1.0 - train_acc}
+        for key in STOP_CRITERIA:
+            limit, value = getattr(self, key), values[key]
+            if limit is not None and value is not None and value <= limit:  # NaN never reaches a threshold
+                return key
+        return None
+
+
+def _stop(c) -> StopRule:
+    c = c or {}
+    if not isinstance(c, Mapping):
+        raise ConfigError(f"stop must be a mapping of criteria ({', '.join(STOP_CRITERIA)}), got {c!r}")
+    unknown = [k for k in c if k not in STOP_CRITERIA]
+    if unknown:
+        raise ConfigError(f"unknown stop criterion '{unknown[0]}' (choose from {', '.join(STOP_CRITERIA)})")
+    return StopRule(**{k: _number(f"stop.{k}", c.get(k), float, 0, allow_none=True, strict=False)
+                       for k in STOP_CRITERIA})
 
 
 @dataclass(frozen=True)
@@ -257,6 +317,7 @@ class Settings:
     metrics: MetricSettings
     model: dict = field(hash=False)
     data: dict = field(hash=False)
+    stop: StopRule = StopRule()
 
     @property
     def optim_name(self) -> str:
@@ -278,8 +339,9 @@ class Settings:
         return self.checkpoints.index(it) % self.eval_every == 0 or it == self.steps
 
     def flatness_due(self, it: int) -> bool:
-        """Whether checkpoint ``it`` computes the flatness measures."""
-        return self.checkpoints.index(it) % self.metrics.flatness_every == 0 or it == self.steps
+        """Whether checkpoint ``it`` computes the flatness measures (``flatness_every`` 0: at the last only)."""
+        every = self.metrics.flatness_every
+        return it == self.steps or (every > 0 and self.checkpoints.index(it) % every == 0)
 
 
 def _device(name) -> str:
@@ -370,9 +432,9 @@ def settings(cfg, n_train: int | None = None) -> Settings:
         optim=_optim(c["optim"]), device=_device(c["device"]), threads=threads,
         deterministic=_flag("deterministic", c["deterministic"]), progress=_flag("progress", c["progress"]),
         allow_tf32=tf32, cuda_graph=_choice("cuda_graph", c["cuda_graph"], ("auto", "off")),
-        compile=_flag("compile", c["compile"]), metrics=_metric_settings(c["metrics"]),
+        compile=_flag("compile", c["compile"]), metrics=metric_settings(c["metrics"]),
         resume_every=_number("resume_every", c["resume_every"], float, 0, strict=False),
-        model=_model(c["model"]), data=_data(c["data"], c.get("data_dir")))
+        model=_model(c["model"]), data=_data(c["data"], c.get("data_dir")), stop=_stop(c.get("stop")))
 
 
 def validate_config(cfg, n_train: int | None = None) -> None:
@@ -402,9 +464,18 @@ def _drop_new_keys(keys: dict) -> dict:
             del keys[key]
     flat = (keys.get("metrics") or {}).get("flatness")
     if isinstance(flat, dict):  # under the keys run ids have always used; off measures only where they always were
-        keys["metrics"]["flatness"] = {MEASURES[k]["id_key"]: v for k, v in flatness_by_name(flat).items()
-                                       if v is not None or MEASURES[k]["in_every_id"]}
+        keys["metrics"]["flatness"] = {_id_key(k): v for k, v in flatness_by_name(flat).items()
+                                       if v is not None or _in_every_id(k)}
     return keys
+
+
+def _id_key(name: str) -> str:
+    """The key under which measure ``name``'s entry enters run ids (a measure of one's own: its name)."""
+    return MEASURES[name]["id_key"] if name in MEASURES else name
+
+
+def _in_every_id(name: str) -> bool:
+    return name in MEASURES and MEASURES[name]["in_every_id"]
 
 
 def run_identity(cfg) -> dict:
@@ -416,6 +487,9 @@ def run_identity(cfg) -> dict:
         "metrics": {k: v for k, v in c["metrics"].items() if k not in IDENTITY_FREE_METRIC_KEYS},
         "allow_tf32": c.get("allow_tf32"),
     }
+    stop = {k: v for k, v in (c.get("stop") or {}).items() if v is not None}
+    if stop:  # a stopping rule ends a run elsewhere; runs without one keep the ids they always had
+        keys["stop"] = stop
     keys = _drop_new_keys(keys)
     digest = hashlib.sha1(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:8]
     run_id = f"{c['data']['name']}-{c['model']['name']}-lr{c['lr']}-b{c['batch']}-s{c['seed']}-{digest}"

@@ -22,7 +22,9 @@ the data's class count for ``model``), ``dtype`` (float32|float64), ``out`` (fol
 ``outputs/measure``; not a training run's folder), ``figure`` (a PNG path: the across-model correlation
 of sharpness with MLS and NMLS, over every row in ``out``), ``estimate`` (auto: the matrix-free estimators
 with standard errors, ``sharpcomp.measures.study.estimators``, when a sample's Jacobian has over 2e7
-entries; exact; always), ``probes`` (estimator probes, default 32).
+entries; exact; always), ``probes`` (estimator probes, default 32), ``metrics.flatness.NAME={...}`` (measures
+computed on the train rows, named as in a run's config; a run that recorded a measure of the user's own is
+read only when it is named here: a stored config never chooses code).
 
 One row per (model, sample set) is appended to ``out/metrics.parquet`` in the results schema
 (``sharpcomp.results.columns``; ``run_id`` is the run's id or ``measure-<label>``; a row measured again
@@ -48,7 +50,10 @@ from sharpcomp.engine.loading import load_run
 from sharpcomp.engine.setup import build, load_data
 from sharpcomp.figures.scatter import draw_correlation
 from sharpcomp.figures.tables import correlation_table
-from sharpcomp.losses import per_sample_loss
+from sharpcomp.losses import make_loss, per_sample_loss
+from sharpcomp.measure_names import flatness_options
+from sharpcomp.measures.registry import plan
+from sharpcomp.measures.sample import Sample
 from sharpcomp.measures.study.estimators import choose, estimate_metrics
 from sharpcomp.measures.study.metrics import compute_metrics
 from sharpcomp.measures.study.network_wide import add_network_wide
@@ -86,7 +91,9 @@ SYNTAX = Syntax(
         Option("out", "folder of the rows (default outputs/measure; not a training run's folder)", "DIR"),
         Option("figure", "a PNG path: sharpness against MLS, NMLS, G and local dim over every row in out", "PNG"),
     ),
-    families=(("arg.", "a keyword argument of model= (a YAML value)"),),
+    families=(("arg.", "a keyword argument of model= (a YAML value)"),
+              ("metrics.flatness.", "a measure on the train rows, as in a run's config (a YAML entry); a run that "
+                                    "recorded a measure of your own is read only when it is named here")),
     examples=("sharpcomp measure outputs/runs/fashion_mnist-mlp4/default",
               "sharpcomp measure run=outputs/runs/a,outputs/runs/b n=100 sample_sets=train,test figure=corr.png",
               "sharpcomp measure model=timm:vit_tiny_patch16_224 arg.img_size=32 weights=vit.pt data=cifar10_2class"),
@@ -100,10 +107,11 @@ class MeasureError(ValueError):
 def parse(argv: Sequence[str]) -> tuple[dict, dict]:
     """(options, model keyword arguments) from the command line."""
     try:
+        argv, flatness = flatness_options(argv)
         parsed = SYNTAX.parse(argv)
-    except UsageError as exc:
+    except (UsageError, ValueError) as exc:
         raise MeasureError(str(exc)) from None
-    opts = {**COMMON, **{k: v for k, v in parsed.values.items() if k != "run"}}
+    opts = {**COMMON, **{k: v for k, v in parsed.values.items() if k != "run"}, "flatness": flatness}
     runs = [*parsed.folders, *(f for v in parsed.get("run", []) for f in split_paths(v))]
     opts["run"] = runs or None
     args = {k: yaml.safe_load(v) for k, v in parsed.extra.items()}
@@ -195,9 +203,9 @@ def _targets(opts: dict, args: dict) -> list[dict]:
             if not Path(folder).is_dir():
                 raise MeasureError(f"no run folder '{folder}'")
             try:
-                loaded = load_run(folder)
+                loaded = load_run(folder, measures=opts["flatness"])
                 model, raw = loaded.model, loaded.config
-            except FileNotFoundError as exc:
+            except (FileNotFoundError, ConfigError) as exc:
                 raise MeasureError(f"cannot load run '{folder}': {exc}") from None
             s = settings(raw)
             out.append({"model": model, "settings": s, "label": None, "source": folder})
@@ -227,6 +235,10 @@ def measure_rows(opts: dict, args: dict) -> list[dict]:
     """Every measure of every network on each sample set: the rows (results schema)."""
     dtype = {"float32": torch.float32, "float64": torch.float64}[opts["dtype"]]
     rows = []
+    try:
+        flatness = plan(opts["flatness"])
+    except ValueError as exc:
+        raise MeasureError(str(exc)) from None
     for t in _targets(opts, args):
         s, model = t["settings"], t["model"]
         data = t.get("data") or load_data(s, torch.device("cpu"))
@@ -246,6 +258,10 @@ def measure_rows(opts: dict, args: dict) -> list[dict]:
                 with torch.no_grad():
                     row["sample_loss"] = float(per_sample_loss(s.loss, model(x), y).mean())
                 row.update(_metrics(model, x, dtype, opts))
+            if name == "train" and flatness:
+                gen = torch.Generator().manual_seed(opts["seed"])
+                sample = Sample(model, make_loss(s.loss, n_out), data.train_x, data.train_y, gen, s.batch)
+                row.update(flatness.compute(sample))
             rows.append(row)
     return rows
 

@@ -15,7 +15,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from sharpcomp.engine.loading import load_run
+from sharpcomp.engine.loading import MeasureNotNamed, load_run
+from sharpcomp.measure_names import flatness_options
+from sharpcomp.measures.own import load as load_own
+from sharpcomp.measures.registry import canonical, plan
 from sharpcomp.measures.symmetry.reparam import chosen_measures, reparam_table, rescalable_layers, rescale_unit
 from sharpcomp.settings import ConfigError
 from sharpcomp.usage import EXIT_USAGE, Option, Syntax, UsageError, choices_list, integer, number, report
@@ -41,6 +44,9 @@ SYNTAX = Syntax(
         Option("model._target_", "a network that is not built in: the dotted path of its callable, named by you "
                                  "(the config stored in the checkpoint never chooses code)", "PATH"),
     ),
+    families=(("metrics.flatness.", "a measure of your own, {_target_: mypkg.measures.MEASURE, ...} (or {} for an "
+                                    "installed package's): its rows join the table; a run that recorded one is "
+                                    "read only when you name it"),),
     examples=("sharpcomp reparam outputs/runs/fashion_mnist-mlp4/default alpha=10 layer=fc2",
               "sharpcomp reparam RUN measures=hessian_max,worst_case n=20"),
 )
@@ -51,11 +57,17 @@ def _parse(argv: Sequence[str]) -> tuple[str, dict]:
     args = list(argv)
     if args and args[0] == "reparam" and not Path("reparam").exists():
         args = args[1:]
+    try:
+        args, flatness = flatness_options(args)
+        own = own_entries(flatness)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     parsed = SYNTAX.parse(args)
     if not parsed.folders:
         raise UsageError("missing RUN_DIR (see `sharpcomp reparam --help`)")
     opts = parsed.values
-    out: dict = {"layer": opts.get("layer"), "target": opts.get("model._target_") or None}
+    out: dict = {"layer": opts.get("layer"), "target": opts.get("model._target_") or None, "flatness": flatness,
+                 "own": own}
     out["alpha"] = number(parsed.said("alpha"), opts.get("alpha", "10"), 0, above=True)
     out["probes"] = integer(parsed.said("probes"), opts.get("probes", "50"), 0)
     out["seed"] = integer(parsed.said("seed"), opts.get("seed", "0"))
@@ -70,6 +82,18 @@ def _parse(argv: Sequence[str]) -> tuple[str, dict]:
     if "measures" in opts:
         out["measures"] = choices_list("measures", opts["measures"], [m.name for m in chosen_measures()])
     return parsed.folders[0], out
+
+
+def own_entries(flatness: dict) -> list[tuple]:
+    """The measures of one's own named on the command line (``metrics.flatness.NAME=...``), checked (ValueError,
+    one line), each with the settings named for it; built-in measures named that way are in the table anyway."""
+    plan(flatness)  # every check a run makes
+    out = []
+    for key, value in flatness.items():
+        if canonical(key) is None and value is not None and value is not False:
+            m, settings = load_own(key, value)
+            out.append((m, {} if settings is True else dict(settings)))
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -90,12 +114,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not path.is_dir():
         return err(f"no run directory '{run_dir}'")
     try:
-        run = load_run(path, target=opts["target"])
+        run = load_run(path, target=opts["target"], measures=opts["flatness"])
         model, cfg, x, y, loss_fn = run.model, run.config, run.sample_x, run.sample_y, run.loss_fn
     except FileNotFoundError as exc:
         return err(f"cannot load run '{run_dir}': {exc}", 1)
-    except ConfigError as exc:  # a refused checkpoint or stored config
-        return err(f"cannot load run '{run_dir}': {exc}", 1)
+    except ConfigError as exc:  # a refused checkpoint or stored config (a measure left unnamed: the user's to name)
+        return err(f"cannot load run '{run_dir}': {exc}", EXIT_USAGE if isinstance(exc, MeasureNotNamed) else 1)
     except Exception as exc:  # a broken checkpoint or missing data: one line, no traceback
         return err(f"cannot load run '{run_dir}': {type(exc).__name__}: {exc}", 1)
     hidden = rescalable_layers(model)
@@ -120,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.simplefilter("always")
             table = reparam_table(model, x, y, loss_fn, layer, opts["alpha"], units=opts["units"],
                                   probes=opts["probes"], seed=opts["seed"], metrics_kwargs=kwargs,
-                                  measures=opts["measures"], progress=progress)
+                                  measures=opts["measures"], own=opts["own"], progress=progress)
     except Exception as exc:  # e.g. alpha so extreme that float64 overflows and a factorisation fails
         why = (str(exc).strip().splitlines() or [""])[0][:200]
         return err(f"the metrics cannot be computed at alpha={opts['alpha']:g} (float64 range exceeded?): "

@@ -22,9 +22,10 @@ TARGET = 0.25
 
 def flatness_checkpoints(steps: int, log_every: int, every: int) -> tuple[int, int]:
     """(checkpoints, flatness checkpoints) of a run: iteration 0, every ``log_every``, and ``steps``; the
-    measures at every ``every``-th checkpoint and at ``steps``. Counted, never listed."""
+    measures at every ``every``-th checkpoint and at ``steps`` (``every`` 0: at ``steps`` only). Counted,
+    never listed."""
     last = -(-steps // log_every)  # the index of the checkpoint at ``steps``
-    due = last // every + 1 + (1 if last % every else 0)
+    due = 1 if every == 0 else last // every + 1 + (1 if last % every else 0)
     return last + 1, due
 
 
@@ -58,16 +59,19 @@ class MeasureCost:
             return None
         text = (f"the flatness measures will take about {duration(per_measures)} per checkpoint, {share:.0%} of the "
                 f"run (about {duration(share * total)} of {duration(total)})")
+        if self.every == 0:  # at the last checkpoint only already
+            return f"{text}; switch fewer measures on or give them cheaper settings"
         last = -(-self.steps // self.log_every)
         for every in range(self.every + 1, last + 1):
             new_share, new_total = self.share(every, per_step, per_checkpoint, per_measures)
             if new_share <= TARGET:
                 return f"{text}; metrics.flatness_every={every} makes it {new_share:.0%} (about {duration(new_total)})"
-        if last > self.every:
-            low, _ = self.share(max(last, 1), per_step, per_checkpoint, per_measures)
-            return (f"{text}; even metrics.flatness_every={last} leaves them {low:.0%}: switch fewer measures on or "
-                    f"give them cheaper settings")
-        return f"{text}; switch fewer measures on or give them cheaper settings"
+        low, low_total = self.share(0, per_step, per_checkpoint, per_measures)
+        if low <= TARGET:
+            return (f"{text}; metrics.flatness_every=0 (the last checkpoint only) makes it {low:.0%} (about "
+                    f"{duration(low_total)})")
+        return (f"{text}; even metrics.flatness_every=0 (the last checkpoint only) leaves them {low:.0%}: switch "
+                f"fewer measures on or give them cheaper settings")
 
     def after_checkpoint(self, trained_steps: int, train_seconds: float, checkpoints: int, checkpoint_seconds: float,
                          measured: int, measure_seconds: float) -> str | None:

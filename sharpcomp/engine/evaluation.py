@@ -8,14 +8,13 @@ all members at once) on the sample set, and the optional flatness measures on th
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
 
 from sharpcomp.data.datasets import Dataset
-from sharpcomp.losses import per_sample_loss
+from sharpcomp.losses import losses_of
 from sharpcomp.measures.registry import Plan
 from sharpcomp.measures.sample import Sample
 from sharpcomp.measures.study.metrics import compute_metrics
@@ -30,15 +29,17 @@ def eval_layout(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str) -> tuple[float, float, torch.Tensor]:
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             loss: str | Callable) -> tuple[float, float, torch.Tensor]:
     """(mean loss, accuracy, per-sample correctness) over a whole set, in chunks, in eval mode (the
-    running statistics of BatchNorm are used, not changed; no dropout); each module's mode is restored."""
+    running statistics of BatchNorm are used, not changed; no dropout); each module's mode is restored.
+    ``loss``: a loss's name, or a loss function (``losses_of``)."""
     losses, correct = [], []
     with eval_mode(model):
         chunk = samples_per_chunk(model, x[:1])
         for i in range(0, len(x), chunk):
             out = model(eval_layout(x[i:i + chunk]))
-            losses.append(per_sample_loss(loss, out, y[i:i + chunk]))
+            losses.append(losses_of(loss, out, y[i:i + chunk]))
             correct.append(out.argmax(dim=1) == y[i:i + chunk])
     losses, correct = torch.cat(losses), torch.cat(correct)
     return float(losses.mean()), float(correct.float().mean()), correct
@@ -64,7 +65,7 @@ def sample_sets(s: Settings, data: Dataset, sample_idx: torch.Tensor,
 
 @torch.no_grad()
 def sample_losses(models: list[nn.Module], sets: list[dict[str, tuple[torch.Tensor, torch.Tensor]]],
-                  loss: str) -> list[dict[str, float]]:
+                  loss: str | Callable) -> list[dict[str, float]]:
     """Each network's mean loss on each of its non-empty sample sets, read from the device in one
     transfer for all of them."""
     keys = [(j, name) for j, by_name in enumerate(sets) for name, (x, _) in by_name.items() if len(x)]
@@ -73,7 +74,7 @@ def sample_losses(models: list[nn.Module], sets: list[dict[str, tuple[torch.Tens
     with contextlib.ExitStack() as modes:
         for j in {j for j, _ in keys}:
             modes.enter_context(eval_mode(models[j]))
-        means = torch.stack([per_sample_loss(loss, models[j](sets[j][name][0]), sets[j][name][1]).mean()
+        means = torch.stack([losses_of(loss, models[j](sets[j][name][0]), sets[j][name][1]).mean()
                              for j, name in keys]).tolist()
     out: list[dict[str, float]] = [{} for _ in sets]
     for (j, name), v in zip(keys, means):
@@ -105,22 +106,29 @@ def with_network_wide(models, inputs, results: list[dict[str, dict]], s: Setting
 
 def checkpoint_rows(model: nn.Module, s: Settings, plan: Plan, data: Dataset, sets: Mapping[str, tuple],
                     loss_fn: Callable, base: dict, iteration: int, metrics: Mapping[str, dict],
-                    losses: Mapping[str, float], clock: dict | None = None) -> list[dict]:
+                    losses: Mapping[str, float], *, final: bool = False, due: bool | None = None,
+                    fatal: bool = True, seconds: dict | None = None,
+                    initial: Callable[[], nn.Module] | None = None) -> list[dict]:
     """The rows of one checkpoint: ``base`` (whole-set columns) joined with each sample set's loss and
     metrics (and the switched-on measures of ``plan`` on the train row, when due). The model is in eval mode.
-    ``clock``: the measures' seconds are added to its ``measures``."""
+
+    ``due``: whether the measures of ``plan`` are due (default: the settings' cadence, and always at a
+    ``final`` checkpoint: a run's stop); ``fatal`` and ``seconds``: as
+    :meth:`~sharpcomp.measures.registry.Plan.compute` takes them; ``initial``: the network at initialisation,
+    built only when a measure asks (:func:`sharpcomp.engine.setup.initial_network` for a run sharpcomp built).
+    """
     rows = []
+    if due is None:
+        due = bool(plan) and (final or s.flatness_due(iteration))
     for name in s.metrics.sample_sets:
         x, _ = sets[name]
         row = {**base, "sample_set": name, "n_samples": len(x)}
         if len(x):
             row["sample_loss"] = losses[name]
             row.update({k: v for k, v in metrics[name].items() if k != "per_sample"})
-        if name == "train" and plan and s.flatness_due(iteration):
+        if name == "train" and plan and due:
             g = torch.Generator().manual_seed(s.seed * 1_000_003 + iteration)
-            t0 = time.perf_counter()
-            row.update(plan.compute(Sample(model, loss_fn, data.train_x, data.train_y, g, s.batch)))
-            if clock is not None:
-                clock["measures"] = clock.get("measures", 0.0) + time.perf_counter() - t0
+            sample = Sample(model, loss_fn, data.train_x, data.train_y, g, s.batch, initial=initial)
+            row.update(plan.compute(sample, fatal=fatal, seconds=seconds))
         rows.append(row)
     return rows

@@ -29,14 +29,16 @@ def resolved(measure_plan: Plan) -> dict[str, dict[str, Any]]:
 
 
 def publish(settings_json: str, measure_plan: Plan) -> str:
-    """A row's ``settings`` JSON with every switched-on measure's settings written in full (under the key
-    its run id uses)."""
+    """A row's ``settings`` JSON with every switched-on built-in measure's settings written in full (under
+    the key its run id uses); a measure of one's own keeps its entry as written (its ``_target_``)."""
     data = json.loads(settings_json)
     flat = data.get("metrics", {}).get("flatness")
     if not isinstance(flat, dict):
         return settings_json
+    built_in = switchable()
     for m, s in measure_plan.entries:
-        flat[m.id_key or m.name] = dataclasses.asdict(s)
+        if built_in.get(m.name) is m:
+            flat[m.id_key or m.name] = dataclasses.asdict(s)
     return json.dumps(data, sort_keys=True, default=str)
 
 

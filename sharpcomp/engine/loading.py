@@ -7,7 +7,7 @@ this machine's, never the stored ones.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,21 +18,43 @@ from sharpcomp.data.datasets import Dataset
 from sharpcomp.data.order import train_sample_indices
 from sharpcomp.engine.setup import build, load_data, prepare_runtime_data
 from sharpcomp.losses import make_loss
+from sharpcomp.measure_names import TARGET, command_line_text, own_measures, shown_key
 from sharpcomp.models import ModelError, code_keys, stored_model_config
 from sharpcomp.results.run_state import CHECKPOINT_FILE, check_members, read_checkpoint
 from sharpcomp.settings import ConfigError, Settings, settings
 
 
-def stored_settings(cfg, target: str | None = None) -> Settings:
+class MeasureNotNamed(ConfigError):
+    """A run folder names a measure of the user's own that the command line does not name."""
+
+
+# what the stored config of a run recorded by a tracker in a loop of one's own says (sharpcomp.tracking)
+RECORDED_BY_TRACKER = "sharpcomp.Tracker"
+
+
+def stored_settings(cfg, target: str | None = None, measures: Mapping | None = None) -> Settings:
     """The settings of a config read from a run folder (a checkpoint's), made safe.
 
     Nothing in it chooses code (:func:`sharpcomp.models.stored_model_config`; ``target``: the user's own model
-    ``_target_``, named on the command line), and the data and cache folders are this machine's
-    (the environment's), never the stored ones. ConfigError (one line) otherwise.
+    ``_target_``, named on the command line; ``measures``: the ``metrics.flatness`` entries of measures of
+    the user's own, named on the command line, :func:`own_measures_named`), and the data and cache folders
+    are this machine's (the environment's), never the stored ones. ConfigError (one line) otherwise.
     """
     if not isinstance(cfg, dict):
         raise ConfigError("the stored config is not a mapping")
-    bad = code_keys({k: v for k, v in cfg.items() if k != "model"}, "config")
+    if cfg.get("recorded_by") == RECORDED_BY_TRACKER:
+        raise ConfigError("the run was recorded by sharpcomp.Tracker in a training loop of your own: its network "
+                          "and data are your script's; measure its network with `sharpcomp measure "
+                          "model=<your callable> weights=<run>/checkpoint.pt data=<data>`")
+    cfg = own_measures_named(cfg, measures)
+    flat = cfg.get("metrics", {}).get("flatness") or {}
+    own = own_measures(flat)
+    stored = {k: v for k, v in cfg.items() if k != "model"}
+    if own:  # their _target_ is the command line's; their settings are data
+        stored["metrics"] = {**stored["metrics"], "flatness": {
+            k: ({kk: vv for kk, vv in v.items() if kk != TARGET} if k in own and isinstance(v, dict) else v)
+            for k, v in flat.items()}}
+    bad = code_keys(stored, "config")
     if bad:
         raise ConfigError(f"refusing the stored config: {bad} would choose code; a stored config never does")
     try:
@@ -41,6 +63,36 @@ def stored_settings(cfg, target: str | None = None) -> Settings:
         raise ConfigError(str(exc)) from None
     here = {k: os.environ.get(f"SHARPCOMP_{k.split('_')[0].upper()}") for k in ("data_dir", "cache_dir")}
     return settings({**cfg, "model": model, **here})  # as conf/train.yaml reads them: the environment
+
+
+def own_measures_named(cfg: dict, measures: Mapping | None) -> dict:
+    """``cfg`` (a stored config) with each measure of the user's own it switches on taken from the command line.
+
+    ``measures``: ``metrics.flatness`` entries named on the command line, by a command that computes measures.
+    A stored entry keeps its settings and takes its ``_target_`` from the command line's entry; one the command
+    line does not name is refused (:class:`MeasureNotNamed`, one line): a stored config never chooses code.
+    ``measures=None`` (a command that computes none of the run's measures, e.g. ``landscape``): the entries of
+    measures of one's own are left out.
+    """
+    metrics = cfg.get("metrics")
+    flat = metrics.get("flatness") if isinstance(metrics, dict) else None
+    if not isinstance(flat, dict):
+        return cfg
+    own = own_measures({k: v for k, v in flat.items() if isinstance(k, str)})
+    out = dict(flat)
+    if measures is None:
+        return {**cfg, "metrics": {**metrics, "flatness": {k: v for k, v in flat.items() if k not in own}}}
+    for name, code in own.items():
+        if name not in measures:
+            how = command_line_text(name, flat[name])
+            raise MeasureNotNamed(f"the run measured '{shown_key(name)}' with code of its own ({code}); a stored "
+                                  f"config never chooses code: name it on the command line ({how}), or read its "
+                                  f"columns as data (sharpcomp figures, runs)")
+        entry = flat[name] if isinstance(flat[name], dict) else {}
+        named = measures[name] if isinstance(measures[name], Mapping) else {}
+        out[name] = {**{k: v for k, v in entry.items() if k != TARGET},
+                     **({TARGET: named[TARGET]} if TARGET in named else {})}
+    return {**cfg, "metrics": {**metrics, "flatness": out}}
 
 
 @dataclass
@@ -61,7 +113,8 @@ class LoadedRun:
         return self.settings.raw
 
 
-def load_run(run_dir: str | Path, *, data: Dataset | None = None, target: str | None = None) -> LoadedRun:
+def load_run(run_dir: str | Path, *, data: Dataset | None = None, target: str | None = None,
+             measures: Mapping | None = None) -> LoadedRun:
     """Load the network a run folder holds, with its settings, dataset, train sample set and loss.
 
     The network is the run's last saved state (its ``checkpoint.pt``).
@@ -76,7 +129,7 @@ def load_run(run_dir: str | Path, *, data: Dataset | None = None, target: str | 
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
     state = read_checkpoint(path)
-    s = stored_settings(state.get("config", {}), target)
+    s = stored_settings(state.get("config", {}), target, measures)
     cpu = torch.device("cpu")
     data = load_data(s, cpu) if data is None else prepare_runtime_data(data, cpu)
     model = build(s, data, cpu)

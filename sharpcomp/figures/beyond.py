@@ -69,7 +69,7 @@ from sharpcomp.figures.tables import (
     run_summary,
     variant_value,
 )
-from sharpcomp.results.columns import FLATNESS_COLUMNS
+from sharpcomp.results.columns import FLATNESS_COLUMNS, measure_values
 
 NO_OPTIM = tuple(c for c in VARIANT_COLUMNS if c != "optim")
 
@@ -77,7 +77,7 @@ NO_OPTIM = tuple(c for c in VARIANT_COLUMNS if c != "optim")
 def _make_flatness(ctx: Context, fig_id: str) -> None:
     sel = train_runs(ctx)
     train = ctx.frame[ctx.frame["sample_set"] == "train"]
-    cols = [c for c in FLATNESS_COLUMNS if c in train.columns]
+    cols = list(dict.fromkeys([*(c for c in FLATNESS_COLUMNS if c in train.columns), *measure_values(train)]))
     if cols and len(sel):
         has = train[cols].notna().any(axis=1).groupby(train[RUN]).any()
         sel = sel[sel[RUN].map(has).fillna(False).astype(bool)]

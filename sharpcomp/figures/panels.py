@@ -24,7 +24,7 @@ from sharpcomp.figures.tables import (
     variant_key,
     variant_value,
 )
-from sharpcomp.results.columns import FLATNESS_MEASURES, FLATNESS_SE
+from sharpcomp.results.columns import FLATNESS_MEASURES, measure_values, se_column
 
 TREND_PANELS = ("train_loss_running", "test_acc", SQRT_S, "log_volume", "G", "local_dim")
 FIG3_PANELS = (
@@ -35,8 +35,6 @@ FIG3_PANELS = (
 )
 BOUND_COLUMNS = ("mls", "bound_b", "bound_c", "bound_d")
 CORRELATION_COLUMNS = ("local_dim", SQRT_S, "log_volume", "G", "mls", "test_loss")
-# The flatness figure's panels, those with values are drawn (standard errors as error bars).
-FLATNESS_PANELS = (SQRT_S, *(Panel((m,), se=FLATNESS_SE.get(m), markers=True) for m in FLATNESS_MEASURES))
 # Flatness measures added to the correlation figures when every run of the figure has them (the
 # /(1 + L) variants, standard errors and the trace gap are in the per-run CSV only).
 FLATNESS_CORRELATION_COLUMNS = FLATNESS_MEASURES
@@ -86,7 +84,7 @@ def correlation_figure(summary: pd.DataFrame, columns: Sequence[str] = CORRELATI
 
 def flatness_figure(frame: pd.DataFrame, by: str | None = None, *, band: str = "minmax",
                     title: str | None = None) -> Figure:
-    """Flatness measures (``FLATNESS_PANELS`` that have values: sqrt(S), Tr H and Tr(PHP) with their
+    """Flatness measures (:func:`flatness_panels` that have values: sqrt(S), Tr H and Tr(PHP) with their
     standard errors as error bars, worst-case / adaptive / quotient worst-case sharpness, gradient
     disagreement, Fisher trace) against iteration, mean over seeds with a band. Measures with their
     own cadence are drawn through the checkpoints that have them (a marker at each).
@@ -102,6 +100,14 @@ def runs_figure(frame: pd.DataFrame, *, band: str = "minmax", title: str | None 
     whatever else differs between the runs), at most ``cap`` runs (the first in that order)."""
     fig, _, _, _ = runs_trend(frame, band=band, title=title, cap=cap)
     return fig
+
+
+def flatness_panels(frame: pd.DataFrame) -> list[Panel]:
+    """The flatness figure's panels: sqrt(S), then every measure value the records carry
+    (:func:`sharpcomp.results.columns.measure_values`: the built-in measures' values, then the numeric columns
+    of measures of one's own), with their standard errors as error bars; those with values are drawn."""
+    return [Panel.of(SQRT_S), *(Panel((m,), se=se_column(m, frame.columns), markers=True)
+                                for m in measure_values(frame))]
 
 
 def bound_panel() -> Panel:
@@ -165,12 +171,16 @@ def flatness_grouping(info: pd.DataFrame) -> tuple[str, tuple]:
 
 
 def error_bar_columns(frame: pd.DataFrame) -> list[str]:
-    """The flatness measures whose panels carry error bars in these rows: those with standard errors
-    (``FLATNESS_SE``, from the measures' declarations) on their train rows."""
+    """The measures whose panels carry error bars in these rows: those with standard errors on their train
+    rows (a built-in measure's declared one, or ``<value>_se`` of a measure of one's own)."""
     frame = prepare(frame)
     train = frame[frame["sample_set"] == "train"]
-    return [c for c, se in FLATNESS_SE.items()
-            if c in train.columns and se in train.columns and train.loc[train[c].notna(), se].notna().any()]
+    bars = []
+    for c in measure_values(train):
+        se = se_column(c, train.columns)
+        if se is not None and train.loc[train[c].notna(), se].notna().any():
+            bars.append(c)
+    return bars
 
 
 def error_bar_text(frame: pd.DataFrame) -> str:
@@ -183,7 +193,7 @@ def error_bar_text(frame: pd.DataFrame) -> str:
 
 def flatness_trend(frame, by=None, *, band="minmax", title=None):
     frame = prepare(frame)
-    panels = [p for p in (Panel.of(x) for x in FLATNESS_PANELS) if has_values(frame, p.columns[0])]
+    panels = [p for p in flatness_panels(frame) if has_values(frame, p.columns[0])]
     info = sorted_info(frame)
     order = None
     if by is None:

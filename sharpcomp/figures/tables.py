@@ -25,6 +25,7 @@ from sharpcomp.results.columns import (
     NETWORK_WIDE_COLUMNS,
     NETWORK_WIDE_REASON,
     SAMPLE_COLUMNS,
+    measure_values,
 )
 from sharpcomp.results.records import METRICS_FILE, RecordError, read_metrics
 
@@ -36,7 +37,7 @@ SQRT_S = "sqrt_sharpness"
 # Where a quantity was -inf (a log volume with a zero eigenvalue among those kept): ``prepare`` turns
 # infinities into missing values and keeps, for a column that had -inf, a marker column of this prefix;
 # trend lines count those runs (``n_neg_inf``) so that a figure can mark them.
-NEG_INF = "neg_inf:"
+NEG_INF = "_neg_inf:"
 # Identity fields that say which run of an experiment this is.
 SETTING_COLUMNS = ("data", "model", "lr", "batch", "seed")
 # Identity fields that make two runs different experiments (a figure never mixes them): every
@@ -306,9 +307,9 @@ def run_summary(frame: pd.DataFrame, last_fraction: float = 0.2, sample_set: str
     ``last_fraction`` of the run's checkpoints (those with a row for ``sample_set``; at least one);
     missing values (whole-set evaluations between their cadence, the NaN row of a diverged run) are
     skipped. ``sqrt_sharpness`` is the mean of sqrt(S) over those checkpoints. The flatness measures
-    (``FLATNESS_COLUMNS``, their own cadence) are the mean over the last ``last_fraction`` of the
-    checkpoints that have them (at least one), so a window between two of their evaluations still
-    has a value.
+    (``FLATNESS_COLUMNS`` and the values of measures of one's own, ``measure_values``: their own cadence)
+    are the mean over the last ``last_fraction`` of the checkpoints that have them (at least one), so a
+    window between two of their evaluations still has a value.
     """
     if not 0 < last_fraction <= 1:
         raise ValueError(f"last_fraction must be in (0, 1], got {last_fraction}")
@@ -334,7 +335,7 @@ def run_summary(frame: pd.DataFrame, last_fraction: float = 0.2, sample_set: str
     out["summary_from_iteration"] = wgroups["iteration"].min()
     out["summary_checkpoints"] = wgroups["iteration"].nunique()
     means = wgroups[quantities].mean()
-    for col in (c for c in FLATNESS_COLUMNS if c in quantities):
+    for col in dict.fromkeys(c for c in (*FLATNESS_COLUMNS, *measure_values(table)) if c in quantities):
         means[col] = _own_cadence_mean(table, col, last_fraction).reindex(means.index)
     return pd.concat([out, means], axis=1).reset_index()[head + quantities]
 

@@ -6,7 +6,9 @@ end). Each module declares its measure once (``MEASURE``, :class:`sharpcomp.meas
 
 * :func:`measures`: name -> declaration, built-in ones first;
 * :func:`plan`: a ``metrics.flatness`` mapping checked into a :class:`Plan` (each switched-on measure with
-  its settings object), once, before a run starts;
+  its settings object), once, before a run starts; besides the built-in measures, an entry may name a
+  measure of the user's own (``{_target_: mypkg.measures.MEASURE}``) or an installed package's (entry
+  points of the group ``sharpcomp.measures``), loaded and checked by :mod:`sharpcomp.measures.own`;
 * :meth:`Plan.compute`: the columns of every measure in the plan at one checkpoint;
 * :func:`compute_measures`: both in one call, for a notebook.
 
@@ -17,6 +19,8 @@ What is generated from the declarations (the plain-data index for modules that d
 from __future__ import annotations
 
 import importlib
+import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -24,10 +28,14 @@ from typing import Any
 
 import torch
 
+from sharpcomp.measure_names import own_target, plugin_names
 from sharpcomp.measures.declaration import Measure, configure
 from sharpcomp.measures.linalg.param_space import preserved
 from sharpcomp.measures.linalg.precision import exact_float32
+from sharpcomp.measures.own import check_distinct
+from sharpcomp.measures.own import load as load_own
 from sharpcomp.measures.sample import Sample
+from sharpcomp.results.columns import MEASURE_ERRORS
 
 BUILT_IN = (
     # every checkpoint, every sample set (the metric engine computes them together)
@@ -51,6 +59,9 @@ BUILT_IN = (
     "sharpcomp.measures.curvature.contrastive",
     "sharpcomp.measures.perturbation.regret_kl",
     "sharpcomp.measures.baseline.grad_norm",
+    "sharpcomp.measures.baseline.param_norm",
+    "sharpcomp.measures.baseline.dist_init",
+    "sharpcomp.measures.baseline.grad_noise",
 )
 
 
@@ -98,22 +109,57 @@ class Plan:
         return next(s for m, s in self.entries if m.name == name)
 
     @exact_float32()
-    def compute(self, sample: Sample) -> dict[str, Any]:
-        """Every measure's columns at one checkpoint; the model is left exactly as it was."""
+    def compute(self, sample: Sample, *, fatal: bool = True, seconds: dict | None = None) -> dict[str, Any]:
+        """Every measure's columns at one checkpoint; the model is left exactly as it was.
+
+        ``fatal=False``: a measure that raises gives missing values in its columns and its reason in
+        ``measure_errors`` (:func:`failed_columns`), and the next measure is computed. ``seconds`` (a dict):
+        each measure's time is written into it, by name.
+        """
         out: dict[str, Any] = {}
         if not self.entries:
             return out
         with preserved(sample.model):  # one guard around everything (each function also guards itself)
             for m, s in self.entries:
-                out.update(m.compute(sample, s))
+                start = time.perf_counter()
+                if fatal:
+                    out.update(m.compute(sample, s))
+                else:
+                    out.update(_guarded(m, s, sample, out))
+                if seconds is not None:
+                    seconds[m.name] = time.perf_counter() - start
         return out
+
+
+def _guarded(m: Measure, s: Any, sample: Sample, out: dict) -> dict[str, Any]:
+    """``m``'s columns, or, when it raises, its columns missing and the reason added to ``measure_errors``."""
+    try:
+        with preserved(sample.model):  # a measure that raises half-way leaves nothing behind for the next
+            return dict(m.compute(sample, s))
+    except Exception as exc:
+        return failed_columns(m, exc, out.get(MEASURE_ERRORS))
+
+
+def failed_columns(m: Measure, exc: BaseException, earlier: str | None = None) -> dict[str, Any]:
+    """The columns of measure ``m`` that raised ``exc``.
+
+    NaN for numbers, missing otherwise, and ``measure_errors``: "<name>: <type>: <first line>", after
+    ``earlier`` ones, joined by "; ".
+    """
+    why = (str(exc).strip().splitlines() or [""])[0][:300]
+    text = f"{m.name}: {type(exc).__name__}" + (f": {why}" if why else "")
+    cols: dict[str, Any] = {c.name: math.nan if c.kind in ("float", "int") else None for c in m.columns}
+    cols[MEASURE_ERRORS] = f"{earlier}; {text}" if earlier else text
+    return cols
 
 
 def plan(flatness: Mapping | None) -> Plan:
     """``metrics.flatness`` (measure -> null / ``{}`` / true / a mapping of settings) checked into a :class:`Plan`.
 
+    Built-in measures come first, in :data:`BUILT_IN` order, then measures of the user's own in the order
+    named (an entry with ``_target_``, or an installed package's entry point: :mod:`sharpcomp.measures.own`).
     ValueError with one line for an unknown measure, a measure named twice (by its name and an earlier
-    one), or a bad setting.
+    one), a bad setting, or a measure of one's own that cannot be loaded or breaks a rule.
     """
     if flatness is None:
         return Plan()
@@ -121,25 +167,37 @@ def plan(flatness: Mapping | None) -> Plan:
         raise ValueError(f"metrics.flatness must be a mapping of measures, got {flatness!r}")
     known = switchable()
     chosen: dict[str, Any] = {}
+    own: dict[str, tuple[Measure, Any]] = {}
     for key, value in flatness.items():
         name = canonical(key)
-        if name is None:
-            raise ValueError(f"unknown metrics.flatness key '{key}' (known: {', '.join(known)})")
         if value is None or value is False:
+            if name is None and own_target(value) is None and key not in plugin_names():
+                raise ValueError(f"unknown metrics.flatness key '{key}' (known: {', '.join(known)})")
+            continue
+        if name is None:
+            if own_target(value) is None and key not in plugin_names():
+                raise ValueError(f"unknown metrics.flatness key '{key}' (known: {', '.join(known)}; a measure "
+                                 f"of your own: metrics.flatness.{key}={{_target_: mypkg.measures.MEASURE}})")
+            m, settings = load_own(key, value)
+            own[key] = (m, configure(m, settings))
             continue
         if name in chosen:
             raise ValueError(f"metrics.flatness.{name} is switched on twice (as {key} too)")
         chosen[name] = configure(known[name], value)
-    return Plan(tuple((m, chosen[n]) for n, m in known.items() if n in chosen))
+    check_distinct({k: m for k, (m, _) in own.items()})
+    return Plan(tuple((m, chosen[n]) for n, m in known.items() if n in chosen) + tuple(own.values()))
 
 
 def compute_measures(model: torch.nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, flatness: Mapping | None,
-                     generator: torch.Generator | None = None, batch_size: int | None = None) -> dict[str, Any]:
+                     generator: torch.Generator | None = None, batch_size: int | None = None,
+                     initial: torch.nn.Module | None = None) -> dict[str, Any]:
     """The columns of the measures a ``metrics.flatness`` mapping switches on, in one call.
 
-    For ``model`` on the training points (x, y): :func:`plan` then :meth:`Plan.compute`.
+    For ``model`` on the training points (x, y): :func:`plan` then :meth:`Plan.compute`. ``initial``: the
+    network at initialisation, for the measures relative to it (``dist_init``).
     """
-    return plan(flatness).compute(Sample(model, loss_fn, x, y, generator, batch_size))
+    start = None if initial is None else (lambda: initial)
+    return plan(flatness).compute(Sample(model, loss_fn, x, y, generator, batch_size, initial=start))
 
 
 extra_metrics = compute_measures  # the name this call had before measures were declared

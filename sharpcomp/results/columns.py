@@ -24,6 +24,9 @@ CHECKPOINT_COLUMNS = (
 )
 # Which points the metric columns were computed on, how many, and the loss over those points.
 SAMPLE_COLUMNS = ("sample_set", "n_samples", "sample_loss")
+# On the rows of the last checkpoint of a run trained to a criterion (``stop.*``): the criterion it reached
+# (``train_loss``, ``running_loss``, ``train_error``; ``steps`` when the step cap came first) and where.
+STOP_COLUMNS = ("stop_reason", "stop_iteration")
 
 
 def _columns(name: str, role: str | None = None, kind: str | None = None) -> tuple[str, ...]:
@@ -60,6 +63,37 @@ LIST_COLUMNS = tuple(c for m in MEASURES.values() for c, kind, _, _ in m["column
 FAMILY = {c: m["family"] for m in MEASURES.values() for c, _, role, _ in m["columns"] if role == "value"}
 # Earlier names of measure columns -> the names they have now.
 RENAMED = {old: new for m in MEASURES.values() for old, new in m["column_aliases"].items()}
+# Why a measure has no value at a checkpoint where it was due (a tracker's measure that raised):
+# "<measure>: <reason>" for each, joined by "; " (absent, or missing, where every measure gave its value).
+MEASURE_ERRORS = "measure_errors"
+# Columns the figures derive from the records (sqrt(S)).
+DERIVED_COLUMNS = ("sqrt_sharpness",)
+# Every column name sharpcomp gives a meaning to: the schema, every built-in measure's columns (and their
+# earlier names), the measures' error column and the derived columns.
+KNOWN_COLUMNS = frozenset({*COLUMNS, *(c for m in MEASURES.values() for c, _, _, _ in m["columns"]), *RENAMED,
+                           MEASURE_ERRORS, *DERIVED_COLUMNS})
+
+
+def measure_values(frame: pd.DataFrame) -> tuple[str, ...]:
+    """The measure values a frame of records carries, in the order figures draw them.
+
+    The rule: a built-in measure's value columns are named by its declaration (``FLATNESS_MEASURES``, in that
+    order); every other numeric column the rows carry whose name sharpcomp does not know
+    (``KNOWN_COLUMNS``) is the value of a measure of the user's own, read as data (its code is never needed
+    to draw it), in the frame's order -- except ``<value>_se`` beside a ``<value>`` (its standard error,
+    :func:`se_column`) and names starting with ``_`` (the readers' own bookkeeping).
+    """
+    own = [c for c in frame.columns if isinstance(c, str) and c not in KNOWN_COLUMNS and not c.startswith("_")
+           and pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])]
+    own = [c for c in own if not (c.endswith("_se") and c[:-3] in frame.columns)]
+    return (*(c for c in FLATNESS_MEASURES if c in frame.columns), *own)
+
+
+def se_column(value: str, columns) -> str | None:
+    """The column of ``columns`` holding the standard error of measure value ``value``: a built-in's declared
+    one, else ``<value>_se`` where the records carry it (a measure of one's own)."""
+    se = SE_COLUMNS.get(value, f"{value}_se" if value not in KNOWN_COLUMNS else None)
+    return se if se is not None and se in columns else None
 
 
 def current_names(frame: pd.DataFrame) -> pd.DataFrame:

@@ -14,10 +14,10 @@ from tests.conftest import SHRINK, compose_train, random_images
 
 
 @pytest.mark.parametrize("steps, log_every, every", [(12, 4, 1), (12, 4, 2), (13, 4, 2), (1000, 7, 3), (5, 10, 1),
-                                                     (50000, 1000, 5), (50000, 1000, 7)])
+                                                     (50000, 1000, 5), (50000, 1000, 7), (12, 4, 0)])
 def test_counts_agree_with_the_schedule_listed_out(steps, log_every, every):
     checkpoints = sorted(set(range(0, steps, log_every)) | {steps})
-    due = [c for i, c in enumerate(checkpoints) if i % every == 0 or c == steps]
+    due = [c for i, c in enumerate(checkpoints) if (every and i % every == 0) or c == steps]
     assert flatness_checkpoints(steps, log_every, every) == (len(checkpoints), len(due))
 
 
@@ -32,8 +32,13 @@ def test_share_and_suggested_cadence_by_hand():
     assert line.startswith("the flatness measures will take about 40 s per checkpoint, 90% of the run (about 34 min "
                            "of 38 min)")
     # every 25th checkpoint: 0, 25, 50 = 3 of them: 120 s of 150 + 66.3 + 120 s, 36% > 25%; the 50th: 2, 80 s, 27%
-    # still above; none lower: so the line says so
-    assert "even metrics.flatness_every=50 leaves them 27%" in line
+    # still above; at the last checkpoint only (0): 40 s of 256.3 s, 16%
+    assert line.endswith("metrics.flatness_every=0 (the last checkpoint only) makes it 16% (about 4.3 min)")
+    line = c.advice(0.0003, 0.13, 40.0)  # ten times faster steps and checkpoints: 40 s of 61.6 s even at the last
+    assert line.endswith("even metrics.flatness_every=0 (the last checkpoint only) leaves them 65%: switch fewer "
+                         "measures on or give them cheaper settings")
+    assert MeasureCost(50000, 1000, 0).advice(0.0003, 0.13, 40.0).endswith("switch fewer measures on or give "
+                                                                          "them cheaper settings")
     line = c.advice(0.003, 1.3, 4.0)  # 204 s of 420 s: 49%, not dominating
     assert line is None
     line = c.advice(0.003, 1.3, 10.0)  # 510 s of 726 s: 70%; every 4th: 14 x 10 = 140 s of 356 s, 39%; 9th: 7, 70 s
@@ -59,4 +64,4 @@ def test_a_run_whose_measures_dominate_says_so(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     (line,) = [x for x in err.splitlines() if "flatness measures will take" in x]
     assert line.startswith("sharpcomp: the flatness measures will take about ")
-    assert "even metrics.flatness_every=3" in line
+    assert "even metrics.flatness_every=0 (the last checkpoint only)" in line

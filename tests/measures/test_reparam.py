@@ -148,7 +148,7 @@ def fake_run(tmp_path, monkeypatch):
     model, _, x, y = MLP.make()
     cfg = {"model": {"name": "tiny", "width": 1.0, "outputs": 3}, "metrics": {"n": 7, "log_volume_rank": None}}
 
-    def load_run(run_dir, target=None):
+    def load_run(run_dir, target=None, measures=None):
         if not (run_dir / "checkpoint.pt").exists():
             raise FileNotFoundError(f"no checkpoint at {run_dir / 'checkpoint.pt'}")
         return SimpleNamespace(model=model.float(), config=cfg, sample_x=x.float(), sample_y=y, loss_fn=mse)
@@ -227,7 +227,8 @@ def test_column_names_come_from_one_schema():
     assert set(df.index) - {"output_change", "loss"} == set(declared)
     assert (df["expected"].drop(["output_change", "loss"]) == pd.Series(declared)).all()
     every = dict.fromkeys(registry.switchable(), {})  # every measure on, default settings
-    out = registry.compute_measures(model, mse, x, y, every, torch.Generator().manual_seed(0))
+    out = registry.compute_measures(model, mse, x, y, every, torch.Generator().manual_seed(0),
+                                    initial=MLP.model())  # the network at initialisation (dist_init)
     assert set(out) == set(columns.FLATNESS_COLUMNS)
     assert set(columns.FLATNESS_MEASURES) | set(columns.FLATNESS_SE.values()) <= set(out)
 

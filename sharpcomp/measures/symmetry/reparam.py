@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import pandas as pd
 import torch
@@ -116,10 +116,11 @@ def chosen_measures(names: Sequence[str] | None = None) -> list[Measure]:
     return [m for n, m in with_verdict.items() if n in names]
 
 
-def _settings(m: Measure, probes: int, metrics_kwargs: dict):
+def _settings(m: Measure, probes: int, metrics_kwargs: dict, chosen: Mapping | None = None):
     """The settings a measure is computed with in the table: its defaults, its ``reparam_settings``, the
-    study's ``metrics_kwargs`` (layer, log_volume_rank) in float64 and ``probes`` for probe estimates."""
-    values = {**m.defaults(), **m.reparam_settings}
+    settings ``chosen`` for it (a measure of one's own, as named on the command line), the study's
+    ``metrics_kwargs`` (layer, log_volume_rank) in float64 and ``probes`` for probe estimates."""
+    values = {**m.defaults(), **m.reparam_settings, **(chosen or {})}
     if m.name == "metrics":
         values.update(metrics_kwargs, dtype="float64")
     if "probes" in values and m.stochastic:
@@ -127,22 +128,23 @@ def _settings(m: Measure, probes: int, metrics_kwargs: dict):
     return m.settings(**values)
 
 
-def _measure_rows(model: nn.Module, x: Tensor, y: Tensor, loss_fn: Callable, chosen: list[Measure], probes: int,
-                  seed: int, metrics_kwargs: dict, say: Callable[[str], None]) -> tuple[dict[str, float], Tensor]:
+def _measure_rows(model: nn.Module, x: Tensor, y: Tensor, loss_fn: Callable, chosen: list[tuple[Measure, Mapping]],
+                  probes: int, seed: int, metrics_kwargs: dict,
+                  say: Callable[[str], None]) -> tuple[dict[str, float], Tensor]:
     """Each chosen measure's declared columns for ``model`` (float64, eval mode) on (x, y), every measure
     from a generator of the same seed (so before and after share probes and draws); the outputs."""
     with torch.no_grad():
         f = model(x)
     out: dict[str, float] = {"loss": float(loss_fn(f, y))}
     shared: dict = {}
-    for m in chosen:
+    for m, settings in chosen:
         if m.name == "network_wide" and metrics_kwargs.get("layer"):
             continue  # defined for the network output only
         if m.name == "quotient_trace" and probes < 2:
             continue
         say(m.name)
         sample = WholeSample(model, loss_fn, x, y, torch.Generator().manual_seed(seed), shared=shared)
-        values = m.compute(sample, _settings(m, probes, metrics_kwargs))
+        values = m.compute(sample, _settings(m, probes, metrics_kwargs, settings))
         out.update({c: float(values.get(c, math.nan)) for c in m.reparam})
     return out, f
 
@@ -150,6 +152,7 @@ def _measure_rows(model: nn.Module, x: Tensor, y: Tensor, loss_fn: Callable, cho
 def reparam_table(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn: Callable, layer: str,
                   alpha: float, *, units: Sequence[int] | None = None, probes: int = 50, seed: int = 0,
                   metrics_kwargs: dict | None = None, measures: Sequence[str] | None = None,
+                  own: Sequence[tuple[Measure, Mapping]] = (),
                   progress: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Every declared measure before and after :func:`rescale_unit` (on a float64 copy; ``model`` is untouched).
 
@@ -157,14 +160,15 @@ def reparam_table(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn: Ca
     ``loss``, then each column of each measure (``measures``: those named; default: every measure with a
     declared verdict) that its declaration gives a verdict for, computed on the whole sample with the
     declaration's ``reparam_settings`` (tight tolerances; minibatches are the whole sample or up to five
-    interleaved parts of it; ``probes`` Hutchinson probes for the traces, skipped below 2).
+    interleaved parts of it; ``probes`` Hutchinson probes for the traces, skipped below 2), then each
+    measure of the user's own in ``own`` (its declaration and the settings named for it) the same way.
     ``metrics_kwargs`` (layer, log_volume_rank) go to the study's metrics.
     Columns: before, after, rel_change = (after - before) / |before|,
     moved = |after - before| > 1e-6 max(|before|, |after|) (NaN values never count as moved), and
     ``expected``: the declared verdict (moves / stays). ``progress`` (optional) is called with each
     stage's name as it starts ("before: hessian_max", ...).
     """
-    chosen = chosen_measures(measures)
+    chosen = [(m, None) for m in chosen_measures(measures)] + [(m, dict(s)) for m, s in own if m.reparam]
     base = copy.deepcopy(model).to(torch.float64).eval()
     moved_model = rescale_unit(base, layer, alpha, units, copy_model=True)
     dev = next(base.parameters()).device
@@ -176,7 +180,7 @@ def reparam_table(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn: Ca
     tell = progress or (lambda _: None)
     before, f0 = _measure_rows(base, x, y, loss_fn, chosen, probes, seed, kw, lambda s: tell(f"before: {s}"))
     after, f1 = _measure_rows(moved_model, x, y, loss_fn, chosen, probes, seed, kw, lambda s: tell(f"after: {s}"))
-    expected = {c: v for m in chosen for c, v in m.reparam.items()}
+    expected = {c: v for m, _ in chosen for c, v in m.reparam.items()}
     rows = [{"metric": "output_change", "before": 0.0, "after": float((f1 - f0).abs().max()), "expected": "stays"}]
     rows += [{"metric": k, "before": before[k], "after": after[k], "expected": expected.get(k, "stays")}
              for k in before]
