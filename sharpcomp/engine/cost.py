@@ -4,8 +4,8 @@ The training loop times its SGD steps, its checkpoints and, within them, the mea
 ``metrics.flatness``. At the first checkpoint after training has started (one interval of steps and one
 computation of the measures behind it), :class:`MeasureCost` projects the whole run from those times:
 steps x (seconds per step) + checkpoints x (seconds of the rest of a checkpoint) + flatness checkpoints x
-(seconds of the measures). When the measures are more than :data:`DOMINANT` of it, one line says so,
-with the ``metrics.flatness_every`` that brings them to :data:`TARGET` or below::
+(seconds of the measures). When the measures are more than :data:`DOMINANT` of it (and a minute or more),
+one line says so, with the ``metrics.flatness_every`` that brings them to :data:`TARGET` or below::
 
     sharpcomp: the flatness measures will take about 33 s per checkpoint, 71% of the run (about 28 min of
     39 min); metrics.flatness_every=10 makes it 23% (about 15 min)
@@ -16,8 +16,10 @@ from __future__ import annotations
 import math
 
 # The measures dominate a run above this share of its time; a cadence is suggested that brings them to TARGET.
+# A run whose measures take less than MIN_SECONDS in all is not worth a line.
 DOMINANT = 0.5
 TARGET = 0.25
+MIN_SECONDS = 60.0
 
 
 def flatness_checkpoints(steps: int, log_every: int, every: int) -> tuple[int, int]:
@@ -55,7 +57,7 @@ class MeasureCost:
     def advice(self, per_step: float, per_checkpoint: float, per_measures: float) -> str | None:
         """The line to print, or None when the measures will not dominate the run."""
         share, total = self.share(self.every, per_step, per_checkpoint, per_measures)
-        if share <= DOMINANT:
+        if share <= DOMINANT or share * total < MIN_SECONDS:
             return None
         text = (f"the flatness measures will take about {duration(per_measures)} per checkpoint, {share:.0%} of the "
                 f"run (about {duration(share * total)} of {duration(total)})")

@@ -37,16 +37,17 @@ def test_share_and_suggested_cadence_by_hand():
     line = c.advice(0.0003, 0.13, 40.0)  # ten times faster steps and checkpoints: 40 s of 61.6 s even at the last
     assert line.endswith("even metrics.flatness_every=0 (the last checkpoint only) leaves them 65%: switch fewer "
                          "measures on or give them cheaper settings")
-    assert MeasureCost(50000, 1000, 0).advice(0.0003, 0.13, 40.0).endswith("switch fewer measures on or give "
-                                                                          "them cheaper settings")
+    assert MeasureCost(50000, 1000, 0).advice(0.0003, 0.13, 100.0).endswith("switch fewer measures on or give "
+                                                                           "them cheaper settings")
     line = c.advice(0.003, 1.3, 4.0)  # 204 s of 420 s: 49%, not dominating
     assert line is None
+    assert MeasureCost(100, 10, 1).advice(0.001, 0.1, 1.0) is None  # 11 s of 12.2 s: dominating, but seconds
     line = c.advice(0.003, 1.3, 10.0)  # 510 s of 726 s: 70%; every 4th: 14 x 10 = 140 s of 356 s, 39%; 9th: 7, 70 s
     assert line.endswith("metrics.flatness_every=9 makes it 24% (about 4.8 min)")
 
 
 def test_one_line_once_steps_and_measures_are_timed():
-    c = MeasureCost(100, 10, 1)
+    c = MeasureCost(1000, 10, 1)
     assert c.after_checkpoint(0, 0.0, 1, 5.0, 1, 4.9) is None  # checkpoint 0: no step timed yet
     line = c.after_checkpoint(10, 0.01, 2, 10.0, 2, 9.8)
     assert line is not None and "metrics.flatness_every=" in line
@@ -57,6 +58,7 @@ def test_a_run_whose_measures_dominate_says_so(tmp_path, capsys, monkeypatch):
     """A real run: its measures (switched on at every checkpoint) are made to dominate by lowering the
     threshold, and the line names the cadence that would bring them down."""
     monkeypatch.setattr(cost, "DOMINANT", 0.0)
+    monkeypatch.setattr(cost, "MIN_SECONDS", 0.0)  # a tiny run: its measures take seconds
     monkeypatch.setattr(cost, "TARGET", 1e-9)  # no cadence reaches it: the line says so
     cfg = compose_train([*SHRINK, "model.width=0.05", "metrics.flatness.grad_norm={n: 16}"])
     OmegaConf.set_struct(cfg, False)
