@@ -163,7 +163,8 @@ def spectrum_figure(frame: pd.DataFrame, title: str | None = None) -> tuple[Figu
         ax.axhline(_bin_position(2 / lr), color="red", ls="--", lw=1.6)
         ax.set_yticks(*ticks, fontsize=7)
         ax.set_ylim(*span)
-        ax.set_xlim(its[0], its[-1]) if len(its) > 1 else None
+        if len(its) > 1:
+            ax.set_xlim(its[0], its[-1])
         ax.set_title(f"lr {fmt(lr)}, batch {fmt(rows['batch'].iloc[0])}", fontsize=8)
         ax.set_xlabel("iteration")
         ax.set_ylabel("Hessian eigenvalue")
