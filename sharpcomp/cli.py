@@ -32,7 +32,7 @@ from sharpcomp.settings import CONFIG_MODULE, ConfigError, _yaml_keys, overrides
 from sharpcomp.usage import EXIT_USAGE, UsageError, report
 
 CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
-GROUPS = ("data", "model", "scale", "optim", "logger", "experiment")
+GROUPS = ("data", "model", "scale", "optim", "schedule", "logger", "experiment")
 COMMANDS = ("train", "figures", "reparam", "measure", "runs", "landscape")
 # Hydra's flags for looking at the composed config (e.g. `sharpcomp train --cfg job`)
 HYDRA_VIEW_FLAGS = ("--cfg", "-c", "--package", "-p", "--info", "-i", "--resolve")
@@ -178,6 +178,15 @@ def implied_custom(overrides: list[str]) -> list[str]:
     return ["model=custom", *overrides]
 
 
+def implied_custom_optim(overrides: list[str]) -> list[str]:
+    """``optim._target_=X`` without an ``optim=`` choice means one's own optimiser: ``optim=custom`` is
+    implied (with ``optim=sam``, X is SAM's base: ``optim.base=custom``)."""
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o]
+    if "optim._target_" not in keys or "optim" in keys:
+        return overrides
+    return ["optim=custom", *overrides]
+
+
 HYDRA_FILES = (".hydra", ".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml")
 
 
@@ -205,15 +214,16 @@ def _job_dir(cfg, multirun: bool) -> str | None:
 
 def _check_appended(overrides: list[str]) -> None:
     """UsageError for an appended key (``+key=value``) that no part of the program reads: anything
-    but a config group (``+experiment=fig1``), a model's own keyword argument (``+model.depth=3``,
-    read by the model's callable) or Hydra's own settings."""
+    but a config group (``+experiment=fig1``), a model's or optimiser's own keyword argument
+    (``+model.depth=3``, ``+optim.alpha=0.9``: read by the callable; the settings refuse a key a built-in
+    optimiser does not take) or Hydra's own settings."""
     top, metrics = _yaml_keys()
     for ov in OverridesParser.create().parse_overrides(overrides):
         if not ov.is_add():
             continue
         key = ov.get_key_element().lstrip("+")
         head, _, rest = key.partition(".")
-        if key.startswith("hydra") or head == "model" or (not rest and key in GROUPS):
+        if key.startswith("hydra") or head in ("model", "optim") or (not rest and key in GROUPS):
             continue
         known = (head in top and not rest) or (head == "metrics" and rest.split(".")[0] in metrics and
                                                  rest.count(".") == 0)
@@ -378,7 +388,7 @@ def _train(rest: list[str], multirun: bool) -> int:
     flags = [a for a in rest if a.startswith("-")]
     if flags:
         raise UsageError(f"unknown flag '{flags[0]}' (options are key=value; see `sharpcomp --help`)")
-    rest = implied_custom(rest)
+    rest = implied_custom_optim(implied_custom(rest))
     check_overrides(rest, multirun)
     return _run_hydra_train(rest, multirun)
 

@@ -2,14 +2,15 @@
 
 A run's folder (``outputs/runs/<data>-<model>/<name>``, or a sweep's ``<sweep dir>/<name>``) is named by
 every setting of its complete config that differs from the defaults composed for its data, model,
-scale and optim choices (``conf/train.yaml`` and those groups), written ``key=value`` with dotted keys,
-sorted, joined by commas; a non-default ``scale``/``optim`` choice is written ``scale=demo`` (its own keys
-are then compared with that choice's values). Numbers take their canonical form (``0.1``, ``1e-05``;
-a float setting written ``1`` is ``1.0``), lists ``[a,b]``, so writing a default explicitly (``lr=0.1``)
-or another spelling of the same number (``lr=1e-1``) names the same folder: equal settings, one folder.
+scale, optim and schedule choices (``conf/train.yaml`` and those groups), written ``key=value`` with
+dotted keys, sorted, joined by commas; a non-default ``scale``/``optim``/``schedule`` choice is written
+``scale=demo`` (its own keys are then compared with that choice's values). Numbers take their canonical
+form (``0.1``, ``1e-05``; a float setting written ``1`` is ``1.0``), lists ``[a,b]``, so writing a
+default explicitly (``lr=0.1``) or another spelling of the same number (``lr=1e-1``) names the same
+folder: equal settings, one folder.
 Keys that only say where or how to run (``progress``, ``device``, ``threads``, ``data_dir``, ``cache_dir``,
-the ``logger``) are left out; no overrides at all give ``default``. Names over ``NAME_MAX`` bytes are cut
-and end in a digest of the whole.
+the ``logger``, the confirmation ``save_max_gb``) are left out; no overrides at all give ``default``.
+Names over ``NAME_MAX`` bytes are cut and end in a digest of the whole.
 
 Folders named before this (from the literal command line, Hydra's ``override_dirname``) still resume:
 when the canonical folder has no results yet, the folder of the literal name, else a sibling whose
@@ -31,9 +32,10 @@ from sharpcomp.settings import CONFIG_MODULE, ConfigError, defaults, flatness_by
 
 NAME_MAX = 200  # bytes of a run folder's name (file systems allow 255); longer names get a digest
 # settings that say where or how a run is executed or watched, not what it computes
-EXCLUDED = ("progress", "device", "threads", "data_dir", "cache_dir", "logger", "hydra")
-DEFAULT_CHOICES = {"scale": "quick", "optim": "sgd"}  # conf/train.yaml's defaults list
-NAMED_GROUPS = ("scale", "optim")  # group choices that appear in the name (data and model name the parent folder)
+EXCLUDED = ("progress", "device", "threads", "data_dir", "cache_dir", "logger", "hydra", "save_max_gb")
+DEFAULT_CHOICES = {"scale": "quick", "optim": "sgd", "schedule": "constant"}  # conf/train.yaml's defaults list
+# group choices that appear in the name (data and model name the parent folder)
+NAMED_GROUPS = ("scale", "optim", "schedule")
 RESULTS = ("metrics.parquet", "checkpoint.pt")
 
 
@@ -107,7 +109,7 @@ def _packaged(group: str, option: str) -> bool:
 
 def canonical_name(cfg: dict, choices: dict) -> str:
     """The folder name of the complete plain config ``cfg`` whose group choices are ``choices``
-    (Hydra's ``hydra.runtime.choices``: data, model, scale, optim)."""
+    (Hydra's ``hydra.runtime.choices``: data, model, scale, optim, schedule)."""
     flat = (cfg.get("metrics") or {}).get("flatness")
     if isinstance(flat, dict):  # measures under their names, whichever key named them
         try:

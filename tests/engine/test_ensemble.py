@@ -10,7 +10,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from sharpcomp.engine.ensemble import StackedSGD, check_compatible, evaluate_stacked, group_compatible, train_ensemble
+from sharpcomp.engine.ensemble import StackedSGD, evaluate_stacked, train_ensemble
+from sharpcomp.engine.ensemble_groups import check_compatible, group_compatible
 from sharpcomp.engine.evaluation import evaluate
 from sharpcomp.engine.train import train
 from sharpcomp.results.records import read_metrics
