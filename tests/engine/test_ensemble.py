@@ -170,7 +170,7 @@ def test_incompatible_runs_are_rejected_and_grouped(cfgs, data_dir, cache_dir, t
     with pytest.raises(ConfigError, match="must share 'batch'"):
         train_ensemble([cfgs[0], other_batch], [tmp_path / "a", tmp_path / "b"])
     sam = _cfg(data_dir, cache_dir, 0.1, 6, ["optim=sam"])
-    with pytest.raises(ConfigError, match="only plain sgd"):
+    with pytest.raises(ConfigError, match="must share 'optim'"):
         check_compatible([cfgs[0], sam])
     with pytest.raises(ConfigError, match="same run twice"):
         train_ensemble([cfgs[0], cfgs[0]], [tmp_path / "a", tmp_path / "b"])

@@ -72,7 +72,7 @@ def pca_plane(path: Tensor) -> Plane:
         gram += c @ c.T
     values, vectors = torch.linalg.eigh(gram)  # ascending
     values, vectors = values.flip(0).clamp_min(0.0), vectors.flip(1)
-    if not values[1] > 0:
+    if not values[1] > 1e-12 * values[0]:
         raise ValueError("the kept weights lie on a line (or a point): no second principal direction")
     directions = torch.zeros(2, p, dtype=torch.float64)
     for s in range(0, p, CHUNK):
