@@ -274,7 +274,8 @@ class EnsembleStepper:
             self.modules.append(model)
         self.settings, self.lrs = s, [m.settings.lr for m in members]
         self.member_settings = [m.settings for m in members]
-        self.it = members[0].run.start  # the members' common starting point (fresh: 0)
+        resume = members[0].run.resume  # the members' common starting point (fresh: 0)
+        self.it = 0 if resume is None else int(resume["iteration"])
         self.net = StackedSGD(self.modules, self.lrs, s.loss, compile=compile, impl=impl)
         self.update = None if is_plain_sgd(s.optim) else MemberOptimizers(
             self.net.params, self.member_settings, [m.run.resume for m in members])

@@ -58,14 +58,20 @@ def profile_figure(x: np.ndarray, curves: dict[str, tuple[np.ndarray, np.ndarray
     return fig
 
 
-def contour_figure(a: np.ndarray, b: np.ndarray, loss: np.ndarray, title: str) -> Figure:
-    """Filled contours of log10 loss over (a, b), the trained weights marked at the origin."""
-    fig = Figure(figsize=(5.6, 4.8))
+def _loss_contours(a: np.ndarray, b: np.ndarray, loss: np.ndarray, size: tuple[float, float]):
+    """A figure of filled contours of log10 loss over (a, b) (loss[i, j] at (a_i, b_j)) with its colour bar."""
+    fig = Figure(figsize=size)
     ax = fig.add_subplot()
     z = np.log10(np.maximum(loss, 1e-12))
     cs = ax.contourf(a, b, z.T, levels=30, cmap="viridis")
     ax.contour(a, b, z.T, levels=15, colors="k", linewidths=0.4, alpha=0.6)
     fig.colorbar(cs, ax=ax, label=r"$\log_{10}$ loss")
+    return fig, ax
+
+
+def contour_figure(a: np.ndarray, b: np.ndarray, loss: np.ndarray, title: str) -> Figure:
+    """Filled contours of log10 loss over (a, b), the trained weights marked at the origin."""
+    fig, ax = _loss_contours(a, b, loss, (5.6, 4.8))
     ax.plot([0], [0], marker="*", color="red", ms=12, label="trained weights")
     ax.set_xlabel(r"$\alpha$ (direction 1, filter-normalised)")
     ax.set_ylabel(r"$\beta$ (direction 2, filter-normalised)")
@@ -135,12 +141,7 @@ def trajectory_figure(a: np.ndarray, b: np.ndarray, loss: np.ndarray, path: pd.D
     """Filled contours of log10 loss on the plane of the two principal directions, the path on it (markers
     at the kept weights, the first and last labelled by iteration), the variance each direction explains
     on its axis."""
-    fig = Figure(figsize=(6.0, 5.0))
-    ax = fig.add_subplot()
-    z = np.log10(np.maximum(loss, 1e-12))
-    cs = ax.contourf(a, b, z.T, levels=30, cmap="viridis")
-    ax.contour(a, b, z.T, levels=15, colors="k", linewidths=0.4, alpha=0.6)
-    fig.colorbar(cs, ax=ax, label=r"$\log_{10}$ loss")
+    fig, ax = _loss_contours(a, b, loss, (6.0, 5.0))
     ax.plot(path["pc1"], path["pc2"], color="red", lw=1.4, marker=".", ms=5, label="path (kept weights)")
     for row, where in ((path.iloc[0], "start"), (path.iloc[-1], "end")):
         ax.annotate(f"{where}: it {int(row['iteration'])}", (row["pc1"], row["pc2"]), xytext=(4, 4),

@@ -90,6 +90,12 @@ def test_a_run_equals_a_plain_torch_loop(case, data_dir, cache_dir, fmnist_small
     assert rows["lr_now"].nunique() == 4 and (rows["lr"] == rows["lr"].iloc[0]).all()
 
 
+def stop_at_8(it, rows):
+    """A callback that interrupts a run (Ctrl-C) right after checkpoint 8 is written."""
+    if it == 8:
+        raise KeyboardInterrupt
+
+
 def _same_run(a, b) -> None:
     """Rows (wall time aside), weights and optimizer state bit for bit."""
     pd.testing.assert_frame_equal(read_metrics(a).drop(columns="wall_time"), read_metrics(b).drop(columns="wall_time"))
@@ -106,10 +112,6 @@ def test_resume_after_an_interrupt_equals_the_uninterrupted_run(extra, data_dir,
                                                                 monkeypatch):
     cfg = _cfg(data_dir, cache_dir, extra)
     train(cfg, tmp_path / "whole", data=fmnist_small)
-
-    def stop_at_8(it, rows):
-        if it == 8:
-            raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "cut", data=fmnist_small, callback=stop_at_8)
@@ -169,10 +171,6 @@ def test_an_ensemble_hands_its_state_to_a_separate_run(data_dir, cache_dir, fmni
     """Interrupted at 8 in an ensemble, member 0 resumed alone: its momentum buffers carried over."""
     cfgs = [_cfg(data_dir, cache_dir, [*MOMENTUM, f"lr={lr}", f"seed={s}"]) for lr, s in MEMBERS]
     train(cfgs[0], tmp_path / "alone", data=fmnist_small)
-
-    def stop_at_8(it, rows):
-        if it == 8:
-            raise KeyboardInterrupt
 
     dirs = [tmp_path / f"m{j}" for j in range(2)]
     with pytest.raises(KeyboardInterrupt):

@@ -23,6 +23,8 @@ from sharpcomp.results.kept_weights import (
     read_weights,
     weights_path,
 )
+from sharpcomp.results.run_state import check_members
+from sharpcomp.settings import ConfigError
 from tests.problems import MLP_REGRESSION
 
 
@@ -106,3 +108,15 @@ def test_crafted_linked_and_misnamed_files_are_refused(tmp_path):
         read_weights(tmp_path, 3, "r")
     with pytest.raises(Exception, match="symbolic link"):
         keep_weights(tmp_path, "r", 9, model.state_dict())  # never written through a link
+
+
+def test_a_linked_weights_folder_refuses_the_run_folder(tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "run").mkdir()
+    os.symlink(tmp_path / "elsewhere", tmp_path / "run" / "weights")
+    with pytest.raises(ConfigError, match="weights"):
+        check_members(tmp_path / "run")
+    assert kept_iterations(tmp_path / "run") == []
+    with pytest.raises(Exception, match="symbolic link"):
+        keep_weights(tmp_path / "run", "r", 0, MLP_REGRESSION.model().state_dict())
+    assert not any((tmp_path / "elsewhere").iterdir())
