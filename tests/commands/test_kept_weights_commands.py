@@ -68,3 +68,47 @@ def test_bad_requests_one_line(run, argv, message, code, capsys):
     assert main(argv) == code
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", [
+    ["optim=sgd", "optim.momentum=0.9", "optim.weight_decay=5e-4", "schedule=cosine", "schedule.warmup=100"],
+    ["optim=adamw", "lr=0.001", "schedule=linear", "schedule.warmup=20"],
+], ids=["momentum-cosine", "adamw"])
+def test_a_killed_run_resumes_exactly(recipe, in_tmp):
+    """SIGKILL a real process mid-run; the rerun ends with the rows, kept weights, weights and optimizer state
+    of an uninterrupted run, bit for bit (slow: two real runs of 300 steps each; the fast suite interrupts
+    runs in process, tests/engine/test_optimizers.py)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from sharpcomp.results.records import read_metrics
+
+    args = ["train", *TINY, "steps=300", "log_every=10", "eval_every=1000", "save_every=50", *recipe]
+
+    def cli(folder):
+        return subprocess.run([sys.executable, "-m", "sharpcomp.cli", *args, f"hydra.run.dir={folder}"], cwd=in_tmp,
+                              env=dict(os.environ), capture_output=True, text=True, timeout=600)
+
+    assert cli("ref").returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "sharpcomp.cli", *args, "hydra.run.dir=run"], cwd=in_tmp,
+                            env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    target, deadline = in_tmp / "run" / "metrics.parquet", time.time() + 300
+    while time.time() < deadline and not (target.exists() and len(read_metrics(target)) >= 8):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(read_metrics(target)) < 31  # killed before the end
+    again = cli("run")
+    assert again.returncode == 0 and "resumed at iteration" in again.stderr, again.stderr[-2000:]
+    a, b = (read_metrics(in_tmp / d).drop(columns="wall_time") for d in ("ref", "run"))
+    assert a.equals(b) and a["lr_now"].nunique() > 5
+    for name in ("checkpoint.pt", *(f"weights/{it}.pt" for it in range(0, 301, 50))):
+        sa, sb = (torch.load(in_tmp / d / name, weights_only=True) for d in ("ref", "run"))
+        assert all(torch.equal(v, sb["model_state"][k]) for k, v in sa["model_state"].items()), name
+    opt_a, opt_b = (torch.load(in_tmp / d / "checkpoint.pt", weights_only=True)["optimizer_state"]["state"]
+                    for d in ("ref", "run"))
+    assert opt_a and all(torch.equal(v, opt_b[i][k]) for i, st in opt_a.items() for k, v in st.items())
