@@ -56,18 +56,20 @@ def test_kept_weights_are_measured_loaded_and_drawn(run, in_tmp, capsys):
     grid = pd.read_csv(out / "trajectory_2d.csv")
     assert len(grid) == 49 and grid["loss"].gt(0).all()
 
+    capsys.readouterr()
+    for argv, message in BAD:  # bad requests: one line, exit 2
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
 
-@pytest.mark.parametrize("argv,message,code", [
-    (["landscape", "R", "directions=pca", "iterations=0,3"], "directions=pca needs at least 3 kept weights", 2),
-    (["landscape", "R", "directions=sideways"], "directions must be random or pca", 2),
-    (["landscape", "R", "R", "directions=pca"], "directions=pca draws the path of one run", 2),
-    (["measure", "run=R", "iterations=5"], "no weights kept at iteration 5", 2),
-    (["measure", "model=mlp4", "data=fashion_mnist", "iterations=5"], "iterations= picks kept weights", 2),
-])
-def test_bad_requests_one_line(run, argv, message, code, capsys):
-    assert main(argv) == code
-    err = capsys.readouterr().err
-    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+BAD = [
+    (["landscape", "R", "directions=pca", "iterations=0,3"], "directions=pca needs at least 3 kept weights"),
+    (["landscape", "R", "directions=sideways"], "directions must be random or pca"),
+    (["landscape", "R", "R", "directions=pca"], "directions=pca draws the path of one run"),
+    (["measure", "run=R", "iterations=5"], "no weights kept at iteration 5"),
+    (["measure", "model=mlp4", "data=fashion_mnist", "iterations=5"], "iterations= picks kept weights"),
+]
 
 
 @pytest.mark.slow

@@ -24,6 +24,7 @@ from sharpcomp.engine.train import train
 from sharpcomp.models import build_model
 from sharpcomp.results.records import read_metrics
 from sharpcomp.results.run_state import CHECKPOINT_FILE
+from sharpcomp.settings import ConfigError
 from tests.conftest import compose_train
 
 BASE = ["data=fashion_mnist", "model=mlp4", "model.width=0.2", "steps=24", "log_every=8", "metrics.n=4",
@@ -141,30 +142,65 @@ def test_resume_after_an_interrupt_equals_the_uninterrupted_run(extra, data_dir,
 MEMBERS = ((0.1, 0), (0.05, 1))  # (lr scale, seed)
 
 
-# Weights: the records' tolerance, and for Adam(W) an absolute one of a thousandth of a step (lr / 1000): Adam
-# divides each coordinate by the root of its second moment, so where a gradient coordinate is near zero the
-# normalised step turns the grouped and plain kernels' round-off into a visible share of a step.
-@pytest.mark.parametrize("extra,lrs,atol", [(MOMENTUM, (0.1, 0.05), 1e-7),
-                                            (ADAMW[:1] + ADAMW[2:], (0.002, 0.001), 2e-6)],
-                         ids=["momentum-cosine", "adamw-linear"])
-def test_an_ensemble_equals_separate_runs(extra, lrs, atol, data_dir, cache_dir, fmnist_small, tmp_path):
-    cfgs = [_cfg(data_dir, cache_dir, [*extra, f"lr={lr}", f"seed={seed}"]) for lr, seed in zip(lrs, (0, 1))]
-    for j, cfg in enumerate(cfgs):
-        train(cfg, tmp_path / f"alone{j}", data=fmnist_small)
-    dirs = [tmp_path / f"member{j}" for j in range(2)]
+# (extra settings, the two members' lrs, a diverging member's lr, the weights' absolute tolerance). Weights: the
+# records' tolerance, and for Adam(W) an absolute one of a thousandth of a step (lr / 1000): Adam divides each
+# coordinate by the root of its second moment, so where a gradient coordinate is near zero the normalised
+# step turns the grouped and plain kernels' round-off into a visible share of a step.
+ENSEMBLES = {
+    "momentum-cosine": (MOMENTUM, (0.1, 0.05), 1e6, 1e-7),
+    "adamw-linear": (ADAMW[:1] + ADAMW[2:], (0.002, 0.001), 1e9, 2e-6),
+    "adam-step": (["optim=adam", "optim.weight_decay=1e-3", "schedule=step", "schedule.milestones=[12]",
+                   "steps=16"], (0.002, 0.001), 1e9, 2e-6),
+    "nesterov": (["optim.momentum=0.8", "optim.nesterov=true", "steps=16"], (0.1, 0.05), 1e6, 1e-7),
+    "plain-sgd-cosine": (["schedule=cosine", "schedule.warmup=3", "steps=16"], (0.1, 0.05), 1e6, 1e-7),
+}
+
+
+@pytest.mark.parametrize("case", list(ENSEMBLES))
+def test_an_ensemble_equals_separate_runs(case, data_dir, cache_dir, fmnist_small, tmp_path):
+    """Two members against their separate runs, a third diverging and dropped from the stack mid-way."""
+    extra, lrs, bad_lr, atol = ENSEMBLES[case]
+    cfgs = [_cfg(data_dir, cache_dir, [*extra, f"lr={lr}", f"seed={seed}"])
+            for lr, seed in zip((lrs[0], bad_lr, lrs[1]), (0, 2, 1))]
+    for j in (0, 2):
+        train(cfgs[j], tmp_path / f"alone{j}", data=fmnist_small)
+    dirs = [tmp_path / f"member{j}" for j in range(3)]
     res = train_ensemble(cfgs, dirs, data=fmnist_small)
-    assert [r.status for r in res] == ["finished"] * 2
-    for j, d in enumerate(dirs):
-        ref, got = read_metrics(tmp_path / f"alone{j}").drop(columns="wall_time"), read_metrics(d).drop(
-            columns="wall_time")
+    assert [r.status for r in res] == ["finished", "diverged", "finished"]
+    for j in (0, 2):
+        ref, got = (read_metrics(d).drop(columns="wall_time") for d in (tmp_path / f"alone{j}", dirs[j]))
         pd.testing.assert_frame_equal(ref, got, rtol=1e-5, atol=1e-7)
-        sa, sb = (torch.load(p / CHECKPOINT_FILE, weights_only=True) for p in (tmp_path / f"alone{j}", d))
+        sa, sb = (torch.load(p / CHECKPOINT_FILE, weights_only=True) for p in (tmp_path / f"alone{j}", dirs[j]))
         for k in sa["model_state"]:
             torch.testing.assert_close(sb["model_state"][k], sa["model_state"][k], rtol=1e-5, atol=atol)
         assert sa["optimizer_state"]["state"].keys() == sb["optimizer_state"]["state"].keys()
         for i, st in sa["optimizer_state"]["state"].items():
             for key, v in st.items():
                 torch.testing.assert_close(sb["optimizer_state"]["state"][i][key], v, rtol=1e-4, atol=1e-7)
+
+
+def test_a_user_optimizer_trains_and_its_run_loads_without_importing_it(data_dir, cache_dir, fmnist_small,
+                                                                      tmp_path, monkeypatch):
+    import sharpcomp.optim
+    from sharpcomp.engine.loading import load_run
+
+    cfg = _cfg(data_dir, cache_dir, ["optim=custom", "optim._target_=torch.optim.RMSprop", "+optim.alpha=0.9",
+                                     "lr=0.001", "steps=4", "log_every=4"])
+    train(cfg, tmp_path / "rms", data=fmnist_small)
+    state = torch.load(tmp_path / "rms" / CHECKPOINT_FILE, weights_only=True)
+    assert {"square_avg", "step"} <= set(state["optimizer_state"]["state"][0])
+    assert state["optimizer_state"]["param_groups"][0]["alpha"] == 0.9
+
+    def refuse(path):
+        raise AssertionError(f"loading a run imported its optimizer {path}")
+
+    monkeypatch.setattr(sharpcomp.optim, "optimizer_class", refuse)
+    run = load_run(tmp_path / "rms", data=fmnist_small)
+    assert run.iteration == 4 and run.settings.optim["_target_"] == "torch.optim.RMSprop"
+    state["config"]["optim"]["_args_"] = ["x"]  # a stored key that would choose code is refused
+    torch.save(state, tmp_path / "rms" / CHECKPOINT_FILE)
+    with pytest.raises(ConfigError, match=r"config.optim._args_ would choose code"):
+        load_run(tmp_path / "rms", data=fmnist_small)
 
 
 def test_an_ensemble_hands_its_state_to_a_separate_run(data_dir, cache_dir, fmnist_small, tmp_path):
