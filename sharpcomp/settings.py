@@ -80,13 +80,15 @@ def _default_json(overrides: tuple[str, ...], environment: tuple) -> str:
     return json.dumps(plain(compose(overrides)))
 
 
-def defaults(**groups: str) -> dict:
+def defaults(extra: Sequence[str] = (), **groups: str) -> dict:
     """The composed ``conf/train.yaml`` (scale=quick), with config groups chosen by name.
 
-    For example ``defaults(model="mlp4", data="fashion_mnist")``.
+    For example ``defaults(model="mlp4", data="fashion_mnist")``; ``extra``: further overrides, e.g.
+    ``("+experiment=eos",)``.
     """
     environment = tuple(os.environ.get(k) for k in ("SHARPCOMP_DATA", "SHARPCOMP_CACHE"))
-    return json.loads(_default_json(tuple(f"{g}={v}" for g, v in sorted(groups.items())), environment))
+    overrides = tuple(f"{g}={v}" for g, v in sorted(groups.items())) + tuple(extra)
+    return json.loads(_default_json(overrides, environment))
 
 
 def complete(cfg: Mapping) -> dict:

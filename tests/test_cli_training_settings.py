@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from sharpcomp.cli import implied_custom_optim, main
+from sharpcomp.cli import main
+from sharpcomp.overrides import implied_custom_optim
 from sharpcomp.settings import compose, run_identity, settings
 from tests.conftest import TINY
 

@@ -20,7 +20,7 @@ The subsets are the first n images of a permutation drawn from ``seed``; the dir
 
 from __future__ import annotations
 
-import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,43 +35,78 @@ from sharpcomp.measures.landscape import trajectory
 from sharpcomp.measures.landscape.trajectory import flatten
 from sharpcomp.results.kept_weights import KeptError, kept_iterations, parse_iterations, read_weights
 from sharpcomp.settings import ConfigError
-from sharpcomp.usage import EXIT_USAGE, UsageError, report
+from sharpcomp.usage import EXIT_USAGE, Option, Syntax, UsageError, check_output_place, integer, number, report
 
-_FLOATS, _INTS = ("span", "lo", "hi", "margin"), ("points", "n", "seed", "chunk", "batch")
-_WORDS = ("out", "directions", "iterations")
+T_MAX = 100.0  # |lo|, |hi| and span: farther out, weights of 100 times their size (the losses overflow first)
+SYNTAX = Syntax(
+    command="landscape", folders="RUN [RUN_B]", most=2,
+    folders_help="one run folder (its landscape) or two (their interpolation)",
+    summary="The loss landscape of a run around its last checkpoint (a 2D grid along two filter-normalised "
+            "random directions, and a 1D profile), or the path (1 - t) A + t B between two runs of the same "
+            "network and data, or (directions=pca) the path of a run's kept weights on their top two principal "
+            "directions. CSVs and PNGs in out=DIR (default RUN-landscape, beside the run).",
+    options=(
+        Option("points", "grid points per axis (default 41; >= 2)", "P"),
+        Option("span", f"one run: the grid covers [-span, span]^2 (default 1.0; at most {T_MAX:g})", "S"),
+        Option("lo", f"two runs: t from lo (default -0.5; within +-{T_MAX:g})", "T"),
+        Option("hi", f"two runs: t to hi (default 1.5; above lo, within +-{T_MAX:g})", "T"),
+        Option("n", "training (and test) images the losses are computed on (default 2000)", "N"),
+        Option("seed", "seed of the directions and of the image subsets (default 0)", "S"),
+        Option("out", "output folder (default RUN-landscape, beside the run folder)", "DIR"),
+        Option("chunk", "grid points evaluated at once (default 41)", "K"),
+        Option("batch", "images per forward pass (default 500)", "B"),
+        Option("directions", "random (default: filter-normalised random directions) or pca (the kept weights' "
+                             "top two principal directions; a run trained with save_every)", "random|pca"),
+        Option("iterations", "directions=pca: the kept iterations drawn (default all; at least 3)", "all|I,J,..."),
+        Option("margin", "directions=pca: the grid reaches this fraction of the path's width beyond it on every "
+                         "side (default 0.25)", "M"),
+    ),
+    examples=("sharpcomp landscape outputs/runs/fashion_mnist-mlp4/default points=21",
+              "sharpcomp landscape RUN_A RUN_B lo=-1 hi=2 out=interp",
+              "sharpcomp landscape RUN directions=pca points=21"),
+)
 
 
 def _parse(argv: Sequence[str]) -> tuple[list[str], dict]:
-    runs, opts = [], {}
-    for a in argv:
-        if "=" in a and not Path(a).is_dir() and not a.startswith("-"):
-            k, v = a.split("=", 1)
-            if k not in _FLOATS + _INTS + _WORDS:
-                raise UsageError(f"unknown option '{k}' (options: {', '.join(_INTS + _FLOATS + _WORDS)})")
-            try:
-                opts[k] = v if k in _WORDS else (float(v) if k in _FLOATS else int(v))
-            except ValueError:
-                raise UsageError(f"{k} must be {'a number' if k in _FLOATS else 'an integer'}, got '{v}'") from None
-        elif a.startswith("-"):
-            raise UsageError(f"unknown flag '{a}' (see `sharpcomp landscape --help`)")
-        else:
-            runs.append(a)
+    """The run folders and the checked options; UsageError for a bad command line."""
+    parsed = SYNTAX.parse(argv)
+    runs, given, opts = parsed.folders, parsed.values, {}
     if not 1 <= len(runs) <= 2:
         raise UsageError("give one run folder (a landscape) or two (their interpolation)")
-    for k in ("points", "n", "chunk", "batch"):
-        if k in opts and opts[k] < (2 if k == "points" else 1):
-            raise UsageError(f"{k} must be >= {2 if k == 'points' else 1}, got {opts[k]}")
-    if not (math.isfinite(opts.get("span", 1.0)) and opts.get("span", 1.0) > 0):
-        raise UsageError(f"span must be a positive number, got {opts.get('span')}")
+    for k in ("points", "n", "chunk", "batch", "seed"):
+        if k in given:
+            opts[k] = integer(parsed.said(k), given[k], None if k == "seed" else 2 if k == "points" else 1)
+    if "span" in given:
+        opts["span"] = number(parsed.said("span"), given["span"], 0, above=True)
+        if opts["span"] > T_MAX:
+            raise UsageError(f"span must be <= {T_MAX:g}, got {opts['span']:g}")
+    for k in ("lo", "hi"):
+        if k in given:
+            opts[k] = number(parsed.said(k), given[k], -T_MAX, T_MAX)
     if not opts.get("lo", -0.5) < opts.get("hi", 1.5):
         raise UsageError("lo must be below hi")
-    if opts.get("directions", "random") not in ("random", "pca"):
-        raise UsageError(f"directions must be random or pca, got '{opts['directions']}'")
-    if opts.get("directions") == "pca" and len(runs) != 1:
+    if "out" in given:
+        if not given["out"]:
+            raise UsageError("out needs a folder: out=DIR")
+        check_output_place(given["out"], parsed.said("out"))
+        opts["out"] = given["out"]
+    return runs, {**opts, **_trajectory_options(parsed, len(runs))}
+
+
+def _trajectory_options(parsed, runs: int) -> dict:
+    """``directions``, ``iterations`` and ``margin``, checked."""
+    given, opts = parsed.values, {}
+    if "directions" in given:
+        if given["directions"] not in ("random", "pca"):
+            raise UsageError(f"{parsed.said('directions')} must be random or pca, got '{given['directions']}'")
+        opts["directions"] = given["directions"]
+    if opts.get("directions") == "pca" and runs != 1:
         raise UsageError("directions=pca draws the path of one run: give one run folder")
-    if not (math.isfinite(opts.get("margin", 0.25)) and opts.get("margin", 0.25) >= 0):
-        raise UsageError(f"margin must be a number >= 0, got {opts.get('margin')}")
-    return runs, opts
+    if "margin" in given:
+        opts["margin"] = number(parsed.said("margin"), given["margin"], 0)
+    if "iterations" in given:
+        opts["iterations"] = given["iterations"]
+    return opts
 
 
 def _subset(x: torch.Tensor, y: torch.Tensor, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,7 +115,7 @@ def _subset(x: torch.Tensor, y: torch.Tensor, n: int, seed: int) -> tuple[torch.
 
 
 def _out(runs: list[Path], o: dict) -> Path:
-    out = Path(o["out"]) if "out" in o else runs[0].with_name(f"{runs[0].name}-landscape")
+    out = Path(o["out"]) if "out" in o else runs[0].with_name(f"{runs[0].name}-landscape")  # beside the run
     if "out" not in o and out.is_symlink():  # the default folder is never followed elsewhere
         raise UsageError(f"the output folder {out} is a symbolic link; name a folder with out=DIR")
     return out
@@ -158,14 +193,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     def err(msg: str, code: int = EXIT_USAGE) -> int:
         return report("landscape", msg, code)
 
-    if any(a in ("-h", "--help", "help") for a in argv):
-        print(__doc__.split("\n\n", 1)[1])
+    if SYNTAX.asks_help(argv):
+        print(SYNTAX.help())
         return 0
     try:
         runs, opts = _parse(argv)
     except UsageError as exc:
         return err(str(exc))
-    paths = [Path(r) for r in runs]
+    paths = [Path(os.path.abspath(r)) for r in runs]  # named by their folders (``.`` too)
     for p in paths:
         if not p.is_dir():
             return err(f"no run directory '{p}'")

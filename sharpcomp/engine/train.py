@@ -39,6 +39,7 @@ from sharpcomp.engine.setup import build, check_kept_size, check_layer, check_wr
 from sharpcomp.engine.steppers import PlainStepper
 from sharpcomp.losses import make_loss
 from sharpcomp.measures.registry import Plan
+from sharpcomp.results.hydra_files import write_held
 from sharpcomp.results.kept_weights import is_kept, keep_weights, next_kept
 from sharpcomp.results.loggers import Logger, make_logger
 from sharpcomp.results.records import RecordError
@@ -106,6 +107,7 @@ def open_runs(cfgs: Sequence, run_dirs: Sequence[Path], data: Dataset | None,
                     raise
                 blocked.append((Path(d), exc))
                 continue
+            write_held(d)  # the folder is this run's now: Hydra's record of its config goes in
             idx = train_sample_indices(s.seed, len(data.train_x), s.metrics.n).to(device)
             logger = Logger() if state.result is not None else make_logger(
                 s.raw.get("logger"), Path(d), run_id, {**run_identity(s)["settings"], "steps": s.steps})
@@ -137,6 +139,7 @@ def _open_ended(all_settings: Sequence[Settings], run_dirs: Sequence) -> list[Me
         for s, d in zip(all_settings, run_dirs):
             run_id = run_identity(s)["run_id"]
             state = RunState(s, Path(d), {"run_id": run_id}).open(torch.device("cpu"))
+            write_held(d)
             members.append(Member(state, s, torch.empty(0, dtype=torch.long), make_loss(s.loss, 1)))
             if state.result is not None:
                 print(f"sharpcomp: {d}: {state.result.status} at iteration {state.start}; nothing to train",
