@@ -72,3 +72,25 @@ def test_default_training_settings_keep_run_ids():
     cos = [run_identity(settings(compose(["schedule=cosine", f"steps={n}"])))["run_id"] for n in (100, 200)]
     const = [run_identity(settings(compose([f"steps={n}"])))["run_id"] for n in (100, 200)]
     assert cos[0] != cos[1] and const[0] == const[1]
+
+
+def test_run_folder_names_of_training_settings():
+    """Defaults name nothing; a schedule choice names itself; steps are named only under a schedule that
+    spans them (where a larger steps is another run, not an extension); the size confirmation names nothing."""
+    from sharpcomp.results.run_names import canonical_name
+    from sharpcomp.settings import plain
+
+    base = {"data": "cifar10_2class", "model": "vgg10", "scale": "quick", "optim": "sgd", "schedule": "constant"}
+
+    def name(overrides, **choices):
+        return canonical_name(plain(compose(overrides)), {**base, **choices})
+
+    assert name(["optim.momentum=0.0", "schedule.warmup=0", "save_max_gb=5"]) == "default"
+    assert name(["save_every=100"]) == "save_every=100"
+    assert name(["optim.momentum=0.9", "optim.weight_decay=5e-4", "steps=100"]) == \
+        "optim.momentum=0.9,optim.weight_decay=0.0005"
+    assert name(["optim=adamw"], optim="adamw") == "optim=adamw"
+    assert name(["schedule=cosine", "schedule.warmup=10", "steps=100"], schedule="cosine") == \
+        "schedule.warmup=10,schedule=cosine,steps=100"
+    assert name(["schedule=step", "schedule.milestones=[50]", "steps=100"], schedule="step") == \
+        "schedule.milestones=[50],schedule=step"
