@@ -58,12 +58,12 @@ class OptimError(ValueError):
 
 
 def _number(key: str, value, low: float, high: float | None = None, low_open: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = (value > low if low_open else value >= low) and (high is None or value < high)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise OptimError(f"optim.{key} must be a number, got {value!r}")
+    ok = math.isfinite(value) and (value > low if low_open else value >= low) and (high is None or value < high)
     if not ok:
-        bounds = f"in [{low}, {high})" if high is not None else f"{'>' if low_open else '>='} {low}"
-        raise OptimError(f"optim.{key} must be a number {bounds}, got {value!r}")
+        bounds = f"in [{low:g}, {high:g})" if high is not None else f"{'>' if low_open else '>='} {low:g}"
+        raise OptimError(f"optim.{key} must be {bounds}, got optim.{key}={value}")
 
 
 def _check_base_keys(o: Mapping, base: str) -> None:
