@@ -28,7 +28,7 @@ from sharpcomp.settings import CONFIG_MODULE, overrides_by_name
 from sharpcomp.usage import EXIT_USAGE, UsageError, check_text, did_you_mean, report
 
 CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
-COMMANDS = ("train", "figures", "reparam", "measure", "runs", "landscape")
+COMMANDS = ("train", "figures", "reparam", "measure", "runs", "landscape", "rank")
 # Hydra's flags for looking at the composed config (e.g. `sharpcomp train --cfg job`)
 HYDRA_VIEW_FLAGS = ("--cfg", "-c", "--package", "-p", "--info", "-i", "--resolve")
 INFO_TOPICS = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
@@ -53,6 +53,8 @@ commands:
             without training (sharpcomp measure --help)
   runs      one row per run under a folder: differing settings, status, accuracy, metrics (sharpcomp runs DIR)
   landscape loss landscape of a run, or the interpolation between two (sharpcomp landscape --help)
+  rank      which measure predicts generalisation over a sweep: Kendall, granulated Kendall, conditional
+            mutual information, sign errors, with bootstrap intervals (sharpcomp rank --help)
 
 examples:
   sharpcomp train lr=0.1 batch=20
@@ -274,6 +276,7 @@ SUBCOMMANDS = {
     "measure": "sharpcomp.commands.measure",
     "runs": "sharpcomp.commands.runs",
     "landscape": "sharpcomp.commands.landscape",
+    "rank": "sharpcomp.commands.rank",
 }
 
 

@@ -231,8 +231,49 @@ def _metric_settings(m: Mapping) -> MetricSettings:
         chunk_size=_number("metrics.chunk_size", m["chunk_size"], int, 0, allow_none=True),
         dtype={"float32": torch.float32, "float64": torch.float64}[_choice("metrics.dtype", m["dtype"],
                                                                          ("float32", "float64"))],
-        flatness_every=_number("metrics.flatness_every", m["flatness_every"], int, 0), flatness=dict(flatness),
+        flatness_every=_number("metrics.flatness_every", m["flatness_every"], int, 0, strict=False),
+        flatness=dict(flatness),
         network_wide=_flag("metrics.network_wide", m.get("network_wide", True)))
+
+
+STOP_CRITERIA = ("train_loss", "running_loss", "train_error")  # ``stop.*``: what a run is trained to
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """``stop``: train to a criterion.
+
+    A threshold per quantity (None: not used); a run stops at the first checkpoint after iteration 0 where
+    one of the quantities it sees is at or below its threshold.
+    """
+
+    train_loss: float | None = None
+    running_loss: float | None = None
+    train_error: float | None = None
+
+    def __bool__(self) -> bool:
+        return any(getattr(self, k) is not None for k in STOP_CRITERIA)
+
+    def reached(self, running_loss: float, train_loss: float | None, train_acc: float | None) -> str | None:
+        """The first criterion met by these values (the whole-set ones are None off their cadence), or None."""
+        values = {"train_loss": train_loss, "running_loss": running_loss,
+                  "train_error": None if train_acc is None else 1.0 - train_acc}
+        for key in STOP_CRITERIA:
+            limit, value = getattr(self, key), values[key]
+            if limit is not None and value is not None and value <= limit:  # NaN never reaches a threshold
+                return key
+        return None
+
+
+def _stop(c) -> StopRule:
+    c = c or {}
+    if not isinstance(c, Mapping):
+        raise ConfigError(f"stop must be a mapping of criteria ({', '.join(STOP_CRITERIA)}), got {c!r}")
+    unknown = [k for k in c if k not in STOP_CRITERIA]
+    if unknown:
+        raise ConfigError(f"unknown stop criterion '{unknown[0]}' (choose from {', '.join(STOP_CRITERIA)})")
+    return StopRule(**{k: _number(f"stop.{k}", c.get(k), float, 0, allow_none=True, strict=False)
+                       for k in STOP_CRITERIA})
 
 
 @dataclass(frozen=True)
@@ -262,6 +303,7 @@ class Settings:
     schedule: dict = field(default_factory=lambda: {"name": "constant", "warmup": 0}, hash=False)
     save_every: int | tuple[int, ...] | None = None  # the iterations whose weights are kept (None: none)
     save_max_gb: float = 1.0
+    stop: StopRule = StopRule()
 
     @property
     def optim_name(self) -> str:
@@ -287,8 +329,9 @@ class Settings:
         return self.checkpoints.index(it) % self.eval_every == 0 or it == self.steps
 
     def flatness_due(self, it: int) -> bool:
-        """Whether checkpoint ``it`` computes the flatness measures."""
-        return self.checkpoints.index(it) % self.metrics.flatness_every == 0 or it == self.steps
+        """Whether checkpoint ``it`` computes the flatness measures (``flatness_every`` 0: at the last only)."""
+        every = self.metrics.flatness_every
+        return it == self.steps or (every > 0 and self.checkpoints.index(it) % every == 0)
 
 
 def _device(name) -> str:
@@ -304,31 +347,16 @@ def _device(name) -> str:
     return name
 
 
-def _optim(o: Mapping) -> dict:
+def _training(c: dict, steps: int) -> dict:
+    """The optimiser, the schedule and the weights kept (``save_every``), checked (ConfigError, one line)."""
     # lazy: --help imports this module and stays free of torch and numpy
     from sharpcomp.optim import OptimError, check_optim_config
-
-    try:
-        return check_optim_config(o)
-    except OptimError as exc:
-        raise ConfigError(str(exc)) from None
-
-
-def _schedule(sched, steps: int) -> dict:
-    try:
-        return check_schedule(sched, steps)
-    except ScheduleError as exc:
-        raise ConfigError(str(exc)) from None
-
-
-def _save_every(value, steps: int):
-    """``save_every``: null, N (every N iterations) or a list of iterations in [0, steps]."""
-    # lazy: --help imports this module and stays free of torch and numpy
     from sharpcomp.results.kept_weights import KeptError, check_save_every
 
     try:
-        return check_save_every(value, steps)
-    except KeptError as exc:
+        return {"optim": check_optim_config(c["optim"]), "schedule": check_schedule(c["schedule"], steps),
+                "save_every": check_save_every(c["save_every"], steps)}
+    except (OptimError, ScheduleError, KeptError) as exc:
         raise ConfigError(str(exc)) from None
 
 
@@ -396,14 +424,13 @@ def settings(cfg, n_train: int | None = None) -> Settings:
         raw=c, lr=float(lr), batch=batch, seed=seed,
         steps=steps, log_every=_number("log_every", c["log_every"], int, 0),
         eval_every=_number("eval_every", c["eval_every"], int, 0), loss=_choice("loss", c["loss"], LOSSES),
-        optim=_optim(c["optim"]), device=_device(c["device"]), threads=threads,
+        device=_device(c["device"]), threads=threads,
         deterministic=_flag("deterministic", c["deterministic"]), progress=_flag("progress", c["progress"]),
         allow_tf32=tf32, cuda_graph=_choice("cuda_graph", c["cuda_graph"], ("auto", "off")),
         compile=_flag("compile", c["compile"]), metrics=_metric_settings(c["metrics"]),
         resume_every=_number("resume_every", c["resume_every"], float, 0, strict=False),
-        model=_model(c["model"]), data=_data(c["data"], c.get("data_dir")),
-        schedule=_schedule(c["schedule"], steps), save_every=_save_every(c["save_every"], steps),
-        save_max_gb=_number("save_max_gb", c["save_max_gb"], float, 0, strict=False))
+        model=_model(c["model"]), data=_data(c["data"], c.get("data_dir")), stop=_stop(c.get("stop")),
+        **_training(c, steps), save_max_gb=_number("save_max_gb", c["save_max_gb"], float, 0, strict=False))
 
 
 def validate_config(cfg, n_train: int | None = None) -> None:
@@ -449,6 +476,9 @@ def run_identity(cfg) -> dict:
         "metrics": {k: v for k, v in c["metrics"].items() if k not in IDENTITY_FREE_METRIC_KEYS},
         "allow_tf32": c.get("allow_tf32"), "schedule": schedule_view(c["schedule"], c["steps"]),
     }
+    stop = {k: v for k, v in (c.get("stop") or {}).items() if v is not None}
+    if stop:  # a stopping rule ends a run elsewhere; runs without one keep the ids they always had
+        keys["stop"] = stop
     keys = _drop_new_keys(keys)
     digest = hashlib.sha1(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:8]
     run_id = f"{c['data']['name']}-{c['model']['name']}-lr{c['lr']}-b{c['batch']}-s{c['seed']}-{digest}"

@@ -15,8 +15,12 @@ loop never waits for the device: indices are gathered there, running losses are 
 the host reads them once per checkpoint.
 
 At a checkpoint, a run whose running loss (or whole-set train loss) is not finite is recorded
-``diverged`` (its last row holds NaN) and dropped; the others go on. Any other exception marks the
-runs ``failed``; Ctrl-C leaves them ``running``, resumable.
+``diverged`` (its last row holds NaN) and dropped; the others go on. A run with a stopping rule
+(``stop``, :class:`sharpcomp.settings.StopRule`) that reaches it is ``finished`` there: that checkpoint
+evaluates the whole sets and computes every switched-on measure, its rows carry ``stop_reason`` and
+``stop_iteration`` (``steps`` at the cap when the rule was never reached), and its saved state says so,
+so a rerun, even with a larger ``steps``, does not continue it. Any other exception marks the runs
+``failed``; Ctrl-C leaves them ``running``, resumable.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from sharpcomp.results.kept_weights import is_kept, keep_weights, next_kept
 from sharpcomp.results.loggers import Logger, make_logger
 from sharpcomp.results.records import RecordError
 from sharpcomp.results.run_state import CHECKPOINT_FILE, RunResult, RunState, identity_columns, read_checkpoint
-from sharpcomp.settings import ConfigError, Settings, run_identity, settings
+from sharpcomp.settings import STOP_CRITERIA, ConfigError, Settings, run_identity, settings
 
 # Timings of the last loop (seconds), for benchmarks: train, checkpoint, eval, metrics, write.
 LAST_TIMINGS: dict[str, float] = {}
@@ -129,7 +133,7 @@ def _ended(s: Settings, run_dir: Path) -> bool:
     except Exception:
         return False
     return state.get("run_id") == run_identity(s)["run_id"] and (
-        state.get("status") == "diverged" or int(state.get("iteration", -1)) >= s.steps)
+        state.get("status") == "diverged" or int(state.get("iteration", -1)) >= s.steps or bool(state.get("stopped")))
 
 
 def _open_ended(all_settings: Sequence[Settings], run_dirs: Sequence) -> list[Member]:
@@ -310,7 +314,7 @@ class _Loop:
         s = self.s
         run_losses = ((self.running_sum.double() / self.running_count).tolist() if self.running_count
                       else [math.nan] * len(self.members))
-        whole = s.whole_set_due(it)
+        whole = s.whole_set_due(it) or self._running_stop(run_losses)
         train_evals, test_evals = self._evaluations(whole)
         keep = self._diverged(it, run_losses, train_evals)
         if len(keep) != len(self.members):
@@ -329,15 +333,20 @@ class _Loop:
         losses = sample_losses(models, sets, s.loss)
         self.timing["metrics"] += time.perf_counter() - m0
         new_rows = {}
+        stops = [self._stop_reason(m, it, run_losses[j], train_evals[j]) for j, m in zip(keep, self.members)]
         for pos, (j, m) in enumerate(zip(keep, self.members)):
             base = {"iteration": it, "epoch": it / self.spe, "train_loss_running": run_losses[j],
                     "lr_now": m.settings.lr_at(it)}
             if whole:
                 (base["train_loss"], base["train_acc"], _), (base["test_loss"], base["test_acc"], _) = \
                     train_evals[j], test_evals[j]
+            if stops[pos]:
+                base.update(stop_reason=stops[pos], stop_iteration=it)
+            stopped = {"stopped": stops[pos]} if stops[pos] in STOP_CRITERIA else {}
             new_rows[m.run.run_dir] = self._commit(pos, m, it, base, sets[pos], metrics[pos], losses[pos], models[pos],
-                                                   self._running_state(j, it))
+                                                   {**(self._running_state(j, it) or {}), **stopped} or None)
         self.stepper.train()
+        self._drop_stopped(it, stops)
         self._reset_running()
         self.timing["checkpoint"] += time.perf_counter() - c0
         if it == s.steps:
@@ -349,16 +358,50 @@ class _Loop:
         if self.callback is not None:
             self.callback(it, new_rows)
 
+    def _running_stop(self, run_losses: list[float]) -> bool:
+        """Whether a run reached its ``stop.running_loss`` (its last checkpoint then evaluates the whole sets)."""
+        return any(m.settings.stop.running_loss is not None and loss <= m.settings.stop.running_loss
+                   for m, loss in zip(self.members, run_losses))
+
+    def _stop_reason(self, m: Member, it: int, run_loss: float, train_eval) -> str | None:
+        """The criterion run ``m`` reached at checkpoint ``it``, ``steps`` at the cap without one, else None."""
+        rule = m.settings.stop
+        if not rule or it == 0:
+            return None
+        train_loss, train_acc = (None, None) if train_eval is None else train_eval[:2]
+        return rule.reached(run_loss, train_loss, train_acc) or ("steps" if it == self.s.steps else None)
+
+    def _drop_stopped(self, it: int, stops: list[str | None]) -> None:
+        """Finish the runs that reached their criterion at checkpoint ``it`` (before the cap); the others go on."""
+        done = [pos for pos, why in enumerate(stops) if why in STOP_CRITERIA and it < self.s.steps]
+        if not done:
+            return
+        for pos in done:
+            m = self.members[pos]
+            m.run.result = self._result(m, "finished", it)
+            limit = getattr(m.settings.stop, stops[pos])
+            self.bar.write(f"{m.run.run_id}: stopped at iteration {it}: {stops[pos]} <= stop.{stops[pos]}={limit:g}")
+        rest = [pos for pos in range(len(self.members)) if pos not in done]
+        self.stepper.keep(rest)
+        self.members = [self.members[pos] for pos in rest]
+
     def _commit(self, pos: int, m: Member, it: int, base: dict, sets: dict, metrics: dict, losses: dict,
-                model: nn.Module, running: dict | None = None) -> list:
+                model: nn.Module, extra: dict | None = None) -> list:
+        """Write one run's rows of checkpoint ``it``.
+
+        ``extra``: what its saved state adds (the running loss of an end checkpoint off the schedule, the
+        criterion it stopped at).
+        """
         m0 = time.perf_counter()
-        rows = checkpoint_rows(model, m.settings, m.plan, self.data, sets, m.loss_fn, base, it, metrics, losses)
+        stopped = bool(extra and extra.get("stopped"))
+        rows = checkpoint_rows(model, m.settings, m.plan, self.data, sets, m.loss_fn, base, it, metrics, losses,
+                               final=stopped)
         self.timing["metrics"] += time.perf_counter() - m0
         for r in rows:
             r["wall_time"] = self.wall(m)
         w0 = time.perf_counter()
-        status = "finished" if it == self.s.steps else "running"
-        m.run.commit(it, rows, status, self.wall(m), *self.stepper.states(pos), running=running)
+        status = "finished" if it == self.s.steps or stopped else "running"
+        m.run.commit(it, rows, status, self.wall(m), *self.stepper.states(pos), running=extra)
         m.logger.log(it, rows)  # live monitoring mirrors the recorded rows; never stops the run
         self.timing["write"] += time.perf_counter() - w0
         return rows

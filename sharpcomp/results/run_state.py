@@ -51,7 +51,7 @@ from sharpcomp.results.records import (
     refuse_link,
     set_aside,
 )
-from sharpcomp.settings import ConfigError, Settings, run_identity
+from sharpcomp.settings import STOP_CRITERIA, ConfigError, Settings, run_identity
 
 CHECKPOINT_FILE = "checkpoint.pt"
 LOCK_FILE = ".sharpcomp.lock"
@@ -176,6 +176,8 @@ def checkpoint_problem(state: dict) -> str | None:
         return "optimizer_state must be an optimizer's state dictionary"
     if not isinstance(state.get("config", {}), dict):
         return "config must be a mapping"
+    if state.get("stopped") not in (None, *STOP_CRITERIA):
+        return f"stopped must name a stop criterion ({', '.join(STOP_CRITERIA)}), got {str(state['stopped'])[:40]!r}"
     if "running_sum" in state or "running_count" in state:
         total, count = state.get("running_sum"), state.get("running_count")
         if not (torch.is_tensor(total) and total.dim() == 0 and total.is_floating_point()
@@ -295,7 +297,7 @@ class RunState:
             self.result = RunResult(self.run_dir, "diverged", self.start, self.rows)
             return
         self.recorder.truncate_after(self.start)
-        if self.start >= self.settings.steps:
+        if self.start >= self.settings.steps or state.get("stopped"):  # at its cap, or at its stop criterion
             self.recorder.set_status("finished")
             self.result = RunResult(self.run_dir, "finished", self.start, self.rows)
 
