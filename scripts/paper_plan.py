@@ -249,7 +249,7 @@ def print_table(rows: Sequence[dict], steps: int, log_every: int, device: str) -
 def compose(model: str, data: str, **overrides) -> dict:
     """The composed ``train`` config of a model and dataset, with plain key=value overrides (lr, seed,
     batch, steps, ...). Hydra composes it where installed; otherwise the YAML files of conf/ are
-    merged as Hydra would (train.yaml, then the data, model, optim and quick-scale groups)."""
+    merged as Hydra would (train.yaml, then the data, model, optim, schedule and quick-scale groups)."""
     try:
         from sharpcomp.settings import defaults
 
@@ -266,14 +266,15 @@ def compose(model: str, data: str, **overrides) -> dict:
 
 
 def compose_yaml(model: str, data: str, conf: Path | None = None) -> dict:
-    """Hydra-free composition of conf/train.yaml (no experiment, scale=quick, optim=sgd)."""
+    """Hydra-free composition of conf/train.yaml (no experiment, scale=quick, optim=sgd, schedule=constant)."""
     from omegaconf import OmegaConf
 
     conf = conf or conf_dir()
     base = OmegaConf.load(conf / "train.yaml")
     for key in ("defaults", "hydra"):
         base.pop(key, None)
-    for group, name in (("data", data), ("model", model), ("optim", "sgd"), ("logger", "none")):
+    for group, name in (("data", data), ("model", model), ("optim", "sgd"), ("schedule", "constant"),
+                        ("logger", "none")):
         base[group] = OmegaConf.load(conf / group / f"{name}.yaml")
     base = OmegaConf.merge(base, OmegaConf.load(conf / "scale" / "quick.yaml"))
     return OmegaConf.to_container(base, resolve=True)

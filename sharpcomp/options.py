@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from sharpcomp.settings import CONFIG_MODULE, compose
 
-PACKAGED_GROUPS = ("data", "model", "optim")  # groups whose keys sit under their own name
+PACKAGED_GROUPS = ("data", "model", "optim", "schedule")  # groups whose keys sit under their own name
 GROUPS_WITH_FILES = (*PACKAGED_GROUPS, "scale")  # scale's keys are global (@package _global_)
 ENV_DEFAULT = re.compile(r"^\$\{oc\.env:(\w+)(?:,(.*))?\}$")
 WIDTH = 38

@@ -25,7 +25,7 @@ from sharpcomp.results.run_names import register_resolvers
 from sharpcomp.settings import CONFIG_MODULE, ConfigError, _yaml_keys
 from sharpcomp.usage import UsageError, check_output_place, did_you_mean
 
-GROUPS = ("data", "model", "scale", "optim", "logger", "experiment")
+GROUPS = ("data", "model", "scale", "optim", "schedule", "logger", "experiment")
 HYDRA_FILES = (".hydra", ".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml")
 # keys of Hydra's own node that choose the run's folder: when one is given, the folder is the user's choice
 FOLDER_KEYS = ("hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir")
@@ -132,11 +132,13 @@ def implied_custom(overrides: list[str]) -> list[str]:
     """``model._target_=X`` without a ``model=`` choice means one's own network.
 
     ``model=custom`` is implied (its ``outputs: classes``, label ``custom``), so vgg10's keys do not
-    reach X. A ``_target_`` naming a built-in's own callable keeps that built-in.
+    reach X. A ``_target_`` naming a built-in's own callable keeps that built-in. Likewise
+    ``optim._target_=X`` without an ``optim=`` choice implies ``optim=custom`` (:func:`implied_custom_optim`).
     """
     # lazy: --help and --version stay free of torch and pandas
     from sharpcomp.models import BUILTIN
 
+    overrides = implied_custom_optim(overrides)
     keys = [o.split("=", 1) for o in overrides if "=" in o]
     targets = [v for k, v in keys if k.lstrip("+~") == "model._target_"]
     chosen = any(k.lstrip("+~") == "model" for k, _ in keys) or any(
@@ -144,6 +146,15 @@ def implied_custom(overrides: list[str]) -> list[str]:
     if not targets or chosen or all(t in (b[0] for b in BUILTIN.values()) for t in targets):
         return overrides
     return ["model=custom", *overrides]
+
+
+def implied_custom_optim(overrides: list[str]) -> list[str]:
+    """``optim._target_=X`` without an ``optim=`` choice means one's own optimiser: ``optim=custom`` is
+    implied (with ``optim=sam``, X is SAM's base: ``optim.base=custom``)."""
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o]
+    if "optim._target_" not in keys or "optim" in keys:
+        return overrides
+    return ["optim=custom", *overrides]
 
 
 def check_links(job_dir: str, discovered: bool) -> None:
@@ -176,8 +187,9 @@ def job_dir(cfg, multirun: bool) -> str | None:
 def check_appended(overrides: list[str]) -> None:
     """UsageError for an appended key (``+key=value``) that no part of the program reads.
 
-    Allowed: a config group (``+experiment=fig1``), a model's own keyword argument (``+model.depth=3``,
-    read by the model's callable), a measure that is not built in (``+metrics.flatness.mine=...``, its entry
+    Allowed: a config group (``+experiment=fig1``), a model's or optimiser's own keyword argument
+    (``+model.depth=3``, ``+optim.alpha=0.9``: read by the callable; the settings refuse a key a built-in
+    optimiser does not take), a measure that is not built in (``+metrics.flatness.mine=...``, its entry
     checked with the settings) and Hydra's own settings.
     """
     top, metrics = _yaml_keys()
@@ -186,7 +198,7 @@ def check_appended(overrides: list[str]) -> None:
             continue
         key = ov.get_key_element().lstrip("+")
         head, _, rest = key.partition(".")
-        if key.startswith("hydra") or head == "model" or (not rest and key in GROUPS):
+        if key.startswith("hydra") or head in ("model", "optim") or (not rest and key in GROUPS):
             continue
         if head == "metrics" and rest.startswith("flatness.") and rest.count(".") == 1:
             continue

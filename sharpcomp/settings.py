@@ -31,18 +31,19 @@ from omegaconf import DictConfig, OmegaConf
 
 from sharpcomp.measure_index import MEASURES
 from sharpcomp.measure_names import builtin_names, check_own, own_target, plugin_names
+from sharpcomp.schedule import ScheduleError, check_schedule, learning_rate
+from sharpcomp.schedule import identity_view as schedule_view
 
 if TYPE_CHECKING:  # torch is imported where it is used: composing the config and --help do without it
     import torch
 
 CONFIG_MODULE = "sharpcomp.conf"  # conf/, shipped as this package
 LOSSES = ("mse", "ce")
-OPTIMS = ("sgd", "sam")
 SAMPLE_SETS = ("train", "test", "misclassified")
 BUILTIN_MODELS = ("vgg10", "mlp4")
 # keys that joined the config after runs were recorded, with the value under which old runs were made
 # (model and data keys: ``models.identity_view``, ``data.identity_view``)
-NEW_KEYS = {"allow_tf32": None}
+NEW_KEYS = {"allow_tf32": None, "schedule": None}
 # metrics keys that add or split work but never change a run's trajectory or existing columns
 IDENTITY_FREE_METRIC_KEYS = ("chunk_size", "network_wide")
 
@@ -106,7 +107,7 @@ def complete(cfg: Mapping) -> dict:
     if _has_all(cfg):
         return cfg
     groups = {}
-    for group in ("model", "data", "optim"):
+    for group in ("model", "data", "optim", "schedule"):
         name = (cfg.get(group) or {}).get("name")
         if name and (resources.files(CONFIG_MODULE) / group / f"{name}.yaml").is_file():
             groups[group] = name
@@ -120,7 +121,8 @@ def _yaml_keys() -> tuple[frozenset, frozenset]:
     Those of ``conf/train.yaml``, read, not composed (milliseconds), and the groups that become keys.
     """
     yaml = OmegaConf.load(resources.files(CONFIG_MODULE) / "train.yaml")
-    return (frozenset(yaml) - {"defaults", "hydra"}) | {"data", "model", "optim"}, frozenset(yaml["metrics"])
+    groups = {"data", "model", "optim", "schedule"}
+    return (frozenset(yaml) - {"defaults", "hydra"}) | groups, frozenset(yaml["metrics"])
 
 
 def _has_all(cfg: dict) -> bool:
@@ -317,12 +319,19 @@ class Settings:
     metrics: MetricSettings
     model: dict = field(hash=False)
     data: dict = field(hash=False)
+    schedule: dict = field(default_factory=lambda: {"name": "constant", "warmup": 0}, hash=False)
+    save_every: int | tuple[int, ...] | None = None  # the iterations whose weights are kept (None: none)
+    save_max_gb: float = 1.0
     stop: StopRule = StopRule()
 
     @property
     def optim_name(self) -> str:
-        """The optimizer's name (``sgd`` or ``sam``)."""
+        """The optimizer's name (``sgd``, ``adam``, ``adamw``, ``sam`` or ``custom``)."""
         return self.optim["name"]
+
+    def lr_at(self, it: int) -> float:
+        """The learning rate of step ``it`` (the step from iteration ``it`` to ``it + 1``) under the schedule."""
+        return learning_rate(self.schedule, self.lr, self.steps, it)
 
     @property
     def checkpoints(self) -> list[int]:
@@ -357,13 +366,17 @@ def _device(name) -> str:
     return name
 
 
-def _optim(o: Mapping) -> dict:
-    o = dict(o)
-    _choice("optimizer", o.get("name"), OPTIMS)
-    if o["name"] == "sam":
-        _number("optim.rho", o["rho"], float, 0, strict=False)
-        _flag("optim.adaptive", o["adaptive"])
-    return o
+def _training(c: dict, steps: int) -> dict:
+    """The optimiser, the schedule and the weights kept (``save_every``), checked (ConfigError, one line)."""
+    # lazy: --help imports this module and stays free of torch and numpy
+    from sharpcomp.optim import OptimError, check_optim_config
+    from sharpcomp.results.kept_weights import KeptError, check_save_every
+
+    try:
+        return {"optim": check_optim_config(c["optim"]), "schedule": check_schedule(c["schedule"], steps),
+                "save_every": check_save_every(c["save_every"], steps)}
+    except (OptimError, ScheduleError, KeptError) as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _model(m: Mapping) -> dict:
@@ -425,16 +438,18 @@ def settings(cfg, n_train: int | None = None) -> Settings:
     if threads is not None:
         threads = _number("threads", threads, int, 0)
     tf32 = _flag("allow_tf32", c["allow_tf32"], allow_none=True)
+    steps = _number("steps", c["steps"], int, 0)
     return Settings(
         raw=c, lr=float(lr), batch=batch, seed=seed,
-        steps=_number("steps", c["steps"], int, 0), log_every=_number("log_every", c["log_every"], int, 0),
+        steps=steps, log_every=_number("log_every", c["log_every"], int, 0),
         eval_every=_number("eval_every", c["eval_every"], int, 0), loss=_choice("loss", c["loss"], LOSSES),
-        optim=_optim(c["optim"]), device=_device(c["device"]), threads=threads,
+        device=_device(c["device"]), threads=threads,
         deterministic=_flag("deterministic", c["deterministic"]), progress=_flag("progress", c["progress"]),
         allow_tf32=tf32, cuda_graph=_choice("cuda_graph", c["cuda_graph"], ("auto", "off")),
         compile=_flag("compile", c["compile"]), metrics=metric_settings(c["metrics"]),
         resume_every=_number("resume_every", c["resume_every"], float, 0, strict=False),
-        model=_model(c["model"]), data=_data(c["data"], c.get("data_dir")), stop=_stop(c.get("stop")))
+        model=_model(c["model"]), data=_data(c["data"], c.get("data_dir")), stop=_stop(c.get("stop")),
+        **_training(c, steps), save_max_gb=_number("save_max_gb", c["save_max_gb"], float, 0, strict=False))
 
 
 def validate_config(cfg, n_train: int | None = None) -> None:
@@ -456,9 +471,11 @@ def _drop_new_keys(keys: dict) -> dict:
     # lazy: --help imports this module and stays free of torch and numpy
     from sharpcomp.data.datasets import identity_view as data_view
     from sharpcomp.models import identity_view as model_view
+    from sharpcomp.optim import identity_view as optim_view
 
     keys = json.loads(json.dumps(keys, default=str))
     keys["model"], keys["data"] = model_view(keys["model"]), data_view(keys["data"])
+    keys["optim"] = optim_view(keys["optim"])
     for key, old in NEW_KEYS.items():
         if keys.get(key, object()) == old:
             del keys[key]
@@ -485,7 +502,7 @@ def run_identity(cfg) -> dict:
         "data": c["data"], "model": c["model"], "lr": c["lr"], "batch": c["batch"], "seed": c["seed"],
         "loss": c["loss"], "optim": c["optim"], "log_every": c["log_every"], "eval_every": c["eval_every"],
         "metrics": {k: v for k, v in c["metrics"].items() if k not in IDENTITY_FREE_METRIC_KEYS},
-        "allow_tf32": c.get("allow_tf32"),
+        "allow_tf32": c.get("allow_tf32"), "schedule": schedule_view(c["schedule"], c["steps"]),
     }
     stop = {k: v for k, v in (c.get("stop") or {}).items() if v is not None}
     if stop:  # a stopping rule ends a run elsewhere; runs without one keep the ids they always had

@@ -152,8 +152,8 @@ def test_eos_comments_say_what_its_runs_showed_and_took():
     assert "six runs of 392-950 s each" in (CONF.parent / "docs" / "benchmarks" / "sweeps.md").read_text()
 
 
-def test_rank_composes_a_grid_of_48_runs_trained_to_a_loss(hydra_conf):
-    """The ranking experiment (docs/ranking.md): four axes, two seeds, a stopping rule, the measures at the stop."""
+def test_rank_composes_a_grid_of_96_runs_trained_to_a_loss(hydra_conf):
+    """The ranking experiment (docs/ranking.md): five axes, two seeds, a stopping rule, the measures at the stop."""
     from sharpcomp.settings import settings
 
     cfg = compose("train", overrides=["+experiment=rank"], return_hydra_config=True)
@@ -164,10 +164,10 @@ def test_rank_composes_a_grid_of_48_runs_trained_to_a_loss(hydra_conf):
     assert "rank-fashion_mnist-mlp4" in cfg.hydra.sweep.dir
     jobs = sweep_jobs("rank")
     values = [dict(o.split("=", 1) for o in job if not o.startswith("+")) for job in jobs]
-    assert len(jobs) == 48 and len({tuple(sorted(v.items())) for v in values}) == 48
+    assert len(jobs) == 96 and len({tuple(sorted(v.items())) for v in values}) == 96
     assert {k: sorted({v[k] for v in values}) for k in values[0]} == {
         "lr": ["0.1", "0.2", "0.4"], "batch": ["128", "32"], "model.width": ["0.25", "1"],
-        "data.n_train": ["1000", "4000"], "seed": ["0", "1"]}
+        "data.n_train": ["1000", "4000"], "optim.weight_decay": ["0", "0.0005"], "seed": ["0", "1"]}
     run = compose("train", overrides=jobs[-1])
     s = settings(OmegaConf.to_container(run, resolve=True))
     assert s.stop.train_loss == 0.01 and s.flatness_due(30000) and not s.flatness_due(0)

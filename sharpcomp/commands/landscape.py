@@ -2,6 +2,7 @@
 
     sharpcomp landscape RUN [points=41] [span=1.0] [n=2000] [seed=0] [out=DIR] [chunk=41] [batch=500]
     sharpcomp landscape RUN_A RUN_B [points=41] [lo=-0.5] [hi=1.5] [n=2000] [out=DIR] ...
+    sharpcomp landscape RUN directions=pca [iterations=all] [points=41] [margin=0.25] [n=2000] [out=DIR] ...
 
 One run: the loss and accuracy on a points x points grid of [-span, span]^2 along two filter-normalised
 random directions around the run's last checkpoint (on n training images), a 1D profile along the first
@@ -9,7 +10,11 @@ direction (n training and n test images): ``landscape_2d.csv``, ``landscape_1d.c
 ``landscape_contour.png``, ``landscape_surface.png``, ``landscape_1d.png`` in DIR (default RUN-landscape,
 beside the run folder). Two runs (the same network and data): the loss and accuracy along (1 - t) A + t B
 for t in [lo, hi], on n training and n test images: ``interpolation.csv`` and ``interpolation.png``
-(default RUN_A-landscape).
+(default RUN_A-landscape). ``directions=pca`` (a run trained with ``save_every``): the weights kept
+along the run (``iterations``: all, or a comma list) on their top two principal directions, the loss
+on that plane around the last of them (a box around the path, widened by ``margin`` of its width on every
+side), the path drawn on it, each axis with the fraction of variance its direction explains:
+``trajectory_2d.csv``, ``trajectory_path.csv``, ``trajectory.png``.
 The subsets are the first n images of a permutation drawn from ``seed``; the directions come from ``seed``.
 """
 
@@ -20,11 +25,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from sharpcomp.engine.loading import load_run
 from sharpcomp.figures import landscape as draw
 from sharpcomp.measures.landscape import slices as landscape
+from sharpcomp.measures.landscape import trajectory
+from sharpcomp.measures.landscape.trajectory import flatten
+from sharpcomp.results.kept_weights import KeptError, kept_iterations, parse_iterations, read_weights
 from sharpcomp.settings import ConfigError
 from sharpcomp.usage import EXIT_USAGE, Option, Syntax, UsageError, check_output_place, integer, number, report
 
@@ -34,7 +43,8 @@ SYNTAX = Syntax(
     folders_help="one run folder (its landscape) or two (their interpolation)",
     summary="The loss landscape of a run around its last checkpoint (a 2D grid along two filter-normalised "
             "random directions, and a 1D profile), or the path (1 - t) A + t B between two runs of the same "
-            "network and data. CSVs and PNGs in out=DIR (default RUN-landscape, beside the run).",
+            "network and data, or (directions=pca) the path of a run's kept weights on their top two principal "
+            "directions. CSVs and PNGs in out=DIR (default RUN-landscape, beside the run).",
     options=(
         Option("points", "grid points per axis (default 41; >= 2)", "P"),
         Option("span", f"one run: the grid covers [-span, span]^2 (default 1.0; at most {T_MAX:g})", "S"),
@@ -45,9 +55,15 @@ SYNTAX = Syntax(
         Option("out", "output folder (default RUN-landscape, beside the run folder)", "DIR"),
         Option("chunk", "grid points evaluated at once (default 41)", "K"),
         Option("batch", "images per forward pass (default 500)", "B"),
+        Option("directions", "random (default: filter-normalised random directions) or pca (the kept weights' "
+                             "top two principal directions; a run trained with save_every)", "random|pca"),
+        Option("iterations", "directions=pca: the kept iterations drawn (default all; at least 3)", "all|I,J,..."),
+        Option("margin", "directions=pca: the grid reaches this fraction of the path's width beyond it on every "
+                         "side (default 0.25)", "M"),
     ),
     examples=("sharpcomp landscape outputs/runs/fashion_mnist-mlp4/default points=21",
-              "sharpcomp landscape RUN_A RUN_B lo=-1 hi=2 out=interp"),
+              "sharpcomp landscape RUN_A RUN_B lo=-1 hi=2 out=interp",
+              "sharpcomp landscape RUN directions=pca points=21"),
 )
 
 
@@ -74,7 +90,23 @@ def _parse(argv: Sequence[str]) -> tuple[list[str], dict]:
             raise UsageError("out needs a folder: out=DIR")
         check_output_place(given["out"], parsed.said("out"))
         opts["out"] = given["out"]
-    return runs, opts
+    return runs, {**opts, **_trajectory_options(parsed, len(runs))}
+
+
+def _trajectory_options(parsed, runs: int) -> dict:
+    """``directions``, ``iterations`` and ``margin``, checked."""
+    given, opts = parsed.values, {}
+    if "directions" in given:
+        if given["directions"] not in ("random", "pca"):
+            raise UsageError(f"{parsed.said('directions')} must be random or pca, got '{given['directions']}'")
+        opts["directions"] = given["directions"]
+    if opts.get("directions") == "pca" and runs != 1:
+        raise UsageError("directions=pca draws the path of one run: give one run folder")
+    if "margin" in given:
+        opts["margin"] = number(parsed.said("margin"), given["margin"], 0)
+    if "iterations" in given:
+        opts["iterations"] = given["iterations"]
+    return opts
 
 
 def _subset(x: torch.Tensor, y: torch.Tensor, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,16 +114,56 @@ def _subset(x: torch.Tensor, y: torch.Tensor, n: int, seed: int) -> tuple[torch.
     return x[idx], y[idx]
 
 
+def _out(runs: list[Path], o: dict) -> Path:
+    out = Path(o["out"]) if "out" in o else runs[0].with_name(f"{runs[0].name}-landscape")  # beside the run
+    if "out" not in o and out.is_symlink():  # the default folder is never followed elsewhere
+        raise UsageError(f"the output folder {out} is a symbolic link; name a folder with out=DIR")
+    return out
+
+
+def _trajectory(run_dir: Path, o: dict) -> list[Path]:
+    """``directions=pca``: the kept weights on their two principal directions, over the loss there."""
+    kept = kept_iterations(run_dir)
+    try:
+        its = sorted(set(parse_iterations(o.get("iterations", "all"), kept)))
+    except KeptError as exc:
+        raise UsageError(str(exc)) from None
+    if len(its) < 3:
+        raise UsageError(f"directions=pca needs at least 3 kept weights, {run_dir} has {len(kept)} "
+                         f"(train it with save_every=N)")
+    run = load_run(run_dir, iteration=its[-1])
+    names = [n for n, _ in run.model.named_parameters()]
+    try:
+        path = torch.stack([flatten(read_weights(run_dir, it, run.run_id), names) for it in its])
+    except KeyError as exc:
+        raise UsageError(f"kept weights in {run_dir} lack parameter {exc} of the network") from None
+    except KeptError as exc:  # a crafted, linked or foreign file among the kept weights
+        raise ConfigError(str(exc)) from None
+    plane = trajectory.pca_plane(path)
+    del path
+    n, s = o.get("n", 2000), run.settings
+    x, y = _subset(run.data.train_x, run.data.train_y, n, o.get("seed", 0))
+    surf = trajectory.trajectory_surface(run.model, run.loss_fn, x, y, plane, o.get("points", 41),
+                                         o.get("margin", 0.25), o.get("chunk", 41), o.get("batch", 500))
+    frame = pd.DataFrame({"iteration": its, "pc1": plane.coords[:, 0].numpy(), "pc2": plane.coords[:, 1].numpy(),
+                          "loss_on_plane": surf["path_loss"].numpy(), "off_plane": plane.off_plane.numpy()})
+    grid = {k: surf[k].numpy() for k in ("a", "b", "loss", "acc")}
+    title = (f"{s.raw['model']['name']} on {s.raw['data']['name']}, {run_dir.name}: {len(its)} kept weights, "
+             f"iterations {its[0]}..{its[-1]} ({len(x)} train images)")
+    explained = tuple(float(e) for e in plane.explained)
+    return draw.write_trajectory(_out([run_dir], o), "trajectory", grid, frame, explained, title)
+
+
 def _run(runs: list[Path], o: dict) -> list[Path]:
+    if o.get("directions") == "pca":
+        return _trajectory(runs[0], o)
     n, seed, points = o.get("n", 2000), o.get("seed", 0), o.get("points", 41)
     kw = {"chunk": o.get("chunk", 41), "batch_size": o.get("batch", 500)}
     run = load_run(runs[0])
     model, loss_fn, data, s = run.model, run.loss_fn, run.data, run.settings
     train = _subset(data.train_x, data.train_y, n, seed)
     test = _subset(data.test_x, data.test_y, n, seed)
-    out = Path(o["out"]) if "out" in o else runs[0].with_name(f"{runs[0].name}-landscape")  # beside the run
-    if "out" not in o and out.is_symlink():  # the default folder is never followed elsewhere
-        raise UsageError(f"the output folder {out} is a symbolic link; name a folder with out=DIR")
+    out = _out(runs, o)
     name = f"{s.raw['model']['name']} on {s.raw['data']['name']}"
     if len(runs) == 1:
         span = o.get("span", 1.0)

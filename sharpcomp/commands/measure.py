@@ -3,12 +3,14 @@
 Usage (the syntax every subcommand shares, :mod:`sharpcomp.usage`)::
 
     sharpcomp measure RUN_FOLDER [RUN_FOLDER ...]                  [options]
-    sharpcomp measure run=RUN_FOLDER[,RUN_FOLDER...]               [options]
+    sharpcomp measure run=RUN_FOLDER[,RUN_FOLDER...]               [iterations=all|I,J,...] [options]
     sharpcomp measure model=MODEL [weights=FILE] data=DATA [arg.KEY=VALUE ...] [options]
 
 ``run``: sharpcomp run folders (their network, last weights, data and settings), named as arguments or
 by ``run=`` (repeatable; a comma separates folders, and a folder whose own name holds commas, as run
-folders do, is taken whole). ``model``: a built-in (``vgg10``, ``mlp4``, ``vit``), ``timm:NAME``
+folders do, is taken whole); ``iterations``: the weights kept along the runs at these iterations
+instead of their last state (``save_every``; ``all``: every kept one), a set of rows per iteration, with
+its ``iteration`` and ``lr_now``. ``model``: a built-in (``vgg10``, ``mlp4``, ``vit``), ``timm:NAME``
 (``timm.create_model(NAME, num_classes=N)``), ``torchvision:NAME`` (``torchvision.models.NAME(num_classes=N)``)
 or a dotted callable (as ``model._target_``); ``arg.KEY=VALUE`` are its keyword arguments (YAML values);
 ``weights``: a state dict saved by ``torch.save`` (a dict with a ``model_state`` entry, as a sharpcomp
@@ -28,7 +30,7 @@ read only when it is named here: a stored config never chooses code).
 
 One row per (model, sample set) is appended to ``out/metrics.parquet`` in the results schema
 (``sharpcomp.results.columns``; ``run_id`` is the run's id or ``measure-<label>``; a row measured again
-replaces the old one), so ``sharpcomp figures`` and pandas read it like training results.
+(and iteration) replaces the old one), so ``sharpcomp figures`` and pandas read it like training results.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from sharpcomp.measures.study.estimators import choose, estimate_metrics
 from sharpcomp.measures.study.metrics import compute_metrics
 from sharpcomp.measures.study.network_wide import add_network_wide
 from sharpcomp.models import BUILTIN
+from sharpcomp.results.kept_weights import KeptError, kept_iterations, parse_iterations
 from sharpcomp.results.records import METRICS_FILE, atomic_write_parquet, tidy
 from sharpcomp.results.run_state import CHECKPOINT_FILE
 from sharpcomp.settings import SAMPLE_SETS, ConfigError, defaults, run_identity, settings
@@ -65,7 +68,8 @@ from sharpcomp.usage import Option, Syntax, UsageError, check_output_place, choi
 
 COMMON = {"n": 100, "sample_sets": "train", "seed": 0, "outputs": None, "dtype": "float32",
           "estimate": "auto", "probes": 32,
-          "out": "outputs/measure", "figure": None, "data": None, "model": None, "weights": None, "run": None}
+          "out": "outputs/measure", "figure": None, "data": None, "model": None, "weights": None, "run": None,
+          "iterations": None}
 FIGURE_COLUMNS = ("sharpness", "mls", "nmls", "G", "local_dim")
 SYNTAX = Syntax(
     command="measure",
@@ -77,6 +81,8 @@ SYNTAX = Syntax(
     options=(
         Option("run", "run folders, comma-separated (a folder whose name holds commas is taken whole); "
                       "repeatable", "FOLDER", repeat=True),
+        Option("iterations", "with run=: the weights kept at these iterations (save_every), comma-separated, or "
+                             "all", "all|I,J,..."),
         Option("model", "vgg10, mlp4, vit, timm:NAME, torchvision:NAME or a dotted callable; comma-separated for "
                         "several", "MODEL"),
         Option("weights", "a torch.save state dict per model (default: the seeded initial weights)", "FILE"),
@@ -119,6 +125,8 @@ def parse(argv: Sequence[str]) -> tuple[dict, dict]:
         raise MeasureError("give either run=FOLDER[,...] (or run folders as arguments) or model=MODEL data=DATA")
     if opts["model"] is not None and opts["data"] is None:
         raise MeasureError("model= needs data= (a conf/data name, e.g. cifar10_2class)")
+    if opts["iterations"] is not None and opts["run"] is None:
+        raise MeasureError("iterations= picks kept weights of run folders: give run=FOLDER")
     try:
         _check_values(opts, parsed)
     except UsageError as exc:
@@ -195,6 +203,35 @@ def _data(opts: dict):
     return load_data(_base(opts), torch.device("cpu"))
 
 
+def _run_targets(folder: str, iterations: str | None, measures: dict | None) -> list[dict]:
+    """A run folder's network at its last saved state, or at each kept iteration of ``iterations``.
+
+    ``measures``: the ``metrics.flatness`` entries the command line names (measures of one's own)."""
+    its: list[int | None] = [None]
+    if iterations is not None:
+        try:
+            its = parse_iterations(iterations, kept_iterations(Path(folder)))
+        except KeptError as exc:
+            raise MeasureError(str(exc)) from None
+        if not its:
+            raise MeasureError(f"no weights kept in '{folder}' (train it with save_every=N)")
+    out, data = [], None
+    for it in its:
+        try:
+            loaded = load_run(folder, data=data, iteration=it, measures=measures)
+        except FileNotFoundError as exc:
+            raise MeasureError(f"cannot load run '{folder}': {exc}") from None
+        except ConfigError as exc:
+            if it is None:
+                raise
+            raise MeasureError(str(exc)) from None
+        data = loaded.data
+        source = folder if it is None else f"{folder} (weights kept at iteration {it})"
+        out.append({"model": loaded.model, "settings": settings(loaded.config), "label": None, "source": source,
+                    "data": data, "iteration": it})
+    return out
+
+
 def _targets(opts: dict, args: dict) -> list[dict]:
     """One entry per network: model, its settings, data, sample inputs by set, identity columns."""
     out = []
@@ -202,13 +239,7 @@ def _targets(opts: dict, args: dict) -> list[dict]:
         for folder in opts["run"]:
             if not Path(folder).is_dir():
                 raise MeasureError(f"no run folder '{folder}'")
-            try:
-                loaded = load_run(folder, measures=opts["flatness"])
-                model, raw = loaded.model, loaded.config
-            except (FileNotFoundError, ConfigError) as exc:
-                raise MeasureError(f"cannot load run '{folder}': {exc}") from None
-            s = settings(raw)
-            out.append({"model": model, "settings": s, "label": None, "source": folder})
+            out += _run_targets(folder, opts["iterations"], opts["flatness"])
         return out
     specs = str(opts["model"]).split(",")
     weights = split_paths(str(opts["weights"])) if opts["weights"] else [None] * len(specs)
@@ -251,6 +282,8 @@ def measure_rows(opts: dict, args: dict) -> list[dict]:
                 "loss": s.loss, "outputs": n_out, "lr": s.raw.get("lr"), "batch": s.raw.get("batch"),
                 "device": "cpu", "settings": json.dumps({"measured": t["source"], **ident["settings"]}, default=str),
                 "status": "measured", "test_loss": test_loss, "test_acc": test_acc}
+        if t.get("iteration") is not None:
+            base.update(iteration=t["iteration"], lr_now=s.lr_at(t["iteration"]))
         for name in opts["sample_sets"]:
             x, y = sample_set(name, data, idx, opts["n"], correct)
             row = {**base, "sample_set": name, "n_samples": len(x)}
@@ -283,8 +316,13 @@ def write_rows(rows: list[dict], out: Path) -> Path:
     frame = tidy(pd.DataFrame(rows))
     if path.exists():
         old = pd.read_parquet(path)
-        keys = set(zip(frame.run_id, frame.sample_set))
-        old = old[[k not in keys for k in zip(old.run_id, old.sample_set)]]
+
+        def key(f: pd.DataFrame) -> list[tuple]:
+            its = f["iteration"] if "iteration" in f else pd.Series([None] * len(f))
+            return list(zip(f.run_id, f.sample_set, its.fillna(-1).astype(int)))
+
+        keys = set(key(frame))
+        old = old[[k not in keys for k in key(old)]]
         frame = tidy(pd.concat([old, frame], ignore_index=True))
     atomic_write_parquet(path, frame)
     return path
@@ -316,7 +354,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for r in rows:
             vals = ", ".join(f"{k}={r[k]:.4g}" for k in ("sharpness", "mls", "nmls", "nmls_bound")
                              if isinstance(r.get(k), float) and math.isfinite(r[k]))
-            print(f"{r['run_id']} [{r['sample_set']}, n={r['n_samples']}]: {vals}")
+            at = f", iteration {r['iteration']}" if r.get("iteration") is not None else ""
+            print(f"{r['run_id']} [{r['sample_set']}{at}, n={r['n_samples']}]: {vals}")
         print(f"{len(rows)} rows -> {path}")
         if opts["figure"]:
             draw_figure(path, Path(opts["figure"]))

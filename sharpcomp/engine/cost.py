@@ -46,6 +46,18 @@ class MeasureCost:
     def __init__(self, steps: int, log_every: int, flatness_every: int):
         self.steps, self.log_every, self.every = steps, log_every, flatness_every
         self.done = False
+        self.checkpoints, self.seconds, self.measured_at = 0, 0.0, set()
+
+    def measured(self, it: int, seconds: float) -> None:
+        """Checkpoint ``it``'s measures took ``seconds`` (of one run; an ensemble's runs add up)."""
+        self.seconds += seconds
+        self.measured_at.add(it)
+
+    def line(self, trained_steps: int, train_seconds: float, checkpoint_seconds: float) -> str | None:
+        """At the end of a checkpoint, given the loop's steps and seconds so far: the line to print, once."""
+        self.checkpoints += 1
+        return self.after_checkpoint(trained_steps, train_seconds, self.checkpoints, checkpoint_seconds,
+                                     len(self.measured_at), self.seconds)
 
     def share(self, every: int, per_step: float, per_checkpoint: float, per_measures: float) -> tuple[float, float]:
         """(the measures' share of the run, the run's seconds) at flatness cadence ``every``."""

@@ -12,13 +12,16 @@ and the difference grows with training; the tests pin the tolerance):
 - initial weights: ``build_model(..., seed=seed)``, as ``train`` builds them;
 - data order: ``epoch_permutation(seed, epoch, n)``; each step gathers a (k, batch, ...) tensor of the
   members' minibatches;
-- plain SGD with its own learning rate, ``p_k -= lr_k * g_k`` (only ``optim=sgd``: momentum-free SGD
-  has no optimizer state, so a stacked update is the whole optimizer; SAM is rejected);
+- the optimizer with its own learning rate and the shared schedule: plain SGD as one stacked update,
+  ``p_k -= lr_k(t) * g_k`` (momentum-free SGD has no optimizer state); SGD with momentum or weight decay,
+  Adam and AdamW as each member's own torch optimizer over its slices of the stack
+  (:mod:`sharpcomp.engine.member_optim`); SAM and a user's own optimizer are not batched: their runs
+  train one by one, with a line saying so (:func:`unbatchable`);
 - loss: the mean over the member's minibatch of ``train.make_loss`` (MSE against one-hot targets,
   averaged over batch and outputs, or cross-entropy), so member k's gradient is that of its own loss;
 - records: the same ``metrics.parquet`` rows (``train.run_identity`` run ids, identity columns,
   ``train.checkpoint_rows`` for the metric columns) and the same ``checkpoint.pt`` (per-member
-  ``model_state`` and a ``torch.optim.SGD`` ``optimizer_state``), so a run started in an ensemble can
+  ``model_state`` and the member's ``optimizer_state``), so a run started in an ensemble can
   be resumed by ``train`` and vice versa, and a figure cannot tell the difference. ``wall_time`` is
   the ensemble's elapsed time (plus the member's time before a resume).
 
@@ -40,8 +43,6 @@ Hydra: ``sharpcomp -m train lr=0.05,0.1,0.2 seed=0,1,2,3,4 hydra/launcher=ensemb
 from __future__ import annotations
 
 import copy
-import json
-import math
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
@@ -53,87 +54,20 @@ from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
 from sharpcomp.data.datasets import Dataset
 from sharpcomp.engine.cuda_graphs import graphs_apply, try_capture
+from sharpcomp.engine.ensemble_groups import check_compatible, unbatchable
 from sharpcomp.engine.evaluation import eval_layout, with_network_wide
+from sharpcomp.engine.member_optim import MemberOptimizers
 from sharpcomp.engine.setup import build
+from sharpcomp.engine.steppers import no_graph_reason
 from sharpcomp.engine.train import Member, close_all, open_runs, plain_stepper, train_members
 from sharpcomp.losses import batch_loss, loss_target, per_sample_loss
 from sharpcomp.measures.study._stacked_ops import make_plan, stacked_forward
 from sharpcomp.measures.study.stacked import compute_metrics_stacked
 from sharpcomp.models import eval_mode, samples_per_chunk
+from sharpcomp.optim import is_plain_sgd
 from sharpcomp.results.run_state import RunResult, load_resume
-from sharpcomp.settings import ConfigError, Settings, run_identity, settings
-
-ENSEMBLE_OPTIMS = ("sgd",)
-# Settings every member of an ensemble must share (lr and seed may differ; scale_name, progress are
-# per member or cosmetic). ``metrics.chunk_size`` only bounds memory and is ignored.
-SHARED_KEYS = ("data", "model", "batch", "loss", "optim", "steps", "log_every", "eval_every", "metrics", "device",
-               "threads", "deterministic", "data_dir", "cache_dir", "allow_tf32", "cuda_graph")
-
-
-# ---------------------------------------------------------------------------------------------
-# compatibility
-
-
-def _shared(s: Settings) -> dict:
-    vals = {k: s.raw.get(k) for k in SHARED_KEYS}
-    vals["metrics"] = {k: v for k, v in s.raw["metrics"].items() if k != "chunk_size"}
-    return vals
-
-
-def ensemble_key(cfg) -> str | None:
-    """A string equal for runs that can train in one ensemble.
-
-    None for a run that cannot be in any ensemble (an optimizer other than plain SGD).
-    """
-    s = settings(cfg)
-    if s.optim_name not in ENSEMBLE_OPTIMS:
-        return None
-    return json.dumps(_shared(s), sort_keys=True, default=str)
-
-
-def check_compatible(cfgs: Sequence[Mapping]) -> None:
-    """ConfigError naming the first setting that keeps these runs from one ensemble."""
-    if not cfgs:
-        raise ConfigError("an ensemble needs at least one run")
-    all_settings = [settings(c) for c in cfgs]
-    for s in all_settings:
-        if s.optim_name not in ENSEMBLE_OPTIMS:
-            raise ConfigError(f"optimizer '{s.optim_name}' cannot train in an ensemble (only plain sgd: "
-                              f"lr={s.lr}, seed={s.seed}); run it separately")
-    ref = _shared(all_settings[0])
-    for s in all_settings[1:]:
-        other = _shared(s)
-        for key in SHARED_KEYS:
-            if other[key] != ref[key]:
-                raise ConfigError(f"runs in one ensemble must share '{key}' (got {ref[key]!r} and {other[key]!r}); "
-                                  f"only lr and seed may differ")
-
-
-def group_compatible(cfgs: Sequence, max_members: int = 32) -> tuple[list[list[int]], list[int]]:
-    """Indices of ``cfgs`` grouped into ensembles, and the leftover indices to run one by one.
-
-    Each ensemble has 2..max_members runs sharing :func:`ensemble_key`, in input order.
-    """
-    by_key: dict[str, list[int]] = {}
-    single: list[int] = []
-    for i, cfg in enumerate(cfgs):
-        key = ensemble_key(cfg)
-        if key is None:
-            single.append(i)
-        else:
-            by_key.setdefault(key, []).append(i)
-    groups = []
-    for idx in by_key.values():
-        # split into near-equal parts of at most max_members
-        parts = max(1, math.ceil(len(idx) / max(1, int(max_members))))
-        base, extra = divmod(len(idx), parts)
-        pos = 0
-        for p in range(parts):
-            part = idx[pos:pos + base + (p < extra)]
-            pos += len(part)
-            (groups.append(part) if len(part) > 1 else single.extend(part))
-    return groups, sorted(single)
-
+from sharpcomp.schedule import is_constant
+from sharpcomp.settings import ConfigError, Settings, run_identity
 
 # ---------------------------------------------------------------------------------------------
 # the stacked networks
@@ -190,6 +124,11 @@ class StackedSGD:
             def forward(params, buffers, x):
                 return stacked_forward(plan, params, x, len(self.lrs), shared=True)
 
+            def grads_of(params, buffers, x, t):
+                losses = self._losses(params, x, t)
+                grads = torch.autograd.grad(losses.sum(), list(params.values()))
+                return dict(zip(params, grads)), losses.detach()
+
             self._losses_eager = self._losses = losses_of
         else:
             def member(p, b, x, t):
@@ -205,7 +144,9 @@ class StackedSGD:
             def forward(params, buffers, x):
                 return vmap(lambda p, b: functional_call(base, (p, b), (x,)))(params, buffers)
 
-        self._step_eager, self._forward = step, forward
+            grads_of = grad_all
+
+        self._step_eager, self._forward, self._grads = step, forward, grads_of
         self._step = step
         self.compiled = False
         if compile:
@@ -220,10 +161,21 @@ class StackedSGD:
         """The number of stacked networks."""
         return len(self.lrs)
 
-    def step(self, xb: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """One SGD step of every network on its minibatch; the k losses (before the step)."""
+    def gradients(self, xb: torch.Tensor, target: torch.Tensor) -> tuple[dict, torch.Tensor]:
+        """Every network's gradient on its minibatch (name -> (k, ...)) and the k losses; nothing updated.
+
+        An optimizer per member takes the step (:mod:`sharpcomp.engine.member_optim`).
+        """
+        return self._grads(self.params, self.buffers, xb, target)
+
+    def step(self, xb: torch.Tensor, target: torch.Tensor, lrs: torch.Tensor | None = None) -> torch.Tensor:
+        """One SGD step of every network on its minibatch; the k losses (before the step).
+
+        ``lrs``: the members' learning rates of this step (default: their ``lr``).
+        """
+        lrs = self.lrs if lrs is None else lrs
         try:
-            self.params, losses = self._step(self.params, self.buffers, self.lrs, xb, target)
+            self.params, losses = self._step(self.params, self.buffers, lrs, xb, target)
         except Exception as exc:  # torch.compile unavailable here (no compiler, unsupported op, ...)
             if not self.compiled:
                 raise
@@ -232,7 +184,7 @@ class StackedSGD:
             self._step, self.compiled = self._step_eager, False
             if self.impl == "grouped":
                 self._losses = self._losses_eager
-            self.params, losses = self._step(self.params, self.buffers, self.lrs, xb, target)
+            self.params, losses = self._step(self.params, self.buffers, lrs, xb, target)
         return losses
 
     @torch.no_grad()
@@ -321,15 +273,21 @@ class EnsembleStepper:
                 load_resume(model, None, m.run.resume)
             self.modules.append(model)
         self.settings, self.lrs = s, [m.settings.lr for m in members]
+        self.member_settings = [m.settings for m in members]
+        resume = members[0].run.resume  # the members' common starting point (fresh: 0)
+        self.it = 0 if resume is None else int(resume["iteration"])
         self.net = StackedSGD(self.modules, self.lrs, s.loss, compile=compile, impl=impl)
+        self.update = None if is_plain_sgd(s.optim) else MemberOptimizers(
+            self.net.params, self.member_settings, [m.run.resume for m in members])
+        self.scheduled = not is_constant(s.schedule)
         if impl == "auto" and self.net.impl == "vmap":
             print(f"sharpcomp: ensemble: {type(self.modules[0]).__name__} has layers the grouped implementation "
                   f"does not stack (it takes nn.Sequential of Conv2d, Linear, ReLU, MaxPool2d, Flatten); using vmap",
                   file=sys.stderr)
         self.x = data.train_x
         self.targets = loss_target(s.loss, data.train_y, s.num_outputs(data.num_classes), data.train_x.dtype)
-        reason = ("torch.compile" if self.net.compiled else
-                  None if self.net.impl == "grouped" else "the vmap implementation makes new parameters each step")
+        reason = no_graph_reason(s) or ("torch.compile" if self.net.compiled else None if self.net.impl == "grouped"
+                                        else "the vmap implementation makes new parameters each step")
         self.use_graph = graphs_apply(device, s.cuda_graph, reason, f"ensemble of {len(members)}")
         self.try_graph, self.graphed = self.use_graph, None
 
@@ -339,7 +297,16 @@ class EnsembleStepper:
         return self.net.k
 
     def _eager(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.net.step(self.x[idx], self.targets[idx])
+        xb, target = self.x[idx], self.targets[idx]
+        if self.update is not None:
+            grads, losses = self.net.gradients(xb, target)
+            self.update.step(grads, self.it)
+            return losses
+        lrs = None
+        if self.scheduled:  # each member's rate as a separate run computes it (lr times the schedule, in double)
+            lrs = torch.tensor([s.lr_at(self.it) for s in self.member_settings], dtype=self.net.lrs.dtype,
+                               device=self.net.lrs.device)
+        return self.net.step(xb, target, lrs)
 
     def step(self, idx: torch.Tensor) -> torch.Tensor:
         """One SGD step of every member on the samples ``idx`` (k, batch); the k losses (before the step).
@@ -350,7 +317,9 @@ class EnsembleStepper:
             self.try_graph = False
             self.graphed = try_capture(self._eager, lambda: list(self.net.params.values()), idx,
                                        f"ensemble of {self.k}")
-        return self._eager(idx) if self.graphed is None else self.graphed.step(idx)
+        losses = self._eager(idx) if self.graphed is None else self.graphed.step(idx)
+        self.it += 1
+        return losses
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> list[tuple[float, float, torch.Tensor]]:
         """Every member's loss and accuracy on ``(x, y)``, with its per-sample correctness."""
@@ -365,14 +334,26 @@ class EnsembleStepper:
         return stacked_sample_metrics(models, inputs, self.settings)
 
     def states(self, j: int) -> tuple[dict, dict]:
-        """Member ``j``'s model state and the state of the plain SGD optimizer it stands for."""
+        """Member ``j``'s model state and its optimizer's state.
+
+        That of the plain SGD it stands for, or its own optimizer's.
+        """
         model = self.net.load_into(j, self.modules[j])
+        if self.update is not None:
+            return model.state_dict(), self.update.state(j)
         return model.state_dict(), _optimizer_state(model, self.lrs[j])
+
+    def weights(self, j: int) -> dict:
+        """Member ``j``'s parameters and buffers."""
+        return self.net.load_into(j, self.modules[j]).state_dict()
 
     def keep(self, members: Sequence[int]) -> None:
         """Keep only the members at these positions (the others diverged or ended)."""
         if members:
             self.net.keep(members)
+            if self.update is not None:
+                self.update.keep(self.net.params, members)
+        self.member_settings = [self.member_settings[j] for j in members]
         self.modules = [self.modules[j] for j in members]
         self.lrs = [self.lrs[j] for j in members]
         self.try_graph, self.graphed = self.use_graph, None  # a graph holds the old stack's shapes
@@ -429,7 +410,7 @@ def train_ensemble(cfgs: Sequence, run_dirs: Sequence[str | Path], *, data: Data
         if data is None:  # every run had ended: nothing to train, no data loaded
             return [m.run.outcome() for m in members]
         compile = members[0].settings.compile if compile is None else compile
-        why = _stackable(members, data)
+        why = next((r for m in members if (r := unbatchable(m.settings))), None) or _stackable(members, data)
         if why is None:
             train_members(members, data, lambda group: EnsembleStepper(group, data, compile, impl), callback)
         else:

@@ -89,7 +89,7 @@ class EnsembleLauncher(Launcher):
     def launch(self, job_overrides, initial_job_idx):
         # lazy: Hydra imports this module to discover its plugins whenever it composes a config
         # (sharpcomp --help too), so torch is loaded only once a sweep launches
-        from sharpcomp.engine.ensemble import group_compatible
+        from sharpcomp.engine.ensemble_groups import group_compatible
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)

@@ -16,6 +16,8 @@ from sharpcomp.data.datasets import Dataset, known_shape, load_from_config
 from sharpcomp.measures.registry import Plan, plan
 from sharpcomp.measures.symmetry.graph import TraceError, analyse
 from sharpcomp.models import ModelError, build_from_config, build_model, check_buildable
+from sharpcomp.optim import OptimError, check_optimizer
+from sharpcomp.results.kept_weights import KeptError, check_disk
 from sharpcomp.settings import BUILTIN_MODELS, ConfigError, Settings, select_device, settings
 
 
@@ -70,7 +72,26 @@ def check_config(cfg) -> Settings:
         check_layer(s, model)
     if model is not None:
         check_symmetry(s, model)
+        check_kept_size(s, model)
+    check_training(s)
     return s
+
+
+def check_training(s: Settings) -> None:
+    """The optimiser, imported and built once on a dummy parameter (ConfigError, one line)."""
+    try:
+        check_optimizer(s.optim, s.lr)
+    except OptimError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def check_kept_size(s: Settings, model: nn.Module) -> None:
+    """ConfigError when ``save_every`` would keep more than ``save_max_gb`` of weights (``model``: the
+    run's network, on any device, the meta device too)."""
+    try:
+        check_disk(s.save_every, s.steps, model, s.save_max_gb)
+    except KeptError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def measure_plan(s: Settings) -> Plan:

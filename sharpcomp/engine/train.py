@@ -42,11 +42,20 @@ from sharpcomp.engine.cost import MeasureCost
 from sharpcomp.engine.evaluation import checkpoint_rows, sample_losses, sample_sets
 from sharpcomp.engine.kept_measures import keep, publish
 from sharpcomp.engine.notes import ended_line, note_outputs, note_small_sets
-from sharpcomp.engine.setup import build, check_layer, check_writable, initial_network, measure_plan, prepare_runtime
+from sharpcomp.engine.setup import (
+    build,
+    check_kept_size,
+    check_layer,
+    check_writable,
+    initial_network,
+    measure_plan,
+    prepare_runtime,
+)
 from sharpcomp.engine.steppers import PlainStepper
 from sharpcomp.losses import make_loss
 from sharpcomp.measures.registry import Plan
 from sharpcomp.results.hydra_files import write_held
+from sharpcomp.results.kept_weights import is_kept, keep_weights, next_kept
 from sharpcomp.results.loggers import Logger, make_logger
 from sharpcomp.results.records import RecordError
 from sharpcomp.results.run_state import CHECKPOINT_FILE, RunResult, RunState, identity_columns, read_checkpoint
@@ -95,6 +104,11 @@ def open_runs(cfgs: Sequence, run_dirs: Sequence[Path], data: Dataset | None,
     note_small_sets(all_settings[0], data)
     if all_settings[0].metrics.layer is not None:  # any network: build one to look (on the CPU, not the meta device)
         check_layer(all_settings[0], build(all_settings[0], data, torch.device("cpu")))
+    keeping = [s for s in all_settings if s.save_every is not None]
+    if keeping:  # the size of the kept weights, for data whose shape was unknown before loading
+        net = build(keeping[0], data, torch.device("cpu"))
+        for s in keeping:
+            check_kept_size(s, net)
     members: list[Member] = []
     try:
         for s, d in zip(all_settings, run_dirs):
@@ -186,10 +200,9 @@ class _Loop:
         self.spe = steps_per_epoch(len(data.train_x), self.s.batch)
         self.device = data.train_x.device
         self.t0 = time.perf_counter()
-        self.timing = dict.fromkeys(("train", "checkpoint", "eval", "metrics", "write", "measures"), 0.0)
-        self.start, self.counts = members[0].run.start, {"checkpoints": 0, "measured_at": set()}
-        self.cost = MeasureCost(self.s.steps, self.s.log_every, self.s.metrics.flatness_every) if any(
-            m.plan for m in members) else None
+        self.timing = dict.fromkeys(("train", "checkpoint", "eval", "metrics", "write"), 0.0)
+        self.start, self.cost = members[0].run.start, MeasureCost(self.s.steps, self.s.log_every,
+                                                                  self.s.metrics.flatness_every)
         self._reset_running()
         self._carry_running()
         for m in self.members:  # said once the stepper holds the saved state (it fits the network)
@@ -229,9 +242,26 @@ class _Loop:
         n = len(self.data.train_x)
         return torch.stack([epoch_permutation(m.seed, epoch, n) for m in self.members]).to(self.device)
 
+    def _next_keep(self, it: int) -> int | None:
+        """The next iteration after ``it`` at which some member keeps its weights."""
+        due = [k for m in self.members if (k := next_kept(m.settings.save_every, self.s.steps, it)) is not None]
+        return min(due, default=None)
+
+    def _keep(self, it: int) -> int | None:
+        """Write the weights of the members that keep iteration ``it``; the next iteration to keep."""
+        w0 = time.perf_counter()
+        for pos, m in enumerate(self.members):
+            if is_kept(m.settings.save_every, self.s.steps, it):
+                keep_weights(m.run.run_dir, m.run.run_id, it, self.stepper.weights(pos))
+        self.timing["write"] += time.perf_counter() - w0
+        return self._next_keep(it)
+
     def run(self) -> None:
         s, start = self.s, self.members[0].run.start
         try:
+            next_keep = self._next_keep(start - 1 if self.members[0].run.fresh else start)
+            if next_keep == start:
+                next_keep = self._keep(start)
             if self.members[0].run.fresh:
                 self.checkpoint(0)
             due = iter([c for c in s.checkpoints if c > start])
@@ -245,6 +275,8 @@ class _Loop:
                 self.running_count += 1
                 it += 1
                 self.bar.update(1)
+                if it == next_keep:
+                    next_keep = self._keep(it)
                 if it == next_ckpt:
                     self.timing["train"] += time.perf_counter() - t_train
                     before = len(self.members)
@@ -315,7 +347,8 @@ class _Loop:
         new_rows = {}
         stops = [self._stop_reason(m, it, run_losses[j], train_evals[j]) for j, m in zip(keep, self.members)]
         for pos, (j, m) in enumerate(zip(keep, self.members)):
-            base = {"iteration": it, "epoch": it / self.spe, "train_loss_running": run_losses[j]}
+            base = {"iteration": it, "epoch": it / self.spe, "train_loss_running": run_losses[j],
+                    "lr_now": m.settings.lr_at(it)}
             if whole:
                 (base["train_loss"], base["train_acc"], _), (base["test_loss"], base["test_acc"], _) = \
                     train_evals[j], test_evals[j]
@@ -334,7 +367,9 @@ class _Loop:
             self.members = []
         if new_rows:
             _summary(self.bar, it, s.steps, new_rows)
-            self._cost_line(it)
+            line = self.cost.line(it - self.start, self.timing["train"], self.timing["checkpoint"])
+            if line:  # the measures will dominate the run: said once, early
+                self.bar.write(f"sharpcomp: {line}", file=sys.stderr)
         if self.callback is not None:
             self.callback(it, new_rows)
 
@@ -365,15 +400,6 @@ class _Loop:
         self.stepper.keep(rest)
         self.members = [self.members[pos] for pos in rest]
 
-    def _cost_line(self, it: int) -> None:
-        """Count the checkpoint; once steps and measures have been timed, say if the measures will dominate."""
-        self.counts["checkpoints"] += 1
-        line = None if self.cost is None else self.cost.after_checkpoint(
-            it - self.start, self.timing["train"], self.counts["checkpoints"], self.timing["checkpoint"],
-            len(self.counts["measured_at"]), self.timing["measures"])
-        if line:
-            self.bar.write(f"sharpcomp: {line}", file=sys.stderr)
-
     def _commit(self, pos: int, m: Member, it: int, base: dict, sets: dict, metrics: dict, losses: dict,
                 model: nn.Module, extra: dict | None = None) -> list:
         """Write one run's rows of checkpoint ``it``.
@@ -388,8 +414,7 @@ class _Loop:
                                final=stopped, seconds=spent,
                                initial=lambda: initial_network(m.settings, self.data, self.data.train_x.device))
         if spent:
-            self.timing["measures"] += sum(spent.values())
-            self.counts["measured_at"].add(it)
+            self.cost.measured(it, sum(spent.values()))
         self.timing["metrics"] += time.perf_counter() - m0
         for r in rows:
             r["wall_time"] = self.wall(m)

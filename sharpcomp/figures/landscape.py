@@ -1,6 +1,7 @@
-"""Drawing loss landscapes (the numbers come from :mod:`sharpcomp.measures.landscape.slices`): a 1D profile of
-loss and accuracy, a 2D contour plot, a 3D surface, and the interpolation between two networks; each
-grid also as a CSV. matplotlib ``Figure`` objects without pyplot (no display needed)."""
+"""Drawing loss landscapes (the numbers come from :mod:`sharpcomp.measures.landscape.slices` and
+``trajectory``): a 1D profile of loss and accuracy, a 2D contour plot, a 3D surface, the interpolation
+between two networks, and the optimisation path on its two principal directions; each grid also as a
+CSV. matplotlib ``Figure`` objects without pyplot (no display needed)."""
 
 from __future__ import annotations
 
@@ -62,9 +63,10 @@ def profile_figure(x: np.ndarray, curves: dict[str, tuple[np.ndarray, np.ndarray
     return fig
 
 
-def contour_figure(a: np.ndarray, b: np.ndarray, loss: np.ndarray, title: str) -> Figure:
-    """Filled contours of log10 loss over (a, b), the trained weights marked at the origin."""
-    fig = Figure(figsize=(5.8, 5.4), layout="constrained")
+def _loss_contours(a: np.ndarray, b: np.ndarray, loss: np.ndarray, size: tuple[float, float]):
+    """A figure of filled contours of log10 loss over (a, b) (loss[i, j] at (a_i, b_j)) with its colour bar,
+    its ticks spaced (at most 5 a side, 8 on the bar)."""
+    fig = Figure(figsize=size, layout="constrained")
     ax = fig.add_subplot()
     z = np.log10(np.maximum(loss, 1e-12))
     cs = ax.contourf(a, b, z.T, levels=30, cmap="viridis")
@@ -72,11 +74,17 @@ def contour_figure(a: np.ndarray, b: np.ndarray, loss: np.ndarray, title: str) -
     bar = fig.colorbar(cs, ax=ax, label=r"$\log_{10}$ loss", shrink=0.9)
     bar.locator = MaxNLocator(8)
     bar.update_ticks()
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(MaxNLocator(5))
+    return fig, ax
+
+
+def contour_figure(a: np.ndarray, b: np.ndarray, loss: np.ndarray, title: str) -> Figure:
+    """Filled contours of log10 loss over (a, b), the trained weights marked at the origin."""
+    fig, ax = _loss_contours(a, b, loss, (5.8, 5.4))
     ax.plot([0], [0], marker="*", color="red", ms=12, ls="none", label="trained weights")
     ax.set_xlabel(r"$\alpha$ (direction 1, filter-normalised)")
     ax.set_ylabel(r"$\beta$ (direction 2, filter-normalised)")
-    for axis in (ax.xaxis, ax.yaxis):
-        axis.set_major_locator(MaxNLocator(5))
     ax.set_aspect("equal")
     ax.legend(loc="upper right", fontsize=8)
     _title(fig, title)
@@ -138,3 +146,33 @@ def write_interpolation(out: Path, name: str, result: dict, labels: tuple[str, s
     fig = profile_figure(t, curves, r"$t$ in $(1-t)\,\theta_A + t\,\theta_B$",
                          f"{title}\nA = {labels[0]}\nB = {labels[1]}", marks={"A": 0.0, "B": 1.0})
     return [path, *_save(fig, out / name, formats)]
+
+
+def trajectory_figure(a: np.ndarray, b: np.ndarray, loss: np.ndarray, path: pd.DataFrame, explained: tuple,
+                      title: str) -> Figure:
+    """Filled contours of log10 loss on the plane of the two principal directions, the path on it (markers
+    at the kept weights, the first and last labelled by iteration), the variance each direction explains
+    on its axis."""
+    fig, ax = _loss_contours(a, b, loss, (6.2, 5.6))
+    ax.plot(path["pc1"], path["pc2"], color="red", lw=1.4, marker=".", ms=5, label="path (kept weights)")
+    for row, where in ((path.iloc[0], "start"), (path.iloc[-1], "end")):
+        ax.annotate(f"{where}: it {int(row['iteration'])}", (row["pc1"], row["pc2"]), xytext=(4, 4),
+                    textcoords="offset points", fontsize=8, color="white")
+    ax.set_xlabel(f"1st principal direction ({100 * explained[0]:.1f} % of variance)")
+    ax.set_ylabel(f"2nd principal direction ({100 * explained[1]:.1f} % of variance)")
+    ax.legend(loc="upper right", fontsize=8)
+    _title(fig, title, 9)
+    return fig
+
+
+def write_trajectory(out: Path, name: str, grid: dict, path: pd.DataFrame, explained: tuple, title: str,
+                     formats: tuple[str, ...] = ("png",)) -> list[Path]:
+    """``<name>_2d.csv`` (the loss on the plane), ``<name>_path.csv`` (the path: iteration, coordinates,
+    loss on the plane, distance off the plane) and the ``<name>`` figure. ``grid``: numpy arrays a, b,
+    loss, acc; ``explained``: the two directions' fractions of variance."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / f"{name}_2d.csv", out / f"{name}_path.csv"]
+    _save_csv(grid_frame(grid["a"], grid["b"], grid["loss"], grid["acc"]), written[0])
+    _save_csv(path.assign(explained_pc1=explained[0], explained_pc2=explained[1]), written[1])
+    fig = trajectory_figure(grid["a"], grid["b"], grid["loss"], path, explained, title)
+    return written + _save(fig, out / name, formats)

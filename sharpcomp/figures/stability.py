@@ -3,9 +3,12 @@
 stability   one column of panels per learning rate: lambda_max(H) (``hessian_max``, solid) and batch
             sharpness (``batch_sharpness``, dashed) against iteration, one colour per batch size,
             with the 2/eta line (Cohen et al. 2021; Andreyev & Beneventano 2024); below, the
-            non-uniformity against iteration with each batch size's sqrt(B)/eta line (Ma & Ying 2021)
+            non-uniformity against iteration with each batch size's sqrt(B)/eta line (Ma & Ying 2021).
+            Under a learning-rate schedule eta is the rate at each checkpoint (``lr_now``): the lines
+            follow it, one per run
 spectrum    one heat map per run: the SLQ Hessian density (``hessian_density``) over training,
-            iteration x eigenvalue bin (symmetric log grid), log colour, with the 2/eta line
+            iteration x eigenvalue bin (symmetric log grid), log colour, with the 2/eta line (following
+            ``lr_now`` under a schedule)
 """
 
 from __future__ import annotations
@@ -73,9 +76,15 @@ def stability_figure(frame: pd.DataFrame, title: str | None = None) -> tuple[Fig
     table = []
     for j, lr in enumerate(lrs):
         top, bottom = axes[0, j], axes[1, j]
-        top.axhline(2 / lr, color="k", ls=":", lw=1.4, label="2/eta")
-        for run, rows in frame[frame["lr"].astype(float) == lr].groupby(RUN, sort=True):
+        panel = frame[frame["lr"].astype(float) == lr]
+        scheduled = _scheduled(panel, lr)
+        if not scheduled:
+            top.axhline(2 / lr, color="k", ls=":", lw=1.4, label="2/eta")
+        for run, rows in panel.groupby(RUN, sort=True):
             b = int(rows["batch"].iloc[0])
+            eta = _eta(rows) if scheduled else None
+            if eta is not None:
+                top.plot(eta.index, 2 / eta.values, color="k", ls=":", lw=1.4, label="2/eta (scheduled)")
             for col, row, ls in _SERIES:
                 r = _train_rows(rows, col)
                 if r.empty:
@@ -84,8 +93,13 @@ def stability_figure(frame: pd.DataFrame, title: str | None = None) -> tuple[Fig
                                   label=f"{_NAMES[col]}, batch {b}")
                 table.append(pd.DataFrame({"run": run, "lr": lr, "batch": b, "iteration": r["iteration"].values,
                                            "column": col, "value": r[col].astype(float).values}))
-            bottom.axhline(math.sqrt(b) / lr, color=colour[b], ls=":", lw=1.4, label=f"sqrt(B)/eta, batch {b}")
-        top.set_title(f"lr {fmt(lr)}  (2/eta = {fmt(2 / lr)})", fontsize=9)
+            if eta is not None:
+                bottom.plot(eta.index, math.sqrt(b) / eta.values, color=colour[b], ls=":", lw=1.4,
+                            label=f"sqrt(B)/eta, batch {b}")
+            else:
+                bottom.axhline(math.sqrt(b) / lr, color=colour[b], ls=":", lw=1.4, label=f"sqrt(B)/eta, batch {b}")
+        top.set_title(f"lr {fmt(lr)}, scheduled (2/eta at the peak = {fmt(2 / lr)})" if scheduled else
+                      f"lr {fmt(lr)}  (2/eta = {fmt(2 / lr)})", fontsize=9)
         top.set_ylabel("top curvature")
         bottom.set_ylabel("non-uniformity")
         for ax in (top, bottom):
@@ -97,6 +111,20 @@ def stability_figure(frame: pd.DataFrame, title: str | None = None) -> tuple[Fig
     lines = pd.concat(table, ignore_index=True) if table else pd.DataFrame(
         columns=["run", "lr", "batch", "iteration", "column", "value"])
     return fig, lines
+
+
+def _eta(rows: pd.DataFrame) -> pd.Series | None:
+    """A run's learning rate at each checkpoint (iteration -> ``lr_now``), None when it holds none."""
+    if "lr_now" not in rows.columns:
+        return None
+    eta = rows[rows["lr_now"].notna()].drop_duplicates("iteration").set_index("iteration")["lr_now"].astype(float)
+    eta = eta[eta > 0].sort_index()
+    return eta if len(eta) else None
+
+
+def _scheduled(rows: pd.DataFrame, lr: float) -> bool:
+    """Whether any run of a panel took a rate other than its ``lr`` at a checkpoint."""
+    return "lr_now" in rows.columns and bool((rows["lr_now"].dropna().astype(float) != lr).any())
 
 
 def _density_matrix(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -160,7 +188,11 @@ def spectrum_figure(frame: pd.DataFrame, title: str | None = None) -> tuple[Figu
         image = ax.pcolormesh(_checkpoint_edges(its), np.arange(nbins + 1) - 0.5, np.where(mat > 0, mat, np.nan).T,
                               norm=norm, cmap="viridis", shading="flat")
         lr = float(rows["lr"].iloc[0])
-        ax.axhline(_bin_position(2 / lr), color="red", ls="--", lw=1.6)
+        eta = _eta(rows) if _scheduled(rows, lr) else None
+        if eta is None:
+            ax.axhline(_bin_position(2 / lr), color="red", ls="--", lw=1.6)
+        else:  # the rate at each checkpoint: the line follows the schedule
+            ax.plot(eta.index, [_bin_position(2 / e) for e in eta.to_numpy()], color="red", ls="--", lw=1.6)
         ax.set_yticks(*ticks, fontsize=7)
         ax.set_ylim(*span)
         if len(its) > 1:

@@ -17,10 +17,11 @@ IDENTITY_COLUMNS = (
     "run_id", "data", "model", "lr", "batch", "seed", "loss", "width", "outputs", "optim", "scale",
     "data_source", "device", "versions", "settings", "status",
 )
-# Per-checkpoint bookkeeping and whole-set evaluations.
+# Per-checkpoint bookkeeping and whole-set evaluations; ``lr_now``: the learning rate the schedule gives at
+# the checkpoint (that of the step taken from it; ``lr``, an identity column, is the rate it scales).
 CHECKPOINT_COLUMNS = (
     "iteration", "epoch", "wall_time", "train_loss", "train_acc", "test_loss", "test_acc",
-    "train_loss_running",
+    "train_loss_running", "lr_now",
 )
 # Which points the metric columns were computed on, how many, and the loss over those points.
 SAMPLE_COLUMNS = ("sample_set", "n_samples", "sample_loss")

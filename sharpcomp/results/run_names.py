@@ -8,8 +8,8 @@ what sets it apart from the defaults composed for its config groups, joined by c
    they sweep, add no word: runs two experiments share have one folder and train once;
 2. one's own network's callable (``model._target_=mynets.SmallResNet`` -> ``mynets.SmallResNet``) when it
    is not the model group's own;
-3. a ``scale`` or ``optim`` choice other than the default (``scale=demo``; that choice's values are the
-   defaults of its keys);
+3. a ``scale``, ``optim`` or ``schedule`` choice other than the default (``scale=demo``; that choice's
+   values are the defaults of its keys);
 4. every other setting that differs, ``key=value``, sorted: the model's keys without ``model.``
    (``width=4``, ``depth=2``), the others dotted (``data.classes=[3,5]``, ``metrics.n=20``).
 
@@ -17,10 +17,13 @@ Values keep their type in their shortest form: an integer as an integer (``width
 float (``lr=0.05``, ``1e-05``, ``lr=1.0``), so another spelling of the same number (``lr=1e-1``) or a
 default written out (``lr=0.1``) names the same folder; lists ``[a,b]``, mappings ``{k:v}``. Left out:
 the model's ``name`` (it names the parent folder), ``steps`` (a larger ``steps`` extends the run in its
-folder) and the settings that say where or how a run executes (``progress``, ``device``, ``threads``,
-``data_dir``, ``cache_dir``, the ``logger``, ``resume_every``, ``compile``, ``cuda_graph``,
-``metrics.chunk_size``). No setting at all gives ``default``; names over ``NAME_MAX`` bytes are cut and
-end in a digest of the whole. The full settings are in the run's ``.hydra/`` and in every row.
+folder; named only under a schedule that spans the steps, ``cosine`` or ``linear``, where a larger
+``steps`` is another run), the weights kept along the way (``save_every``, ``save_max_gb``: adding them
+to a run's command keeps it in its folder), and the settings that say where or how a run executes
+(``progress``, ``device``, ``threads``, ``data_dir``, ``cache_dir``, the ``logger``, ``resume_every``,
+``compile``, ``cuda_graph``, ``metrics.chunk_size``). No setting at all gives
+``default``; names over ``NAME_MAX`` bytes are cut and end in a digest of the whole. The full settings
+are in the run's ``.hydra/`` and in every row.
 
 Folders named otherwise (the literal command line, or earlier naming rules, e.g. with ``steps=``) still
 resume: when the canonical folder holds no results, the folder of the literal name (Hydra's
@@ -46,15 +49,18 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from sharpcomp.results.hydra_files import read_recorded
+from sharpcomp.schedule import SPAN_STEPS
 from sharpcomp.settings import CONFIG_MODULE, ConfigError, defaults, flatness_by_name, run_identity
 
 NAME_MAX = 200  # bytes of a run folder's name (file systems allow 255); longer names get a digest
 # settings that say where or how a run is executed or watched, not what it computes
 EXCLUDED = ("progress", "device", "threads", "data_dir", "cache_dir", "logger", "hydra")
 # settings that are not named: how long (a larger steps extends the run) and how fast it is computed
-NOT_NAMED = ("steps", "resume_every", "compile", "cuda_graph", "metrics.chunk_size", "model.name")
-DEFAULT_CHOICES = {"scale": "quick", "optim": "sgd"}  # conf/train.yaml's defaults list
-NAMED_GROUPS = ("scale", "optim")  # group choices that appear in the name (data and model name the parent folder)
+NOT_NAMED = ("steps", "resume_every", "compile", "cuda_graph", "metrics.chunk_size", "model.name", "save_every",
+             "save_max_gb")
+DEFAULT_CHOICES = {"scale": "quick", "optim": "sgd", "schedule": "constant"}  # conf/train.yaml's defaults list
+# group choices that appear in the name (data and model name the parent folder)
+NAMED_GROUPS = ("scale", "optim", "schedule")
 RESULTS = ("metrics.parquet", "checkpoint.pt")
 REFERENCE = re.compile(r"\$\{[\w.]+\}")  # an interpolation naming another key: the only kind a stored config may hold
 
@@ -144,13 +150,15 @@ def _base(picked: dict, searchpath: tuple[str, ...], experiment: bool) -> dict:
             return json.loads(_defaults_json((), ()))
 
 
-def _named(parts: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in parts.items() if k not in NOT_NAMED}
+def _named(parts: dict[str, str], spans_steps: bool = False) -> dict[str, str]:
+    """The parts a name shows: ``NOT_NAMED`` left out, but ``steps`` kept under a schedule spanning them."""
+    return {k: v for k, v in parts.items() if k not in NOT_NAMED or (k == "steps" and spans_steps)}
 
 
 def canonical_name(cfg: dict, choices: dict, searchpath: tuple[str, ...] = ()) -> str:
     """The folder name of the complete plain config ``cfg`` whose group choices are ``choices``
-    (Hydra's ``hydra.runtime.choices``: data, model, scale, optim, experiment); see the module docstring."""
+    (Hydra's ``hydra.runtime.choices``: data, model, scale, optim, schedule, experiment); see the module
+    docstring."""
     flat = (cfg.get("metrics") or {}).get("flatness")
     if isinstance(flat, dict):  # measures under their names, whichever key named them
         try:
@@ -166,7 +174,7 @@ def canonical_name(cfg: dict, choices: dict, searchpath: tuple[str, ...] = ()) -
         if _named(differing(with_experiment, base)):
             words.append(picked["experiment"])
             base = with_experiment
-    parts = _named(differing(cfg, base))
+    parts = _named(differing(cfg, base), (cfg.get("schedule") or {}).get("name") in SPAN_STEPS)
     target = parts.pop("model._target_", None)
     if target is not None:
         words.append(target)

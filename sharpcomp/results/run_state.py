@@ -40,6 +40,7 @@ except ImportError:  # pragma: no cover - not POSIX: run folders are not locked
     fcntl = None
 
 from sharpcomp._version import __version__
+from sharpcomp.results.kept_weights import WEIGHTS_DIR
 from sharpcomp.results.records import (
     METRICS_FILE,
     RecordError,
@@ -56,7 +57,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 LOCK_FILE = ".sharpcomp.lock"
 ERROR_LOG = "error.log"
 # a run folder's members the program reads or writes: none may be a symbolic link
-MEMBERS = (CHECKPOINT_FILE, METRICS_FILE, LOCK_FILE, ERROR_LOG, ".hydra")
+MEMBERS = (CHECKPOINT_FILE, METRICS_FILE, LOCK_FILE, ERROR_LOG, ".hydra", WEIGHTS_DIR)
 STATES = ("running", "finished", "diverged", "failed")
 MAX_ITERATION = 10**12  # far beyond any run; a larger saved iteration is not a real resume point
 

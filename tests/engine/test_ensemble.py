@@ -10,7 +10,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from sharpcomp.engine.ensemble import StackedSGD, check_compatible, evaluate_stacked, group_compatible, train_ensemble
+from sharpcomp.engine.ensemble import StackedSGD, evaluate_stacked, train_ensemble
+from sharpcomp.engine.ensemble_groups import check_compatible, group_compatible
 from sharpcomp.engine.evaluation import evaluate
 from sharpcomp.engine.train import train
 from sharpcomp.results.records import read_metrics
@@ -169,7 +170,7 @@ def test_incompatible_runs_are_rejected_and_grouped(cfgs, data_dir, cache_dir, t
     with pytest.raises(ConfigError, match="must share 'batch'"):
         train_ensemble([cfgs[0], other_batch], [tmp_path / "a", tmp_path / "b"])
     sam = _cfg(data_dir, cache_dir, 0.1, 6, ["optim=sam"])
-    with pytest.raises(ConfigError, match="only plain sgd"):
+    with pytest.raises(ConfigError, match="must share 'optim'"):
         check_compatible([cfgs[0], sam])
     with pytest.raises(ConfigError, match="same run twice"):
         train_ensemble([cfgs[0], cfgs[0]], [tmp_path / "a", tmp_path / "b"])

@@ -67,8 +67,8 @@ def _landscape_grid(points=11):
 
 def test_landscape_figures_are_readable_with_long_run_names(tmp_path, monkeypatch):
     """The contour (title clear of the colour bar, x ticks apart), the surface (with a colour bar), the
-    1D profile and the interpolation between two long-named runs (A and B marked, their names wrapped
-    under the title)."""
+    1D profile, the interpolation between two long-named runs (A and B marked, their names wrapped
+    under the title) and the path of kept weights on its principal plane."""
     figs = []
     monkeypatch.setattr(draw_landscape, "_save", lambda fig, path, formats: figs.append(fig) or [path])
     a, loss = _landscape_grid()
@@ -81,8 +81,12 @@ def test_landscape_figures_are_readable_with_long_run_names(tmp_path, monkeypatc
                                  for k in ("train", "test")}}
     draw_landscape.write_interpolation(tmp_path, "interpolation", result, (LONG_A, LONG_B),
                                        "vgg10 on cifar10_2class: along (1 - t) A + t B (2000 images each)")
-    contour, surface, profile, interpolation = figs
-    for fig, what in zip(figs, ("contour", "surface", "1d", "interpolation")):
+    pcs = np.linspace(-0.8, 0.6, 6)
+    path = pd.DataFrame({"iteration": np.arange(6) * 1000, "pc1": pcs, "pc2": pcs ** 2 - 0.3})
+    draw_landscape.write_trajectory(tmp_path, "trajectory", {k: v.numpy() for k, v in grid.items()}, path,
+                                    (0.71, 0.12), f"vgg10 on cifar10_2class, {LONG_A}: the path of 6 kept weights")
+    contour, surface, profile, interpolation, trajectory = figs
+    for fig, what in zip(figs, ("contour", "surface", "1d", "interpolation", "trajectory")):
         assert_readable(fig, what)
     assert len(surface.axes) == 2 and surface.axes[1].get_ylabel() == "loss"  # the surface and its colour bar
     assert len(contour.axes) == 2 and "loss" in contour.axes[1].get_ylabel()

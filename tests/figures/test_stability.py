@@ -86,3 +86,24 @@ def test_cli_draws_or_skips(tmp_path, capsys):
     assert rc == 0
     assert any(s.startswith("stability: wrote") for s in out)
     assert any(s.startswith("spectrum: skipped, needs runs with metrics.flatness.hessian_density") for s in out)
+
+
+def test_the_thresholds_follow_a_learning_rate_schedule(tmp_path):
+    """Rows with the rate of each checkpoint (lr_now, here halved every checkpoint): 2/eta and sqrt(B)/eta are
+    drawn at each checkpoint's rate; the spectrum's 2/eta line follows it too."""
+    f = record(tmp_path, 0.5, 100)
+    f["lr_now"] = 0.5 * 0.5 ** (f["iteration"] // 20)
+    fig, _ = stability.stability_figure(f, "t")
+    top, bottom = fig.axes[0], fig.axes[1]
+    (thr,) = [ln for ln in lines_of(top) if ln.get_label() == "2/eta (scheduled)"]
+    assert list(thr.get_xdata()) == [0, 20, 40, 60, 80] and list(thr.get_ydata()) == [4.0, 8.0, 16.0, 32.0, 64.0]
+    (nu,) = [ln for ln in lines_of(bottom) if ln.get_label().startswith("sqrt(B)/eta")]
+    assert list(nu.get_ydata()) == pytest.approx([10 / r for r in f["lr_now"]])
+    assert "scheduled" in top.get_title() and not [ln for ln in lines_of(top) if ln.get_label() == "2/eta"]
+    spec, _ = stability.spectrum_figure(f, "t")
+    (line,) = [ln for ln in spec.axes[0].get_lines() if len(ln.get_xdata()) == 5]
+    want = np.searchsorted(DENSITY_EDGES, 2 / f["lr_now"].to_numpy()) - 1
+    assert list(line.get_ydata()) == list(want) and len(set(want)) > 1
+    f["lr_now"] = 0.5  # a constant rate: the horizontal line, as before
+    fig, _ = stability.stability_figure(f, "t")
+    assert [ln for ln in lines_of(fig.axes[0]) if ln.get_label() == "2/eta"]
