@@ -63,25 +63,25 @@ def profile_figure(x: np.ndarray, curves: dict[str, tuple[np.ndarray, np.ndarray
     return fig
 
 
-def _loss_contours(a: np.ndarray, b: np.ndarray, loss: np.ndarray, size: tuple[float, float]):
-    """A figure of filled contours of log10 loss over (a, b) (loss[i, j] at (a_i, b_j)) with its colour bar,
-    its ticks spaced (at most 5 a side, 8 on the bar)."""
+def _loss_contours(a: np.ndarray, b: np.ndarray, loss: np.ndarray, size: tuple[float, float], shrink: float = 1.0):
+    """A figure of filled contours of log10 loss over (a, b) (loss[i, j] at (a_i, b_j)) with its colour bar
+    (``shrink`` times the axes' slot), its ticks spaced (at most 6 a side, 8 on the bar)."""
     fig = Figure(figsize=size, layout="constrained")
     ax = fig.add_subplot()
     z = np.log10(np.maximum(loss, 1e-12))
     cs = ax.contourf(a, b, z.T, levels=30, cmap="viridis")
     ax.contour(a, b, z.T, levels=15, colors="k", linewidths=0.4, alpha=0.6)
-    bar = fig.colorbar(cs, ax=ax, label=r"$\log_{10}$ loss", shrink=0.9)
+    bar = fig.colorbar(cs, ax=ax, label=r"$\log_{10}$ loss", shrink=shrink)
     bar.locator = MaxNLocator(8)
     bar.update_ticks()
-    for axis in (ax.xaxis, ax.yaxis):
-        axis.set_major_locator(MaxNLocator(5))
+    for axis in (ax.xaxis, ax.yaxis):  # round steps (1, 2, 2.5, 5 x 10^k), at most 6 a side
+        axis.set_major_locator(MaxNLocator(6, steps=[1, 2, 2.5, 5, 10]))
     return fig, ax
 
 
 def contour_figure(a: np.ndarray, b: np.ndarray, loss: np.ndarray, title: str) -> Figure:
     """Filled contours of log10 loss over (a, b), the trained weights marked at the origin."""
-    fig, ax = _loss_contours(a, b, loss, (5.8, 5.4))
+    fig, ax = _loss_contours(a, b, loss, (5.8, 5.4), shrink=0.8)  # as tall as the square axes
     ax.plot([0], [0], marker="*", color="red", ms=12, ls="none", label="trained weights")
     ax.set_xlabel(r"$\alpha$ (direction 1, filter-normalised)")
     ax.set_ylabel(r"$\beta$ (direction 2, filter-normalised)")
