@@ -11,9 +11,7 @@ import importlib
 import itertools
 import os
 import re
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import hydra
@@ -27,8 +25,10 @@ from omegaconf import OmegaConf
 
 from sharpcomp._version import __version__
 from sharpcomp.options import group_options, option_lines
+from sharpcomp.results.own_files import probe_writable
 from sharpcomp.results.run_names import register_resolvers
 from sharpcomp.settings import CONFIG_MODULE, ConfigError, _yaml_keys, overrides_by_name
+from sharpcomp.terminal import escaped_output
 from sharpcomp.usage import EXIT_USAGE, UsageError, report
 
 CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
@@ -149,9 +149,7 @@ def _check_writable(folder: str) -> None:
             if not p.exists():
                 p.mkdir()
                 made.append(p)
-        probe = path / f".sharpcomp-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        probe_writable(path)  # a nameless file: no link at a guessable name is followed
     except OSError as exc:
         raise UsageError(f"cannot write to output folder {path}: {exc.strerror or exc}") from None
     finally:
@@ -247,7 +245,7 @@ def check_overrides(overrides: list[str], multirun: bool = False) -> None:
                 HydraConfig.instance().set_config(cfg)
                 _check_writable(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir)
                 job_dir = _job_dir(cfg, multirun)
-                if job_dir is not None:
+                if job_dir is not None and not multirun:  # in a sweep, a job's own folder fails that job alone
                     _check_links(job_dir)
     finally:
         GlobalHydra.instance().clear()
@@ -322,7 +320,8 @@ class TrainTask:
     job's output folder is resolved in that process."""
 
     def __call__(self, cfg) -> str:
-        return _train_job(cfg)
+        with escaped_output():  # in a launcher's worker process too
+            return _train_job(cfg)
 
     def __reduce__(self):
         return (train_task, ())
@@ -337,28 +336,24 @@ def train_task() -> TrainTask:
 def _run_hydra_train(args: list[str], multirun: bool) -> int:
     # lazy: --help and --version stay free of torch and pandas
     from sharpcomp.engine.joblib_sweep import install
-    from sharpcomp.engine.jobs import OUTCOMES_ENV, sweep_summary
+    from sharpcomp.engine.jobs import close_outcomes, open_outcomes, sweep_summary
 
     hydra.core.utils._save_config = _save_config_safely  # Hydra's .hydra/ files: never through a link
     install()  # a killed joblib worker does not take the sweep down
     app = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")(train_task())
     argv0 = sys.argv[0]
     sys.argv = [argv0] + (["--multirun"] if multirun else []) + args
-    outcomes = tempfile.mkdtemp(prefix=".sharpcomp-sweep-", dir=".") if multirun and os.access(".", os.W_OK) \
-        else tempfile.mkdtemp(prefix="sharpcomp-sweep-") if multirun else None
-    if outcomes:
-        os.environ[OUTCOMES_ENV] = os.path.abspath(outcomes)
+    outcomes = open_outcomes() if multirun else None
     stdout = sys.stdout
     sys.stdout = _Survivor(stdout)
     try:
         app()
-        return sweep_summary(Path(outcomes)) if outcomes else 0
+        return sweep_summary(outcomes) if outcomes else 0
     finally:
         sys.stdout = stdout
         sys.argv = [argv0]
         if outcomes:
-            os.environ.pop(OUTCOMES_ENV, None)
-            shutil.rmtree(outcomes, ignore_errors=True)
+            close_outcomes(outcomes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -425,18 +420,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sharpcomp {__version__}")
         return 0
     command, rest = argv[0], argv[1:]
-    try:
-        if command == "train":
-            return _train(rest, multirun)
-        if multirun:
-            raise UsageError(f"-m applies to train only, not '{command}'")
-        return _subcommand(command, rest)
-    except UsageError as exc:
-        return report(command if command in COMMANDS else None, str(exc))
-    except KeyboardInterrupt:
-        print("\nsharpcomp: interrupted; every logged checkpoint is saved; rerun the same command to resume",
-              file=sys.stderr)
-        return 130
+    with escaped_output():  # names read from results folders never drive the terminal
+        try:
+            if command == "train":
+                return _train(rest, multirun)
+            if multirun:
+                raise UsageError(f"-m applies to train only, not '{command}'")
+            return _subcommand(command, rest)
+        except UsageError as exc:
+            return report(command if command in COMMANDS else None, str(exc))
+        except KeyboardInterrupt:
+            print("\nsharpcomp: interrupted; every logged checkpoint is saved; rerun the same command to resume",
+                  file=sys.stderr)
+            return 130
 
 
 def entry() -> None:  # pragma: no cover - console script wrapper

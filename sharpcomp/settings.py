@@ -29,6 +29,7 @@ from hydra import initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
+from sharpcomp.checkpoints import MAX_STEPS, CheckpointSchedule
 from sharpcomp.measure_index import MEASURES
 
 if TYPE_CHECKING:  # torch is imported where it is used: composing the config and --help do without it
@@ -262,9 +263,9 @@ class Settings:
         return self.optim["name"]
 
     @property
-    def checkpoints(self) -> list[int]:
-        """Iterations with a checkpoint: 0, every ``log_every``, and ``steps``."""
-        return sorted(set(range(0, self.steps, self.log_every)) | {self.steps})
+    def checkpoints(self) -> CheckpointSchedule:
+        """Iterations with a checkpoint: 0, every ``log_every``, and ``steps`` (by arithmetic, never a list)."""
+        return CheckpointSchedule(self.steps, self.log_every)
 
     def num_outputs(self, num_classes: int) -> int:
         """The network's number of outputs for a dataset of ``num_classes`` classes."""
@@ -328,6 +329,13 @@ def _data(d: Mapping, data_dir) -> dict:
 SEED_MAX = 2**62  # seeds reach torch generators (64-bit) with offsets added
 
 
+def _steps(value) -> int:
+    steps = _number("steps", value, int, 0)
+    if steps > MAX_STEPS:
+        raise ConfigError(f"steps must be at most 10**12 (no checkpoint lies beyond it), got steps={steps}")
+    return steps
+
+
 def _train_size(data_cfg) -> int | None:
     """The size of a known dataset's whole training set (a class subset is smaller), before loading."""
     # lazy: --help imports this module and stays free of torch and numpy
@@ -363,7 +371,7 @@ def settings(cfg, n_train: int | None = None) -> Settings:
     tf32 = _flag("allow_tf32", c["allow_tf32"], allow_none=True)
     return Settings(
         raw=c, lr=float(lr), batch=batch, seed=seed,
-        steps=_number("steps", c["steps"], int, 0), log_every=_number("log_every", c["log_every"], int, 0),
+        steps=_steps(c["steps"]), log_every=_number("log_every", c["log_every"], int, 0),
         eval_every=_number("eval_every", c["eval_every"], int, 0), loss=_choice("loss", c["loss"], LOSSES),
         optim=_optim(c["optim"]), device=_device(c["device"]), threads=threads,
         deterministic=_flag("deterministic", c["deterministic"]), progress=_flag("progress", c["progress"]),

@@ -50,7 +50,8 @@ from sharpcomp.measures.study.estimators import choose, estimate_metrics
 from sharpcomp.measures.study.metrics import compute_metrics
 from sharpcomp.measures.study.network_wide import add_network_wide
 from sharpcomp.models import BUILTIN
-from sharpcomp.results.records import atomic_write_parquet, tidy
+from sharpcomp.results.records import RecordError, atomic_write_parquet, read_metrics, tidy
+from sharpcomp.results.run_state import load_tensors
 from sharpcomp.settings import ConfigError, defaults, run_identity, settings
 
 USAGE = __doc__.split("\n\n", 1)[1].split("\n\nOne row")[0]
@@ -118,10 +119,10 @@ def model_config(spec: str, args: dict, outputs: int) -> dict:
 def load_weights(model: nn.Module, path: str) -> None:
     if not Path(path).is_file():
         raise MeasureError(f"no weights file '{path}'")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a file that is not a torch state dict
-        raise MeasureError(f"cannot read weights '{path}': {type(exc).__name__}: {exc}") from None
+    try:  # a regular file of tensors only: a crafted pickle runs nothing, a FIFO never blocks
+        state = load_tensors(Path(path), "cpu", "a state dict saved by torch.save")
+    except ConfigError as exc:
+        raise MeasureError(str(exc)) from None
     if isinstance(state, dict) and "model_state" in state:
         state = state["model_state"]
     try:
@@ -196,6 +197,9 @@ def measure_rows(opts: dict, args: dict) -> list[dict]:
                 "status": "measured", "test_loss": test_loss, "test_acc": test_acc}
         for name in opts["sample_sets"]:
             x, y = sample_set(name, data, idx, opts["n"], correct)
+            if name != "misclassified" and len(x) < opts["n"]:
+                print(f"sharpcomp measure: n={opts['n']} is more than the data holds; the {name} set of {run_id} "
+                      f"has {len(x)} samples", file=sys.stderr, flush=True)
             row = {**base, "sample_set": name, "n_samples": len(x)}
             if len(x):
                 with torch.no_grad():
@@ -220,8 +224,8 @@ def write_rows(rows: list[dict], out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "metrics.parquet"
     frame = tidy(pd.DataFrame(rows))
-    if path.exists():
-        old = pd.read_parquet(path)
+    if path.exists() or path.is_symlink():
+        old = read_metrics(path)  # a regular file (or folder) of results only; a link is refused
         keys = set(zip(frame.run_id, frame.sample_set))
         old = old[[k not in keys for k in zip(old.run_id, old.sample_set)]]
         frame = tidy(pd.concat([old, frame], ignore_index=True))
@@ -232,7 +236,7 @@ def write_rows(rows: list[dict], out: Path) -> Path:
 def draw_figure(path: Path, target: Path) -> None:
     """The across-model correlation of sharpness with MLS, NMLS, G and local dimensionality (one point
     per (model, sample set) row of ``path``)."""
-    frame = pd.read_parquet(path)
+    frame = read_metrics(path)
     cols = [c for c in FIGURE_COLUMNS if c in frame and frame[c].notna().sum() >= 3]
     if len(frame) < 3 or "sharpness" not in cols:
         raise MeasureError(f"the correlation figure needs at least 3 measured rows, {path} has {len(frame)}")
@@ -260,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if opts["figure"]:
             draw_figure(path, Path(opts["figure"]))
             print(f"figure -> {opts['figure']}")
-    except MeasureError as exc:
+    except (MeasureError, RecordError) as exc:
         print(f"sharpcomp measure: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # a broken checkpoint, missing data: one line, no traceback

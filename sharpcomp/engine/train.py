@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,8 +41,15 @@ from sharpcomp.engine.steppers import PlainStepper
 from sharpcomp.losses import make_loss
 from sharpcomp.measures.registry import Plan
 from sharpcomp.results.loggers import Logger, make_logger
-from sharpcomp.results.records import RecordError
-from sharpcomp.results.run_state import CHECKPOINT_FILE, RunResult, RunState, identity_columns, read_checkpoint
+from sharpcomp.results.records import RecordError, reason
+from sharpcomp.results.run_state import (
+    CHECKPOINT_FILE,
+    RunResult,
+    RunState,
+    identity_columns,
+    load_resume,
+    read_checkpoint,
+)
 from sharpcomp.settings import ConfigError, Settings, run_identity, settings
 
 # Timings of the last loop (seconds), for benchmarks: train, checkpoint, eval, metrics, write.
@@ -95,6 +103,8 @@ def open_runs(cfgs: Sequence, run_dirs: Sequence[Path], data: Dataset | None,
             run_id = run_identity(s)["run_id"]
             try:
                 state = RunState(s, Path(d), identity_columns(s, run_id, n_out, data.source, device)).open(device)
+                if blocked is not None:  # an ensemble: a saved state that does not fit fails its run alone
+                    _check_fit(state, data)
             except (ConfigError, RecordError) as exc:
                 if blocked is None:
                     raise
@@ -109,6 +119,17 @@ def open_runs(cfgs: Sequence, run_dirs: Sequence[Path], data: Dataset | None,
             m.run.close()
         raise
     return members, data
+
+
+def _check_fit(state: RunState, data: Dataset) -> None:
+    """ConfigError (the folder closed) when the run's saved state does not fit its network."""
+    if state.resume is None or state.result is not None:
+        return
+    try:
+        load_resume(build(state.settings, data, torch.device("cpu")), None, state.resume)
+    except ConfigError:
+        state.close()
+        raise
 
 
 def _ended(s: Settings, run_dir: Path) -> bool:
@@ -169,10 +190,15 @@ def by_start(members: Sequence[Member]) -> list[list[Member]]:
 
 
 class _Loop:
-    """Trains ``members`` (all at the same starting point) with ``stepper`` to ``steps``."""
+    """Trains ``members`` (all at the same starting point) with ``stepper`` to ``steps``.
 
-    def __init__(self, members: list[Member], stepper, data: Dataset, callback):
+    ``isolate``: a member whose folder cannot take its rows or resume point (removed, replaced, unwritable)
+    is recorded ``failed`` with the reason and dropped; the others go on (else the error ends the loop).
+    """
+
+    def __init__(self, members: list[Member], stepper, data: Dataset, callback, isolate: bool = False):
         self.members, self.stepper, self.data, self.callback = list(members), stepper, data, callback
+        self.isolate = isolate
         self.s = members[0].settings
         self.spe = steps_per_epoch(len(data.train_x), self.s.batch)
         self.device = data.train_x.device
@@ -222,7 +248,7 @@ class _Loop:
         try:
             if self.members[0].run.fresh:
                 self.checkpoint(0)
-            due = iter([c for c in s.checkpoints if c > start])
+            due = s.checkpoints.after(start)
             next_ckpt, epoch, perms, it = next(due), -1, None, start
             t_train = time.perf_counter()
             while it < s.steps and self.members:
@@ -300,14 +326,22 @@ class _Loop:
         metrics = self.stepper.sample_metrics(models, sets)
         losses = sample_losses(models, sets, s.loss)
         self.timing["metrics"] += time.perf_counter() - m0
-        new_rows = {}
+        new_rows, lost = {}, []
         for pos, (j, m) in enumerate(zip(keep, self.members)):
             base = {"iteration": it, "epoch": it / self.spe, "train_loss_running": run_losses[j]}
             if whole:
                 (base["train_loss"], base["train_acc"], _), (base["test_loss"], base["test_acc"], _) = \
                     train_evals[j], test_evals[j]
-            new_rows[m.run.run_dir] = self._commit(pos, m, it, base, sets[pos], metrics[pos], losses[pos], models[pos],
-                                                   self._running_state(j, it))
+            try:
+                new_rows[m.run.run_dir] = self._commit(pos, m, it, base, sets[pos], metrics[pos], losses[pos],
+                                                       models[pos], self._running_state(j, it))
+            except (OSError, RecordError, ConfigError) as exc:  # this member's folder, not the others'
+                if not self.isolate:
+                    raise
+                m.run.result = failed(m.run, it, exc)
+                lost.append(pos)
+        if lost:
+            self._drop(lost)
         self.stepper.train()
         self._reset_running()
         self.timing["checkpoint"] += time.perf_counter() - c0
@@ -319,6 +353,12 @@ class _Loop:
             _summary(self.bar, it, s.steps, new_rows)
         if self.callback is not None:
             self.callback(it, new_rows)
+
+    def _drop(self, lost: list[int]) -> None:
+        """Train on without the members at positions ``lost`` (their folders failed them)."""
+        alive = [p for p in range(len(self.members)) if p not in lost]
+        self.stepper.keep(alive)
+        self.members = [self.members[p] for p in alive]
 
     def _commit(self, pos: int, m: Member, it: int, base: dict, sets: dict, metrics: dict, losses: dict,
                 model: nn.Module, running: dict | None = None) -> list:
@@ -374,10 +414,37 @@ def plain_stepper(m: Member, data: Dataset) -> PlainStepper:
     return PlainStepper(model, m.settings, data, m.settings.num_outputs(data.num_classes), m.run.resume)
 
 
-def train_members(members: list[Member], data: Dataset, make_stepper, callback=None) -> None:
-    """Train every group of ``members`` (:func:`by_start`) with ``make_stepper(group)``."""
+def failed(run: RunState, it: int, exc: BaseException, trace: str = "") -> RunResult:
+    """The outcome of a run that failed at iteration ``it`` (its records marked ``failed`` where they can be)."""
+    try:
+        run.fail()
+    except (OSError, RecordError):  # the folder that failed the run may not take its status either
+        pass
+    if trace:
+        why = f"{type(exc).__name__}: {reason(exc)}"
+    elif isinstance(exc, OSError) and exc.strerror:
+        why = f"cannot use {exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    else:
+        why = str(exc)
+    return RunResult(run.run_dir, "failed", it, run.rows, message=why, trace=trace)
+
+
+def train_members(members: list[Member], data: Dataset, make_stepper, callback=None, isolate: bool = False) -> None:
+    """Train every group of ``members`` (:func:`by_start`) with ``make_stepper(group)``.
+
+    ``isolate`` (an ensemble): a member whose folder fails it is recorded ``failed`` and the others go on
+    (:class:`_Loop`); a group that fails as a whole records its members ``failed`` and the next groups train.
+    """
     for group in by_start(members):
-        _Loop(group, make_stepper(group), data, callback).run()
+        try:
+            _Loop(group, make_stepper(group), data, callback, isolate).run()
+        except Exception as exc:
+            if not isolate:
+                raise
+            trace = "" if isinstance(exc, (ConfigError, RecordError)) else traceback.format_exc()
+            for m in group:
+                if m.run.result is None:
+                    m.run.result = failed(m.run, m.run.start, exc, trace)
 
 
 def close_all(members: Sequence[Member]) -> None:

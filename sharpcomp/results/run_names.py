@@ -27,6 +27,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from sharpcomp.results.stored_text import plain_references, stored_yaml
 from sharpcomp.settings import CONFIG_MODULE, ConfigError, defaults, flatness_by_name
 
 NAME_MAX = 200  # bytes of a run folder's name (file systems allow 255); longer names get a digest
@@ -129,10 +130,12 @@ def _has_results(folder: Path) -> bool:
 
 def _recorded_name(folder: Path) -> str | None:
     """The canonical name of the settings recorded in a run folder by Hydra (None when unreadable)."""
-    try:
-        cfg = plain_config(OmegaConf.load(folder / ".hydra" / "config.yaml"))
-        choices = OmegaConf.to_container(OmegaConf.load(folder / ".hydra" / "hydra.yaml").hydra.runtime.choices)
-        return canonical_name(cfg, choices)
+    try:  # bounded reads, no YAML aliases, interpolations that cannot grow (a sibling may be hostile)
+        stored, hydra_cfg = (stored_yaml(folder / ".hydra" / name) for name in ("config.yaml", "hydra.yaml"))
+        if stored is None or hydra_cfg is None or not plain_references(stored, EXCLUDED):
+            return None
+        choices = OmegaConf.to_container(hydra_cfg.hydra.runtime.choices)
+        return canonical_name(plain_config(stored), choices)
     except Exception:
         return None
 
