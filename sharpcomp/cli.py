@@ -179,13 +179,13 @@ def implied_custom(overrides: list[str]) -> list[str]:
 HYDRA_FILES = (".hydra", ".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml")
 
 
-def _check_links(job_dir: str) -> None:
-    """UsageError when a file the command would write in the job's folder is a symbolic link
-    (Hydra's ``.hydra`` files are written before any sharpcomp code runs)."""
+def _check_links(job_dir: str, names: tuple[str, ...] | None = None) -> None:
+    """UsageError when a file the command would write in the job's folder (``names``: a run's files) is a
+    symbolic link (Hydra's ``.hydra`` files are written before any sharpcomp code runs)."""
     # lazy: --help and --version stay free of torch and pandas
     from sharpcomp.results.run_state import MEMBERS
 
-    for name in dict.fromkeys((*HYDRA_FILES, *MEMBERS)):
+    for name in names or dict.fromkeys((*HYDRA_FILES, *MEMBERS)):
         p = Path(job_dir) / name
         if p.is_symlink():
             raise UsageError(f"refusing run folder {job_dir}: {name} is a symbolic link (to {os.readlink(p)}); "
@@ -247,6 +247,8 @@ def check_overrides(overrides: list[str], multirun: bool = False) -> None:
                 job_dir = _job_dir(cfg, multirun)
                 if job_dir is not None and not multirun:  # in a sweep, a job's own folder fails that job alone
                     _check_links(job_dir)
+                if multirun:  # Hydra writes the sweep's config there with a plain open()
+                    _check_links(str(cfg.hydra.sweep.dir), ("multirun.yaml",))
     finally:
         GlobalHydra.instance().clear()
 

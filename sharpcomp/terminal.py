@@ -43,6 +43,10 @@ class EscapedStream:
         self.stream.write(lead + shown(text[len(lead):]))
         return len(text)
 
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
     def __getattr__(self, name):
         return getattr(self.stream, name)
 

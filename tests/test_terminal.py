@@ -90,3 +90,18 @@ def test_a_crafted_run_id_in_a_checkpoint_is_printed_escaped(tiny_run, in_tmp):
     assert res.returncode == 2
     no_control(res.stdout + res.stderr)
     assert "holds another run (other\\x1b]0;owned\\x07\\x1b[2J)" in one_line(res.stderr)
+
+
+def test_a_held_lock_names_its_holder_by_digits_only(tmp_path):
+    """The pid in a held lock file is read from the folder: whatever else is written there is left out."""
+    from sharpcomp.results.run_state import FolderLock, RunInUse
+
+    held = FolderLock(tmp_path)
+    held.acquire()
+    try:
+        (tmp_path / ".sharpcomp.lock").write_text(f"12{TITLE_AND_CLEAR}34")
+        with pytest.raises(RunInUse) as exc:
+            FolderLock(tmp_path).acquire()
+    finally:
+        held.release()
+    assert str(exc.value) == f"run folder {tmp_path} is in use by pid 120234"

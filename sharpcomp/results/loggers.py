@@ -162,7 +162,7 @@ def _read_run_id(path: Path) -> str | None:
     """The MLflow run id a run folder keeps (None when there is none, or it is not an id)."""
     try:
         text = read_regular(path, 256).decode("ascii", errors="replace").strip()
-    except FileNotFoundError:
+    except (FileNotFoundError, RecordError):  # none, or not a small regular file: a new MLflow run replaces it
         return None
     return text if RUN_ID.fullmatch(text) else None
 

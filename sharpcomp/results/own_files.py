@@ -75,22 +75,30 @@ def _refusal(path: Path, exc: OSError) -> RecordError | None:
     return None
 
 
-def open_regular(path: Path, limit: int | None = None):
-    """``path`` opened for reading (a binary file object), when it is a regular file of at most ``limit``
-    bytes; RecordError (one line) for a link, a FIFO, a device, a socket, a folder or a larger file.
-    FileNotFoundError when nothing is there."""
-    path = Path(path)
+def _open_own(path: Path, flags: int) -> tuple[int, os.stat_result]:
+    """A descriptor of ``path`` opened with ``flags`` never through a link and never waiting (a FIFO opens at
+    once), and its status: RecordError (one line) unless it is a regular file."""
     try:
-        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _NONBLOCK | _CLOEXEC)
+        fd = os.open(path, flags | _NOFOLLOW | _NONBLOCK | _CLOEXEC, 0o666)
     except OSError as exc:
         refused = _refusal(path, exc)
         if refused is None:
             raise
         raise refused from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise RecordError(f"refusing {path}: it is {kind(info.st_mode)}, not a regular file; move it away")
+    return fd, info
+
+
+def open_regular(path: Path, limit: int | None = None):
+    """``path`` opened for reading (a binary file object), when it is a regular file of at most ``limit``
+    bytes; RecordError (one line) for a link, a FIFO, a device, a socket, a folder or a larger file.
+    FileNotFoundError when nothing is there."""
+    path = Path(path)
+    fd, info = _open_own(path, os.O_RDONLY)
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise RecordError(f"refusing {path}: it is {kind(info.st_mode)}, not a regular file; move it away")
         if limit is not None and info.st_size > limit:
             raise RecordError(f"refusing {path}: it is {size_text(info.st_size)}, more than such a file can "
                               f"hold ({size_text(limit)} at most); move it away")
@@ -156,19 +164,8 @@ def append_bytes(path: Path, data: bytes, header: bytes = b"") -> None:
 
     Never through a link, and only to a regular file (RecordError, one line, otherwise).
     """
-    path = Path(path)
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW | _NONBLOCK | _CLOEXEC
+    fd, info = _open_own(Path(path), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     try:
-        fd = os.open(path, flags, 0o666)
-    except OSError as exc:
-        refused = _refusal(path, exc)
-        if refused is None:
-            raise
-        raise refused from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise RecordError(f"refusing {path}: it is {kind(info.st_mode)}, not a regular file; move it away")
         data = header + data if info.st_size == 0 else data
         while data:
             data = data[os.write(fd, data):]

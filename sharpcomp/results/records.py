@@ -438,6 +438,9 @@ class RunRecorder:
         """
         if _is_dir(self.path):
             return
+        if self.rows and (self.path.exists() or self.path.is_symlink()):
+            raise RecordError(f"{self.path} was replaced while the run wrote it (by something other than the "
+                              f"folder of its {self.rows} rows); move it away and rerun")
         if self.rows:
             raise RecordError(f"{self.path} was removed while the run wrote it ({self.rows} rows lost); "
                               f"rerun to start the run again")

@@ -354,7 +354,7 @@ class RunState:
         try:
             frame = read_metrics(self.run_dir)
         except RecordError as exc:
-            if str(exc).endswith("and rerun"):
+            if "move it away" in str(exc):  # says already what to do
                 raise
             raise RecordError(f"{exc}; move it away and rerun to restart the run from iteration 0") from None
         others = sorted(set(frame["run_id"]) - {self.run_id})
