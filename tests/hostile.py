@@ -12,6 +12,7 @@ from pathlib import Path
 
 VICTIM_TEXT = "the user's own file\n"
 MEMORY = 3 * 2**30  # a process that expands a bomb or reads a device dies here instead of taking the machine
+CLI_MEMORY = 8 * 2**30  # a sharpcomp process (torch, pyarrow's allocator and the data reserve more)
 
 
 def limit_memory(limit: int = MEMORY):
@@ -24,7 +25,7 @@ def limit_memory(limit: int = MEMORY):
 def cli(args, cwd, timeout=120, env=None, **kw) -> subprocess.CompletedProcess:
     """``sharpcomp ARGS`` as a real process in ``cwd``, bounded in time and memory (a hang fails the test)."""
     return subprocess.run([sys.executable, "-m", "sharpcomp.cli", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env=env, preexec_fn=limit_memory(), **kw)
+                          text=True, timeout=timeout, env=env, preexec_fn=limit_memory(CLI_MEMORY), **kw)
 
 
 def python(code: str, cwd, timeout=60, memory: int = MEMORY) -> subprocess.CompletedProcess:

@@ -82,6 +82,7 @@ def test_figures_print_hostile_names_escaped(hostile_runs, tmp_path):
     assert "read 3 runs" in res.stdout and "run R\\x1b]0;owned\\x07\\x1b[2J\\u202e" in res.stdout
 
 
+@pytest.mark.slow
 def test_a_crafted_run_id_in_a_checkpoint_is_printed_escaped(tiny_run, in_tmp):
     shutil.copytree(tiny_run, in_tmp / "R")
     state = torch.load(in_tmp / "R" / "checkpoint.pt", weights_only=True)

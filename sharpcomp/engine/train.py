@@ -416,10 +416,7 @@ def plain_stepper(m: Member, data: Dataset) -> PlainStepper:
 
 def failed(run: RunState, it: int, exc: BaseException, trace: str = "") -> RunResult:
     """The outcome of a run that failed at iteration ``it`` (its records marked ``failed`` where they can be)."""
-    try:
-        run.fail()
-    except (OSError, RecordError):  # the folder that failed the run may not take its status either
-        pass
+    run.fail()
     if trace:
         why = f"{type(exc).__name__}: {reason(exc)}"
     elif isinstance(exc, OSError) and exc.strerror:

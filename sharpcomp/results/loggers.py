@@ -241,7 +241,8 @@ def make_logger(cfg: Mapping | None, run_dir: Path, run_id: str, settings: Mappi
 
 def _say(name: str, what: str, exc: BaseException) -> None:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    print(f"sharpcomp: logger {name} {what} ({type(exc).__name__}: {text[:200]}); the run goes on without it "
+    text = text if len(text) <= 240 else text[:240].rsplit(" ", 1)[0] + " ..."  # cut at a word, and say so
+    print(f"sharpcomp: logger {name} {what} ({type(exc).__name__}: {text}); the run goes on without it "
           f"(metrics.parquet has every row)", file=sys.stderr, flush=True)
 
 

@@ -404,13 +404,17 @@ class RunState:
         return self.result or RunResult(self.run_dir, "running", self.start, self.rows)
 
     def fail(self) -> None:
-        """Mark the records ``failed`` (a run that failed before its first row gets one empty row)."""
+        """Mark the records ``failed`` (a run that failed before its first row gets one empty row), where the
+        folder can take it (a folder removed or replaced under the run cannot: the failure is said anyway)."""
         if self.recorder is None or self.result is not None:
             return
-        if self.rows:
-            self.recorder.set_status("failed")
-        else:
-            self.recorder.append([{"iteration": self.start, "sample_set": "train"}], status="failed")
+        try:
+            if self.rows:
+                self.recorder.set_status("failed")
+            else:
+                self.recorder.append([{"iteration": self.start, "sample_set": "train"}], status="failed")
+        except (OSError, RecordError):
+            pass
 
     def close(self) -> None:
         """Write a resume point still held in memory (Ctrl-C, a failure), then release the lock."""

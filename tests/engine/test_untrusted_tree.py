@@ -19,7 +19,7 @@ import torch
 
 from sharpcomp.results.records import read_metrics
 from tests.conftest import TINY
-from tests.hostile import ALIAS_BOMB, VICTIM_TEXT, cli, limit_memory, one_line, replace
+from tests.hostile import ALIAS_BOMB, CLI_MEMORY, VICTIM_TEXT, cli, limit_memory, one_line, replace
 
 
 @pytest.fixture
@@ -45,9 +45,8 @@ COMMANDS = {"train": ["train", *TINY, "steps=6", "hydra.run.dir=R"], "reparam": 
             "measure": ["measure", "run=R", "n=2"], "landscape": ["landscape", "R", "points=2", "n=4"]}
 
 
-@pytest.mark.parametrize("command,what", [("train", "fifo"), ("reparam", "fifo"), ("train", "socket"),
-                                          *(pytest.param(c, w, marks=pytest.mark.slow) for c, w in (
-                                              ("measure", "fifo"), ("landscape", "fifo"), ("reparam", "sparse")))])
+@pytest.mark.parametrize("command,what", [("train", "fifo"), *(pytest.param(c, w, marks=pytest.mark.slow) for c, w in (
+    ("reparam", "fifo"), ("measure", "fifo"), ("landscape", "fifo"), ("train", "socket"), ("reparam", "sparse")))])
 def test_a_checkpoint_that_is_not_a_regular_file_is_one_line(run, in_tmp, command, what):
     replace(run / "checkpoint.pt", what, in_tmp)
     res = cli(COMMANDS[command], in_tmp)
@@ -69,8 +68,9 @@ def test_runs_lists_the_other_runs_past_a_hostile_results_file(run, in_tmp, what
     assert "bad" in skip and message in skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("member,what", [("metrics.parquet", "fifo"), (".sharpcomp.lock", "fifo"),
-                                         pytest.param("metrics.parquet", "sparse", marks=pytest.mark.slow)])
+                                         ("metrics.parquet", "sparse")])
 def test_train_refuses_a_member_that_is_not_a_file_of_its_own(run, in_tmp, member, what):
     before = (run / "checkpoint.pt").read_bytes()
     replace(run / member, what, in_tmp)
@@ -79,6 +79,7 @@ def test_train_refuses_a_member_that_is_not_a_file_of_its_own(run, in_tmp, membe
     assert (run / "checkpoint.pt").read_bytes() == before
 
 
+@pytest.mark.slow  # tests/results/test_bounded_reads.py checks the naming itself, in a bounded process
 def test_a_yaml_bomb_in_a_sibling_does_not_stop_a_new_run(in_tmp, tiny_run):
     """A default-folder run looks among its siblings for older folders of the same settings: a sibling
     whose recorded config is a 324-byte alias bomb is passed over, and the run trains into its own folder."""
@@ -163,12 +164,12 @@ def _modes(folder: Path) -> dict[str, int]:
             if p.is_file() and not p.is_symlink()}
 
 
-@pytest.mark.parametrize("mask", [0o022, pytest.param(0o002, marks=pytest.mark.slow), 0o077])
+@pytest.mark.parametrize("mask", [0o022, *(pytest.param(m, marks=pytest.mark.slow) for m in (0o002, 0o077))])
 def test_every_file_of_a_run_has_the_permissions_the_umask_allows(in_tmp, mask):
     """Checkpoint, parts, status, Hydra's files, the lock, error.log, metrics.csv and the figures' CSVs."""
     def umask_and_memory():
         os.umask(mask)
-        limit_memory()()
+        limit_memory(CLI_MEMORY)()
 
     res = subprocess.run([sys.executable, "-m", "sharpcomp.cli", "train", *TINY, "logger=csv", "hydra.run.dir=R"],
                          cwd=in_tmp, capture_output=True, text=True, timeout=300, preexec_fn=umask_and_memory)

@@ -102,9 +102,11 @@ def _victim(tmp_path):
     return target
 
 
-@pytest.mark.parametrize("logger,member,resume", [("csv", "metrics.csv", False), ("csv", "metrics.csv", True),
-                                                  ("mlflow", "mlflow_run_id", False),
-                                                  ("tensorboard", "tensorboard", False)])
+LINKED = [("csv", "metrics.csv", True), ("mlflow", "mlflow_run_id", False), ("tensorboard", "tensorboard", False)]
+
+
+@pytest.mark.parametrize("logger,member,resume", [("csv", "metrics.csv", False),
+                                                  *(pytest.param(*c, marks=pytest.mark.slow) for c in LINKED)])
 def test_a_linked_logger_file_refuses_the_run_and_its_target_is_untouched(toy, tmp_path, logger, member, resume):
     from sharpcomp.settings import ConfigError
 
@@ -141,6 +143,7 @@ def test_a_link_made_while_the_run_trains_is_not_followed(toy, tmp_path, capsys)
     assert sorted(set(read_metrics(run).iteration)) == [0, 4, 8, 12]
 
 
+@pytest.mark.slow
 def test_a_fifo_made_while_the_run_trains_never_blocks_it(toy, tmp_path, capsys):
     """A FIFO where metrics.csv was, with no reader: appending to it would wait for ever. A watchdog opens its
     reading end after 60 s, so that a regression fails here instead of hanging."""
@@ -164,6 +167,7 @@ def test_a_fifo_made_while_the_run_trains_never_blocks_it(toy, tmp_path, capsys)
     assert "logger csv failed" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content", ["../../../home/victim\n", "\x1b]0;owned\x07\n", "x" * 5000])
 def test_a_crafted_mlflow_run_id_is_never_used(toy, tmp_path, content):
     from mlflow.tracking import MlflowClient
@@ -178,7 +182,7 @@ def test_a_crafted_mlflow_run_id_is_never_used(toy, tmp_path, content):
     assert client.get_run(run_id).info.status == "FINISHED"
 
 
-@pytest.mark.parametrize("where", ["mlruns", "mlruns/0"])
+@pytest.mark.parametrize("where", ["mlruns", pytest.param("mlruns/0", marks=pytest.mark.slow)])
 def test_a_linked_default_mlflow_store_is_not_used(toy, tmp_path, capsys, where):
     outside = tmp_path / "home"
     outside.mkdir()
