@@ -99,7 +99,7 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     for run, rows_of_run in frame.groupby(RUN, sort=True):
         r = rows_of_run.sort_values("iteration", kind="stable")
         train = r[r["sample_set"] == "train"] if "sample_set" in r else r
-        row = {RUN: run, **_settings(_last(r, "settings"))}
+        row = {**_settings(_last(r, "settings")), RUN: run}  # a settings key "run" never renames the run
         row.update(status=_last(r, "status"), iteration=_last(r, "iteration"),
                    train_acc=_last(r, "train_acc"), test_acc=_last(r, "test_acc"))
         for name in SUMMARY_METRICS:
