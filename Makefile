@@ -40,7 +40,7 @@ $(STAMP): pyproject.toml constraints.txt
 DEMO_RUN := outputs/runs/cifar10_2class-vgg10/scale=demo
 demo: $(STAMP)
 	$(VENV)/bin/sharpcomp train scale=demo
-	$(VENV)/bin/sharpcomp figures '$(DEMO_RUN)' --out outputs/figures/demo --only runs
+	$(VENV)/bin/sharpcomp figures '$(DEMO_RUN)' out=outputs/figures/demo only=runs
 	@echo "results: $(DEMO_RUN)/metrics.parquet (one row per checkpoint); figure: outputs/figures/demo/runs.png"
 
 test: $(STAMP)

@@ -8,34 +8,30 @@ before Hydra starts, so a typo gets one clear line and a non-zero exit instead o
 from __future__ import annotations
 
 import importlib
-import itertools
 import os
-import re
 import sys
 from pathlib import Path
 
 import hydra
 import hydra.core.utils
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
-from omegaconf import OmegaConf
 
 from sharpcomp._version import __version__
 from sharpcomp.options import group_options, option_lines
-from sharpcomp.results.own_files import probe_writable
+from sharpcomp.overrides import GROUPS, check_composes, check_overrides, expand, implied_custom, known_keys
+from sharpcomp.results.hydra_files import defer_save, discard_held
 from sharpcomp.results.run_names import register_resolvers
-from sharpcomp.settings import CONFIG_MODULE, ConfigError, _yaml_keys, overrides_by_name
+from sharpcomp.settings import CONFIG_MODULE, overrides_by_name
 from sharpcomp.terminal import escaped_output
-from sharpcomp.usage import EXIT_USAGE, UsageError, report
+from sharpcomp.usage import EXIT_USAGE, UsageError, check_text, did_you_mean, report
 
 CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
-GROUPS = ("data", "model", "scale", "optim", "logger", "experiment")
-COMMANDS = ("train", "figures", "reparam", "measure", "runs", "landscape")
+COMMANDS = ("train", "figures", "reparam", "measure", "runs", "landscape", "rank")
 # Hydra's flags for looking at the composed config (e.g. `sharpcomp train --cfg job`)
 HYDRA_VIEW_FLAGS = ("--cfg", "-c", "--package", "-p", "--info", "-i", "--resolve")
+INFO_TOPICS = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
+RERUN_FLAG = "--experimental-rerun"  # Hydra's: unpickles a config file; refused in every form
 
 
 def usage() -> str:
@@ -56,6 +52,8 @@ commands:
             without training (sharpcomp measure --help)
   runs      one row per run under a folder: differing settings, status, accuracy, metrics (sharpcomp runs DIR)
   landscape loss landscape of a run, or the interpolation between two (sharpcomp landscape --help)
+  rank      which measure predicts generalisation over a sweep: Kendall, granulated Kendall, conditional
+            mutual information, sign errors, with bootstrap intervals (sharpcomp rank --help)
 
 examples:
   sharpcomp train lr=0.1 batch=20
@@ -71,186 +69,10 @@ config groups (train):
 options (train, with the defaults of the default groups):
 {chr(10).join(option_lines())}
 
-Hydra flags pass through, e.g. `sharpcomp train --cfg job` prints the composed config (resolved).
+Every command takes key=value options (--key VALUE and --key=VALUE mean the same) after its folders;
+`sharpcomp <command> --help` lists them. Hydra's view flags pass through, e.g. `sharpcomp train --cfg job`
+prints the composed config (resolved).
 Results: outputs/runs/<data>-<model>/<overrides>/metrics.parquet (multirun: outputs/multirun/...)."""
-
-
-# ---------------------------------------------------------------------------------------------
-# override checks
-
-
-def _expand(overrides: list[str]) -> list[list[str]]:
-    """Override lists to compose for checking: every value of every sweep at least once."""
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except Exception as exc:
-        raise UsageError(str(exc).strip().splitlines()[0]) from None
-    choices = []
-    for ov in parsed:
-        if ov.is_sweep_override():
-            key = ov.get_key_element()
-            try:
-                values = list(ov.sweep_string_iterator())
-            except Exception:
-                raise UsageError(f"cannot expand sweep '{ov.input_line}'") from None
-            choices.append([f"{key}={v}" for v in values])
-        else:
-            choices.append([ov.input_line])
-    combos = list(itertools.islice(itertools.product(*choices), 64))
-    # sweeps longer than the first 64 combinations: still check each of their values once
-    width = max((len(c) for c in choices), default=1)
-    for i in range(width):
-        combos.append(tuple(c[min(i, len(c) - 1)] for c in choices))
-    return [list(c) for c in dict.fromkeys(combos)]
-
-
-def _explain(exc: Exception, overrides: list[str]) -> str:
-    msg = str(exc).strip()
-    first = msg.splitlines()[0] if msg else type(exc).__name__
-    m = re.search(r"Could not find '(hydra/[^/']+)/([^']+)'", msg) or re.search(
-        r"Could not find '([^/']+)/([^']+)'", msg)
-    if m:
-        group, name = m.groups()
-        if group.startswith("hydra/"):
-            options = _hydra_options(group)
-            return f"unknown {group} '{name}'" + (f" (choose from {', '.join(options)})" if options else "")
-        options = group_options(group)
-        if options:
-            return f"unknown {group} '{name}' (choose from {', '.join(options)})"
-        return f"unknown option '{group}={name}'"
-    m = re.search(r"Could not override '([^']+)'", msg) or re.search(r"Key '([^']+)' is not in struct", msg)
-    if m:
-        return f"unknown option '{m.group(1)}' (see `sharpcomp --help`; a new key needs a leading +)"
-    m = re.search(r"Could not append to config. An item is already at '([^']+)'", msg)
-    if m:
-        return f"option '{m.group(1)}' already exists: set it without the leading +"
-    return first
-
-
-def _hydra_options(group: str) -> list[str]:
-    """Options of a Hydra config group (e.g. hydra/launcher): sharpcomp's and installed plugins'."""
-    try:
-        return sorted(GlobalHydra.instance().config_loader().get_group_options(group))
-    except Exception:
-        return []
-
-
-def _check_writable(folder: str) -> None:
-    """Prove the output folder can be made and written (then remove what the check made)."""
-    path = Path(folder).absolute()
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UsageError(f"cannot create output folder {path}: {existing} is not a folder")
-    made = []
-    try:
-        for p in reversed([path, *path.parents]):
-            if not p.exists():
-                p.mkdir()
-                made.append(p)
-        probe_writable(path)  # a nameless file: no link at a guessable name is followed
-    except OSError as exc:
-        raise UsageError(f"cannot write to output folder {path}: {exc.strerror or exc}") from None
-    finally:
-        for p in reversed(made):
-            try:
-                p.rmdir()
-            except OSError:
-                pass
-
-
-def implied_custom(overrides: list[str]) -> list[str]:
-    """``model._target_=X`` without a ``model=`` choice means one's own network: ``model=custom`` is
-    implied (its ``outputs: classes``, label ``custom``), so vgg10's keys do not reach X. A ``_target_``
-    naming a built-in's own callable keeps that built-in."""
-    # lazy: --help and --version stay free of torch and pandas
-    from sharpcomp.models import BUILTIN
-
-    keys = [o.split("=", 1) for o in overrides if "=" in o]
-    targets = [v for k, v in keys if k.lstrip("+~") == "model._target_"]
-    chosen = any(k.lstrip("+~") == "model" for k, _ in keys) or any(
-        k.lstrip("+~") == "experiment" for k, _ in keys)
-    if not targets or chosen or all(t in (b[0] for b in BUILTIN.values()) for t in targets):
-        return overrides
-    return ["model=custom", *overrides]
-
-
-HYDRA_FILES = (".hydra", ".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml")
-
-
-def _check_links(job_dir: str, names: tuple[str, ...] | None = None) -> None:
-    """UsageError when a file the command would write in the job's folder (``names``: a run's files) is a
-    symbolic link (Hydra's ``.hydra`` files are written before any sharpcomp code runs)."""
-    # lazy: --help and --version stay free of torch and pandas
-    from sharpcomp.results.run_state import MEMBERS
-
-    for name in names or dict.fromkeys((*HYDRA_FILES, *MEMBERS)):
-        p = Path(job_dir) / name
-        if p.is_symlink():
-            raise UsageError(f"refusing run folder {job_dir}: {name} is a symbolic link (to {os.readlink(p)}); "
-                             f"a run folder's files must be its own (move the link away)")
-
-
-def _job_dir(cfg, multirun: bool) -> str | None:
-    try:
-        if not multirun:
-            return str(cfg.hydra.run.dir)
-        return str(Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir))
-    except Exception:  # a folder name Hydra only knows once the job runs
-        return None
-
-
-def _check_appended(overrides: list[str]) -> None:
-    """UsageError for an appended key (``+key=value``) that no part of the program reads: anything
-    but a config group (``+experiment=fig1``), a model's own keyword argument (``+model.depth=3``,
-    read by the model's callable) or Hydra's own settings."""
-    top, metrics = _yaml_keys()
-    for ov in OverridesParser.create().parse_overrides(overrides):
-        if not ov.is_add():
-            continue
-        key = ov.get_key_element().lstrip("+")
-        head, _, rest = key.partition(".")
-        if key.startswith("hydra") or head == "model" or (not rest and key in GROUPS):
-            continue
-        known = (head in top and not rest) or (head == "metrics" and rest.split(".")[0] in metrics and
-                                                 rest.count(".") == 0)
-        hint = " (set it without the leading +)" if known else ""
-        raise UsageError(f"unknown option '+{key}': no part of sharpcomp reads it{hint}; see `sharpcomp --help`")
-
-
-def check_overrides(overrides: list[str], multirun: bool = False) -> None:
-    """Compose the train config for every sweep value and validate it; UsageError on the first problem."""
-    # lazy: --help and --version stay free of torch and pandas
-    from sharpcomp.engine.setup import check_config
-
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-            for n, combo in enumerate(_expand(overrides)):
-                if n == 0:
-                    _check_appended(combo)
-                try:
-                    cfg = compose("train", overrides=combo, return_hydra_config=True)
-                    plain = OmegaConf.to_container(cfg, resolve=False)
-                    plain.pop("hydra", None)
-                    plain = OmegaConf.to_container(OmegaConf.create(plain), resolve=True)
-                except Exception as exc:
-                    raise UsageError(_explain(exc, combo)) from None
-                try:
-                    check_config(plain)
-                except ConfigError as exc:
-                    raise UsageError(str(exc)) from None
-                HydraConfig.instance().set_config(cfg)
-                _check_writable(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir)
-                job_dir = _job_dir(cfg, multirun)
-                if job_dir is not None and not multirun:  # in a sweep, a job's own folder fails that job alone
-                    _check_links(job_dir)
-                if multirun:  # Hydra writes the sweep's config there with a plain open()
-                    _check_links(str(cfg.hydra.sweep.dir), ("multirun.yaml",))
-    finally:
-        GlobalHydra.instance().clear()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,6 +90,8 @@ def _train_job(cfg) -> str:
         return run_job(lambda: [train(cfg, run_dir)], [run_dir], hc.mode == RunMode.MULTIRUN)[0]
     except JobExit as exc:
         sys.exit(exc.code)
+    finally:
+        discard_held(run_dir)  # a run refused before it opened its folder leaves no .hydra files there
 
 
 class _Survivor:
@@ -303,19 +127,6 @@ class _Survivor:
         return getattr(self._stream, name)
 
 
-def _save_config_safely(cfg, filename: str, output_dir: Path) -> None:
-    """Hydra's ``.hydra/*.yaml`` writer, made safe: never through a symbolic link (a linked file or
-    folder is left alone, and the run then refuses the folder with one line), written whole."""
-    # lazy: --help and --version stay free of torch and pandas
-    from sharpcomp.results.records import atomic_write_bytes
-
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if output_dir.is_symlink() or (output_dir / filename).is_symlink():
-        return
-    atomic_write_bytes(output_dir / filename, OmegaConf.to_yaml(cfg).encode("utf-8"))
-
-
 class TrainTask:
     """Hydra's task function for ``train``. Launchers that run jobs in other processes (joblib, submitit)
     unpickle it there through :func:`train_task`, which registers the config's resolvers first: the
@@ -330,8 +141,11 @@ class TrainTask:
 
 
 def train_task() -> TrainTask:
-    """The ``train`` task function, with the resolvers of ``conf/train.yaml`` registered."""
+    """The ``train`` task function, with the resolvers of ``conf/train.yaml`` registered and Hydra's
+    ``.hydra`` writer held back until the run owns its folder (:mod:`sharpcomp.results.hydra_files`): in
+    a launcher's worker process too, where this runs when the task is unpickled, before the job starts."""
     register_resolvers()
+    hydra.core.utils._save_config = defer_save
     return TrainTask()
 
 
@@ -340,7 +154,6 @@ def _run_hydra_train(args: list[str], multirun: bool) -> int:
     from sharpcomp.engine.joblib_sweep import install
     from sharpcomp.engine.jobs import close_outcomes, open_outcomes, sweep_summary
 
-    hydra.core.utils._save_config = _save_config_safely  # Hydra's .hydra/ files: never through a link
     install()  # a killed joblib worker does not take the sweep down
     app = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")(train_task())
     argv0 = sys.argv[0]
@@ -351,6 +164,8 @@ def _run_hydra_train(args: list[str], multirun: bool) -> int:
     try:
         app()
         return sweep_summary(outcomes) if outcomes else 0
+    except SystemExit as exc:  # a single job's exit status (its line printed), or Hydra's own
+        return exc.code if isinstance(exc.code, int) else 1
     finally:
         sys.stdout = stdout
         sys.argv = [argv0]
@@ -363,6 +178,8 @@ def _run_hydra_train(args: list[str], multirun: bool) -> int:
 
 def _train(rest: list[str], multirun: bool) -> int:
     """``sharpcomp [-m] train [key=value ...]``: check every override, then run Hydra."""
+    for arg in rest:
+        check_text(arg)
     rest = overrides_by_name(rest)
     if "-m" in rest or "--multirun" in rest:
         multirun = True
@@ -370,14 +187,70 @@ def _train(rest: list[str], multirun: bool) -> int:
     if any(a in ("-h", "--help") for a in rest):
         print(usage())
         return 0
+    refuse_rerun(rest)
     if any(a.split("=")[0] in HYDRA_VIEW_FLAGS for a in rest):  # a view of the config: Hydra reads its own flags
-        return _run_hydra_train(_resolved_view(rest), multirun)
-    flags = [a for a in rest if a.startswith("-")]
+        return _view(rest, multirun)
+    flags = [i for i, a in enumerate(rest) if a.startswith("-")]
     if flags:
-        raise UsageError(f"unknown flag '{flags[0]}' (options are key=value; see `sharpcomp --help`)")
+        raise UsageError(_flag_hint(rest, flags[0]))
     rest = implied_custom(rest)
     check_overrides(rest, multirun)
     return _run_hydra_train(rest, multirun)
+
+
+def _flag_hint(args: list[str], i: int) -> str:
+    """The line for a flag ``train`` does not take; where it names a setting (``--lr 0.1``), the right form."""
+    name, eq, value = args[i].lstrip("-").partition("=")
+    key = name.replace("-", "_")
+    if key in known_keys():
+        value = value if eq else (args[i + 1] if i + 1 < len(args) and "=" not in args[i + 1] else "VALUE")
+        return f"unknown flag '{args[i]}': train takes key=value, write {key}={value} (see `sharpcomp --help`)"
+    return f"unknown flag '{args[i]}'{did_you_mean(key, known_keys())} (options are key=value; see `sharpcomp --help`)"
+
+
+def refuse_rerun(args: list[str]) -> None:
+    """UsageError for Hydra's ``--experimental-rerun`` in any form argparse would take (``--exp``,
+    ``--experimental-rerun=FILE``): it unpickles a file, and a results folder's ``.hydra/config.pickle``
+    is no file to unpickle."""
+    for arg in args:
+        flag = arg.split("=", 1)[0]
+        if len(flag) >= 3 and RERUN_FLAG.startswith(flag):
+            raise UsageError(f"{flag} is refused: it loads a pickle (a results folder's config.pickle could run code); "
+                             f"to run a run again, give its command line again (it resumes)")
+
+
+def _split_view(args: list[str]) -> tuple[list[str], list[str]]:
+    """Hydra's view flags (with their values) and the overrides; UsageError for any other flag."""
+    flags, overrides, args = [], [], list(args)
+    while args:
+        arg = args.pop(0)
+        name = arg.split("=", 1)[0]
+        if name in HYDRA_VIEW_FLAGS:
+            flags.append(arg)
+            takes = name in ("--cfg", "-c", "--package", "-p") or (name in ("--info", "-i") and args
+                                                                  and args[0] in INFO_TOPICS)
+            if "=" not in arg and takes and args:
+                flags.append(args.pop(0))
+        elif arg.startswith("-"):
+            raise UsageError(f"unknown flag '{arg}' (with --cfg: {', '.join(HYDRA_VIEW_FLAGS)}; options are "
+                             f"key=value; see `sharpcomp --help`)")
+        else:
+            overrides.append(arg)
+    return flags, overrides
+
+
+def _view(args: list[str], multirun: bool) -> int:
+    """``--cfg job`` and the other views of the composed config: the overrides must compose; a sweep's
+    (``-m``) first job is shown, with a line saying so (Hydra shows one config, not a sweep)."""
+    flags, overrides = _split_view(args)
+    overrides = implied_custom(overrides)
+    check_composes(overrides)
+    if multirun:
+        first = expand(overrides)[0]
+        if first != overrides:
+            print(f"sharpcomp: showing the sweep's first job: {' '.join(first)}", file=sys.stderr, flush=True)
+        overrides = first
+    return _run_hydra_train(_resolved_view([*flags, *overrides]), multirun=False)
 
 
 def _resolved_view(args: list[str]) -> list[str]:
@@ -399,12 +272,14 @@ SUBCOMMANDS = {
     "measure": "sharpcomp.commands.measure",
     "runs": "sharpcomp.commands.runs",
     "landscape": "sharpcomp.commands.landscape",
+    "rank": "sharpcomp.commands.rank",
 }
 
 
 def _subcommand(command: str, rest: list[str]) -> int:
     if command not in SUBCOMMANDS:
-        raise UsageError(f"unknown command '{command}' (choose from {', '.join(COMMANDS)}; see `sharpcomp --help`)")
+        raise UsageError(f"unknown command '{command}'{did_you_mean(command, COMMANDS)} (choose from "
+                         f"{', '.join(COMMANDS)}; see `sharpcomp --help`)")
     return importlib.import_module(SUBCOMMANDS[command]).main(rest)
 
 

@@ -80,13 +80,15 @@ def _default_json(overrides: tuple[str, ...], environment: tuple) -> str:
     return json.dumps(plain(compose(overrides)))
 
 
-def defaults(**groups: str) -> dict:
+def defaults(extra: Sequence[str] = (), **groups: str) -> dict:
     """The composed ``conf/train.yaml`` (scale=quick), with config groups chosen by name.
 
-    For example ``defaults(model="mlp4", data="fashion_mnist")``.
+    For example ``defaults(model="mlp4", data="fashion_mnist")``; ``extra``: further overrides, e.g.
+    ``("+experiment=eos",)``.
     """
     environment = tuple(os.environ.get(k) for k in ("SHARPCOMP_DATA", "SHARPCOMP_CACHE"))
-    return json.loads(_default_json(tuple(f"{g}={v}" for g, v in sorted(groups.items())), environment))
+    overrides = tuple(f"{g}={v}" for g, v in sorted(groups.items())) + tuple(extra)
+    return json.loads(_default_json(overrides, environment))
 
 
 def complete(cfg: Mapping) -> dict:
@@ -228,8 +230,49 @@ def _metric_settings(m: Mapping) -> MetricSettings:
         chunk_size=_number("metrics.chunk_size", m["chunk_size"], int, 0, allow_none=True),
         dtype={"float32": torch.float32, "float64": torch.float64}[_choice("metrics.dtype", m["dtype"],
                                                                          ("float32", "float64"))],
-        flatness_every=_number("metrics.flatness_every", m["flatness_every"], int, 0), flatness=dict(flatness),
+        flatness_every=_number("metrics.flatness_every", m["flatness_every"], int, 0, strict=False),
+        flatness=dict(flatness),
         network_wide=_flag("metrics.network_wide", m.get("network_wide", True)))
+
+
+STOP_CRITERIA = ("train_loss", "running_loss", "train_error")  # ``stop.*``: what a run is trained to
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """``stop``: train to a criterion.
+
+    A threshold per quantity (None: not used); a run stops at the first checkpoint after iteration 0 where
+    one of the quantities it sees is at or below its threshold.
+    """
+
+    train_loss: float | None = None
+    running_loss: float | None = None
+    train_error: float | None = None
+
+    def __bool__(self) -> bool:
+        return any(getattr(self, k) is not None for k in STOP_CRITERIA)
+
+    def reached(self, running_loss: float, train_loss: float | None, train_acc: float | None) -> str | None:
+        """The first criterion met by these values (the whole-set ones are None off their cadence), or None."""
+        values = {"train_loss": train_loss, "running_loss": running_loss,
+                  "train_error": None if train_acc is None else 1.0 - train_acc}
+        for key in STOP_CRITERIA:
+            limit, value = getattr(self, key), values[key]
+            if limit is not None and value is not None and value <= limit:  # NaN never reaches a threshold
+                return key
+        return None
+
+
+def _stop(c) -> StopRule:
+    c = c or {}
+    if not isinstance(c, Mapping):
+        raise ConfigError(f"stop must be a mapping of criteria ({', '.join(STOP_CRITERIA)}), got {c!r}")
+    unknown = [k for k in c if k not in STOP_CRITERIA]
+    if unknown:
+        raise ConfigError(f"unknown stop criterion '{unknown[0]}' (choose from {', '.join(STOP_CRITERIA)})")
+    return StopRule(**{k: _number(f"stop.{k}", c.get(k), float, 0, allow_none=True, strict=False)
+                       for k in STOP_CRITERIA})
 
 
 @dataclass(frozen=True)
@@ -256,6 +299,7 @@ class Settings:
     metrics: MetricSettings
     model: dict = field(hash=False)
     data: dict = field(hash=False)
+    stop: StopRule = StopRule()
 
     @property
     def optim_name(self) -> str:
@@ -277,8 +321,9 @@ class Settings:
         return self.checkpoints.index(it) % self.eval_every == 0 or it == self.steps
 
     def flatness_due(self, it: int) -> bool:
-        """Whether checkpoint ``it`` computes the flatness measures."""
-        return self.checkpoints.index(it) % self.metrics.flatness_every == 0 or it == self.steps
+        """Whether checkpoint ``it`` computes the flatness measures (``flatness_every`` 0: at the last only)."""
+        every = self.metrics.flatness_every
+        return it == self.steps or (every > 0 and self.checkpoints.index(it) % every == 0)
 
 
 def _device(name) -> str:
@@ -378,7 +423,7 @@ def settings(cfg, n_train: int | None = None) -> Settings:
         allow_tf32=tf32, cuda_graph=_choice("cuda_graph", c["cuda_graph"], ("auto", "off")),
         compile=_flag("compile", c["compile"]), metrics=_metric_settings(c["metrics"]),
         resume_every=_number("resume_every", c["resume_every"], float, 0, strict=False),
-        model=_model(c["model"]), data=_data(c["data"], c.get("data_dir")))
+        model=_model(c["model"]), data=_data(c["data"], c.get("data_dir")), stop=_stop(c.get("stop")))
 
 
 def validate_config(cfg, n_train: int | None = None) -> None:
@@ -422,6 +467,9 @@ def run_identity(cfg) -> dict:
         "metrics": {k: v for k, v in c["metrics"].items() if k not in IDENTITY_FREE_METRIC_KEYS},
         "allow_tf32": c.get("allow_tf32"),
     }
+    stop = {k: v for k, v in (c.get("stop") or {}).items() if v is not None}
+    if stop:  # a stopping rule ends a run elsewhere; runs without one keep the ids they always had
+        keys["stop"] = stop
     keys = _drop_new_keys(keys)
     digest = hashlib.sha1(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:8]
     run_id = f"{c['data']['name']}-{c['model']['name']}-lr{c['lr']}-b{c['batch']}-s{c['seed']}-{digest}"

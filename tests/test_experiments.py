@@ -39,7 +39,7 @@ EXPERIMENTS = {
 }
 SCALES = {"quick": 25000, "paper": 500000}
 # experiments beyond the study's figures
-BEYOND = ("eos",)
+BEYOND = ("eos", "rank")
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +137,24 @@ def test_eos_composes_full_batch_and_sgd(hydra_conf):
     assert "eos-fashion_mnist-mlp4" in cfg.hydra.sweep.dir
     jobs = sweep_jobs("eos")
     assert {job_setting(j) for j in jobs} == _grid((0.5, 1.0, 2.0), (1000, 50), (0,))  # batch 1000 = full batch
+
+
+def test_rank_composes_a_grid_of_48_runs_trained_to_a_loss(hydra_conf):
+    """The ranking experiment (docs/ranking.md): four axes, two seeds, a stopping rule, the measures at the stop."""
+    from sharpcomp.settings import settings
+
+    cfg = compose("train", overrides=["+experiment=rank"], return_hydra_config=True)
+    assert (cfg.data.name, cfg.model.name, cfg.steps, cfg.log_every) == ("fashion_mnist", "mlp4", 30000, 250)
+    assert cfg.stop.train_loss == 0.01 and cfg.metrics.flatness_every == 0
+    on = {k for k, v in cfg.metrics.flatness.items() if v is not None}
+    assert {"hessian_max", "worst_case", "average", "pacbayes", "param_norm", "dist_init", "grad_noise"} <= on
+    assert "rank-fashion_mnist-mlp4" in cfg.hydra.sweep.dir
+    jobs = sweep_jobs("rank")
+    values = [dict(o.split("=", 1) for o in job if not o.startswith("+")) for job in jobs]
+    assert len(jobs) == 48 and len({tuple(sorted(v.items())) for v in values}) == 48
+    assert {k: sorted({v[k] for v in values}) for k in values[0]} == {
+        "lr": ["0.1", "0.2", "0.4"], "batch": ["128", "32"], "model.width": ["0.25", "1"],
+        "data.n_train": ["1000", "4000"], "seed": ["0", "1"]}
+    run = compose("train", overrides=jobs[-1])
+    s = settings(OmegaConf.to_container(run, resolve=True))
+    assert s.stop.train_loss == 0.01 and s.flatness_due(30000) and not s.flatness_due(0)

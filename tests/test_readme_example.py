@@ -45,6 +45,10 @@ def test_readme_example_runs_as_written(in_tmp, monkeypatch, capsys):
         sys.modules.pop("mynets", None)
     runs = sorted((in_tmp / "outputs" / "multirun").rglob("metrics.parquet"))
     assert len(runs) == 4
+    # named by what differs from the model's own config (width 8 is smallresnet.yaml's): readable, integers as such
+    assert sorted(r.parent.name for r in runs) == sorted(  # lr=0.1 is the default
+        f"data.classes=[3,5],log_every=2,{lr}metrics.n=2,scale=demo{width}"
+        for lr in ("lr=0.05,", "") for width in ("", ",width=4"))
     rows = pd.concat([read_metrics(r) for r in runs])
     assert (rows.model == "smallresnet").all() and (rows.status == "finished").all()
     assert set(zip(rows.width, rows.lr)) == {(4.0, 0.05), (4.0, 0.1), (8.0, 0.05), (8.0, 0.1)}

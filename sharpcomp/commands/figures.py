@@ -1,28 +1,32 @@
 """The figures command (``sharpcomp figures``).
 
-Command line (``sharpcomp figures`` calls :func:`main`)::
+Command line (``sharpcomp figures`` calls :func:`main`; the syntax every subcommand shares,
+:mod:`sharpcomp.usage`)::
 
-    sharpcomp figures [RESULT_DIRS ...] [--out DIR] [--last-fraction 0.2] [--formats png,pdf]
-                      [--only fig1,figD5] [--band minmax|std|none] [--by KEY]
+    sharpcomp figures [RESULT_DIR ...] [out=DIR] [last_fraction=0.2] [formats=png,pdf]
+                      [only=fig1,figD5] [band=minmax|std|none] [by=KEY]
 
-- ``RESULT_DIRS`` (default ``outputs``): searched recursively for ``metrics.parquet``, so single
+(``--out DIR``, ``--last-fraction 0.2`` ... mean the same.)
+
+- ``RESULT_DIR`` (default ``outputs``): searched recursively for ``metrics.parquet``, so single
   runs, multirun folders and copies from a cluster all work. A file that cannot be read is skipped
-  with a line; when nothing can be read, one error line on stderr and exit status 1.
-- ``--out`` (default ``<first RESULT_DIR>-figures``, beside the results, never inside them): for each
+  with a line; a folder that does not exist or holds no results: one error line, exit status 2; results
+  that are there but none readable: exit status 1.
+- ``out`` (default ``<first RESULT_DIR>-figures``, beside the results, never inside them): for each
   figure ``<id>.png``, ``<id>.pdf`` and
   CSVs of the numbers drawn: trend figures ``<id>.csv`` (per group, column and iteration: mean over
   runs, std, min, max, number of runs; the flatness figure adds ``se``, the standard error of the
   lines drawn with error bars) and ``<id>_runs.csv`` (per-run summary: identity, progress, mean of
-  every quantity over the last ``--last-fraction`` of checkpoints); correlation figures
+  every quantity over the last ``last_fraction`` of checkpoints); correlation figures
   ``<id>.csv`` (the per-run points) and ``<id>_pearson.csv`` (Pearson r, p-value and n per pair).
-  A folder that cannot be written (or a file given as ``--out``): one error line, exit status 2.
+  A folder that cannot be written (or a file given as ``out``): one error line, exit status 2.
 - The CSVs' ``_run`` column names each run by its folder relative to the RESULT_DIR it was found
   under (with several RESULT_DIRs, prefixed by that folder's name), never by an absolute path.
-- ``--by KEY``: a swept config key, dotted as in the run's settings (``model.width``, ``optim.rho``,
+- ``by=KEY``: a swept config key, dotted as in the run's settings (``model.width``, ``optim.rho``,
   ``metrics.layer``, ``lr``; the flat identity names ``width``, ``optim`` ... work too). The ``sweep``
   and ``sweep_correlation`` figures then draw one line / colour per value of it. Read from each run's
   ``settings`` column, or for older files from the identity columns; a key no run has: one error
-  line, exit status 2. Without ``--by``, a sweep of one's own networks (a model other than the study's
+  line, exit status 2. Without ``by``, a sweep of one's own networks (a model other than the study's
   vgg10 and mlp4) is grouped by the key that differs between its runs (the first of lr, batch, then
   the others by name, when several differ; a line says which).
 - One line per figure written and one per thing skipped or worth knowing (a figure the results do
@@ -32,11 +36,11 @@ Command line (``sharpcomp figures`` calls :func:`main`)::
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from sharpcomp.figures.beyond import EXTRA_FIGURE_IDS, EXTRA_MAKERS
@@ -44,8 +48,18 @@ from sharpcomp.figures.catalogue import FIGURE_IDS, FIGURES, STUDY_MAKERS
 from sharpcomp.figures.context import Context
 from sharpcomp.figures.draw import BANDS
 from sharpcomp.figures.tables import load_results, run_info
-from sharpcomp.results.records import METRICS_FILE, SET_ASIDE, RecordError
-from sharpcomp.usage import EXIT_USAGE, Parser, UsageError, report
+from sharpcomp.results.records import METRICS_FILE, RecordError
+from sharpcomp.usage import (
+    EXIT_USAGE,
+    Option,
+    Syntax,
+    UsageError,
+    check_output_place,
+    choice,
+    choices_list,
+    number,
+    report,
+)
 
 ALL_FIGURE_IDS = FIGURE_IDS + EXTRA_FIGURE_IDS
 
@@ -54,46 +68,70 @@ ALL_FIGURE_IDS = FIGURE_IDS + EXTRA_FIGURE_IDS
 # Command line
 # --------------------------------------------------------------------------------------------
 
-def _parser() -> argparse.ArgumentParser:
-    p = Parser(
-        prog="sharpcomp figures",
-        description="Draw the study's figures (docs/figures.md) and figures of any results from every "
-                    "metrics.parquet under the given folders.",
-    )
-    p.add_argument("dirs", nargs="*", metavar="RESULT_DIR", help="folders to search (default: outputs)")
-    p.add_argument("--out", help="where figures go (default: <first RESULT_DIR>-figures, beside it)")
-    p.add_argument("--last-fraction", type=float, default=0.2,
-                   help="correlation points and per-run summaries: mean over this last fraction of "
-                        "each run's checkpoints (default 0.2)")
-    p.add_argument("--formats", default="png,pdf", help="comma-separated image formats (default png,pdf)")
-    p.add_argument("--only", help=f"comma-separated figure ids (default all: {','.join(ALL_FIGURE_IDS)})")
-    p.add_argument("--band", choices=BANDS, default="minmax",
-                   help="trend band over seeds: min to max (default), mean +- std, or none")
-    p.add_argument("--by", metavar="KEY",
-                   help="a swept config key (model.width, optim.rho, metrics.layer, lr, ...): the sweep "
-                        "figures draw one line (trend) or colour (correlation) per value of it")
-    return p
+SYNTAX = Syntax(
+    command="figures",
+    summary="Draw the study's figures (docs/figures.md) and figures of any results from every metrics.parquet "
+            "under the given folders.",
+    folders="[RESULT_DIR ...]",
+    folders_help="folders to search for metrics.parquet (default: outputs)",
+    most=None,
+    options=(
+        Option("out", "where figures go (default: <first RESULT_DIR>-figures, beside it)", "DIR"),
+        Option("last_fraction", "correlation points and per-run summaries: mean over this last fraction of "
+                                "each run's checkpoints (default 0.2)", "F"),
+        Option("formats", "comma-separated image formats: png, pdf, svg (default png,pdf)", "LIST"),
+        Option("only", f"comma-separated figure ids (default all: {','.join(ALL_FIGURE_IDS)})", "IDS"),
+        Option("band", f"trend band over seeds: {' | '.join(BANDS)} (default minmax: min to max; std: mean +- std)",
+               "BAND"),
+        Option("by", "a swept config key (model.width, optim.rho, metrics.layer, lr, ...): the sweep figures "
+                     "draw one line (trend) or colour (correlation) per value of it", "KEY"),
+    ),
+    examples=("sharpcomp figures outputs", "sharpcomp figures outputs/multirun out=figs only=fig1,runs",
+              "sharpcomp figures outputs/multirun/fashion_mnist-mymodel by=model.width"),
+)
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the command line asks for, checked."""
+
+    dirs: list[Path]
+    out: Path
+    default_out: bool
+    formats: list[str]
+    only: tuple[str, ...]
+    last_fraction: float
+    band: str
+    by: str | None
 
 
 def _error(text: str, status: int = 1) -> int:
     return report("figures", text, status)
 
 
-def _check_options(args) -> tuple[list[str], tuple[str, ...]]:
-    """The image formats and figure ids asked for; ``UsageError`` for a bad option."""
-    if not 0 < args.last_fraction <= 1:
-        raise UsageError(f"--last-fraction must be in (0, 1], got {args.last_fraction:g}")
-    formats = [f.strip().lstrip(".").lower() for f in args.formats.split(",") if f.strip()]
+def _request(argv: Sequence[str]) -> Request:
+    """The checked request of a command line; ``UsageError`` for a bad option or folder."""
+    args = SYNTAX.parse(argv)
+    fraction = number(args.said("last_fraction"), args.get("last_fraction", "0.2"))
+    if not 0 < fraction <= 1:
+        raise UsageError(f"{args.said('last_fraction')} must be in (0, 1], got {fraction:g}")
+    formats = [f.strip().lstrip(".").lower() for f in args.get("formats", "png,pdf").split(",") if f.strip()]
     unknown = [f for f in formats if f not in ("png", "pdf", "svg")]
     if not formats or unknown:
-        raise UsageError(f"--formats takes png, pdf, svg (got {args.formats!r})")
+        raise UsageError(f"{args.said('formats')} takes png, pdf, svg (got {args.get('formats')!r})")
     only = ALL_FIGURE_IDS
-    if args.only:
-        only = tuple(x.strip() for x in args.only.split(",") if x.strip())
-        bad = [x for x in only if x not in ALL_FIGURE_IDS]
-        if bad:
-            raise UsageError(f"unknown figure id {', '.join(bad)} (known: {', '.join(ALL_FIGURE_IDS)})")
-    return formats, only
+    if args.get("only") is not None:
+        only = tuple(choices_list("figure id", args.get("only"), ALL_FIGURE_IDS))
+    band = choice("band", args.get("band", "minmax"), BANDS)
+    dirs = [Path(d) for d in (args.folders or ["outputs"])]
+    missing = [str(d) for d in dirs if not d.exists()]
+    if missing:
+        raise UsageError(f"no such folder: {', '.join(missing)}")
+    if not any(d.name == METRICS_FILE or next(d.rglob(METRICS_FILE), None) for d in dirs):
+        raise UsageError(f"no {METRICS_FILE} files under {', '.join(map(str, dirs))} (name folders that hold "
+                         f"sharpcomp results)")
+    out = Path(args.get("out")) if args.get("out") else default_out(dirs[0])
+    return Request(dirs, out, not args.get("out"), formats, only, fraction, band, args.get("by"))
 
 
 def default_out(results: Path) -> Path:
@@ -106,28 +144,24 @@ def default_out(results: Path) -> Path:
 def _check_out(out: Path) -> None:
     """Make the output folder and check that a file can be written there; ``UsageError`` if not."""
     if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file, not a folder (choose a folder with --out)")
+        raise UsageError(f"out {out} is a file, not a folder (choose a folder with out=DIR)")
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out):
             pass
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        raise UsageError(f"cannot write figures to {out}: {reason} (choose a folder with --out)") from None
+        raise UsageError(f"cannot write figures to {out}: {reason} (choose a folder with out=DIR)") from None
 
 
 def _check_out_place(out: Path, default: bool) -> None:
-    """``UsageError`` for an output folder inside a run's results (``metrics.parquet``, ``.hydra``,
-    ``set-aside``: readers and compaction own those) or, for the default ``<RESULT_DIR>/figures``, a
-    symbolic link (a results folder's member must not send writes elsewhere)."""
-    parts = Path(os.path.abspath(out)).parts
-    inside = next((p for p in parts if p in (METRICS_FILE, ".hydra", SET_ASIDE)), None)
-    if inside:
-        raise UsageError(f"--out {out} is inside a run's {inside} folder, which only sharpcomp writes "
-                          f"(choose a folder with --out)")
+    """``UsageError`` for an output folder inside a run's results (:func:`sharpcomp.usage.check_output_place`)
+    or, for the default ``<RESULT_DIR>-figures``, a symbolic link (a results folder's member must not send
+    writes elsewhere)."""
+    check_output_place(out, "out")
     if default and out.is_symlink():
         raise UsageError(f"{out} is a symbolic link (to {os.readlink(out)}); figures are not written through "
-                          f"a results folder's link (move it away, or choose a folder with --out)")
+                          f"a results folder's link (move it away, or choose a folder with out=DIR)")
 
 
 def _draw(ctx: Context, only: Sequence[str]) -> None:
@@ -143,39 +177,35 @@ def _draw(ctx: Context, only: Sequence[str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+    """``sharpcomp figures [RESULT_DIR ...] [key=value ...]``: draw every figure the results allow; 0 on success."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if SYNTAX.asks_help(argv):
+        print(SYNTAX.help())
+        return 0
     try:
-        args = parser.parse_args(list(argv) if argv is not None else None)
-        formats, only = _check_options(args)
-    except SystemExit as exc:  # --help
-        return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USAGE
-    except UsageError as exc:
-        return _error(str(exc), EXIT_USAGE)
-    dirs = [Path(d) for d in (args.dirs or ["outputs"])]
-    out = Path(args.out) if args.out else default_out(dirs[0])
-    try:
-        _check_out_place(out, default=not args.out)
+        req = _request(argv)
+        _check_out_place(req.out, req.default_out)
     except UsageError as exc:
         return _error(str(exc), EXIT_USAGE)
     try:
-        frame, notes = load_results(dirs)
+        frame, notes = load_results(req.dirs)
     except RecordError as exc:
         return _error(str(exc))
     except Exception as exc:  # a damaged folder must not end in a traceback
-        return _error(f"cannot read results under {', '.join(map(str, dirs))}: {exc}")
+        return _error(f"cannot read results under {', '.join(map(str, req.dirs))}: {exc}")
     for note in notes:
         print(note, flush=True)
     info = run_info(frame)
-    print(f"read {len(info)} runs from {len(dirs)} folder{'s' if len(dirs) > 1 else ''}", flush=True)
+    print(f"read {len(info)} runs from {len(req.dirs)} folder{'s' if len(req.dirs) > 1 else ''}", flush=True)
     try:
-        ctx = Context(frame, info, out, formats, args.last_fraction, args.band, by=args.by)
-        _check_out(out)
+        ctx = Context(frame, info, req.out, req.formats, req.last_fraction, req.band, by=req.by)
+        _check_out(req.out)
     except KeyError as exc:
         return _error(exc.args[0], EXIT_USAGE)
     except UsageError as exc:
         return _error(str(exc), EXIT_USAGE)
-    _draw(ctx, only)
-    print(f"{ctx.written} figure{'s' if ctx.written != 1 else ''} written to {out}"
+    _draw(ctx, req.only)
+    print(f"{ctx.written} figure{'s' if ctx.written != 1 else ''} written to {req.out}"
           if ctx.written else "no figures written: the results allow none (see the lines above)", flush=True)
     return 0
 

@@ -15,7 +15,7 @@ The subsets are the first n images of a permutation drawn from ``seed``; the dir
 
 from __future__ import annotations
 
-import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,35 +27,54 @@ from sharpcomp.figures import landscape as draw
 from sharpcomp.measures.landscape import slices as landscape
 from sharpcomp.settings import ConfigError, Settings
 from sharpcomp.terminal import shown
-from sharpcomp.usage import EXIT_USAGE, UsageError, report
+from sharpcomp.usage import EXIT_USAGE, Option, Syntax, UsageError, check_output_place, integer, number, report
 
-_FLOATS, _INTS = ("span", "lo", "hi"), ("points", "n", "seed", "chunk", "batch")
+T_MAX = 100.0  # |lo|, |hi| and span: farther out, weights of 100 times their size (the losses overflow first)
+SYNTAX = Syntax(
+    command="landscape", folders="RUN [RUN_B]", most=2,
+    folders_help="one run folder (its landscape) or two (their interpolation)",
+    summary="The loss landscape of a run around its last checkpoint (a 2D grid along two filter-normalised "
+            "random directions, and a 1D profile), or the path (1 - t) A + t B between two runs of the same "
+            "network and data. CSVs and PNGs in out=DIR (default RUN-landscape, beside the run).",
+    options=(
+        Option("points", "grid points per axis (default 41; >= 2)", "P"),
+        Option("span", f"one run: the grid covers [-span, span]^2 (default 1.0; at most {T_MAX:g})", "S"),
+        Option("lo", f"two runs: t from lo (default -0.5; within +-{T_MAX:g})", "T"),
+        Option("hi", f"two runs: t to hi (default 1.5; above lo, within +-{T_MAX:g})", "T"),
+        Option("n", "training (and test) images the losses are computed on (default 2000)", "N"),
+        Option("seed", "seed of the directions and of the image subsets (default 0)", "S"),
+        Option("out", "output folder (default RUN-landscape, beside the run folder)", "DIR"),
+        Option("chunk", "grid points evaluated at once (default 41)", "K"),
+        Option("batch", "images per forward pass (default 500)", "B"),
+    ),
+    examples=("sharpcomp landscape outputs/runs/fashion_mnist-mlp4/default points=21",
+              "sharpcomp landscape RUN_A RUN_B lo=-1 hi=2 out=interp"),
+)
 
 
 def _parse(argv: Sequence[str]) -> tuple[list[str], dict]:
-    runs, opts = [], {}
-    for a in argv:
-        if "=" in a and not Path(a).is_dir() and not a.startswith("-"):
-            k, v = a.split("=", 1)
-            if k not in _FLOATS + _INTS + ("out",):
-                raise UsageError(f"unknown option '{k}' (options: {', '.join(_INTS + _FLOATS)}, out)")
-            try:
-                opts[k] = v if k == "out" else (float(v) if k in _FLOATS else int(v))
-            except ValueError:
-                raise UsageError(f"{k} must be {'a number' if k in _FLOATS else 'an integer'}, got '{v}'") from None
-        elif a.startswith("-"):
-            raise UsageError(f"unknown flag '{a}' (see `sharpcomp landscape --help`)")
-        else:
-            runs.append(a)
+    """The run folders and the checked options; UsageError for a bad command line."""
+    parsed = SYNTAX.parse(argv)
+    runs, given, opts = parsed.folders, parsed.values, {}
     if not 1 <= len(runs) <= 2:
         raise UsageError("give one run folder (a landscape) or two (their interpolation)")
-    for k in ("points", "n", "chunk", "batch"):
-        if k in opts and opts[k] < (2 if k == "points" else 1):
-            raise UsageError(f"{k} must be >= {2 if k == 'points' else 1}, got {opts[k]}")
-    if not (math.isfinite(opts.get("span", 1.0)) and opts.get("span", 1.0) > 0):
-        raise UsageError(f"span must be a positive number, got {opts.get('span')}")
+    for k in ("points", "n", "chunk", "batch", "seed"):
+        if k in given:
+            opts[k] = integer(parsed.said(k), given[k], None if k == "seed" else 2 if k == "points" else 1)
+    if "span" in given:
+        opts["span"] = number(parsed.said("span"), given["span"], 0, above=True)
+        if opts["span"] > T_MAX:
+            raise UsageError(f"span must be <= {T_MAX:g}, got {opts['span']:g}")
+    for k in ("lo", "hi"):
+        if k in given:
+            opts[k] = number(parsed.said(k), given[k], -T_MAX, T_MAX)
     if not opts.get("lo", -0.5) < opts.get("hi", 1.5):
         raise UsageError("lo must be below hi")
+    if "out" in given:
+        if not given["out"]:
+            raise UsageError("out needs a folder: out=DIR")
+        check_output_place(given["out"], parsed.said("out"))
+        opts["out"] = given["out"]
     return runs, opts
 
 
@@ -94,7 +113,7 @@ def _run(runs: list[Path], o: dict) -> list[Path]:
     model, loss_fn, data, s = finite(run.model, runs[0]), run.loss_fn, run.data, run.settings
     train = _subset(data.train_x, data.train_y, n, seed)
     test = _subset(data.test_x, data.test_y, n, seed)
-    out = Path(o["out"]) if "out" in o else runs[0].with_name(f"{runs[0].name}-landscape")
+    out = Path(o["out"]) if "out" in o else runs[0].with_name(f"{runs[0].name}-landscape")  # beside the run
     if "out" not in o and out.is_symlink():  # the default folder is never followed elsewhere
         raise UsageError(f"the output folder {out} is a symbolic link; name a folder with out=DIR")
     name = shown(f"{s.raw['model']['name']} on {s.raw['data']['name']}")
@@ -126,14 +145,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     def err(msg: str, code: int = EXIT_USAGE) -> int:
         return report("landscape", msg, code)
 
-    if any(a in ("-h", "--help", "help") for a in argv):
-        print(__doc__.split("\n\n", 1)[1])
+    if SYNTAX.asks_help(argv):
+        print(SYNTAX.help())
         return 0
     try:
         runs, opts = _parse(argv)
     except UsageError as exc:
         return err(str(exc))
-    paths = [Path(r) for r in runs]
+    paths = [Path(os.path.abspath(r)) for r in runs]  # named by their folders (``.`` too)
     for p in paths:
         if not p.is_dir():
             return err(f"no run directory '{p}'")

@@ -1,25 +1,28 @@
 """``sharpcomp measure``: every measure on networks trained elsewhere, without training.
 
-Usage (key=value arguments)::
+Usage (the syntax every subcommand shares, :mod:`sharpcomp.usage`)::
 
-    sharpcomp measure run=RUN_FOLDER[,RUN_FOLDER...]            [common options]
-    sharpcomp measure model=MODEL [weights=FILE] data=DATA [arg.KEY=VALUE ...] [common options]
+    sharpcomp measure RUN_FOLDER [RUN_FOLDER ...]                  [options]
+    sharpcomp measure run=RUN_FOLDER[,RUN_FOLDER...]               [options]
+    sharpcomp measure model=MODEL [weights=FILE] data=DATA [arg.KEY=VALUE ...] [options]
 
-``run``: sharpcomp run folders (their network, last weights, data and settings). ``model``: a built-in
-(``vgg10``, ``mlp4``, ``vit``), ``timm:NAME`` (``timm.create_model(NAME, num_classes=N)``),
-``torchvision:NAME`` (``torchvision.models.NAME(num_classes=N)``) or a dotted callable (as
-``model._target_``); ``arg.KEY=VALUE`` are its keyword arguments (YAML values); ``weights``: a state
-dict saved by ``torch.save`` (a dict with a ``model_state`` entry, as a sharpcomp checkpoint, also
-works); without it the network keeps its seeded initial weights. ``data``: a ``conf/data`` name.
-Several models: separate them by commas (``model=vgg10,mlp4``; then ``weights`` takes as many files).
+``run``: sharpcomp run folders (their network, last weights, data and settings), named as arguments or
+by ``run=`` (repeatable; a comma separates folders, and a folder whose own name holds commas, as run
+folders do, is taken whole). ``model``: a built-in (``vgg10``, ``mlp4``, ``vit``), ``timm:NAME``
+(``timm.create_model(NAME, num_classes=N)``), ``torchvision:NAME`` (``torchvision.models.NAME(num_classes=N)``)
+or a dotted callable (as ``model._target_``); ``arg.KEY=VALUE`` are its keyword arguments (YAML values);
+``weights``: a state dict saved by ``torch.save`` (a dict with a ``model_state`` entry, as a sharpcomp
+checkpoint, also works); without it the network keeps its seeded initial weights. ``data``: a
+``conf/data`` name. Several models: separate them by commas (``model=vgg10,mlp4``; then ``weights``
+takes as many files).
 
-Common options: ``n`` (samples per set, default 100), ``sample_sets`` (comma list of train, test,
+Options: ``n`` (samples per set, default 100), ``sample_sets`` (comma list of train, test,
 misclassified; default train), ``seed`` (picks the train samples; default 0), ``outputs`` (N, default:
 the data's class count for ``model``), ``dtype`` (float32|float64), ``out`` (folder; default
-``outputs/measure``), ``figure`` (a PNG path: the across-model correlation of sharpness with MLS and
-NMLS, over every row in ``out``), ``estimate`` (auto: the matrix-free estimators with standard errors,
-``sharpcomp.measures.study.estimators``, when a sample's Jacobian has over 2e7 entries; exact; always),
-``probes`` (estimator probes, default 32).
+``outputs/measure``; not a training run's folder), ``figure`` (a PNG path: the across-model correlation
+of sharpness with MLS and NMLS, over every row in ``out``), ``estimate`` (auto: the matrix-free estimators
+with standard errors, ``sharpcomp.measures.study.estimators``, when a sample's Jacobian has over 2e7
+entries; exact; always), ``probes`` (estimator probes, default 32).
 
 One row per (model, sample set) is appended to ``out/metrics.parquet`` in the results schema
 (``sharpcomp.results.columns``; ``run_id`` is the run's id or ``measure-<label>``; a row measured again
@@ -50,15 +53,44 @@ from sharpcomp.measures.study.estimators import choose, estimate_metrics
 from sharpcomp.measures.study.metrics import compute_metrics
 from sharpcomp.measures.study.network_wide import add_network_wide
 from sharpcomp.models import BUILTIN
-from sharpcomp.results.records import RecordError, atomic_write_parquet, read_metrics, tidy
-from sharpcomp.results.run_state import load_tensors
-from sharpcomp.settings import ConfigError, defaults, run_identity, settings
+from sharpcomp.results.records import METRICS_FILE, RecordError, atomic_write_parquet, read_metrics, tidy
+from sharpcomp.results.run_state import CHECKPOINT_FILE, load_tensors
+from sharpcomp.settings import SAMPLE_SETS, ConfigError, defaults, run_identity, settings
+from sharpcomp.usage import Option, Syntax, UsageError, check_output_place, choice, choices_list, integer, split_paths
 
-USAGE = __doc__.split("\n\n", 1)[1].split("\n\nOne row")[0]
 COMMON = {"n": 100, "sample_sets": "train", "seed": 0, "outputs": None, "dtype": "float32",
           "estimate": "auto", "probes": 32,
           "out": "outputs/measure", "figure": None, "data": None, "model": None, "weights": None, "run": None}
 FIGURE_COLUMNS = ("sharpness", "mls", "nmls", "G", "local_dim")
+SYNTAX = Syntax(
+    command="measure",
+    summary="Every measure on trained networks, without training: run folders, or any model (built-in, timm, "
+            "torchvision, your own) with its weights. One row per (network, sample set) in out/metrics.parquet.",
+    folders="[RUN_FOLDER ...]",
+    folders_help="sharpcomp run folders (as run=)",
+    most=None,
+    options=(
+        Option("run", "run folders, comma-separated (a folder whose name holds commas is taken whole); "
+                      "repeatable", "FOLDER", repeat=True),
+        Option("model", "vgg10, mlp4, vit, timm:NAME, torchvision:NAME or a dotted callable; comma-separated for "
+                        "several", "MODEL"),
+        Option("weights", "a torch.save state dict per model (default: the seeded initial weights)", "FILE"),
+        Option("data", "a conf/data name (with model=), e.g. cifar10_2class", "DATA"),
+        Option("n", "samples per sample set (default 100)", "N"),
+        Option("sample_sets", "comma list of train, test, misclassified (default train)", "LIST"),
+        Option("seed", "picks the train samples and the model's initial weights (default 0)", "S"),
+        Option("outputs", "the model's outputs (default: the data's class count)", "N"),
+        Option("dtype", "float32 | float64 (default float32)", "DTYPE"),
+        Option("estimate", "auto (estimators above 2e7 Jacobian entries per sample) | exact | always", "HOW"),
+        Option("probes", "estimator probes (default 32)", "K"),
+        Option("out", "folder of the rows (default outputs/measure; not a training run's folder)", "DIR"),
+        Option("figure", "a PNG path: sharpness against MLS, NMLS, G and local dim over every row in out", "PNG"),
+    ),
+    families=(("arg.", "a keyword argument of model= (a YAML value)"),),
+    examples=("sharpcomp measure outputs/runs/fashion_mnist-mlp4/default",
+              "sharpcomp measure run=outputs/runs/a,outputs/runs/b n=100 sample_sets=train,test figure=corr.png",
+              "sharpcomp measure model=timm:vit_tiny_patch16_224 arg.img_size=32 weights=vit.pt data=cifar10_2class"),
+)
 
 
 class MeasureError(ValueError):
@@ -66,40 +98,45 @@ class MeasureError(ValueError):
 
 
 def parse(argv: Sequence[str]) -> tuple[dict, dict]:
-    """(options, model keyword arguments) from key=value arguments."""
-    opts, args = dict(COMMON), {}
-    for a in argv:
-        if "=" not in a:
-            raise MeasureError(f"expected key=value, got '{a}'")
-        key, value = a.split("=", 1)
-        if key.startswith("arg."):
-            args[key[4:]] = yaml.safe_load(value)
-        elif key in COMMON:
-            opts[key] = value
-        else:
-            raise MeasureError(f"unknown option '{key}' (options: {', '.join(COMMON)}, arg.KEY)")
+    """(options, model keyword arguments) from the command line."""
+    try:
+        parsed = SYNTAX.parse(argv)
+    except UsageError as exc:
+        raise MeasureError(str(exc)) from None
+    opts = {**COMMON, **{k: v for k, v in parsed.values.items() if k != "run"}}
+    runs = [*parsed.folders, *(f for v in parsed.get("run", []) for f in split_paths(v))]
+    opts["run"] = runs or None
+    args = {k: yaml.safe_load(v) for k, v in parsed.extra.items()}
     if (opts["run"] is None) == (opts["model"] is None):
-        raise MeasureError("give either run=FOLDER[,...] or model=MODEL data=DATA")
+        raise MeasureError("give either run=FOLDER[,...] (or run folders as arguments) or model=MODEL data=DATA")
     if opts["model"] is not None and opts["data"] is None:
         raise MeasureError("model= needs data= (a conf/data name, e.g. cifar10_2class)")
-    if opts["estimate"] not in ("auto", "exact", "always"):
-        raise MeasureError(f"estimate must be auto, exact or always, got {opts['estimate']!r}")
-    for key in ("n", "seed", "probes"):
-        try:
-            opts[key] = int(opts[key])
-        except ValueError:
-            raise MeasureError(f"{key} must be an integer, got {opts[key]!r}") from None
-    if opts["n"] < 1:
-        raise MeasureError(f"n must be >= 1, got {opts['n']}")
-    if opts["probes"] < 2:
-        raise MeasureError(f"probes must be >= 2, got {opts['probes']}")
-    opts["sample_sets"] = tuple(s for s in str(opts["sample_sets"]).split(",") if s)
-    for s in opts["sample_sets"]:
-        if s not in ("train", "test", "misclassified"):
-            raise MeasureError(f"unknown sample set '{s}' (choose from train, test, misclassified)")
-    if opts["dtype"] not in ("float32", "float64"):
-        raise MeasureError(f"dtype must be float32 or float64, got {opts['dtype']!r}")
+    try:
+        _check_values(opts, parsed)
+    except UsageError as exc:
+        raise MeasureError(str(exc)) from None
     return opts, args
+
+
+def _check_values(opts: dict, parsed) -> None:
+    """Options converted and checked in place; UsageError naming the first bad one."""
+    opts["estimate"] = choice("estimate", opts["estimate"], ("auto", "exact", "always"))
+    opts["n"] = integer(parsed.said("n"), opts["n"], 1)
+    opts["seed"] = integer(parsed.said("seed"), opts["seed"])
+    opts["probes"] = integer(parsed.said("probes"), opts["probes"], 2)
+    opts["sample_sets"] = tuple(choices_list("sample_sets", str(opts["sample_sets"]), SAMPLE_SETS))
+    opts["dtype"] = choice("dtype", opts["dtype"], ("float32", "float64"))
+    if opts["outputs"] is not None:
+        opts["outputs"] = integer(parsed.said("outputs"), opts["outputs"], 1)
+    if not opts["out"]:
+        raise UsageError("out needs a folder: out=DIR")
+    check_output_place(opts["out"], parsed.said("out"))
+    out = Path(opts["out"])
+    if (out / CHECKPOINT_FILE).exists() or (out / ".hydra").exists() or (out / METRICS_FILE).is_dir():
+        raise UsageError(f"{parsed.said('out')} {out} is a training run's folder; its records are the run's own "
+                         f"(choose another folder, e.g. out=outputs/measure)")
+    if opts["figure"] is not None:
+        check_output_place(opts["figure"], parsed.said("figure"))
 
 
 def model_config(spec: str, args: dict, outputs: int) -> dict:
@@ -117,17 +154,22 @@ def model_config(spec: str, args: dict, outputs: int) -> dict:
 
 
 def load_weights(model: nn.Module, path: str) -> None:
+    """Load the state dict saved in ``path`` (or a checkpoint's ``model_state``) into ``model``; MeasureError if not."""
     if not Path(path).is_file():
         raise MeasureError(f"no weights file '{path}'")
-    try:  # a regular file of tensors only: a crafted pickle runs nothing, a FIFO never blocks
-        state = load_tensors(Path(path), "cpu", "a state dict saved by torch.save")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK") or head[:1] == b"\x80"):  # torch.save's zip archive, or its older pickle
+        raise MeasureError(f"cannot read weights '{path}': not a file written by torch.save")
+    try:  # a regular file of tensors only: a crafted pickle runs nothing, and the line says what it holds
+        state = load_tensors(Path(path), "cpu", "a plain state dict saved by torch.save")
     except ConfigError as exc:
         raise MeasureError(str(exc)) from None
     if isinstance(state, dict) and "model_state" in state:
         state = state["model_state"]
     try:
         model.load_state_dict(state)
-    except (RuntimeError, TypeError) as exc:
+    except (RuntimeError, TypeError, AttributeError, ValueError) as exc:
         raise MeasureError(f"weights '{path}' do not fit the model: {str(exc).splitlines()[0]}") from None
 
 
@@ -147,7 +189,7 @@ def _targets(opts: dict, args: dict) -> list[dict]:
     """One entry per network: model, its settings, data, sample inputs by set, identity columns."""
     out = []
     if opts["run"] is not None:
-        for folder in str(opts["run"]).split(","):
+        for folder in opts["run"]:
             if not Path(folder).is_dir():
                 raise MeasureError(f"no run folder '{folder}'")
             try:
@@ -159,7 +201,7 @@ def _targets(opts: dict, args: dict) -> list[dict]:
             out.append({"model": model, "settings": s, "label": None, "source": folder})
         return out
     specs = str(opts["model"]).split(",")
-    weights = str(opts["weights"]).split(",") if opts["weights"] else [None] * len(specs)
+    weights = split_paths(str(opts["weights"])) if opts["weights"] else [None] * len(specs)
     if len(weights) != len(specs):
         raise MeasureError(f"{len(specs)} models but {len(weights)} weights files")
     base = _base(opts)
@@ -249,8 +291,8 @@ def draw_figure(path: Path, target: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help", "help") for a in argv):
-        print("sharpcomp measure: every measure on trained networks, without training.\n\n" + USAGE)
+    if SYNTAX.asks_help(argv):
+        print(SYNTAX.help())
         return 0
     try:
         opts, args = parse(argv)

@@ -1,4 +1,4 @@
-"""``sharpcomp reparam RUN_DIR alpha=10 layer=fc1``: rescale one layer of a trained run, print every measure.
+"""``sharpcomp reparam RUN_DIR alpha=10 layer=fc1 [measures=...]``: rescale one layer of a run, print the measures.
 
 The table comes from :func:`sharpcomp.measures.symmetry.reparam.reparam_table` on the run's train sample set, in
 float64; this module reads the run folder and the options and prints it.
@@ -16,72 +16,60 @@ from pathlib import Path
 import pandas as pd
 
 from sharpcomp.engine.loading import load_run, nonfinite_weights
-from sharpcomp.measures.symmetry.reparam import reparam_table, rescalable_layers, rescale_unit
+from sharpcomp.measures.symmetry.reparam import chosen_measures, reparam_table, rescalable_layers, rescale_unit
 from sharpcomp.settings import ConfigError
-from sharpcomp.usage import EXIT_USAGE, UsageError, report
+from sharpcomp.usage import EXIT_USAGE, Option, Syntax, UsageError, choices_list, integer, number, report
 
-USAGE = """usage: sharpcomp reparam RUN_DIR [alpha=10] [layer=NAME] [units=I,J,...] [probes=50] [seed=0] [n=N]
-
-Load the run's last checkpoint (RUN_DIR/checkpoint.pt), rescale hidden layer NAME's incoming weights
-and biases by alpha and the next layer's matching weights by 1/alpha (the network function does not
-change), and print every metric before and after on the run's train sample set, marking which moved.
-  alpha   rescaling factor > 0 (default 10)
-  layer   a hidden layer (default: the last one before the output layer)
-  units   comma-separated unit/channel indices (default: all units of the layer)
-  probes  Hutchinson probes for hessian_trace and quotient_trace (default 50; < 2 skips them)
-  seed    seed of the probes (default 0)
-  n       use the first n points of the train sample set (default: all of them); each measure is
-          recomputed twice in float64, which takes minutes on a convolutional network
-  model._target_  a network that is not built in: the dotted path of its callable, named by you
-          (the config stored in the checkpoint never chooses code)"""
+SYNTAX = Syntax(
+    command="reparam",
+    summary="Load the run's last checkpoint (RUN_DIR/checkpoint.pt), rescale hidden layer NAME's incoming weights "
+            "and biases by alpha and the next layer's matching weights by 1/alpha (the network function does not "
+            "change), and print every measure before and after on the run's train sample set, marking which moved.",
+    folders="RUN_DIR",
+    folders_help="a run folder (any folder sharpcomp train wrote)",
+    most=1,
+    options=(
+        Option("alpha", "rescaling factor > 0 (default 10)", "A"),
+        Option("layer", "a hidden layer (default: the last one before the output layer)", "NAME"),
+        Option("units", "comma-separated unit/channel indices (default: all units of the layer)", "I,J"),
+        Option("measures", "comma-separated measures to compute (default: every measure with a declared verdict: "
+                           "metrics, network_wide, quotient_trace, worst_case, hessian_max, ...)", "LIST"),
+        Option("probes", "Hutchinson probes for the traces (default 50; < 2 skips them)", "K"),
+        Option("seed", "seed of the probes and draws (default 0)", "S"),
+        Option("n", "use the first n points of the train sample set (default: all of them); each measure is "
+                    "computed twice in float64, which takes minutes on a convolutional network", "N"),
+        Option("model._target_", "a network that is not built in: the dotted path of its callable, named by you "
+                                 "(the config stored in the checkpoint never chooses code)", "PATH"),
+    ),
+    examples=("sharpcomp reparam outputs/runs/fashion_mnist-mlp4/default alpha=10 layer=fc2",
+              "sharpcomp reparam RUN measures=hessian_max,worst_case n=20"),
+)
 
 
 def _parse(argv: Sequence[str]) -> tuple[str, dict]:
+    """The run folder and the checked options; UsageError for a bad command line."""
     args = list(argv)
-    if args and args[0] == "reparam":
+    if args and args[0] == "reparam" and not Path("reparam").exists():
         args = args[1:]
-    run_dir, opts = None, {}
-    known = ("alpha", "layer", "units", "probes", "seed", "n", "model._target_")
-    for a in args:
-        if run_dir is None and "=" in a and Path(a).is_dir():
-            run_dir = a  # Hydra run folders carry '=' in their names (outputs/runs/.../lr=0.1,seed=0)
-        elif "=" in a and not a.startswith("-"):
-            k, v = a.split("=", 1)
-            if k not in known:
-                raise UsageError(f"unknown option '{k}' (options: {', '.join(known)})")
-            opts[k] = v
-        elif a.startswith("-"):
-            raise UsageError(f"unknown flag '{a}' (see `sharpcomp reparam --help`)")
-        elif run_dir is None:
-            run_dir = a
-        else:
-            raise UsageError(f"unexpected argument '{a}' (one RUN_DIR, then key=value options)")
-    if run_dir is None:
+    parsed = SYNTAX.parse(args)
+    if not parsed.folders:
         raise UsageError("missing RUN_DIR (see `sharpcomp reparam --help`)")
+    opts = parsed.values
     out: dict = {"layer": opts.get("layer"), "target": opts.get("model._target_") or None}
-    try:
-        out["alpha"] = float(opts.get("alpha", "10"))
-    except ValueError:
-        raise UsageError(f"alpha must be a positive number, got '{opts['alpha']}'") from None
-    if not (math.isfinite(out["alpha"]) and out["alpha"] > 0):
-        raise UsageError(f"alpha must be a positive number, got {opts.get('alpha')}")
-    for k, default in (("probes", 50), ("seed", 0), ("n", 0)):
-        try:
-            out[k] = int(opts.get(k, default))
-        except ValueError:
-            raise UsageError(f"{k} must be an integer, got '{opts[k]}'") from None
-    if out["probes"] < 0:
-        raise UsageError(f"probes must be >= 0, got {out['probes']}")
-    if "n" in opts and out["n"] < 1:
-        raise UsageError(f"n must be >= 1, got {out['n']}")
+    out["alpha"] = number(parsed.said("alpha"), opts.get("alpha", "10"), 0, above=True)
+    out["probes"] = integer(parsed.said("probes"), opts.get("probes", "50"), 0)
+    out["seed"] = integer(parsed.said("seed"), opts.get("seed", "0"))
+    out["n"] = integer(parsed.said("n"), opts["n"], 1) if "n" in opts else 0
+    out["units"] = None
     if "units" in opts:
         try:
             out["units"] = [int(u) for u in opts["units"].split(",") if u.strip()]
         except ValueError:
             raise UsageError(f"units must be comma-separated integers, got '{opts['units']}'") from None
-    else:
-        out["units"] = None
-    return run_dir, out
+    out["measures"] = None
+    if "measures" in opts:
+        out["measures"] = choices_list("measures", opts["measures"], [m.name for m in chosen_measures()])
+    return parsed.folders[0], out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -91,8 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def err(msg: str, code: int = EXIT_USAGE) -> int:
         return report("reparam", msg, code)
 
-    if any(a in ("-h", "--help", "help") for a in argv):
-        print(USAGE)
+    if SYNTAX.asks_help(argv):
+        print(SYNTAX.help())
         return 0
     try:
         run_dir, opts = _parse(argv)
@@ -136,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.simplefilter("always")
             table = reparam_table(model, x, y, loss_fn, layer, opts["alpha"], units=opts["units"],
                                   probes=opts["probes"], seed=opts["seed"], metrics_kwargs=kwargs,
-                                  progress=progress)
+                                  measures=opts["measures"], progress=progress)
     except Exception as exc:  # e.g. alpha so extreme that float64 overflows and a factorisation fails
         why = (str(exc).strip().splitlines() or [""])[0][:200]
         return err(f"the metrics cannot be computed at alpha={opts['alpha']:g} (float64 range exceeded?): "

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from sharpcomp.data.datasets import Dataset
+from sharpcomp.engine.setup import initial_network
 from sharpcomp.losses import per_sample_loss
 from sharpcomp.measures.registry import Plan
 from sharpcomp.measures.sample import Sample
@@ -104,9 +105,11 @@ def with_network_wide(models, inputs, results: list[dict[str, dict]], s: Setting
 
 def checkpoint_rows(model: nn.Module, s: Settings, plan: Plan, data: Dataset, sets: Mapping[str, tuple],
                     loss_fn: Callable, base: dict, iteration: int, metrics: Mapping[str, dict],
-                    losses: Mapping[str, float]) -> list[dict]:
+                    losses: Mapping[str, float], final: bool = False) -> list[dict]:
     """The rows of one checkpoint: ``base`` (whole-set columns) joined with each sample set's loss and
-    metrics (and the switched-on measures of ``plan`` on the train row, when due). The model is in eval mode."""
+    metrics (and the switched-on measures of ``plan`` on the train row, when due, and always at a ``final``
+    checkpoint: a run's stop). The model is in eval mode; the measures' reference point is the run's network
+    at initialisation (:func:`sharpcomp.engine.setup.initial_network`, built only when a measure asks)."""
     rows = []
     for name in s.metrics.sample_sets:
         x, _ = sets[name]
@@ -114,8 +117,9 @@ def checkpoint_rows(model: nn.Module, s: Settings, plan: Plan, data: Dataset, se
         if len(x):
             row["sample_loss"] = losses[name]
             row.update({k: v for k, v in metrics[name].items() if k != "per_sample"})
-        if name == "train" and plan and s.flatness_due(iteration):
+        if name == "train" and plan and (final or s.flatness_due(iteration)):
             g = torch.Generator().manual_seed(s.seed * 1_000_003 + iteration)
-            row.update(plan.compute(Sample(model, loss_fn, data.train_x, data.train_y, g, s.batch)))
+            row.update(plan.compute(Sample(model, loss_fn, data.train_x, data.train_y, g, s.batch,
+                                           initial=lambda: initial_network(s, data, data.train_x.device))))
         rows.append(row)
     return rows

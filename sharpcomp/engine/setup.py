@@ -37,6 +37,12 @@ def build(s: Settings, data: Dataset, device: torch.device) -> nn.Module:
         raise ConfigError(str(exc)) from None
 
 
+def initial_network(s: Settings, data: Dataset, device: torch.device) -> nn.Module:
+    """The run's network at iteration 0 (:func:`build` from its seed), leaving torch's global random state as it was."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        return build(s, data, device)
+
+
 def check_layer(s: Settings, model: nn.Module) -> None:
     """ConfigError unless ``metrics.layer`` names a submodule of ``model``."""
     names = [n for n, _ in model.named_modules() if n]

@@ -15,8 +15,12 @@ loop never waits for the device: indices are gathered there, running losses are 
 the host reads them once per checkpoint.
 
 At a checkpoint, a run whose running loss (or whole-set train loss) is not finite is recorded
-``diverged`` (its last row holds NaN) and dropped; the others go on. Any other exception marks the
-runs ``failed``; Ctrl-C leaves them ``running``, resumable.
+``diverged`` (its last row holds NaN) and dropped; the others go on. A run with a stopping rule
+(``stop``, :class:`sharpcomp.settings.StopRule`) that reaches it is ``finished`` there: that checkpoint
+evaluates the whole sets and computes every switched-on measure, its rows carry ``stop_reason`` and
+``stop_iteration`` (``steps`` at the cap when the rule was never reached), and its saved state says so,
+so a rerun, even with a larger ``steps``, does not continue it. Any other exception marks the runs
+``failed``; Ctrl-C leaves them ``running``, resumable.
 """
 
 from __future__ import annotations
@@ -40,17 +44,11 @@ from sharpcomp.engine.setup import build, check_layer, check_writable, measure_p
 from sharpcomp.engine.steppers import PlainStepper
 from sharpcomp.losses import make_loss
 from sharpcomp.measures.registry import Plan
+from sharpcomp.results.hydra_files import write_held
 from sharpcomp.results.loggers import Logger, make_logger
-from sharpcomp.results.records import RecordError, reason
-from sharpcomp.results.run_state import (
-    CHECKPOINT_FILE,
-    RunResult,
-    RunState,
-    identity_columns,
-    load_resume,
-    read_checkpoint,
-)
-from sharpcomp.settings import ConfigError, Settings, run_identity, settings
+from sharpcomp.results.records import RecordError
+from sharpcomp.results.run_state import CHECKPOINT_FILE, RunResult, RunState, identity_columns, read_checkpoint
+from sharpcomp.settings import STOP_CRITERIA, ConfigError, Settings, run_identity, settings
 
 # Timings of the last loop (seconds), for benchmarks: train, checkpoint, eval, metrics, write.
 LAST_TIMINGS: dict[str, float] = {}
@@ -103,13 +101,14 @@ def open_runs(cfgs: Sequence, run_dirs: Sequence[Path], data: Dataset | None,
             run_id = run_identity(s)["run_id"]
             try:
                 state = RunState(s, Path(d), identity_columns(s, run_id, n_out, data.source, device)).open(device)
-                if blocked is not None:  # an ensemble: a saved state that does not fit fails its run alone
-                    _check_fit(state, data)
+                if blocked is not None and state.resume is not None:  # an ensemble: a saved state that does
+                    state.check_fit(build(s, data, torch.device("cpu")))  # not fit fails its run alone
             except (ConfigError, RecordError) as exc:
                 if blocked is None:
                     raise
                 blocked.append((Path(d), exc))
                 continue
+            write_held(d)  # the folder is this run's now: Hydra's record of its config goes in
             idx = train_sample_indices(s.seed, len(data.train_x), s.metrics.n).to(device)
             logger = Logger() if state.result is not None else make_logger(
                 s.raw.get("logger"), Path(d), run_id, {**run_identity(s)["settings"], "steps": s.steps})
@@ -119,17 +118,6 @@ def open_runs(cfgs: Sequence, run_dirs: Sequence[Path], data: Dataset | None,
             m.run.close()
         raise
     return members, data
-
-
-def _check_fit(state: RunState, data: Dataset) -> None:
-    """ConfigError (the folder closed) when the run's saved state does not fit its network."""
-    if state.resume is None or state.result is not None:
-        return
-    try:
-        load_resume(build(state.settings, data, torch.device("cpu")), None, state.resume)
-    except ConfigError:
-        state.close()
-        raise
 
 
 def _ended(s: Settings, run_dir: Path) -> bool:
@@ -142,7 +130,7 @@ def _ended(s: Settings, run_dir: Path) -> bool:
     except Exception:
         return False
     return state.get("run_id") == run_identity(s)["run_id"] and (
-        state.get("status") == "diverged" or int(state.get("iteration", -1)) >= s.steps)
+        state.get("status") == "diverged" or int(state.get("iteration", -1)) >= s.steps or bool(state.get("stopped")))
 
 
 def _open_ended(all_settings: Sequence[Settings], run_dirs: Sequence) -> list[Member]:
@@ -152,6 +140,7 @@ def _open_ended(all_settings: Sequence[Settings], run_dirs: Sequence) -> list[Me
         for s, d in zip(all_settings, run_dirs):
             run_id = run_identity(s)["run_id"]
             state = RunState(s, Path(d), {"run_id": run_id}).open(torch.device("cpu"))
+            write_held(d)
             members.append(Member(state, s, torch.empty(0, dtype=torch.long), make_loss(s.loss, 1)))
             if state.result is not None:
                 print(f"sharpcomp: {d}: {state.result.status} at iteration {state.start}; nothing to train",
@@ -308,7 +297,7 @@ class _Loop:
         s = self.s
         run_losses = ((self.running_sum.double() / self.running_count).tolist() if self.running_count
                       else [math.nan] * len(self.members))
-        whole = s.whole_set_due(it)
+        whole = s.whole_set_due(it) or self._running_stop(run_losses)
         train_evals, test_evals = self._evaluations(whole)
         keep = self._diverged(it, run_losses, train_evals)
         if len(keep) != len(self.members):
@@ -327,22 +316,26 @@ class _Loop:
         losses = sample_losses(models, sets, s.loss)
         self.timing["metrics"] += time.perf_counter() - m0
         new_rows, lost = {}, []
+        stops = [self._stop_reason(m, it, run_losses[j], train_evals[j]) for j, m in zip(keep, self.members)]
         for pos, (j, m) in enumerate(zip(keep, self.members)):
             base = {"iteration": it, "epoch": it / self.spe, "train_loss_running": run_losses[j]}
             if whole:
                 (base["train_loss"], base["train_acc"], _), (base["test_loss"], base["test_acc"], _) = \
                     train_evals[j], test_evals[j]
+            if stops[pos]:
+                base.update(stop_reason=stops[pos], stop_iteration=it)
+            stopped = {"stopped": stops[pos]} if stops[pos] in STOP_CRITERIA else {}
             try:
                 new_rows[m.run.run_dir] = self._commit(pos, m, it, base, sets[pos], metrics[pos], losses[pos],
-                                                       models[pos], self._running_state(j, it))
+                                                       models[pos], {**(self._running_state(j, it) or {}), **stopped}
+                                                       or None)
             except (OSError, RecordError, ConfigError) as exc:  # this member's folder, not the others'
                 if not self.isolate:
                     raise
-                m.run.result = failed(m.run, it, exc)
+                m.run.result = m.run.failed(it, exc)
                 lost.append(pos)
-        if lost:
-            self._drop(lost)
         self.stepper.train()
+        self._drop_stopped(it, stops, lost)
         self._reset_running()
         self.timing["checkpoint"] += time.perf_counter() - c0
         if it == s.steps:
@@ -354,22 +347,53 @@ class _Loop:
         if self.callback is not None:
             self.callback(it, new_rows)
 
-    def _drop(self, lost: list[int]) -> None:
-        """Train on without the members at positions ``lost`` (their folders failed them)."""
-        alive = [p for p in range(len(self.members)) if p not in lost]
-        self.stepper.keep(alive)
-        self.members = [self.members[p] for p in alive]
+    def _running_stop(self, run_losses: list[float]) -> bool:
+        """Whether a run reached its ``stop.running_loss`` (its last checkpoint then evaluates the whole sets)."""
+        return any(m.settings.stop.running_loss is not None and loss <= m.settings.stop.running_loss
+                   for m, loss in zip(self.members, run_losses))
+
+    def _stop_reason(self, m: Member, it: int, run_loss: float, train_eval) -> str | None:
+        """The criterion run ``m`` reached at checkpoint ``it``, ``steps`` at the cap without one, else None."""
+        rule = m.settings.stop
+        if not rule or it == 0:
+            return None
+        train_loss, train_acc = (None, None) if train_eval is None else train_eval[:2]
+        return rule.reached(run_loss, train_loss, train_acc) or ("steps" if it == self.s.steps else None)
+
+    def _drop_stopped(self, it: int, stops: list[str | None], lost: Sequence[int] = ()) -> None:
+        """Finish the runs that reached their criterion at checkpoint ``it`` (before the cap).
+
+        Those whose folder failed them (``lost``: their outcome is set) are dropped too; the others go on.
+        """
+        done = [pos for pos, why in enumerate(stops) if why in STOP_CRITERIA and it < self.s.steps and pos not in lost]
+        if not done and not lost:
+            return
+        for pos in done:
+            m = self.members[pos]
+            m.run.result = self._result(m, "finished", it)
+            limit = getattr(m.settings.stop, stops[pos])
+            self.bar.write(f"{m.run.run_id}: stopped at iteration {it}: {stops[pos]} <= stop.{stops[pos]}={limit:g}")
+        rest = [pos for pos in range(len(self.members)) if pos not in done and pos not in lost]
+        self.stepper.keep(rest)
+        self.members = [self.members[pos] for pos in rest]
 
     def _commit(self, pos: int, m: Member, it: int, base: dict, sets: dict, metrics: dict, losses: dict,
-                model: nn.Module, running: dict | None = None) -> list:
+                model: nn.Module, extra: dict | None = None) -> list:
+        """Write one run's rows of checkpoint ``it``.
+
+        ``extra``: what its saved state adds (the running loss of an end checkpoint off the schedule, the
+        criterion it stopped at).
+        """
         m0 = time.perf_counter()
-        rows = checkpoint_rows(model, m.settings, m.plan, self.data, sets, m.loss_fn, base, it, metrics, losses)
+        stopped = bool(extra and extra.get("stopped"))
+        rows = checkpoint_rows(model, m.settings, m.plan, self.data, sets, m.loss_fn, base, it, metrics, losses,
+                               final=stopped)
         self.timing["metrics"] += time.perf_counter() - m0
         for r in rows:
             r["wall_time"] = self.wall(m)
         w0 = time.perf_counter()
-        status = "finished" if it == self.s.steps else "running"
-        m.run.commit(it, rows, status, self.wall(m), *self.stepper.states(pos), running=running)
+        status = "finished" if it == self.s.steps or stopped else "running"
+        m.run.commit(it, rows, status, self.wall(m), *self.stepper.states(pos), running=extra)
         m.logger.log(it, rows)  # live monitoring mirrors the recorded rows; never stops the run
         self.timing["write"] += time.perf_counter() - w0
         return rows
@@ -414,18 +438,6 @@ def plain_stepper(m: Member, data: Dataset) -> PlainStepper:
     return PlainStepper(model, m.settings, data, m.settings.num_outputs(data.num_classes), m.run.resume)
 
 
-def failed(run: RunState, it: int, exc: BaseException, trace: str = "") -> RunResult:
-    """The outcome of a run that failed at iteration ``it`` (its records marked ``failed`` where they can be)."""
-    run.fail()
-    if trace:
-        why = f"{type(exc).__name__}: {reason(exc)}"
-    elif isinstance(exc, OSError) and exc.strerror:
-        why = f"cannot use {exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
-    else:
-        why = str(exc)
-    return RunResult(run.run_dir, "failed", it, run.rows, message=why, trace=trace)
-
-
 def train_members(members: list[Member], data: Dataset, make_stepper, callback=None, isolate: bool = False) -> None:
     """Train every group of ``members`` (:func:`by_start`) with ``make_stepper(group)``.
 
@@ -441,7 +453,7 @@ def train_members(members: list[Member], data: Dataset, make_stepper, callback=N
             trace = "" if isinstance(exc, (ConfigError, RecordError)) else traceback.format_exc()
             for m in group:
                 if m.run.result is None:
-                    m.run.result = failed(m.run, m.run.start, exc, trace)
+                    m.run.result = m.run.failed(m.run.start, exc, trace)
 
 
 def close_all(members: Sequence[Member]) -> None:

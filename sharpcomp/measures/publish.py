@@ -103,8 +103,8 @@ def docs_table() -> str:
         cols = ", ".join(f"`{c.name}`" + ("" if c.role == "value" else f" ({c.role})") for c in m.columns)
         verdicts = ", ".join(f"`{k}` {v}" for k, v in m.reparam.items()) or "-"
         cadence = m.cadence + (", stochastic" if m.stochastic else "")
-        rows.append(f"| `{name}` | {m.family} | `{m.key}` ({_settings_text(m)}) | {cols} | {cadence} | {verdicts} "
-                    f"| {m.summary} |")
+        cells = (f"`{name}`", m.family, f"`{m.key}` ({_settings_text(m)})", cols, cadence, verdicts, m.summary)
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(rows)
 
 

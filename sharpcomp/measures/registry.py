@@ -51,6 +51,9 @@ BUILT_IN = (
     "sharpcomp.measures.curvature.contrastive",
     "sharpcomp.measures.perturbation.regret_kl",
     "sharpcomp.measures.baseline.grad_norm",
+    "sharpcomp.measures.baseline.param_norm",
+    "sharpcomp.measures.baseline.dist_init",
+    "sharpcomp.measures.baseline.grad_noise",
 )
 
 
@@ -134,12 +137,15 @@ def plan(flatness: Mapping | None) -> Plan:
 
 
 def compute_measures(model: torch.nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, flatness: Mapping | None,
-                     generator: torch.Generator | None = None, batch_size: int | None = None) -> dict[str, Any]:
+                     generator: torch.Generator | None = None, batch_size: int | None = None,
+                     initial: torch.nn.Module | None = None) -> dict[str, Any]:
     """The columns of the measures a ``metrics.flatness`` mapping switches on, in one call.
 
-    For ``model`` on the training points (x, y): :func:`plan` then :meth:`Plan.compute`.
+    For ``model`` on the training points (x, y): :func:`plan` then :meth:`Plan.compute`. ``initial``: the
+    network at initialisation, for the measures relative to it (``dist_init``).
     """
-    return plan(flatness).compute(Sample(model, loss_fn, x, y, generator, batch_size))
+    start = None if initial is None else (lambda: initial)
+    return plan(flatness).compute(Sample(model, loss_fn, x, y, generator, batch_size, initial=start))
 
 
 extra_metrics = compute_measures  # the name this call had before measures were declared

@@ -18,6 +18,7 @@ compares a network before and after a change on the same few points).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -50,7 +51,9 @@ class Sample:
     ``batch_size``: the run's minibatch size (the default of measures defined over minibatches of
     training); ``generator``: where every random choice comes from (None: torch's global generator);
     ``shared``: what one measure leaves for the next at the same checkpoint (the study's S for the
-    network-wide bounds, the minibatches of the worst-case variants).
+    network-wide bounds, the minibatches of the worst-case variants); ``initial``: a function returning the
+    network at initialisation (the training engine rebuilds it from the run's seed), for measures relative to
+    it, or None where it is not known.
     """
 
     model: nn.Module
@@ -60,6 +63,7 @@ class Sample:
     generator: torch.Generator | None = None
     batch_size: int | None = None
     shared: dict = field(default_factory=dict, repr=False)
+    initial: Callable[[], nn.Module] | None = field(default=None, repr=False)
 
     def subset(self, n: int | None) -> Batch:
         """``n`` points drawn at random (all of them, in a random order, for None)."""

@@ -24,6 +24,9 @@ CHECKPOINT_COLUMNS = (
 )
 # Which points the metric columns were computed on, how many, and the loss over those points.
 SAMPLE_COLUMNS = ("sample_set", "n_samples", "sample_loss")
+# On the rows of the last checkpoint of a run trained to a criterion (``stop.*``): the criterion it reached
+# (``train_loss``, ``running_loss``, ``train_error``; ``steps`` when the step cap came first) and where.
+STOP_COLUMNS = ("stop_reason", "stop_iteration")
 
 
 def _columns(name: str, role: str | None = None, kind: str | None = None) -> tuple[str, ...]:

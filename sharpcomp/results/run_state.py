@@ -49,11 +49,12 @@ from sharpcomp.results.records import (
     RunRecorder,
     atomic_write_bytes,
     read_metrics,
+    reason,
     recover_swap,
     refuse_link,
     set_aside,
 )
-from sharpcomp.settings import ConfigError, Settings, run_identity
+from sharpcomp.settings import STOP_CRITERIA, ConfigError, Settings, run_identity
 
 CHECKPOINT_FILE = "checkpoint.pt"
 LOCK_FILE = ".sharpcomp.lock"
@@ -221,6 +222,8 @@ def checkpoint_problem(state: dict) -> str | None:
         return "optimizer_state must be an optimizer's state dictionary"
     if not isinstance(state.get("config", {}), dict):
         return "config must be a mapping"
+    if state.get("stopped") not in (None, *STOP_CRITERIA):
+        return f"stopped must name a stop criterion ({', '.join(STOP_CRITERIA)}), got {str(state['stopped'])[:40]!r}"
     if "running_sum" in state or "running_count" in state:
         total, count = state.get("running_sum"), state.get("running_count")
         if not (torch.is_tensor(total) and total.dim() == 0 and total.is_floating_point()
@@ -340,7 +343,7 @@ class RunState:
             self.result = RunResult(self.run_dir, "diverged", self.start, self.rows)
             return
         self.recorder.truncate_after(self.start)
-        if self.start >= self.settings.steps:
+        if self.start >= self.settings.steps or state.get("stopped"):  # at its cap, or at its stop criterion
             self.recorder.set_status("finished")
             self.result = RunResult(self.run_dir, "finished", self.start, self.rows)
 
@@ -402,6 +405,26 @@ class RunState:
     def outcome(self) -> RunResult:
         """How the run ended, or where it stands when it has not ended (an interrupted call)."""
         return self.result or RunResult(self.run_dir, "running", self.start, self.rows)
+
+    def failed(self, it: int, exc: BaseException, trace: str = "") -> RunResult:
+        """The outcome of the run failed at iteration ``it`` by ``exc`` (its records marked ``failed`` where the
+        folder can take it); ``trace``: the traceback of an unexpected failure, for its error.log."""
+        self.fail()
+        if trace:
+            why = f"{type(exc).__name__}: {reason(exc)}"
+        elif isinstance(exc, OSError) and exc.strerror:
+            why = f"cannot use {exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+        else:
+            why = str(exc)
+        return RunResult(self.run_dir, "failed", it, self.rows, message=why, trace=trace)
+
+    def check_fit(self, model) -> None:
+        """ConfigError (the folder closed) when the saved state does not fit ``model`` (the run's network)."""
+        try:
+            load_resume(model, None, self.resume)
+        except ConfigError:
+            self.close()
+            raise
 
     def fail(self) -> None:
         """Mark the records ``failed`` (a run that failed before its first row gets one empty row), where the

@@ -420,9 +420,9 @@ def test_a_closed_stdout_does_not_fail_the_run(in_tmp):
 # 11, 12: checked at composition, one line ----------------------------------------------------------
 
 def test_appended_keys_that_the_program_reads_stay_allowed():
-    from sharpcomp.cli import _check_appended
+    from sharpcomp.overrides import check_appended
 
-    _check_appended(["+model.depth=3", "+experiment=fig1", "+hydra.job.env_set.X=1", "seed=3"])
+    check_appended(["+model.depth=3", "+experiment=fig1", "+hydra.job.env_set.X=1", "seed=3"])
 
 
 # 13: reparam with an extreme alpha ------------------------------------------------------------------

@@ -3,6 +3,7 @@ schema, the reparametrisation table, the public API, the docs' table and the pla
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 
@@ -98,8 +99,9 @@ def test_each_measure_writes_exactly_its_declared_columns(name):
     model = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 3)).double()
     x, y = torch.randn(32, 5, dtype=torch.float64), torch.randint(0, 3, (32,))
     m = MEASURES[name]
+    start = copy.deepcopy(model)  # the network at initialisation, for the measures relative to it
     out = registry.compute_measures(model, mse, x, y, {name: _small(m)}, torch.Generator().manual_seed(0),
-                                    batch_size=8)
+                                    batch_size=8, initial=start)
     declared = [c.name for c in m.columns]
     assert set(out) <= set(declared) and set(m.values) <= set(out)
     for c in m.columns:

@@ -227,7 +227,8 @@ def test_column_names_come_from_one_schema():
     assert set(df.index) - {"output_change", "loss"} == set(declared)
     assert (df["expected"].drop(["output_change", "loss"]) == pd.Series(declared)).all()
     every = dict.fromkeys(registry.switchable(), {})  # every measure on, default settings
-    out = registry.compute_measures(model, mse, x, y, every, torch.Generator().manual_seed(0))
+    out = registry.compute_measures(model, mse, x, y, every, torch.Generator().manual_seed(0),
+                                    initial=MLP.model())  # the network at initialisation (dist_init)
     assert set(out) == set(columns.FLATNESS_COLUMNS)
     assert set(columns.FLATNESS_MEASURES) | set(columns.FLATNESS_SE.values()) <= set(out)
 

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from sharpcomp.results.own_files import RecordError, append_bytes, open_regular, read_regular
-from sharpcomp.results.stored_text import MAX_DEPTH, plain_references, settings_json, stored_yaml
+from sharpcomp.results.stored_text import MAX_DEPTH, plain_references, settings_json
 from tests.hostile import ALIAS_BOMB, LIST_BOMB, TEXT_BOMB, VICTIM_TEXT, python, replace, victim
 
 ROWS = {"run_id": ["r", "r"], "iteration": [0, 2], "sample_set": ["train", "train"], "G": [1.0, 2.0]}
@@ -172,27 +173,18 @@ def test_sibling_configs_that_would_expand_are_not_read(tmp_path, tiny_run):
     assert res.returncode == 0, res.stderr[-3000:]
     lines = dict(ln.split(": ", 1) for ln in res.stdout.splitlines() if ": " in ln)
     assert {n: lines[n] for n in names} == dict.fromkeys(names, "None")
-    assert lines["good"] == "log_every=2,metrics.n=4,model.width=0.05,steps=4"
+    assert lines["good"] == "log_every=2,metrics.n=4,width=0.05"
     assert int(res.stdout.split("peak ")[1].split()[0]) < 1000
-
-
-def test_stored_yaml_takes_hydras_files_and_refuses_aliases(tmp_path, tiny_run):
-    cfg = stored_yaml(tiny_run / ".hydra" / "config.yaml")
-    assert cfg.model.name == "mlp4" and plain_references(cfg, ("data_dir", "cache_dir", "hydra"))
-    (tmp_path / "one.yaml").write_text("a: &x 1\nb: *x\n")  # a single alias: still refused (Hydra writes none)
-    assert stored_yaml(tmp_path / "one.yaml") is None
-    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
-    assert stored_yaml(tmp_path / "list.yaml") is None
 
 
 @pytest.mark.parametrize("text,plain", [
     ("steps: ${data.quick_steps}\ndata: {quick_steps: 5}", True),  # as Hydra stores scale=quick
     ("a: ${b}${b}\nb: x", False), ("a: ${b}\nb: [1, 2]", False), ("a: ${b}\nb: ${c}\nc: 1", False),
+    ("a: ['${b}', '${b}']\nb: x", True), ("a: ['${b}', '${b}']\nb: ['${c}', '${c}']\nc: x", False),
     ("a: ${oc.env:HOME}", False), ("a: ${missing}", False), ("a: x${b}\nb: 1", False),
 ])
-def test_only_references_to_plain_values_are_resolved(tmp_path, text, plain):
-    (tmp_path / "c.yaml").write_text(text)
-    assert plain_references(stored_yaml(tmp_path / "c.yaml")) is plain
+def test_only_references_to_plain_values_are_resolved(text, plain):
+    assert plain_references(yaml.safe_load(text)) is plain
 
 
 def test_settings_json_is_bounded_in_depth_and_size():

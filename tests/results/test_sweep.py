@@ -22,8 +22,8 @@ def sweep(in_tmp, capsys):
 def test_read_runs_and_the_summary_of_a_sweep(sweep, capsys, monkeypatch):
     frame = read_runs(sweep)
     runs = sorted(set(frame.run))
-    assert runs == ["fashion_mnist-mlp4/log_every=2,lr=0.05,metrics.n=4,model.width=0.05,steps=4",
-                    "fashion_mnist-mlp4/log_every=2,lr=0.2,metrics.n=4,model.width=0.05,steps=4"]
+    assert runs == ["fashion_mnist-mlp4/log_every=2,lr=0.05,metrics.n=4,width=0.05",
+                    "fashion_mnist-mlp4/log_every=2,lr=0.2,metrics.n=4,width=0.05"]
     one = read_metrics(sweep / runs[0])
     assert len(frame) == 2 * len(one) and set(frame.lr) == {0.05, 0.2}
     table = summarize(frame)

@@ -15,11 +15,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 
 from sharpcomp.measures.declaration import Column, Measure, setting
-from sharpcomp.measures.linalg.param_space import LossFn, loss_and_grad, preserved, to_device, trainable
+from sharpcomp.measures.linalg.param_space import LossFn, mean_gradient
 from sharpcomp.measures.linalg.precision import exact_float32
 from sharpcomp.measures.sample import Sample
 
@@ -28,19 +27,9 @@ from sharpcomp.measures.sample import Sample
 def grad_norm(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets: Tensor,
               chunk_size: int | None = None) -> float:
     """||grad_theta L|| of the mean loss over (inputs, targets); the model is left as it was."""
-    n = inputs.shape[0]
-    if n == 0:
+    if inputs.shape[0] == 0:
         return math.nan
-    step = n if chunk_size is None else max(1, int(chunk_size))
-    with preserved(model):
-        params = trainable(model)
-        total = [torch.zeros_like(p, dtype=torch.float64) for p in params]
-        for start in range(0, n, step):
-            x, y = to_device(model, inputs[start:start + step]), to_device(model, targets[start:start + step])
-            _, g = loss_and_grad(model, loss_fn, x, y, params)
-            for t, gi in zip(total, g):
-                t += gi.double() * (x.shape[0] / n)
-    return math.sqrt(sum(float(t.pow(2).sum()) for t in total))
+    return math.sqrt(sum(float(t.pow(2).sum()) for t in mean_gradient(model, loss_fn, inputs, targets, chunk_size)))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -92,3 +92,23 @@ def batch_gradients(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch])
             _, g = loss_and_grad(model, loss_fn, to_device(model, x), to_device(model, y), params)
             out.append(flat(g).detach())
     return torch.stack(out)
+
+
+def mean_gradient(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets: Tensor,
+                  chunk_size: int | None = None) -> list[Tensor]:
+    """grad_theta of the mean loss over (inputs, targets), in float64; the model is left as it was.
+
+    ``chunk_size`` points per backward pass, the chunks' gradients weighted by their sizes (the result does
+    not depend on it).
+    """
+    n = inputs.shape[0]
+    step = n if chunk_size is None else max(1, int(chunk_size))
+    with preserved(model):
+        params = trainable(model)
+        total = [torch.zeros_like(p, dtype=torch.float64) for p in params]
+        for start in range(0, n, step):
+            x, y = to_device(model, inputs[start:start + step]), to_device(model, targets[start:start + step])
+            _, g = loss_and_grad(model, loss_fn, x, y, params)
+            for t, gi in zip(total, g):
+                t += gi.double() * (x.shape[0] / n)
+    return total

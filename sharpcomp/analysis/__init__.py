@@ -1,0 +1,1 @@
+"""Analyses of finished sweeps: which measure predicts generalisation, by the field's ranking protocol."""
