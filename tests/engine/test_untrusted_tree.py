@@ -198,7 +198,7 @@ def test_a_planted_link_at_a_write_probe_is_never_followed(in_tmp):
     for name in (f".write-test-{os.getpid()}", f".sharpcomp-write-test-{os.getpid()}"):
         (run_dir / name).symlink_to(in_tmp / "home" / "victim.txt")
     check_writable(run_dir)
-    from sharpcomp.cli import _check_writable
+    from sharpcomp.overrides import check_writable as check_output_writable
 
-    _check_writable(str(run_dir))
+    check_output_writable(str(run_dir))
     assert (in_tmp / "home" / "victim.txt").read_text() == VICTIM_TEXT
