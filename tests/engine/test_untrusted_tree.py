@@ -118,14 +118,6 @@ def test_a_pickle_payload_is_one_whole_line_without_advice_to_run_it(run, in_tmp
     assert not (in_tmp / "owned").exists()
 
 
-@pytest.mark.slow
-def test_garbage_as_weights_is_one_line(in_tmp):
-    (in_tmp / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n" * 20)
-    res = cli(["measure", "model=mlp4", "arg.width=0.05", "data=fashion_mnist", "weights=passwd", "n=2"], in_tmp)
-    line = one_line(res.stderr)
-    assert res.returncode == 2 and "refusing to load passwd: not a state dict saved by torch.save" in line
-
-
 @pytest.mark.parametrize("command", ["reparam", pytest.param("landscape", marks=pytest.mark.slow)])
 def test_weights_that_are_not_finite_are_named_not_blamed_on_alpha(run, in_tmp, command):
     state = torch.load(run / "checkpoint.pt", weights_only=True)
@@ -149,14 +141,15 @@ def test_landscape_refuses_a_pair_of_runs_that_differ(run, in_tmp, change, messa
 
 
 @pytest.mark.slow
-def test_landscape_of_a_run_whose_name_is_not_text(run, in_tmp):
-    name = os.fsdecode(b"R-\xff")
+def test_landscape_of_a_run_whose_name_holds_escapes(run, in_tmp):
+    """The name goes into the figures' titles and the lines printed: escaped, and the PNGs are drawn."""
+    name = "R\x1b]0;owned\x07\u202e"
     run.rename(in_tmp / name)
     res = cli(["landscape", name, "points=2", "n=4"], in_tmp)
     assert res.returncode == 0, res.stderr
     out = in_tmp / f"{name}-landscape"
     assert {p.name for p in out.iterdir()} >= {"landscape_2d.csv", "landscape_1d.png", "landscape_contour.png"}
-    assert "R-\\xff" in res.stdout
+    assert "R\\x1b]0;owned\\x07\\u202e" in res.stdout and "\x1b" not in res.stdout + res.stderr
 
 
 # --- files collaborators can read -------------------------------------------------------------------------
