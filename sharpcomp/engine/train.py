@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,6 +115,8 @@ def open_runs(cfgs: Sequence, run_dirs: Sequence[Path], data: Dataset | None,
             run_id = run_identity(s)["run_id"]
             try:
                 state = RunState(s, Path(d), identity_columns(s, run_id, n_out, data.source, device)).open(device)
+                if blocked is not None and state.resume is not None:  # an ensemble: a saved state that does
+                    state.check_fit(build(s, data, torch.device("cpu")))  # not fit fails its run alone
             except (ConfigError, RecordError) as exc:
                 if blocked is None:
                     raise
@@ -190,10 +193,15 @@ def by_start(members: Sequence[Member]) -> list[list[Member]]:
 
 
 class _Loop:
-    """Trains ``members`` (all at the same starting point) with ``stepper`` to ``steps``."""
+    """Trains ``members`` (all at the same starting point) with ``stepper`` to ``steps``.
 
-    def __init__(self, members: list[Member], stepper, data: Dataset, callback):
+    ``isolate``: a member whose folder cannot take its rows or resume point (removed, replaced, unwritable)
+    is recorded ``failed`` with the reason and dropped; the others go on (else the error ends the loop).
+    """
+
+    def __init__(self, members: list[Member], stepper, data: Dataset, callback, isolate: bool = False):
         self.members, self.stepper, self.data, self.callback = list(members), stepper, data, callback
+        self.isolate = isolate
         self.s = members[0].settings
         self.spe = steps_per_epoch(len(data.train_x), self.s.batch)
         self.device = data.train_x.device
@@ -260,7 +268,7 @@ class _Loop:
                 next_keep = self._keep(start)
             if self.members[0].run.fresh:
                 self.checkpoint(0)
-            due = iter([c for c in s.checkpoints if c > start])
+            due = s.checkpoints.after(start)
             next_ckpt, epoch, perms, it = next(due), -1, None, start
             t_train = time.perf_counter()
             while it < s.steps and self.members:
@@ -340,7 +348,7 @@ class _Loop:
         metrics = self.stepper.sample_metrics(models, sets)
         losses = sample_losses(models, sets, s.loss)
         self.timing["metrics"] += time.perf_counter() - m0
-        new_rows = {}
+        new_rows, lost = {}, []
         stops = [self._stop_reason(m, it, run_losses[j], train_evals[j]) for j, m in zip(keep, self.members)]
         for pos, (j, m) in enumerate(zip(keep, self.members)):
             base = {"iteration": it, "epoch": it / self.spe, "train_loss_running": run_losses[j],
@@ -351,10 +359,17 @@ class _Loop:
             if stops[pos]:
                 base.update(stop_reason=stops[pos], stop_iteration=it)
             stopped = {"stopped": stops[pos]} if stops[pos] in STOP_CRITERIA else {}
-            new_rows[m.run.run_dir] = self._commit(pos, m, it, base, sets[pos], metrics[pos], losses[pos], models[pos],
-                                                   {**(self._running_state(j, it) or {}), **stopped} or None)
+            try:
+                new_rows[m.run.run_dir] = self._commit(pos, m, it, base, sets[pos], metrics[pos], losses[pos],
+                                                       models[pos], {**(self._running_state(j, it) or {}), **stopped}
+                                                       or None)
+            except (OSError, RecordError, ConfigError) as exc:  # this member's folder, not the others'
+                if not self.isolate:
+                    raise
+                m.run.result = m.run.failed(it, exc)
+                lost.append(pos)
         self.stepper.train()
-        self._drop_stopped(it, stops)
+        self._drop_stopped(it, stops, lost)
         self._reset_running()
         self.timing["checkpoint"] += time.perf_counter() - c0
         if it == s.steps:
@@ -379,17 +394,20 @@ class _Loop:
         train_loss, train_acc = (None, None) if train_eval is None else train_eval[:2]
         return rule.reached(run_loss, train_loss, train_acc) or ("steps" if it == self.s.steps else None)
 
-    def _drop_stopped(self, it: int, stops: list[str | None]) -> None:
-        """Finish the runs that reached their criterion at checkpoint ``it`` (before the cap); the others go on."""
-        done = [pos for pos, why in enumerate(stops) if why in STOP_CRITERIA and it < self.s.steps]
-        if not done:
+    def _drop_stopped(self, it: int, stops: list[str | None], lost: Sequence[int] = ()) -> None:
+        """Finish the runs that reached their criterion at checkpoint ``it`` (before the cap).
+
+        Those whose folder failed them (``lost``: their outcome is set) are dropped too; the others go on.
+        """
+        done = [pos for pos, why in enumerate(stops) if why in STOP_CRITERIA and it < self.s.steps and pos not in lost]
+        if not done and not lost:
             return
         for pos in done:
             m = self.members[pos]
             m.run.result = self._result(m, "finished", it)
             limit = getattr(m.settings.stop, stops[pos])
             self.bar.write(f"{m.run.run_id}: stopped at iteration {it}: {stops[pos]} <= stop.{stops[pos]}={limit:g}")
-        rest = [pos for pos in range(len(self.members)) if pos not in done]
+        rest = [pos for pos in range(len(self.members)) if pos not in done and pos not in lost]
         self.stepper.keep(rest)
         self.members = [self.members[pos] for pos in rest]
 
@@ -455,10 +473,22 @@ def plain_stepper(m: Member, data: Dataset) -> PlainStepper:
     return PlainStepper(model, m.settings, data, m.settings.num_outputs(data.num_classes), m.run.resume)
 
 
-def train_members(members: list[Member], data: Dataset, make_stepper, callback=None) -> None:
-    """Train every group of ``members`` (:func:`by_start`) with ``make_stepper(group)``."""
+def train_members(members: list[Member], data: Dataset, make_stepper, callback=None, isolate: bool = False) -> None:
+    """Train every group of ``members`` (:func:`by_start`) with ``make_stepper(group)``.
+
+    ``isolate`` (an ensemble): a member whose folder fails it is recorded ``failed`` and the others go on
+    (:class:`_Loop`); a group that fails as a whole records its members ``failed`` and the next groups train.
+    """
     for group in by_start(members):
-        _Loop(group, make_stepper(group), data, callback).run()
+        try:
+            _Loop(group, make_stepper(group), data, callback, isolate).run()
+        except Exception as exc:
+            if not isolate:
+                raise
+            trace = "" if isinstance(exc, (ConfigError, RecordError)) else traceback.format_exc()
+            for m in group:
+                if m.run.result is None:
+                    m.run.result = m.run.failed(m.run.start, exc, trace)
 
 
 def close_all(members: Sequence[Member]) -> None:
