@@ -48,7 +48,7 @@ from torch import nn
 
 from sharpcomp.data.order import train_sample_indices
 from sharpcomp.engine.evaluation import evaluate, sample_set
-from sharpcomp.engine.loading import load_run
+from sharpcomp.engine.loading import MeasureNotNamed, load_run
 from sharpcomp.engine.setup import build, load_data
 from sharpcomp.figures.draw import draw_correlation
 from sharpcomp.figures.tables import correlation_table
@@ -217,7 +217,7 @@ def _run_targets(folder: str, iterations: str | None, measures: dict | None) -> 
     for it in its:
         try:
             loaded = load_run(folder, data=data, iteration=it, measures=measures)
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, MeasureNotNamed) as exc:  # a measure of one's own is named here or refused
             raise MeasureError(f"cannot load run '{folder}': {exc}") from None
         except ConfigError as exc:
             if it is None:
