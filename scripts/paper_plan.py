@@ -377,7 +377,8 @@ def checkpoint_seconds(model, data_name, data, k, device, sample_sets=("train",)
     ``train._Loop.checkpoint`` on runs opened in a temporary folder (evaluation, metrics, records,
     checkpoint.pt), as a paper-scale run takes them. ``floor``: (checkpoint, floor) pairs instead, the
     floor (:func:`floor_seconds`) timed right after each checkpoint on the same networks."""
-    from sharpcomp.engine.train import _Loop, close_all, open_runs
+    from sharpcomp.engine.opening import close_all, open_runs
+    from sharpcomp.engine.train import _Loop
 
     stepper, cfgs = make_stepper(model, data_name, data, k, 20, device, sample_sets=sample_sets)
     for c in cfgs:

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import hydra
@@ -21,10 +19,19 @@ from hydra.types import RunMode
 
 from sharpcomp._version import __version__
 from sharpcomp.options import group_options, option_lines
-from sharpcomp.overrides import GROUPS, check_composes, check_overrides, expand, implied_custom, known_keys
+from sharpcomp.overrides import (
+    GROUPS,
+    check_composes,
+    check_overrides,
+    expand,
+    implied_custom,
+    known_keys,
+    overrides_by_name,
+)
 from sharpcomp.results.hydra_files import defer_save, discard_held
 from sharpcomp.results.run_names import register_resolvers
-from sharpcomp.settings import CONFIG_MODULE, overrides_by_name
+from sharpcomp.settings import CONFIG_MODULE
+from sharpcomp.terminal import escaped_output
 from sharpcomp.usage import EXIT_USAGE, UsageError, check_text, did_you_mean, report
 from sharpcomp.warning_lines import one_line_warnings
 
@@ -135,7 +142,8 @@ class TrainTask:
     job's output folder is resolved in that process."""
 
     def __call__(self, cfg) -> str:
-        return _train_job(cfg)
+        with escaped_output():  # in a launcher's worker process too
+            return _train_job(cfg)
 
     def __reduce__(self):
         return (train_task, ())
@@ -153,29 +161,25 @@ def train_task() -> TrainTask:
 def _run_hydra_train(args: list[str], multirun: bool) -> int:
     # lazy: --help and --version stay free of torch and pandas
     from sharpcomp.engine.joblib_sweep import install
-    from sharpcomp.engine.jobs import OUTCOMES_ENV, sweep_summary
+    from sharpcomp.engine.jobs import close_outcomes, open_outcomes, sweep_summary
 
     install()  # a killed joblib worker does not take the sweep down
     app = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")(train_task())
     argv0 = sys.argv[0]
     sys.argv = [argv0] + (["--multirun"] if multirun else []) + args
-    outcomes = tempfile.mkdtemp(prefix=".sharpcomp-sweep-", dir=".") if multirun and os.access(".", os.W_OK) \
-        else tempfile.mkdtemp(prefix="sharpcomp-sweep-") if multirun else None
-    if outcomes:
-        os.environ[OUTCOMES_ENV] = os.path.abspath(outcomes)
+    outcomes = open_outcomes() if multirun else None
     stdout = sys.stdout
     sys.stdout = _Survivor(stdout)
     try:
         app()
-        return sweep_summary(Path(outcomes)) if outcomes else 0
+        return sweep_summary(outcomes) if outcomes else 0
     except SystemExit as exc:  # a single job's exit status (its line printed), or Hydra's own
         return exc.code if isinstance(exc.code, int) else 1
     finally:
         sys.stdout = stdout
         sys.argv = [argv0]
         if outcomes:
-            os.environ.pop(OUTCOMES_ENV, None)
-            shutil.rmtree(outcomes, ignore_errors=True)
+            close_outcomes(outcomes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,19 +306,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sharpcomp {__version__}")
         return 0
     command, rest = argv[0], argv[1:]
-    try:
-        with one_line_warnings():
+    with escaped_output(), one_line_warnings():  # names read from results folders never drive the terminal
+        try:
             if command == "train":
                 return _train(rest, multirun)
             if multirun:
                 raise UsageError(f"-m applies to train only, not '{command}'")
             return _subcommand(command, rest)
-    except UsageError as exc:
-        return report(command if command in COMMANDS else None, str(exc))
-    except KeyboardInterrupt:
-        print("\nsharpcomp: interrupted; every logged checkpoint is saved; rerun the same command to resume",
-              file=sys.stderr)
-        return 130
+        except UsageError as exc:
+            return report(command if command in COMMANDS else None, str(exc))
+        except KeyboardInterrupt:
+            print("\nsharpcomp: interrupted; every logged checkpoint is saved; rerun the same command to resume",
+                  file=sys.stderr)
+            return 130
 
 
 def entry() -> None:  # pragma: no cover - console script wrapper

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from hydra import compose, initialize_config_module
@@ -20,7 +21,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
+from sharpcomp.measure_index import MEASURES
+from sharpcomp.measure_names import builtin_names
 from sharpcomp.options import group_options
+from sharpcomp.results.own_files import probe_writable
 from sharpcomp.results.run_names import register_resolvers
 from sharpcomp.settings import CONFIG_MODULE, ConfigError, _yaml_keys
 from sharpcomp.usage import UsageError, check_output_place, did_you_mean
@@ -115,9 +119,7 @@ def check_writable(folder: str) -> None:
             if not p.exists():
                 p.mkdir()
                 made.append(p)
-        probe = path / f".sharpcomp-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        probe_writable(path)  # a nameless file: no link at a guessable name is followed
     except OSError as exc:
         raise UsageError(f"cannot write to output folder {path}: {exc.strerror or exc}") from None
     finally:
@@ -157,9 +159,10 @@ def implied_custom_optim(overrides: list[str]) -> list[str]:
     return ["optim=custom", *overrides]
 
 
-def check_links(job_dir: str, discovered: bool) -> None:
+def check_links(job_dir: str, discovered: bool, names: tuple[str, ...] | None = None) -> None:
     """UsageError when a file the command would write in the job's folder is a symbolic link (Hydra's
-    ``.hydra`` files included), or when a folder sharpcomp found by itself (not named by the user) is one."""
+    ``.hydra`` files included; ``names``: other files, or none), or when a folder sharpcomp found by itself
+    (not named by the user) is one."""
     # lazy: --help and --version stay free of torch and pandas
     from sharpcomp.results.run_state import MEMBERS
 
@@ -167,7 +170,7 @@ def check_links(job_dir: str, discovered: bool) -> None:
         raise UsageError(f"refusing run folder {job_dir}: it is a symbolic link (to {os.readlink(job_dir)}); "
                          f"a run folder sharpcomp names must be a folder of its own (move the link away, or "
                          f"name a folder with hydra.run.dir=...)")
-    for name in dict.fromkeys((*HYDRA_FILES, *MEMBERS)):
+    for name in dict.fromkeys((*HYDRA_FILES, *MEMBERS)) if names is None else names:
         p = Path(job_dir) / name
         if p.is_symlink():
             raise UsageError(f"refusing run folder {job_dir}: {name} is a symbolic link (to {os.readlink(p)}); "
@@ -262,11 +265,14 @@ def _check_combo(combo: list[str], multirun: bool, first: bool) -> None:
     out = str(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir)
     check_output_place(out, "hydra.sweep.dir" if multirun else "hydra.run.dir")
     check_writable(out)
+    if multirun:  # Hydra writes the sweep's config there with a plain open()
+        check_links(out, discovered=False, names=("multirun.yaml",))
     folder = job_dir(cfg, multirun)
     if folder is not None:
         check_output_place(folder, "the run folder")
         named = any(o.split("=", 1)[0].lstrip("+") in FOLDER_KEYS for o in combo)
-        check_links(folder, discovered=not named)
+        # in a sweep, a link among a job's own files fails that job alone (its run refuses the folder)
+        check_links(folder, discovered=not named, names=() if multirun else None)
     check_data_dir(plain, combo)
 
 
@@ -296,3 +302,25 @@ def check_composes(overrides: list[str]) -> None:
                     raise UsageError(explain(exc)) from None
     finally:
         GlobalHydra.instance().clear()
+
+
+def overrides_by_name(overrides: Sequence[str]) -> list[str]:
+    """Command-line overrides with the ``metrics.flatness`` keys as Hydra composes them.
+
+    A measure's earlier key is written as its name, and the key of a measure that is not built in is
+    appended (``+``: conf/ lists the built-in ones only).
+
+    For example ``metrics.flatness.adaptive={}`` -> ``metrics.flatness.worst_case_adaptive={}``, and
+    ``metrics.flatness.mine={_target_: mypkg.measures.MEASURE}`` -> ``+metrics.flatness.mine=...``.
+    """
+    aliases = {alias: name for name, m in MEASURES.items() for alias in m["aliases"]}
+    builtin = builtin_names()
+    out = []
+    for arg in overrides:
+        match = re.match(r"(\+{0,2}|~)metrics\.flatness\.(\w+)(.*)", arg, re.S)
+        if match and match[2] in aliases:
+            arg = f"{match[1]}metrics.flatness.{aliases[match[2]]}{match[3]}"
+        elif match and not match[1] and match[2] not in builtin and match[3].startswith("="):
+            arg = f"+{arg}"
+        out.append(arg)
+    return out

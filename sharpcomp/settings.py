@@ -29,6 +29,7 @@ from hydra import initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
+from sharpcomp.checkpoints import MAX_STEPS, CheckpointSchedule
 from sharpcomp.measure_index import MEASURES
 from sharpcomp.measure_names import builtin_names, check_own, own_target, plugin_names
 from sharpcomp.schedule import ScheduleError, check_schedule, learning_rate
@@ -208,28 +209,6 @@ def flatness_by_name(flatness) -> dict:
     return out
 
 
-def overrides_by_name(overrides: Sequence[str]) -> list[str]:
-    """Command-line overrides with the ``metrics.flatness`` keys as Hydra composes them.
-
-    A measure's earlier key is written as its name, and the key of a measure that is not built in is
-    appended (``+``: conf/ lists the built-in ones only).
-
-    For example ``metrics.flatness.adaptive={}`` -> ``metrics.flatness.worst_case_adaptive={}``, and
-    ``metrics.flatness.mine={_target_: mypkg.measures.MEASURE}`` -> ``+metrics.flatness.mine=...``.
-    """
-    aliases = {alias: name for name, m in MEASURES.items() for alias in m["aliases"]}
-    builtin = builtin_names()
-    out = []
-    for arg in overrides:
-        match = re.match(r"(\+{0,2}|~)metrics\.flatness\.(\w+)(.*)", arg, re.S)
-        if match and match[2] in aliases:
-            arg = f"{match[1]}metrics.flatness.{aliases[match[2]]}{match[3]}"
-        elif match and not match[1] and match[2] not in builtin and match[3].startswith("="):
-            arg = f"+{arg}"
-        out.append(arg)
-    return out
-
-
 def metric_settings(m: Mapping) -> MetricSettings:
     """The ``metrics`` block of a config, checked."""
     # lazy: --help imports this module and stays free of torch and numpy
@@ -334,9 +313,9 @@ class Settings:
         return learning_rate(self.schedule, self.lr, self.steps, it)
 
     @property
-    def checkpoints(self) -> list[int]:
-        """Iterations with a checkpoint: 0, every ``log_every``, and ``steps``."""
-        return sorted(set(range(0, self.steps, self.log_every)) | {self.steps})
+    def checkpoints(self) -> CheckpointSchedule:
+        """Iterations with a checkpoint: 0, every ``log_every``, and ``steps`` (by arithmetic, never a list)."""
+        return CheckpointSchedule(self.steps, self.log_every)
 
     def num_outputs(self, num_classes: int) -> int:
         """The network's number of outputs for a dataset of ``num_classes`` classes."""
@@ -405,6 +384,13 @@ def _data(d: Mapping, data_dir) -> dict:
 SEED_MAX = 2**62  # seeds reach torch generators (64-bit) with offsets added
 
 
+def _steps(value) -> int:
+    steps = _number("steps", value, int, 0)
+    if steps > MAX_STEPS:
+        raise ConfigError(f"steps must be at most 10**12 (no checkpoint lies beyond it), got steps={steps}")
+    return steps
+
+
 def _train_size(data_cfg) -> int | None:
     """The size of a known dataset's whole training set (a class subset is smaller), before loading."""
     # lazy: --help imports this module and stays free of torch and numpy
@@ -438,7 +424,7 @@ def settings(cfg, n_train: int | None = None) -> Settings:
     if threads is not None:
         threads = _number("threads", threads, int, 0)
     tf32 = _flag("allow_tf32", c["allow_tf32"], allow_none=True)
-    steps = _number("steps", c["steps"], int, 0)
+    steps = _steps(c["steps"])
     return Settings(
         raw=c, lr=float(lr), batch=batch, seed=seed,
         steps=steps, log_every=_number("log_every", c["log_every"], int, 0),

@@ -93,3 +93,18 @@ def in_tmp(tmp_path, monkeypatch, data_dir, cache_dir):
     monkeypatch.setenv("SHARPCOMP_DATA", str(data_dir))
     monkeypatch.setenv("SHARPCOMP_CACHE", str(cache_dir))
     return tmp_path
+
+
+@pytest.fixture(scope="package")
+def tiny_run(tmp_path_factory, data_dir, cache_dir) -> Path:
+    """A finished run of ``TINY`` (checkpoints at 0, 2, 4), trained once by a real ``sharpcomp train``
+    process (no environment change leaks into the tests); copy it before changing it."""
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    env = {**os.environ, "SHARPCOMP_DATA": str(data_dir), "SHARPCOMP_CACHE": str(cache_dir)}
+    res = subprocess.run([sys.executable, "-m", "sharpcomp.cli", "train", *TINY, "hydra.run.dir=R"], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    return root / "R"

@@ -28,13 +28,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from sharpcomp.engine.loading import load_run
+from sharpcomp.engine.loading import load_run, nonfinite_weights, run_settings
 from sharpcomp.figures import landscape as draw
 from sharpcomp.measures.landscape import slices as landscape
 from sharpcomp.measures.landscape import trajectory
 from sharpcomp.measures.landscape.trajectory import flatten
 from sharpcomp.results.kept_weights import KeptError, kept_iterations, parse_iterations, read_weights
-from sharpcomp.settings import ConfigError
+from sharpcomp.settings import ConfigError, Settings
+from sharpcomp.terminal import shown
 from sharpcomp.usage import EXIT_USAGE, Option, Syntax, UsageError, check_output_place, integer, number, report
 
 T_MAX = 100.0  # |lo|, |hi| and span: farther out, weights of 100 times their size (the losses overflow first)
@@ -154,17 +155,40 @@ def _trajectory(run_dir: Path, o: dict) -> list[Path]:
     return draw.write_trajectory(_out([run_dir], o), "trajectory", grid, frame, explained, title)
 
 
+def differences(a: Settings, b: Settings) -> str:
+    """What keeps two runs from one interpolation (their network, data or loss differ), or ""."""
+    for key in ("model", "data", "loss"):
+        va, vb = a.raw[key], b.raw[key]
+        if isinstance(va, dict) and isinstance(vb, dict):
+            va, vb = ({k: v for k, v in d.items() if k != "root"} for d in (va, vb))  # where, not what
+            diff = next((k for k in sorted(set(va) | set(vb), key=str) if va.get(k) != vb.get(k)), None)
+            if diff is not None:
+                return f"{key}.{diff}: {va.get(diff)!r} in A, {vb.get(diff)!r} in B"
+        elif va != vb:
+            return f"{key}: {va!r} in A, {vb!r} in B"
+    return ""
+
+
+def finite(model, run: Path):
+    """``model`` when every weight is finite; UsageError otherwise (a diverged run has no landscape)."""
+    bad = nonfinite_weights(model)
+    if bad:
+        raise UsageError(f"run {run} holds weights that are not finite ({bad[0]}); a diverged run has no "
+                         f"landscape")
+    return model
+
+
 def _run(runs: list[Path], o: dict) -> list[Path]:
     if o.get("directions") == "pca":
         return _trajectory(runs[0], o)
     n, seed, points = o.get("n", 2000), o.get("seed", 0), o.get("points", 41)
     kw = {"chunk": o.get("chunk", 41), "batch_size": o.get("batch", 500)}
     run = load_run(runs[0])
-    model, loss_fn, data, s = run.model, run.loss_fn, run.data, run.settings
+    model, loss_fn, data, s = finite(run.model, runs[0]), run.loss_fn, run.data, run.settings
     train = _subset(data.train_x, data.train_y, n, seed)
     test = _subset(data.test_x, data.test_y, n, seed)
     out = _out(runs, o)
-    name = f"{s.raw['model']['name']} on {s.raw['data']['name']}"
+    name = shown(f"{s.raw['model']['name']} on {s.raw['data']['name']}")
     if len(runs) == 1:
         span = o.get("span", 1.0)
         grid = landscape.surface_2d(model, loss_fn, *train, points, span, torch.Generator().manual_seed(seed), **kw)
@@ -173,15 +197,15 @@ def _run(runs: list[Path], o: dict) -> list[Path]:
             curves[label] = landscape.line_1d(model, loss_fn, x, y, points, span,
                                               torch.Generator().manual_seed(seed), **kw)
         line = {"a": curves["train"]["a"], "curves": curves}
-        return draw.write_surface(out, "landscape", grid, line, f"{name}, {runs[0].name} ({n} train images)")
-    run_b = load_run(runs[1], data=data)
-    model_b, s_b = run_b.model, run_b.settings
-    if s_b.raw["model"] != s.raw["model"] or s_b.raw["data"]["name"] != s.raw["data"]["name"]:
-        raise UsageError("the two runs need the same network and data set")
+        return draw.write_surface(out, "landscape", grid, line, f"{name}, {shown(runs[0].name)} ({n} train images)")
+    differ = differences(s, run_settings(runs[1]))  # before B's network is built on A's data
+    if differ:
+        raise UsageError(f"the two runs need the same network, data and loss ({differ})")
+    model_b = finite(load_run(runs[1], data=data).model, runs[1])
     lo, hi = o.get("lo", -0.5), o.get("hi", 1.5)
     curves = {label: landscape.interpolation(model, model_b, loss_fn, x, y, points, lo, hi, **kw)
               for label, (x, y) in (("train", train), ("test", test))}
-    labels = (runs[0].name, runs[1].name)
+    labels = (shown(runs[0].name), shown(runs[1].name))  # names that are not text, or hold escapes
     return draw.write_interpolation(out, "interpolation", {"t": curves["train"]["t"], "curves": curves}, labels,
                                     f"{name}: along (1 - t) A + t B ({n} images each)")
 

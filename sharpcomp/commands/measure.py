@@ -48,7 +48,7 @@ from torch import nn
 
 from sharpcomp.data.order import train_sample_indices
 from sharpcomp.engine.evaluation import evaluate, sample_set
-from sharpcomp.engine.loading import load_run
+from sharpcomp.engine.loading import MeasureNotNamed, load_run
 from sharpcomp.engine.setup import build, load_data
 from sharpcomp.figures.scatter import draw_correlation
 from sharpcomp.figures.tables import correlation_table
@@ -61,8 +61,8 @@ from sharpcomp.measures.study.metrics import compute_metrics
 from sharpcomp.measures.study.network_wide import add_network_wide
 from sharpcomp.models import BUILTIN
 from sharpcomp.results.kept_weights import KeptError, kept_iterations, parse_iterations
-from sharpcomp.results.records import METRICS_FILE, atomic_write_parquet, tidy
-from sharpcomp.results.run_state import CHECKPOINT_FILE
+from sharpcomp.results.records import METRICS_FILE, RecordError, atomic_write_parquet, read_metrics, tidy
+from sharpcomp.results.run_state import CHECKPOINT_FILE, load_tensors
 from sharpcomp.settings import SAMPLE_SETS, ConfigError, defaults, run_identity, settings
 from sharpcomp.usage import Option, Syntax, UsageError, check_output_place, choice, choices_list, integer, split_paths
 
@@ -177,12 +177,10 @@ def load_weights(model: nn.Module, path: str) -> None:
         head = f.read(4)
     if not (head.startswith(b"PK") or head[:1] == b"\x80"):  # torch.save's zip archive, or its older pickle
         raise MeasureError(f"cannot read weights '{path}': not a file written by torch.save")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a file that is not a torch state dict
-        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise MeasureError(f"cannot read weights '{path}': not a plain state dict saved by torch.save ({why})") \
-            from None
+    try:  # a regular file of tensors only: a crafted pickle runs nothing, and the line says what it holds
+        state = load_tensors(Path(path), "cpu", "a plain state dict saved by torch.save")
+    except ConfigError as exc:
+        raise MeasureError(str(exc)) from None
     if isinstance(state, dict) and "model_state" in state:
         state = state["model_state"]
     try:
@@ -219,7 +217,7 @@ def _run_targets(folder: str, iterations: str | None, measures: dict | None) -> 
     for it in its:
         try:
             loaded = load_run(folder, data=data, iteration=it, measures=measures)
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, MeasureNotNamed) as exc:  # a measure of one's own is named here or refused
             raise MeasureError(f"cannot load run '{folder}': {exc}") from None
         except ConfigError as exc:
             if it is None:
@@ -286,6 +284,9 @@ def measure_rows(opts: dict, args: dict) -> list[dict]:
             base.update(iteration=t["iteration"], lr_now=s.lr_at(t["iteration"]))
         for name in opts["sample_sets"]:
             x, y = sample_set(name, data, idx, opts["n"], correct)
+            if name != "misclassified" and len(x) < opts["n"]:
+                print(f"sharpcomp measure: n={opts['n']} is more than the data holds; the {name} set of {run_id} "
+                      f"has {len(x)} samples", file=sys.stderr, flush=True)
             row = {**base, "sample_set": name, "n_samples": len(x)}
             if len(x):
                 with torch.no_grad():
@@ -314,8 +315,8 @@ def write_rows(rows: list[dict], out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "metrics.parquet"
     frame = tidy(pd.DataFrame(rows))
-    if path.exists():
-        old = pd.read_parquet(path)
+    if path.exists() or path.is_symlink():
+        old = read_metrics(path)  # a regular file (or folder) of results only; a link is refused
 
         def key(f: pd.DataFrame) -> list[tuple]:
             its = f["iteration"] if "iteration" in f else pd.Series([None] * len(f))
@@ -331,7 +332,7 @@ def write_rows(rows: list[dict], out: Path) -> Path:
 def draw_figure(path: Path, target: Path) -> None:
     """The across-model correlation of sharpness with MLS, NMLS, G and local dimensionality (one point
     per (model, sample set) row of ``path``)."""
-    frame = pd.read_parquet(path)
+    frame = read_metrics(path)
     cols = [c for c in FIGURE_COLUMNS if c in frame and frame[c].notna().sum() >= 3]
     if len(frame) < 3 or "sharpness" not in cols:
         raise MeasureError(f"the correlation figure needs at least 3 measured rows, {path} has {len(frame)}")
@@ -360,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if opts["figure"]:
             draw_figure(path, Path(opts["figure"]))
             print(f"figure -> {opts['figure']}")
-    except MeasureError as exc:
+    except (MeasureError, RecordError) as exc:
         print(f"sharpcomp measure: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # a broken checkpoint, missing data: one line, no traceback

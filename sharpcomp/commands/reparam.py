@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sharpcomp.engine.loading import MeasureNotNamed, load_run
+from sharpcomp.engine.loading import MeasureNotNamed, load_run, nonfinite_weights
 from sharpcomp.measure_names import flatness_options
 from sharpcomp.measures.own import load as load_own
 from sharpcomp.measures.registry import canonical, plan
@@ -122,6 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return err(f"cannot load run '{run_dir}': {exc}", EXIT_USAGE if isinstance(exc, MeasureNotNamed) else 1)
     except Exception as exc:  # a broken checkpoint or missing data: one line, no traceback
         return err(f"cannot load run '{run_dir}': {type(exc).__name__}: {exc}", 1)
+    bad = nonfinite_weights(model)
+    if bad:  # a diverged run: nothing to rescale, whatever alpha
+        return err(f"run '{run_dir}' holds weights that are not finite ({bad[0]}); a diverged run has nothing "
+                   f"to rescale")
     hidden = rescalable_layers(model)
     layer = opts["layer"] or (list(hidden)[-1] if hidden else None)
     if layer is None:

@@ -57,15 +57,16 @@ from sharpcomp.engine.cuda_graphs import graphs_apply, try_capture
 from sharpcomp.engine.ensemble_groups import check_compatible, unbatchable
 from sharpcomp.engine.evaluation import eval_layout, with_network_wide
 from sharpcomp.engine.member_optim import MemberOptimizers
+from sharpcomp.engine.opening import Member, close_all, open_runs
 from sharpcomp.engine.setup import build
 from sharpcomp.engine.steppers import no_graph_reason
-from sharpcomp.engine.train import Member, close_all, open_runs, plain_stepper, train_members
+from sharpcomp.engine.train import plain_stepper, train_members
 from sharpcomp.losses import batch_loss, loss_target, per_sample_loss
 from sharpcomp.measures.study._stacked_ops import make_plan, stacked_forward
 from sharpcomp.measures.study.stacked import compute_metrics_stacked
 from sharpcomp.models import eval_mode, samples_per_chunk
 from sharpcomp.optim import is_plain_sgd
-from sharpcomp.results.run_state import RunResult, load_resume
+from sharpcomp.results.run_state import RunInUse, RunResult, load_resume
 from sharpcomp.schedule import is_constant
 from sharpcomp.settings import ConfigError, Settings, run_identity
 
@@ -400,9 +401,11 @@ def train_ensemble(cfgs: Sequence, run_dirs: Sequence[str | Path], *, data: Data
     _check_runs(cfgs, run_dirs)
     blocked: list = []
     members, data = open_runs(cfgs, run_dirs, data, blocked)
-    skipped = {d: RunResult(d, "skipped", 0, 0, message=str(exc)) for d, exc in blocked}
+    # a folder in use is skipped (another process trains it); one that cannot be used fails its run alone
+    skipped = {d: RunResult(d, "skipped" if isinstance(exc, RunInUse) else "failed", 0, 0, message=str(exc))
+               for d, exc in blocked}
     if blocked:
-        print(f"sharpcomp: {len(blocked)} run(s) of the ensemble skipped; training the other {len(members)}",
+        print(f"sharpcomp: {len(blocked)} run(s) of the ensemble left out; training the other {len(members)}",
               file=sys.stderr)
     if not members:
         return [skipped[d] for d in run_dirs]
@@ -412,11 +415,12 @@ def train_ensemble(cfgs: Sequence, run_dirs: Sequence[str | Path], *, data: Data
         compile = members[0].settings.compile if compile is None else compile
         why = next((r for m in members if (r := unbatchable(m.settings))), None) or _stackable(members, data)
         if why is None:
-            train_members(members, data, lambda group: EnsembleStepper(group, data, compile, impl), callback)
+            train_members(members, data, lambda group: EnsembleStepper(group, data, compile, impl), callback,
+                          isolate=True)
         else:
             print(f"sharpcomp: no stacked ensemble ({why}); training the runs one by one", file=sys.stderr)
             for m in members:
-                train_members([m], data, lambda group: plain_stepper(group[0], data), callback)
+                train_members([m], data, lambda group: plain_stepper(group[0], data), callback, isolate=True)
     finally:
         close_all(members)
     done = {m.run.run_dir: m.run.outcome() for m in members}

@@ -61,9 +61,9 @@ def _killed(launcher, overrides: list[str]):
     """The JobReturn of a job whose worker was killed, recorded ``failed`` for the sweep's tally."""
     cfg = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, overrides)
     _, run_dir = EnsembleLauncher._resolved(cfg)
-    message = f"run {run_dir} failed: its worker process was killed"
-    print(f"sharpcomp: {message}", file=sys.stderr, flush=True)
-    _record("failed", run_dir, message)
+    why = "its worker process was killed"
+    print(f"sharpcomp: run {run_dir} failed: {why}", file=sys.stderr, flush=True)
+    _record("failed", run_dir, why)  # the tally: "failed: <folder> (its worker process was killed)"
     ret = JobReturn(overrides=overrides, cfg=cfg, hydra_cfg=cfg)
     ret.status = JobStatus.COMPLETED  # a FAILED job's value would have to be an exception, ending the sweep
     ret.return_value = "failed"

@@ -11,14 +11,23 @@ ended.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import stat
 import sys
+import tempfile
 import time
 import traceback
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: abandoned outcome folders are left
+    fcntl = None
 
 from sharpcomp.data.sources import DataError
 from sharpcomp.results.records import RecordError, atomic_write_bytes
@@ -40,6 +49,7 @@ class JobExit(Exception):
 
 
 def _record(status: str, run_dir: Path, message: str = "") -> None:
+    """Keep a job's outcome for the tally (``message``: why it did not finish, in one line)."""
     folder = os.environ.get(OUTCOMES_ENV)
     if not folder:
         return
@@ -82,18 +92,24 @@ def run_job(train_fn: Callable[[], list], run_dirs: Sequence[Path], multirun: bo
         for d in run_dirs:
             where = _write_log(Path(d) / "error.log", text)
             lines.append(f"run {d} failed: {type(exc).__name__}: {first}{where}")
-        return _report_all(run_dirs, "failed", lines, multirun, 1)
+        return _report_all(run_dirs, "failed", lines, multirun, 1, why=f"{type(exc).__name__}: {first}")
     for r in results:
-        if r.status == "skipped":  # one run of an ensemble whose folder could not be opened
+        if r.status == "skipped":  # one run of an ensemble whose folder is in use
             print(f"sharpcomp: {'job skipped' if multirun else 'error'}: {r.message}", file=sys.stderr)
             _record(r.status, r.run_dir, r.message)
-            continue
-        print(f"{r.status}: {r.rows} rows in {r.run_dir / 'metrics.parquet'}", flush=True)
-        _record(r.status, r.run_dir)
+        elif r.status == "failed" and r.message:  # one run of an ensemble, failed by its own folder
+            where = _write_log(Path(r.run_dir) / "error.log", r.trace) if r.trace else ""
+            print(f"sharpcomp: run {r.run_dir} failed: {r.message}{where}", file=sys.stderr, flush=True)
+            _record(r.status, r.run_dir, r.message)
+        else:
+            print(f"{r.status}: {r.rows} rows in {r.run_dir / 'metrics.parquet'}", flush=True)
+            _record(r.status, r.run_dir)
+    if not multirun and any(r.status in ("failed", "skipped") for r in results):
+        raise JobExit(1 if any(r.trace for r in results) else 2)
     return [r.status for r in results]
 
 
-def _report_all(run_dirs, status: str, message, multirun: bool, code: int) -> list[str]:
+def _report_all(run_dirs, status: str, message, multirun: bool, code: int, why: str = "") -> list[str]:
     messages = message if isinstance(message, list) else [message] * len(run_dirs)
     for d, msg in zip(run_dirs, messages):
         if multirun and status == "skipped":
@@ -103,7 +119,7 @@ def _report_all(run_dirs, status: str, message, multirun: bool, code: int) -> li
         else:
             line = msg
         print(f"sharpcomp train: error: {line}" if not multirun else f"sharpcomp: {line}", file=sys.stderr)
-        _record(status, Path(d), msg)
+        _record(status, Path(d), why or msg)
     if not multirun:
         raise JobExit(code)
     return [status] * len(run_dirs)
@@ -133,6 +149,70 @@ def sweep_summary(folder: Path) -> int:
     tally = ", ".join(f"{len(counts.get(k, []))} {k}" for k in shown)
     print(f"sharpcomp: sweep of {len(outcomes)} jobs: {tally}", file=sys.stderr)
     for status in ("diverged", "failed", "skipped"):
-        for d in counts.get(status, []):
-            print(f"  {status}: {d}", file=sys.stderr)
+        for o in (o for o in outcomes if o["status"] == status):
+            why = str(o.get("message") or "").strip().splitlines()
+            print(f"  {status}: {o['run_dir']}" + (f" ({why[0][:300]})" if why else ""), file=sys.stderr)
     return 1 if "failed" in counts else 2 if "skipped" in counts else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# the outcome folder of a sweep
+
+_SWEEP_PREFIX = ".sharpcomp-sweep-"
+_SWEEP_LOCK = ".lock"
+_NOFOLLOW, _NONBLOCK = getattr(os, "O_NOFOLLOW", 0), getattr(os, "O_NONBLOCK", 0)
+_HELD: dict[str, int] = {}  # outcome folder -> the descriptor of its held lock
+
+
+def open_outcomes() -> Path:
+    """A new outcome folder for a sweep, named by ``$SHARPCOMP_OUTCOMES`` until :func:`close_outcomes`.
+
+    In the current folder (shared with a cluster's nodes) when it is writable, else in the temporary folder.
+    The folder holds a lock for the sweep's life, so that a sweep that was killed (no ``finally`` ran) leaves
+    a folder the next sweep recognises as abandoned and removes (:func:`remove_abandoned`).
+    """
+    here = os.access(".", os.W_OK)
+    if here:
+        remove_abandoned(Path("."))
+    folder = Path(tempfile.mkdtemp(prefix=_SWEEP_PREFIX if here else _SWEEP_PREFIX[1:], dir="." if here else None))
+    fd = os.open(folder / f"{_SWEEP_LOCK}.new", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.rename(folder / f"{_SWEEP_LOCK}.new", folder / _SWEEP_LOCK)  # only ever seen locked
+    _HELD[str(folder.absolute())] = fd
+    os.environ[OUTCOMES_ENV] = str(folder.absolute())
+    return folder.absolute()
+
+
+def close_outcomes(folder: Path) -> None:
+    """Remove a sweep's outcome folder and release its lock."""
+    os.environ.pop(OUTCOMES_ENV, None)
+    shutil.rmtree(folder, ignore_errors=True)
+    fd = _HELD.pop(str(folder), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def remove_abandoned(where: Path) -> list[Path]:
+    """Remove the outcome folders in ``where`` that no live sweep holds (their lock is free); those removed."""
+    removed = []
+    for folder in sorted(where.glob(f"{_SWEEP_PREFIX}*")):
+        if fcntl is None or not stat.S_ISDIR(os.lstat(folder).st_mode):
+            continue
+        try:
+            fd = os.open(folder / _SWEEP_LOCK, os.O_RDONLY | _NOFOLLOW | _NONBLOCK)
+        except OSError:  # no lock: a sweep that is starting, or one of an earlier version (empty: removed)
+            if time.time() - os.lstat(folder).st_mtime > 60:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+                    removed.append(folder)
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a live sweep holds it
+        finally:
+            os.close(fd)
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed

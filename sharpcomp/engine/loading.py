@@ -140,12 +140,7 @@ def load_run(run_dir: str | Path, *, data: Dataset | None = None, target: str | 
     stored config that would choose code (:func:`stored_settings`; ``target``: the user's own model
     ``_target_``, named on the command line, for a network that is not built in).
     """
-    check_members(Path(run_dir))
-    path = Path(run_dir) / CHECKPOINT_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    state = read_checkpoint(path)
-    s = stored_settings(state.get("config", {}), target, measures)
+    state, s = _stored(run_dir, target, measures)
     cpu = torch.device("cpu")
     data = load_data(s, cpu) if data is None else prepare_runtime_data(data, cpu)
     weights, it = _weights(Path(run_dir), state, iteration)
@@ -170,3 +165,24 @@ def _weights(run_dir: Path, state: dict, iteration: int | None) -> tuple[dict, i
         return read_weights(run_dir, int(iteration), state["run_id"]), int(iteration)
     except KeptError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _stored(run_dir: str | Path, target: str | None, measures: Mapping | None = None) -> tuple[dict, Settings]:
+    check_members(Path(run_dir))
+    path = Path(run_dir) / CHECKPOINT_FILE
+    if not path.exists() and not path.is_symlink():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    state = read_checkpoint(path)
+    return state, stored_settings(state.get("config", {}), target, measures)
+
+
+def run_settings(run_dir: str | Path, *, target: str | None = None) -> Settings:
+    """The settings a run folder's checkpoint records (checked as :func:`load_run` checks them), without
+    loading its data or building its network."""
+    return _stored(run_dir, target)[1]
+
+
+def nonfinite_weights(model: nn.Module) -> list[str]:
+    """The names of ``model``'s parameters and buffers that hold NaN or infinite values (a diverged run's)."""
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    return [n for n, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())]

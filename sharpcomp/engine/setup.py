@@ -18,6 +18,7 @@ from sharpcomp.measures.symmetry.graph import TraceError, analyse
 from sharpcomp.models import ModelError, build_from_config, build_model, check_buildable
 from sharpcomp.optim import OptimError, check_optimizer
 from sharpcomp.results.kept_weights import KeptError, check_disk
+from sharpcomp.results.own_files import probe_writable
 from sharpcomp.settings import BUILTIN_MODELS, ConfigError, Settings, select_device, settings
 
 
@@ -147,8 +148,6 @@ def check_writable(run_dir: Path) -> None:
     """Create ``run_dir`` and prove it writable, or raise ConfigError with one line."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        probe_writable(run_dir)  # a nameless file: no link at a guessable name is followed
     except OSError as exc:
         raise ConfigError(f"cannot write to output folder {run_dir}: {exc.strerror or exc}") from None

@@ -2,7 +2,8 @@
 
 A run lives in one output folder (:mod:`sharpcomp.results.run_state`): ``metrics.parquet`` with one row per
 (checkpoint, sample set), appended at every checkpoint (``records``), and ``checkpoint.pt``, the
-resume point, written after that checkpoint's rows. The same command resumes.
+resume point, written after that checkpoint's rows. The same command resumes. Runs are opened for the
+loop by :mod:`sharpcomp.engine.opening` (``open_runs``, ``Member``, ``close_all``, used from here).
 
 The loop (:class:`_Loop`) owns what every run shares -- the checkpoint schedule (iteration 0, every
 ``log_every``, and ``steps``), the epoch loop, the running losses, divergence, the progress bar and
@@ -28,8 +29,8 @@ from __future__ import annotations
 import math
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -37,141 +38,19 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sharpcomp.data.datasets import Dataset
-from sharpcomp.data.order import epoch_permutation, steps_per_epoch, train_sample_indices
+from sharpcomp.data.order import epoch_permutation, steps_per_epoch
 from sharpcomp.engine.cost import MeasureCost
 from sharpcomp.engine.evaluation import checkpoint_rows, sample_losses, sample_sets
-from sharpcomp.engine.kept_measures import keep, publish
-from sharpcomp.engine.notes import ended_line, note_outputs, note_small_sets
-from sharpcomp.engine.setup import (
-    build,
-    check_kept_size,
-    check_layer,
-    check_writable,
-    initial_network,
-    measure_plan,
-    prepare_runtime,
-)
+from sharpcomp.engine.opening import Member, close_all, open_runs
+from sharpcomp.engine.setup import build, initial_network
 from sharpcomp.engine.steppers import PlainStepper
-from sharpcomp.losses import make_loss
-from sharpcomp.measures.registry import Plan
-from sharpcomp.results.hydra_files import write_held
 from sharpcomp.results.kept_weights import is_kept, keep_weights, next_kept
-from sharpcomp.results.loggers import Logger, make_logger
 from sharpcomp.results.records import RecordError
-from sharpcomp.results.run_state import CHECKPOINT_FILE, RunResult, RunState, identity_columns, read_checkpoint
-from sharpcomp.settings import STOP_CRITERIA, ConfigError, Settings, run_identity, settings
+from sharpcomp.results.run_state import RunResult
+from sharpcomp.settings import STOP_CRITERIA, ConfigError
 
 # Timings of the last loop (seconds), for benchmarks: train, checkpoint, eval, metrics, write.
 LAST_TIMINGS: dict[str, float] = {}
-
-
-@dataclass
-class Member:
-    """A run in the loop: its folder, train sample indices, loss, live logger and measures.
-
-    ``plan``: the measures it computes beyond the study's, with their settings checked once.
-    """
-
-    run: RunState
-    settings: Settings
-    sample_idx: torch.Tensor
-    loss_fn: Callable
-    logger: Logger = field(default_factory=Logger)
-    plan: Plan = field(default_factory=Plan)
-
-    @property
-    def seed(self) -> int:
-        """The run's seed."""
-        return self.settings.seed
-
-
-def open_runs(cfgs: Sequence, run_dirs: Sequence[Path], data: Dataset | None,
-              blocked: list | None = None) -> tuple[list[Member], Dataset]:
-    """Check the settings, load the data once, open (lock) every run folder.
-
-    With ``blocked`` (a list), a folder that cannot be opened (in use, another run's, unreadable) is appended to it as
-    ``(run_dir, exception)`` and left out, so the other runs still train.
-    """
-    all_settings = [settings(c) for c in cfgs]
-    for d in run_dirs:
-        check_writable(Path(d))
-    if data is None and all(_ended(s, Path(d)) for s, d in zip(all_settings, run_dirs)):
-        ended = _open_ended(all_settings, run_dirs)
-        if all(m.run.result is not None for m in ended):
-            return ended, None  # nothing to train: no data to load
-        close_all(ended)  # e.g. the rows were lost: the run restarts, with its data
-    device, data = prepare_runtime(all_settings[0], data)
-    note_small_sets(all_settings[0], data)
-    if all_settings[0].metrics.layer is not None:  # any network: build one to look (on the CPU, not the meta device)
-        check_layer(all_settings[0], build(all_settings[0], data, torch.device("cpu")))
-    keeping = [s for s in all_settings if s.save_every is not None]
-    if keeping:  # the size of the kept weights, for data whose shape was unknown before loading
-        net = build(keeping[0], data, torch.device("cpu"))
-        for s in keeping:
-            check_kept_size(s, net)
-    members: list[Member] = []
-    try:
-        for s, d in zip(all_settings, run_dirs):
-            settings(s.raw, n_train=len(data.train_x))
-            s, kept = keep(s, Path(d))  # a resumed run computes its measures as its rows were computed
-            n_out = s.num_outputs(data.num_classes)
-            run_id = run_identity(s)["run_id"]
-            identity = identity_columns(s, run_id, n_out, data.source, device)
-            identity["settings"] = publish(identity["settings"], measure_plan(s))
-            try:
-                state = RunState(s, Path(d), identity).open(device)
-            except (ConfigError, RecordError) as exc:
-                if blocked is None:
-                    raise
-                blocked.append((Path(d), exc))
-                continue
-            write_held(d)  # the folder is this run's now: Hydra's record of its config goes in
-            for line in kept:
-                print(line, file=sys.stderr, flush=True)
-            if state.result is not None:
-                print(ended_line(s, d, state), file=sys.stderr, flush=True)
-            idx = train_sample_indices(s.seed, len(data.train_x), s.metrics.n).to(device)
-            logger = Logger() if state.result is not None else make_logger(
-                s.raw.get("logger"), Path(d), run_id, {**run_identity(s)["settings"], "steps": s.steps})
-            members.append(Member(state, s, idx, make_loss(s.loss, n_out), logger, measure_plan(s)))
-    except BaseException:
-        for m in members:
-            m.run.close()
-        raise
-    if any(m.run.fresh and m.run.result is None for m in members):  # what iteration 0's accuracy means
-        note_outputs(all_settings[0], data)
-    return members, data
-
-
-def _ended(s: Settings, run_dir: Path) -> bool:
-    """Whether the folder holds this run finished (or diverged): its saved state says so."""
-    path = run_dir / CHECKPOINT_FILE
-    if not path.exists():
-        return False
-    try:
-        state = read_checkpoint(path)
-    except Exception:
-        return False
-    return state.get("run_id") == run_identity(s)["run_id"] and (
-        state.get("status") == "diverged" or int(state.get("iteration", -1)) >= s.steps or bool(state.get("stopped")))
-
-
-def _open_ended(all_settings: Sequence[Settings], run_dirs: Sequence) -> list[Member]:
-    """Open runs that have ended, without their data: each says so in one line."""
-    members: list[Member] = []
-    try:
-        for s, d in zip(all_settings, run_dirs):
-            run_id = run_identity(s)["run_id"]
-            state = RunState(s, Path(d), {"run_id": run_id}).open(torch.device("cpu"))
-            write_held(d)
-            members.append(Member(state, s, torch.empty(0, dtype=torch.long), make_loss(s.loss, 1)))
-            if state.result is not None:
-                print(ended_line(s, d, state), file=sys.stderr, flush=True)
-    except BaseException:
-        for m in members:
-            m.run.close()
-        raise
-    return members
 
 
 def by_start(members: Sequence[Member]) -> list[list[Member]]:
@@ -192,10 +71,15 @@ def by_start(members: Sequence[Member]) -> list[list[Member]]:
 
 
 class _Loop:
-    """Trains ``members`` (all at the same starting point) with ``stepper`` to ``steps``."""
+    """Trains ``members`` (all at the same starting point) with ``stepper`` to ``steps``.
 
-    def __init__(self, members: list[Member], stepper, data: Dataset, callback):
+    ``isolate``: a member whose folder cannot take its rows or resume point (removed, replaced, unwritable)
+    is recorded ``failed`` with the reason and dropped; the others go on (else the error ends the loop).
+    """
+
+    def __init__(self, members: list[Member], stepper, data: Dataset, callback, isolate: bool = False):
         self.members, self.stepper, self.data, self.callback = list(members), stepper, data, callback
+        self.isolate = isolate
         self.s = members[0].settings
         self.spe = steps_per_epoch(len(data.train_x), self.s.batch)
         self.device = data.train_x.device
@@ -264,7 +148,7 @@ class _Loop:
                 next_keep = self._keep(start)
             if self.members[0].run.fresh:
                 self.checkpoint(0)
-            due = iter([c for c in s.checkpoints if c > start])
+            due = s.checkpoints.after(start)
             next_ckpt, epoch, perms, it = next(due), -1, None, start
             t_train = time.perf_counter()
             while it < s.steps and self.members:
@@ -344,7 +228,7 @@ class _Loop:
         metrics = self.stepper.sample_metrics(models, sets)
         losses = sample_losses(models, sets, s.loss)
         self.timing["metrics"] += time.perf_counter() - m0
-        new_rows = {}
+        new_rows, lost = {}, []
         stops = [self._stop_reason(m, it, run_losses[j], train_evals[j]) for j, m in zip(keep, self.members)]
         for pos, (j, m) in enumerate(zip(keep, self.members)):
             base = {"iteration": it, "epoch": it / self.spe, "train_loss_running": run_losses[j],
@@ -355,10 +239,17 @@ class _Loop:
             if stops[pos]:
                 base.update(stop_reason=stops[pos], stop_iteration=it)
             stopped = {"stopped": stops[pos]} if stops[pos] in STOP_CRITERIA else {}
-            new_rows[m.run.run_dir] = self._commit(pos, m, it, base, sets[pos], metrics[pos], losses[pos], models[pos],
-                                                   {**(self._running_state(j, it) or {}), **stopped} or None)
+            try:
+                new_rows[m.run.run_dir] = self._commit(pos, m, it, base, sets[pos], metrics[pos], losses[pos],
+                                                       models[pos], {**(self._running_state(j, it) or {}), **stopped}
+                                                       or None)
+            except (OSError, RecordError, ConfigError) as exc:  # this member's folder, not the others'
+                if not self.isolate:
+                    raise
+                m.run.result = m.run.failed(it, exc)
+                lost.append(pos)
         self.stepper.train()
-        self._drop_stopped(it, stops)
+        self._drop_stopped(it, stops, lost)
         self._reset_running()
         self.timing["checkpoint"] += time.perf_counter() - c0
         if it == s.steps:
@@ -386,17 +277,20 @@ class _Loop:
         train_loss, train_acc = (None, None) if train_eval is None else train_eval[:2]
         return rule.reached(run_loss, train_loss, train_acc) or ("steps" if it == self.s.steps else None)
 
-    def _drop_stopped(self, it: int, stops: list[str | None]) -> None:
-        """Finish the runs that reached their criterion at checkpoint ``it`` (before the cap); the others go on."""
-        done = [pos for pos, why in enumerate(stops) if why in STOP_CRITERIA and it < self.s.steps]
-        if not done:
+    def _drop_stopped(self, it: int, stops: list[str | None], lost: Sequence[int] = ()) -> None:
+        """Finish the runs that reached their criterion at checkpoint ``it`` (before the cap).
+
+        Those whose folder failed them (``lost``: their outcome is set) are dropped too; the others go on.
+        """
+        done = [pos for pos, why in enumerate(stops) if why in STOP_CRITERIA and it < self.s.steps and pos not in lost]
+        if not done and not lost:
             return
         for pos in done:
             m = self.members[pos]
             m.run.result = self._result(m, "finished", it)
             limit = getattr(m.settings.stop, stops[pos])
             self.bar.write(f"{m.run.run_id}: stopped at iteration {it}: {stops[pos]} <= stop.{stops[pos]}={limit:g}")
-        rest = [pos for pos in range(len(self.members)) if pos not in done]
+        rest = [pos for pos in range(len(self.members)) if pos not in done and pos not in lost]
         self.stepper.keep(rest)
         self.members = [self.members[pos] for pos in rest]
 
@@ -465,17 +359,22 @@ def plain_stepper(m: Member, data: Dataset) -> PlainStepper:
     return PlainStepper(model, m.settings, data, m.settings.num_outputs(data.num_classes), m.run.resume)
 
 
-def train_members(members: list[Member], data: Dataset, make_stepper, callback=None) -> None:
-    """Train every group of ``members`` (:func:`by_start`) with ``make_stepper(group)``."""
+def train_members(members: list[Member], data: Dataset, make_stepper, callback=None, isolate: bool = False) -> None:
+    """Train every group of ``members`` (:func:`by_start`) with ``make_stepper(group)``.
+
+    ``isolate`` (an ensemble): a member whose folder fails it is recorded ``failed`` and the others go on
+    (:class:`_Loop`); a group that fails as a whole records its members ``failed`` and the next groups train.
+    """
     for group in by_start(members):
-        _Loop(group, make_stepper(group), data, callback).run()
-
-
-def close_all(members: Sequence[Member]) -> None:
-    """Close (unlock) every member's run folder."""
-    for m in members:
-        m.logger.close()
-        m.run.close()
+        try:
+            _Loop(group, make_stepper(group), data, callback, isolate).run()
+        except Exception as exc:
+            if not isolate:
+                raise
+            trace = "" if isinstance(exc, (ConfigError, RecordError)) else traceback.format_exc()
+            for m in group:
+                if m.run.result is None:
+                    m.run.result = m.run.failed(m.run.start, exc, trace)
 
 
 def train(cfg, run_dir: str | Path, *, callback: Callable[[int, list[dict]], None] | None = None,

@@ -4,7 +4,6 @@ folder, formats) and the helpers that select, split and describe runs."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -27,6 +26,8 @@ from sharpcomp.figures.tables import (
     same,
     variant_value,
 )
+from sharpcomp.results.own_files import creation_mode
+from sharpcomp.results.stored_text import settings_json
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ def replacing_file(path: Path):
     renamed, so a symbolic link at ``path`` is replaced, never followed out of the folder."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, creation_mode())  # as open() makes it under the umask (mkstemp alone makes 0600)
         with os.fdopen(fd, "wb") as fh:
             yield fh
         os.replace(tmp, path)
@@ -262,10 +264,9 @@ def common_text(runs: pd.DataFrame, fields=("scale", "loss")) -> str:
 def _data_text(row) -> str:
     """The data's name, with its class subset when the name does not say it (cifar10 classes 3,5)."""
     name = fmt(row["data"])
-    text = row.get("settings")
-    try:
-        classes = json.loads(text if isinstance(text, str) and text else "{}").get("data", {}).get("classes")
-    except (ValueError, AttributeError):
+    data = (settings_json(row.get("settings")) or {}).get("data")
+    classes = data.get("classes") if isinstance(data, dict) else None
+    if not isinstance(classes, list):
         classes = None
     return f"{name} classes {','.join(map(str, classes))}" if classes and "class" not in name else name
 

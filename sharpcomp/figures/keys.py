@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 import pandas as pd
 
 from sharpcomp.figures.tables import RUN, is_missing, variant_value
+from sharpcomp.results.stored_text import settings_json
 
 # dotted key -> the flat identity column that holds the same setting (files without ``settings``)
 FLAT_COLUMNS = {
@@ -49,14 +50,9 @@ def run_keys(row: Mapping) -> dict[str, object]:
     ``settings`` JSON, which names every setting and wins."""
     keys = {dotted: row[flat] for dotted, flat in FLAT_COLUMNS.items() if flat in row and not is_missing(row[flat])}
     keys.update({c: row[c] for c in OTHER_COLUMNS if c in row and not is_missing(row[c])})
-    text = row.get("settings")
-    if isinstance(text, str) and text.strip():
-        try:
-            settings = json.loads(text)
-        except ValueError:
-            settings = None
-        if isinstance(settings, Mapping):
-            keys.update(flatten(settings))
+    settings = settings_json(row.get("settings"))  # bounded: a results file's settings may be anything
+    if settings is not None:
+        keys.update(flatten(settings))
     return keys
 
 

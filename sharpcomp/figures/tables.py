@@ -65,8 +65,9 @@ def _result_files(dirs: Sequence[Path]) -> dict[Path, str]:
     labels = _folder_labels(dirs)
     found: dict[Path, str] = {}
     for d, label in zip(dirs, labels):
-        paths = [d] if d.name == METRICS_FILE and d.exists() else sorted(d.rglob(METRICS_FILE))
-        for p in (p.resolve() for p in paths if p.is_file() or p.is_dir()):
+        paths = [d] if d.name == METRICS_FILE and os.path.lexists(d) else sorted(d.rglob(METRICS_FILE))
+        # the folders resolved, the results file itself as found: a link or FIFO there is refused when read
+        for p in (p.parent.resolve() / p.name for p in paths):
             rel = _relative(p.parent, d)
             name = (rel or label) if len(dirs) == 1 else "/".join(x for x in (label, rel) if x)
             found.setdefault(p, name)

@@ -13,8 +13,14 @@ identity settings, flattened to dotted keys, and ``steps``) are its hyperparamet
 - ``mlflow``: an MLflow run (experiment ``logger.experiment``) in ``logger.tracking_uri`` (default: the
   local file store ``<run folder>/../mlruns``, shared by the runs beside it; MLflow 3 keeps that store in
   maintenance mode, so ``MLFLOW_ALLOW_FILE_STORE`` is set for it); a resumed run continues its MLflow run
-  (its id kept in ``<run folder>/mlflow_run_id``). ``mlflow ui --backend-store-uri <that folder>``.
+  (its id kept in ``<run folder>/mlflow_run_id``). ``mlflow ui --backend-store-uri <that folder>``. A
+  server that does not answer within ``logger.timeout`` seconds is given up at once (``logger.retries``
+  more tries, 0 by default): one line, and the run goes on without the logger.
 - ``csv``: ``<run folder>/metrics.csv``, one line per row, columns as in the parquet file.
+
+The loggers' files in a run folder (``metrics.csv``, ``mlflow_run_id``, ``tensorboard/``) are members of
+the folder (:data:`sharpcomp.results.run_state.MEMBERS`): written only as the folder's own files, never
+through a symbolic link, and the default MLflow store is not used when it, or anything in it, is a link.
 """
 
 from __future__ import annotations
@@ -22,12 +28,16 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import stat
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
+
+from sharpcomp.results.own_files import RecordError, append_bytes, atomic_write_bytes, kind, read_regular
 
 LOGGERS = ("none", "tensorboard", "mlflow", "csv")
 # whole-set columns (the same on every row of a checkpoint): logged once, untagged
@@ -101,6 +111,9 @@ class TensorBoardLogger(Logger):
         self.writer.close()
 
 
+RUN_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")  # an MLflow run id (32 hex digits), as the id file may hold it
+
+
 class MLflowLogger(Logger):
     name = "mlflow"
 
@@ -115,10 +128,10 @@ class MLflowLogger(Logger):
         found = self.client.get_experiment_by_name(experiment)
         exp_id = found.experiment_id if found is not None else self.client.create_experiment(experiment)
         id_file = run_dir / "mlflow_run_id"
-        run_id = id_file.read_text().strip() if id_file.exists() else None
+        run_id = _read_run_id(id_file)
         if run_id is None or self._missing(run_id):
             run_id = self.client.create_run(exp_id, run_name=run_name).info.run_id
-            id_file.write_text(run_id + "\n")
+            atomic_write_bytes(id_file, f"{run_id}\n".encode())
             params = [Param(k[:250], str(v)[:6000]) for k, v in sorted(hparams.items())]
             for i in range(0, len(params), 100):
                 self.client.log_batch(run_id, params=params[i:i + 100])
@@ -145,6 +158,15 @@ class MLflowLogger(Logger):
         self.client.set_terminated(self.run_id)
 
 
+def _read_run_id(path: Path) -> str | None:
+    """The MLflow run id a run folder keeps (None when there is none, or it is not an id)."""
+    try:
+        text = read_regular(path, 256).decode("ascii", errors="replace").strip()
+    except (FileNotFoundError, RecordError):  # none, or not a small regular file: a new MLflow run replaces it
+        return None
+    return text if RUN_ID.fullmatch(text) else None
+
+
 class CSVLogger(Logger):
     name = "csv"
 
@@ -153,7 +175,45 @@ class CSVLogger(Logger):
 
     def log(self, iteration, rows):
         frame = pd.DataFrame(list(rows))
-        frame.to_csv(self.path, mode="a", header=not self.path.exists(), index=False)
+        append_bytes(self.path, frame.to_csv(header=False, index=False).encode(),
+                     header=frame.iloc[:0].to_csv(index=False).encode())
+
+
+def _own_folder(path: Path) -> Path:
+    """``path``, a folder of the run's own (absent, or a folder that is not a link); RecordError otherwise."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return path
+    if not stat.S_ISDIR(mode):
+        raise RecordError(f"{path} is {kind(mode)}, not a folder of the run's own; move it away")
+    return path
+
+
+STORE_ENTRIES = 10**6  # a local MLflow store is checked entry by entry up to this size
+
+
+def checked_store(store: Path) -> str:
+    """The URI of the local MLflow store ``store`` (beside the run folders), when neither it nor anything in
+    it is a symbolic link (MLflow writes into it wherever its folders lead); RecordError otherwise."""
+    _own_folder(store)
+    seen = 0
+    for top, dirs, files in os.walk(store):  # never into a linked folder: a link is found, not followed
+        for name in dirs + files:
+            seen += 1
+            if os.path.islink(os.path.join(top, name)) or seen > STORE_ENTRIES:
+                what = "is a symbolic link" if seen <= STORE_ENTRIES else "ends a store too large to check"
+                raise RecordError(f"{os.path.join(top, name)} {what}; the MLflow store {store} is not used "
+                                  f"(set logger.tracking_uri, or move it away)")
+    return store.absolute().as_uri()
+
+
+def _mlflow(cfg: Mapping, run_dir: Path, hparams: dict) -> Logger:
+    """The MLflow logger, with its requests bounded: ``timeout`` seconds each, ``retries`` more tries."""
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, int(cfg.get("timeout") or 10)))
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(max(0, int(cfg.get("retries") or 0)))
+    uri = cfg.get("tracking_uri") or checked_store(run_dir.parent / "mlruns")
+    return MLflowLogger(run_dir, uri, cfg.get("experiment") or "sharpcomp", run_dir.name, hparams)
 
 
 def make_logger(cfg: Mapping | None, run_dir: Path, run_id: str, settings: Mapping) -> Logger:
@@ -167,10 +227,10 @@ def make_logger(cfg: Mapping | None, run_dir: Path, run_id: str, settings: Mappi
     hparams = hyperparameters(settings)
     try:
         if name == "tensorboard":
-            return Guarded(TensorBoardLogger(Path(cfg.get("dir") or run_dir / "tensorboard"), hparams))
+            folder = Path(cfg["dir"]) if cfg.get("dir") else _own_folder(run_dir / "tensorboard")
+            return Guarded(TensorBoardLogger(folder, hparams))
         if name == "mlflow":
-            uri = cfg.get("tracking_uri") or (run_dir.parent / "mlruns").absolute().as_uri()
-            return Guarded(MLflowLogger(run_dir, uri, cfg.get("experiment") or "sharpcomp", run_dir.name, hparams))
+            return Guarded(_mlflow(cfg, run_dir, hparams))
         if name == "csv":
             return Guarded(CSVLogger(run_dir / "metrics.csv"))
         raise ValueError(f"unknown logger '{name}' (choose from {', '.join(LOGGERS)})")
@@ -181,7 +241,8 @@ def make_logger(cfg: Mapping | None, run_dir: Path, run_id: str, settings: Mappi
 
 def _say(name: str, what: str, exc: BaseException) -> None:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    print(f"sharpcomp: logger {name} {what} ({type(exc).__name__}: {text[:200]}); the run goes on without it "
+    text = text if len(text) <= 240 else text[:240].rsplit(" ", 1)[0] + " ..."  # cut at a word, and say so
+    print(f"sharpcomp: logger {name} {what} ({type(exc).__name__}: {text}); the run goes on without it "
           f"(metrics.parquet has every row)", file=sys.stderr, flush=True)
 
 

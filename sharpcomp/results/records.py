@@ -24,14 +24,10 @@ one converts it to a folder.
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import io
 import os
-import shutil
 import stat
 import sys
-import tempfile
 import time
 import uuid
 import warnings
@@ -51,45 +47,24 @@ from sharpcomp.results.columns import (
     current_names,
 )
 
+# Reading and writing a folder's own files (re-exported: the results' one error type and the writers)
+from sharpcomp.results.own_files import (  # noqa: F401
+    GiB,
+    RecordError,
+    atomic_write_bytes,
+    exchange,
+    fsync_dir,
+    open_regular,
+    read_regular,
+    refuse_link,
+    remove,
+)
+
 METRICS_FILE = "metrics.parquet"
 
 STATUSES = ("running", "finished", "diverged", "failed")
 
 SAMPLE_SETS = ("train", "test", "misclassified")
-
-
-class RecordError(RuntimeError):
-    """A results file that cannot be read or does not look like sharpcomp output."""
-
-
-def refuse_link(path: Path) -> None:
-    """Raise RecordError (one line) when ``path`` is a symbolic link.
-
-    A run folder's files are its own, and the program never writes through a link (it could point anywhere).
-    """
-    path = Path(path)
-    if path.is_symlink():
-        raise RecordError(f"refusing {path}: it is a symbolic link (to {os.readlink(path)}); "
-                          f"a run folder's files must be its own (move the link away)")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``path`` whole: a temporary file in the same folder, fsync, rename.
-
-    The rename replaces the name itself, so nothing outside the folder is ever written through a link.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def atomic_write_parquet(path: Path, frame: pd.DataFrame) -> None:
@@ -136,11 +111,15 @@ def tidy(frame: pd.DataFrame, status: str | None = None) -> pd.DataFrame:
     return frame
 
 
+PART_LIMIT = GiB  # no results part (a run's compacted rows included) comes near this size
+_STATUS_LIMIT = 64
+
+
 def _read_table(path: Path) -> pa.Table:
     # read the bytes once: pyarrow opens a path more than once, so a reader racing a writer's
-    # atomic replace could mix two versions of the file
-    with open(path, "rb") as fh:
-        return pq.ParquetFile(pa.BufferReader(fh.read())).read(use_threads=False)  # 5x faster than read_table
+    # atomic replace could mix two versions of the file; only a regular file, of a bounded size
+    data = read_regular(path, PART_LIMIT)
+    return pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)  # 5x faster than read_table
 
 
 def _read_file(path: Path) -> pd.DataFrame:
@@ -160,13 +139,13 @@ def _read_status(folder: Path) -> str | None:
     """
     path = folder / STATUS_FILE
     try:
-        if not _regular(path):
-            raise RecordError(f"{path} is not a file (a folder or link where the run's status belongs); "
-                              f"move it away and rerun")
-        with open(path, "rb") as fh:
-            status = fh.read(64).decode("ascii", errors="replace").strip()
+        with open_regular(path) as fh:
+            status = fh.read(_STATUS_LIMIT).decode("ascii", errors="replace").strip()
     except FileNotFoundError:
         return None
+    except RecordError:
+        raise RecordError(f"{path} is not a file (a folder, link or device where the run's status belongs); "
+                          f"move it away and rerun") from None
     return status if status in STATUSES else None
 
 
@@ -206,9 +185,22 @@ def _read_folder(folder: Path) -> pd.DataFrame:
     if not tables:
         return tidy(pd.DataFrame({c: [] for c in COLUMNS}), status)
     frame = _concat_tables(tables)
+    _check_columns(frame, folder)  # before tidy adds every column: a folder of foreign parts is no run
     if status is None and "status" in frame.columns:
         status = frame["status"].iloc[-1]  # no sidecar: the last part's status is the run's
     return tidy(frame, status)
+
+
+def _check_columns(frame: pd.DataFrame, target: Path) -> None:
+    missing = {"run_id", "iteration", "sample_set"} - set(current_names(frame.iloc[:0]).columns)
+    if missing:
+        raise RecordError(f"{target} is not a sharpcomp results file (missing columns: {', '.join(sorted(missing))})")
+
+
+def reason(exc: BaseException) -> str:
+    """An exception in one line for a message: its first line, or its type when it says nothing."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0][:300] if lines else type(exc).__name__
 
 
 def _results_path(path: Path) -> Path:
@@ -227,13 +219,18 @@ def read_metrics(path: Path) -> pd.DataFrame:
     """Read one run's records (one row per checkpoint and sample set).
 
     ``path``: a run folder, its ``metrics.parquet`` folder, or a single-file ``metrics.parquet`` of older
-    results. Safe while the run writes: whole checkpoints, each once.
+    results. Safe while the run writes: whole checkpoints, each once. Only regular files are read (a link,
+    a FIFO or a device is refused with one line), none larger than ``PART_LIMIT``.
     """
     target = _results_path(Path(path))
     deadline = time.monotonic() + _READ_PATIENCE_S
     while True:
         try:
-            frame = _read_folder(target) if target.is_dir() else current_names(_read_file(target))
+            if _is_folder(target):
+                frame = _read_folder(target)
+            else:
+                frame = current_names(_read_file(target))
+                _check_columns(frame, target)
             break
         except RecordError:
             raise
@@ -241,48 +238,22 @@ def read_metrics(path: Path) -> pd.DataFrame:
             if time.monotonic() > deadline or not _in_flux(target):
                 raise RecordError(f"no results file at {target}") from None
             time.sleep(0.002)
-        except Exception as exc:  # pyarrow raises several types for a damaged file
-            raise RecordError(f"cannot read results file {target}: {exc}") from None
-    missing = {"run_id", "iteration", "sample_set"} - set(frame.columns)
-    if missing:
-        raise RecordError(f"{target} is not a sharpcomp results file (missing columns: {', '.join(sorted(missing))})")
+        except Exception as exc:  # pyarrow raises several types for a damaged file; MemoryError says nothing
+            raise RecordError(f"cannot read results file {target}: {reason(exc)}") from None
     return frame
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory descriptors
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
+def _is_folder(path: Path) -> bool:
+    """Whether ``path`` is a folder of its own (not a link to one); FileNotFoundError if absent."""
+    return stat.S_ISDIR(os.lstat(path).st_mode)
 
 
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+def _is_dir(path: Path) -> bool:
+    """Whether ``path`` is a folder of its own (False when absent or anything else)."""
     try:
-        fn = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
+        return _is_folder(path)
+    except OSError:
         return False
-    fn.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
-    at_fdcwd, rename_exchange = -100, 2
-    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-        return False
-    raise OSError(err, os.strerror(err), str(b))
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
 
 
 def swap_in(new: Path, target: Path) -> None:
@@ -292,16 +263,16 @@ def swap_in(new: Path, target: Path) -> None:
     (``new`` is named ``.metrics.parquet.swap-*``: a run that is killed in the gap is recovered by
     ``recover_swap``).
     """
-    _fsync_dir(new)
-    if target.exists() and _exchange(new, target):
-        _remove(new)
+    fsync_dir(new)
+    if target.exists() and exchange(new, target):
+        remove(new)
     else:
         old = target.with_name(f"{_SWAP}old-{uuid.uuid4().hex}")
         if target.exists():
             os.rename(target, old)
         os.rename(new, target)
-        _remove(old)
-    _fsync_dir(target.parent)
+        remove(old)
+    fsync_dir(target.parent)
 
 
 def recover_swap(target: Path) -> None:
@@ -315,7 +286,7 @@ def recover_swap(target: Path) -> None:
         if not target.exists() and complete:
             os.rename(p, target)
         else:
-            _remove(p)
+            remove(p)
 
 
 def _ours(name: str) -> bool:
@@ -395,7 +366,7 @@ class RunRecorder:
     def _scan(self) -> None:
         for stale in self.path.glob(".*.tmp"):  # temporary files of a killed atomic write
             if _ours(stale.name) and not stale.is_symlink():
-                _remove(stale)
+                remove(stale)
         frame = read_metrics(self.path)
         self.rows = len(frame)
         self._last = int(frame["iteration"].max()) if len(frame) else None
@@ -451,7 +422,7 @@ class RunRecorder:
         for col in _NUMERIC:
             if col in part.columns:
                 part[col] = pd.to_numeric(part[col], errors="coerce").astype("float64")
-        self.path.mkdir(parents=True, exist_ok=True)
+        self._folder_for_part()
         target, added = self.path / part_name(part["iteration"].min()), len(part)
         if target.exists():  # the same first iteration again: one part holds both
             part = _concat([_read_file(target), part])
@@ -459,6 +430,24 @@ class RunRecorder:
         self.rows += added
         last = int(part["iteration"].max())
         self._last = last if self._last is None else max(self._last, last)
+
+    def _folder_for_part(self) -> None:
+        """Make ``metrics.parquet`` (and the run folder) for the first part.
+
+        RecordError when rows were written and their folder is gone: it is never made again with rows missing.
+        """
+        if _is_dir(self.path):
+            return
+        if self.rows and (self.path.exists() or self.path.is_symlink()):
+            raise RecordError(f"{self.path} was replaced while the run wrote it (by something other than the "
+                              f"folder of its {self.rows} rows); move it away and rerun")
+        if self.rows:
+            raise RecordError(f"{self.path} was removed while the run wrote it ({self.rows} rows lost); "
+                              f"rerun to start the run again")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise RecordError(f"{self.path} is not a folder of results parts; move it away and rerun") from None
 
     def _commit_status(self) -> None:
         """Write the status where it changed; when the run has ended, compact its parts."""

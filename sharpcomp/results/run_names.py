@@ -39,7 +39,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import stat
 from collections.abc import Callable
 from functools import lru_cache
@@ -49,6 +48,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from sharpcomp.results.hydra_files import read_recorded
+from sharpcomp.results.stored_text import plain_references
 from sharpcomp.schedule import SPAN_STEPS
 from sharpcomp.settings import CONFIG_MODULE, ConfigError, defaults, flatness_by_name, run_identity
 
@@ -62,7 +62,6 @@ DEFAULT_CHOICES = {"scale": "quick", "optim": "sgd", "schedule": "constant"}  # 
 # group choices that appear in the name (data and model name the parent folder)
 NAMED_GROUPS = ("scale", "optim", "schedule")
 RESULTS = ("metrics.parquet", "checkpoint.pt")
-REFERENCE = re.compile(r"\$\{[\w.]+\}")  # an interpolation naming another key: the only kind a stored config may hold
 
 
 def shorten(name: str) -> str:
@@ -250,9 +249,8 @@ def _recorded_name(folder: Path) -> str | None:
     if recorded is None:
         return None
     cfg, choices, searchpath = recorded
-    try:
-        text = json.dumps({k: v for k, v in cfg.items() if k not in EXCLUDED})
-        if any(not REFERENCE.fullmatch(m) for m in re.findall(r"\$\{[^\"]*", text)):
+    try:  # resolved only when it cannot grow: ${a}${a} or a list of references doubles at every level
+        if not plain_references({k: v for k, v in cfg.items() if k not in EXCLUDED}):
             return None
         return canonical_name(plain_config(OmegaConf.create(cfg)), choices, tuple(searchpath))
     except Exception:

@@ -25,6 +25,7 @@ import os
 import pickle
 import platform
 import re
+import stat
 import sys
 import time
 from dataclasses import dataclass
@@ -40,13 +41,16 @@ except ImportError:  # pragma: no cover - not POSIX: run folders are not locked
     fcntl = None
 
 from sharpcomp._version import __version__
+from sharpcomp.checkpoints import MAX_STEPS
 from sharpcomp.results.kept_weights import WEIGHTS_DIR
+from sharpcomp.results.own_files import kind, open_regular
 from sharpcomp.results.records import (
     METRICS_FILE,
     RecordError,
     RunRecorder,
     atomic_write_bytes,
     read_metrics,
+    reason,
     recover_swap,
     refuse_link,
     set_aside,
@@ -57,9 +61,11 @@ CHECKPOINT_FILE = "checkpoint.pt"
 LOCK_FILE = ".sharpcomp.lock"
 ERROR_LOG = "error.log"
 # a run folder's members the program reads or writes: none may be a symbolic link
-MEMBERS = (CHECKPOINT_FILE, METRICS_FILE, LOCK_FILE, ERROR_LOG, ".hydra", WEIGHTS_DIR)
+# the live loggers' files (sharpcomp.results.loggers) are members too
+LOGGER_FILES = ("metrics.csv", "mlflow_run_id", "tensorboard")
+MEMBERS = (CHECKPOINT_FILE, METRICS_FILE, LOCK_FILE, ERROR_LOG, ".hydra", WEIGHTS_DIR, *LOGGER_FILES)
 STATES = ("running", "finished", "diverged", "failed")
-MAX_ITERATION = 10**12  # far beyond any run; a larger saved iteration is not a real resume point
+MAX_ITERATION = MAX_STEPS  # far beyond any run; a larger saved iteration is not a real resume point
 
 
 def check_members(run_dir: Path) -> None:
@@ -84,7 +90,8 @@ class RunResult:
     seconds: float = 0.0  # wall time of this call
     checkpoint_seconds: float = 0.0  # of which in checkpoints (evaluation, metrics, writing)
     checkpoints: int = 0  # checkpoints logged by this call
-    message: str = ""  # why a run was skipped (its folder in use or holding another run)
+    message: str = ""  # why a run was skipped (its folder in use or holding another run) or failed
+    trace: str = ""  # the traceback of a failure that is not one of the expected ones (for error.log)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,18 +107,24 @@ class FolderLock:
         self.fd: int | None = None
 
     def acquire(self) -> None:
-        try:  # never through a link: the pid would be written wherever it points
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+        try:  # never through a link: the pid would be written wherever it points; a FIFO opens at once
+            fd = os.open(self.path, flags, 0o666)
         except OSError as exc:
             if self.path.is_symlink():
                 raise ConfigError(f"refusing run folder {self.path.parent}: {LOCK_FILE} is a symbolic link "
                                   f"(to {os.readlink(self.path)}); move the link away") from None
             raise ConfigError(f"cannot lock run folder {self.path.parent}: {exc.strerror or exc}") from None
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            raise ConfigError(f"refusing run folder {self.path.parent}: {LOCK_FILE} is {kind(mode)}, "
+                              f"not a regular file; move it away")
         try:
             if fcntl is not None:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            holder = re.sub(r"\D", "", os.read(fd, 64).decode(errors="replace"))[:12] or "?"
             os.close(fd)
             raise RunInUse(f"run folder {self.path.parent} is in use by pid {holder}") from None
         os.ftruncate(fd, 0)
@@ -134,16 +147,50 @@ def save_checkpoint(run_dir: Path, state: dict) -> None:
     atomic_write_bytes(Path(run_dir) / CHECKPOINT_FILE, buf.getvalue())
 
 
+def load_tensors(path: Path, device: torch.device | str = "cpu", what: str = "a plain file of tensors"):
+    """What ``torch.save`` wrote to ``path``, loaded with ``weights_only=True`` (tensors and plain containers:
+    a crafted pickle runs nothing), from a regular file only (never through a link, never a FIFO or device).
+
+    ConfigError (one line) for what stands at ``path`` or contents that are not plain tensors and
+    containers (``what`` the file should have been), saying why.
+    """
+    try:
+        fh = open_regular(path)
+    except RecordError as exc:
+        raise ConfigError(str(exc)) from None
+    with fh:
+        try:
+            return torch.load(fh, map_location=device, weights_only=True)
+        except Exception as exc:  # torch raises many types for a file that is not its own (IndexError too)
+            raise ConfigError(f"refusing to load {path}: not {what} ({torch_reason(exc)}); "
+                              f"nothing in it was run") from None
+
+
+_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation", "In PyTorch 2.6")
+
+
+def torch_reason(exc: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in a few words of one line.
+
+    Torch's own message is several paragraphs (advice to load with ``weights_only=False`` among them); only
+    its reason is kept: the object the file would have built, or the unpickler's complaint.
+    """
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        return f"it holds a pickled {found[1]}, which would run code"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith(_BOILERPLATE)]
+    why = lines[0].split("error:", 1)[-1].strip() if lines else ""
+    if len(why) > 200:  # cut at a word, and say so
+        why = why[:200].rsplit(" ", 1)[0] + " ..."
+    if isinstance(exc, pickle.UnpicklingError) and why:
+        return why
+    return f"{type(exc).__name__}: {why}" if why else type(exc).__name__
+
+
 def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
     """A checkpoint's contents, loaded with ``weights_only=True``; ConfigError for anything else."""
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        why = next((ln for ln in lines if "Unpickler error" in ln or "Unsupported" in ln), lines[0] if lines else "")
-        why = re.sub(r"\x1b\[[0-9;]*m", "", why.split("error:", 1)[-1].strip() or type(exc).__name__)
-        raise ConfigError(f"refusing to load {path}: not a plain sharpcomp checkpoint ({why[:160]}); "
-                          f"nothing in it was run") from None
+    state = load_tensors(path, device, "a plain sharpcomp checkpoint")
     if not isinstance(state, dict) or not {"run_id", "iteration", "model_state"} <= set(state):
         raise ConfigError(f"refusing to load {path}: not a sharpcomp checkpoint")
     why = checkpoint_problem(state)
@@ -311,7 +358,7 @@ class RunState:
         try:
             frame = read_metrics(self.run_dir)
         except RecordError as exc:
-            if str(exc).endswith("and rerun"):
+            if "move it away" in str(exc):  # says already what to do
                 raise
             raise RecordError(f"{exc}; move it away and rerun to restart the run from iteration 0") from None
         others = sorted(set(frame["run_id"]) - {self.run_id})
@@ -360,14 +407,38 @@ class RunState:
         """How the run ended, or where it stands when it has not ended (an interrupted call)."""
         return self.result or RunResult(self.run_dir, "running", self.start, self.rows)
 
+    def failed(self, it: int, exc: BaseException, trace: str = "") -> RunResult:
+        """The outcome of the run failed at iteration ``it`` by ``exc`` (its records marked ``failed`` where the
+        folder can take it); ``trace``: the traceback of an unexpected failure, for its error.log."""
+        self.fail()
+        if trace:
+            why = f"{type(exc).__name__}: {reason(exc)}"
+        elif isinstance(exc, OSError) and exc.strerror:
+            why = f"cannot use {exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+        else:
+            why = str(exc)
+        return RunResult(self.run_dir, "failed", it, self.rows, message=why, trace=trace)
+
+    def check_fit(self, model) -> None:
+        """ConfigError (the folder closed) when the saved state does not fit ``model`` (the run's network)."""
+        try:
+            load_resume(model, None, self.resume)
+        except ConfigError:
+            self.close()
+            raise
+
     def fail(self) -> None:
-        """Mark the records ``failed`` (a run that failed before its first row gets one empty row)."""
+        """Mark the records ``failed`` (a run that failed before its first row gets one empty row), where the
+        folder can take it (a folder removed or replaced under the run cannot: the failure is said anyway)."""
         if self.recorder is None or self.result is not None:
             return
-        if self.rows:
-            self.recorder.set_status("failed")
-        else:
-            self.recorder.append([{"iteration": self.start, "sample_set": "train"}], status="failed")
+        try:
+            if self.rows:
+                self.recorder.set_status("failed")
+            else:
+                self.recorder.append([{"iteration": self.start, "sample_set": "train"}], status="failed")
+        except (OSError, RecordError):
+            pass
 
     def close(self) -> None:
         """Write a resume point still held in memory (Ctrl-C, a failure), then release the lock."""
@@ -375,5 +446,8 @@ class RunState:
             if self._pending is not None:
                 save_checkpoint(self.run_dir, self._pending)
                 self._pending = None
+        except OSError as exc:  # the folder was removed or replaced: the run has failed already
+            print(f"sharpcomp: {self.run_dir}: the resume point could not be written ({exc.strerror or exc})",
+                  file=sys.stderr, flush=True)
         finally:
             self.lock.release()

@@ -13,6 +13,7 @@ accuracy and the metrics of its last ``train`` row (``sharpcomp runs DIR`` print
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +22,7 @@ import pandas as pd
 
 from sharpcomp.results.columns import METRIC_COLUMNS
 from sharpcomp.results.records import METRICS_FILE, RecordError, read_metrics
+from sharpcomp.results.stored_text import settings_json
 
 RUN = "run"
 SUMMARY_METRICS = ("sharpness", "G", "log_volume", "mls", "local_dim")
@@ -38,10 +40,16 @@ def run_folders(folder: str | Path) -> list[Path]:
     return found
 
 
+def run_label(rel: Path) -> str:
+    """A run folder's name as text: bytes of a name that is not UTF-8 written as ``\\xff``."""
+    return os.fsencode(rel).decode("utf-8", errors="backslashreplace")
+
+
 def read_runs(folder: str | Path) -> pd.DataFrame:
     """Every run's rows under ``folder`` in one frame, with a ``run`` column (the run's folder relative to
-    ``folder``; ``.`` for the folder itself). RecordError (one line) when there is no run to read;
-    unreadable runs are skipped with a warning."""
+    ``folder``; ``.`` for the folder itself; a name that is not UTF-8 with its bytes escaped). RecordError
+    (one line) when there is no run to read; unreadable runs (a link, a FIFO, a foreign parquet file) are
+    skipped with a warning."""
     folder = Path(folder)
     if not folder.exists():
         raise RecordError(f"no such folder: {folder}")
@@ -53,7 +61,7 @@ def read_runs(folder: str | Path) -> pd.DataFrame:
             warnings.warn(f"skipped {run_dir}: {exc}", stacklevel=2)
             continue
         rel = run_dir.resolve().relative_to(folder.resolve()) if folder.is_dir() else Path(".")
-        frames.append(frame.assign(**{RUN: str(rel)}))
+        frames.append(frame.assign(**{RUN: run_label(rel)}))
     if not frames:
         raise RecordError(f"no {METRICS_FILE} under {folder}")
     with warnings.catch_warnings():
@@ -72,11 +80,8 @@ def _flatten(settings: Mapping, prefix: str = "") -> dict:
 
 
 def _settings(text) -> dict:
-    try:
-        value = json.loads(text) if isinstance(text, str) else None
-    except ValueError:
-        value = None
-    return _flatten(value) if isinstance(value, Mapping) else {}
+    value = settings_json(text)  # bounded: a results file's settings may be anything
+    return {} if value is None else _flatten(value)
 
 
 def _last(frame: pd.DataFrame, column: str):
@@ -94,7 +99,7 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     for run, rows_of_run in frame.groupby(RUN, sort=True):
         r = rows_of_run.sort_values("iteration", kind="stable")
         train = r[r["sample_set"] == "train"] if "sample_set" in r else r
-        row = {RUN: run, **_settings(_last(r, "settings"))}
+        row = {**_settings(_last(r, "settings")), RUN: run}  # a settings key "run" never renames the run
         row.update(status=_last(r, "status"), iteration=_last(r, "iteration"),
                    train_acc=_last(r, "train_acc"), test_acc=_last(r, "test_acc"))
         for name in SUMMARY_METRICS:

@@ -20,7 +20,7 @@ class _Data:
 
 
 class _Settings:
-    raw = {"model": {"name": "tiny"}, "data": {"name": "synthetic"}}
+    raw = {"model": {"name": "tiny"}, "data": {"name": "synthetic"}, "loss": "mse"}
 
 
 class _Run:
@@ -39,6 +39,7 @@ def runs(tmp_path, monkeypatch):
         return _Run(model.eval())
 
     monkeypatch.setattr(landscape_command, "load_run", load_run)
+    monkeypatch.setattr(landscape_command, "run_settings", lambda path: _Settings())
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "checkpoint.pt").write_bytes(b"")

@@ -44,15 +44,10 @@ def victim(root: Path, name: str = "victim.txt") -> Path:
     return p
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, data_dir, cache_dir):
-    """R, trained once by a real process (no environment change leaks out of this module)."""
-    root = tmp_path_factory.mktemp("reference")
-    env = {**os.environ, "SHARPCOMP_DATA": str(data_dir), "SHARPCOMP_CACHE": str(cache_dir)}
-    res = subprocess.run([sys.executable, "-m", "sharpcomp.cli", "train", *TINY, "hydra.run.dir=R"], cwd=root, env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr
-    return root / "R"
+@pytest.fixture
+def reference(tiny_run):
+    """R, trained once by a real process (``tiny_run``, shared with the other tests of results folders)."""
+    return tiny_run
 
 
 @pytest.fixture

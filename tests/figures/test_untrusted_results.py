@@ -49,3 +49,17 @@ def test_figd4_without_lr_and_batch_says_why(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "figD4: skipped, needs mlp4/fashion_mnist runs with bound values" in out
     assert "no run has both lr and batch values" in out and "Error" not in out
+
+
+def test_a_fifo_or_a_device_link_as_results_is_one_line_and_the_others_are_drawn(tmp_path):
+    """In a real process with a time bound: a FIFO would make a reader wait for ever, /dev/zero never ends."""
+    from tests.hostile import cli, replace
+
+    _write_run(tmp_path / "res" / "good", "a")
+    replace(tmp_path / "res" / "fifo" / "metrics.parquet", "fifo", tmp_path)
+    replace(tmp_path / "res" / "zero" / "metrics.parquet", "zero", tmp_path)
+    res = cli(["figures", "res", "--only", "runs", "--formats", "png", "--out", "out"], tmp_path, timeout=120)
+    assert res.returncode == 0, res.stderr
+    skipped = sorted(ln for ln in res.stdout.splitlines() if ln.startswith("skipped"))
+    assert len(skipped) == 2 and "is a FIFO" in skipped[0] and "is a symbolic link" in skipped[1], res.stdout
+    assert "read 1 runs" in res.stdout and (tmp_path / "out" / "runs.png").exists()

@@ -17,8 +17,9 @@ from sharpcomp.cli import main as cli_main
 from sharpcomp.engine.loading import MeasureNotNamed, load_run
 from sharpcomp.measures.registry import plan
 from sharpcomp.measures.sample import Sample
+from sharpcomp.overrides import overrides_by_name
 from sharpcomp.results.records import read_metrics
-from sharpcomp.settings import ConfigError, flatness_by_name, overrides_by_name, run_identity, settings
+from sharpcomp.settings import ConfigError, flatness_by_name, run_identity, settings
 from tests import problems
 from tests.conftest import REPO, TINY, compose_train
 
@@ -109,7 +110,8 @@ def test_an_installed_packages_measure_by_its_entry_point(tmp_path):
     code = textwrap.dedent("""
         from sharpcomp.measure_names import plugin_names
         from sharpcomp.measures.registry import plan
-        from sharpcomp.settings import flatness_by_name, overrides_by_name
+        from sharpcomp.overrides import overrides_by_name
+        from sharpcomp.settings import flatness_by_name
         chosen = plan(flatness_by_name({"their_margin": {"n": 3}, "hessian_max": None}))
         print(plugin_names(), chosen.names, chosen.settings("their_margin").n,
               overrides_by_name(["metrics.flatness.their_margin={}"]))

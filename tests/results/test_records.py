@@ -195,7 +195,7 @@ def test_figures_find_each_run_folder_once_and_no_part_as_a_run(tmp_path):
 
 
 def test_compaction_without_an_atomic_exchange(tmp_path, monkeypatch):
-    monkeypatch.setattr(records, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(records, "exchange", lambda a, b: False)
     rec = RunRecorder(tmp_path, IDENT)
     for it in range(3):
         rec.append(_rows(it))
@@ -205,7 +205,7 @@ def test_compaction_without_an_atomic_exchange(tmp_path, monkeypatch):
 
 
 def test_a_kill_between_the_two_renames_is_recovered(tmp_path, monkeypatch):
-    monkeypatch.setattr(records, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(records, "exchange", lambda a, b: False)
     rec = RunRecorder(tmp_path, IDENT)
     for it in range(3):
         rec.append(_rows(it))
@@ -245,7 +245,7 @@ def _check_reader(run_dir, writer_done: threading.Event, errors: list) -> int:
 @pytest.mark.parametrize("exchange", [True, False], ids=["exchange", "two-renames"])
 def test_reading_while_a_run_appends_truncates_and_compacts_never_fails(tmp_path, monkeypatch, exchange):
     if not exchange:
-        monkeypatch.setattr(records, "_exchange", lambda a, b: False)
+        monkeypatch.setattr(records, "exchange", lambda a, b: False)
     recorder = RunRecorder(tmp_path, IDENT)
     recorder.append(_rows(0))
     done, errors = threading.Event(), []
