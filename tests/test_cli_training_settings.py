@@ -76,7 +76,8 @@ def test_default_training_settings_keep_run_ids():
 
 def test_run_folder_names_of_training_settings():
     """Defaults name nothing; a schedule choice names itself; steps are named only under a schedule that
-    spans them (where a larger steps is another run, not an extension); the size confirmation names nothing."""
+    spans them (where a larger steps is another run, not an extension); the size confirmation and the kept
+    weights name nothing."""
     from sharpcomp.results.run_names import canonical_name
     from sharpcomp.settings import plain
 
@@ -86,7 +87,7 @@ def test_run_folder_names_of_training_settings():
         return canonical_name(plain(compose(overrides)), {**base, **choices})
 
     assert name(["optim.momentum=0.0", "schedule.warmup=0", "save_max_gb=5"]) == "default"
-    assert name(["save_every=100"]) == "save_every=100"
+    assert name(["save_every=100"]) == "default"  # weights kept along the way: the same run
     assert name(["optim.momentum=0.9", "optim.weight_decay=5e-4", "steps=100"]) == \
         "optim.momentum=0.9,optim.weight_decay=0.0005"
     assert name(["optim=adamw"], optim="adamw") == "optim=adamw"

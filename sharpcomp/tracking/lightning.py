@@ -68,7 +68,7 @@ class SharpcompCallback(Callback):
                    **self.options}
         self.tracker = Tracker(self.folder, module, self.loss_fn, train_samples=self.train_samples,
                                test_samples=self.test_samples, steps=self.steps or _steps(trainer), every=self.every,
-                               at_iteration=int(trainer.global_step), **options)
+                               at_iteration=int(trainer.global_step), rate_from=optimizer, **options)
         self._step = int(trainer.global_step)
         for report in self.tracker.reports:  # the checkpoint recorded on opening (iteration 0, or a rewind's)
             _log(trainer, report)

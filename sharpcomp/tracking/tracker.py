@@ -76,7 +76,9 @@ class Tracker:
     iterations between checkpoints; ``eval_every``: whole-set evaluation at every k-th checkpoint;
     ``batch_size``: the loop's minibatch size (for measures over minibatches); ``data``, ``model_name``,
     ``lr``: how the records name the run (defaults: ``custom``, the network's class, the optimizer's first
-    rate); ``steps_per_epoch``: gives the ``epoch`` column; ``progress``: a line per checkpoint on stderr.
+    rate); ``steps_per_epoch``: gives the ``epoch`` column; ``progress``: a line per checkpoint on stderr;
+    ``rate_from``: the optimizer whose first group's rate the rows record as ``lr_now``, where the tracker is
+    not to keep its state (default: ``optimizer``; the Lightning callback gives the Trainer's).
     """
 
     def __init__(self, folder: str | Path, model: nn.Module, loss_fn: str | Callable, *, train_samples,
@@ -84,7 +86,7 @@ class Tracker:
                  metrics: Mapping | None = None, eval_every: int = 1, seed: int = 0, data: str = "custom",
                  model_name: str | None = None, lr: float | None = None, optimizer=None,
                  extra_state: Mapping | None = None, at_iteration: int | None = None,
-                 steps_per_epoch: int | None = None, fatal: bool = False, progress: bool = True):
+                 steps_per_epoch: int | None = None, fatal: bool = False, progress: bool = True, rate_from=None):
         check_model(model)
         loss = loss_name(loss_fn)
         train, test, classes = check_samples(model, train_samples, test_samples)
@@ -94,6 +96,7 @@ class Tracker:
         self.extra_state = dict(extra_state or {})
         _check_extra_state(self.extra_state)
         self.model, self.optimizer, self.fatal, self.progress = model, optimizer, bool(fatal), bool(progress)
+        self.rate_from = optimizer if rate_from is None else rate_from
         self.loss, self.loss_fn = loss_fn, loss_function(loss_fn, classes)
         self.data = dataset(data, train, test, classes)
         device = train[0].device
@@ -220,6 +223,13 @@ class Tracker:
         s = self.settings
         return it % s.log_every != 0 or (it // s.log_every) % every_k == 0 or it == s.steps
 
+    def _lr_now(self) -> float:
+        """The rate ``rate_from``'s first group will use for its next step (a schedule of the loop's own has
+        set it by now); NaN without an optimizer."""
+        if self.rate_from is None:
+            return math.nan
+        return float(self.rate_from.param_groups[0]["lr"])
+
     def _checkpoint(self, it: int, epoch: float | None = None, truncate: bool = False) -> CheckpointReport | None:
         started = time.perf_counter()
         loop_seconds = started - self._since if self.reports else math.nan
@@ -228,7 +238,8 @@ class Tracker:
             return self._diverge(it)
         if epoch is None and self.steps_per_epoch:
             epoch = it / self.steps_per_epoch
-        base = {"iteration": it, "epoch": math.nan if epoch is None else float(epoch), "train_loss_running": running}
+        base = {"iteration": it, "epoch": math.nan if epoch is None else float(epoch), "train_loss_running": running,
+                "lr_now": self._lr_now()}
         seconds: dict[str, float] = {}
         if self.progress:  # a checkpoint can take minutes: say when it starts
             self._say(f"[{it:>7d}/{self.settings.steps}] checkpoint: measuring ...")

@@ -33,13 +33,14 @@ READS = [
 READER = """
 import sys, resource
 from sharpcomp.results.records import RecordError, read_metrics
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 for name in sys.argv[1:]:
     try:
         frame = read_metrics(name)
         print(f"{name}: read {len(frame)} rows", flush=True)
     except RecordError as exc:
         print(f"{name}: refused: {exc}", flush=True)
-print(f"peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB", flush=True)
+print(f"grew {(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) // 1024} MB", flush=True)
 """
 
 
@@ -64,7 +65,8 @@ def test_every_hostile_results_file_is_refused_at_once_in_bounded_memory(tmp_pat
     for run, (where, what, message) in zip(runs, READS):
         assert lines[run].startswith("refused") and message in lines[run], (where, what, lines[run])
     assert lines[good] == "read 2 rows"
-    assert int(res.stdout.split("peak ")[1].split()[0]) < 1000  # nothing was read whole
+    # nothing was read whole: the peak grew by little over what the imports took (their size varies by machine)
+    assert int(res.stdout.split("grew ")[1].split()[0]) < 250, res.stdout
     assert (tmp_path / "home" / "victim.txt").read_text() == VICTIM_TEXT
 
 
@@ -141,9 +143,10 @@ NAMER = """
 import resource, sys
 from pathlib import Path
 from sharpcomp.results.run_names import _recorded_name
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 for name in sys.argv[1:]:
     print(f"{name}: {_recorded_name(Path(name))}", flush=True)
-print(f"peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB", flush=True)
+print(f"grew {(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) // 1024} MB", flush=True)
 """
 
 SIBLINGS = {  # a sibling's .hydra/config.yaml (hydra.yaml is the real one)
@@ -174,7 +177,7 @@ def test_sibling_configs_that_would_expand_are_not_read(tmp_path, tiny_run):
     lines = dict(ln.split(": ", 1) for ln in res.stdout.splitlines() if ": " in ln)
     assert {n: lines[n] for n in names} == dict.fromkeys(names, "None")
     assert lines["good"] == "log_every=2,metrics.n=4,width=0.05"
-    assert int(res.stdout.split("peak ")[1].split()[0]) < 1000
+    assert int(res.stdout.split("grew ")[1].split()[0]) < 250, res.stdout
 
 
 @pytest.mark.parametrize("text,plain", [

@@ -338,3 +338,15 @@ def test_the_tracker_needs_no_lightning():
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.strip() == "3 sharpcomp.tracking.lightning needs Lightning: pip install 'sharpcomp[lightning]'"
+
+
+def test_rows_record_the_rate_the_loops_schedule_gives(tmp_path, one_thread):
+    """lr_now at checkpoint it: the rate of the step from it to it + 1, as the loop's StepLR (0.2, halved
+    every 4 steps) has set it; NaN without an optimizer."""
+    model, x, y, xt, yt = case()
+    loop(tmp_path / "run", model, x, y, xt, yt)
+    rows = read_metrics(tmp_path / "run").groupby("iteration").lr_now.first()
+    assert rows.to_dict() == pytest.approx({0: 0.2, 3: 0.2, 6: 0.1, 9: 0.05}, rel=1e-12)
+    with Tracker(tmp_path / "bare", case()[0], "mse", **options(x, y, xt, yt)) as tracker:
+        tracker.step(1)
+    assert read_metrics(tmp_path / "bare").lr_now.isna().all()
