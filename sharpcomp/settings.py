@@ -488,7 +488,8 @@ def run_identity(cfg) -> dict:
         "data": c["data"], "model": c["model"], "lr": c["lr"], "batch": c["batch"], "seed": c["seed"],
         "loss": c["loss"], "optim": c["optim"], "log_every": c["log_every"], "eval_every": c["eval_every"],
         "metrics": {k: v for k, v in c["metrics"].items() if k not in IDENTITY_FREE_METRIC_KEYS},
-        "allow_tf32": c.get("allow_tf32"), "schedule": schedule_view(c["schedule"], c["steps"]) if c.get("schedule") else None,
+        "allow_tf32": c.get("allow_tf32"),  # a tracked loop's schedule is its own: none recorded
+        "schedule": schedule_view(c["schedule"], c["steps"]) if c.get("schedule") else None,
     }
     stop = {k: v for k, v in (c.get("stop") or {}).items() if v is not None}
     if stop:  # a stopping rule ends a run elsewhere; runs without one keep the ids they always had
