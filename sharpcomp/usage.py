@@ -17,12 +17,13 @@ traceback. A misspelt option or choice gets "did you mean" (:func:`did_you_mean`
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import os
 import re
 import sys
 import textwrap
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -195,6 +196,22 @@ class Syntax:
     def asks_help(self, argv: Sequence[str]) -> bool:
         """Whether the command line asks for ``--help`` (``help`` only where it names no folder)."""
         return any(a in HELP[:2] or (a == "help" and not os.path.lexists(a)) for a in argv)
+
+    def entry_point(self, run: Callable[[list[str]], int]) -> Callable[[Sequence[str] | None], int]:
+        """``run`` (arguments -> exit status) as the command's ``main``, ``--help`` answered before it.
+
+        The arguments are ``sys.argv``'s when none are given; ``--help`` prints the help and returns 0.
+        """
+
+        @functools.wraps(run)
+        def main(argv: Sequence[str] | None = None) -> int:
+            args = list(sys.argv[1:] if argv is None else argv)
+            if self.asks_help(args):
+                print(self.help())
+                return 0
+            return run(args)
+
+        return main
 
     def help(self) -> str:
         """The text of ``sharpcomp <command> --help``: usage, folders, every option, examples."""

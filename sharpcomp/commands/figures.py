@@ -36,13 +36,12 @@ Command line (``sharpcomp figures`` calls :func:`main`; the syntax every subcomm
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from sharpcomp.commands.output_folder import check_place, make_writable
 from sharpcomp.figures.beyond import EXTRA_FIGURE_IDS, EXTRA_MAKERS
 from sharpcomp.figures.catalogue import FIGURE_IDS, FIGURES, STUDY_MAKERS
 from sharpcomp.figures.context import Context
@@ -54,7 +53,6 @@ from sharpcomp.usage import (
     Option,
     Syntax,
     UsageError,
-    check_output_place,
     choice,
     choices_list,
     number,
@@ -97,7 +95,6 @@ class Request:
 
     dirs: list[Path]
     out: Path
-    default_out: bool
     formats: list[str]
     only: tuple[str, ...]
     last_fraction: float
@@ -131,7 +128,8 @@ def _request(argv: Sequence[str]) -> Request:
         raise UsageError(f"no {METRICS_FILE} files under {', '.join(map(str, dirs))} (name folders that hold "
                          f"sharpcomp results)")
     out = Path(args.get("out")) if args.get("out") else default_out(dirs[0])
-    return Request(dirs, out, not args.get("out"), formats, only, fraction, band, args.get("by"))
+    check_place(out, not args.get("out"), "figures")
+    return Request(dirs, out, formats, only, fraction, band, args.get("by"))
 
 
 def default_out(results: Path) -> Path:
@@ -139,29 +137,6 @@ def default_out(results: Path) -> Path:
     (``outputs`` -> ``outputs-figures``, ``outputs/multirun`` -> ``outputs/multirun-figures``)."""
     results = Path(results).absolute()
     return results.parent / f"{results.name}-figures"
-
-
-def _check_out(out: Path) -> None:
-    """Make the output folder and check that a file can be written there; ``UsageError`` if not."""
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"out {out} is a file, not a folder (choose a folder with out=DIR)")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise UsageError(f"cannot write figures to {out}: {reason} (choose a folder with out=DIR)") from None
-
-
-def _check_out_place(out: Path, default: bool) -> None:
-    """``UsageError`` for an output folder inside a run's results (:func:`sharpcomp.usage.check_output_place`)
-    or, for the default ``<RESULT_DIR>-figures``, a symbolic link (a results folder's member must not send
-    writes elsewhere)."""
-    check_output_place(out, "out")
-    if default and out.is_symlink():
-        raise UsageError(f"{out} is a symbolic link (to {os.readlink(out)}); figures are not written through "
-                          f"a results folder's link (move it away, or choose a folder with out=DIR)")
 
 
 def _draw(ctx: Context, only: Sequence[str]) -> None:
@@ -176,15 +151,11 @@ def _draw(ctx: Context, only: Sequence[str]) -> None:
                 ctx.say(fig_id, f"skipped, could not be drawn: {type(exc).__name__}: {exc}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+@SYNTAX.entry_point
+def main(argv: list[str]) -> int:
     """``sharpcomp figures [RESULT_DIR ...] [key=value ...]``: draw every figure the results allow; 0 on success."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if SYNTAX.asks_help(argv):
-        print(SYNTAX.help())
-        return 0
     try:
         req = _request(argv)
-        _check_out_place(req.out, req.default_out)
     except UsageError as exc:
         return _error(str(exc), EXIT_USAGE)
     try:
@@ -199,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"read {len(info)} runs from {len(req.dirs)} folder{'s' if len(req.dirs) > 1 else ''}", flush=True)
     try:
         ctx = Context(frame, info, req.out, req.formats, req.last_fraction, req.band, by=req.by)
-        _check_out(req.out)
+        make_writable(req.out, "figures")
     except KeyError as exc:
         return _error(exc.args[0], EXIT_USAGE)
     except UsageError as exc:

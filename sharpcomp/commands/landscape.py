@@ -21,7 +21,6 @@ The subsets are the first n images of a permutation drawn from ``seed``; the dir
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -210,16 +209,13 @@ def _run(runs: list[Path], o: dict) -> list[Path]:
                                     f"{name}: along (1 - t) A + t B ({n} images each)")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+@SYNTAX.entry_point
+def main(argv: list[str]) -> int:
     """``sharpcomp landscape RUN [RUN_B] [key=value ...]``: write the figures; 0 on success."""
-    argv = list(sys.argv[1:] if argv is None else argv)
 
     def err(msg: str, code: int = EXIT_USAGE) -> int:
         return report("landscape", msg, code)
 
-    if SYNTAX.asks_help(argv):
-        print(SYNTAX.help())
-        return 0
     try:
         runs, opts = _parse(argv)
     except UsageError as exc:

@@ -343,11 +343,8 @@ def draw_figure(path: Path, target: Path) -> None:
     fig.savefig(target, dpi=120)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if SYNTAX.asks_help(argv):
-        print(SYNTAX.help())
-        return 0
+@SYNTAX.entry_point
+def main(argv: list[str]) -> int:
     try:
         opts, args = parse(argv)
         rows = measure_rows(opts, args)

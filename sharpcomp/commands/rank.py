@@ -6,7 +6,6 @@ Reads every run under the folders (as ``sharpcomp figures`` does), ranks the mea
 
 from __future__ import annotations
 
-import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from sharpcomp.analysis.bootstrap import SCHEMES
 from sharpcomp.analysis.grid import TARGETS, RankingError, grid_of
 from sharpcomp.analysis.protocol import Ranking, rank
 from sharpcomp.analysis.report import axis_tables, header, main_table, order, run_table
-from sharpcomp.commands.figures import _check_out, _check_out_place
+from sharpcomp.commands.output_folder import check_place, make_writable
 from sharpcomp.figures.context import replacing_file, replacing_path
 from sharpcomp.figures.ranking import draw_ranking, draw_ranking_axes
 from sharpcomp.figures.tables import load_results
@@ -57,7 +56,6 @@ class Request:
 
     dirs: list[Path]
     out: Path
-    default_out: bool
     target: str
     boot: int
     bootstrap: str
@@ -76,8 +74,9 @@ def _request(argv: Sequence[str]) -> Request:
     if missing:
         raise UsageError(f"no such folder: {', '.join(missing)}")
     out = Path(args.get("out")) if args.get("out") else dirs[0].absolute().parent / f"{dirs[0].absolute().name}-rank"
+    check_place(out, not args.get("out"), "the ranking's files")
     return Request(
-        dirs, out, not args.get("out"), choice("target", args.get("target", "gap"), tuple(TARGETS)),
+        dirs, out, choice("target", args.get("target", "gap"), tuple(TARGETS)),
         integer(args.said("boot"), args.get("boot", "1000"), 0),
         choice("bootstrap", args.get("bootstrap", "runs"), SCHEMES),
         integer(args.said("seed"), args.get("seed", "0"), 0),
@@ -104,18 +103,14 @@ def _write(ranking: Ranking, out: Path, formats: Sequence[str]) -> list[str]:
     return written
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+@SYNTAX.entry_point
+def main(argv: list[str]) -> int:
     """``sharpcomp rank DIR ... [key=value ...]``: print the ranking and write its files; 0 on success."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if SYNTAX.asks_help(argv):
-        print(SYNTAX.help())
-        return 0
     try:
         req = _request(argv)
-        _check_out_place(req.out, req.default_out)
         frame, notes = load_results(req.dirs)
         grid = grid_of(frame, req.target)
-        _check_out(req.out)
+        make_writable(req.out, "the ranking's files")
         if req.boot:
             notes.append(f"ranking {grid.values.shape[1]} measures over {len(grid.runs)} runs with {req.boot} "
                          f"bootstrap draws")

@@ -96,16 +96,13 @@ def own_entries(flatness: dict) -> list[tuple]:
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+@SYNTAX.entry_point
+def main(argv: list[str]) -> int:
     """``sharpcomp reparam RUN_DIR alpha=10 layer=fc1``: print the before/after table; 0 on success."""
-    argv = sys.argv[1:] if argv is None else argv
 
     def err(msg: str, code: int = EXIT_USAGE) -> int:
         return report("reparam", msg, code)
 
-    if SYNTAX.asks_help(argv):
-        print(SYNTAX.help())
-        return 0
     try:
         run_dir, opts = _parse(argv)
     except UsageError as exc:

@@ -43,12 +43,9 @@ def _request(argv: Sequence[str]) -> tuple[Path, Path | None]:
     return folder, None if csv is None else Path(csv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+@SYNTAX.entry_point
+def main(argv: list[str]) -> int:
     """``sharpcomp runs DIR [csv=FILE]``: print the summary; 2 when there is no run to read."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if SYNTAX.asks_help(argv):
-        print(SYNTAX.help())
-        return 0
     try:
         folder, csv = _request(argv)
         with warnings.catch_warnings(record=True) as caught:

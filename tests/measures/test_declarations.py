@@ -25,7 +25,7 @@ MEASURES = registry.measures()
 
 
 def test_the_generated_files_are_current():
-    """measure_index.py, conf/train.yaml's metrics.flatness block and docs/measures.md's table are what
+    """measure_index.json, conf/train.yaml's metrics.flatness block and docs/measures.md's table are what
     ``python -m sharpcomp.measures.publish`` writes from the declarations."""
     assert publish.stale() == []
     assert measure_index.MEASURES == {name: publish.entry(m) for name, m in MEASURES.items()}
