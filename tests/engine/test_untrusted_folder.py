@@ -9,6 +9,7 @@ process (mlp4 at 1/20 width on Fashion-MNIST, 4 steps, checkpoints at 0, 2, 4); 
 from __future__ import annotations
 
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -32,7 +33,8 @@ def cli(args, cwd, timeout=300, **kw):
 
 
 def one_line(stderr: str) -> str:
-    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    """The one line of an error, besides the progress lines of long work (``sharpcomp reparam: [ 3 s] ...``)."""
+    lines = [ln for ln in stderr.splitlines() if ln.strip() and not re.match(r"sharpcomp \w+: \[\s*\d+ s\] ", ln)]
     assert len(lines) == 1 and "Traceback" not in stderr, stderr
     return lines[0]
 
