@@ -29,6 +29,9 @@ OTHER_COLUMNS = ("scale", "data_source")
 ALIASES = {flat: dotted for dotted, flat in FLAT_COLUMNS.items() if flat != dotted}
 # a key a run does not have (e.g. ``optim.rho`` of an SGD run), or a null setting
 NONE = "none"
+# settings a run's identity leaves out at the value that changes nothing (``sharpcomp.optim.identity_view``;
+# a test holds them against ``sharpcomp.optim.NEUTRAL``): a run without one had it at that value
+LEFT_OUT_AT = {"optim.momentum": 0.0, "optim.nesterov": False, "optim.weight_decay": 0.0}
 
 
 def flatten(settings: Mapping, prefix: str = "") -> dict[str, object]:
@@ -74,9 +77,10 @@ def resolve(key: str, table: pd.DataFrame) -> str:
 
 
 def value_text(key: str, value) -> str:
-    """A key's value as it labels a line ("0.5", "sam", "none" where a run has no such setting)."""
+    """A key's value as it labels a line ("0.5", "sam", "none" where a run has no such setting; an optimiser
+    setting left out of a run's identity at its neutral value is that value, e.g. weight decay 0)."""
     if is_missing(value):
-        return NONE
+        return variant_value(key, LEFT_OUT_AT[key]) if key in LEFT_OUT_AT else NONE
     return variant_value(key, value)
 
 

@@ -776,6 +776,18 @@ def test_settings_flattened_to_dotted_keys():
     assert keys.ordered(["10", "2", "none", "0.5", "b", "a"]) == ["0.5", "2", "10", "a", "b", "none"]
 
 
+def test_an_optimiser_setting_a_run_leaves_out_is_its_neutral_value():
+    """A run's identity leaves weight decay 0 out (its id predates the setting): a sweep over weight decay
+    labels it 0, not none; a setting without a neutral value stays none."""
+    from sharpcomp.figures import keys as keys
+    from sharpcomp.optim import NEUTRAL
+
+    assert {k: v for k, v in NEUTRAL.items() if k != "base"} == {k[len("optim."):]: v
+                                                                 for k, v in keys.LEFT_OUT_AT.items()}
+    assert keys.value_text("optim.weight_decay", None) == keys.value_text("optim.weight_decay", 0.0) == "0"
+    assert keys.value_text("optim.nesterov", None) == "False" and keys.value_text("optim.rho", None) == "none"
+
+
 def test_published_figure_csvs_hold_no_absolute_paths():
     """The CSVs beside the committed figures name runs relative to the results folder."""
     from pathlib import Path
