@@ -348,8 +348,8 @@ def _device(name) -> str:
 def _training(c: dict, steps: int) -> dict:
     """The optimiser, the schedule and the weights kept (``save_every``), checked (ConfigError, one line)."""
     # lazy: --help imports this module and stays free of torch and numpy
+    from sharpcomp.kept_schedule import KeptError, check_save_every
     from sharpcomp.optim import OptimError, check_optim_config
-    from sharpcomp.results.kept_weights import KeptError, check_save_every
 
     try:
         return {"optim": check_optim_config(c["optim"]), "schedule": check_schedule(c["schedule"], steps),

@@ -44,7 +44,8 @@ from sharpcomp.engine.evaluation import checkpoint_rows, sample_losses, sample_s
 from sharpcomp.engine.opening import Member, close_all, open_runs
 from sharpcomp.engine.setup import build, initial_network
 from sharpcomp.engine.steppers import PlainStepper
-from sharpcomp.results.kept_weights import is_kept, keep_weights, next_kept
+from sharpcomp.kept_schedule import is_kept, next_kept
+from sharpcomp.results.kept_weights import keep_weights
 from sharpcomp.results.records import RecordError
 from sharpcomp.results.run_state import RunResult
 from sharpcomp.settings import STOP_CRITERIA, ConfigError

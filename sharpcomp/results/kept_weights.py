@@ -13,9 +13,10 @@ A file holds the parameters and buffers, not the optimiser's state: it is a poin
 landscape RUN directions=pca``), not a resume point (that is ``checkpoint.pt``). Kept weights do not
 change a run's trajectory, so they take no part in its identity.
 
-Counting kept iterations and finding the next one is arithmetic: a schedule of millions of iterations
-is never materialised. ``save_max_gb`` bounds the disk a run may fill with them: the estimate (files x
-4 bytes x floating elements) is checked before any data is loaded.
+Counting kept iterations and finding the next one is arithmetic (:mod:`sharpcomp.kept_schedule`, read by
+the settings without torch): a schedule of millions of iterations is never materialised. ``save_max_gb``
+bounds the disk a run may fill with them: the estimate (files x 4 bytes x floating elements) is checked
+before any data is loaded.
 """
 
 from __future__ import annotations
@@ -31,61 +32,11 @@ from pathlib import Path
 
 import torch
 
+from sharpcomp.kept_schedule import KeptError, kept_count
 from sharpcomp.results.records import atomic_write_bytes, refuse_link
 
 WEIGHTS_DIR = "weights"
 _NAME = re.compile(r"^(\d{1,13})\.pt$")
-
-
-class KeptError(ValueError):
-    """A bad ``save_every`` or an unusable kept-weights file; the message is one line for the user."""
-
-
-def check_save_every(value, steps: int) -> int | tuple[int, ...] | None:
-    """``save_every`` checked against a run of ``steps``: None, a positive N, or a sorted tuple of
-    distinct iterations in [0, steps]."""
-    if value is None:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value < 1:
-            raise KeptError(f"save_every must be a positive number of iterations or a list of iterations, "
-                            f"got {value}")
-        return value
-    if isinstance(value, (list, tuple)) and value and all(
-            isinstance(v, int) and not isinstance(v, bool) for v in value):
-        bad = [v for v in value if not 0 <= v <= steps]
-        if bad:
-            raise KeptError(f"save_every lists iteration {bad[0]}, outside the run's [0, {steps}]")
-        return tuple(sorted(set(value)))
-    raise KeptError(f"save_every must be null, a positive integer N or a list of iterations, got {value!r}")
-
-
-def kept_count(save_every, steps: int) -> int:
-    """How many iterations a run of ``steps`` keeps."""
-    if save_every is None:
-        return 0
-    if isinstance(save_every, tuple):
-        return len(save_every)
-    return math.ceil(steps / save_every) + 1
-
-
-def is_kept(save_every, steps: int, it: int) -> bool:
-    """Whether iteration ``it`` is kept."""
-    if save_every is None:
-        return False
-    if isinstance(save_every, tuple):
-        return it in save_every
-    return it == steps or (it % save_every == 0 and 0 <= it < steps)
-
-
-def next_kept(save_every, steps: int, after: int) -> int | None:
-    """The first kept iteration after ``after`` (None: none left)."""
-    if save_every is None:
-        return None
-    if isinstance(save_every, tuple):
-        return next((it for it in save_every if it > after), None)
-    nxt = (after // save_every + 1) * save_every
-    return nxt if nxt < steps else (steps if after < steps else None)
 
 
 def state_bytes(model: torch.nn.Module) -> int:

@@ -10,15 +10,11 @@ import sys
 import pytest
 import torch
 
+from sharpcomp.kept_schedule import KeptError, check_save_every, is_kept, kept_count, next_kept
 from sharpcomp.results.kept_weights import (
-    KeptError,
     check_disk,
-    check_save_every,
-    is_kept,
     keep_weights,
-    kept_count,
     kept_iterations,
-    next_kept,
     parse_iterations,
     read_weights,
     weights_path,
