@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from sharpcomp.measures.declaration import Column, Measure, setting
+from sharpcomp.measures.curvature.hessian_max import LanczosSettings, top_on
+from sharpcomp.measures.declaration import Column, Measure
 from sharpcomp.measures.linalg.lanczos import TopEigen, top_of_model
 from sharpcomp.measures.linalg.matvec import ggn_matvec
 from sharpcomp.measures.linalg.param_space import LossFn, preserved
@@ -41,19 +42,13 @@ def ggn_max(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets: Tensor, 
 
 
 @dataclass(frozen=True)
-class Settings:
-    """``metrics.flatness.ggn_max``."""
-
-    n: int = setting(256, above=0, doc="fixed training points (the same at every checkpoint)")
-    tol: float = setting(1e-3, above=0, doc="relative residual to stop at")
-    max_iter: int = setting(100, above=0, doc="at most this many Lanczos steps")
-    chunk_size: int = setting(None, kind=int, above=0, doc="points per product (memory)")
+class Settings(LanczosSettings):
+    """``metrics.flatness.ggn_max``: those of hessian_max but k."""
 
 
 def compute(sample: Sample, s: Settings) -> dict:
     """lambda_max(G), its residual and iteration count, on ``s.n`` fixed points."""
-    r = ggn_top(sample.model, sample.loss_fn, *sample.fixed(s.n), k=1, tol=s.tol, max_iter=s.max_iter,
-                generator=sample.generator, chunk_size=s.chunk_size)
+    r = top_on(sample, s, ggn_top)
     return {"ggn_max": r.values[0], "ggn_max_residual": r.residuals[0], "ggn_max_iterations": r.iterations}
 
 

@@ -49,20 +49,31 @@ def hessian_max(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets: Tens
 
 
 @dataclass(frozen=True)
-class Settings:
-    """``metrics.flatness.hessian_max``."""
+class LanczosSettings:
+    """The settings of a Lanczos measure of the top of a curvature spectrum (this one and ggn_max)."""
 
-    k: int = setting(1, above=0, doc="how many of the largest eigenvalues (hessian_top)")
     n: int = setting(256, above=0, doc="fixed training points (the same at every checkpoint)")
     tol: float = setting(1e-3, above=0, doc="relative residual to stop at")
     max_iter: int = setting(100, above=0, doc="at most this many Lanczos steps")
-    chunk_size: int = setting(None, kind=int, above=0, doc="points per Hessian-vector product (memory)")
+    chunk_size: int = setting(None, kind=int, above=0, doc="points per matrix-vector product (memory)")
+
+
+def top_on(sample: Sample, s: LanczosSettings, top, k: int = 1) -> TopEigen:
+    """``top`` (:func:`hessian_top` or ``ggn_top``) on ``s.n`` fixed points of ``sample``, with ``s``."""
+    return top(sample.model, sample.loss_fn, *sample.fixed(s.n), k=k, tol=s.tol, max_iter=s.max_iter,
+               generator=sample.generator, chunk_size=s.chunk_size)
+
+
+@dataclass(frozen=True)
+class Settings(LanczosSettings):
+    """``metrics.flatness.hessian_max``."""
+
+    k: int = setting(1, above=0, doc="how many of the largest eigenvalues (hessian_top)")
 
 
 def compute(sample: Sample, s: Settings) -> dict:
     """lambda_max(H), its residual and iteration count, and the top k, on ``s.n`` fixed points."""
-    r = hessian_top(sample.model, sample.loss_fn, *sample.fixed(s.n), k=s.k, tol=s.tol, max_iter=s.max_iter,
-                    generator=sample.generator, chunk_size=s.chunk_size)
+    r = top_on(sample, s, hessian_top, s.k)
     return {"hessian_max": r.values[0], "hessian_max_residual": max(r.residuals),
             "hessian_max_iterations": r.iterations, "hessian_top": [float(v) for v in r.values]}
 
