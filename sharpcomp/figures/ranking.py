@@ -21,10 +21,11 @@ from matplotlib.lines import Line2D
 
 FAMILY_COLORS = {"study": "tab:blue", "curvature": "tab:orange", "perturbation": "tab:green",
                  "baseline": "tab:gray", "other": "tab:purple"}
-# coefficient, title, reference line, range
+# coefficient, title, reference line, range (None: from 0 to a little past the largest interval, at least
+# 0.1, at most 1: the CMI of a grid of few runs is small, and [0, 1] would crowd every measure at 0)
 PANELS = (("kendall", "Kendall's tau", 0.0, (-1.05, 1.05)),
           ("granulated", "granulated Kendall Psi", 0.0, (-1.05, 1.05)),
-          ("cmi", "conditional mutual information", None, (-0.03, 1.03)),
+          ("cmi", "conditional mutual information", None, None),
           ("sign_error_mean", "sign error", 0.5, (-0.03, 1.03)))
 
 
@@ -83,7 +84,11 @@ def draw_ranking(table: pd.DataFrame, order: Sequence[str], title: str) -> Figur
     axes = fig.subplots(1, len(PANELS), sharey=True)
     y = np.arange(len(order))
     for p, (ax, (coefficient, label, ref, limits)) in enumerate(zip(axes, PANELS)):
-        _bars(ax, _rows(table, coefficient, "all", order), y)
+        rows = _rows(table, coefficient, "all", order)
+        _bars(ax, rows, y)
+        if limits is None:
+            top = np.nanmax(rows[["value", "high"]].to_numpy(dtype=float), initial=0.0)
+            limits = (-0.01 * min(max(0.1, 1.15 * top), 1.03), min(max(0.1, 1.15 * top), 1.03))
         if coefficient == "sign_error_mean":
             _bars(ax, _rows(table, "sign_error_max", "all", order), y, marker="x", interval=False)
         ax.set_xlim(*limits)
