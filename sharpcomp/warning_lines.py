@@ -39,11 +39,16 @@ def _show(message, category, filename, lineno, file=None, line=None) -> None:
         pass
 
 
+def drop_noise() -> None:
+    """Put :data:`NOISE` first among the current filters (after a ``simplefilter("always")`` too)."""
+    for category, pattern in NOISE:
+        warnings.filterwarnings("ignore", message=pattern, category=category)
+
+
 @contextlib.contextmanager
 def one_line_warnings():
     """Within the block, every warning shown is one line on stderr, and :data:`NOISE` is dropped."""
     with warnings.catch_warnings():
-        for category, pattern in NOISE:
-            warnings.filterwarnings("ignore", message=pattern, category=category)
+        drop_noise()
         warnings.showwarning = _show
         yield

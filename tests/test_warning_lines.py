@@ -6,7 +6,7 @@ from __future__ import annotations
 import warnings
 
 from sharpcomp import cli
-from sharpcomp.warning_lines import one_line_warnings
+from sharpcomp.warning_lines import drop_noise, one_line_warnings
 
 
 def _warn_twice_from_a_library():
@@ -36,3 +36,13 @@ def test_the_command_line_shows_warnings_in_one_line(capsys, monkeypatch):
                    "samples, about 12 s"]
     # outside the command, warnings are Python's again
     assert warnings.showwarning.__module__ != "sharpcomp.warning_lines"
+
+
+def test_warnings_collected_to_be_said_drop_the_noise_too():
+    """reparam and runs collect every warning (``simplefilter("always")``) to say each once as a note:
+    the TorchScript notice is not among them, the others are."""
+    with one_line_warnings(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        drop_noise()
+        _warn_twice_from_a_library()
+    assert [type(w.message) for w in caught] == [RuntimeWarning]

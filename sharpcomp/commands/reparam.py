@@ -22,6 +22,7 @@ from sharpcomp.measures.registry import canonical, plan
 from sharpcomp.measures.symmetry.reparam import chosen_measures, reparam_table, rescalable_layers, rescale_unit
 from sharpcomp.settings import ConfigError
 from sharpcomp.usage import EXIT_USAGE, Option, Syntax, UsageError, choices_list, integer, number, report
+from sharpcomp.warning_lines import drop_noise
 
 SYNTAX = Syntax(
     command="reparam",
@@ -143,6 +144,7 @@ def main(argv: list[str]) -> int:
     try:
         with warnings.catch_warnings(record=True) as caught:  # said only when the table can be computed
             warnings.simplefilter("always")
+            drop_noise()  # collected to be said, but never a library's notice of its own deprecation
             table = reparam_table(model, x, y, loss_fn, layer, opts["alpha"], units=opts["units"],
                                   probes=opts["probes"], seed=opts["seed"], metrics_kwargs=kwargs,
                                   measures=opts["measures"], own=opts["own"], progress=progress)

@@ -12,6 +12,7 @@ import pandas as pd
 from sharpcomp.results.records import METRICS_FILE, RecordError, atomic_write_bytes
 from sharpcomp.results.sweep import read_runs, summarize
 from sharpcomp.usage import Option, Syntax, UsageError, check_output_place, report
+from sharpcomp.warning_lines import drop_noise
 
 SYNTAX = Syntax(
     command="runs",
@@ -50,6 +51,7 @@ def main(argv: list[str]) -> int:
         folder, csv = _request(argv)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
+            drop_noise()  # collected to be said, but never a library's notice of its own deprecation
             table = summarize(read_runs(folder))
     except (UsageError, RecordError) as exc:
         return report("runs", str(exc))
