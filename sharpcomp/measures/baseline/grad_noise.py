@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from sharpcomp.measures.declaration import Column, Estimate, Measure, setting
+from sharpcomp.measures.linalg.monte_carlo import sample_mean
 from sharpcomp.measures.linalg.param_space import LossFn, mean_gradient
 from sharpcomp.measures.linalg.precision import exact_float32
 from sharpcomp.measures.sample import Sample
@@ -49,9 +50,7 @@ def grad_noise(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets: Tenso
         idx = torch.randperm(n, generator=generator)[:b]
         g_b = mean_gradient(model, loss_fn, inputs[idx], targets[idx])
         draws.append(sum(float((gb - g).pow(2).sum()) for gb, g in zip(g_b, full)))
-    d = torch.tensor(draws, dtype=torch.float64)
-    se = float(d.std() / math.sqrt(len(d))) if len(d) > 1 else math.nan
-    return Estimate(float(d.mean()), se=se, samples=len(d))
+    return sample_mean(torch.tensor(draws, dtype=torch.float64))
 
 
 # ---------------------------------------------------------------------------------------------------

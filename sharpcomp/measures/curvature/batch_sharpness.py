@@ -15,7 +15,6 @@ the mean over ``batches`` disjoint random minibatches with its standard error st
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,6 +22,7 @@ import torch
 from torch import nn
 
 from sharpcomp.measures.declaration import Column, Estimate, Measure, setting
+from sharpcomp.measures.linalg.monte_carlo import sample_mean
 from sharpcomp.measures.linalg.param_space import Batch, LossFn, dot, preserved, to_device, trainable
 from sharpcomp.measures.linalg.precision import exact_float32
 from sharpcomp.measures.sample import Sample
@@ -53,8 +53,7 @@ def batch_sharpness(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch])
     with preserved(model):
         vals = torch.tensor([rayleigh_along_gradient(model, loss_fn, x, y) for x, y in batches],
                             dtype=torch.float64)
-    se = float(vals.std(unbiased=True) / math.sqrt(len(vals))) if len(vals) > 1 else float("nan")
-    return Estimate(float(vals.mean()), se=se, samples=len(vals))
+    return sample_mean(vals)
 
 
 # ---------------------------------------------------------------------------------------------------

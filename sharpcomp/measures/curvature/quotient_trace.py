@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from sharpcomp.measures.declaration import Column, Estimate, Measure, setting
 from sharpcomp.measures.linalg.hutchinson import TracePair, hutchinson
 from sharpcomp.measures.linalg.hutchpp import hessian_traces
+from sharpcomp.measures.linalg.monte_carlo import sample_mean
 from sharpcomp.measures.linalg.param_space import LossFn, loss_and_grad, preserved, to_device, trainable
 from sharpcomp.measures.linalg.precision import exact_float32
 from sharpcomp.measures.sample import Sample
@@ -100,11 +101,7 @@ def hutchinson_traces(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets
             qv += weight * projected
             del g
 
-    def stats(v: Tensor) -> Estimate:
-        se = float(v.std(unbiased=True) / math.sqrt(len(v))) if len(v) > 1 else float("nan")
-        return Estimate(float(v.mean()), se=se, samples=len(v))
-
-    return TracePair(quotient=stats(qv), full=stats(fv), gap=stats(fv - qv))
+    return TracePair(quotient=sample_mean(qv), full=sample_mean(fv), gap=sample_mean(fv - qv))
 
 
 @exact_float32()

@@ -1,3 +1,3 @@
 """Algorithms and helpers the measures share, not measures themselves: Lanczos, Hutchinson, Hutch++, Auto-PGD,
-matrix-vector products, operator norms, parameter vectors, float32 precision.
+matrix-vector products, operator norms, parameter vectors, float32 precision, Monte-Carlo means.
 """
